@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod boot;
 pub mod console;
 pub mod events;
+pub mod grant;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;
