@@ -12,6 +12,7 @@ extern crate alloc;
 #[cfg(not(test))]
 pub mod boot;
 pub mod console;
+pub mod control;
 pub mod events;
 pub mod grant;
 pub mod heap;
@@ -22,6 +23,7 @@ mod rt;
 pub mod start_info;
 pub mod time;
 pub mod traps;
+pub mod xenstore;
 
 pub use events::ShutdownReason;
 pub use start_info::StartInfo;
@@ -41,12 +43,50 @@ pub struct MemoryReport {
     pub unmapped_pages: u64,
 }
 
+impl xenstore::RingPage for mm::SharedPage {
+    fn read_u32(&self, off: usize) -> u32 {
+        mm::SharedPage::read_u32(self, off)
+    }
+    fn write_u32(&self, off: usize, v: u32) {
+        mm::SharedPage::write_u32(self, off, v)
+    }
+    fn read(&self, off: usize, buf: &mut [u8]) {
+        mm::SharedPage::read(self, off, buf)
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        mm::SharedPage::write(self, off, data)
+    }
+}
+
+/// How the xenstore client waits: sleep in SCHEDOP_poll on its port.
+pub struct XsEvents {
+    pub port: events::Port,
+}
+
+impl xenstore::Events for XsEvents {
+    fn notify(&mut self) {
+        let _ = events::send(self.port);
+    }
+    fn wait(&mut self, deadline_ns: Option<u64>) {
+        events::poll(&[self.port], deadline_ns);
+        // Clear after waking, not before: a reply that lands in between must
+        // still wake the next wait.
+        events::take_pending(self.port);
+    }
+    fn now_ns(&self) -> u64 {
+        time::now_ns()
+    }
+}
+
+pub type Xenstore = xenstore::Xenstore<mm::SharedPage, XsEvents>;
+
 /// The running kernel, handed to the application's main.
 pub struct Kernel {
     pub start_info: StartInfo,
     pub memory: MemoryReport,
     /// Xen system time (ns) at our first instruction.
     pub boot_ns: u64,
+    pub xenstore: Xenstore,
 }
 
 impl Kernel {
@@ -64,6 +104,11 @@ impl Kernel {
         return HEAP.stats();
         #[cfg(test)]
         return (0, 0);
+    }
+
+    /// The xenstore event channel: poll it with the others in the main loop.
+    pub fn xenstore_port(&self) -> events::Port {
+        self.start_info.store_evtchn
     }
 
     /// Stop the domain, after letting the console drain.
@@ -151,6 +196,8 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
         heap_size,
         unmapped_pages: info.nr_pages - end,
     };
-    let k = Kernel { start_info: info, memory, boot_ns: time::boot_ns() };
+    let store_va = (mm::mfn_to_pfn(info.store_mfn) as usize) * mm::PAGE_SIZE;
+    let xenstore = xenstore::Xenstore::new(mm::SharedPage::from_va(store_va), XsEvents { port: info.store_evtchn });
+    let k = Kernel { start_info: info, memory, boot_ns: time::boot_ns(), xenstore };
     kernel_main(k)
 }

@@ -1,0 +1,98 @@
+//! Domain control through xenstore: `xl shutdown`, `xl reboot` (the
+//! toolstack writes `control/shutdown`, the guest acknowledges by clearing
+//! it and stops), and the ready key a host script waits for.
+
+use crate::xenstore::XsError;
+use crate::{Kernel, ShutdownReason};
+use alloc::format;
+
+const SHUTDOWN_PATH: &str = "control/shutdown";
+const TOKEN: &str = "shutdown";
+
+/// What the toolstack asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Stop(ShutdownReason),
+}
+
+/// Map a `control/shutdown` value to what we do; `Err` carries values we
+/// refuse (and clear, so the toolstack does not wait on us forever).
+pub fn parse_request(v: &str) -> Result<Option<Request>, &str> {
+    match v {
+        "" => Ok(None),
+        "poweroff" | "halt" => Ok(Some(Request::Stop(ShutdownReason::Poweroff))),
+        "reboot" => Ok(Some(Request::Stop(ShutdownReason::Reboot))),
+        other => Err(other),
+    }
+}
+
+pub struct Control {
+    pending_check: bool,
+}
+
+impl Control {
+    /// Advertise what we support and watch `control/shutdown`.
+    pub fn init(k: &mut Kernel) -> Result<Control, XsError> {
+        let xs = &mut k.xenstore;
+        xs.write("control/feature-poweroff", "1")?;
+        xs.write("control/feature-reboot", "1")?;
+        xs.watch(SHUTDOWN_PATH, TOKEN)?;
+        Ok(Control { pending_check: true })
+    }
+
+    /// Publish `data/ready` = microseconds from our first instruction.
+    pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
+        let us = k.uptime_ns() / 1000;
+        k.xenstore.write("data/ready", &format!("{us}"))?;
+        Ok(us)
+    }
+
+    /// Non-blocking: handle watch events that arrived; returns a request once
+    /// the toolstack has asked us to stop.
+    pub fn poll(&mut self, k: &mut Kernel) -> Result<Option<Request>, XsError> {
+        let xs = &mut k.xenstore;
+        while let Some(ev) = xs.poll_watch()? {
+            if ev.token == TOKEN {
+                self.pending_check = true;
+            }
+        }
+        if xs.take_events_lost() {
+            self.pending_check = true;
+        }
+        if !core::mem::take(&mut self.pending_check) {
+            return Ok(None);
+        }
+        let v = match xs.read(SHUTDOWN_PATH) {
+            Ok(v) => v,
+            Err(e) if e.errno() == Some(&crate::xenstore::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match parse_request(&v) {
+            Ok(None) => Ok(None),
+            Ok(Some(r)) => {
+                log::info!("shutdown requested: {v}");
+                // Acknowledge, as Linux does, so `xl shutdown -w` sees us act.
+                xs.write(SHUTDOWN_PATH, "")?;
+                Ok(Some(r))
+            }
+            Err(other) => {
+                log::warn!("unsupported control/shutdown request '{other}' ignored");
+                xs.write(SHUTDOWN_PATH, "")?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request(""), Ok(None));
+        assert_eq!(parse_request("poweroff"), Ok(Some(Request::Stop(ShutdownReason::Poweroff))));
+        assert_eq!(parse_request("halt"), Ok(Some(Request::Stop(ShutdownReason::Poweroff))));
+        assert_eq!(parse_request("reboot"), Ok(Some(Request::Stop(ShutdownReason::Reboot))));
+        assert_eq!(parse_request("suspend"), Err("suspend"));
+    }
+}
