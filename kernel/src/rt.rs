@@ -76,3 +76,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// panic, so nothing ever calls it.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Referenced from the same landing pads; unreachable because nothing ever
+/// unwinds (panic = "abort").
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    crate::crash(format_args!("_Unwind_Resume called: unwinding is not supported"))
+}
