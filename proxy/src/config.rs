@@ -29,7 +29,7 @@
 //! | `idle_timeout`    | duration or `off`                                 | `300s`     |
 //! | `connect_timeout` | duration (upstream handshake)                     | `10s`      |
 //! | `keepalive`       | duration or `off` (TCP keep-alive interval)       | `60s`      |
-//! | `cc`              | `reno` `cubic` `none` (congestion control)        | `reno`     |
+//! | `cc`              | `reno` `none` (congestion control; smoltcp's Cubic needs `std` floats) | `reno` |
 //! | `ack_delay`       | duration or `off` (delayed ACK)                   | `off`      |
 //! | `mem`             | size: memory budget for the engine                | none (the kernel passes its heap) |
 //!
@@ -80,7 +80,6 @@ pub enum IpSetting {
 pub enum CongestionControl {
     None,
     Reno,
-    Cubic,
 }
 
 impl CongestionControl {
@@ -88,7 +87,6 @@ impl CongestionControl {
         match self {
             CongestionControl::None => "none",
             CongestionControl::Reno => "reno",
-            CongestionControl::Cubic => "cubic",
         }
     }
 }
@@ -375,9 +373,8 @@ impl Config {
                 "cc" => {
                     cfg.cc = match value {
                         "reno" => CongestionControl::Reno,
-                        "cubic" => CongestionControl::Cubic,
                         "none" => CongestionControl::None,
-                        _ => return Err(bad("one of reno, cubic, none")),
+                        _ => return Err(bad("one of reno, none")),
                     }
                 }
                 "ack_delay" => {
@@ -604,7 +601,7 @@ mod tests {
         let c = Config::parse(
             "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
              rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-             idle_timeout=60s connect_timeout=500ms keepalive=off cc=cubic ack_delay=10ms mem=12m  ",
+             idle_timeout=60s connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m  ",
         )
         .unwrap();
         assert_eq!(c.loglevel, LevelFilter::Debug);
@@ -641,14 +638,14 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.keepalive, None);
-        assert_eq!(c.cc, CongestionControl::Cubic);
+        assert_eq!(c.cc, CongestionControl::None);
         assert_eq!(c.ack_delay, Some(Duration::from_millis(10)));
         assert_eq!(c.mem, Some(12 << 20));
         assert_eq!(
             c.summary(),
             "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
              rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-             idle_timeout=1m connect_timeout=500ms keepalive=off cc=cubic ack_delay=10ms mem=12m"
+             idle_timeout=1m connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m"
         );
         assert_eq!(Config::parse(&c.summary()).unwrap(), c);
     }
@@ -709,7 +706,8 @@ mod tests {
             ("idle_timeout=0s", "config: bad value for key 'idle_timeout': '0s' (expected a non-zero duration like 60s, or off)"),
             ("connect_timeout=off", "config: bad value for key 'connect_timeout': 'off' (expected a non-zero duration like 10s)"),
             ("keepalive=1x", "config: bad value for key 'keepalive': '1x' (expected a non-zero duration like 60s, or off)"),
-            ("cc=bbr", "config: bad value for key 'cc': 'bbr' (expected one of reno, cubic, none)"),
+            ("cc=bbr", "config: bad value for key 'cc': 'bbr' (expected one of reno, none)"),
+            ("cc=cubic", "config: bad value for key 'cc': 'cubic' (expected one of reno, none)"),
             ("ack_delay=5", "config: bad value for key 'ack_delay': '5' (expected a non-zero duration like 10ms, or off)"),
             ("mem=lots", "config: bad value for key 'mem': 'lots' (expected a size like 8m, at least 4k)"),
         ];

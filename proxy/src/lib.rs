@@ -8,3 +8,10 @@ extern crate alloc;
 pub mod config;
 
 pub use config::{Config, ConfigError};
+pub mod engine;
+
+pub use engine::{Engine, EngineError, MemoryPlan, Stats};
+#[cfg(any(test, feature = "std"))]
+pub mod sim;
+#[cfg(test)]
+mod tests;

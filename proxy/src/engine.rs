@@ -1,0 +1,1265 @@
+//! The split-TCP engine: one poll-driven object owning the smoltcp [`Interface`]
+//! and [`SocketSet`], usable with any [`smoltcp::phy::Device`].
+//!
+//! The caller's main loop gives it the time and the device ([`Engine::poll`]) and
+//! asks when it next needs to run ([`Engine::poll_delay`]), so a unikernel can
+//! sleep until then or until a packet arrives.
+//!
+//! # What happens to a connection
+//!
+//! * **Accept.** Every rule keeps a pool of `backlog` listening sockets (smoltcp has
+//!   no listen backlog: a SYN that finds no listening socket is answered with RST).
+//!   When a pool socket receives a SYN it leaves the pool, the pool is refilled at
+//!   once (after every ingress packet that changed a socket), and the upstream
+//!   connection is opened in the same poll, in parallel with the client handshake.
+//!   Beyond `max_conns` the SYN is refused with an RST (counted in `refused`) and the
+//!   existing connections are not disturbed.
+//! * **Splice.** Bytes are moved straight from one socket's receive buffer into the
+//!   other socket's transmit buffer, never more than the transmit buffer can take,
+//!   so a slow reader shrinks the window advertised to the fast writer
+//!   (backpressure) and no byte is ever queued anywhere else.
+//! * **Half-close.** A FIN from one side is forwarded (as `close()` on the other
+//!   socket) once every byte before it has been moved; the other direction keeps
+//!   flowing.
+//! * **Resets.** A reset (or smoltcp's own timeout) on either socket aborts the other
+//!   one, which sends an RST. Upstream refused, unreachable or not connected within
+//!   `connect_timeout` resets the client; a client that does not complete its
+//!   handshake within `connect_timeout` is dropped with its upstream.
+//! * **Idle timeout** aborts both sides after `idle_timeout` without a byte moved.
+//!   Keep-alive is set on both sockets, with a smoltcp user timeout of three
+//!   keep-alive intervals (two minutes without keep-alive), so a dead peer never
+//!   leaves a connection half-open forever.
+//! * **Recycling.** A finished socket (closed, or in TIME-WAIT) is kept as a spare
+//!   and reused by the next `listen`/`connect` (which resets it); spares beyond a
+//!   small reserve are removed from the socket set and their memory freed. A socket
+//!   that still has an RST to send is kept until it has sent it (at most one
+//!   second).
+//!
+//! # Memory
+//!
+//! The engine never holds more than `2 * max_conns + rules * backlog` sockets,
+//! each with one receive and one transmit buffer of `buf` bytes. [`MemoryPlan`]
+//! computes the worst case from the config before anything is allocated, and
+//! [`Engine::new`] refuses a config whose worst case exceeds the budget, saying
+//! which `max_conns` or `buf` would fit. Every buffer is allocated fallibly: an
+//! allocation failure refuses one connection, it never panics.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::mem::size_of;
+
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle,
+    SocketSet, SocketStorage,
+};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, PacketMeta, RxToken};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::socket::AnySocket;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
+    IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
+};
+
+use crate::config::{CongestionControl, Config, IpSetting, Rule, RuleKind};
+
+/// First port of the range upstream connections are opened from.
+pub const EPHEMERAL_FIRST: u16 = 49152;
+const EPHEMERAL_COUNT: usize = 65536 - EPHEMERAL_FIRST as usize;
+/// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
+const RST_GRACE: Duration = Duration::from_millis(1000);
+/// How long to wait before retrying after an allocation failure.
+const ALLOC_RETRY: Duration = Duration::from_millis(100);
+/// User timeout when keep-alive is off.
+const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Ingress packets handled between two splice passes.
+const BATCH: usize = 32;
+/// Ingress/splice/egress rounds per `poll` before yielding to the caller.
+const MAX_ROUNDS: usize = 64;
+/// Socket-set slots reserved for sockets the caller adds (e.g. a DHCP client).
+pub const EXTRA_SOCKETS: usize = 4;
+/// Bytes assumed for the interface, the engine and allocator slack.
+const FIXED_OVERHEAD: usize = 16 * 1024;
+/// Per-allocation bookkeeping assumed for the heap allocator.
+const ALLOC_OVERHEAD: usize = 32;
+
+/// Counters. `active` is the number of connections currently held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted (a SYN was taken by a pool socket and not refused).
+    pub accepted: u64,
+    /// Connections currently held (handshaking, spliced or closing).
+    pub active: usize,
+    /// SYNs refused because `max_conns` was reached, memory ran out, or a
+    /// transparent connection was addressed to the instance itself.
+    pub refused: u64,
+    /// Upstream refused, unreachable or not connected within `connect_timeout`.
+    pub upstream_failures: u64,
+    /// Connections ended by a reset (or smoltcp timeout) from the client side.
+    pub client_resets: u64,
+    /// Connections ended by a reset (or smoltcp timeout) from the upstream side.
+    pub upstream_resets: u64,
+    /// Connections aborted by the idle timeout or an unfinished client handshake.
+    pub timeouts: u64,
+    /// Connections that ended with both directions closed by FIN.
+    pub completed: u64,
+    /// Bytes moved client → upstream.
+    pub bytes_up: u64,
+    /// Bytes moved upstream → client.
+    pub bytes_down: u64,
+}
+
+impl Stats {
+    /// All resets, from either side.
+    pub fn resets(&self) -> u64 {
+        self.client_resets + self.upstream_resets
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
+             timeouts={} completed={} bytes_up={} bytes_down={}",
+            self.accepted,
+            self.active,
+            self.refused,
+            self.upstream_failures,
+            self.resets(),
+            self.client_resets,
+            self.upstream_resets,
+            self.timeouts,
+            self.completed,
+            self.bytes_up,
+            self.bytes_down
+        )
+    }
+}
+
+/// The worst-case memory of an engine built from a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Most sockets ever held: `2 * max_conns + rules * backlog`.
+    pub max_sockets: usize,
+    /// Bytes per socket: two buffers plus the socket itself.
+    pub per_socket: usize,
+    /// Bytes per connection besides its sockets (tables).
+    pub per_conn: usize,
+    /// Bytes independent of `max_conns` and `buf`.
+    pub fixed: usize,
+    /// Worst case in bytes.
+    pub total: usize,
+}
+
+impl MemoryPlan {
+    /// Compute the worst case for `cfg`.
+    pub fn for_config(cfg: &Config) -> MemoryPlan {
+        Self::compute(cfg.max_conns, cfg.buf, cfg.rules.len(), cfg.backlog)
+    }
+
+    fn compute(max_conns: usize, buf: usize, rules: usize, backlog: usize) -> MemoryPlan {
+        let pool = rules.saturating_mul(backlog);
+        let max_sockets = max_conns.saturating_mul(2).saturating_add(pool);
+        let per_socket = buf
+            .saturating_mul(2)
+            .saturating_add(size_of::<SocketStorage<'static>>())
+            // spare/dying/pool handle lists and the per-pass socket table
+            .saturating_add(3 * size_of::<(SocketHandle, Instant)>())
+            .saturating_add(size_of::<(SocketHandle, usize)>())
+            .saturating_add(3 * ALLOC_OVERHEAD);
+        let per_conn = size_of::<Conn>();
+        let fixed = FIXED_OVERHEAD
+            + size_of::<Interface>()
+            + size_of::<Engine>()
+            + EXTRA_SOCKETS * size_of::<SocketStorage<'static>>()
+            + rules * size_of::<RulePool>();
+        let total = max_sockets
+            .saturating_mul(per_socket)
+            .saturating_add(max_conns.saturating_mul(per_conn))
+            .saturating_add(fixed);
+        MemoryPlan {
+            max_sockets,
+            per_socket,
+            per_conn,
+            fixed,
+            total,
+        }
+    }
+
+    /// The largest `max_conns` that fits `budget` with this config's `buf`.
+    pub fn max_conns_fitting(cfg: &Config, budget: usize) -> usize {
+        let (mut lo, mut hi) = (0usize, 1 << 20);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if Self::compute(mid, cfg.buf, cfg.rules.len(), cfg.backlog).total <= budget {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+
+    /// The largest `buf` (a multiple of 1 KiB) that fits `budget` with this
+    /// config's `max_conns`; 0 if none does.
+    pub fn buf_fitting(cfg: &Config, budget: usize) -> usize {
+        let (mut lo, mut hi) = (0usize, 1 << 20); // in KiB
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if Self::compute(cfg.max_conns, mid * 1024, cfg.rules.len(), cfg.backlog).total
+                <= budget
+            {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo * 1024
+    }
+}
+
+/// Why an engine could not be built or reconfigured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The worst case of the config exceeds the memory budget.
+    TooBig {
+        needed: usize,
+        budget: usize,
+        max_conns: usize,
+        buf: usize,
+        fit_max_conns: usize,
+        fit_buf: usize,
+    },
+    /// The hardware address does not suit the device (wrong medium, not unicast).
+    BadHardwareAddress,
+    /// The device's medium is not supported (only Ethernet is).
+    UnsupportedMedium,
+    /// An address that cannot be assigned (not unicast).
+    BadAddress(Ipv4Address),
+    /// An allocation failed while building the engine.
+    OutOfMemory(&'static str),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::TooBig {
+                needed,
+                budget,
+                max_conns,
+                buf,
+                fit_max_conns,
+                fit_buf,
+            } => {
+                write!(
+                    f,
+                    "engine: max_conns={max_conns} buf={} needs up to {} but the memory budget is {}; ",
+                    Kib(*buf),
+                    Kib(*needed),
+                    Kib(*budget)
+                )?;
+                match (*fit_max_conns, *fit_buf) {
+                    (0, 0) => write!(f, "nothing fits: raise mem= or use fewer rules/backlog"),
+                    (0, b) => write!(f, "would fit: buf={} with max_conns={max_conns}", Kib(b)),
+                    (m, 0) => write!(f, "would fit: max_conns={m} with buf={}", Kib(*buf)),
+                    (m, b) => write!(
+                        f,
+                        "would fit: max_conns={m} with buf={}, or buf={} with max_conns={max_conns}",
+                        Kib(*buf),
+                        Kib(b)
+                    ),
+                }
+            }
+            EngineError::BadHardwareAddress => {
+                write!(f, "engine: hardware address is not a unicast Ethernet address")
+            }
+            EngineError::UnsupportedMedium => {
+                write!(f, "engine: device medium is not Ethernet")
+            }
+            EngineError::BadAddress(a) => write!(f, "engine: address {a} is not unicast"),
+            EngineError::OutOfMemory(what) => write!(f, "engine: out of memory allocating {what}"),
+        }
+    }
+}
+
+/// Formats a byte count as `16k`/`1m` when exact, else bytes.
+struct Kib(usize);
+impl fmt::Display for Kib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+            write!(f, "{}m", n >> 20)
+        } else if n >= 1024 && n.is_multiple_of(1024) {
+            write!(f, "{}k", n >> 10)
+        } else if n >= 1 << 20 {
+            write!(f, "{}.{}m", n >> 20, ((n & ((1 << 20) - 1)) * 10) >> 20)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+/// Per-socket TCP settings derived from the config.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    buf: usize,
+    max_conns: usize,
+    backlog: usize,
+    idle_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    keepalive: Option<Duration>,
+    user_timeout: Duration,
+    ack_delay: Option<Duration>,
+    cc: tcp::CongestionControl,
+}
+
+fn dur(d: core::time::Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+impl Tuning {
+    fn from_config(cfg: &Config) -> Tuning {
+        let keepalive = cfg.keepalive.map(dur);
+        Tuning {
+            buf: cfg.buf,
+            max_conns: cfg.max_conns,
+            backlog: cfg.backlog,
+            idle_timeout: cfg.idle_timeout.map(dur),
+            connect_timeout: dur(cfg.connect_timeout),
+            keepalive,
+            user_timeout: keepalive.map(|k| k * 3).unwrap_or(DEFAULT_USER_TIMEOUT),
+            ack_delay: cfg.ack_delay.map(dur),
+            cc: match cfg.cc {
+                CongestionControl::None => tcp::CongestionControl::None,
+                CongestionControl::Reno => tcp::CongestionControl::Reno,
+            },
+        }
+    }
+
+    /// Applied on every (re)use of a socket: `listen`/`connect` reset the TCP
+    /// state but not these options, and not the congestion controller's state,
+    /// which `set_congestion_control` renews.
+    fn apply(&self, s: &mut tcp::Socket<'_>) {
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(self.ack_delay);
+        s.set_keep_alive(self.keepalive);
+        s.set_timeout(Some(self.user_timeout));
+        s.set_congestion_control(self.cc);
+    }
+}
+
+/// Listening sockets of one rule.
+#[derive(Debug)]
+struct RulePool {
+    rule: Rule,
+    listening: Vec<SocketHandle>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    rule: u8,
+    client: SocketHandle,
+    upstream: SocketHandle,
+    local_port: u16,
+    started: Instant,
+    last_active: Instant,
+    /// The client handshake completed.
+    client_ready: bool,
+    /// The upstream handshake completed.
+    upstream_ready: bool,
+    /// A FIN was received from the client / from upstream.
+    client_fin: bool,
+    upstream_fin: bool,
+    /// We forwarded a FIN to upstream / to the client.
+    fin_to_upstream: bool,
+    fin_to_client: bool,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Completed,
+    ClientReset,
+    UpstreamReset,
+    UpstreamFailed,
+    Timeout,
+}
+
+/// Ports 49152..=65535 in use by upstream sockets.
+#[derive(Debug)]
+struct PortMap {
+    used: [u64; EPHEMERAL_COUNT / 64],
+    next: usize,
+}
+
+impl PortMap {
+    fn new(seed: u64) -> PortMap {
+        PortMap {
+            used: [0; EPHEMERAL_COUNT / 64],
+            next: (seed as usize) % EPHEMERAL_COUNT,
+        }
+    }
+    fn set(&mut self, port: u16, on: bool) {
+        if port >= EPHEMERAL_FIRST {
+            let i = (port - EPHEMERAL_FIRST) as usize;
+            if on {
+                self.used[i / 64] |= 1 << (i % 64);
+            } else {
+                self.used[i / 64] &= !(1 << (i % 64));
+            }
+        }
+    }
+    /// The next free port after the last one handed out (rotating, so a port
+    /// is reused as late as possible).
+    fn alloc(&mut self) -> Option<u16> {
+        for step in 0..EPHEMERAL_COUNT {
+            let i = (self.next + step) % EPHEMERAL_COUNT;
+            if self.used[i / 64] & (1 << (i % 64)) == 0 {
+                self.used[i / 64] |= 1 << (i % 64);
+                self.next = (i + 1) % EPHEMERAL_COUNT;
+                return Some(EPHEMERAL_FIRST + i as u16);
+            }
+        }
+        None
+    }
+}
+
+/// The split-TCP proxy engine. See the module documentation.
+pub struct Engine {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    tune: Tuning,
+    pools: Vec<RulePool>,
+    conns: Vec<Conn>,
+    /// Aborted sockets that still have an RST to send, with a deadline.
+    dying: Vec<(SocketHandle, Instant)>,
+    /// Finished sockets ready for reuse (closed or in TIME-WAIT).
+    spare: Vec<SocketHandle>,
+    spare_max: usize,
+    /// Sockets of ours in the set (pools + conns + dying + spare).
+    owned: usize,
+    plan: MemoryPlan,
+    ports: PortMap,
+    stats: Stats,
+    any_ip: bool,
+    own_addr: Option<Ipv4Address>,
+    retry_at: Option<Instant>,
+    more_work: bool,
+    idle_since: Instant,
+    /// The time of the latest poll.
+    now: Instant,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("stats", &self.stats)
+            .field("plan", &self.plan)
+            .field("owned_sockets", &self.owned)
+            .finish_non_exhaustive()
+    }
+}
+
+fn try_vec<T>(cap: usize, what: &'static str) -> Result<Vec<T>, EngineError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(cap)
+        .map_err(|_| EngineError::OutOfMemory(what))?;
+    Ok(v)
+}
+
+/// A zeroed buffer, or `None` if the allocation fails.
+fn try_buffer(len: usize) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
+fn fin_received(s: State) -> bool {
+    matches!(
+        s,
+        State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+    )
+}
+
+fn handshake_done(s: State) -> bool {
+    !matches!(s, State::Closed | State::Listen | State::SynSent | State::SynReceived)
+}
+
+/// Move bytes from `src`'s receive buffer into `dst`'s transmit buffer, as many
+/// as `dst` has room for. Returns the count.
+fn pump(src: &mut tcp::Socket<'_>, dst: &mut tcp::Socket<'_>) -> usize {
+    let mut total = 0;
+    // At most two rounds per buffer (ring wrap-around on either side), so the
+    // loop ends; bounded anyway.
+    for _ in 0..4 {
+        if !src.can_recv() || !dst.may_send() {
+            break;
+        }
+        let room = dst.send_capacity() - dst.send_queue();
+        if room == 0 {
+            break;
+        }
+        let moved = src.recv(|data| {
+            let n = data.len().min(room);
+            let sent = dst.send_slice(&data[..n]).unwrap_or(0);
+            (sent, sent)
+        });
+        match moved {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    total
+}
+
+impl Engine {
+    /// The worst-case memory plan of `cfg`.
+    pub fn memory_plan(cfg: &Config) -> MemoryPlan {
+        MemoryPlan::for_config(cfg)
+    }
+
+    /// Build an engine for `cfg` on `device`.
+    ///
+    /// `hw` is the interface's MAC address, `seed` seeds smoltcp's random numbers
+    /// (sequence numbers; use a different value every boot), `mem_budget` is the
+    /// memory the engine may use: a config whose worst case does not fit is refused.
+    /// A static `ip=`/`gw=` from the config is applied; with `ip=dhcp` the caller
+    /// sets the address later with [`Engine::set_ipv4`].
+    pub fn new<D: Device + ?Sized>(
+        cfg: &Config,
+        hw: HardwareAddress,
+        seed: u64,
+        mem_budget: usize,
+        device: &mut D,
+        now: Instant,
+    ) -> Result<Engine, EngineError> {
+        let plan = MemoryPlan::for_config(cfg);
+        if plan.total > mem_budget {
+            return Err(EngineError::TooBig {
+                needed: plan.total,
+                budget: mem_budget,
+                max_conns: cfg.max_conns,
+                buf: cfg.buf,
+                fit_max_conns: MemoryPlan::max_conns_fitting(cfg, mem_budget),
+                fit_buf: MemoryPlan::buf_fitting(cfg, mem_budget),
+            });
+        }
+        let caps = device.capabilities();
+        if caps.medium != Medium::Ethernet {
+            return Err(EngineError::UnsupportedMedium);
+        }
+        match hw {
+            HardwareAddress::Ethernet(mac) if mac.is_unicast() => {}
+            _ => return Err(EngineError::BadHardwareAddress),
+        }
+        let mut icfg = IfaceConfig::new(hw);
+        icfg.random_seed = seed;
+        let mut iface = Interface::new(icfg, device, now);
+        let any_ip = cfg
+            .rules
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Transparent));
+        iface.set_any_ip(any_ip);
+
+        let storage: Vec<SocketStorage<'static>> =
+            try_vec(plan.max_sockets + EXTRA_SOCKETS, "socket table")?;
+        let pool_cap = cfg.rules.len() * cfg.backlog;
+        let mut pools = try_vec(cfg.rules.len(), "rule table")?;
+        for r in &cfg.rules {
+            pools.push(RulePool {
+                rule: *r,
+                listening: try_vec(cfg.backlog, "listen pool")?,
+            });
+        }
+        let spare_max = (2 * pool_cap).max(16).min(plan.max_sockets);
+        let mut engine = Engine {
+            iface,
+            sockets: SocketSet::new(storage),
+            tune: Tuning::from_config(cfg),
+            pools,
+            conns: try_vec(cfg.max_conns, "connection table")?,
+            dying: try_vec(plan.max_sockets, "socket lists")?,
+            spare: try_vec(plan.max_sockets, "socket lists")?,
+            spare_max,
+            owned: 0,
+            plan,
+            ports: PortMap::new(seed),
+            stats: Stats::default(),
+            any_ip,
+            own_addr: None,
+            retry_at: None,
+            more_work: true,
+            idle_since: now,
+            now,
+        };
+        for r in &cfg.rules {
+            engine.ports.set(r.listen_port, true);
+        }
+        if let IpSetting::Static { addr, prefix_len } = cfg.ip {
+            engine.set_ipv4(Ipv4Cidr::new(addr, prefix_len), cfg.gw)?;
+        }
+        engine.refill(now);
+        Ok(engine)
+    }
+
+    /// Assign the interface's IPv4 address and default gateway (replacing any
+    /// previous ones), e.g. after DHCP. Listening sockets bound to the old
+    /// address are re-created.
+    pub fn set_ipv4(&mut self, cidr: Ipv4Cidr, gw: Option<Ipv4Address>) -> Result<(), EngineError> {
+        let a = cidr.address();
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+            return Err(EngineError::BadAddress(a));
+        }
+        if let Some(g) = gw {
+            if g.is_unspecified() || g.is_broadcast() || g.is_multicast() {
+                return Err(EngineError::BadAddress(g));
+            }
+        }
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            // Capacity is at least 1, so this cannot fail after clear().
+            let _ = addrs.push(IpCidr::Ipv4(cidr));
+        });
+        let routes = self.iface.routes_mut();
+        routes.remove_default_ipv4_route();
+        if let Some(g) = gw {
+            // The table was just emptied of its default route, so this fits.
+            let _ = routes.add_default_ipv4_route(g);
+        }
+        let changed = self.own_addr != Some(a);
+        self.own_addr = Some(a);
+        if changed {
+            self.drop_listeners();
+        }
+        Ok(())
+    }
+
+    /// Remove the interface's IPv4 address (e.g. the DHCP lease was lost).
+    pub fn clear_ipv4(&mut self) {
+        self.iface.update_ip_addrs(|addrs| addrs.clear());
+        self.iface.routes_mut().remove_default_ipv4_route();
+        self.own_addr = None;
+        self.drop_listeners();
+    }
+
+    /// The interface's IPv4 address, if any.
+    pub fn ipv4(&self) -> Option<Ipv4Cidr> {
+        self.iface.ip_addrs().iter().find_map(|c| match c {
+            IpCidr::Ipv4(c) => Some(*c),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+    }
+
+    /// The smoltcp interface, e.g. to read its MAC or add routes.
+    pub fn interface(&self) -> &Interface {
+        &self.iface
+    }
+
+    /// The smoltcp interface, mutable. Change addresses with [`Engine::set_ipv4`]
+    /// rather than here, so that listening sockets follow.
+    pub fn interface_mut(&mut self) -> &mut Interface {
+        &mut self.iface
+    }
+
+    /// The socket set. The caller may add up to [`EXTRA_SOCKETS`] sockets of its
+    /// own (e.g. a DHCP client); they are polled with the engine's. It must not
+    /// touch the engine's TCP sockets.
+    pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+
+    /// The interface and the socket set together (e.g. to drive a DHCP socket).
+    pub fn interface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
+        (&mut self.iface, &mut self.sockets)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.active = self.conns.len();
+        s
+    }
+
+    /// The worst-case memory plan this engine was admitted with.
+    pub fn plan(&self) -> MemoryPlan {
+        self.plan
+    }
+
+    /// Sockets the engine currently holds (listening, connected, closing, spare).
+    pub fn socket_count(&self) -> usize {
+        self.owned
+    }
+
+    /// Since when no connection has been held, or `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.conns.is_empty().then_some(self.idle_since)
+    }
+
+    /// Run the engine: receive what the device has, accept, splice, close, and
+    /// transmit. Returns whether anything happened. Bounded work per call: if it
+    /// stopped with work left, [`Engine::poll_delay`] returns zero.
+    pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
+        if self.any_ip {
+            let mut guard = ArpGuard {
+                inner: device,
+                own: self.own_addr,
+            };
+            self.poll_inner(now, &mut guard)
+        } else {
+            self.poll_inner(now, device)
+        }
+    }
+
+    fn poll_inner<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
+        self.now = now;
+        self.iface.poll_maintenance(now);
+        let mut activity = false;
+        self.more_work = true;
+        for _ in 0..MAX_ROUNDS {
+            let mut packets = 0;
+            while packets < BATCH {
+                match self.iface.poll_ingress_single(now, device, &mut self.sockets) {
+                    PollIngressSingleResult::None => break,
+                    PollIngressSingleResult::PacketProcessed => packets += 1,
+                    PollIngressSingleResult::SocketStateChanged => {
+                        packets += 1;
+                        // Take accepted sockets out of the pools and refill them
+                        // before the next packet, so a burst of SYNs finds
+                        // listeners as long as capacity remains.
+                        self.accept(now);
+                    }
+                }
+            }
+            let worked = self.service(now);
+            let mut egress_changed = false;
+            for _ in 0..MAX_ROUNDS {
+                match self.iface.poll_egress(now, device, &mut self.sockets) {
+                    PollResult::None => break,
+                    PollResult::SocketStateChanged => egress_changed = true,
+                }
+            }
+            if packets == 0 && !worked && !egress_changed {
+                self.more_work = false;
+                break;
+            }
+            activity = true;
+        }
+        activity
+    }
+
+    /// When the engine next needs to run, from `now`: `Some(0)` = at once,
+    /// `None` = only when a packet arrives.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        if self.more_work {
+            return Some(Duration::ZERO);
+        }
+        let mut at = self.iface.poll_at(now, &self.sockets);
+        let mut earliest = |t: Instant| {
+            at = Some(match at {
+                Some(a) if a <= t => a,
+                _ => t,
+            })
+        };
+        for c in &self.conns {
+            if !(c.client_ready && c.upstream_ready) {
+                earliest(c.started + self.tune.connect_timeout);
+            }
+            if let Some(idle) = self.tune.idle_timeout {
+                earliest(c.last_active + idle);
+            }
+        }
+        for (_, deadline) in &self.dying {
+            earliest(*deadline);
+        }
+        if let Some(r) = self.retry_at {
+            earliest(r);
+        }
+        at.map(|t| if t > now { t - now } else { Duration::ZERO })
+    }
+
+    // ---- sockets -------------------------------------------------------------
+
+    fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    /// A closed socket to (re)use: a spare, a new one, or the oldest dying one.
+    fn take_socket(&mut self, now: Instant) -> Option<SocketHandle> {
+        if let Some(h) = self.spare.pop() {
+            return Some(h);
+        }
+        if self.owned < self.plan.max_sockets {
+            if let (Some(rx), Some(tx)) = (try_buffer(self.tune.buf), try_buffer(self.tune.buf)) {
+                self.owned += 1;
+                return Some(self.sockets.add(tcp::Socket::new(
+                    tcp::SocketBuffer::new(rx),
+                    tcp::SocketBuffer::new(tx),
+                )));
+            }
+            log::warn!("proxy: out of memory for a socket");
+            self.retry_at = Some(now + ALLOC_RETRY);
+        }
+        if !self.dying.is_empty() {
+            // Give up on the oldest pending RST.
+            let (h, _) = self.dying.remove(0);
+            return Some(h);
+        }
+        None
+    }
+
+    /// Give a socket that is finished with back: spare, dying or freed.
+    fn retire(&mut self, h: SocketHandle, now: Instant) {
+        let s = self.tcp(h);
+        match s.state() {
+            State::Closed | State::TimeWait | State::Listen => {
+                if s.state() == State::Listen {
+                    s.abort(); // no peer: just closes, sends nothing
+                }
+                if s.state() == State::Closed && s.remote_endpoint().is_some() {
+                    self.dying.push((h, now + RST_GRACE));
+                } else {
+                    self.to_spare(h);
+                }
+            }
+            _ => {
+                s.abort();
+                self.dying.push((h, now + RST_GRACE));
+            }
+        }
+    }
+
+    fn to_spare(&mut self, h: SocketHandle) {
+        if self.spare.len() < self.spare_max {
+            self.spare.push(h);
+        } else {
+            self.sockets.remove(h);
+            self.owned -= 1;
+        }
+    }
+
+    /// Move sockets that have sent their RST (or waited too long) to the spares.
+    fn reap(&mut self, now: Instant) -> bool {
+        let mut i = 0;
+        let mut any = false;
+        while i < self.dying.len() {
+            let (h, deadline) = self.dying[i];
+            let s = self.tcp(h);
+            if s.remote_endpoint().is_none() || s.state() != State::Closed || now >= deadline {
+                self.dying.swap_remove(i);
+                self.to_spare(h);
+                any = true;
+            } else {
+                i += 1;
+            }
+        }
+        any
+    }
+
+    /// Abort every listening socket (the address changed); `refill` re-creates them.
+    fn drop_listeners(&mut self) {
+        let mut handles: Vec<SocketHandle> = Vec::new();
+        for p in &mut self.pools {
+            handles.append(&mut p.listening);
+        }
+        for h in handles {
+            let s = self.tcp(h);
+            if s.state() == State::Listen {
+                s.abort();
+                self.to_spare(h);
+            } else {
+                // Took a SYN since the last pass: treat it as refused.
+                s.abort();
+                self.stats.refused += 1;
+                self.dying.push((h, self.now + RST_GRACE));
+            }
+        }
+    }
+
+    fn listen_endpoint(&self, rule: &Rule) -> Option<IpListenEndpoint> {
+        match rule.kind {
+            RuleKind::Transparent => Some(IpListenEndpoint {
+                addr: None,
+                port: rule.listen_port,
+            }),
+            // With any-ip on, a reverse rule must only take connections to our
+            // own address, not transit traffic to the same port.
+            RuleKind::Reverse { .. } if self.any_ip => Some(IpListenEndpoint {
+                addr: Some(IpAddress::Ipv4(self.own_addr?)),
+                port: rule.listen_port,
+            }),
+            RuleKind::Reverse { .. } => Some(IpListenEndpoint {
+                addr: None,
+                port: rule.listen_port,
+            }),
+        }
+    }
+
+    /// Top every rule's pool up to `backlog` listening sockets.
+    fn refill(&mut self, now: Instant) {
+        if self.own_addr.is_none() {
+            return; // nothing can reach us yet
+        }
+        for i in 0..self.pools.len() {
+            let Some(ep) = self.listen_endpoint(&self.pools[i].rule) else {
+                continue;
+            };
+            while self.pools[i].listening.len() < self.tune.backlog {
+                let Some(h) = self.take_socket(now) else {
+                    return;
+                };
+                let tune = self.tune;
+                let s = self.tcp(h);
+                tune.apply(s);
+                match s.listen(ep) {
+                    Ok(()) => self.pools[i].listening.push(h),
+                    Err(_) => {
+                        // Cannot happen for a closed socket and a non-zero port;
+                        // keep the socket rather than leak it.
+                        self.to_spare(h);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take pool sockets that received a SYN and start their connections.
+    fn accept(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for i in 0..self.pools.len() {
+            let mut j = 0;
+            while j < self.pools[i].listening.len() {
+                let h = self.pools[i].listening[j];
+                if self.tcp(h).state() == State::Listen {
+                    j += 1;
+                    continue;
+                }
+                self.pools[i].listening.swap_remove(j);
+                any = true;
+                self.start_conn(i, h, now);
+            }
+        }
+        if any {
+            self.refill(now);
+        }
+        any
+    }
+
+    fn refuse(&mut self, client: SocketHandle, now: Instant) {
+        self.stats.refused += 1;
+        self.tcp(client).abort();
+        self.dying.push((client, now + RST_GRACE));
+    }
+
+    fn start_conn(&mut self, rule_idx: usize, client: SocketHandle, now: Instant) {
+        if self.conns.len() >= self.tune.max_conns {
+            log::debug!("proxy: max_conns reached, refusing");
+            return self.refuse(client, now);
+        }
+        let rule = self.pools[rule_idx].rule;
+        let Some(local) = self.tcp(client).local_endpoint() else {
+            // Reset before we looked: nothing to do.
+            return self.to_spare(client);
+        };
+        let dest = match rule.kind {
+            RuleKind::Reverse {
+                upstream,
+                upstream_port,
+            } => IpEndpoint::new(IpAddress::Ipv4(upstream), upstream_port),
+            RuleKind::Transparent => {
+                if Some(local.addr) == self.own_addr.map(IpAddress::Ipv4) {
+                    log::debug!("proxy: transparent connection to the instance itself, refusing");
+                    return self.refuse(client, now);
+                }
+                local
+            }
+        };
+        let Some(port) = self.ports.alloc() else {
+            log::warn!("proxy: no ephemeral port left, refusing");
+            return self.refuse(client, now);
+        };
+        let Some(up) = self.take_socket(now) else {
+            self.ports.set(port, false);
+            return self.refuse(client, now);
+        };
+        let tune = self.tune;
+        let s = self.sockets.get_mut::<tcp::Socket>(up);
+        tune.apply(s);
+        if let Err(e) = s.connect(self.iface.context(), dest, port) {
+            log::debug!("proxy: connect to {dest} failed: {e}");
+            self.ports.set(port, false);
+            self.to_spare(up);
+            self.stats.upstream_failures += 1;
+            self.tcp(client).abort();
+            self.dying.push((client, now + RST_GRACE));
+            return;
+        }
+        self.stats.accepted += 1;
+        self.conns.push(Conn {
+            rule: rule_idx as u8,
+            client,
+            upstream: up,
+            local_port: port,
+            started: now,
+            last_active: now,
+            client_ready: false,
+            upstream_ready: false,
+            client_fin: false,
+            upstream_fin: false,
+            fin_to_upstream: false,
+            fin_to_client: false,
+        });
+        log::debug!(
+            "proxy: rule {} accepted {:?} -> {dest}",
+            rule_idx,
+            self.tcp(client).remote_endpoint()
+        );
+    }
+
+    /// One pass over every connection: splice, forward FINs and resets, apply
+    /// timeouts, end finished connections, reap and refill. Returns whether
+    /// anything changed.
+    fn service(&mut self, now: Instant) -> bool {
+        let mut worked = self.accept(now);
+        worked |= self.reap(now);
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+        }
+
+        // A table of every TCP socket, in handle order, so that two sockets can
+        // be borrowed mutably at once and bytes moved without a copy in between.
+        let mut table: Vec<(SocketHandle, &mut tcp::Socket<'static>)> = Vec::new();
+        if table.try_reserve_exact(self.owned + EXTRA_SOCKETS).is_err() {
+            self.retry_at = Some(now + ALLOC_RETRY);
+            return worked;
+        }
+        for (h, s) in self.sockets.iter_mut() {
+            if let Some(t) = tcp::Socket::downcast_mut(s) {
+                if table.len() < table.capacity() {
+                    table.push((h, t));
+                }
+            }
+        }
+        let mut ended: Vec<(usize, End)> = Vec::new();
+        let tune = self.tune;
+        for (idx, c) in self.conns.iter_mut().enumerate() {
+            let (Ok(ci), Ok(ui)) = (
+                table.binary_search_by_key(&c.client, |e| e.0),
+                table.binary_search_by_key(&c.upstream, |e| e.0),
+            ) else {
+                continue;
+            };
+            let Ok([(_, cs), (_, us)]) = table.get_disjoint_mut([ci, ui]) else {
+                continue;
+            };
+            let end = step_conn(c, cs, us, &tune, now, &mut self.stats, &mut worked);
+            if let Some(e) = end {
+                if ended.try_reserve(1).is_ok() {
+                    ended.push((idx, e));
+                }
+            }
+        }
+        drop(table);
+
+        // End connections, highest index first so swap_remove keeps indices valid.
+        for &(idx, end) in ended.iter().rev() {
+            let c = self.conns.swap_remove(idx);
+            match end {
+                End::Completed => self.stats.completed += 1,
+                End::ClientReset => self.stats.client_resets += 1,
+                End::UpstreamReset => self.stats.upstream_resets += 1,
+                End::UpstreamFailed => self.stats.upstream_failures += 1,
+                End::Timeout => self.stats.timeouts += 1,
+            }
+            log::debug!("proxy: connection on rule {} ended: {end:?}", c.rule);
+            self.ports.set(c.local_port, false);
+            self.retire(c.client, now);
+            self.retire(c.upstream, now);
+            worked = true;
+        }
+        if !ended.is_empty() {
+            if self.conns.is_empty() {
+                self.idle_since = now;
+            }
+            self.reap(now);
+        }
+        self.refill(now);
+        worked
+    }
+}
+
+/// Advance one connection. Returns how it ended, if it did.
+fn step_conn(
+    c: &mut Conn,
+    cs: &mut tcp::Socket<'static>,
+    us: &mut tcp::Socket<'static>,
+    tune: &Tuning,
+    now: Instant,
+    stats: &mut Stats,
+    worked: &mut bool,
+) -> Option<End> {
+    let (cst, ust) = (cs.state(), us.state());
+    c.client_ready |= handshake_done(cst);
+    c.upstream_ready |= handshake_done(ust);
+    c.client_fin |= fin_received(cst);
+    c.upstream_fin |= fin_received(ust);
+
+    let abort_both = |cs: &mut tcp::Socket<'static>, us: &mut tcp::Socket<'static>| {
+        for s in [cs, us] {
+            if s.is_active() {
+                s.abort();
+            }
+        }
+    };
+
+    // A reset in SYN-RECEIVED sends a listen()ed socket back to LISTEN.
+    if cst == State::Listen {
+        abort_both(cs, us);
+        return Some(End::ClientReset);
+    }
+    // Closed without both FINs exchanged on that socket: reset or smoltcp timeout.
+    if cst == State::Closed && !(c.client_fin && c.fin_to_client) {
+        abort_both(cs, us);
+        return Some(End::ClientReset);
+    }
+    if ust == State::Closed && !(c.upstream_fin && c.fin_to_upstream) {
+        abort_both(cs, us);
+        return Some(if c.upstream_ready {
+            End::UpstreamReset
+        } else {
+            End::UpstreamFailed
+        });
+    }
+    if !(c.client_ready && c.upstream_ready) && now >= c.started + tune.connect_timeout {
+        abort_both(cs, us);
+        return Some(if c.upstream_ready {
+            End::Timeout
+        } else {
+            End::UpstreamFailed
+        });
+    }
+    if let Some(idle) = tune.idle_timeout {
+        if now >= c.last_active + idle {
+            abort_both(cs, us);
+            return Some(End::Timeout);
+        }
+    }
+
+    let up = pump(cs, us);
+    let down = pump(us, cs);
+    if up + down > 0 {
+        stats.bytes_up += up as u64;
+        stats.bytes_down += down as u64;
+        c.last_active = now;
+        *worked = true;
+    }
+
+    // Forward a FIN once everything before it has been moved.
+    if c.client_fin
+        && !c.fin_to_upstream
+        && cs.recv_queue() == 0
+        && matches!(us.state(), State::Established | State::CloseWait)
+    {
+        us.close();
+        c.fin_to_upstream = true;
+        c.last_active = now;
+        *worked = true;
+    }
+    if c.upstream_fin
+        && !c.fin_to_client
+        && us.recv_queue() == 0
+        && matches!(cs.state(), State::Established | State::CloseWait)
+    {
+        cs.close();
+        c.fin_to_client = true;
+        c.last_active = now;
+        *worked = true;
+    }
+
+    let done = |s: State| matches!(s, State::Closed | State::TimeWait);
+    if c.fin_to_client && c.fin_to_upstream && done(cs.state()) && done(us.state()) {
+        return Some(End::Completed);
+    }
+    None
+}
+
+/// With any-ip on, smoltcp answers ARP for every address; on a shared segment
+/// that would steal other hosts' addresses. This wrapper hides ARP packets whose
+/// target is not the instance's own address.
+struct ArpGuard<'d, D: Device + ?Sized> {
+    inner: &'d mut D,
+    own: Option<Ipv4Address>,
+}
+
+struct GuardRx<R> {
+    inner: R,
+    own: Option<Ipv4Address>,
+}
+
+fn foreign_arp(frame: &[u8], own: Option<Ipv4Address>) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return false;
+    }
+    let Ok(pkt) = ArpPacket::new_checked(eth.payload()) else {
+        return false;
+    };
+    match ArpRepr::parse(&pkt) {
+        Ok(ArpRepr::EthernetIpv4 {
+            target_protocol_addr,
+            ..
+        }) => Some(target_protocol_addr) != own,
+        _ => false,
+    }
+}
+
+impl<R: RxToken> RxToken for GuardRx<R> {
+    fn consume<T, F>(self, f: F) -> T
+    where
+        F: FnOnce(&[u8]) -> T,
+    {
+        let own = self.own;
+        self.inner.consume(|frame| {
+            if foreign_arp(frame, own) {
+                f(&[])
+            } else {
+                f(frame)
+            }
+        })
+    }
+
+    fn meta(&self) -> PacketMeta {
+        self.inner.meta()
+    }
+}
+
+impl<'d, D: Device + ?Sized> Device for ArpGuard<'d, D> {
+    type RxToken<'a>
+        = GuardRx<D::RxToken<'a>>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = D::TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let own = self.own;
+        self.inner
+            .receive(timestamp)
+            .map(|(rx, tx)| (GuardRx { inner: rx, own }, tx))
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.inner.transmit(timestamp)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}

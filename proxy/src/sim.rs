@@ -1,0 +1,871 @@
+//! A deterministic in-memory network for testing and benchmarking the engine
+//! on the host (compiled for tests and with the `std` feature only).
+//!
+//! [`Net`] is an Ethernet switch with one [`Link`] per port (one-way delay,
+//! random extra delay that reorders frames, loss, bandwidth, queue limit), all
+//! driven by a seeded PRNG ([`Rng`]) and a virtual clock, so a run is exactly
+//! repeatable and a 60 s idle timeout costs nothing. An optional [`Router`]
+//! port forwards IPv4 between subnets by static host routes, so transparent-mode
+//! destinations can live "behind" a gateway. [`Host`] is a plain smoltcp
+//! endpoint (client or server) running scripted [`Flow`]s whose content is
+//! checked byte for byte by the tests.
+
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::{Duration, Instant};
+use crate::engine::Engine;
+
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr, Ipv4Packet,
+};
+
+/// A small, fast, seeded PRNG (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// True with probability `p` (0.0..=1.0).
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let r = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+}
+
+/// `len` pseudo-random bytes from `seed`: the content of a test stream.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    Rng::new(seed ^ 0xA5A5_5A5A_1234_5678).fill(&mut v);
+    v
+}
+
+/// The link between one switch port and its device, used in both directions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// One-way propagation delay.
+    pub delay: Duration,
+    /// Extra random delay, uniform in `0..=jitter`; frames may overtake each other.
+    pub jitter: Duration,
+    /// Probability that a frame is lost on this link.
+    pub loss: f64,
+    /// Bytes per second; 0 = unlimited.
+    pub bandwidth: u64,
+    /// Frames queued for serialization beyond which new ones are dropped.
+    pub queue_limit: usize,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            bandwidth: 0,
+            queue_limit: 1000,
+        }
+    }
+}
+
+impl Link {
+    pub fn delay_ms(ms: u64) -> Link {
+        Link {
+            delay: Duration::from_millis(ms),
+            ..Link::default()
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Port {
+    link: Link,
+    rx: VecDeque<Vec<u8>>,
+    /// When the uplink/downlink finish serializing what they carry.
+    up_busy: u64,
+    down_busy: u64,
+}
+
+/// Counters of the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub overflowed: u64,
+}
+
+/// A simple IPv4 router attached to one switch port.
+#[derive(Debug)]
+pub struct Router {
+    port: usize,
+    mac: EthernetAddress,
+    ips: Vec<Ipv4Address>,
+    hosts: Vec<(Ipv4Address, EthernetAddress)>,
+}
+
+/// An Ethernet switch with per-port links and an optional router. See the module docs.
+#[derive(Debug)]
+pub struct Net {
+    now: u64,
+    seq: u64,
+    ports: Vec<Port>,
+    fdb: Vec<(EthernetAddress, usize)>,
+    in_flight: BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>>,
+    router: Option<Router>,
+    rng: Rng,
+    pub stats: NetStats,
+    /// Largest RX queue a port may have before frames are dropped.
+    pub rx_limit: usize,
+}
+
+impl Net {
+    pub fn new(seed: u64) -> Net {
+        Net {
+            now: 0,
+            seq: 0,
+            ports: Vec::new(),
+            fdb: Vec::new(),
+            in_flight: BinaryHeap::new(),
+            router: None,
+            rng: Rng::new(seed),
+            stats: NetStats::default(),
+            rx_limit: 4096,
+        }
+    }
+
+    /// Add a port with this link; returns its index.
+    pub fn add_port(&mut self, link: Link) -> usize {
+        self.ports.push(Port {
+            link,
+            ..Port::default()
+        });
+        self.ports.len() - 1
+    }
+
+    pub fn set_link(&mut self, port: usize, link: Link) {
+        self.ports[port].link = link;
+    }
+
+    /// Attach a router on a new port with this link; it answers ARP for `ips`.
+    pub fn add_router(&mut self, mac: EthernetAddress, ips: &[Ipv4Address], link: Link) -> usize {
+        let port = self.add_port(link);
+        self.fdb.push((mac, port));
+        self.router = Some(Router {
+            port,
+            mac,
+            ips: ips.to_vec(),
+            hosts: Vec::new(),
+        });
+        port
+    }
+
+    /// Tell the router where `ip` lives.
+    pub fn route_host(&mut self, ip: Ipv4Address, mac: EthernetAddress) {
+        if let Some(r) = &mut self.router {
+            r.hosts.push((ip, mac));
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.now as i64)
+    }
+
+    /// The device of one port.
+    pub fn port(&mut self, port: usize) -> PortDevice<'_> {
+        PortDevice { net: self, port }
+    }
+
+    /// Whether a port has frames waiting to be received.
+    pub fn has_rx(&self, port: usize) -> bool {
+        !self.ports[port].rx.is_empty()
+    }
+
+    /// Whether any port has frames waiting.
+    pub fn any_rx(&self) -> bool {
+        self.ports.iter().any(|p| !p.rx.is_empty())
+    }
+
+    /// When the next frame in flight arrives.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.in_flight
+            .peek()
+            .map(|Reverse((t, ..))| Instant::from_micros(*t as i64))
+    }
+
+    /// Set the clock and deliver every frame due by then (routing what reaches the router).
+    pub fn advance(&mut self, now: Instant) {
+        let now = now.total_micros().max(0) as u64;
+        if now > self.now {
+            self.now = now;
+        }
+        loop {
+            match self.in_flight.peek() {
+                Some(Reverse((t, ..))) if *t <= self.now => {}
+                _ => break,
+            }
+            let Some(Reverse((_, _, dst, frame))) = self.in_flight.pop() else {
+                break;
+            };
+            if self.router.as_ref().is_some_and(|r| r.port == dst) {
+                self.route(frame);
+            } else if self.ports[dst].rx.len() >= self.rx_limit {
+                self.stats.overflowed += 1;
+            } else {
+                self.stats.delivered += 1;
+                self.ports[dst].rx.push_back(frame);
+            }
+        }
+    }
+
+    fn delay_of(&mut self, link: &Link) -> u64 {
+        let j = link.jitter.total_micros();
+        link.delay.total_micros() + if j > 0 { self.rng.below(j + 1) } else { 0 }
+    }
+
+    /// A frame leaves `src`'s device.
+    fn send(&mut self, src: usize, frame: Vec<u8>) {
+        self.stats.sent += 1;
+        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
+            return;
+        };
+        let (dst_mac, src_mac) = (eth.dst_addr(), eth.src_addr());
+        if src_mac.is_unicast() && !self.fdb.iter().any(|(m, _)| *m == src_mac) {
+            self.fdb.push((src_mac, src));
+        }
+        let dsts: Vec<usize> = match self.fdb.iter().find(|(m, _)| *m == dst_mac) {
+            Some((_, p)) if dst_mac.is_unicast() => vec![*p],
+            _ => (0..self.ports.len()).filter(|p| *p != src).collect(),
+        };
+        let len = frame.len() as u64;
+        // Uplink: loss, serialization, queue limit, delay.
+        let up = self.ports[src].link;
+        if self.rng.chance(up.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let mut t = self.now;
+        if up.bandwidth > 0 {
+            let ser = len * 1_000_000 / up.bandwidth;
+            let start = self.ports[src].up_busy.max(t);
+            if (start - t) > ser * up.queue_limit as u64 {
+                self.stats.overflowed += 1;
+                return;
+            }
+            self.ports[src].up_busy = start + ser;
+            t = start + ser;
+        }
+        t += self.delay_of(&up);
+        for d in dsts {
+            let down = self.ports[d].link;
+            if self.rng.chance(down.loss) {
+                self.stats.lost += 1;
+                continue;
+            }
+            let mut td = t;
+            if down.bandwidth > 0 {
+                let ser = len * 1_000_000 / down.bandwidth;
+                let start = self.ports[d].down_busy.max(td);
+                if (start - td) > ser * down.queue_limit as u64 {
+                    self.stats.overflowed += 1;
+                    continue;
+                }
+                self.ports[d].down_busy = start + ser;
+                td = start + ser;
+            }
+            td += self.delay_of(&down);
+            self.seq += 1;
+            self.in_flight.push(Reverse((td, self.seq, d, frame.clone())));
+        }
+    }
+
+    /// The router handles a frame that reached its port.
+    fn route(&mut self, mut frame: Vec<u8>) {
+        let Some(r) = &self.router else { return };
+        let (rport, rmac) = (r.port, r.mac);
+        let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
+            return;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                let Ok(pkt) = ArpPacket::new_checked(eth.payload()) else {
+                    return;
+                };
+                let Ok(ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    target_protocol_addr,
+                    ..
+                }) = ArpRepr::parse(&pkt)
+                else {
+                    return;
+                };
+                if !r.ips.contains(&target_protocol_addr) {
+                    return;
+                }
+                let reply = ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Reply,
+                    source_hardware_addr: rmac,
+                    source_protocol_addr: target_protocol_addr,
+                    target_hardware_addr: source_hardware_addr,
+                    target_protocol_addr: source_protocol_addr,
+                };
+                let mut out = vec![0u8; 14 + reply.buffer_len()];
+                let mut f = EthernetFrame::new_unchecked(&mut out[..]);
+                f.set_src_addr(rmac);
+                f.set_dst_addr(source_hardware_addr);
+                f.set_ethertype(EthernetProtocol::Arp);
+                reply.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+                self.send(rport, out);
+            }
+            EthernetProtocol::Ipv4 if eth.dst_addr() == rmac => {
+                let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                    return;
+                };
+                let dst = ip.dst_addr();
+                let Some((_, mac)) = r.hosts.iter().find(|(a, _)| *a == dst) else {
+                    return; // no route: dropped (the destination is unreachable)
+                };
+                let mac = *mac;
+                let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
+                f.set_src_addr(rmac);
+                f.set_dst_addr(mac);
+                self.send(rport, frame);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The smoltcp device of one switch port.
+pub struct PortDevice<'n> {
+    net: &'n mut Net,
+    port: usize,
+}
+
+pub struct SimRx(Vec<u8>);
+pub struct SimTx<'n> {
+    net: &'n mut Net,
+    port: usize,
+}
+
+impl RxToken for SimRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for SimTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.net.send(self.port, buf);
+        r
+    }
+}
+
+impl Device for PortDevice<'_> {
+    type RxToken<'a>
+        = SimRx
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = SimTx<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _t: Instant) -> Option<(SimRx, SimTx<'_>)> {
+        let frame = self.net.ports[self.port].rx.pop_front()?;
+        Some((
+            SimRx(frame),
+            SimTx {
+                net: self.net,
+                port: self.port,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<SimTx<'_>> {
+        Some(SimTx {
+            net: self.net,
+            port: self.port,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// A MAC address for test node `n`.
+pub fn mac(n: u8) -> EthernetAddress {
+    EthernetAddress([0x02, 0, 0, 0, 0, n])
+}
+
+/// What a stream end does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Never close.
+    Never,
+    /// Close (FIN) once everything was sent.
+    AfterSend,
+    /// Close once everything was sent and the peer's FIN was received.
+    AfterPeerFin,
+    /// Abort (RST) once this many bytes were received.
+    AbortAfterRecv(usize),
+    /// Abort (RST) once this many bytes were sent.
+    AbortAfterSend(usize),
+}
+
+/// One TCP connection of a [`Host`], with a script and what it saw.
+#[derive(Debug)]
+pub struct Flow {
+    pub handle: SocketHandle,
+    /// What to send.
+    pub data: Vec<u8>,
+    pub sent: usize,
+    /// Echo what is received instead of sending `data`.
+    pub echo: bool,
+    pub close: Close,
+    /// Everything received, or only its length when `keep` is false.
+    pub received: Vec<u8>,
+    pub received_len: usize,
+    pub keep: bool,
+    /// Saw the peer's FIN.
+    pub fin: bool,
+    /// The connection was reset (or never established).
+    pub reset: bool,
+    pub established: bool,
+    pub closed_by_us: bool,
+    pub aborted_by_us: bool,
+    /// The socket is finished with (closed, TIME-WAIT or reset).
+    pub done: bool,
+    /// When the flow started, was established, and finished.
+    pub t_start: Instant,
+    pub t_established: Option<Instant>,
+    pub t_done: Option<Instant>,
+    pub t_first_byte: Option<Instant>,
+}
+
+impl Flow {
+    fn new(handle: SocketHandle, data: Vec<u8>, echo: bool, close: Close, now: Instant) -> Flow {
+        Flow {
+            handle,
+            data,
+            sent: 0,
+            echo,
+            close,
+            received: Vec::new(),
+            received_len: 0,
+            keep: true,
+            fin: false,
+            reset: false,
+            established: false,
+            closed_by_us: false,
+            aborted_by_us: false,
+            done: false,
+            t_start: now,
+            t_established: None,
+            t_done: None,
+            t_first_byte: None,
+        }
+    }
+}
+
+/// What a listening [`Host`] does with each accepted connection.
+#[derive(Debug, Clone)]
+pub enum Serve {
+    /// Echo everything; close after the peer's FIN.
+    Echo,
+    /// Read and keep everything; close after the peer's FIN.
+    Sink,
+    /// Send this many bytes of `pattern(seed)` and close; keep what is received.
+    Source { len: usize, seed: u64 },
+    /// Read; after the peer's FIN send `len` bytes of `pattern(seed)` and close.
+    RespondAfterFin { len: usize, seed: u64 },
+    /// Read, and abort after this many bytes.
+    AbortAfter(usize),
+    /// Accept and do nothing (for idle tests).
+    Silent,
+}
+
+/// A smoltcp endpoint on the simulated network.
+pub struct Host {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub port: usize,
+    pub flows: Vec<Flow>,
+    listeners: Vec<SocketHandle>,
+    listen_port: u16,
+    serve: Option<Serve>,
+    buf: usize,
+    next_port: u16,
+    /// Keep received bytes (false for large benchmarks: only count them).
+    pub keep: bool,
+    /// Connections accepted by a listening host.
+    pub accepted: usize,
+}
+
+impl Host {
+    /// A host on `port` of `net` with address `ip` and optional gateway.
+    pub fn new(
+        net: &mut Net,
+        port: usize,
+        n: u8,
+        ip: Ipv4Cidr,
+        gw: Option<Ipv4Address>,
+        buf: usize,
+    ) -> Host {
+        let mut cfg = IfaceConfig::new(HardwareAddress::Ethernet(mac(n)));
+        cfg.random_seed = 0x1000 + n as u64;
+        let now = net.now();
+        let mut iface = Interface::new(cfg, &mut net.port(port), now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::Ipv4(ip));
+        });
+        if let Some(g) = gw {
+            let _ = iface.routes_mut().add_default_ipv4_route(g);
+        }
+        Host {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            port,
+            flows: Vec::new(),
+            listeners: Vec::new(),
+            listen_port: 0,
+            serve: None,
+            buf,
+            next_port: 40000,
+            keep: true,
+            accepted: 0,
+        }
+    }
+
+    pub fn mac(&self) -> EthernetAddress {
+        match self.iface.hardware_addr() {
+            HardwareAddress::Ethernet(m) => m,
+            #[allow(unreachable_patterns)]
+            _ => EthernetAddress([0; 6]),
+        }
+    }
+
+    fn new_socket(&mut self) -> SocketHandle {
+        let s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.buf]),
+            tcp::SocketBuffer::new(vec![0; self.buf]),
+        );
+        self.sockets.add(s)
+    }
+
+    /// Serve `port` with `backlog` listening sockets, each accepted connection as `serve`.
+    pub fn listen(&mut self, port: u16, backlog: usize, serve: Serve) {
+        self.listen_port = port;
+        self.serve = Some(serve);
+        for _ in 0..backlog {
+            let h = self.new_socket();
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            s.set_ack_delay(None);
+            let _ = s.listen(port);
+            self.listeners.push(h);
+        }
+    }
+
+    /// Open a connection to `to`, sending `data` (or echoing), with a close script.
+    /// Returns the flow index.
+    pub fn connect(
+        &mut self,
+        to: (Ipv4Address, u16),
+        data: Vec<u8>,
+        close: Close,
+        now: Instant,
+    ) -> usize {
+        let h = self.new_socket();
+        let port = self.next_port;
+        self.next_port = if self.next_port >= 65000 {
+            40000
+        } else {
+            self.next_port + 1
+        };
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        s.set_ack_delay(None);
+        let r = s.connect(
+            self.iface.context(),
+            IpEndpoint::new(IpAddress::Ipv4(to.0), to.1),
+            port,
+        );
+        let mut f = Flow::new(h, data, false, close, now);
+        f.keep = self.keep;
+        if r.is_err() {
+            f.reset = true;
+            f.done = true;
+        }
+        self.flows.push(f);
+        self.flows.len() - 1
+    }
+
+    /// Poll the interface and run every flow until nothing more happens now.
+    pub fn poll(&mut self, net: &mut Net) -> bool {
+        let now = net.now();
+        let mut any = false;
+        for _ in 0..64 {
+            self.iface.poll(now, &mut net.port(self.port), &mut self.sockets);
+            let worked = self.step(now);
+            any |= worked;
+            if !worked {
+                break;
+            }
+        }
+        any
+    }
+
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        self.iface.poll_delay(now, &self.sockets)
+    }
+
+    fn accept(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        let Some(serve) = self.serve.clone() else {
+            return false;
+        };
+        for i in 0..self.listeners.len() {
+            let h = self.listeners[i];
+            if self.sockets.get::<tcp::Socket>(h).state() == State::Listen {
+                continue;
+            }
+            any = true;
+            self.accepted += 1;
+            let (data, echo, close) = match serve {
+                Serve::Echo => (Vec::new(), true, Close::AfterPeerFin),
+                Serve::Sink => (Vec::new(), false, Close::AfterPeerFin),
+                Serve::Source { len, seed } => (pattern(seed, len), false, Close::AfterSend),
+                Serve::RespondAfterFin { .. } => (Vec::new(), false, Close::AfterPeerFin),
+                Serve::AbortAfter(n) => (Vec::new(), false, Close::AbortAfterRecv(n)),
+                Serve::Silent => (Vec::new(), false, Close::Never),
+            };
+            let mut f = Flow::new(h, data, echo, close, now);
+            f.keep = self.keep;
+            self.flows.push(f);
+            // Replace the listener.
+            let nh = self.new_socket();
+            let s = self.sockets.get_mut::<tcp::Socket>(nh);
+            s.set_ack_delay(None);
+            let _ = s.listen(self.listen_port);
+            self.listeners[i] = nh;
+        }
+        any
+    }
+
+    fn step(&mut self, now: Instant) -> bool {
+        let mut worked = self.accept(now);
+        let respond = match self.serve {
+            Some(Serve::RespondAfterFin { len, seed }) => Some((len, seed)),
+            _ => None,
+        };
+        for f in &mut self.flows {
+            if f.done {
+                continue;
+            }
+            let s = self.sockets.get_mut::<tcp::Socket>(f.handle);
+            if s.state() == State::Listen {
+                // Reset during the handshake sent an accepted socket back to LISTEN.
+                s.abort();
+                f.reset = true;
+                f.done = true;
+                f.t_done = Some(now);
+                continue;
+            }
+            if !f.established && s.may_send() {
+                f.established = true;
+                f.t_established = Some(now);
+            }
+            // Receive.
+            loop {
+                let keep = f.keep;
+                let r = s.recv(|d| {
+                    if keep {
+                        f.received.extend_from_slice(d);
+                    }
+                    (d.len(), d.len())
+                });
+                match r {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if f.t_first_byte.is_none() {
+                            f.t_first_byte = Some(now);
+                        }
+                        f.received_len += n;
+                        worked = true;
+                    }
+                    Err(tcp::RecvError::Finished) => {
+                        if !f.fin {
+                            f.fin = true;
+                            worked = true;
+                            if let Some((len, seed)) = respond {
+                                f.data = pattern(seed, len);
+                            }
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Send.
+            if s.may_send() {
+                let src: &[u8] = if f.echo { &f.received } else { &f.data };
+                if f.sent < src.len() {
+                    let n = s.send_slice(&src[f.sent..]).unwrap_or(0);
+                    if n > 0 {
+                        f.sent += n;
+                        worked = true;
+                    }
+                }
+            }
+            let all_sent = if f.echo {
+                f.sent == f.received.len()
+            } else {
+                f.sent == f.data.len()
+            };
+            match f.close {
+                Close::AfterSend if all_sent && !f.closed_by_us && s.may_send() => {
+                    s.close();
+                    f.closed_by_us = true;
+                    worked = true;
+                }
+                Close::AfterPeerFin if all_sent && f.fin && !f.closed_by_us => {
+                    s.close();
+                    f.closed_by_us = true;
+                    worked = true;
+                }
+                Close::AbortAfterRecv(n) if f.received_len >= n && !f.aborted_by_us => {
+                    s.abort();
+                    f.aborted_by_us = true;
+                    worked = true;
+                }
+                Close::AbortAfterSend(n) if f.sent >= n && !f.aborted_by_us => {
+                    s.abort();
+                    f.aborted_by_us = true;
+                    worked = true;
+                }
+                _ => {}
+            }
+            // Finished?
+            let st = s.state();
+            if st == State::TimeWait || (st == State::Closed && s.remote_endpoint().is_none()) {
+                if st == State::Closed && !(f.fin && f.closed_by_us) && !f.aborted_by_us {
+                    f.reset = true;
+                }
+                f.done = true;
+                f.t_done = Some(now);
+                worked = true;
+            }
+        }
+        worked
+    }
+
+    /// Drop finished flows' sockets (keeps the flow records).
+    pub fn reclaim(&mut self) {
+        for f in &mut self.flows {
+            if f.done && self.sockets.iter().any(|(h, _)| h == f.handle) {
+                self.sockets.remove(f.handle);
+            }
+        }
+    }
+}
+
+/// The proxy engine and hosts on one simulated network, driven by virtual time.
+pub struct World {
+    pub net: Net,
+    pub proxy: Engine,
+    pub proxy_port: usize,
+    pub hosts: Vec<Host>,
+    /// Polls of the proxy so far.
+    pub proxy_polls: u64,
+}
+
+impl World {
+    pub fn now(&self) -> Instant {
+        self.net.now()
+    }
+
+    /// Poll everything once at the current time. Returns whether anything happened.
+    pub fn step(&mut self) -> bool {
+        let now = self.net.now();
+        self.net.advance(now);
+        let mut any = self.proxy.poll(now, &mut self.net.port(self.proxy_port));
+        self.proxy_polls += 1;
+        for h in &mut self.hosts {
+            any |= h.poll(&mut self.net);
+        }
+        self.net.advance(now);
+        any
+    }
+
+    /// Run until `cond` holds (true) or `limit` of virtual time passed (false).
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&World) -> bool) -> bool {
+        let deadline = self.net.now() + limit;
+        loop {
+            let progressed = self.step();
+            if cond(self) {
+                return true;
+            }
+            let now = self.net.now();
+            if self.net.any_rx() {
+                continue;
+            }
+            let mut next: Option<Instant> = self.net.next_arrival();
+            let mut consider = |d: Option<Duration>| {
+                if let Some(d) = d {
+                    let t = now + d;
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            };
+            consider(self.proxy.poll_delay(now));
+            for h in &mut self.hosts {
+                consider(h.poll_delay(now));
+            }
+            let Some(mut t) = next else {
+                return false; // nothing will ever happen again
+            };
+            if t <= now && !progressed {
+                t = now + Duration::from_micros(1);
+            }
+            if t > deadline {
+                self.net.advance(deadline);
+                return cond(self);
+            }
+            self.net.advance(t);
+        }
+    }
+
+    /// Run for exactly `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(d, |_| false);
+    }
+}
