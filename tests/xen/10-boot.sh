@@ -1,0 +1,82 @@
+#!/bin/bash
+# Boot tests (issue 2), run inside dom0 by tests/xen/all.sh.
+# Uses the shipped xl config with overrides, as an operator would.
+. /root/lib.sh
+P=/root/payload
+CFG=$P/xl-configs/miniproxy.cfg
+KERNEL="kernel=\"$P/miniproxy\""
+NOVIF='vif=[]'
+
+# 1. memory=4 boots; the console shows the parsed config; the ready key appears.
+xl_create "$CFG" "$KERNEL" 'name="boot4"' 'memory=4' "$NOVIF" \
+    'extra="loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 rule=reverse:80:10.0.0.1:8080 max_conns=32 buf=8k"' \
+    && pass "boot4: xl create accepted memory=4" || fail "boot4: xl create failed"
+id=$(domid boot4)
+if wait_xs "/local/domain/$id/data/ready" 20; then
+    pass "boot4: ready key after $LAST_MS ms (guest: $(xenstore-read /local/domain/$id/data/ready) us from first instruction)"
+else
+    fail "boot4: no ready key within 20 s"
+fi
+wait_console boot4 'config: .*rule=reverse:80:10.0.0.1:8080' 5 \
+    && pass "boot4: console shows the parsed config" || fail "boot4: parsed config not on the console"
+wait_console boot4 'loglevel=debug' 1 \
+    && pass "boot4: console shows loglevel" || fail "boot4: loglevel not on the console"
+
+# 2. xl shutdown: the guest acknowledges control/shutdown and is gone within a bound.
+t0=$(now_ms)
+xl shutdown boot4 >/dev/null 2>&1 || fail "boot4: xl shutdown returned an error"
+if wait_gone boot4 15; then
+    pass "boot4: xl shutdown -> gone in $(( $(now_ms) - t0 )) ms"
+else
+    fail "boot4: still there 15 s after xl shutdown"; xl_destroy boot4
+fi
+echo "--- console of boot4:"; cat "$(console_log boot4)"
+grep -q 'shutdown requested: poweroff' "$(console_log boot4)" \
+    && pass "boot4: console logged the poweroff request" || fail "boot4: no shutdown line on the console"
+
+# 3. A malformed extra= line: one clear console line naming the key, and the
+#    domain stops crashed (on_crash=preserve keeps it for inspection).
+xl_create "$CFG" "$KERNEL" 'name="badcfg"' 'memory=4' "$NOVIF" 'extra="ip=10.0.0.2/24 buf=16q"' \
+    || fail "badcfg: xl create failed"
+if wait_console badcfg "config.*'buf'.*'16q'" 20; then
+    pass "badcfg: console names the bad key and value"
+else
+    fail "badcfg: no error line naming buf=16q"
+fi
+state=""
+for _ in $(seq 1 100); do
+    state=$(xl list badcfg 2>/dev/null | awk 'NR==2 {print $5}')
+    case "$state" in *c*) break ;; esac
+    sleep 0.1
+done
+case "$state" in
+    *c*) pass "badcfg: domain is crashed (state $state)" ;;
+    *) fail "badcfg: domain state '$state', expected crashed" ;;
+esac
+echo "--- console of badcfg:"; cat "$(console_log badcfg)"
+xl_destroy badcfg
+
+# 4. An unknown key is refused the same way.
+xl_create "$CFG" "$KERNEL" 'name="badkey"' 'memory=4' "$NOVIF" 'extra="lisen=80"' || fail "badkey: xl create failed"
+wait_console badkey "unknown key 'lisen'" 20 && pass "badkey: unknown key named" || fail "badkey: unknown key not named"
+xl_destroy badkey
+
+# 5. xl reboot restarts it (on_reboot=restart), and it gets ready again;
+#    xl destroy removes it.
+xl_create "$CFG" "$KERNEL" 'name="rb"' 'memory=4' "$NOVIF" 'extra=""' || fail "rb: xl create failed"
+id1=$(domid rb)
+wait_xs "/local/domain/$id1/data/ready" 20 >/dev/null || fail "rb: first boot not ready"
+xl reboot rb >/dev/null 2>&1 || fail "rb: xl reboot returned an error"
+id2=""
+for _ in $(seq 1 150); do
+    id2=$(domid rb 2>/dev/null || true)
+    [ -n "$id2" ] && [ "$id2" != "$id1" ] && break
+    sleep 0.1
+done
+if [ -n "$id2" ] && [ "$id2" != "$id1" ] && wait_xs "/local/domain/$id2/data/ready" 20 >/dev/null; then
+    pass "rb: xl reboot -> new domain $id2 ready"
+else
+    fail "rb: no new ready domain after xl reboot (ids $id1 -> '$id2')"
+fi
+t0=$(now_ms)
+xl_destroy rb && wait_gone rb 10 && pass "rb: xl destroy -> gone in $(( $(now_ms) - t0 )) ms" || fail "rb: xl destroy"
