@@ -28,6 +28,10 @@
 #   diag                         print xl list, the tails of xl dmesg and dmesg
 # TIMEOUT_S may have decimals (0.5).
 
+# Sourcing it again (a batch script that sources several tests, each of which sources
+# this file) changes nothing: the counts and any redefined function stay.
+[ -n "${TB_LIB_LOADED:-}" ] && return 0
+TB_LIB_LOADED=1
 export PATH=/usr/lib/xen-4.17/bin:$PATH
 TB_PASSED=0
 TB_FAILED=0
