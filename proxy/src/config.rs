@@ -295,7 +295,11 @@ impl Config {
                         let (a, l) = value.split_once('/').ok_or_else(|| bad(e))?;
                         let addr = parse_ipv4(a).ok_or_else(|| bad(e))?;
                         let prefix_len = parse_uint(l, 0, 32).ok_or_else(|| bad(e))? as u8;
-                        if prefix_len == 0 || addr.is_unspecified() || addr.is_broadcast() {
+                        if prefix_len == 0
+                            || addr.is_unspecified()
+                            || addr.is_broadcast()
+                            || addr.is_multicast()
+                        {
                             return Err(bad(e));
                         }
                         IpSetting::Static { addr, prefix_len }
@@ -303,7 +307,7 @@ impl Config {
                 }
                 "gw" => {
                     let a = parse_ipv4(value)
-                        .filter(|a| !a.is_unspecified() && !a.is_broadcast())
+                        .filter(|a| !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast())
                         .ok_or_else(|| bad("an IPv4 address like 10.0.0.1"))?;
                     cfg.gw = Some(a);
                     gw_value = Some(value);
@@ -692,6 +696,7 @@ mod tests {
             ("ip=10.0.0.256/24", "config: bad value for key 'ip': '10.0.0.256/24' (expected an address with prefix like 10.0.0.2/24, or dhcp)"),
             ("ip=10.0.0.2/33", "config: bad value for key 'ip': '10.0.0.2/33' (expected an address with prefix like 10.0.0.2/24, or dhcp)"),
             ("ip=10.0.0.2/0", "config: bad value for key 'ip': '10.0.0.2/0' (expected an address with prefix like 10.0.0.2/24, or dhcp)"),
+            ("ip=224.0.0.1/24", "config: bad value for key 'ip': '224.0.0.1/24' (expected an address with prefix like 10.0.0.2/24, or dhcp)"),
             ("ip=010.0.0.2/24", "config: bad value for key 'ip': '010.0.0.2/24' (expected an address with prefix like 10.0.0.2/24, or dhcp)"),
             ("ip=10.0.0.2/24 gw=10.0.0", "config: bad value for key 'gw': '10.0.0' (expected an IPv4 address like 10.0.0.1)"),
             ("dhcp_timeout=10", "config: bad value for key 'dhcp_timeout': '10' (expected a non-zero duration like 10s)"),

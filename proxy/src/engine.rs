@@ -37,7 +37,9 @@
 //!
 //! # Memory
 //!
-//! The engine never holds more than `2 * max_conns + rules * backlog` sockets,
+//! The engine never holds more than `2 * max_conns + 2 * rules * backlog` sockets
+//! (two per connection, the listen pools, and as many again for refused SYNs
+//! whose RST has not been sent yet),
 //! each with one receive and one transmit buffer of `buf` bytes. [`MemoryPlan`]
 //! computes the worst case from the config before anything is allocated, and
 //! [`Engine::new`] refuses a config whose worst case exceeds the budget, saying
@@ -140,7 +142,7 @@ impl fmt::Display for Stats {
 /// The worst-case memory of an engine built from a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
-    /// Most sockets ever held: `2 * max_conns + rules * backlog`.
+    /// Most sockets ever held: `2 * max_conns + 2 * rules * backlog`.
     pub max_sockets: usize,
     /// Bytes per socket: two buffers plus the socket itself.
     pub per_socket: usize,
@@ -159,7 +161,8 @@ impl MemoryPlan {
     }
 
     fn compute(max_conns: usize, buf: usize, rules: usize, backlog: usize) -> MemoryPlan {
-        let pool = rules.saturating_mul(backlog);
+        // The pools, plus as many again for refused SYNs whose RST is pending.
+        let pool = rules.saturating_mul(backlog).saturating_mul(2);
         let max_sockets = max_conns.saturating_mul(2).saturating_add(pool);
         let per_socket = buf
             .saturating_mul(2)
@@ -786,7 +789,7 @@ impl Engine {
         self.sockets.get_mut::<tcp::Socket>(h)
     }
 
-    /// A closed socket to (re)use: a spare, a new one, or the oldest dying one.
+    /// A closed socket to (re)use: a spare or a new one.
     fn take_socket(&mut self, now: Instant) -> Option<SocketHandle> {
         if let Some(h) = self.spare.pop() {
             return Some(h);
@@ -802,11 +805,8 @@ impl Engine {
             log::warn!("proxy: out of memory for a socket");
             self.retry_at = Some(now + ALLOC_RETRY);
         }
-        if !self.dying.is_empty() {
-            // Give up on the oldest pending RST.
-            let (h, _) = self.dying.remove(0);
-            return Some(h);
-        }
+        // Never take a dying socket: its RST would be lost. At capacity the
+        // pool shrinks instead, and smoltcp itself answers further SYNs with RST.
         None
     }
 
@@ -821,7 +821,7 @@ impl Engine {
                 if s.state() == State::Closed && s.remote_endpoint().is_some() {
                     self.dying.push((h, now + RST_GRACE));
                 } else {
-                    self.to_spare(h);
+                    self.make_spare(h);
                 }
             }
             _ => {
@@ -831,7 +831,7 @@ impl Engine {
         }
     }
 
-    fn to_spare(&mut self, h: SocketHandle) {
+    fn make_spare(&mut self, h: SocketHandle) {
         if self.spare.len() < self.spare_max {
             self.spare.push(h);
         } else {
@@ -849,7 +849,7 @@ impl Engine {
             let s = self.tcp(h);
             if s.remote_endpoint().is_none() || s.state() != State::Closed || now >= deadline {
                 self.dying.swap_remove(i);
-                self.to_spare(h);
+                self.make_spare(h);
                 any = true;
             } else {
                 i += 1;
@@ -868,7 +868,7 @@ impl Engine {
             let s = self.tcp(h);
             if s.state() == State::Listen {
                 s.abort();
-                self.to_spare(h);
+                self.make_spare(h);
             } else {
                 // Took a SYN since the last pass: treat it as refused.
                 s.abort();
@@ -918,7 +918,7 @@ impl Engine {
                     Err(_) => {
                         // Cannot happen for a closed socket and a non-zero port;
                         // keep the socket rather than leak it.
-                        self.to_spare(h);
+                        self.make_spare(h);
                         return;
                     }
                 }
@@ -962,7 +962,7 @@ impl Engine {
         let rule = self.pools[rule_idx].rule;
         let Some(local) = self.tcp(client).local_endpoint() else {
             // Reset before we looked: nothing to do.
-            return self.to_spare(client);
+            return self.make_spare(client);
         };
         let dest = match rule.kind {
             RuleKind::Reverse {
@@ -991,7 +991,7 @@ impl Engine {
         if let Err(e) = s.connect(self.iface.context(), dest, port) {
             log::debug!("proxy: connect to {dest} failed: {e}");
             self.ports.set(port, false);
-            self.to_spare(up);
+            self.make_spare(up);
             self.stats.upstream_failures += 1;
             self.tcp(client).abort();
             self.dying.push((client, now + RST_GRACE));
@@ -1262,4 +1262,10 @@ impl<'d, D: Device + ?Sized> Device for ArpGuard<'d, D> {
     fn capabilities(&self) -> DeviceCapabilities {
         self.inner.capabilities()
     }
+}
+
+/// The size formatting used in error messages, for tests.
+#[cfg(test)]
+pub(crate) fn tests_fmt_size(n: usize) -> alloc::string::String {
+    alloc::format!("{}", Kib(n))
 }

@@ -118,6 +118,8 @@ pub struct NetStats {
     pub overflowed: u64,
 }
 
+type InFlight = (u64, u64, usize, Vec<u8>);
+
 /// A simple IPv4 router attached to one switch port.
 #[derive(Debug)]
 pub struct Router {
@@ -134,7 +136,8 @@ pub struct Net {
     seq: u64,
     ports: Vec<Port>,
     fdb: Vec<(EthernetAddress, usize)>,
-    in_flight: BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>>,
+    /// (arrival time, sequence, destination port, frame), earliest first.
+    in_flight: BinaryHeap<Reverse<InFlight>>,
     router: Option<Router>,
     rng: Rng,
     pub stats: NetStats,
@@ -268,8 +271,7 @@ impl Net {
             return;
         }
         let mut t = self.now;
-        if up.bandwidth > 0 {
-            let ser = len * 1_000_000 / up.bandwidth;
+        if let Some(ser) = (len * 1_000_000).checked_div(up.bandwidth) {
             let start = self.ports[src].up_busy.max(t);
             if (start - t) > ser * up.queue_limit as u64 {
                 self.stats.overflowed += 1;
@@ -286,8 +288,7 @@ impl Net {
                 continue;
             }
             let mut td = t;
-            if down.bandwidth > 0 {
-                let ser = len * 1_000_000 / down.bandwidth;
+            if let Some(ser) = (len * 1_000_000).checked_div(down.bandwidth) {
                 let start = self.ports[d].down_busy.max(td);
                 if (start - td) > ser * down.queue_limit as u64 {
                     self.stats.overflowed += 1;
@@ -472,6 +473,10 @@ pub struct Flow {
     pub t_established: Option<Instant>,
     pub t_done: Option<Instant>,
     pub t_first_byte: Option<Instant>,
+    /// When the peer's FIN was seen, and how much had been sent by then.
+    pub t_fin: Option<Instant>,
+    pub sent_at_fin: usize,
+    reclaimed: bool,
 }
 
 impl Flow {
@@ -495,6 +500,9 @@ impl Flow {
             t_established: None,
             t_done: None,
             t_first_byte: None,
+            t_fin: None,
+            sent_at_fin: 0,
+            reclaimed: false,
         }
     }
 }
@@ -726,6 +734,8 @@ impl Host {
                     Err(tcp::RecvError::Finished) => {
                         if !f.fin {
                             f.fin = true;
+                            f.t_fin = Some(now);
+                            f.sent_at_fin = f.sent;
                             worked = true;
                             if let Some((len, seed)) = respond {
                                 f.data = pattern(seed, len);
@@ -792,8 +802,9 @@ impl Host {
     /// Drop finished flows' sockets (keeps the flow records).
     pub fn reclaim(&mut self) {
         for f in &mut self.flows {
-            if f.done && self.sockets.iter().any(|(h, _)| h == f.handle) {
+            if f.done && !f.reclaimed {
                 self.sockets.remove(f.handle);
+                f.reclaimed = true;
             }
         }
     }
