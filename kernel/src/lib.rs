@@ -185,6 +185,12 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
     while end < info.nr_pages && mm::is_mapped(end * mm::PAGE_SIZE as u64) {
         end += 1;
     }
+    // Map the rest of our memory (Xen maps only up to a 4 MiB boundary).
+    let initial_end = end;
+    match mm::map_rest(end, info.nr_pages, &mut first_free) {
+        Ok(e) => end = e,
+        Err(rc) => log::warn!("could not map memory beyond {} KiB: {rc}", initial_end * 4),
+    }
     let heap_start = (first_free as usize) * mm::PAGE_SIZE;
     let heap_size = ((end - first_free) as usize) * mm::PAGE_SIZE;
     HEAP.init(heap_start, heap_size);

@@ -5,7 +5,7 @@
 //! With VIRT_BASE = 0 a virtual address in the initial mapping equals its
 //! pseudo-physical address, so `va >> 12` is the pfn.
 
-use crate::hypercall::{hypercall3, UPDATE_VA_MAPPING};
+use crate::hypercall::{hypercall4, hypercall3, MMU_UPDATE, UPDATE_VA_MAPPING};
 use core::ptr::NonNull;
 
 pub const PAGE_SIZE: usize = 4096;
@@ -76,6 +76,87 @@ pub fn is_mapped(va: u64) -> bool {
         }
         true
     }
+}
+
+/// `DOMID_SELF` for mmu_update's foreign-domain argument.
+const DOMID_SELF: u64 = 0x7FF0;
+/// Protections for page-table entries we write: tables and data pages.
+const PT_PROT: u64 = PTE_PRESENT | PTE_RW | PTE_USER | (1 << 5);
+
+fn mmu_update(reqs: &[xen_sys::mmu_update]) -> Result<(), i64> {
+    let mut done = 0u32;
+    // SAFETY: `reqs` is a valid array of mmu_update requests for the call;
+    // Xen validates every entry (a bad one is an error, not corruption).
+    let rc = unsafe {
+        hypercall4(MMU_UPDATE, reqs.as_ptr() as u64, reqs.len() as u64, &mut done as *mut u32 as u64, DOMID_SELF)
+    };
+    if rc == 0 { Ok(()) } else { Err(rc) }
+}
+
+/// Map every page the domain owns beyond Xen's initial mapping at
+/// va = pfn << 12, building missing page tables from pages taken at
+/// `*next_free` (which must be mapped, unused pages; it moves past them).
+/// Returns the pfn up to which memory is mapped (nr_pages on success).
+///
+/// Xen only maps the first few MiB (up to a 4 MiB boundary) for us; a PV
+/// guest's page tables are read-only to it, so entries are written with
+/// mmu_update and new tables are made read-only before they are hooked in.
+///
+/// # Safety
+/// Once at boot, before the heap takes `[*next_free, ..)`.
+pub unsafe fn map_rest(mapped_end: u64, nr_pages: u64, next_free: &mut u64) -> Result<u64, i64> {
+    let mut batch: [xen_sys::mmu_update; 64] = core::mem::zeroed();
+    let mut n = 0;
+    let mut pfn = mapped_end;
+    while pfn < nr_pages {
+        let va = pfn << 12;
+        // Walk down to the L1 table, creating missing tables on the way.
+        let mut table_pfn = PT_BASE >> 12;
+        for level in (2..=4).rev() {
+            let idx = (va >> (12 + 9 * (level - 1))) & 511;
+            let entry_va = (table_pfn << 12) + idx * 8;
+            let e = core::ptr::read_volatile(entry_va as *const u64);
+            if e & PTE_PRESENT != 0 {
+                table_pfn = mfn_to_pfn((e & PTE_ADDR_MASK) >> 12);
+                continue;
+            }
+            // Flush pending L1 writes first: they may be to a table we are
+            // about to read again.
+            if n > 0 {
+                mmu_update(&batch[..n])?;
+                n = 0;
+            }
+            let new = *next_free;
+            if new >= mapped_end {
+                return Err(-12); // ENOMEM: no mapped page left for a table
+            }
+            *next_free += 1;
+            let new_va = (new << 12) as usize;
+            let new_mfn = pfn_to_mfn(new).ok_or(-22i64)?;
+            core::ptr::write_bytes(new_va as *mut u8, 0, PAGE_SIZE);
+            // A page becomes a page table only while no writable mapping of it exists.
+            let rc = hypercall3(UPDATE_VA_MAPPING, new_va as u64, (new_mfn << 12) | PTE_PRESENT | PTE_USER, UVMF_INVLPG);
+            if rc != 0 {
+                return Err(rc);
+            }
+            let parent_mfn = pfn_to_mfn(table_pfn).ok_or(-22i64)?;
+            mmu_update(&[xen_sys::mmu_update { ptr: (parent_mfn << 12) + idx * 8, val: (new_mfn << 12) | PT_PROT }])?;
+            table_pfn = new;
+        }
+        let l1_mfn = pfn_to_mfn(table_pfn).ok_or(-22i64)?;
+        let mfn = pfn_to_mfn(pfn).ok_or(-22i64)?;
+        batch[n] = xen_sys::mmu_update { ptr: (l1_mfn << 12) + ((va >> 12) & 511) * 8, val: (mfn << 12) | PT_PROT };
+        n += 1;
+        if n == batch.len() {
+            mmu_update(&batch)?;
+            n = 0;
+        }
+        pfn += 1;
+    }
+    if n > 0 {
+        mmu_update(&batch[..n])?;
+    }
+    Ok(pfn)
 }
 
 /// Remove the mapping of one page (used for the guard page at 0).

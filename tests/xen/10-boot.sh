@@ -22,6 +22,16 @@ wait_console boot4 'config: .*rule=reverse:80:10.0.0.1:8080' 5 \
 wait_console boot4 'loglevel=debug' 1 \
     && pass "boot4: console shows loglevel" || fail "boot4: loglevel not on the console"
 
+# An idle guest sleeps in SCHEDOP_poll: its CPU time hardly moves in 3 s.
+cpu0=$(xl list boot4 | awk 'NR==2 {print $6}')
+sleep 3
+cpu1=$(xl list boot4 | awk 'NR==2 {print $6}')
+if awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { exit !(b - a < 0.3) }'; then
+    pass "boot4: idle guest used $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print b - a}') s CPU in 3 s"
+else
+    fail "boot4: idle guest used CPU ($cpu0 s -> $cpu1 s in 3 s)"
+fi
+
 # 2. xl shutdown: the guest acknowledges control/shutdown and is gone within a bound.
 t0=$(now_ms)
 xl shutdown boot4 >/dev/null 2>&1 || fail "boot4: xl shutdown returned an error"
@@ -60,6 +70,16 @@ xl_destroy badcfg
 xl_create "$CFG" "$KERNEL" 'name="badkey"' 'memory=4' "$NOVIF" 'extra="lisen=80"' || fail "badkey: xl create failed"
 wait_console badkey "unknown key 'lisen'" 20 && pass "badkey: unknown key named" || fail "badkey: unknown key not named"
 xl_destroy badkey
+
+# Memory beyond Xen's initial 4 MiB mapping is mapped and goes to the heap.
+xl_create "$CFG" "$KERNEL" 'name="mem16"' 'memory=16' "$NOVIF" 'extra=""' || fail "mem16: xl create failed"
+if wait_console mem16 'miniproxy: memory 16384 KiB, heap 1[2-6][0-9]{3} KiB' 20; then
+    pass "mem16: 16 MiB guest has a heap over 12 MiB"
+else
+    fail "mem16: heap does not cover memory beyond the initial mapping"
+fi
+id=$(domid mem16) && wait_xs "/local/domain/$id/data/ready" 20 >/dev/null && pass "mem16: ready" || fail "mem16: not ready"
+xl_destroy mem16
 
 # 5. xl reboot restarts it (on_reboot=restart), and it gets ready again;
 #    xl destroy removes it.

@@ -10,7 +10,12 @@ use proxy::config::Config;
 
 #[no_mangle]
 fn kernel_main(mut k: Kernel) -> ! {
-    println!("miniproxy: {} MiB, {}", k.memory.total_pages / 256, k.start_info.magic_str());
+    println!(
+        "miniproxy: memory {} KiB, heap {} KiB, {}",
+        k.memory.total_pages * 4,
+        k.memory.heap_size / 1024,
+        k.start_info.magic_str()
+    );
     let line = match k.start_info.cmdline() {
         Ok(l) => l,
         Err(e) => kernel::crash(format_args!("config: the command line is not UTF-8 ({e})")),
