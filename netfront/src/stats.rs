@@ -1,0 +1,126 @@
+//! Per-vif counters.
+
+use core::fmt;
+
+/// Counters for one vif. All monotonic; they survive disconnect/reconnect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames handed to smoltcp, and their bytes.
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames put on the TX ring, and their bytes.
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// TX responses with `NETIF_RSP_OKAY`.
+    pub tx_completed: u64,
+
+    /// RX responses with a negative status (`NETIF_RSP_ERROR`/`DROPPED`).
+    pub rx_drop_error: u64,
+    /// RX responses whose id is not the one we posted in that slot.
+    pub rx_drop_bad_id: u64,
+    /// RX responses with zero length, or offset + length beyond the page.
+    pub rx_drop_bad_len: u64,
+    /// Frames spread over several slots (`NETRXF_more_data`: we did not offer
+    /// `feature-sg`, so we drop them whole).
+    pub rx_drop_multislot: u64,
+    /// Frames carrying extra-info slots we never negotiated (GSO, hash...).
+    pub rx_drop_extra_info: u64,
+    /// `NETRXF_csum_blank` frames we could not complete (not IPv4 TCP/UDP).
+    pub rx_drop_csum: u64,
+    /// `NETRXF_csum_blank` frames we completed ourselves.
+    pub rx_csum_filled: u64,
+
+    /// TX responses with a negative status: the backend dropped the frame.
+    pub tx_error: u64,
+    /// TX responses whose id is not a frame in flight.
+    pub tx_bad_id: u64,
+    /// TX responses with a status that is not a `NETIF_RSP_*` for a data slot.
+    pub tx_bad_status: u64,
+    /// Frames smoltcp gave us that do not fit a TX buffer (or are shorter than
+    /// an Ethernet header).
+    pub tx_drop_bad_len: u64,
+    /// In-flight TX buffers taken back after the backend answered every ring
+    /// slot without ever answering for them.
+    pub tx_reclaimed: u64,
+
+    /// Times smoltcp asked for a TX buffer and all were in flight.
+    pub tx_ring_full: u64,
+    /// Times the per-poll RX budget ran out with responses still waiting.
+    pub rx_budget_exhausted: u64,
+    /// Producer index jumps (`rsp_prod - rsp_cons` above what we requested).
+    pub rsp_prod_overflow: u64,
+
+    /// Event-channel events seen, and notifications sent.
+    pub events: u64,
+    pub notifies: u64,
+    /// Pages we could not take back from the backend (it kept them mapped).
+    pub pages_leaked: u64,
+}
+
+impl Stats {
+    /// All RX drops.
+    pub fn rx_dropped(&self) -> u64 {
+        self.rx_drop_error
+            + self.rx_drop_bad_id
+            + self.rx_drop_bad_len
+            + self.rx_drop_multislot
+            + self.rx_drop_extra_info
+            + self.rx_drop_csum
+    }
+
+    /// All TX drops (by us, or reported by the backend).
+    pub fn tx_dropped(&self) -> u64 {
+        self.tx_error + self.tx_drop_bad_len
+    }
+}
+
+impl fmt::Display for Stats {
+    /// One line, e.g. for the console on request and at shutdown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rx {} frames {} B, tx {} frames {} B ({} ok); rx drops {} (err {} id {} len {} multi {} extra {} csum {}), \
+             csum-filled {}; tx drops {} (err {} len {}), tx bad-id {} bad-status {} reclaimed {}; \
+             tx-ring-full {} rx-budget-out {} prod-overflow {}; events {} notifies {} leaked-pages {}",
+            self.rx_frames,
+            self.rx_bytes,
+            self.tx_frames,
+            self.tx_bytes,
+            self.tx_completed,
+            self.rx_dropped(),
+            self.rx_drop_error,
+            self.rx_drop_bad_id,
+            self.rx_drop_bad_len,
+            self.rx_drop_multislot,
+            self.rx_drop_extra_info,
+            self.rx_drop_csum,
+            self.rx_csum_filled,
+            self.tx_dropped(),
+            self.tx_error,
+            self.tx_drop_bad_len,
+            self.tx_bad_id,
+            self.tx_bad_status,
+            self.tx_reclaimed,
+            self.tx_ring_full,
+            self.rx_budget_exhausted,
+            self.rsp_prod_overflow,
+            self.events,
+            self.notifies,
+            self.pages_leaked,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_one_line() {
+        let s = Stats { rx_frames: 3, rx_drop_bad_id: 2, rx_drop_error: 1, ..Default::default() };
+        let line = alloc::format!("{s}");
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with("rx 3 frames 0 B"));
+        assert!(line.contains("rx drops 3 (err 1 id 2"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Host tests of the whole driver against the fake netback.
+
+mod datapath;
+mod handshake;
+mod hostile;
+mod smol;
+
+use std::format;
+use std::vec::Vec;
+
+use smoltcp::phy::{Device, RxToken as _, TxToken as _};
+use smoltcp::time::Instant;
+
+use crate::fake::*;
+use crate::{Config, Event, Netfront, State};
+
+pub struct H {
+    pub world: World,
+    pub be: FakeNetback,
+    pub nf: Netfront<FakePlatform>,
+    pub now: u64,
+    pub events: Vec<Event>,
+    /// Call `be.step()` in `step()` (false: a frozen backend).
+    pub backend_alive: bool,
+}
+
+impl H {
+    pub fn new(setup: BackendSetup, cfg: Config) -> H {
+        let world = World::new();
+        let be = FakeNetback::new(&world, setup);
+        let nf = Netfront::new(FakePlatform { world: world.clone() }, cfg).unwrap();
+        H { world, be, nf, now: 1000, events: Vec::new(), backend_alive: true }
+    }
+
+    /// One round: frontend poll (draining events), backend reaction, 1 ms.
+    pub fn step(&mut self) {
+        while let Some(e) = self.nf.poll(self.now) {
+            self.events.push(e);
+        }
+        if self.backend_alive {
+            self.be.step();
+        }
+        self.now += 1;
+    }
+
+    pub fn step_until(&mut self, max: usize, mut cond: impl FnMut(&mut H) -> bool) -> bool {
+        for _ in 0..max {
+            if cond(self) {
+                return true;
+            }
+            self.step();
+        }
+        cond(self)
+    }
+
+    pub fn connected(setup: BackendSetup, cfg: Config) -> H {
+        let mut h = H::new(setup, cfg);
+        assert!(h.step_until(100, |h| h.nf.is_connected() && h.be.is_connected()), "no connection: {:?}", h.events);
+        h
+    }
+
+    pub fn default_connected() -> H {
+        H::connected(BackendSetup::default(), Config::default())
+    }
+
+    pub fn ts(&self) -> Instant {
+        Instant::from_millis(self.now as i64)
+    }
+
+    /// Pull every frame smoltcp would get now.
+    pub fn rx_all(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let ts = self.ts();
+        while let Some((rx, _tx)) = self.nf.receive(ts) {
+            rx.consume(|f| out.push(f.to_vec()));
+        }
+        out
+    }
+
+    /// Send one frame through a TxToken; false if no token.
+    pub fn tx(&mut self, frame: &[u8]) -> bool {
+        let ts = self.ts();
+        match self.nf.transmit(ts) {
+            Some(t) => {
+                t.consume(frame.len(), |b| b.copy_from_slice(frame));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn has_event(&self, e: &Event) -> bool {
+        self.events.contains(e)
+    }
+
+    /// Everything given back: no page, grant or port left.
+    pub fn assert_all_released(&self) {
+        assert_eq!(self.world.live_pages(), 0, "pages still allocated");
+        assert_eq!(self.world.live_grants(), 0, "grants still active");
+        assert_eq!(self.world.open_ports(), 0, "ports still open");
+        assert_eq!(self.nf.state(), State::Disconnected);
+    }
+}
+
+/// A deterministic frame: Ethernet header to our MAC, then a pattern.
+pub fn test_frame(seed: u32, len: usize) -> Vec<u8> {
+    assert!(len >= 14);
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    while f.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f.push(x as u8);
+    }
+    f
+}
+
+/// Sizes cycling through the interesting range 14..=1514.
+pub fn size_for(i: u32) -> usize {
+    match i % 7 {
+        0 => 14,
+        1 => 60,
+        2 => 1514,
+        3 => 1513,
+        _ => 14 + (i as usize * 37) % 1500,
+    }
+}
+
+#[test]
+fn memory_at_default_sizing() {
+    let m = Config::default().memory();
+    assert_eq!((m.ring_pages, m.rx_pages, m.tx_pages), (2, 64, 16));
+    assert_eq!(m.pages(), 82);
+    assert!(m.total_bytes() < 350 * 1024, "{m}");
+    let s = format!("{m}");
+    assert!(s.starts_with("3"), "{s}");
+    // And that is what a connection really allocates.
+    let h = H::default_connected();
+    assert_eq!(h.world.live_pages(), 82);
+    assert_eq!(h.world.live_grants(), 82);
+}

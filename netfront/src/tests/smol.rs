@@ -1,0 +1,280 @@
+//! End to end through smoltcp: the guest's `Interface` runs on the driver, a
+//! peer `Interface` runs on the fake netback (its TX is our RX ring and vice
+//! versa), and real ICMP, UDP and TCP go between them.
+
+use std::collections::VecDeque;
+use std::vec;
+use std::vec::Vec;
+
+use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::{icmp, tcp, udp};
+use smoltcp::time::Instant;
+use smoltcp::wire::*;
+
+use super::*;
+use crate::fake::FakeNetback;
+
+const GUEST_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
+const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// dom0's side as a smoltcp device.
+struct PeerDev<'a> {
+    be: &'a mut FakeNetback,
+    inbox: VecDeque<Vec<u8>>,
+    dropped: &'a mut u64,
+}
+
+struct PeerRx(Vec<u8>);
+impl phy::RxToken for PeerRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+struct PeerTx<'a> {
+    be: &'a mut FakeNetback,
+    dropped: &'a mut u64,
+}
+impl phy::TxToken for PeerTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        if self.be.send_frame(&buf) {
+            self.be.push_rx();
+        } else {
+            *self.dropped += 1; // no RX buffer posted: netback would drop too
+        }
+        r
+    }
+}
+
+impl phy::Device for PeerDev<'_> {
+    type RxToken<'a>
+        = PeerRx
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = PeerTx<'a>
+    where
+        Self: 'a;
+    fn receive(&mut self, _: Instant) -> Option<(PeerRx, PeerTx<'_>)> {
+        if self.inbox.is_empty() {
+            self.inbox.extend(self.be.service_tx());
+        }
+        let f = self.inbox.pop_front()?;
+        Some((PeerRx(f), PeerTx { be: self.be, dropped: self.dropped }))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<PeerTx<'_>> {
+        Some(PeerTx { be: self.be, dropped: self.dropped })
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+struct Net {
+    h: H,
+    guest: Interface,
+    guest_sockets: SocketSet<'static>,
+    peer: Interface,
+    peer_sockets: SocketSet<'static>,
+    inbox: VecDeque<Vec<u8>>,
+    peer_dropped: u64,
+}
+
+impl Net {
+    fn new() -> Net {
+        let mut h = H::default_connected();
+        let ts = h.ts();
+        let mut guest = Interface::new(IfConfig::new(EthernetAddress(h.nf.mac()).into()), &mut h.nf, ts);
+        guest.update_ip_addrs(|a| a.push(IpCidr::new(GUEST_IP.into(), 24)).unwrap());
+        let mut dropped = 0;
+        let mut dev = PeerDev { be: &mut h.be, inbox: VecDeque::new(), dropped: &mut dropped };
+        let mut peer = Interface::new(IfConfig::new(EthernetAddress(PEER_MAC).into()), &mut dev, ts);
+        peer.update_ip_addrs(|a| a.push(IpCidr::new(PEER_IP.into(), 24)).unwrap());
+        Net {
+            h,
+            guest,
+            guest_sockets: SocketSet::new(vec![]),
+            peer,
+            peer_sockets: SocketSet::new(vec![]),
+            inbox: VecDeque::new(),
+            peer_dropped: 0,
+        }
+    }
+
+    /// One tick of the main loops on both sides.
+    fn tick(&mut self) {
+        self.h.step();
+        let ts = self.h.ts();
+        self.guest.poll(ts, &mut self.h.nf, &mut self.guest_sockets);
+        let mut dev = PeerDev { be: &mut self.h.be, inbox: core::mem::take(&mut self.inbox), dropped: &mut self.peer_dropped };
+        self.peer.poll(ts, &mut dev, &mut self.peer_sockets);
+        self.inbox = dev.inbox;
+    }
+}
+
+#[test]
+fn capabilities_are_deliberate() {
+    let h = H::default_connected();
+    let c = h.nf.capabilities();
+    assert_eq!(c.medium, Medium::Ethernet);
+    assert_eq!(c.max_transmission_unit, 1514);
+    assert_eq!(c.ip_mtu(), 1500);
+    for ck in [c.checksum.ipv4, c.checksum.tcp, c.checksum.udp, c.checksum.icmpv4] {
+        assert!(matches!(ck, Checksum::Both));
+    }
+}
+
+#[test]
+fn ping_of_every_size_comes_back_intact() {
+    let mut net = Net::new();
+    let sock = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
+    );
+    let hdl: SocketHandle = net.peer_sockets.add(sock);
+    net.peer_sockets.get_mut::<icmp::Socket>(hdl).bind(icmp::Endpoint::Ident(0x77)).unwrap();
+    let caps = ChecksumCapabilities::default();
+    const TOTAL: usize = 1000;
+    // Max ICMP payload at MTU 1500: 1500 - 20 (IP) - 8 (ICMP) = 1472.
+    let payload = |i: usize| -> Vec<u8> {
+        let len = [0, 1, 56, 100, 1000, 1471, 1472][i % 7];
+        (0..len).map(|b| (b as u8) ^ (i as u8) ^ ((b >> 8) as u8)).collect()
+    };
+    let (mut sent, mut replies) = (0usize, 0usize);
+    let mut seen = vec![false; TOTAL];
+    for _ in 0..50_000 {
+        if replies == TOTAL {
+            break;
+        }
+        {
+            let s = net.peer_sockets.get_mut::<icmp::Socket>(hdl);
+            // A bounded flood: up to 8 echo requests in flight (ping -l 8).
+            while sent < TOTAL && sent - replies < 8 && s.can_send() {
+                let data = payload(sent);
+                let repr = Icmpv4Repr::EchoRequest { ident: 0x77, seq_no: sent as u16, data: &data };
+                let buf = s.send(repr.buffer_len(), GUEST_IP.into()).unwrap();
+                repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
+                sent += 1;
+            }
+            while let Ok((buf, from)) = s.recv() {
+                assert_eq!(from, IpAddress::Ipv4(GUEST_IP));
+                let pkt = Icmpv4Packet::new_checked(buf).unwrap();
+                let Icmpv4Repr::EchoReply { ident, seq_no, data } = Icmpv4Repr::parse(&pkt, &caps).unwrap() else {
+                    panic!("not an echo reply")
+                };
+                assert_eq!(ident, 0x77);
+                let i = seq_no as usize;
+                assert!(!seen[i], "duplicate reply {i}");
+                assert_eq!(data, &payload(i)[..], "payload of echo {i}");
+                seen[i] = true;
+                replies += 1;
+            }
+        }
+        net.tick();
+    }
+    assert_eq!(replies, TOTAL);
+    let st = net.h.nf.stats();
+    assert_eq!(st.rx_dropped() + st.tx_dropped(), 0, "{st}");
+    assert_eq!(net.peer_dropped, 0);
+    assert!(st.rx_frames >= TOTAL as u64 && st.tx_frames >= TOTAL as u64);
+}
+
+#[test]
+fn udp_echo_up_to_the_mtu() {
+    let mut net = Net::new();
+    let mk = || {
+        udp::Socket::new(
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
+        )
+    };
+    let g = net.guest_sockets.add(mk());
+    let p = net.peer_sockets.add(mk());
+    net.guest_sockets.get_mut::<udp::Socket>(g).bind(7).unwrap();
+    net.peer_sockets.get_mut::<udp::Socket>(p).bind(4000).unwrap();
+    // Max UDP payload at MTU 1500: 1500 - 20 - 8 = 1472.
+    let sizes = [1usize, 2, 100, 512, 1000, 1471, 1472];
+    let data = |i: usize| -> Vec<u8> { (0..sizes[i % sizes.len()]).map(|b| (b * 31 + i) as u8).collect() };
+    let mut next = 0;
+    let mut echoed = 0;
+    for _ in 0..20_000 {
+        if echoed == 200 {
+            break;
+        }
+        {
+            let ps = net.peer_sockets.get_mut::<udp::Socket>(p);
+            if next == echoed && next < 200 {
+                ps.send_slice(&data(next), (IpAddress::Ipv4(GUEST_IP), 7)).unwrap();
+                next += 1;
+            }
+            if let Ok((buf, _)) = ps.recv() {
+                assert_eq!(buf, &data(echoed)[..], "datagram {echoed}");
+                echoed += 1;
+            }
+            let gs = net.guest_sockets.get_mut::<udp::Socket>(g);
+            if let Ok((buf, meta)) = gs.recv() {
+                let b = buf.to_vec();
+                gs.send_slice(&b, meta.endpoint).unwrap();
+            }
+        }
+        net.tick();
+    }
+    assert_eq!(echoed, 200);
+}
+
+#[test]
+fn tcp_stream_both_ways_byte_for_byte() {
+    let mut net = Net::new();
+    let mk = || tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 32 * 1024]), tcp::SocketBuffer::new(vec![0; 32 * 1024]));
+    let g = net.guest_sockets.add(mk());
+    let p = net.peer_sockets.add(mk());
+    net.guest_sockets.get_mut::<tcp::Socket>(g).listen(80).unwrap();
+    {
+        let cx = net.peer.context();
+        net.peer_sockets.get_mut::<tcp::Socket>(p).connect(cx, (IpAddress::Ipv4(GUEST_IP), 80), 49152).unwrap();
+    }
+    const N: usize = 300_000;
+    let byte = |i: usize| (i.wrapping_mul(7) ^ (i >> 9)) as u8;
+    let (mut sent, mut echoed, mut back) = (0usize, 0usize, 0usize);
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..200_000 {
+        if back == N {
+            break;
+        }
+        {
+            // Peer sends the pattern...
+            let ps = net.peer_sockets.get_mut::<tcp::Socket>(p);
+            if ps.can_send() && sent < N {
+                let chunk: Vec<u8> = (sent..N.min(sent + 4000)).map(byte).collect();
+                sent += ps.send_slice(&chunk).unwrap();
+            }
+            // ...and checks what comes back.
+            if ps.can_recv() {
+                let n = ps.recv_slice(&mut buf).unwrap();
+                for (k, b) in buf[..n].iter().enumerate() {
+                    assert_eq!(*b, byte(back + k), "byte {}", back + k);
+                }
+                back += n;
+            }
+            // Guest echoes (what the proxy does, in one direction).
+            let gs = net.guest_sockets.get_mut::<tcp::Socket>(g);
+            if gs.can_recv() && gs.can_send() {
+                let room = gs.send_capacity() - gs.send_queue();
+                let n = gs.recv_slice(&mut buf[..room.min(8192)]).unwrap();
+                assert_eq!(gs.send_slice(&buf[..n]).unwrap(), n);
+                echoed += n;
+            }
+        }
+        net.tick();
+    }
+    assert_eq!(back, N, "echoed {echoed}");
+    let st = net.h.nf.stats();
+    assert_eq!(st.rx_dropped() + st.tx_dropped() + st.tx_bad_id, 0, "{st}");
+}
