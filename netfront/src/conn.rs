@@ -202,15 +202,17 @@ impl<P: Platform> Conn<P> {
                     return RxOutcome::Broken(Misbehavior::RxProducerOverflow);
                 }
             };
-            // Every pass through the loop costs budget, so a backend moving
-            // rsp_prod back and forth cannot keep us here.
-            *budget -= 1;
             if avail == 0 {
                 if self.rx.arm_rsp_event(ring_page) != self.rx.rsp_cons {
+                    // Responses arrived meanwhile. This costs budget too, so
+                    // a backend moving rsp_prod back and forth cannot keep
+                    // us here.
+                    *budget -= 1;
                     continue;
                 }
                 return RxOutcome::Empty;
             }
+            *budget -= 1;
 
             let idx = self.rx.rsp_cons;
             let mut raw = [0u8; RX_SLOT];

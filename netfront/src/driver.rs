@@ -398,18 +398,15 @@ impl<P: Platform> Netfront<P> {
         &self.cfg
     }
 
-    /// Memory held now (pages currently allocated, including leaked ones).
+    /// Memory a connection takes with this driver's sizing.
     pub fn memory(&self) -> MemoryUse {
-        let mut m = self.cfg.memory();
-        let handle = core::mem::size_of::<Shared<P::Page>>();
-        let held = self.conn.as_ref().map_or(0, |c| c.pages.len()) + self.releasing.len();
-        m.heap_bytes += held * handle + self.leaked.len() * core::mem::size_of::<P::Page>();
-        if self.conn.is_none() {
-            m.rx_pages = 0;
-            m.tx_pages = 0;
-            m.ring_pages = self.releasing.len() + self.leaked.len();
-        }
-        m
+        self.cfg.memory()
+    }
+
+    /// Pages the driver holds right now: a connection's, those being given
+    /// back, and those leaked because the backend kept them mapped.
+    pub fn pages_held(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.pages.len()) + self.releasing.len() + self.leaked.len()
     }
 
     pub fn platform(&self) -> &P {
@@ -452,8 +449,16 @@ impl<P: Platform> Netfront<P> {
         self.platform.xs_read(&path).ok()
     }
 
-    fn backend_state(&mut self) -> Option<XenbusState> {
-        self.read_back("state").as_deref().and_then(parse_u32).and_then(XenbusState::from_u32)
+    /// The backend's `state` node: `Ok(None)` when it does not exist (the
+    /// device is gone), `Err(())` when it cannot be read or parsed (no
+    /// information: keep waiting).
+    fn backend_state(&mut self) -> Result<Option<XenbusState>, ()> {
+        let path = format!("{}/state", self.backend);
+        match self.platform.xs_read(&path) {
+            Ok(v) => parse_u32(&v).and_then(XenbusState::from_u32).map(Some).ok_or(()),
+            Err(Error::XsNotFound) => Ok(None),
+            Err(_) => Err(()),
+        }
     }
 
     fn set_state(&mut self, s: XenbusState) -> Result<(), Error> {
@@ -519,14 +524,16 @@ impl<P: Platform> Netfront<P> {
 
     fn step_wait_initwait(&mut self) {
         match self.backend_state() {
-            Some(XenbusState::InitWait) => self.publish(),
-            Some(XenbusState::Closing) => self.fail(Error::BackendClosed),
+            Ok(Some(XenbusState::InitWait)) => self.publish(),
+            Ok(Some(XenbusState::Closing)) => self.fail(Error::BackendClosed),
             // Anything else: hotplug scripts still running (Unknown,
-            // Initialising, absent), or Closed from an earlier connection
-            // about to move to InitWait after our Initialising. Wait.
+            // Initialising, not yet written), or Closed from an earlier
+            // connection about to move to InitWait after our Initialising.
+            // Wait.
             bs => {
                 if self.timed_out() {
-                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::InitWait, backend_state: bs });
+                    let backend_state = bs.ok().flatten();
+                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::InitWait, backend_state });
                 }
             }
         }
@@ -594,8 +601,10 @@ impl<P: Platform> Netfront<P> {
         conn.init_rings(self.cfg.ring_start);
         #[cfg(not(test))]
         conn.init_rings(0);
-        conn.port = Some(self.platform.alloc_unbound(self.backend_id)?);
+        // Post the RX buffers before the port exists: no notification is due
+        // (the backend reads the ring when it connects).
         conn.rx_refill(&mut self.platform, &mut self.stats);
+        conn.port = Some(self.platform.alloc_unbound(self.backend_id)?);
         Ok(())
     }
 
@@ -631,7 +640,7 @@ impl<P: Platform> Netfront<P> {
 
     fn step_wait_connected(&mut self) {
         match self.backend_state() {
-            Some(XenbusState::Connected) => {
+            Ok(Some(XenbusState::Connected)) => {
                 self.phase = Phase::Connected;
                 self.next_check = self.now + self.cfg.state_check_ms;
                 self.rx_budget = self.cfg.rx_budget;
@@ -642,13 +651,14 @@ impl<P: Platform> Netfront<P> {
                     backend: self.features.clone(),
                 });
             }
-            Some(XenbusState::Closing | XenbusState::Closed) => {
+            Ok(Some(XenbusState::Closing | XenbusState::Closed)) => {
                 self.begin_closing(Reason::Failed(Error::BackendClosed), true)
             }
-            None => self.begin_closing(Reason::BackendGone, true),
+            Ok(None) => self.begin_closing(Reason::BackendGone, true),
             bs => {
                 if self.timed_out() {
-                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::Connected, backend_state: bs });
+                    let backend_state = bs.ok().flatten();
+                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::Connected, backend_state });
                 }
             }
         }
@@ -660,10 +670,10 @@ impl<P: Platform> Netfront<P> {
         if self.now >= self.next_check {
             self.next_check = self.now + self.cfg.state_check_ms;
             match self.backend_state() {
-                Some(XenbusState::Closing | XenbusState::Closed) => {
+                Ok(Some(XenbusState::Closing | XenbusState::Closed)) => {
                     return self.begin_closing(Reason::BackendClosing, true)
                 }
-                None | Some(XenbusState::Unknown) => return self.begin_closing(Reason::BackendGone, true),
+                Ok(None | Some(XenbusState::Unknown)) => return self.begin_closing(Reason::BackendGone, true),
                 _ => {}
             }
         }
@@ -697,15 +707,19 @@ impl<P: Platform> Netfront<P> {
 
     fn step_closing(&mut self) {
         let Phase::Closing { since, mut wrote_closed } = self.phase else { return };
-        let bs = self.backend_state();
-        let gone = matches!(bs, None | Some(XenbusState::Unknown));
+        // (gone, closed, closing-or-beyond); an unreadable node tells nothing.
+        let (gone, closed, closing) = match self.backend_state() {
+            Ok(None | Some(XenbusState::Unknown)) => (true, false, true),
+            Ok(Some(s)) => (false, s == XenbusState::Closed, s >= XenbusState::Closing),
+            Err(()) => (false, false, false),
+        };
         let timed_out = self.now.saturating_sub(since) >= self.cfg.close_timeout_ms;
-        if !wrote_closed && (gone || timed_out || bs >= Some(XenbusState::Closing)) {
+        if !wrote_closed && (closing || timed_out) {
             let _ = self.set_state(XenbusState::Closed);
             wrote_closed = true;
         }
         self.phase = Phase::Closing { since, wrote_closed };
-        if !(wrote_closed && (gone || bs == Some(XenbusState::Closed))) && !timed_out {
+        if !(wrote_closed && (gone || closed)) && !timed_out {
             return; // the backend may still map our rings
         }
         let pending = core::mem::take(&mut self.releasing);

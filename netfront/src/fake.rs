@@ -51,6 +51,8 @@ pub struct WorldInner {
     ports: BTreeMap<u32, PortEntry>,
     next_port: u32,
     pub xs_reads: u64,
+    /// The next this-many frontend reads fail with `Error::Xenstore`.
+    pub xs_fail_reads: u32,
     pub xs_writes: Vec<(String, String)>,
 }
 
@@ -153,11 +155,11 @@ impl SharedPage for FakePage {
         self.mem.borrow_mut()[off..off + data.len()].copy_from_slice(data);
     }
     fn read_u32(&self, off: usize) -> u32 {
-        assert!(off % 4 == 0 && off + 4 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(4) && off + 4 <= PAGE_SIZE);
         u32::from_le_bytes(self.mem.borrow()[off..off + 4].try_into().unwrap())
     }
     fn write_u32(&self, off: usize, v: u32) {
-        assert!(off % 4 == 0 && off + 4 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(4) && off + 4 <= PAGE_SIZE);
         self.mem.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
 }
@@ -251,6 +253,10 @@ impl Platform for FakePlatform {
     fn xs_read(&mut self, path: &str) -> Result<String, Error> {
         let mut w = self.world.0.borrow_mut();
         w.xs_reads += 1;
+        if w.xs_fail_reads > 0 {
+            w.xs_fail_reads -= 1;
+            return Err(Error::Xenstore);
+        }
         w.xs.get(&abs(path)).cloned().ok_or(Error::XsNotFound)
     }
 
@@ -487,11 +493,9 @@ impl FakeNetback {
                     self.maybe_remove();
                 }
             }
-            Closed => {
-                if fe == Some(Initialising) && self.online {
-                    self.set_state(InitWait);
-                    self.delay = self.setup.connect_delay;
-                }
+            Closed if fe == Some(Initialising) && self.online => {
+                self.set_state(InitWait);
+                self.delay = self.setup.connect_delay;
             }
             _ => {}
         }

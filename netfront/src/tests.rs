@@ -142,4 +142,6 @@ fn memory_at_default_sizing() {
     let h = H::default_connected();
     assert_eq!(h.world.live_pages(), 82);
     assert_eq!(h.world.live_grants(), 82);
+    assert_eq!(h.nf.pages_held(), 82);
+    assert_eq!(h.nf.memory(), m);
 }

@@ -264,3 +264,35 @@ fn pages_the_backend_keeps_mapped_are_leaked_not_reused() {
     assert_eq!(h.world.live_grants(), 2);
     assert_eq!(h.world.open_ports(), 0);
 }
+
+#[test]
+fn transient_xenstore_errors_are_waited_out() {
+    // During the handshake (after the device keys were read)...
+    let setup = BackendSetup { hotplug_delay: 5, ..Default::default() };
+    let mut h = H::new(setup, Config::default());
+    h.step(); // reads backend, backend-id, mac, mtu
+    h.world.inner().xs_fail_reads = 20;
+    assert!(h.step_until(200, |h| h.nf.is_connected()));
+    // ...and while connected: unreadable is not "gone".
+    let cfg_check = h.nf.config().state_check_ms;
+    h.world.inner().xs_fail_reads = 50;
+    for _ in 0..(cfg_check * 3) {
+        h.step();
+    }
+    assert!(h.nf.is_connected(), "{:?}", h.events);
+    assert!(h.be.send_frame(&test_frame(9, 64)));
+    h.be.push_rx();
+    assert_eq!(h.rx_all(), vec![test_frame(9, 64)]);
+}
+
+#[test]
+fn backend_state_is_checked_at_the_configured_interval() {
+    let mut h = H::default_connected();
+    let r0 = h.world.inner().xs_reads;
+    for _ in 0..1000 {
+        h.step();
+    }
+    let reads = h.world.inner().xs_reads - r0;
+    assert!((1..=3).contains(&reads), "{reads} xenstore reads in 1 s while connected");
+    assert!(h.nf.poll_delay(h.now).is_some_and(|d| d <= 500));
+}

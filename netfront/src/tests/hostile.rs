@@ -276,7 +276,7 @@ fn random_garbage_responses_never_panic_or_leak_buffers() {
         let reqs = h.be.take_tx();
         for (r, _) in &reqs {
             let v = rng.next();
-            let id = if v % 3 == 0 { v as u16 } else { r.id };
+            let id = if v.is_multiple_of(3) { v as u16 } else { r.id };
             h.be.put_tx_response(id, (v >> 16) as i16 % 3);
         }
         h.be.push_tx();
