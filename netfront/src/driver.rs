@@ -255,6 +255,7 @@ pub struct Netfront<P: Platform> {
     now: u64,
     handshake_start: u64,
     next_check: u64,
+    next_retry: u64,
     conn: Option<Conn<P>>,
     /// Pages (and the port) being given back after a disconnect.
     releasing: Vec<Shared<P::Page>>,
@@ -285,6 +286,7 @@ impl<P: Platform> Netfront<P> {
             now: 0,
             handshake_start: 0,
             next_check: 0,
+            next_retry: 0,
             conn: None,
             releasing: Vec::new(),
             leaked: Vec::new(),
@@ -307,6 +309,13 @@ impl<P: Platform> Netfront<P> {
                 self.stats.events += 1;
             }
         }
+        // While waiting on the backend, xenstore is read at most every
+        // retry_ms however often we are polled.
+        let waiting = matches!(self.phase, Phase::WaitInitWait | Phase::WaitConnected | Phase::Closing { .. });
+        if waiting && now_ms < self.next_retry {
+            return self.events.pop_front();
+        }
+        self.next_retry = now_ms.saturating_add(self.cfg.retry_ms);
         match self.phase {
             Phase::Start => self.step_start(),
             Phase::WaitInitWait => self.step_wait_initwait(),
@@ -328,7 +337,9 @@ impl<P: Platform> Netfront<P> {
         }
         match self.phase {
             Phase::Start => Some(0),
-            Phase::WaitInitWait | Phase::WaitConnected | Phase::Closing { .. } => Some(self.cfg.retry_ms),
+            Phase::WaitInitWait | Phase::WaitConnected | Phase::Closing { .. } => {
+                Some(self.next_retry.saturating_sub(now_ms))
+            }
             Phase::Connected => {
                 if self.conn.as_ref().is_some_and(|c| c.rx_pending()) {
                     Some(0)
@@ -542,7 +553,7 @@ impl<P: Platform> Netfront<P> {
     fn read_features(&mut self) -> BackendFeatures {
         let mut flag = |key: &str| parse_flag(self.read_back(key).as_deref());
         let mut f = BackendFeatures {
-            rx_copy: flag("feature-rx-copy"),
+            rx_copy: false, // read by the caller
             rx_flip: flag("feature-rx-flip"),
             sg: flag("feature-sg"),
             gso_tcpv4: flag("feature-gso-tcpv4"),
@@ -563,7 +574,16 @@ impl<P: Platform> Netfront<P> {
     /// switch to Connected (netback connects on frontend Connected; it
     /// ignores Initialised).
     fn publish(&mut self) {
+        // The one feature we need: absent is a clear error, unreadable (a
+        // transient xenstore failure) is retried on the next poll.
+        let path = format!("{}/feature-rx-copy", self.backend);
+        let rx_copy = match self.platform.xs_read(&path) {
+            Ok(v) => parse_flag(Some(&v)),
+            Err(Error::XsNotFound) => false,
+            Err(_) => return,
+        };
         self.features = self.read_features();
+        self.features.rx_copy = rx_copy;
         log::info!("netfront: vif{} backend features: {}", self.cfg.vif, self.features);
         if !self.features.rx_copy {
             return self.fail(Error::BackendLacksRxCopy);

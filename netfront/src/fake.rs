@@ -53,6 +53,8 @@ pub struct WorldInner {
     pub xs_reads: u64,
     /// The next this-many frontend reads fail with `Error::Xenstore`.
     pub xs_fail_reads: u32,
+    /// Reads of paths containing `.0` fail `.1` more times.
+    pub xs_fail_path: Option<(String, u32)>,
     pub xs_writes: Vec<(String, String)>,
 }
 
@@ -256,6 +258,12 @@ impl Platform for FakePlatform {
         if w.xs_fail_reads > 0 {
             w.xs_fail_reads -= 1;
             return Err(Error::Xenstore);
+        }
+        if let Some((needle, n)) = &mut w.xs_fail_path {
+            if *n > 0 && path.contains(needle.as_str()) {
+                *n -= 1;
+                return Err(Error::Xenstore);
+            }
         }
         w.xs.get(&abs(path)).cloned().ok_or(Error::XsNotFound)
     }
