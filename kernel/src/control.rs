@@ -33,7 +33,7 @@ pub struct Control {
 impl Control {
     /// Advertise what we support and watch `control/shutdown`.
     pub fn init(k: &mut Kernel) -> Result<Control, XsError> {
-        let xs = &mut k.xenstore;
+        let mut xs = k.xenstore.borrow_mut();
         xs.write("control/feature-poweroff", "1")?;
         xs.write("control/feature-reboot", "1")?;
         xs.watch(SHUTDOWN_PATH, TOKEN)?;
@@ -43,14 +43,14 @@ impl Control {
     /// Publish `data/ready` = microseconds from our first instruction.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
         let us = k.uptime_ns() / 1000;
-        k.xenstore.write("data/ready", &format!("{us}"))?;
+        k.xenstore.borrow_mut().write("data/ready", &format!("{us}"))?;
         Ok(us)
     }
 
     /// Non-blocking: handle watch events that arrived; returns a request once
     /// the toolstack has asked us to stop.
     pub fn poll(&mut self, k: &mut Kernel) -> Result<Option<Request>, XsError> {
-        let xs = &mut k.xenstore;
+        let mut xs = k.xenstore.borrow_mut();
         while let Some(ev) = xs.poll_watch()? {
             if ev.token == TOKEN {
                 self.pending_check = true;

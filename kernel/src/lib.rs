@@ -18,6 +18,7 @@ pub mod grant;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;
+pub mod net;
 #[cfg(not(test))]
 mod rt;
 pub mod start_info;
@@ -79,6 +80,8 @@ impl xenstore::Events for XsEvents {
 }
 
 pub type Xenstore = xenstore::Xenstore<mm::SharedPage, XsEvents>;
+/// The one xenstore connection, shared by domain control and drivers.
+pub type XenstoreHandle = alloc::rc::Rc<core::cell::RefCell<Xenstore>>;
 
 /// The running kernel, handed to the application's main.
 pub struct Kernel {
@@ -86,7 +89,9 @@ pub struct Kernel {
     pub memory: MemoryReport,
     /// Xen system time (ns) at our first instruction.
     pub boot_ns: u64,
-    pub xenstore: Xenstore,
+    pub xenstore: XenstoreHandle,
+    /// The grant table, until a driver takes it.
+    pub grants: Option<grant::GrantTable>,
 }
 
 impl Kernel {
@@ -204,6 +209,14 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
     };
     let store_va = (mm::mfn_to_pfn(info.store_mfn) as usize) * mm::PAGE_SIZE;
     let xenstore = xenstore::Xenstore::new(mm::SharedPage::from_va(store_va), XsEvents { port: info.store_evtchn });
-    let k = Kernel { start_info: info, memory, boot_ns: time::boot_ns(), xenstore };
+    let xenstore = alloc::rc::Rc::new(core::cell::RefCell::new(xenstore));
+    let grants = match grant::GrantTable::init() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            log::warn!("no grant table: {e}");
+            None
+        }
+    };
+    let k = Kernel { start_info: info, memory, boot_ns: time::boot_ns(), xenstore, grants };
     kernel_main(k)
 }

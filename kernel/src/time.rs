@@ -86,3 +86,9 @@ mod tests {
         assert_eq!(scale_delta(u64::MAX >> 1, u32::MAX, 1), ((((u64::MAX >> 1) << 1) as u128 * u32::MAX as u128) >> 32) as u64);
     }
 }
+
+/// Some bits that differ from boot to boot (seeds smoltcp's sequence numbers).
+pub fn entropy() -> u64 {
+    let t = rdtsc();
+    t ^ now_ns().rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15
+}

@@ -1,12 +1,42 @@
-//! The Miniproxy unikernel: configuration from `extra=`, then the main loop.
+//! The Miniproxy unikernel: configuration from `extra=`, netfront up, an
+//! address (static or DHCP), the proxy rules listening, the ready key
+//! written, then serve until `xl shutdown` (or `idle_exit`).
+//!
+//! One single-threaded loop: poll the NIC, the engine and xenstore, then
+//! sleep in SCHEDOP_poll on their event channels until the earliest timer.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use alloc::format;
+use alloc::string::String;
 use kernel::control::{Control, Request};
-use kernel::{events, println, Kernel};
-use proxy::config::Config;
+use kernel::net::XenPlatform;
+use kernel::{events, println, time, Kernel, ShutdownReason};
+use netfront::{Event, Netfront};
+use proxy::config::{Config, IpSetting};
+use proxy::engine::Engine;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::dhcpv4;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
+
+/// Heap kept back from the engine's budget for everything else (xenstore
+/// strings, smoltcp's interface, netfront's bookkeeping, the log).
+const HEAP_RESERVE: usize = 192 * 1024;
+
+fn die(what: impl core::fmt::Display) -> ! {
+    kernel::crash(format_args!("{what}"))
+}
+
+fn now() -> Instant {
+    Instant::from_micros((time::now_ns() / 1000) as i64)
+}
+
+fn now_ms() -> u64 {
+    time::now_ns() / 1_000_000
+}
 
 #[no_mangle]
 fn kernel_main(mut k: Kernel) -> ! {
@@ -16,45 +46,226 @@ fn kernel_main(mut k: Kernel) -> ! {
         k.memory.heap_size / 1024,
         k.start_info.magic_str()
     );
-    let line = match k.start_info.cmdline() {
-        Ok(l) => l,
-        Err(e) => kernel::crash(format_args!("config: the command line is not UTF-8 ({e})")),
-    };
-    let cfg = match Config::parse(line) {
-        Ok(c) => c,
-        Err(e) => kernel::crash(format_args!("{e}")),
-    };
+    let line = k.start_info.cmdline().unwrap_or_else(|e| die(format!("config: the command line is not UTF-8 ({e})")));
+    let cfg = Config::parse(line).unwrap_or_else(|e| die(e));
     log::set_max_level(cfg.loglevel);
     println!("miniproxy: config: {cfg}");
     log::debug!(
-        "memory: heap {} KiB at {:#x}, image ends at {:#x}, {} pages beyond the initial mapping",
+        "memory: heap {} KiB at {:#x}, image ends at {:#x}, {} pages not mapped",
         k.memory.heap_size / 1024,
         k.memory.heap_start,
         k.memory.image_end,
         k.memory.unmapped_pages
     );
+    let mut control = Control::init(&mut k).unwrap_or_else(|e| die(e));
 
-    let mut control = match Control::init(&mut k) {
-        Ok(c) => c,
-        Err(e) => kernel::crash(format_args!("{e}")),
-    };
-    match Control::ready(&mut k) {
-        Ok(us) => log::info!("ready after {us} us"),
-        Err(e) => kernel::crash(format_args!("{e}")),
+    let has_vif = k.xenstore.borrow_mut().read("device/vif/0/backend").is_ok();
+    if !has_vif {
+        if !cfg.rules.is_empty() {
+            die("net: rules are configured but the domain has no vif (add vif=[...] to the xl config)");
+        }
+        log::info!("no vif: not networking");
+        let us = Control::ready(&mut k).unwrap_or_else(|e| die(e));
+        log::info!("ready after {us} us");
+        idle_without_network(k, control)
     }
 
+    // Netfront: the xenbus handshake, polled until Connected (it times out
+    // with a clear error by itself).
+    let grants = k.grants.take().unwrap_or_else(|| die("net: no grant table"));
+    let nf_cfg = netfront::Config { rx_buffers: cfg.rx_bufs, ..netfront::Config::default() };
+    let platform = XenPlatform::new(k.xenstore.clone(), grants);
+    let mut nf = Netfront::new(platform, nf_cfg).unwrap_or_else(|e| die(format!("netfront: {e}")));
     let xs_port = k.xenstore_port();
+    let mac = loop {
+        let mut connected = None;
+        for _ in 0..8 {
+            match nf.poll(now_ms()) {
+                Some(Event::Connected { mac, mtu, backend }) => {
+                    log::info!("netfront: connected, mac {}, mtu {mtu}, backend {backend:?}", EthernetAddress(mac));
+                    connected = Some(mac);
+                    break;
+                }
+                Some(Event::Disconnected(r)) => die(format!("netfront: {r}")),
+                Some(ev) => log::debug!("netfront: {ev:?}"),
+                None => break,
+            }
+        }
+        if let Some(m) = connected {
+            break m;
+        }
+        stop_if_asked(&mut k, &mut control, None, None);
+        let wait = nf.poll_delay(now_ms()).unwrap_or(100).min(100);
+        sleep(&[xs_port], nf.platform().port, time::now_ns() + wait * 1_000_000);
+    };
+    let mem = nf.memory();
+    log::info!("netfront: {} pages ({} KiB) for rings and buffers", mem.pages(), mem.total_bytes() / 1024);
+
+    // The proxy engine, sized to what is left of the heap.
+    let (used, size) = k.heap_usage();
+    let budget = size.saturating_sub(used).saturating_sub(HEAP_RESERVE);
+    let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
+    let mut engine =
+        Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, now()).unwrap_or_else(|e| die(e));
+    log::info!("engine: worst case {} KiB of a {} KiB budget", engine.plan().total / 1024, budget / 1024);
+
+    // Address: static from the config, or DHCP with a deadline.
+    let mut dhcp: Option<SocketHandle> = None;
+    match cfg.ip {
+        IpSetting::Static { addr, prefix_len } => {
+            let cidr = Ipv4Cidr::new(Ipv4Address::from(addr), prefix_len);
+            engine.set_ipv4(cidr, cfg.gw.map(Ipv4Address::from)).unwrap_or_else(|e| die(e));
+            log::info!("net: address {cidr} (static), gateway {:?}", cfg.gw);
+        }
+        IpSetting::Dhcp => {
+            let h = engine.sockets_mut().add(dhcpv4::Socket::new());
+            dhcp = Some(h);
+            let deadline = time::now_ns() + cfg.dhcp_timeout.as_nanos() as u64;
+            log::info!("net: asking for an address by DHCP (timeout {:?})", cfg.dhcp_timeout);
+            loop {
+                nf.poll(now_ms());
+                engine.poll(now(), &mut nf);
+                if dhcp_event(&mut engine, h) {
+                    break;
+                }
+                if time::now_ns() >= deadline {
+                    die(format!("net: no DHCP lease within {:?} (set ip=a.b.c.d/len for a static address)", cfg.dhcp_timeout));
+                }
+                stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
+                let d = engine.poll_delay(now()).map(|d| d.total_micros() * 1000).unwrap_or(100_000_000).min(100_000_000);
+                sleep(&[xs_port], nf.platform().port, (time::now_ns() + d).min(deadline));
+            }
+        }
+    }
+    if let Some(a) = engine.ipv4() {
+        let _ = k.xenstore.borrow_mut().write("data/ip", &format!("{a}"));
+    }
+    for r in &cfg.rules {
+        log::info!("proxy: rule {r}");
+    }
+    let us = Control::ready(&mut k).unwrap_or_else(|e| die(e));
+    log::info!("ready after {us} us");
+
+    let mut last_stats = String::new();
+    let mut last_stats_ns = 0u64;
     loop {
-        match control.poll(&mut k) {
-            Ok(Some(Request::Stop(reason))) => {
-                let (used, size) = k.heap_usage();
-                println!("miniproxy: stopping ({reason:?}); heap {} of {} KiB used", used / 1024, size / 1024);
+        let t = now();
+        for _ in 0..8 {
+            match nf.poll(t.total_millis() as u64) {
+                Some(Event::Disconnected(r)) => log::warn!("netfront: link down: {r}; still running"),
+                Some(Event::Connected { .. }) => log::info!("netfront: link up again"),
+                Some(ev) => log::info!("netfront: {ev:?}"),
+                None => break,
+            }
+        }
+        engine.poll(t, &mut nf);
+        if let Some(h) = dhcp {
+            dhcp_event(&mut engine, h);
+        }
+        stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
+
+        // Stats under data/, at most once a second and only when changed.
+        let now_ns = time::now_ns();
+        if now_ns.saturating_sub(last_stats_ns) >= 1_000_000_000 {
+            let line = format!("{} {}", engine.stats(), nf.stats());
+            if line != last_stats {
+                if let Err(e) = k.xenstore.borrow_mut().write("data/stats", &line) {
+                    log::warn!("stats: {e}");
+                }
+                last_stats = line;
+            }
+            last_stats_ns = now_ns;
+        }
+
+        // idle_exit: power off after that long with no connection.
+        let mut deadline = now_ns + 1_000_000_000;
+        if let (Some(limit), Some(since)) = (cfg.idle_exit, engine.idle_since()) {
+            let idle_for = Duration::from_micros((t - since).total_micros());
+            if idle_for.total_micros() as u128 >= limit.as_micros() {
+                log::info!("idle for {idle_for}: exiting (idle_exit)");
+                finish(&k, &mut nf, &engine, ShutdownReason::Poweroff);
+            }
+            let left = limit.as_nanos() as u64 - idle_for.total_micros() * 1000;
+            deadline = deadline.min(now_ns + left);
+        }
+        if let Some(d) = engine.poll_delay(t) {
+            deadline = deadline.min(now_ns + d.total_micros() * 1000);
+        }
+        if let Some(d) = nf.poll_delay(t.total_millis() as u64) {
+            deadline = deadline.min(now_ns + d * 1_000_000);
+        }
+        if deadline > time::now_ns() {
+            sleep(&[xs_port], nf.platform().port, deadline);
+        }
+    }
+}
+
+/// Handle a DHCP event; true once an address is configured.
+fn dhcp_event(engine: &mut Engine, h: SocketHandle) -> bool {
+    let ev = match engine.sockets_mut().get_mut::<dhcpv4::Socket>(h).poll() {
+        Some(dhcpv4::Event::Configured(c)) => Some(Some((c.address, c.router))),
+        Some(dhcpv4::Event::Deconfigured) => Some(None),
+        None => None,
+    };
+    match ev {
+        Some(Some((address, router))) => {
+            if let Err(e) = engine.set_ipv4(address, router) {
+                log::warn!("dhcp: lease {address} refused: {e}");
+                return false;
+            }
+            log::info!("net: address {address} (DHCP), gateway {router:?}");
+            true
+        }
+        Some(None) => {
+            log::warn!("dhcp: lease lost");
+            engine.clear_ipv4();
+            false
+        }
+        None => engine.ipv4().is_some(),
+    }
+}
+
+/// Sleep until one of the ports fires or the deadline (absolute ns).
+fn sleep(ports: &[u32], nic: Option<u32>, deadline_ns: u64) {
+    let mut all = [0u32; 4];
+    let mut n = 0;
+    for &p in ports.iter().chain(nic.iter()) {
+        if n < all.len() {
+            all[n] = p;
+            n += 1;
+        }
+    }
+    events::poll(&all[..n], Some(deadline_ns));
+}
+
+fn stop_if_asked(k: &mut Kernel, control: &mut Control, nf: Option<&mut Netfront<XenPlatform>>, engine: Option<&Engine>) {
+    match control.poll(k) {
+        Ok(None) => {}
+        Ok(Some(Request::Stop(reason))) => match nf {
+            Some(nf) => finish(k, nf, engine.unwrap_or_else(|| die("no engine")), reason),
+            None => {
+                println!("miniproxy: stopping ({reason:?})");
                 k.shutdown(reason)
             }
-            Ok(None) => {}
-            Err(e) => kernel::crash(format_args!("{e}")),
-        }
-        // Idle: sleep until xenstore (or later the NIC) has something for us.
+        },
+        Err(e) => die(e),
+    }
+}
+
+fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, reason: ShutdownReason) -> ! {
+    let (used, size) = k.heap_usage();
+    println!("miniproxy: stopping ({reason:?})");
+    println!("miniproxy: proxy {}", engine.stats());
+    println!("miniproxy: vif0 {}", nf.stats());
+    println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
+    nf.close();
+    k.shutdown(reason)
+}
+
+fn idle_without_network(mut k: Kernel, mut control: Control) -> ! {
+    let xs_port = k.xenstore_port();
+    loop {
+        stop_if_asked(&mut k, &mut control, None, None);
         events::poll(&[xs_port], None);
     }
 }
