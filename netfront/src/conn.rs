@@ -368,6 +368,17 @@ impl<P: Platform> Conn<P> {
         Ok(!self.tx_free.is_empty() && self.tx.free_requests() > 0)
     }
 
+    /// Could `receive()` make progress now: RX responses waiting, and a TX
+    /// buffer free (or TX responses waiting to free one)? Reads the shared
+    /// producers only.
+    pub fn rx_progress_possible(&self) -> bool {
+        if !self.rx_pending() {
+            return false;
+        }
+        (!self.tx_free.is_empty() && self.tx.free_requests() > 0)
+            || self.tx.read_rsp_prod(&self.pages[0].page) != self.tx.rsp_cons
+    }
+
     /// TX buffers in flight.
     pub fn tx_in_flight(&self) -> usize {
         self.ntx - self.tx_free.len()

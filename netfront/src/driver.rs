@@ -341,7 +341,9 @@ impl<P: Platform> Netfront<P> {
                 Some(self.next_retry.saturating_sub(now_ms))
             }
             Phase::Connected => {
-                if self.conn.as_ref().is_some_and(|c| c.rx_pending()) {
+                // Frames waiting that receive() could take now (not when it
+                // waits for a TX buffer: a TX completion raises an event).
+                if self.conn.as_ref().is_some_and(|c| c.rx_progress_possible()) {
                     Some(0)
                 } else {
                     Some(self.next_check.saturating_sub(now_ms))
@@ -662,7 +664,7 @@ impl<P: Platform> Netfront<P> {
         match self.backend_state() {
             Ok(Some(XenbusState::Connected)) => {
                 self.phase = Phase::Connected;
-                self.next_check = self.now + self.cfg.state_check_ms;
+                self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
                 self.rx_budget = self.cfg.rx_budget;
                 log::info!("netfront: vif{} connected", self.cfg.vif);
                 self.events.push_back(Event::Connected {
@@ -688,7 +690,7 @@ impl<P: Platform> Netfront<P> {
 
     fn step_connected(&mut self) {
         if self.now >= self.next_check {
-            self.next_check = self.now + self.cfg.state_check_ms;
+            self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
             match self.backend_state() {
                 Ok(Some(XenbusState::Closing | XenbusState::Closed)) => {
                     return self.begin_closing(Reason::BackendClosing, true)

@@ -69,7 +69,10 @@ pub trait Platform {
     fn grant(&mut self, page: &Self::Page, domid: u16, readonly: bool) -> Result<GrantRef, Error>;
     /// End a grant and recycle its reference. Must fail with
     /// [`Error::GrantInUse`] (and leave the grant in place) when the remote
-    /// domain still has the page mapped; the driver then keeps the page.
+    /// domain still has the page mapped (v1: `GTF_reading`/`GTF_writing` set;
+    /// clear the flags word with a compare-exchange that only succeeds when
+    /// they are clear, as Linux's `gnttab_end_foreign_access_ref` does); the
+    /// driver then keeps the page rather than reuse it.
     fn end_grant(&mut self, gref: GrantRef) -> Result<(), Error>;
 
     /// `EVTCHNOP_alloc_unbound` for `remote`: a fresh port the backend binds to.

@@ -89,6 +89,9 @@ fn full_tx_applies_backpressure_without_dropping() {
     assert!(h.be.send_frame(&test_frame(500, 60)));
     h.be.push_rx();
     assert!(h.rx_all().is_empty());
+    // Nothing to do until the backend completes a TX: do not spin.
+    h.step();
+    assert_ne!(h.nf.poll_delay(h.now), Some(0));
     // The backend completes: everything resumes, nothing was lost.
     let out = h.be.service_tx();
     assert_eq!(out.len(), 32);
