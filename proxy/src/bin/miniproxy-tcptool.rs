@@ -186,11 +186,12 @@ struct ClientOpts {
 /// One connection; returns (bytes up, bytes down).
 fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
     let seed = o.seed.wrapping_add(idx as u64);
-    let mut s = TcpStream::connect_timeout(&o.to, o.timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(o.timeout)).map_err(|e| e.to_string())?;
-    let _ = s.set_nodelay(true);
     let reset_expected = o.expect.as_deref() == Some("reset");
     let result = (|| -> Result<(usize, usize), String> {
+        let mut s =
+            TcpStream::connect_timeout(&o.to, o.timeout).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(o.timeout)).map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
         match o.op.as_str() {
             "echo" => {
                 s.write_all(b"echo\n").map_err(|e| format!("write: {e}"))?;
