@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Host-side helpers shared by scripts/testbed-setup and scripts/testbed-run.
 # Sourced (bash); the caller sets TB_PROG to its own name first.
 

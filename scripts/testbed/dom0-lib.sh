@@ -54,8 +54,8 @@ _cfg_name() {
 }
 
 domid() {
-    local out rc i
-    for i in 1 2 3; do
+    local out rc
+    for _ in 1 2 3; do
         rc=0
         out=$(xl domid "$1" 2>/dev/null) || rc=$?
         [ $rc = 134 ] || break      # xl's rare abort at exit: ask again
