@@ -166,6 +166,74 @@ mod tests {
         assert!(r.available(0x8000_0000).is_err()); // wild jump
     }
 
+    /// A page for the ring tests.
+    struct Page(core::cell::RefCell<[u8; 4096]>);
+    impl SharedPage for Page {
+        fn read(&self, off: usize, buf: &mut [u8]) {
+            buf.copy_from_slice(&self.0.borrow()[off..off + buf.len()]);
+        }
+        fn write(&self, off: usize, data: &[u8]) {
+            self.0.borrow_mut()[off..off + data.len()].copy_from_slice(data);
+        }
+        fn read_u32(&self, off: usize) -> u32 {
+            u32::from_le_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
+        }
+        fn write_u32(&self, off: usize, v: u32) {
+            self.write(off, &v.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn shared_ring_init_matches_the_macro() {
+        let p = Page(core::cell::RefCell::new([0xaa; 4096]));
+        init_shared(&p, 0);
+        assert_eq!(
+            [p.read_u32(RING_REQ_PROD), p.read_u32(RING_REQ_EVENT), p.read_u32(RING_RSP_PROD), p.read_u32(RING_RSP_EVENT)],
+            [0, 1, 0, 1]
+        );
+        assert!(p.0.borrow()[16..64].iter().all(|&b| b == 0), "pvt and __pad zeroed");
+        assert_eq!(p.0.borrow()[64], 0xaa, "slots untouched");
+    }
+
+    #[test]
+    fn push_publishes_and_honours_req_event_across_the_wrap() {
+        let p = Page(core::cell::RefCell::new([0; 4096]));
+        let start = u32::MAX - 1;
+        init_shared(&p, start);
+        let mut r = FrontRing::starting_at(256, start);
+        // Backend waits for the very next request (req_event = start + 1).
+        r.req_prod_pvt = r.req_prod_pvt.wrapping_add(3); // start+3 = 1
+        assert!(r.push_requests(&p));
+        assert_eq!(p.read_u32(RING_REQ_PROD), 1);
+        // Nothing new: no write, no notification.
+        assert!(!r.push_requests(&p));
+        // Backend did not move req_event: more requests need no notification.
+        r.req_prod_pvt = 5;
+        assert!(!r.push_requests(&p));
+        assert_eq!(p.read_u32(RING_REQ_PROD), 5);
+        // Backend asks for an event at 7: pushing up to 6 is silent, 7 notifies.
+        p.write_u32(RING_REQ_EVENT, 7);
+        r.req_prod_pvt = 6;
+        assert!(!r.push_requests(&p));
+        r.req_prod_pvt = 9;
+        assert!(r.push_requests(&p));
+    }
+
+    #[test]
+    fn arming_asks_for_the_next_response_and_rereads() {
+        let p = Page(core::cell::RefCell::new([0; 4096]));
+        init_shared(&p, u32::MAX);
+        let mut r = FrontRing::starting_at(256, u32::MAX);
+        r.req_prod_pvt = 2;
+        r.rsp_cons = 1;
+        p.write_u32(RING_RSP_PROD, 1);
+        assert_eq!(r.arm_rsp_event(&p), 1);
+        assert_eq!(p.read_u32(RING_RSP_EVENT), 2);
+        p.write_u32(RING_RSP_PROD, 2);
+        assert_eq!(r.read_rsp_prod(&p), 2);
+        assert_eq!(r.available(2), Ok(1));
+    }
+
     #[test]
     fn outstanding_beyond_ring_size_is_an_overflow() {
         let mut r = FrontRing::new(256);
