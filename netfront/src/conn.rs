@@ -40,8 +40,12 @@ pub enum Misbehavior {
 impl core::fmt::Display for Misbehavior {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            Misbehavior::RxProducerOverflow => "RX response producer index jumped past our requests",
-            Misbehavior::TxProducerOverflow => "TX response producer index jumped past our requests",
+            Misbehavior::RxProducerOverflow => {
+                "RX response producer index jumped past our requests"
+            }
+            Misbehavior::TxProducerOverflow => {
+                "TX response producer index jumped past our requests"
+            }
         })
     }
 }
@@ -57,7 +61,9 @@ pub struct Shared<Pg> {
 enum Skip {
     None,
     /// Extra-info slots follow; after them, data slots if `then_frags`.
-    Extras { then_frags: bool },
+    Extras {
+        then_frags: bool,
+    },
     /// Continuation data slots follow (`NETRXF_more_data`).
     Frags,
 }
@@ -151,7 +157,11 @@ impl<P: Platform> Conn<P> {
             let Some(buf) = self.rx_free.pop() else { break };
             let idx = self.rx.req_prod_pvt;
             let slot = idx as usize & (RX_RING_SIZE - 1);
-            let req = RxRequest { id: buf, pad: 0, gref: self.pages[2 + buf as usize].gref.0 };
+            let req = RxRequest {
+                id: buf,
+                pad: 0,
+                gref: self.pages[2 + buf as usize].gref.0,
+            };
             self.pages[1].page.write(rx_slot_offset(idx), &req.encode());
             self.rx_slot[slot] = Some(buf);
             self.rx.req_prod_pvt = idx.wrapping_add(1);
@@ -178,7 +188,12 @@ impl<P: Platform> Conn<P> {
         outcome
     }
 
-    fn rx_pull_inner(&mut self, stats: &mut Stats, budget: &mut u32, out: &mut Vec<u8>) -> RxOutcome {
+    fn rx_pull_inner(
+        &mut self,
+        stats: &mut Stats,
+        budget: &mut u32,
+        out: &mut Vec<u8>,
+    ) -> RxOutcome {
         loop {
             if *budget == 0 {
                 if self.rx_pending() {

@@ -143,7 +143,10 @@ mod tests {
             let mut f = frame(IpProtocol::Tcp, &l4);
             fill_ipv4_l4_checksum(&mut f).unwrap();
             let tcp = TcpPacket::new_checked(&f[34..]).unwrap();
-            assert!(tcp.verify_checksum(&IpAddress::Ipv4(SRC), &IpAddress::Ipv4(DST)), "len {payload_len}");
+            assert!(
+                tcp.verify_checksum(&IpAddress::Ipv4(SRC), &IpAddress::Ipv4(DST)),
+                "len {payload_len}"
+            );
         }
     }
 
@@ -184,6 +187,9 @@ mod tests {
         let mut f = frame(IpProtocol::Udp, &[0; 8]);
         f[14] = 0x43; // IHL 3
         assert_eq!(fill_ipv4_l4_checksum(&mut f), Err(CsumError::BadIpHeader));
-        assert_eq!(fill_ipv4_l4_checksum(&mut [0u8; 20]), Err(CsumError::Truncated));
+        assert_eq!(
+            fill_ipv4_l4_checksum(&mut [0u8; 20]),
+            Err(CsumError::Truncated)
+        );
     }
 }

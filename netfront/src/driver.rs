@@ -163,7 +163,12 @@ impl fmt::Display for BackendFeatures {
                 first = false;
             }
         }
-        write!(f, "{}max-queues={}", if first { "" } else { " " }, self.multi_queue_max_queues)
+        write!(
+            f,
+            "{}max-queues={}",
+            if first { "" } else { " " },
+            self.multi_queue_max_queues
+        )
     }
 }
 
@@ -210,7 +215,11 @@ impl fmt::Display for Reason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The backend is Connected: frames flow.
-    Connected { mac: [u8; 6], mtu: u16, backend: BackendFeatures },
+    Connected {
+        mac: [u8; 6],
+        mtu: u16,
+        backend: BackendFeatures,
+    },
     /// The link is down (or never came up). The driver stays usable: the
     /// device just yields no tokens. Resources are released in the background.
     Disconnected(Reason),
@@ -311,7 +320,10 @@ impl<P: Platform> Netfront<P> {
         }
         // While waiting on the backend, xenstore is read at most every
         // retry_ms however often we are polled.
-        let waiting = matches!(self.phase, Phase::WaitInitWait | Phase::WaitConnected | Phase::Closing { .. });
+        let waiting = matches!(
+            self.phase,
+            Phase::WaitInitWait | Phase::WaitConnected | Phase::Closing { .. }
+        );
         if waiting && now_ms < self.next_retry {
             return self.events.pop_front();
         }
@@ -438,12 +450,17 @@ impl<P: Platform> Netfront<P> {
     // ------------------------------------------------------------ handshake
 
     fn fail(&mut self, err: Error) {
-        log::warn!("netfront: vif{}: {}", self.cfg.vif, Reason::Failed(err.clone()));
+        log::warn!(
+            "netfront: vif{}: {}",
+            self.cfg.vif,
+            Reason::Failed(err.clone())
+        );
         if self.conn.is_some() {
             self.begin_closing(Reason::Failed(err), false);
         } else {
             self.phase = Phase::Disconnected;
-            self.events.push_back(Event::Disconnected(Reason::Failed(err)));
+            self.events
+                .push_back(Event::Disconnected(Reason::Failed(err)));
         }
     }
 
@@ -468,7 +485,10 @@ impl<P: Platform> Netfront<P> {
     fn backend_state(&mut self) -> Result<Option<XenbusState>, ()> {
         let path = format!("{}/state", self.backend);
         match self.platform.xs_read(&path) {
-            Ok(v) => parse_u32(&v).and_then(XenbusState::from_u32).map(Some).ok_or(()),
+            Ok(v) => parse_u32(&v)
+                .and_then(XenbusState::from_u32)
+                .map(Some)
+                .ok_or(()),
             Err(Error::XsNotFound) => Ok(None),
             Err(_) => Err(()),
         }
@@ -489,7 +509,11 @@ impl<P: Platform> Netfront<P> {
         if self.backend.is_empty() {
             return self.fail(Error::BadXenstoreValue("backend"));
         }
-        let id = self.read_front("backend-id").ok().as_deref().and_then(parse_u32);
+        let id = self
+            .read_front("backend-id")
+            .ok()
+            .as_deref()
+            .and_then(parse_u32);
         self.backend_id = match id.and_then(|v| u16::try_from(v).ok()) {
             Some(v) => v,
             None => return self.fail(Error::BadXenstoreValue("backend-id")),
@@ -500,21 +524,23 @@ impl<P: Platform> Netfront<P> {
         };
         self.mtu = match self.read_front("mtu") {
             Err(_) => 1500, // netif.h: absent means 1500
-            Ok(s) => match parse_u32(&s) {
-                Some(m) if m > u32::from(MAX_MTU) => {
-                    log::warn!("netfront: mtu {m} needs feature-sg, which we do not use: using {MAX_MTU}");
-                    MAX_MTU
+            Ok(s) => {
+                match parse_u32(&s) {
+                    Some(m) if m > u32::from(MAX_MTU) => {
+                        log::warn!("netfront: mtu {m} needs feature-sg, which we do not use: using {MAX_MTU}");
+                        MAX_MTU
+                    }
+                    Some(m) if m < u32::from(MIN_MTU) => {
+                        log::warn!("netfront: mtu {m} below {MIN_MTU}: using 1500");
+                        1500
+                    }
+                    Some(m) => m as u16,
+                    None => {
+                        log::warn!("netfront: unparsable mtu {s:?}: using 1500");
+                        1500
+                    }
                 }
-                Some(m) if m < u32::from(MIN_MTU) => {
-                    log::warn!("netfront: mtu {m} below {MIN_MTU}: using 1500");
-                    1500
-                }
-                Some(m) => m as u16,
-                None => {
-                    log::warn!("netfront: unparsable mtu {s:?}: using 1500");
-                    1500
-                }
-            },
+            }
         };
         if let Err(e) = self.set_state(XenbusState::Initialising) {
             return self.fail(e);
@@ -546,7 +572,10 @@ impl<P: Platform> Netfront<P> {
             bs => {
                 if self.timed_out() {
                     let backend_state = bs.ok().flatten();
-                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::InitWait, backend_state });
+                    self.fail(Error::HandshakeTimeout {
+                        waiting_for: XenbusState::InitWait,
+                        backend_state,
+                    });
                 }
             }
         }
@@ -567,8 +596,11 @@ impl<P: Platform> Netfront<P> {
             multicast_control: flag("feature-multicast-control"),
             dynamic_multicast_control: flag("feature-dynamic-multicast-control"),
         };
-        f.multi_queue_max_queues =
-            self.read_back("multi-queue-max-queues").as_deref().and_then(parse_u32).unwrap_or(1);
+        f.multi_queue_max_queues = self
+            .read_back("multi-queue-max-queues")
+            .as_deref()
+            .and_then(parse_u32)
+            .unwrap_or(1);
         f
     }
 
@@ -586,7 +618,11 @@ impl<P: Platform> Netfront<P> {
         };
         self.features = self.read_features();
         self.features.rx_copy = rx_copy;
-        log::info!("netfront: vif{} backend features: {}", self.cfg.vif, self.features);
+        log::info!(
+            "netfront: vif{} backend features: {}",
+            self.cfg.vif,
+            self.features
+        );
         if !self.features.rx_copy {
             return self.fail(Error::BackendLacksRxCopy);
         }
@@ -611,7 +647,10 @@ impl<P: Platform> Netfront<P> {
         let n = pages_needed(self.cfg.rx_buffers as usize, self.cfg.tx_buffers as usize);
         for i in 0..n {
             let page = self.platform.alloc_page()?;
-            match self.platform.grant(&page, self.backend_id, conn.readonly_page(i)) {
+            match self
+                .platform
+                .grant(&page, self.backend_id, conn.readonly_page(i))
+            {
                 Ok(gref) => conn.pages.push(Shared { page, gref }),
                 Err(e) => {
                     self.platform.free_page(page);
@@ -680,7 +719,10 @@ impl<P: Platform> Netfront<P> {
             bs => {
                 if self.timed_out() {
                     let backend_state = bs.ok().flatten();
-                    self.fail(Error::HandshakeTimeout { waiting_for: XenbusState::Connected, backend_state });
+                    self.fail(Error::HandshakeTimeout {
+                        waiting_for: XenbusState::Connected,
+                        backend_state,
+                    });
                 }
             }
         }
@@ -695,12 +737,16 @@ impl<P: Platform> Netfront<P> {
                 Ok(Some(XenbusState::Closing | XenbusState::Closed)) => {
                     return self.begin_closing(Reason::BackendClosing, true)
                 }
-                Ok(None | Some(XenbusState::Unknown)) => return self.begin_closing(Reason::BackendGone, true),
+                Ok(None | Some(XenbusState::Unknown)) => {
+                    return self.begin_closing(Reason::BackendGone, true)
+                }
                 _ => {}
             }
         }
         self.rx_budget = self.cfg.rx_budget;
-        let Some(conn) = self.conn.as_mut() else { return };
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         if let Err(m) = conn.tx_reap(&mut self.stats) {
             return self.begin_closing(Reason::BackendMisbehaved(m), false);
         }
@@ -721,14 +767,27 @@ impl<P: Platform> Netfront<P> {
             }
             self.releasing.append(&mut conn.pages);
         }
-        let target = if peer_closing { XenbusState::Closed } else { XenbusState::Closing };
+        let target = if peer_closing {
+            XenbusState::Closed
+        } else {
+            XenbusState::Closing
+        };
         let _ = self.set_state(target);
-        self.phase = Phase::Closing { since: self.now, wrote_closed: peer_closing };
+        self.phase = Phase::Closing {
+            since: self.now,
+            wrote_closed: peer_closing,
+        };
         self.step_closing();
     }
 
     fn step_closing(&mut self) {
-        let Phase::Closing { since, mut wrote_closed } = self.phase else { return };
+        let Phase::Closing {
+            since,
+            mut wrote_closed,
+        } = self.phase
+        else {
+            return;
+        };
         // (gone, closed, closing-or-beyond); an unreadable node tells nothing.
         let (gone, closed, closing) = match self.backend_state() {
             Ok(None | Some(XenbusState::Unknown)) => (true, false, true),
@@ -740,7 +799,10 @@ impl<P: Platform> Netfront<P> {
             let _ = self.set_state(XenbusState::Closed);
             wrote_closed = true;
         }
-        self.phase = Phase::Closing { since, wrote_closed };
+        self.phase = Phase::Closing {
+            since,
+            wrote_closed,
+        };
         if !(wrote_closed && (gone || closed)) && !timed_out {
             return; // the backend may still map our rings
         }
@@ -756,23 +818,31 @@ impl<P: Platform> Netfront<P> {
         }
         let leaked = self.releasing.len();
         if leaked > 0 {
-            log::warn!("netfront: vif{}: backend still maps {leaked} pages; leaking them", self.cfg.vif);
+            log::warn!(
+                "netfront: vif{}: backend still maps {leaked} pages; leaking them",
+                self.cfg.vif
+            );
         }
         self.stats.pages_leaked += leaked as u64;
         for s in core::mem::take(&mut self.releasing) {
             self.leaked.push(s.page);
         }
         self.phase = Phase::Disconnected;
-        self.events.push_back(Event::Released { leaked_pages: leaked });
+        self.events.push_back(Event::Released {
+            leaked_pages: leaked,
+        });
     }
 }
-
 
 struct MacFmt([u8; 6]);
 impl fmt::Display for MacFmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -782,7 +852,9 @@ impl<P: Platform> Netfront<P> {
     /// A TX buffer and slot are free (reaping completions if needed).
     /// Counts a ring-full event otherwise; disconnects on a broken ring.
     fn tx_ready(&mut self) -> bool {
-        let Some(conn) = self.conn.as_mut() else { return false };
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
         match conn.tx_ready(&mut self.stats) {
             Ok(true) => true,
             Ok(false) => {
@@ -857,10 +929,17 @@ impl<P: Platform> phy::Device for Netfront<P> {
             return None;
         }
         let conn = self.conn.as_mut()?;
-        let outcome = conn.rx_pull(&mut self.platform, &mut self.stats, &mut self.rx_budget, &mut self.rx_frame);
+        let outcome = conn.rx_pull(
+            &mut self.platform,
+            &mut self.stats,
+            &mut self.rx_budget,
+            &mut self.rx_frame,
+        );
         match outcome {
             RxOutcome::Frame(len) => Some((
-                RxToken { frame: &self.rx_frame[..len] },
+                RxToken {
+                    frame: &self.rx_frame[..len],
+                },
                 TxToken {
                     platform: &mut self.platform,
                     conn: self.conn.as_mut()?,

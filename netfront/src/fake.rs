@@ -79,15 +79,24 @@ impl World {
     }
 
     pub fn xs_set(&self, path: &str, v: &str) {
-        self.0.borrow_mut().xs.insert(path.to_string(), v.to_string());
+        self.0
+            .borrow_mut()
+            .xs
+            .insert(path.to_string(), v.to_string());
     }
 
     pub fn xs_rm_tree(&self, prefix: &str) {
-        self.0.borrow_mut().xs.retain(|k, _| !(k == prefix || k.starts_with(&format!("{prefix}/"))));
+        self.0
+            .borrow_mut()
+            .xs
+            .retain(|k, _| !(k == prefix || k.starts_with(&format!("{prefix}/"))));
     }
 
     pub fn front_state(&self) -> Option<XenbusState> {
-        self.xs_get(&format!("{FRONT}/state")).as_deref().and_then(parse_u32).and_then(XenbusState::from_u32)
+        self.xs_get(&format!("{FRONT}/state"))
+            .as_deref()
+            .and_then(parse_u32)
+            .and_then(XenbusState::from_u32)
     }
 
     pub fn live_grants(&self) -> usize {
@@ -149,11 +158,19 @@ pub struct FakePage {
 
 impl SharedPage for FakePage {
     fn read(&self, off: usize, buf: &mut [u8]) {
-        assert!(off + buf.len() <= PAGE_SIZE, "read out of page: {off}+{}", buf.len());
+        assert!(
+            off + buf.len() <= PAGE_SIZE,
+            "read out of page: {off}+{}",
+            buf.len()
+        );
         buf.copy_from_slice(&self.mem.borrow()[off..off + buf.len()]);
     }
     fn write(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= PAGE_SIZE, "write out of page: {off}+{}", data.len());
+        assert!(
+            off + data.len() <= PAGE_SIZE,
+            "write out of page: {off}+{}",
+            data.len()
+        );
         self.mem.borrow_mut()[off..off + data.len()].copy_from_slice(data);
     }
     fn read_u32(&self, off: usize) -> u32 {
@@ -189,7 +206,9 @@ impl Platform for FakePlatform {
         }
         w.live_pages += 1;
         w.pages_allocated += 1;
-        Ok(FakePage { mem: Rc::new(RefCell::new(vec![0u8; PAGE_SIZE])) })
+        Ok(FakePage {
+            mem: Rc::new(RefCell::new(vec![0u8; PAGE_SIZE])),
+        })
     }
 
     fn free_page(&mut self, page: FakePage) {
@@ -208,7 +227,15 @@ impl Platform for FakePlatform {
         }
         let r = w.next_gref;
         w.next_gref += 1;
-        w.grants.insert(r, GrantEntry { mem: page.mem.clone(), domid, readonly, mapped: 0 });
+        w.grants.insert(
+            r,
+            GrantEntry {
+                mem: page.mem.clone(),
+                domid,
+                readonly,
+                mapped: 0,
+            },
+        );
         Ok(GrantRef(r))
     }
 
@@ -228,7 +255,13 @@ impl Platform for FakePlatform {
         let mut w = self.world.0.borrow_mut();
         let p = w.next_port;
         w.next_port += 1;
-        w.ports.insert(p, PortEntry { remote, ..Default::default() });
+        w.ports.insert(
+            p,
+            PortEntry {
+                remote,
+                ..Default::default()
+            },
+        );
         Ok(Port(p))
     }
 
@@ -248,7 +281,10 @@ impl Platform for FakePlatform {
 
     fn take_pending(&mut self, port: Port) -> bool {
         let mut w = self.world.0.borrow_mut();
-        let p = w.ports.get_mut(&port.0).expect("take_pending on unknown port");
+        let p = w
+            .ports
+            .get_mut(&port.0)
+            .expect("take_pending on unknown port");
         core::mem::take(&mut p.pending)
     }
 
@@ -271,7 +307,10 @@ impl Platform for FakePlatform {
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), Error> {
         let mut w = self.world.0.borrow_mut();
         let p = abs(path);
-        assert!(p.starts_with(FRONT), "frontend wrote outside its directory: {p}");
+        assert!(
+            p.starts_with(FRONT),
+            "frontend wrote outside its directory: {p}"
+        );
         w.xs_writes.push((p.clone(), value.to_string()));
         w.xs.insert(p, value.to_string());
         Ok(())
@@ -398,7 +437,10 @@ impl FakeNetback {
     }
 
     fn front_key(&self, k: &str) -> Option<u32> {
-        self.world.xs_get(&format!("{FRONT}/{k}")).as_deref().and_then(parse_u32)
+        self.world
+            .xs_get(&format!("{FRONT}/{k}"))
+            .as_deref()
+            .and_then(parse_u32)
     }
 
     /// Like netback's `connect()`: read and check the frontend's keys, map
@@ -408,7 +450,8 @@ impl FakeNetback {
             if !k.starts_with(FRONT) {
                 break;
             }
-            self.seen_keys.insert(k[FRONT.len() + 1..].to_string(), v.clone());
+            self.seen_keys
+                .insert(k[FRONT.len() + 1..].to_string(), v.clone());
         }
         if self.front_key("request-rx-copy") != Some(1) {
             return Err("request-rx-copy missing".into());
@@ -426,8 +469,14 @@ impl FakeNetback {
                 return Err("port not bindable".into());
             }
         }
-        let tx = self.world.map(tx_gref, BACK_DOMID).ok_or("cannot map tx ring")?;
-        let rx = self.world.map(rx_gref, BACK_DOMID).ok_or("cannot map rx ring")?;
+        let tx = self
+            .world
+            .map(tx_gref, BACK_DOMID)
+            .ok_or("cannot map tx ring")?;
+        let rx = self
+            .world
+            .map(rx_gref, BACK_DOMID)
+            .ok_or("cannot map rx ring")?;
         // BACK_RING_ATTACH at the indexes the frontend initialised.
         let tx_start = rd32(&tx, RING_RSP_PROD);
         let rx_start = rd32(&rx, RING_RSP_PROD);
@@ -545,7 +594,10 @@ impl FakeNetback {
         if prod == c.rx_req_cons {
             return None;
         }
-        assert!(prod.wrapping_sub(c.rx_rsp_prod_pvt) <= RX_RING_SIZE as u32, "frontend overfilled the rx ring");
+        assert!(
+            prod.wrapping_sub(c.rx_rsp_prod_pvt) <= RX_RING_SIZE as u32,
+            "frontend overfilled the rx ring"
+        );
         let off = rx_slot_offset(c.rx_req_cons);
         let raw: [u8; 8] = c.rx.borrow()[off..off + 8].try_into().unwrap();
         c.rx_req_cons = c.rx_req_cons.wrapping_add(1);
@@ -562,16 +614,26 @@ impl FakeNetback {
 
     /// Grant-copy `data` into the frontend page behind `gref` at `off`.
     pub fn copy_to_grant(&mut self, gref: u32, off: usize, data: &[u8]) {
-        let mem = self.world.grant_mem(gref, BACK_DOMID, true).expect("rx gref not writable by backend");
+        let mem = self
+            .world
+            .grant_mem(gref, BACK_DOMID, true)
+            .expect("rx gref not writable by backend");
         mem.borrow_mut()[off..off + data.len()].copy_from_slice(data);
     }
 
     /// Deliver one frame the way netback does (copy, response in the
     /// request's slot, offset 0). Not yet visible: call `push_rx`.
     pub fn send_frame_flags(&mut self, frame: &[u8], flags: u16) -> bool {
-        let Some(req) = self.take_rx_request() else { return false };
+        let Some(req) = self.take_rx_request() else {
+            return false;
+        };
         self.copy_to_grant(req.gref, 0, frame);
-        let rsp = RxResponse { id: req.id, offset: 0, flags, status: frame.len() as i16 };
+        let rsp = RxResponse {
+            id: req.id,
+            offset: 0,
+            flags,
+            status: frame.len() as i16,
+        };
         self.put_rx_raw(rsp.encode());
         true
     }
@@ -620,16 +682,24 @@ impl FakeNetback {
         let c = self.c();
         let mut out = Vec::new();
         let prod = rd32(&c.tx, RING_REQ_PROD);
-        assert!(prod.wrapping_sub(c.tx_rsp_prod_pvt) <= TX_RING_SIZE as u32, "frontend overfilled the tx ring");
+        assert!(
+            prod.wrapping_sub(c.tx_rsp_prod_pvt) <= TX_RING_SIZE as u32,
+            "frontend overfilled the tx ring"
+        );
         while c.tx_req_cons != prod {
             let off = tx_slot_offset(c.tx_req_cons);
             let raw: [u8; 12] = c.tx.borrow()[off..off + 12].try_into().unwrap();
             c.tx_req_cons = c.tx_req_cons.wrapping_add(1);
             let req = TxRequest::decode(&raw);
             assert_eq!(req.flags, 0, "frontend sent tx flags");
-            assert!(req.offset as usize + req.size as usize <= PAGE_SIZE, "tx request crosses the page");
+            assert!(
+                req.offset as usize + req.size as usize <= PAGE_SIZE,
+                "tx request crosses the page"
+            );
             assert!(req.size >= 14, "runt tx frame");
-            let mem = world.grant_mem(req.gref, BACK_DOMID, false).expect("tx gref not granted to backend");
+            let mem = world
+                .grant_mem(req.gref, BACK_DOMID, false)
+                .expect("tx gref not granted to backend");
             {
                 let w = world.0.borrow();
                 assert!(w.grants[&req.gref].readonly, "tx page granted writable");

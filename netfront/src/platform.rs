@@ -145,8 +145,14 @@ impl fmt::Display for Error {
             Error::BackendLacksRxCopy => {
                 f.write_str("backend does not offer feature-rx-copy (required)")
             }
-            Error::HandshakeTimeout { waiting_for, backend_state } => {
-                write!(f, "timed out waiting for backend state {waiting_for}, backend is ")?;
+            Error::HandshakeTimeout {
+                waiting_for,
+                backend_state,
+            } => {
+                write!(
+                    f,
+                    "timed out waiting for backend state {waiting_for}, backend is "
+                )?;
                 match backend_state {
                     Some(s) => write!(f, "{s}"),
                     None => f.write_str("absent"),

@@ -52,12 +52,22 @@ impl FrontRing {
     /// `FRONT_RING_INIT`.
     pub fn new(size: usize) -> Self {
         debug_assert!(size.is_power_of_two());
-        FrontRing { req_prod_pvt: 0, req_prod_pushed: 0, rsp_cons: 0, size: size as u32 }
+        FrontRing {
+            req_prod_pvt: 0,
+            req_prod_pushed: 0,
+            rsp_cons: 0,
+            size: size as u32,
+        }
     }
 
     /// Same, starting at an arbitrary index (tests use this to start near 2^32).
     pub fn starting_at(size: usize, idx: u32) -> Self {
-        FrontRing { req_prod_pvt: idx, req_prod_pushed: idx, rsp_cons: idx, ..Self::new(size) }
+        FrontRing {
+            req_prod_pvt: idx,
+            req_prod_pushed: idx,
+            rsp_cons: idx,
+            ..Self::new(size)
+        }
     }
 
     /// Requests issued and not yet answered.
@@ -75,7 +85,11 @@ impl FrontRing {
         let avail = rsp_prod.wrapping_sub(self.rsp_cons);
         let outstanding = self.outstanding();
         if avail > outstanding || outstanding > self.size {
-            Err(ProducerOverflow { rsp_prod, rsp_cons: self.rsp_cons, outstanding })
+            Err(ProducerOverflow {
+                rsp_prod,
+                rsp_cons: self.rsp_cons,
+                outstanding,
+            })
         } else {
             Ok(avail)
         }
@@ -188,10 +202,18 @@ mod tests {
         let p = Page(core::cell::RefCell::new([0xaa; 4096]));
         init_shared(&p, 0);
         assert_eq!(
-            [p.read_u32(RING_REQ_PROD), p.read_u32(RING_REQ_EVENT), p.read_u32(RING_RSP_PROD), p.read_u32(RING_RSP_EVENT)],
+            [
+                p.read_u32(RING_REQ_PROD),
+                p.read_u32(RING_REQ_EVENT),
+                p.read_u32(RING_RSP_PROD),
+                p.read_u32(RING_RSP_EVENT)
+            ],
             [0, 1, 0, 1]
         );
-        assert!(p.0.borrow()[16..64].iter().all(|&b| b == 0), "pvt and __pad zeroed");
+        assert!(
+            p.0.borrow()[16..64].iter().all(|&b| b == 0),
+            "pvt and __pad zeroed"
+        );
         assert_eq!(p.0.borrow()[64], 0xaa, "slots untouched");
     }
 

@@ -117,7 +117,12 @@ mod tests {
 
     #[test]
     fn display_is_one_line() {
-        let s = Stats { rx_frames: 3, rx_drop_bad_id: 2, rx_drop_error: 1, ..Default::default() };
+        let s = Stats {
+            rx_frames: 3,
+            rx_drop_bad_id: 2,
+            rx_drop_error: 1,
+            ..Default::default()
+        };
         let line = alloc::format!("{s}");
         assert!(!line.contains('\n'));
         assert!(line.starts_with("rx 3 frames 0 B"));

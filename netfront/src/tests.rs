@@ -28,8 +28,21 @@ impl H {
     pub fn new(setup: BackendSetup, cfg: Config) -> H {
         let world = World::new();
         let be = FakeNetback::new(&world, setup);
-        let nf = Netfront::new(FakePlatform { world: world.clone() }, cfg).unwrap();
-        H { world, be, nf, now: 1000, events: Vec::new(), backend_alive: true }
+        let nf = Netfront::new(
+            FakePlatform {
+                world: world.clone(),
+            },
+            cfg,
+        )
+        .unwrap();
+        H {
+            world,
+            be,
+            nf,
+            now: 1000,
+            events: Vec::new(),
+            backend_alive: true,
+        }
     }
 
     /// One round: frontend poll (draining events), backend reaction, 1 ms.
@@ -55,7 +68,11 @@ impl H {
 
     pub fn connected(setup: BackendSetup, cfg: Config) -> H {
         let mut h = H::new(setup, cfg);
-        assert!(h.step_until(100, |h| h.nf.is_connected() && h.be.is_connected()), "no connection: {:?}", h.events);
+        assert!(
+            h.step_until(100, |h| h.nf.is_connected() && h.be.is_connected()),
+            "no connection: {:?}",
+            h.events
+        );
         h
     }
 

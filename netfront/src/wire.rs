@@ -240,7 +240,11 @@ impl ExtraInfo {
     pub fn decode(b: &[u8; RX_SLOT]) -> Self {
         let mut data = [0u8; 6];
         data.copy_from_slice(&b[2..8]);
-        ExtraInfo { ty: b[0], flags: b[1], data }
+        ExtraInfo {
+            ty: b[0],
+            flags: b[1],
+            data,
+        }
     }
 }
 
@@ -278,9 +282,15 @@ mod tests {
             [0, 4, 6, 8, 10]
         );
         assert_eq!(size_of::<TxResponse>(), 4);
-        assert_eq!([offset_of!(TxResponse, id), offset_of!(TxResponse, status)], [0, 2]);
+        assert_eq!(
+            [offset_of!(TxResponse, id), offset_of!(TxResponse, status)],
+            [0, 2]
+        );
         assert_eq!(size_of::<RxRequest>(), 8);
-        assert_eq!([offset_of!(RxRequest, id), offset_of!(RxRequest, gref)], [0, 4]);
+        assert_eq!(
+            [offset_of!(RxRequest, id), offset_of!(RxRequest, gref)],
+            [0, 4]
+        );
         assert_eq!(size_of::<RxResponse>(), 8);
         assert_eq!(
             [
@@ -303,26 +313,58 @@ mod tests {
 
     #[test]
     fn rd32_matches_c_macro() {
-        for (x, want) in [(0, 0), (1, 1), (2, 2), (3, 2), (255, 128), (256, 256), (336, 256), (504, 256), (1023, 512)] {
+        for (x, want) in [
+            (0, 0),
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (255, 128),
+            (256, 256),
+            (336, 256),
+            (504, 256),
+            (1023, 512),
+        ] {
             assert_eq!(round_down_pow2(x), want, "{x}");
         }
     }
 
     #[test]
     fn codecs_round_trip_and_are_little_endian() {
-        let t = TxRequest { gref: 0x0403_0201, offset: 0x0605, flags: 0x0807, id: 0x0a09, size: 0x0c0b };
+        let t = TxRequest {
+            gref: 0x0403_0201,
+            offset: 0x0605,
+            flags: 0x0807,
+            id: 0x0a09,
+            size: 0x0c0b,
+        };
         assert_eq!(t.encode(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!(TxRequest::decode(&t.encode()), t);
-        let r = TxResponse { id: 0x0201, status: -1 };
+        let r = TxResponse {
+            id: 0x0201,
+            status: -1,
+        };
         assert_eq!(r.encode(), [1, 2, 0xff, 0xff]);
         assert_eq!(TxResponse::decode(&r.encode()), r);
-        let q = RxRequest { id: 0x0201, pad: 0, gref: 0x0807_0605 };
+        let q = RxRequest {
+            id: 0x0201,
+            pad: 0,
+            gref: 0x0807_0605,
+        };
         assert_eq!(q.encode(), [1, 2, 0, 0, 5, 6, 7, 8]);
         assert_eq!(RxRequest::decode(&q.encode()), q);
-        let s = RxResponse { id: 0x0201, offset: 0x0403, flags: 0x0605, status: -2 };
+        let s = RxResponse {
+            id: 0x0201,
+            offset: 0x0403,
+            flags: 0x0605,
+            status: -2,
+        };
         assert_eq!(s.encode(), [1, 2, 3, 4, 5, 6, 0xfe, 0xff]);
         assert_eq!(RxResponse::decode(&s.encode()), s);
-        let e = ExtraInfo { ty: 1, flags: XEN_NETIF_EXTRA_FLAG_MORE, data: [1, 2, 3, 4, 5, 6] };
+        let e = ExtraInfo {
+            ty: 1,
+            flags: XEN_NETIF_EXTRA_FLAG_MORE,
+            data: [1, 2, 3, 4, 5, 6],
+        };
         assert_eq!(ExtraInfo::decode(&e.encode()), e);
     }
 

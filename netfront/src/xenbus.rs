@@ -124,8 +124,14 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("00:16:3e:0a:Bc:ff"), Some([0, 0x16, 0x3e, 0x0a, 0xbc, 0xff]));
-        assert_eq!(parse_mac("0:16:3e:a:b:c"), Some([0, 0x16, 0x3e, 0xa, 0xb, 0xc]));
+        assert_eq!(
+            parse_mac("00:16:3e:0a:Bc:ff"),
+            Some([0, 0x16, 0x3e, 0x0a, 0xbc, 0xff])
+        );
+        assert_eq!(
+            parse_mac("0:16:3e:a:b:c"),
+            Some([0, 0x16, 0x3e, 0xa, 0xb, 0xc])
+        );
         assert_eq!(parse_mac("00:16:3e:0a:bc"), None);
         assert_eq!(parse_mac("00:16:3e:0a:bc:ff:00"), None);
         assert_eq!(parse_mac("00:16:3e:0a:bc:fff"), None);

@@ -13,13 +13,22 @@ fn pump(h: &mut H, n: u32) {
         // RX: backend -> frontend.
         let k = batch.min(n - sent).min(32);
         for i in 0..k {
-            assert!(h.be.send_frame(&test_frame(sent + i, size_for(sent + i))), "rx ring full at {}", sent + i);
+            assert!(
+                h.be.send_frame(&test_frame(sent + i, size_for(sent + i))),
+                "rx ring full at {}",
+                sent + i
+            );
         }
         h.be.push_rx();
         let got = h.rx_all();
         assert_eq!(got.len(), k as usize);
         for (i, f) in got.iter().enumerate() {
-            assert_eq!(*f, test_frame(sent + i as u32, size_for(sent + i as u32)), "rx frame {}", sent + i as u32);
+            assert_eq!(
+                *f,
+                test_frame(sent + i as u32, size_for(sent + i as u32)),
+                "rx frame {}",
+                sent + i as u32
+            );
         }
         // TX: frontend -> backend.
         for i in 0..k {
@@ -46,13 +55,20 @@ fn thousands_of_frames_wrap_the_rings() {
     assert_eq!(s.rx_frames, s.tx_frames);
     assert_eq!(s.rx_frames, 6000);
     assert_eq!(s.tx_completed, s.tx_frames);
-    assert_eq!(s.rx_dropped() + s.tx_dropped() + s.tx_bad_id + s.rsp_prod_overflow, 0, "{s}");
+    assert_eq!(
+        s.rx_dropped() + s.tx_dropped() + s.tx_bad_id + s.rsp_prod_overflow,
+        0,
+        "{s}"
+    );
     assert_eq!(h.nf.tx_in_flight(), 0);
 }
 
 #[test]
 fn u32_ring_indexes_wrap_end_to_end() {
-    let cfg = Config { ring_start: u32::MAX - 300, ..Default::default() };
+    let cfg = Config {
+        ring_start: u32::MAX - 300,
+        ..Default::default()
+    };
     let mut h = H::connected(BackendSetup::default(), cfg);
     pump(&mut h, 2000);
     assert!(h.be.rx_rsp_prod_pvt() < 3000, "indexes did not wrap");
@@ -66,7 +82,10 @@ fn full_rx_ring_then_refill() {
     for i in 0..64 {
         assert!(h.be.send_frame(&test_frame(i, 1514)));
     }
-    assert!(!h.be.send_frame(&test_frame(64, 100)), "more rx buffers than configured");
+    assert!(
+        !h.be.send_frame(&test_frame(64, 100)),
+        "more rx buffers than configured"
+    );
     h.be.push_rx();
     assert_eq!(h.be.rx_requests_available(), 0);
     let got = h.rx_all();
@@ -103,7 +122,10 @@ fn full_tx_applies_backpressure_without_dropping() {
 
 #[test]
 fn rx_work_per_poll_is_bounded() {
-    let cfg = Config { rx_budget: 10, ..Default::default() };
+    let cfg = Config {
+        rx_budget: 10,
+        ..Default::default()
+    };
     let mut h = H::connected(BackendSetup::default(), cfg);
     for i in 0..50 {
         assert!(h.be.send_frame(&test_frame(i, 100)));
@@ -115,12 +137,19 @@ fn rx_work_per_poll_is_bounded() {
         assert_eq!(batch.len(), 10, "round {round}");
         got.extend(batch);
         if round < 4 {
-            assert_eq!(h.nf.poll_delay(h.now), Some(0), "more work must be signalled");
+            assert_eq!(
+                h.nf.poll_delay(h.now),
+                Some(0),
+                "more work must be signalled"
+            );
         }
         h.step();
     }
     assert_eq!(got.len(), 50);
-    assert!(got.iter().enumerate().all(|(i, f)| *f == test_frame(i as u32, 100)));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, f)| *f == test_frame(i as u32, 100)));
     assert_eq!(h.nf.stats().rx_budget_exhausted, 4);
     assert!(h.rx_all().is_empty());
 }
@@ -160,7 +189,11 @@ fn event_indexes_ask_for_exactly_the_needed_notifications() {
     assert!(h.tx(&test_frame(4, 60)));
     assert_eq!(h.world.kicks(port), k0 + 1);
     assert!(h.tx(&test_frame(5, 60)));
-    assert_eq!(h.world.kicks(port), k0 + 1, "kicked although the backend did not ask");
+    assert_eq!(
+        h.world.kicks(port),
+        k0 + 1,
+        "kicked although the backend did not ask"
+    );
     assert_eq!(h.be.service_tx().len(), 2);
     assert!(h.tx(&test_frame(6, 60)));
     assert_eq!(h.world.kicks(port), k0 + 2);
@@ -174,7 +207,10 @@ fn event_indexes_ask_for_exactly_the_needed_notifications() {
     h.be.push_rx();
     let k1 = h.world.kicks(port);
     assert_eq!(h.rx_all().len(), 64);
-    assert!(h.world.kicks(port) > k1, "refill after starvation must kick");
+    assert!(
+        h.world.kicks(port) > k1,
+        "refill after starvation must kick"
+    );
 }
 
 #[test]
@@ -187,6 +223,9 @@ fn tx_completion_raises_an_event_when_frontend_waits() {
     assert!(!h.tx(&test_frame(99, 100))); // full: reaped and armed rsp_event
     let reqs = h.be.take_tx();
     h.be.put_tx_response(reqs[0].0.id, 0);
-    assert!(h.be.push_tx(), "the first completion after a full ring must notify");
+    assert!(
+        h.be.push_tx(),
+        "the first completion after a full ring must notify"
+    );
     assert!(h.world.front_pending(port));
 }

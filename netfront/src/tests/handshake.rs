@@ -22,13 +22,26 @@ fn linux_backend_connects_with_deliberate_keys() {
     assert_eq!(get("feature-no-csum-offload"), Some("1"));
     assert_eq!(get("feature-ipv6-csum-offload"), Some("0"));
     assert_eq!(get("state"), Some("4"));
-    for absent in ["multi-queue-num-queues", "event-channel-tx", "event-channel-rx", "request-multicast-control", "ctrl-ring-ref", "xdp-headroom"] {
+    for absent in [
+        "multi-queue-num-queues",
+        "event-channel-tx",
+        "event-channel-rx",
+        "request-multicast-control",
+        "ctrl-ring-ref",
+        "xdp-headroom",
+    ] {
         assert_eq!(get(absent), None, "{absent} must not be written");
     }
     // The state is the last key written, after Initialising at the start.
     let writes = &h.world.inner().xs_writes;
-    assert_eq!(writes.first().unwrap(), &(format!("{FRONT}/state"), String::from("1")));
-    assert_eq!(writes.last().unwrap(), &(format!("{FRONT}/state"), String::from("4")));
+    assert_eq!(
+        writes.first().unwrap(),
+        &(format!("{FRONT}/state"), String::from("1"))
+    );
+    assert_eq!(
+        writes.last().unwrap(),
+        &(format!("{FRONT}/state"), String::from("4"))
+    );
 
     let Some(Event::Connected { mac, mtu, backend }) = h.events.first().cloned() else {
         panic!("no Connected event: {:?}", h.events)
@@ -45,12 +58,19 @@ fn linux_backend_connects_with_deliberate_keys() {
 
 #[test]
 fn backend_with_only_rx_copy_connects() {
-    let setup = BackendSetup { features: vec![("feature-rx-copy", "1")], ..Default::default() };
+    let setup = BackendSetup {
+        features: vec![("feature-rx-copy", "1")],
+        ..Default::default()
+    };
     let mut h = H::connected(setup, Config::default());
     h.step();
     assert_eq!(
         *h.nf.backend_features(),
-        BackendFeatures { rx_copy: true, multi_queue_max_queues: 1, ..Default::default() }
+        BackendFeatures {
+            rx_copy: true,
+            multi_queue_max_queues: 1,
+            ..Default::default()
+        }
     );
     // And it works.
     assert!(h.be.send_frame(&test_frame(1, 100)));
@@ -60,10 +80,18 @@ fn backend_with_only_rx_copy_connects() {
 
 #[test]
 fn backend_without_rx_copy_is_refused_cleanly() {
-    let setup = BackendSetup { features: vec![("feature-rx-flip", "1")], ..Default::default() };
+    let setup = BackendSetup {
+        features: vec![("feature-rx-flip", "1")],
+        ..Default::default()
+    };
     let mut h = H::new(setup, Config::default());
     h.step_until(50, |h| h.nf.state() == State::Disconnected);
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::BackendLacksRxCopy))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(
+            Error::BackendLacksRxCopy
+        ))]
+    );
     assert_eq!(h.world.inner().pages_allocated, 0);
     h.assert_all_released();
     // Stays alive.
@@ -76,7 +104,11 @@ fn backend_without_rx_copy_is_refused_cleanly() {
 
 #[test]
 fn slow_backend_hotplug_and_connect() {
-    let setup = BackendSetup { hotplug_delay: 3000, connect_delay: 2000, ..Default::default() };
+    let setup = BackendSetup {
+        hotplug_delay: 3000,
+        connect_delay: 2000,
+        ..Default::default()
+    };
     let mut h = H::new(setup, Config::default());
     assert!(h.step_until(6000, |h| h.nf.is_connected()));
     assert!(h.now >= 1000 + 5000);
@@ -88,11 +120,21 @@ fn slow_backend_hotplug_and_connect() {
 
 #[test]
 fn backend_never_ready_times_out() {
-    let setup = BackendSetup { hotplug_delay: u32::MAX, ..Default::default() };
-    let cfg = Config { handshake_timeout_ms: 3000, ..Default::default() };
+    let setup = BackendSetup {
+        hotplug_delay: u32::MAX,
+        ..Default::default()
+    };
+    let cfg = Config {
+        handshake_timeout_ms: 3000,
+        ..Default::default()
+    };
     let mut h = H::new(setup, cfg);
     assert!(h.step_until(5000, |h| h.nf.state() == State::Disconnected));
-    assert!((3000..3100).contains(&(h.now - 1000)), "timed out at {}", h.now - 1000);
+    assert!(
+        (3000..3100).contains(&(h.now - 1000)),
+        "timed out at {}",
+        h.now - 1000
+    );
     let err = Error::HandshakeTimeout {
         waiting_for: XenbusState::InitWait,
         backend_state: Some(XenbusState::Initialising),
@@ -107,73 +149,147 @@ fn backend_never_ready_times_out() {
 
 #[test]
 fn backend_never_connects_times_out_and_releases() {
-    let setup = BackendSetup { connect_delay: u32::MAX, ..Default::default() };
-    let cfg = Config { handshake_timeout_ms: 2000, ..Default::default() };
+    let setup = BackendSetup {
+        connect_delay: u32::MAX,
+        ..Default::default()
+    };
+    let cfg = Config {
+        handshake_timeout_ms: 2000,
+        ..Default::default()
+    };
     let mut h = H::new(setup, cfg);
     assert!(h.step_until(10_000, |h| h.nf.state() == State::Disconnected));
     let err = Error::HandshakeTimeout {
         waiting_for: XenbusState::Connected,
         backend_state: Some(XenbusState::InitWait),
     };
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(err)), Event::Released { leaked_pages: 0 }]);
+    assert_eq!(
+        h.events,
+        vec![
+            Event::Disconnected(Reason::Failed(err)),
+            Event::Released { leaked_pages: 0 }
+        ]
+    );
     h.assert_all_released();
 }
 
 #[test]
 fn backend_closes_during_handshake() {
-    let setup = BackendSetup { connect_delay: 50, ..Default::default() };
+    let setup = BackendSetup {
+        connect_delay: 50,
+        ..Default::default()
+    };
     let mut h = H::new(setup, Config::default());
-    assert!(h.step_until(20, |h| h.nf.state() == State::Initialising && h.world.front_state() == Some(XenbusState::Connected)));
+    assert!(h.step_until(20, |h| h.nf.state() == State::Initialising
+        && h.world.front_state() == Some(XenbusState::Connected)));
     h.be.detach();
     assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
     assert_eq!(
         h.events,
-        vec![Event::Disconnected(Reason::Failed(Error::BackendClosed)), Event::Released { leaked_pages: 0 }]
+        vec![
+            Event::Disconnected(Reason::Failed(Error::BackendClosed)),
+            Event::Released { leaked_pages: 0 }
+        ]
     );
     h.assert_all_released();
 }
 
 #[test]
 fn mtu_from_xenstore() {
-    for (node, want) in [(None, 1500u16), (Some("1400"), 1400), (Some("9000"), 1500), (Some("junk"), 1500), (Some("10"), 1500)] {
-        let setup = BackendSetup { mtu: node, ..Default::default() };
+    for (node, want) in [
+        (None, 1500u16),
+        (Some("1400"), 1400),
+        (Some("9000"), 1500),
+        (Some("junk"), 1500),
+        (Some("10"), 1500),
+    ] {
+        let setup = BackendSetup {
+            mtu: node,
+            ..Default::default()
+        };
         let h = H::connected(setup, Config::default());
         assert_eq!(h.nf.mtu(), want, "mtu node {node:?}");
-        assert_eq!(h.nf.capabilities().max_transmission_unit, want as usize + 14);
+        assert_eq!(
+            h.nf.capabilities().max_transmission_unit,
+            want as usize + 14
+        );
     }
 }
 
 #[test]
 fn bad_or_missing_device_keys_fail_fast() {
-    let mut h = H::new(BackendSetup { mac: "00:16:3e:zz:00:00", ..Default::default() }, Config::default());
+    let mut h = H::new(
+        BackendSetup {
+            mac: "00:16:3e:zz:00:00",
+            ..Default::default()
+        },
+        Config::default(),
+    );
     h.step();
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::BadXenstoreValue("mac")))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(
+            Error::BadXenstoreValue("mac")
+        ))]
+    );
 
     let mut h = H::new(BackendSetup::default(), Config::default());
     h.world.xs_rm_tree(&format!("{FRONT}/backend"));
     h.step();
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::NoDevice))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(Error::NoDevice))]
+    );
 
     let mut h = H::new(BackendSetup::default(), Config::default());
     h.world.xs_set(&format!("{FRONT}/backend-id"), "70000");
     h.step();
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::BadXenstoreValue("backend-id")))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(
+            Error::BadXenstoreValue("backend-id")
+        ))]
+    );
 
-    let h = H::new(BackendSetup::default(), Config { vif: 1, ..Default::default() });
+    let h = H::new(
+        BackendSetup::default(),
+        Config {
+            vif: 1,
+            ..Default::default()
+        },
+    );
     let mut h = h;
     h.step();
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::NoDevice))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(Error::NoDevice))]
+    );
 }
 
 #[test]
 fn config_is_validated() {
     let w = crate::fake::World::new();
     for cfg in [
-        Config { rx_buffers: 0, ..Default::default() },
-        Config { rx_buffers: 257, ..Default::default() },
-        Config { tx_buffers: 0, ..Default::default() },
-        Config { tx_buffers: 300, ..Default::default() },
-        Config { rx_budget: 0, ..Default::default() },
+        Config {
+            rx_buffers: 0,
+            ..Default::default()
+        },
+        Config {
+            rx_buffers: 257,
+            ..Default::default()
+        },
+        Config {
+            tx_buffers: 0,
+            ..Default::default()
+        },
+        Config {
+            tx_buffers: 300,
+            ..Default::default()
+        },
+        Config {
+            rx_budget: 0,
+            ..Default::default()
+        },
     ] {
         assert!(matches!(
             Netfront::new(FakePlatform { world: w.clone() }, cfg),
@@ -182,8 +298,18 @@ fn config_is_validated() {
     }
     // The extremes are fine and connect.
     for (rx, tx) in [(1, 1), (256, 256)] {
-        let h = H::connected(BackendSetup::default(), Config { rx_buffers: rx, tx_buffers: tx, ..Default::default() });
-        assert_eq!(h.world.live_pages(), 2 + rx as usize + (tx as usize).div_ceil(2));
+        let h = H::connected(
+            BackendSetup::default(),
+            Config {
+                rx_buffers: rx,
+                tx_buffers: tx,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            h.world.live_pages(),
+            2 + rx as usize + (tx as usize).div_ceil(2)
+        );
     }
 }
 
@@ -192,13 +318,19 @@ fn grant_exhaustion_during_setup_is_an_error_not_a_leak() {
     let mut h = H::new(BackendSetup::default(), Config::default());
     h.world.inner().grant_limit = Some(40);
     h.step_until(20, |h| h.nf.state() == State::Disconnected);
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::NoGrants))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(Error::NoGrants))]
+    );
     h.assert_all_released();
 
     let mut h = H::new(BackendSetup::default(), Config::default());
     h.world.inner().page_limit = Some(70);
     h.step_until(20, |h| h.nf.state() == State::Disconnected);
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::Failed(Error::NoMemory))]);
+    assert_eq!(
+        h.events,
+        vec![Event::Disconnected(Reason::Failed(Error::NoMemory))]
+    );
     h.assert_all_released();
 }
 
@@ -212,7 +344,13 @@ fn detach_while_connected_is_a_clean_disconnect() {
     h.events.clear();
     h.be.detach();
     assert!(h.step_until(2000, |h| h.nf.state() == State::Disconnected));
-    assert_eq!(h.events, vec![Event::Disconnected(Reason::BackendClosing), Event::Released { leaked_pages: 0 }]);
+    assert_eq!(
+        h.events,
+        vec![
+            Event::Disconnected(Reason::BackendClosing),
+            Event::Released { leaked_pages: 0 }
+        ]
+    );
     // Frontend answered Closed; the toolstack removed both directories.
     assert_eq!(h.world.xs_get(&format!("{FRONT}/state")), None);
     h.assert_all_released();
@@ -227,7 +365,10 @@ fn detach_while_connected_is_a_clean_disconnect() {
     // Reconnecting to a device that is gone fails cleanly too.
     assert!(h.nf.reconnect());
     h.step();
-    assert_eq!(h.events[2..], [Event::Disconnected(Reason::Failed(Error::NoDevice))]);
+    assert_eq!(
+        h.events[2..],
+        [Event::Disconnected(Reason::Failed(Error::NoDevice))]
+    );
 }
 
 #[test]
@@ -237,7 +378,10 @@ fn frontend_shutdown_then_reconnect() {
     assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
     assert_eq!(
         h.events[1..],
-        [Event::Disconnected(Reason::Shutdown), Event::Released { leaked_pages: 0 }]
+        [
+            Event::Disconnected(Reason::Shutdown),
+            Event::Released { leaked_pages: 0 }
+        ]
     );
     assert_eq!(h.be.state, XenbusState::Closed);
     h.assert_all_released();
@@ -253,12 +397,21 @@ fn frontend_shutdown_then_reconnect() {
 
 #[test]
 fn pages_the_backend_keeps_mapped_are_leaked_not_reused() {
-    let cfg = Config { close_timeout_ms: 500, ..Default::default() };
+    let cfg = Config {
+        close_timeout_ms: 500,
+        ..Default::default()
+    };
     let mut h = H::connected(BackendSetup::default(), cfg);
     h.be.detach();
     h.backend_alive = false; // netback hangs and never unmaps the rings
     assert!(h.step_until(2000, |h| h.nf.state() == State::Disconnected));
-    assert_eq!(h.events[1..], [Event::Disconnected(Reason::BackendClosing), Event::Released { leaked_pages: 2 }]);
+    assert_eq!(
+        h.events[1..],
+        [
+            Event::Disconnected(Reason::BackendClosing),
+            Event::Released { leaked_pages: 2 }
+        ]
+    );
     assert_eq!(h.nf.stats().pages_leaked, 2);
     assert_eq!(h.world.live_pages(), 2);
     assert_eq!(h.world.live_grants(), 2);
@@ -268,11 +421,18 @@ fn pages_the_backend_keeps_mapped_are_leaked_not_reused() {
 #[test]
 fn transient_xenstore_errors_are_waited_out() {
     // During the handshake (after the device keys were read)...
-    let setup = BackendSetup { hotplug_delay: 5, ..Default::default() };
+    let setup = BackendSetup {
+        hotplug_delay: 5,
+        ..Default::default()
+    };
     let mut h = H::new(setup, Config::default());
     h.step(); // reads backend, backend-id, mac, mtu
     h.world.inner().xs_fail_reads = 20;
-    assert!(h.step_until(1000, |h| h.nf.is_connected()), "{:?}", h.events);
+    assert!(
+        h.step_until(1000, |h| h.nf.is_connected()),
+        "{:?}",
+        h.events
+    );
     // ...and while connected: unreadable is not "gone".
     let cfg_check = h.nf.config().state_check_ms;
     h.world.inner().xs_fail_reads = 50;
@@ -293,7 +453,10 @@ fn backend_state_is_checked_at_the_configured_interval() {
         h.step();
     }
     let reads = h.world.inner().xs_reads - r0;
-    assert!((1..=3).contains(&reads), "{reads} xenstore reads in 1 s while connected");
+    assert!(
+        (1..=3).contains(&reads),
+        "{reads} xenstore reads in 1 s while connected"
+    );
     assert!(h.nf.poll_delay(h.now).is_some_and(|d| d <= 500));
 }
 

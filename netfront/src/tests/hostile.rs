@@ -26,9 +26,24 @@ fn good(h: &mut H, seed: u32) {
 #[test]
 fn rx_error_statuses_are_dropped_and_buffers_reposted() {
     let mut h = H::default_connected();
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: 0, status: NETIF_RSP_ERROR });
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: 0, status: NETIF_RSP_DROPPED });
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: 0, status: i16::MIN });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: NETIF_RSP_ERROR,
+    });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: NETIF_RSP_DROPPED,
+    });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: i16::MIN,
+    });
     good(&mut h, 1);
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![test_frame(1, 300)]);
@@ -40,16 +55,33 @@ fn rx_error_statuses_are_dropped_and_buffers_reposted() {
 fn rx_bad_ids_are_dropped_and_the_right_buffer_reposted() {
     let mut h = H::default_connected();
     let f = test_frame(2, 200);
-    answer(&mut h, Some((0, &f)), |r| RxResponse { id: r.id ^ 1, offset: 0, flags: 0, status: 200 });
-    answer(&mut h, Some((0, &f)), |_| RxResponse { id: 9999, offset: 0, flags: 0, status: 200 });
-    answer(&mut h, Some((0, &f)), |_| RxResponse { id: u16::MAX, offset: 0, flags: 0, status: 200 });
+    answer(&mut h, Some((0, &f)), |r| RxResponse {
+        id: r.id ^ 1,
+        offset: 0,
+        flags: 0,
+        status: 200,
+    });
+    answer(&mut h, Some((0, &f)), |_| RxResponse {
+        id: 9999,
+        offset: 0,
+        flags: 0,
+        status: 200,
+    });
+    answer(&mut h, Some((0, &f)), |_| RxResponse {
+        id: u16::MAX,
+        offset: 0,
+        flags: 0,
+        status: 200,
+    });
     good(&mut h, 3);
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![test_frame(3, 300)]);
     assert_eq!(h.nf.stats().rx_drop_bad_id, 3);
     assert_eq!(h.be.rx_requests_available(), 64);
     // Posted ids are still unique and in range after recycling.
-    let mut ids: Vec<u16> = (0..64).map(|_| h.be.take_rx_request().unwrap().id).collect();
+    let mut ids: Vec<u16> = (0..64)
+        .map(|_| h.be.take_rx_request().unwrap().id)
+        .collect();
     ids.sort();
     assert_eq!(ids, (0..64).collect::<Vec<u16>>());
 }
@@ -57,12 +89,30 @@ fn rx_bad_ids_are_dropped_and_the_right_buffer_reposted() {
 #[test]
 fn rx_bad_offsets_and_lengths_are_dropped() {
     let mut h = H::default_connected();
-    for (offset, status) in [(0u16, 0i16), (4000, 200), (0, 4097), (4096, 1), (u16::MAX, 1), (1, 4096), (2048, i16::MAX)] {
-        answer(&mut h, None, |r| RxResponse { id: r.id, offset, flags: 0, status });
+    for (offset, status) in [
+        (0u16, 0i16),
+        (4000, 200),
+        (0, 4097),
+        (4096, 1),
+        (u16::MAX, 1),
+        (1, 4096),
+        (2048, i16::MAX),
+    ] {
+        answer(&mut h, None, |r| RxResponse {
+            id: r.id,
+            offset,
+            flags: 0,
+            status,
+        });
     }
     // Legal extremes are delivered: a frame ending exactly at the page end.
     let f = test_frame(4, 96);
-    answer(&mut h, Some((4000, &f)), |r| RxResponse { id: r.id, offset: 4000, flags: 0, status: 96 });
+    answer(&mut h, Some((4000, &f)), |r| RxResponse {
+        id: r.id,
+        offset: 4000,
+        flags: 0,
+        status: 96,
+    });
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![f]);
     assert_eq!(h.nf.stats().rx_drop_bad_len, 7);
@@ -72,14 +122,29 @@ fn rx_bad_offsets_and_lengths_are_dropped() {
 #[test]
 fn multi_slot_frames_are_dropped_whole_even_across_pushes() {
     let mut h = H::default_connected();
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: NETRXF_MORE_DATA, status: 1000 });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: NETRXF_MORE_DATA,
+        status: 1000,
+    });
     h.be.push_rx();
     assert!(h.rx_all().is_empty());
     // The rest of the frame arrives later; its continuation slots must not be
     // taken for frames.
     let f = test_frame(5, 60);
-    answer(&mut h, Some((0, &f)), |r| RxResponse { id: r.id, offset: 0, flags: NETRXF_MORE_DATA, status: 60 });
-    answer(&mut h, Some((0, &f)), |r| RxResponse { id: r.id, offset: 0, flags: 0, status: 60 });
+    answer(&mut h, Some((0, &f)), |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: NETRXF_MORE_DATA,
+        status: 60,
+    });
+    answer(&mut h, Some((0, &f)), |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: 60,
+    });
     good(&mut h, 6);
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![test_frame(6, 300)]);
@@ -91,17 +156,54 @@ fn multi_slot_frames_are_dropped_whole_even_across_pushes() {
 fn extra_info_slots_are_skipped() {
     let mut h = H::default_connected();
     // Frame with a GSO extra chained to a second extra, then one data fragment.
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: NETRXF_EXTRA_INFO | NETRXF_MORE_DATA, status: 1400 });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: NETRXF_EXTRA_INFO | NETRXF_MORE_DATA,
+        status: 1400,
+    });
     let _ = h.be.take_rx_request();
-    h.be.put_rx_raw(ExtraInfo { ty: 1, flags: XEN_NETIF_EXTRA_FLAG_MORE, data: [0xff; 6] }.encode());
+    h.be.put_rx_raw(
+        ExtraInfo {
+            ty: 1,
+            flags: XEN_NETIF_EXTRA_FLAG_MORE,
+            data: [0xff; 6],
+        }
+        .encode(),
+    );
     let _ = h.be.take_rx_request();
-    h.be.put_rx_raw(ExtraInfo { ty: 4, flags: 0, data: [0xff; 6] }.encode());
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: 0, status: 100 });
+    h.be.put_rx_raw(
+        ExtraInfo {
+            ty: 4,
+            flags: 0,
+            data: [0xff; 6],
+        }
+        .encode(),
+    );
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: 0,
+        status: 100,
+    });
     // A single-slot frame with one extra.
-    answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: NETRXF_EXTRA_INFO, status: 100 });
+    answer(&mut h, None, |r| RxResponse {
+        id: r.id,
+        offset: 0,
+        flags: NETRXF_EXTRA_INFO,
+        status: 100,
+    });
     let _ = h.be.take_rx_request();
     // An extra slot that looks like a frame with more_data: must still be read as an extra.
-    h.be.put_rx_raw(RxResponse { id: 0, offset: 0, flags: NETRXF_MORE_DATA, status: 60 }.encode());
+    h.be.put_rx_raw(
+        RxResponse {
+            id: 0,
+            offset: 0,
+            flags: NETRXF_MORE_DATA,
+            status: 60,
+        }
+        .encode(),
+    );
     good(&mut h, 7);
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![test_frame(7, 300)]);
@@ -124,7 +226,10 @@ fn rx_producer_jump_breaks_the_ring_cleanly() {
         assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
         assert_eq!(
             h.events[1..],
-            [Event::Disconnected(Reason::BackendMisbehaved(Misbehavior::RxProducerOverflow)), Event::Released { leaked_pages: 0 }]
+            [
+                Event::Disconnected(Reason::BackendMisbehaved(Misbehavior::RxProducerOverflow)),
+                Event::Released { leaked_pages: 0 }
+            ]
         );
         h.assert_all_released();
     }
@@ -139,7 +244,9 @@ fn tx_producer_jump_breaks_the_ring_cleanly() {
     h.step();
     assert_eq!(h.nf.stats().rsp_prod_overflow, 1);
     assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
-    assert!(h.has_event(&Event::Disconnected(Reason::BackendMisbehaved(Misbehavior::TxProducerOverflow))));
+    assert!(h.has_event(&Event::Disconnected(Reason::BackendMisbehaved(
+        Misbehavior::TxProducerOverflow
+    ))));
     h.assert_all_released();
 }
 
@@ -218,7 +325,9 @@ fn csum_blank_frames_are_completed_or_dropped() {
         tcp.set_header_len(20);
         tcp.payload_mut().copy_from_slice(b"hello");
     }
-    assert!(h.be.send_frame_flags(&f, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED));
+    assert!(h
+        .be
+        .send_frame_flags(&f, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED));
     let mut icmp = f.clone();
     icmp[14 + 9] = 1; // protocol ICMP: cannot be completed
     assert!(h.be.send_frame_flags(&icmp, NETRXF_CSUM_BLANK));
@@ -288,7 +397,12 @@ fn random_garbage_responses_never_panic_or_leak_buffers() {
     // With well-formed traffic afterwards everything works again.
     for _ in 0..4 {
         // Random continuation flags may leave a frame half-skipped: flush it.
-        answer(&mut h, None, |r| RxResponse { id: r.id, offset: 0, flags: 0, status: -1 });
+        answer(&mut h, None, |r| RxResponse {
+            id: r.id,
+            offset: 0,
+            flags: 0,
+            status: -1,
+        });
     }
     h.be.push_rx();
     let _ = h.rx_all();

@@ -64,10 +64,19 @@ impl phy::Device for PeerDev<'_> {
             self.inbox.extend(self.be.service_tx());
         }
         let f = self.inbox.pop_front()?;
-        Some((PeerRx(f), PeerTx { be: self.be, dropped: self.dropped }))
+        Some((
+            PeerRx(f),
+            PeerTx {
+                be: self.be,
+                dropped: self.dropped,
+            },
+        ))
     }
     fn transmit(&mut self, _: Instant) -> Option<PeerTx<'_>> {
-        Some(PeerTx { be: self.be, dropped: self.dropped })
+        Some(PeerTx {
+            be: self.be,
+            dropped: self.dropped,
+        })
     }
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
@@ -91,11 +100,23 @@ impl Net {
     fn new() -> Net {
         let mut h = H::default_connected();
         let ts = h.ts();
-        let mut guest = Interface::new(IfConfig::new(EthernetAddress(h.nf.mac()).into()), &mut h.nf, ts);
+        let mut guest = Interface::new(
+            IfConfig::new(EthernetAddress(h.nf.mac()).into()),
+            &mut h.nf,
+            ts,
+        );
         guest.update_ip_addrs(|a| a.push(IpCidr::new(GUEST_IP.into(), 24)).unwrap());
         let mut dropped = 0;
-        let mut dev = PeerDev { be: &mut h.be, inbox: VecDeque::new(), dropped: &mut dropped };
-        let mut peer = Interface::new(IfConfig::new(EthernetAddress(PEER_MAC).into()), &mut dev, ts);
+        let mut dev = PeerDev {
+            be: &mut h.be,
+            inbox: VecDeque::new(),
+            dropped: &mut dropped,
+        };
+        let mut peer = Interface::new(
+            IfConfig::new(EthernetAddress(PEER_MAC).into()),
+            &mut dev,
+            ts,
+        );
         peer.update_ip_addrs(|a| a.push(IpCidr::new(PEER_IP.into(), 24)).unwrap());
         Net {
             h,
@@ -113,7 +134,11 @@ impl Net {
         self.h.step();
         let ts = self.h.ts();
         self.guest.poll(ts, &mut self.h.nf, &mut self.guest_sockets);
-        let mut dev = PeerDev { be: &mut self.h.be, inbox: core::mem::take(&mut self.inbox), dropped: &mut self.peer_dropped };
+        let mut dev = PeerDev {
+            be: &mut self.h.be,
+            inbox: core::mem::take(&mut self.inbox),
+            dropped: &mut self.peer_dropped,
+        };
         self.peer.poll(ts, &mut dev, &mut self.peer_sockets);
         self.inbox = dev.inbox;
     }
@@ -126,7 +151,12 @@ fn capabilities_are_deliberate() {
     assert_eq!(c.medium, Medium::Ethernet);
     assert_eq!(c.max_transmission_unit, 1514);
     assert_eq!(c.ip_mtu(), 1500);
-    for ck in [c.checksum.ipv4, c.checksum.tcp, c.checksum.udp, c.checksum.icmpv4] {
+    for ck in [
+        c.checksum.ipv4,
+        c.checksum.tcp,
+        c.checksum.udp,
+        c.checksum.icmpv4,
+    ] {
         assert!(matches!(ck, Checksum::Both));
     }
 }
@@ -139,13 +169,18 @@ fn ping_of_every_size_comes_back_intact() {
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
     );
     let hdl: SocketHandle = net.peer_sockets.add(sock);
-    net.peer_sockets.get_mut::<icmp::Socket>(hdl).bind(icmp::Endpoint::Ident(0x77)).unwrap();
+    net.peer_sockets
+        .get_mut::<icmp::Socket>(hdl)
+        .bind(icmp::Endpoint::Ident(0x77))
+        .unwrap();
     let caps = ChecksumCapabilities::default();
     const TOTAL: usize = 1000;
     // Max ICMP payload at MTU 1500: 1500 - 20 (IP) - 8 (ICMP) = 1472.
     let payload = |i: usize| -> Vec<u8> {
         let len = [0, 1, 56, 100, 1000, 1471, 1472][i % 7];
-        (0..len).map(|b| (b as u8) ^ (i as u8) ^ ((b >> 8) as u8)).collect()
+        (0..len)
+            .map(|b| (b as u8) ^ (i as u8) ^ ((b >> 8) as u8))
+            .collect()
     };
     let (mut sent, mut replies) = (0usize, 0usize);
     let mut seen = vec![false; TOTAL];
@@ -158,7 +193,11 @@ fn ping_of_every_size_comes_back_intact() {
             // A bounded flood: up to 8 echo requests in flight (ping -l 8).
             while sent < TOTAL && sent - replies < 8 && s.can_send() {
                 let data = payload(sent);
-                let repr = Icmpv4Repr::EchoRequest { ident: 0x77, seq_no: sent as u16, data: &data };
+                let repr = Icmpv4Repr::EchoRequest {
+                    ident: 0x77,
+                    seq_no: sent as u16,
+                    data: &data,
+                };
                 let buf = s.send(repr.buffer_len(), GUEST_IP.into()).unwrap();
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
                 sent += 1;
@@ -166,7 +205,12 @@ fn ping_of_every_size_comes_back_intact() {
             while let Ok((buf, from)) = s.recv() {
                 assert_eq!(from, IpAddress::Ipv4(GUEST_IP));
                 let pkt = Icmpv4Packet::new_checked(buf).unwrap();
-                let Icmpv4Repr::EchoReply { ident, seq_no, data } = Icmpv4Repr::parse(&pkt, &caps).unwrap() else {
+                let Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                } = Icmpv4Repr::parse(&pkt, &caps).unwrap()
+                else {
                     panic!("not an echo reply")
                 };
                 assert_eq!(ident, 0x77);
@@ -198,10 +242,17 @@ fn udp_echo_up_to_the_mtu() {
     let g = net.guest_sockets.add(mk());
     let p = net.peer_sockets.add(mk());
     net.guest_sockets.get_mut::<udp::Socket>(g).bind(7).unwrap();
-    net.peer_sockets.get_mut::<udp::Socket>(p).bind(4000).unwrap();
+    net.peer_sockets
+        .get_mut::<udp::Socket>(p)
+        .bind(4000)
+        .unwrap();
     // Max UDP payload at MTU 1500: 1500 - 20 - 8 = 1472.
     let sizes = [1usize, 2, 100, 512, 1000, 1471, 1472];
-    let data = |i: usize| -> Vec<u8> { (0..sizes[i % sizes.len()]).map(|b| (b * 31 + i) as u8).collect() };
+    let data = |i: usize| -> Vec<u8> {
+        (0..sizes[i % sizes.len()])
+            .map(|b| (b * 31 + i) as u8)
+            .collect()
+    };
     let mut next = 0;
     let mut echoed = 0;
     for _ in 0..20_000 {
@@ -211,7 +262,8 @@ fn udp_echo_up_to_the_mtu() {
         {
             let ps = net.peer_sockets.get_mut::<udp::Socket>(p);
             if next == echoed && next < 200 {
-                ps.send_slice(&data(next), (IpAddress::Ipv4(GUEST_IP), 7)).unwrap();
+                ps.send_slice(&data(next), (IpAddress::Ipv4(GUEST_IP), 7))
+                    .unwrap();
                 next += 1;
             }
             if let Ok((buf, _)) = ps.recv() {
@@ -232,13 +284,24 @@ fn udp_echo_up_to_the_mtu() {
 #[test]
 fn tcp_stream_both_ways_byte_for_byte() {
     let mut net = Net::new();
-    let mk = || tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 32 * 1024]), tcp::SocketBuffer::new(vec![0; 32 * 1024]));
+    let mk = || {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 32 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 32 * 1024]),
+        )
+    };
     let g = net.guest_sockets.add(mk());
     let p = net.peer_sockets.add(mk());
-    net.guest_sockets.get_mut::<tcp::Socket>(g).listen(80).unwrap();
+    net.guest_sockets
+        .get_mut::<tcp::Socket>(g)
+        .listen(80)
+        .unwrap();
     {
         let cx = net.peer.context();
-        net.peer_sockets.get_mut::<tcp::Socket>(p).connect(cx, (IpAddress::Ipv4(GUEST_IP), 80), 49152).unwrap();
+        net.peer_sockets
+            .get_mut::<tcp::Socket>(p)
+            .connect(cx, (IpAddress::Ipv4(GUEST_IP), 80), 49152)
+            .unwrap();
     }
     const N: usize = 300_000;
     let byte = |i: usize| (i.wrapping_mul(7) ^ (i >> 9)) as u8;
