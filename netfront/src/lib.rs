@@ -108,7 +108,7 @@
 //! # Memory
 //!
 //! Default sizing: 2 ring pages + 64 RX pages + 16 TX pages = 82 pages =
-//! 328 KiB, plus about 8 KiB of heap ([`Config::memory`]).
+//! 328 KiB, plus about 7 KiB of heap: 336 KiB ([`Config::memory`]).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
