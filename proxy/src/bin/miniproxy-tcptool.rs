@@ -6,7 +6,11 @@
 //! miniproxy-tcptool serve [ADDR:]PORT
 //! miniproxy-tcptool client ADDR:PORT --op echo|get|put|who [--len N] [--seed S]
 //!                   [--conns N] [--parallel P] [--expect reset|ADDR]
+//! miniproxy-tcptool delayline TAP_A TAP_B MILLISECONDS
 //! ```
+//!
+//! `delayline` joins two TAP devices and delays every frame by the given time in
+//! each direction (a WAN emulator for kernels without `netem`).
 //!
 //! Protocol: the client sends one header line, then data.
 //! * `echo` — the server echoes everything after the header, then closes.
@@ -336,12 +340,73 @@ fn parse_client(args: &[String]) -> Result<ClientOpts, String> {
     Ok(o)
 }
 
+fn wait_until_up(name: &str) -> Result<(), String> {
+    let path = format!("/sys/class/net/{name}/flags");
+    let start = Instant::now();
+    loop {
+        let flags = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+        let v = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+            .map_err(|_| format!("{path}: unexpected content '{}'", flags.trim()))?;
+        if v & 1 != 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{name} was not brought up within 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Forward frames between two TAP devices, each delayed by `ms`.
+fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
+    use smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
+    use std::collections::VecDeque;
+    let delay = Duration::from_millis(ms.parse().map_err(|_| format!("bad delay '{ms}'"))?);
+    let mut devs = [
+        TunTapInterface::new(a, Medium::Ethernet).map_err(|e| format!("{a}: {e}"))?,
+        TunTapInterface::new(b, Medium::Ethernet).map_err(|e| format!("{b}: {e}"))?,
+    ];
+    println!("tcptool: delayline ready on {a} {b}");
+    let _ = std::io::stdout().flush();
+    wait_until_up(a)?;
+    wait_until_up(b)?;
+    // Frames in flight towards device i, oldest first (the delay is constant).
+    let mut queues: [VecDeque<(Instant, Vec<u8>)>; 2] = [VecDeque::new(), VecDeque::new()];
+    let t0 = smoltcp::time::Instant::from_millis(0);
+    loop {
+        let now = Instant::now();
+        let mut busy = false;
+        for i in 0..2 {
+            while queues[1 - i].len() < 100_000 {
+                let Some((rx, _)) = devs[i].receive(t0) else { break };
+                let frame = rx.consume(|f| f.to_vec());
+                queues[1 - i].push_back((now + delay, frame));
+                busy = true;
+            }
+        }
+        for i in 0..2 {
+            while queues[i].front().is_some_and(|(t, _)| *t <= now) {
+                if let Some((_, f)) = queues[i].pop_front() {
+                    if let Some(tx) = devs[i].transmit(t0) {
+                        tx.consume(f.len(), |buf| buf.copy_from_slice(&f));
+                    }
+                    busy = true;
+                }
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("8080")),
+        Some("delayline") if args.len() == 4 => delayline(&args[1], &args[2], &args[3]),
         Some("client") => parse_client(&args[1..]).and_then(client),
-        _ => Err("usage: miniproxy-tcptool serve [ADDR:]PORT | client ADDR:PORT --op echo|get|put|who [--len N] [--seed S] [--conns N] [--parallel P] [--expect reset|ADDR] [--timeout SECS]".into()),
+        _ => Err("usage: miniproxy-tcptool serve [ADDR:]PORT | client ADDR:PORT --op echo|get|put|who [--len N] [--seed S] [--conns N] [--parallel P] [--expect reset|ADDR] [--timeout SECS] | delayline TAP_A TAP_B MS".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

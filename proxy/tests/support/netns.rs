@@ -251,6 +251,74 @@ impl Testbed {
         Ok(last)
     }
 
+    /// Put a delay line (`ms` each way) between the bridge and the server: the
+    /// server's port moves to a second bridge joined to the first through
+    /// `miniproxy-tcptool delayline`. Client <-> proxy stays undelayed.
+    pub fn insert_delay(&mut self, ms: u32) -> Result<(), String> {
+        let px = self.ns("px");
+        sh(&["ip", "-n", &px, "link", "add", "br1", "type", "bridge"])?;
+        sh(&["ip", "-n", &px, "link", "set", "br1", "up"])?;
+        sh(&["ip", "-n", &px, "link", "set", "vsv", "master", "br1"])?;
+        let tool = self.tool();
+        let mut child = self
+            .exec_cmd("px", &tool)
+            .args(["delayline", "dla", "dlb", &ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting delayline: {e}"))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        self.children.push(child);
+        if !line.contains("ready") {
+            return Err(format!("delayline: {line}"));
+        }
+        sh(&["ip", "-n", &px, "link", "set", "dla", "master", "br0", "up"])?;
+        sh(&["ip", "-n", &px, "link", "set", "dlb", "master", "br1", "up"])?;
+        Ok(())
+    }
+
+    /// Start HAProxy (`mode tcp`) in the proxy namespace on 10.9.0.3:80 -> server:8080.
+    pub fn start_haproxy(&mut self) -> Result<(), String> {
+        let cfg = std::env::temp_dir().join(format!("miniproxy-haproxy-{}.cfg", self.tag));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+                   timeout client 60s
+  timeout server 60s
+frontend f
+  bind {LINUX_PROXY_IP}:80
+                   default_backend b
+backend b
+  server s1 {SERVER_IP}:8080
+"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let c = cfg.display().to_string();
+        self.spawn("px", "haproxy", &["-db", "-f", &c])?;
+        self.wait_listening("cl", LINUX_PROXY_IP, 80)
+    }
+
+    /// Start socat in the proxy namespace on 10.9.0.3:81 -> server:8080.
+    pub fn start_socat(&mut self) -> Result<(), String> {
+        self.spawn(
+            "px",
+            "socat",
+            &[
+                &format!("TCP-LISTEN:81,bind={LINUX_PROXY_IP},fork,reuseaddr,backlog=1024"),
+                &format!("TCP:{SERVER_IP}:8080"),
+            ],
+        )?;
+        self.wait_listening("cl", LINUX_PROXY_IP, 81)
+    }
+
     /// Write one line to the proxy's stdin (unused by the runner; keeps the pipe alive).
     pub fn poke_proxy(&mut self) {
         if let Some(p) = &mut self.proxy {
