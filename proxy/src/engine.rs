@@ -56,7 +56,7 @@ use smoltcp::iface::{
 };
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, PacketMeta, RxToken};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::socket::AnySocket;
+use smoltcp::socket::{dhcpv4, AnySocket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
@@ -78,7 +78,7 @@ const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
 const BATCH: usize = 32;
 /// Ingress/splice/egress rounds per `poll` before yielding to the caller.
 const MAX_ROUNDS: usize = 64;
-/// Socket-set slots reserved for sockets the caller adds (e.g. a DHCP client).
+/// Socket-set slots reserved for the engine's DHCP client and sockets the caller adds.
 pub const EXTRA_SOCKETS: usize = 4;
 /// Bytes assumed for the interface, the engine and allocator slack.
 const FIXED_OVERHEAD: usize = 16 * 1024;
@@ -452,6 +452,8 @@ pub struct Engine {
     idle_since: Instant,
     /// The time of the latest poll.
     now: Instant,
+    /// The DHCP client, with `ip=dhcp`.
+    dhcp: Option<SocketHandle>,
 }
 
 impl fmt::Debug for Engine {
@@ -528,8 +530,10 @@ impl Engine {
     /// `hw` is the interface's MAC address, `seed` seeds smoltcp's random numbers
     /// (sequence numbers; use a different value every boot), `mem_budget` is the
     /// memory the engine may use: a config whose worst case does not fit is refused.
-    /// A static `ip=`/`gw=` from the config is applied; with `ip=dhcp` the caller
-    /// sets the address later with [`Engine::set_ipv4`].
+    /// A static `ip=`/`gw=` from the config is applied; with `ip=dhcp` the engine
+    /// runs a DHCP client (smoltcp's) in its polls and applies the lease's address
+    /// and router when it gets one ([`Engine::ipv4`] tells when; `dhcp_timeout=`
+    /// is the caller's to enforce), and removes them if the lease is lost.
     pub fn new<D: Device + ?Sized>(
         cfg: &Config,
         hw: HardwareAddress,
@@ -596,12 +600,18 @@ impl Engine {
             more_work: true,
             idle_since: now,
             now,
+            dhcp: None,
         };
         for r in &cfg.rules {
             engine.ports.set(r.listen_port, true);
         }
-        if let IpSetting::Static { addr, prefix_len } = cfg.ip {
-            engine.set_ipv4(Ipv4Cidr::new(addr, prefix_len), cfg.gw)?;
+        match cfg.ip {
+            IpSetting::Static { addr, prefix_len } => {
+                engine.set_ipv4(Ipv4Cidr::new(addr, prefix_len), cfg.gw)?;
+            }
+            IpSetting::Dhcp => {
+                engine.dhcp = Some(engine.sockets.add(dhcpv4::Socket::new()));
+            }
         }
         engine.refill(now);
         Ok(engine)
@@ -639,6 +649,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Apply what the DHCP client learnt, if anything. Returns whether it changed.
+    fn dhcp_event(&mut self) -> bool {
+        let Some(h) = self.dhcp else { return false };
+        let lease = match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+            None => return false,
+            Some(dhcpv4::Event::Configured(c)) => Some((c.address, c.router)),
+            Some(dhcpv4::Event::Deconfigured) => None,
+        };
+        match lease {
+            Some((cidr, router)) => match self.set_ipv4(cidr, router) {
+                Ok(()) => log::info!("proxy: DHCP: address {cidr}, gateway {router:?}"),
+                Err(e) => log::warn!("proxy: DHCP lease refused: {e}"),
+            },
+            None => {
+                log::warn!("proxy: DHCP: lease lost, address removed");
+                self.clear_ipv4();
+            }
+        }
+        true
+    }
+
+    /// Whether the engine runs a DHCP client (`ip=dhcp`).
+    pub fn uses_dhcp(&self) -> bool {
+        self.dhcp.is_some()
+    }
+
     /// Remove the interface's IPv4 address (e.g. the DHCP lease was lost).
     pub fn clear_ipv4(&mut self) {
         self.iface.update_ip_addrs(|addrs| addrs.clear());
@@ -667,14 +703,14 @@ impl Engine {
         &mut self.iface
     }
 
-    /// The socket set. The caller may add up to [`EXTRA_SOCKETS`] sockets of its
-    /// own (e.g. a DHCP client); they are polled with the engine's. It must not
-    /// touch the engine's TCP sockets.
+    /// The socket set. The caller may add up to [`EXTRA_SOCKETS`]` - 1` sockets of
+    /// its own; they are polled with the engine's. It must not touch the engine's
+    /// TCP sockets.
     pub fn sockets_mut(&mut self) -> &mut SocketSet<'static> {
         &mut self.sockets
     }
 
-    /// The interface and the socket set together (e.g. to drive a DHCP socket).
+    /// The interface and the socket set together (e.g. to drive a socket of the caller's).
     pub fn interface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
         (&mut self.iface, &mut self.sockets)
     }
@@ -1023,7 +1059,8 @@ impl Engine {
     /// timeouts, end finished connections, reap and refill. Returns whether
     /// anything changed.
     fn service(&mut self, now: Instant) -> bool {
-        let mut worked = self.accept(now);
+        let mut worked = self.dhcp_event();
+        worked |= self.accept(now);
         worked |= self.reap(now);
         if self.retry_at.is_some_and(|t| now >= t) {
             self.retry_at = None;

@@ -21,9 +21,11 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use crate::engine::Engine;
 
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr, Ipv4Packet,
+    ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
+    EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpProtocol,
+    Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
 /// A small, fast, seeded PRNG (SplitMix64).
@@ -129,6 +131,24 @@ pub struct Router {
     hosts: Vec<(Ipv4Address, EthernetAddress)>,
 }
 
+/// A minimal DHCP server attached to one switch port: offers and acknowledges
+/// one address per client MAC from a range.
+#[derive(Debug)]
+pub struct DhcpServer {
+    port: usize,
+    mac: EthernetAddress,
+    ip: Ipv4Address,
+    next: u32,
+    prefix_len: u8,
+    router: Option<Ipv4Address>,
+    lease_secs: u32,
+    leases: Vec<(EthernetAddress, Ipv4Address)>,
+    /// When false the server ignores everything (to test lease loss).
+    pub enabled: bool,
+    /// DHCP messages answered.
+    pub answered: u32,
+}
+
 /// An Ethernet switch with per-port links and an optional router. See the module docs.
 #[derive(Debug)]
 pub struct Net {
@@ -139,6 +159,7 @@ pub struct Net {
     /// (arrival time, sequence, destination port, frame), earliest first.
     in_flight: BinaryHeap<Reverse<InFlight>>,
     router: Option<Router>,
+    pub dhcp: Option<DhcpServer>,
     rng: Rng,
     pub stats: NetStats,
     /// Largest RX queue a port may have before frames are dropped.
@@ -154,6 +175,7 @@ impl Net {
             fdb: Vec::new(),
             in_flight: BinaryHeap::new(),
             router: None,
+            dhcp: None,
             rng: Rng::new(seed),
             stats: NetStats::default(),
             rx_limit: 4096,
@@ -182,6 +204,36 @@ impl Net {
             mac,
             ips: ips.to_vec(),
             hosts: Vec::new(),
+        });
+        port
+    }
+
+    /// Attach a DHCP server at `ip` handing out addresses from `first` upwards,
+    /// with this prefix length, router and lease time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_dhcp_server(
+        &mut self,
+        mac: EthernetAddress,
+        ip: Ipv4Address,
+        first: Ipv4Address,
+        prefix_len: u8,
+        router: Option<Ipv4Address>,
+        lease_secs: u32,
+        link: Link,
+    ) -> usize {
+        let port = self.add_port(link);
+        self.fdb.push((mac, port));
+        self.dhcp = Some(DhcpServer {
+            port,
+            mac,
+            ip,
+            next: u32::from(first),
+            prefix_len,
+            router,
+            lease_secs,
+            leases: Vec::new(),
+            enabled: true,
+            answered: 0,
         });
         port
     }
@@ -235,6 +287,8 @@ impl Net {
             };
             if self.router.as_ref().is_some_and(|r| r.port == dst) {
                 self.route(frame);
+            } else if self.dhcp.as_ref().is_some_and(|d| d.port == dst) {
+                self.serve_dhcp(&frame);
             } else if self.ports[dst].rx.len() >= self.rx_limit {
                 self.stats.overflowed += 1;
             } else {
@@ -301,6 +355,114 @@ impl Net {
             self.seq += 1;
             self.in_flight.push(Reverse((td, self.seq, d, frame.clone())));
         }
+    }
+
+    /// The DHCP server handles a frame that reached its port.
+    fn serve_dhcp(&mut self, frame: &[u8]) {
+        let caps = ChecksumCapabilities::default();
+        let Some(d) = &mut self.dhcp else { return };
+        if !d.enabled {
+            return;
+        }
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            return;
+        };
+        let Ok(ip_repr) = Ipv4Repr::parse(&ip, &caps) else {
+            return;
+        };
+        if ip_repr.next_header != IpProtocol::Udp {
+            return;
+        }
+        let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+            return;
+        };
+        if udp.dst_port() != 67 {
+            return;
+        }
+        let Ok(pkt) = DhcpPacket::new_checked(udp.payload()) else {
+            return;
+        };
+        let Ok(req) = DhcpRepr::parse(&pkt) else {
+            return;
+        };
+        let client = req.client_hardware_address;
+        let addr = match d.leases.iter().find(|(m, _)| *m == client) {
+            Some((_, a)) => *a,
+            None => {
+                let a = Ipv4Address::from(d.next);
+                d.next += 1;
+                d.leases.push((client, a));
+                a
+            }
+        };
+        let message_type = match req.message_type {
+            DhcpMessageType::Discover => DhcpMessageType::Offer,
+            DhcpMessageType::Request => DhcpMessageType::Ack,
+            _ => return,
+        };
+        d.answered += 1;
+        let mask = Ipv4Cidr::new(addr, d.prefix_len).netmask();
+        let reply = DhcpRepr {
+            message_type,
+            transaction_id: req.transaction_id,
+            secs: 0,
+            client_hardware_address: client,
+            client_ip: Ipv4Address::UNSPECIFIED,
+            your_ip: addr,
+            server_ip: d.ip,
+            router: d.router,
+            subnet_mask: Some(mask),
+            relay_agent_ip: Ipv4Address::UNSPECIFIED,
+            broadcast: false,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(d.ip),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: Some(d.lease_secs),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let dhcp_len = reply.buffer_len();
+        let udp_repr = UdpRepr {
+            src_port: 67,
+            dst_port: 68,
+        };
+        let ip_out = Ipv4Repr {
+            src_addr: d.ip,
+            dst_addr: Ipv4Address::BROADCAST,
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + dhcp_len,
+            hop_limit: 64,
+        };
+        let mut out = vec![0u8; 14 + ip_out.buffer_len() + 8 + dhcp_len];
+        let mut f = EthernetFrame::new_unchecked(&mut out[..]);
+        f.set_src_addr(d.mac);
+        f.set_dst_addr(EthernetAddress::BROADCAST);
+        f.set_ethertype(EthernetProtocol::Ipv4);
+        let mut ipp = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip_out.emit(&mut ipp, &caps);
+        let mut udpp = UdpPacket::new_unchecked(ipp.payload_mut());
+        udp_repr.emit(
+            &mut udpp,
+            &IpAddress::Ipv4(ip_out.src_addr),
+            &IpAddress::Ipv4(ip_out.dst_addr),
+            dhcp_len,
+            |buf| {
+                let _ = reply.emit(&mut DhcpPacket::new_unchecked(buf));
+            },
+            &caps,
+        );
+        let port = d.port;
+        self.send(port, out);
     }
 
     /// The router handles a frame that reached its port.

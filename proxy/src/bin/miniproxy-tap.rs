@@ -11,7 +11,8 @@
 //! frame. It prints the stats line every `--stats` seconds and when it exits, which it
 //! does after `idle_exit=` without connections, or when stdin reaches end of file
 //! if `--stdin-exit` is given (so a parent can stop it cleanly).
-//! The memory budget is `mem=` (default 64m). `ip=dhcp` is not supported here.
+//! The memory budget is `mem=` (default 64m). With `ip=dhcp` the engine's DHCP
+//! client gets the address (a DHCP server must answer on the TAP's segment).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, Write};
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime};
 
-use proxy::config::{Config, IpSetting};
+use proxy::config::Config;
 use proxy::engine::Engine;
 use smoltcp::phy::{wait, Medium, TunTapInterface};
 use smoltcp::time::{Duration, Instant};
@@ -139,9 +140,6 @@ fn run() -> Result<(), String> {
     let cfg = Config::parse(&args.line).map_err(|e| e.to_string())?;
     log::set_logger(&LOGGER).map_err(|e| e.to_string())?;
     log::set_max_level(cfg.loglevel);
-    if cfg.ip == IpSetting::Dhcp {
-        return Err("ip=dhcp is not supported by the host runner: give ip=a.b.c.d/len".into());
-    }
     let mut dev = TunTapInterface::new(&args.tap, Medium::Ethernet)
         .map_err(|e| format!("opening TAP device '{}': {e}", args.tap))?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&dev);

@@ -732,3 +732,58 @@ fn deterministic_runs() {
     let mut r = Rng::new(1);
     assert_ne!(r.next_u64(), r.next_u64());
 }
+
+#[test]
+fn dhcp_configures_the_engine_and_loses_the_lease() {
+    let cfg = Config::parse("ip=dhcp rule=reverse:80:10.0.0.20:8080 buf=8k").unwrap();
+    let mut net = Net::new(3);
+    let pp = net.add_port(Link::default());
+    let now = net.now();
+    let proxy = Engine::new(
+        &cfg,
+        HardwareAddress::Ethernet(mac(2)),
+        3,
+        64 << 20,
+        &mut net.port(pp),
+        now,
+    )
+    .unwrap();
+    assert!(proxy.uses_dhcp());
+    assert_eq!(proxy.ipv4(), None);
+    net.add_dhcp_server(
+        mac(50),
+        Ipv4Address::new(10, 0, 0, 50),
+        Ipv4Address::new(10, 0, 0, 2),
+        24,
+        Some(ROUTER),
+        120,
+        Link::delay_ms(1),
+    );
+    let cp = net.add_port(Link::default());
+    let client = Host::new(&mut net, cp, 10, Ipv4Cidr::new(CLIENT, 24), None, 8192);
+    let sp = net.add_port(Link::default());
+    let mut server = Host::new(&mut net, sp, 20, Ipv4Cidr::new(SERVER, 24), None, 8192);
+    server.listen(8080, 4, Serve::Echo);
+    let mut w = World {
+        net,
+        proxy,
+        proxy_port: pp,
+        hosts: vec![client, server],
+        proxy_polls: 0,
+    };
+    assert!(w.run_until(secs(30), |w| w.proxy.ipv4().is_some()));
+    assert_eq!(w.proxy.ipv4(), Some(Ipv4Cidr::new(PROXY, 24)));
+    assert_eq!(
+        w.proxy.interface().routes().get_default_ipv4_route().map(|r| r.via_router),
+        Some(ROUTER.into())
+    );
+    // It proxies on the leased address.
+    echo_roundtrip(&mut w, b"over dhcp", secs(10));
+    // The lease is renewed while the server answers...
+    w.run_for(secs(600));
+    assert_eq!(w.proxy.ipv4(), Some(Ipv4Cidr::new(PROXY, 24)));
+    assert!(w.net.dhcp.as_ref().unwrap().answered >= 4);
+    // ...and dropped when it stops answering.
+    w.net.dhcp.as_mut().unwrap().enabled = false;
+    assert!(w.run_until(secs(300), |w| w.proxy.ipv4().is_none()));
+}
