@@ -673,9 +673,13 @@ fn empty_config_builds_an_idle_engine() {
     .unwrap();
     assert_eq!(e.ipv4(), None);
     assert_eq!(e.socket_count(), 0);
+    // The default is ip=dhcp: the engine sends a DISCOVER and wants to retry later.
+    assert!(e.uses_dhcp());
     e.poll(now, &mut net.port(p));
-    assert_eq!(e.poll_delay(now), None);
+    assert_eq!(net.stats.sent, 1);
+    assert_eq!(e.poll_delay(now), Some(secs(10)));
     assert_eq!(e.idle_since(), Some(now));
+    assert_eq!(e.stats(), crate::engine::Stats::default());
 }
 
 #[test]
