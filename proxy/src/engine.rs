@@ -93,7 +93,8 @@ pub struct Stats {
     /// Connections currently held (handshaking, spliced or closing).
     pub active: usize,
     /// SYNs refused because `max_conns` was reached, memory ran out, or a
-    /// transparent connection was addressed to the instance itself.
+    /// transparent connection was addressed to the instance itself. (A SYN that
+    /// finds the listen pool empty is reset by smoltcp itself and not counted.)
     pub refused: u64,
     /// Upstream refused, unreachable or not connected within `connect_timeout`.
     pub upstream_failures: u64,
@@ -896,21 +897,22 @@ impl Engine {
 
     /// Abort every listening socket (the address changed); `refill` re-creates them.
     fn drop_listeners(&mut self) {
-        let mut handles: Vec<SocketHandle> = Vec::new();
-        for p in &mut self.pools {
-            handles.append(&mut p.listening);
-        }
-        for h in handles {
-            let s = self.tcp(h);
-            if s.state() == State::Listen {
-                s.abort();
-                self.make_spare(h);
-            } else {
-                // Took a SYN since the last pass: treat it as refused.
-                s.abort();
-                self.stats.refused += 1;
-                self.dying.push((h, self.now + RST_GRACE));
+        for i in 0..self.pools.len() {
+            // Take the list out (keeping its allocation) to release the borrow.
+            let mut list = core::mem::take(&mut self.pools[i].listening);
+            for h in list.drain(..) {
+                let s = self.tcp(h);
+                if s.state() == State::Listen {
+                    s.abort(); // no peer yet: closes without sending anything
+                    self.make_spare(h);
+                } else {
+                    // Took a SYN since the last pass: refuse it.
+                    s.abort();
+                    self.stats.refused += 1;
+                    self.dying.push((h, self.now + RST_GRACE));
+                }
             }
+            self.pools[i].listening = list;
         }
     }
 

@@ -522,6 +522,8 @@ fn transparent_world(extra: &str) -> World {
         proxy_port: pp,
         hosts,
         proxy_polls: 0,
+        clock: None,
+        proxy_nanos: 0,
     }
 }
 
@@ -774,6 +776,8 @@ fn dhcp_configures_the_engine_and_loses_the_lease() {
         proxy_port: pp,
         hosts: vec![client, server],
         proxy_polls: 0,
+        clock: None,
+        proxy_nanos: 0,
     };
     assert!(w.run_until(secs(30), |w| w.proxy.ipv4().is_some()));
     assert_eq!(w.proxy.ipv4(), Some(Ipv4Cidr::new(PROXY, 24)));

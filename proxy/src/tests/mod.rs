@@ -110,6 +110,8 @@ pub fn reverse_world(s: Setup<'_>) -> World {
         proxy_port: pp,
         hosts: alloc::vec![client, server],
         proxy_polls: 0,
+        clock: None,
+        proxy_nanos: 0,
     }
 }
 
