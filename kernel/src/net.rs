@@ -74,8 +74,11 @@ impl Platform for XenPlatform {
             Ok(()) => Ok(()),
             Err(GrantError::InUse(_)) => Err(Error::GrantInUse),
             Err(e) => {
+                // A reference we do not know: its page's state is unknown, so
+                // report it as still in use and let the driver keep (leak)
+                // the page rather than reuse memory someone may map.
                 log::warn!("netfront: end_grant: {e}");
-                Ok(())
+                Err(Error::GrantInUse)
             }
         }
     }

@@ -258,7 +258,19 @@ fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, reason: S
     println!("miniproxy: proxy {}", engine.stats());
     println!("miniproxy: vif0 {}", nf.stats());
     println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
+    // Let the backend unmap our pages before the domain goes (bounded).
     nf.close();
+    let deadline = time::now_ns() + 2_000_000_000;
+    while time::now_ns() < deadline {
+        if let Some(Event::Released { leaked_pages }) = nf.poll(now_ms()) {
+            if leaked_pages > 0 {
+                log::warn!("netfront: {leaked_pages} pages still mapped by the backend at shutdown");
+            }
+            break;
+        }
+        let wait = nf.poll_delay(now_ms()).unwrap_or(10).min(10);
+        sleep(&[], nf.platform().port, time::now_ns() + wait * 1_000_000);
+    }
     k.shutdown(reason)
 }
 
