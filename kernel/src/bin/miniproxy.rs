@@ -259,9 +259,10 @@ fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, reason: S
     println!("miniproxy: vif0 {}", nf.stats());
     println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
     // Let the backend unmap our pages before the domain goes (bounded).
+    let already_down = nf.state() == netfront::State::Disconnected;
     nf.close();
     let deadline = time::now_ns() + 2_000_000_000;
-    while time::now_ns() < deadline {
+    while !already_down && time::now_ns() < deadline {
         if let Some(Event::Released { leaked_pages }) = nf.poll(now_ms()) {
             if leaked_pages > 0 {
                 log::warn!("netfront: {leaked_pages} pages still mapped by the backend at shutdown");
