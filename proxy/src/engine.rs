@@ -531,10 +531,9 @@ impl Engine {
     /// `hw` is the interface's MAC address, `seed` seeds smoltcp's random numbers
     /// (sequence numbers; use a different value every boot), `mem_budget` is the
     /// memory the engine may use: a config whose worst case does not fit is refused.
-    /// A static `ip=`/`gw=` from the config is applied; with `ip=dhcp` the engine
-    /// runs a DHCP client (smoltcp's) in its polls and applies the lease's address
-    /// and router when it gets one ([`Engine::ipv4`] tells when; `dhcp_timeout=`
-    /// is the caller's to enforce), and removes them if the lease is lost.
+    /// A static `ip=`/`gw=` from the config is applied; with `ip=dhcp` the caller
+    /// either calls [`Engine::start_dhcp`] or sets the address itself with
+    /// [`Engine::set_ipv4`].
     pub fn new<D: Device + ?Sized>(
         cfg: &Config,
         hw: HardwareAddress,
@@ -606,13 +605,8 @@ impl Engine {
         for r in &cfg.rules {
             engine.ports.set(r.listen_port, true);
         }
-        match cfg.ip {
-            IpSetting::Static { addr, prefix_len } => {
-                engine.set_ipv4(Ipv4Cidr::new(addr, prefix_len), cfg.gw)?;
-            }
-            IpSetting::Dhcp => {
-                engine.dhcp = Some(engine.sockets.add(dhcpv4::Socket::new()));
-            }
+        if let IpSetting::Static { addr, prefix_len } = cfg.ip {
+            engine.set_ipv4(Ipv4Cidr::new(addr, prefix_len), cfg.gw)?;
         }
         engine.refill(now);
         Ok(engine)
@@ -671,7 +665,18 @@ impl Engine {
         true
     }
 
-    /// Whether the engine runs a DHCP client (`ip=dhcp`).
+    /// Run smoltcp's DHCP client inside the engine's polls: the lease's address
+    /// and router are applied when it comes ([`Engine::ipv4`] is then `Some`;
+    /// `dhcp_timeout=` is the caller's to enforce) and removed if it is lost.
+    /// Calling it again does nothing. It uses one of the [`EXTRA_SOCKETS`] slots.
+    pub fn start_dhcp(&mut self) {
+        if self.dhcp.is_none() {
+            self.dhcp = Some(self.sockets.add(dhcpv4::Socket::new()));
+            self.more_work = true;
+        }
+    }
+
+    /// Whether the engine runs its DHCP client.
     pub fn uses_dhcp(&self) -> bool {
         self.dhcp.is_some()
     }

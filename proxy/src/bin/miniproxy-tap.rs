@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime};
 
-use proxy::config::Config;
+use proxy::config::{Config, IpSetting};
 use proxy::engine::Engine;
 use smoltcp::phy::{wait, Medium, TunTapInterface};
 use smoltcp::time::{Duration, Instant};
@@ -159,6 +159,9 @@ fn run() -> Result<(), String> {
         now(),
     )
     .map_err(|e| e.to_string())?;
+    if cfg.ip == IpSetting::Dhcp {
+        engine.start_dhcp();
+    }
     println!("miniproxy-tap: config: {cfg}");
     println!(
         "miniproxy-tap: memory plan: {} bytes worst case ({} sockets of {} bytes), budget {budget}",

@@ -675,12 +675,19 @@ fn empty_config_builds_an_idle_engine() {
     .unwrap();
     assert_eq!(e.ipv4(), None);
     assert_eq!(e.socket_count(), 0);
-    // The default is ip=dhcp: the engine sends a DISCOVER and wants to retry later.
+    // Nothing to do until a frame comes.
+    e.poll(now, &mut net.port(p));
+    assert_eq!(net.stats.sent, 0);
+    assert_eq!(e.poll_delay(now), None);
+    assert_eq!(e.idle_since(), Some(now));
+    // The default is ip=dhcp; with the DHCP client started it sends a DISCOVER
+    // and wants to retry later.
+    assert!(!e.uses_dhcp());
+    e.start_dhcp();
     assert!(e.uses_dhcp());
     e.poll(now, &mut net.port(p));
     assert_eq!(net.stats.sent, 1);
     assert_eq!(e.poll_delay(now), Some(secs(10)));
-    assert_eq!(e.idle_since(), Some(now));
     assert_eq!(e.stats(), crate::engine::Stats::default());
 }
 
@@ -754,6 +761,8 @@ fn dhcp_configures_the_engine_and_loses_the_lease() {
         now,
     )
     .unwrap();
+    let mut proxy = proxy;
+    proxy.start_dhcp();
     assert!(proxy.uses_dhcp());
     assert_eq!(proxy.ipv4(), None);
     net.add_dhcp_server(
