@@ -804,3 +804,24 @@ fn dhcp_configures_the_engine_and_loses_the_lease() {
     w.net.dhcp.as_mut().unwrap().enabled = false;
     assert!(w.run_until(secs(300), |w| w.proxy.ipv4().is_none()));
 }
+
+#[test]
+fn other_tcp_settings_stay_byte_exact() {
+    // No congestion control, delayed ACKs, keep-alive off, small buffers (no window scaling).
+    for extra in ["cc=none", "ack_delay=10ms", "keepalive=off buf=1k", "cc=none ack_delay=40ms buf=128k"] {
+        let lossy = Link {
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_millis(1),
+            loss: 0.005,
+            ..Link::default()
+        };
+        let mut w = reverse_world(Setup {
+            extra,
+            client_link: lossy,
+            server_link: lossy,
+            ..Setup::default()
+        });
+        echo_roundtrip(&mut w, &pattern(300, 300_000), secs(600));
+        assert_eq!(w.proxy.stats().completed, 1, "{extra}");
+    }
+}
