@@ -1,6 +1,7 @@
 //! `miniproxy-tap` on a real TAP device, with real Linux TCP clients and server
 //! in network namespaces this test creates. Needs root (CI runs as root); it
 //! fails rather than skips without it.
+#![forbid(unsafe_code)]
 
 #[path = "support/netns.rs"]
 mod netns;
