@@ -50,6 +50,11 @@ impl Control {
     /// Non-blocking: handle watch events that arrived; returns a request once
     /// the toolstack has asked us to stop.
     pub fn poll(&mut self, k: &mut Kernel) -> Result<Option<Request>, XsError> {
+        // Clear the port before draining the ring: xenstored also signals
+        // when it consumes our requests, and a bit left set would make every
+        // later SCHEDOP_poll return at once (a busy loop). Anything that
+        // arrives after the clear sets it again and wakes the next sleep.
+        crate::events::take_pending(k.xenstore_port());
         let mut xs = k.xenstore.borrow_mut();
         while let Some(ev) = xs.poll_watch()? {
             if ev.token == TOKEN {

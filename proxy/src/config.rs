@@ -21,7 +21,7 @@
 //! | `gw`              | `a.b.c.d` (only with a static `ip`)               | none       |
 //! | `dhcp_timeout`    | duration                                          | `10s`      |
 //! | `idle_exit`       | duration or `off`: exit after this long with no connection | `off` |
-//! | `rx_bufs`         | netfront RX buffers posted, `1`..=`256`           | `256`      |
+//! | `rx_bufs`         | netfront RX buffers posted, `1`..=`256`           | `64`       |
 //! | `rule`            | see below (repeatable)                            | none       |
 //! | `max_conns`       | concurrent spliced connections, `1`..=`65535`     | `64`       |
 //! | `backlog`         | listening sockets kept ready per rule, `1`..=`64` | `4`        |
@@ -159,7 +159,7 @@ impl Default for Config {
             gw: None,
             dhcp_timeout: Duration::from_secs(10),
             idle_exit: None,
-            rx_bufs: 256,
+            rx_bufs: 64,
             rules: Vec::new(),
             max_conns: 64,
             backlog: 4,
@@ -659,7 +659,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(
             c.summary(),
-            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=256 max_conns=64 \
+            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 max_conns=64 \
              backlog=4 buf=16k idle_timeout=5m connect_timeout=10s keepalive=1m cc=reno ack_delay=off"
         );
         assert_eq!(Config::parse(&c.summary()).unwrap(), c);

@@ -8,7 +8,8 @@ KERNEL="kernel=\"$P/miniproxy\""
 NOVIF='vif=[]'
 
 # 1. memory=4 boots; the console shows the parsed config; the ready key appears.
-xl_create "$CFG" "$KERNEL" 'name="boot4"' 'memory=4' "$NOVIF" \
+VIF4="vif=['bridge=xenbr0,mac=00:16:3e:00:00:04,script=/etc/xen/scripts/vif-fast']"
+xl_create "$CFG" "$KERNEL" 'name="boot4"' 'memory=4' "$VIF4" \
     'extra="loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 rule=reverse:80:10.0.0.1:8080 max_conns=32 buf=8k"' \
     && pass "boot4: xl create accepted memory=4" || fail "boot4: xl create failed"
 id=$(domid boot4)
@@ -43,6 +44,11 @@ fi
 echo "--- console of boot4:"; cat "$(console_log boot4)"
 grep -q 'shutdown requested: poweroff' "$(console_log boot4)" \
     && pass "boot4: console logged the poweroff request" || fail "boot4: no shutdown line on the console"
+
+# Rules without a vif cannot work: refused with a clear line, crashed.
+xl_create "$CFG" "$KERNEL" 'name="novif"' 'memory=4' "$NOVIF" 'extra="ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080"' || fail "novif: xl create failed"
+wait_console novif 'fatal: net: rules are configured but the domain has no vif' 20 && pass "novif: refused with a clear line" || fail "novif: no error line"
+xl_destroy novif >/dev/null
 
 # 3. A malformed extra= line: one clear console line naming the key, and the
 #    domain stops crashed (on_crash=preserve keeps it for inspection).
@@ -100,3 +106,23 @@ else
 fi
 t0=$(now_ms)
 xl_destroy rb && wait_gone rb 10 && pass "rb: xl destroy -> gone in $(( $(now_ms) - t0 )) ms" || fail "rb: xl destroy"
+
+# 6. Faults and panics: the trap table prints a register dump, the panic
+#    handler the message; both crash the domain with the reason.
+for what in fault ud panic; do
+    xl_create "$CFG" "kernel=\"$P/selftest\"" "name=\"st-$what\"" 'memory=4' "$NOVIF" "extra=\"$what\"" \
+        || fail "selftest $what: xl create failed"
+    case $what in
+        fault) pat='exception 14 \(page fault\).*cr2=0x0000000000000000' ;;
+        ud) pat='exception 6 \(invalid opcode\)' ;;
+        panic) pat='index out of bounds: the len is 3 but the index is 3' ;;
+    esac
+    if wait_console "st-$what" "$pat" 20; then pass "selftest $what: reason on the console"; else fail "selftest $what: no reason line"; fi
+    [ $what = panic ] && { grep -q 'fatal: panic: panicked at kernel/src/bin/selftest.rs' "$(console_log st-$what)" && pass "selftest panic: location" || fail "selftest panic: no location"; }
+    [ $what = panic ] || { grep -q 'rax=0x' "$(console_log st-$what)" && pass "selftest $what: register dump" || fail "selftest $what: no register dump"; }
+    st=""
+    for _ in $(seq 1 50); do st=$(xl list "st-$what" 2>/dev/null | awk 'NR==2 {print $5}'); case "$st" in *c*) break ;; esac; sleep 0.1; done
+    case "$st" in *c*) pass "selftest $what: domain crashed ($st)" ;; *) fail "selftest $what: state '$st'" ;; esac
+    xl_destroy "st-$what" >/dev/null
+done
+cat "$(console_log st-fault)"

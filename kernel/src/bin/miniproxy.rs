@@ -148,7 +148,9 @@ fn kernel_main(mut k: Kernel) -> ! {
 
     let mut last_stats = String::new();
     let mut last_stats_ns = 0u64;
+    let mut loops = 0u64;
     loop {
+        loops += 1;
         let t = now();
         for _ in 0..8 {
             match nf.poll(t.total_millis() as u64) {
@@ -188,11 +190,16 @@ fn kernel_main(mut k: Kernel) -> ! {
             let left = limit.as_nanos() as u64 - idle_for.total_micros() * 1000;
             deadline = deadline.min(now_ns + left);
         }
-        if let Some(d) = engine.poll_delay(t) {
+        let ed = engine.poll_delay(t);
+        let nd = nf.poll_delay(t.total_millis() as u64);
+        if let Some(d) = ed {
             deadline = deadline.min(now_ns + d.total_micros() * 1000);
         }
-        if let Some(d) = nf.poll_delay(t.total_millis() as u64) {
+        if let Some(d) = nd {
             deadline = deadline.min(now_ns + d * 1_000_000);
+        }
+        if loops % 4096 == 0 {
+            log::trace!("loop {loops}: engine delay {ed:?}, netfront delay {nd:?} ms");
         }
         if deadline > time::now_ns() {
             sleep(&[xs_port], nf.platform().port, deadline);
