@@ -49,6 +49,33 @@ t0=$(now_ms); xl shutdown net1 >/dev/null 2>&1
 wait_gone net1 15 && pass "net1: shuts down cleanly after detach ($(( $(now_ms) - t0 )) ms)" || { fail "net1: shutdown after detach"; xl_destroy net1; }
 tail -n 8 "$(console_log net1)"
 
+# ip=dhcp: a lease from busybox udhcpd on the bridge; without a server, a
+# clear error after dhcp_timeout and a crashed domain.
+cat > /tmp/udhcpd.conf <<CONF
+start 10.0.0.200
+end 10.0.0.210
+interface xenbr0
+lease_file /tmp/udhcpd.leases
+option subnet 255.255.255.0
+option router 10.0.0.1
+CONF
+touch /tmp/udhcpd.leases
+busybox udhcpd -f /tmp/udhcpd.conf >/tmp/udhcpd.log 2>&1 &
+UDHCPD=$!
+if mp_create dh 6 "ip=dhcp dhcp_timeout=20s" 00:16:3e:00:00:25; then
+    ip=$(xenstore-read /local/domain/$MP_ID/data/ip)
+    case "$ip" in 10.0.0.2[01][0-9]/24) pass "dhcp: leased $ip in $MP_READY_MS ms" ;; *) fail "dhcp: data/ip is '$ip'" ;; esac
+    ping -c 3 -i 0.2 "${ip%/*}" >/dev/null && pass "dhcp: reachable at ${ip%/*}" || fail "dhcp: not reachable"
+else
+    fail "dhcp: not ready"; tail -n 5 /tmp/udhcpd.log
+fi
+mp_stop dh
+kill $UDHCPD 2>/dev/null; wait $UDHCPD 2>/dev/null
+VIFD="vif=['bridge=xenbr0,mac=00:16:3e:00:00:26,script=/etc/xen/scripts/vif-fast']"
+xl_create "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="nodhcp"' 'memory=6' "$VIFD" 'extra="ip=dhcp dhcp_timeout=3s"' >/dev/null || fail "nodhcp: xl create"
+wait_console nodhcp 'fatal: net: no DHCP lease within 3s' 30 && pass "no DHCP server: clear error after the timeout" || fail "no DHCP server: no error line"
+xl_destroy nodhcp >/dev/null
+
 # The small profile in memory=4.
 if mp_create net4 4 "ip=10.0.0.2/24 rx_bufs=32 max_conns=16 buf=8k" 00:16:3e:00:00:24; then
     pass "net4: memory=4 ready in $MP_READY_MS ms"

@@ -17,10 +17,8 @@ use kernel::{events, println, time, Kernel, ShutdownReason};
 use netfront::{Event, Netfront};
 use proxy::config::{Config, IpSetting};
 use proxy::engine::Engine;
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::dhcpv4;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress};
 
 /// Heap kept back from the engine's budget for everything else (xenstore
 /// strings, smoltcp's interface, netfront's bookkeeping, the log).
@@ -109,31 +107,33 @@ fn kernel_main(mut k: Kernel) -> ! {
         Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, now()).unwrap_or_else(|e| die(e));
     log::info!("engine: worst case {} KiB of a {} KiB budget", engine.plan().total / 1024, budget / 1024);
 
-    // Address: static from the config, or DHCP with a deadline.
-    let mut dhcp: Option<SocketHandle> = None;
+    // Address: static from the config (Engine::new applied it), or DHCP
+    // (the engine runs smoltcp's client) with a deadline.
     match cfg.ip {
-        IpSetting::Static { addr, prefix_len } => {
-            let cidr = Ipv4Cidr::new(Ipv4Address::from(addr), prefix_len);
-            engine.set_ipv4(cidr, cfg.gw.map(Ipv4Address::from)).unwrap_or_else(|e| die(e));
-            log::info!("net: address {cidr} (static), gateway {:?}", cfg.gw);
+        IpSetting::Static { .. } => {
+            if let Some(a) = engine.ipv4() {
+                log::info!("net: address {a} (static), gateway {:?}", cfg.gw);
+            }
         }
         IpSetting::Dhcp => {
-            let h = engine.sockets_mut().add(dhcpv4::Socket::new());
-            dhcp = Some(h);
+            engine.start_dhcp();
             let deadline = time::now_ns() + cfg.dhcp_timeout.as_nanos() as u64;
             log::info!("net: asking for an address by DHCP (timeout {:?})", cfg.dhcp_timeout);
-            loop {
-                nf.poll(now_ms());
-                engine.poll(now(), &mut nf);
-                if dhcp_event(&mut engine, h) {
-                    break;
-                }
+            while engine.ipv4().is_none() {
                 if time::now_ns() >= deadline {
-                    die(format!("net: no DHCP lease within {:?} (set ip=a.b.c.d/len for a static address)", cfg.dhcp_timeout));
+                    die(format!(
+                        "net: no DHCP lease within {:?} (set ip=a.b.c.d/len for a static address)",
+                        cfg.dhcp_timeout
+                    ));
                 }
                 stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
-                let d = engine.poll_delay(now()).map(|d| d.total_micros() * 1000).unwrap_or(100_000_000).min(100_000_000);
-                sleep(&[xs_port], nf.platform().port, (time::now_ns() + d).min(deadline));
+                let d = engine.poll_delay(now()).map(|d| d.total_micros() * 1000).unwrap_or(100_000_000);
+                sleep(&[xs_port], nf.platform().port, (time::now_ns() + d.min(100_000_000)).min(deadline));
+                nf.poll(now_ms());
+                engine.poll(now(), &mut nf);
+            }
+            if let Some(a) = engine.ipv4() {
+                log::info!("net: address {a} (DHCP)");
             }
         }
     }
@@ -161,9 +161,6 @@ fn kernel_main(mut k: Kernel) -> ! {
             }
         }
         engine.poll(t, &mut nf);
-        if let Some(h) = dhcp {
-            dhcp_event(&mut engine, h);
-        }
         stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
 
         // Stats under data/, at most once a second and only when changed.
@@ -204,31 +201,6 @@ fn kernel_main(mut k: Kernel) -> ! {
         if deadline > time::now_ns() {
             sleep(&[xs_port], nf.platform().port, deadline);
         }
-    }
-}
-
-/// Handle a DHCP event; true once an address is configured.
-fn dhcp_event(engine: &mut Engine, h: SocketHandle) -> bool {
-    let ev = match engine.sockets_mut().get_mut::<dhcpv4::Socket>(h).poll() {
-        Some(dhcpv4::Event::Configured(c)) => Some(Some((c.address, c.router))),
-        Some(dhcpv4::Event::Deconfigured) => Some(None),
-        None => None,
-    };
-    match ev {
-        Some(Some((address, router))) => {
-            if let Err(e) = engine.set_ipv4(address, router) {
-                log::warn!("dhcp: lease {address} refused: {e}");
-                return false;
-            }
-            log::info!("net: address {address} (DHCP), gateway {router:?}");
-            true
-        }
-        Some(None) => {
-            log::warn!("dhcp: lease lost");
-            engine.clear_ipv4();
-            false
-        }
-        None => engine.ipv4().is_some(),
     }
 }
 
