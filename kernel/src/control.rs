@@ -8,11 +8,18 @@ use alloc::format;
 
 const SHUTDOWN_PATH: &str = "control/shutdown";
 const TOKEN: &str = "shutdown";
+/// Writing anything here (from dom0: `xenstore-write
+/// /local/domain/<id>/data/stats-dump 1`) prints the stats on the console.
+/// Under data/ because the guest may not create nodes under control/.
+const STATS_PATH: &str = "data/stats-dump";
+const STATS_TOKEN: &str = "stats";
 
 /// What the toolstack asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     Stop(ShutdownReason),
+    /// Print the statistics on the console.
+    DumpStats,
 }
 
 /// Map a `control/shutdown` value to what we do; `Err` carries values we
@@ -28,6 +35,7 @@ pub fn parse_request(v: &str) -> Result<Option<Request>, &str> {
 
 pub struct Control {
     pending_check: bool,
+    stats_check: bool,
 }
 
 impl Control {
@@ -37,7 +45,10 @@ impl Control {
         xs.write("control/feature-poweroff", "1")?;
         xs.write("control/feature-reboot", "1")?;
         xs.watch(SHUTDOWN_PATH, TOKEN)?;
-        Ok(Control { pending_check: true })
+        // We create the node, so it is ours and dom0 may write it.
+        xs.write(STATS_PATH, "")?;
+        xs.watch(STATS_PATH, STATS_TOKEN)?;
+        Ok(Control { pending_check: true, stats_check: false })
     }
 
     /// Publish `data/ready` = microseconds from our first instruction.
@@ -59,10 +70,22 @@ impl Control {
         while let Some(ev) = xs.poll_watch()? {
             if ev.token == TOKEN {
                 self.pending_check = true;
+            } else if ev.token == STATS_TOKEN {
+                self.stats_check = true;
             }
         }
         if xs.take_events_lost() {
             self.pending_check = true;
+            self.stats_check = true;
+        }
+        if core::mem::take(&mut self.stats_check) {
+            if let Ok(v) = xs.read(STATS_PATH) {
+                if !v.is_empty() {
+                    xs.write(STATS_PATH, "")?;
+                    // Check shutdown on the next poll; report this first.
+                    return Ok(Some(Request::DumpStats));
+                }
+            }
         }
         if !core::mem::take(&mut self.pending_check) {
             return Ok(None);

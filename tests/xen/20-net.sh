@@ -15,7 +15,7 @@ test "$(xenstore-read /local/domain/$MP_ID/data/ip 2>/dev/null)" = 10.0.0.2/24 &
 # 1000 echo requests of four sizes up to the MTU (1472 + 28 = 1500); ping
 # checks every reply's payload against the pattern it sent.
 for size in 56 512 1000 1472; do
-    out=$(ping -c 250 -i 0.005 -W 2 -s $size -p a55a0ff0 10.0.0.2 2>&1)
+    out=$(ping -c 250 -i 0.005 -W 2 -w 40 -s $size -p a55a0ff0 10.0.0.2 2>&1)
     if echo "$out" | grep -q '250 received' && ! echo "$out" | grep -qi 'wrong data'; then
         pass "ping -s $size: 250/250 replies, payload intact"
     else
@@ -26,7 +26,7 @@ done
 # A bounded flood: whatever is lost must show up as a drop somewhere.
 vif="vif$MP_ID.0"
 before=$(cat /sys/class/net/$vif/statistics/tx_dropped)
-out=$(ping -f -c 2000 -s 1000 -W 1 10.0.0.2 2>&1)
+out=$(ping -f -c 2000 -s 1000 -W 1 -w 90 10.0.0.2 2>&1)
 after=$(cat /sys/class/net/$vif/statistics/tx_dropped)
 sent=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
 recv=$(echo "$out" | sed -n 's/.* \([0-9]*\) received.*/\1/p')
@@ -38,6 +38,9 @@ else
     fail "ping flood" "sent $sent, received $recv, netback dropped $dropped"
 fi
 echo "stats: $(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)"
+# Stats on the console on request.
+xenstore-write /local/domain/$MP_ID/data/stats-dump 1
+wait_console net1 'miniproxy: vif0 rx [0-9]{4,} frames' 10 && pass "net1: stats on the console on request" || fail "net1: no stats after data/stats-dump"
 
 # xl network-detach: a clean disconnect is logged; the guest keeps running.
 xl network-detach net1 0 && pass "network-detach accepted" || fail "network-detach"
@@ -79,7 +82,7 @@ xl_destroy nodhcp >/dev/null
 # The small profile in memory=4.
 if mp_create net4 4 "ip=10.0.0.2/24 rx_bufs=32 max_conns=16 buf=8k" 00:16:3e:00:00:24; then
     pass "net4: memory=4 ready in $MP_READY_MS ms"
-    out=$(ping -c 100 -i 0.005 -s 1472 -p 5aa5 10.0.0.2 2>&1)
+    out=$(ping -c 100 -i 0.005 -w 30 -s 1472 -p 5aa5 10.0.0.2 2>&1)
     echo "$out" | grep -q '100 received' && ! echo "$out" | grep -qi 'wrong data' \
         && pass "net4: 100 full-MTU pings intact" || fail "net4: ping" "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
 else

@@ -220,6 +220,16 @@ fn sleep(ports: &[u32], nic: Option<u32>, deadline_ns: u64) {
 fn stop_if_asked(k: &mut Kernel, control: &mut Control, nf: Option<&mut Netfront<XenPlatform>>, engine: Option<&Engine>) {
     match control.poll(k) {
         Ok(None) => {}
+        Ok(Some(Request::DumpStats)) => {
+            if let Some(e) = engine {
+                println!("miniproxy: proxy {}", e.stats());
+            }
+            if let Some(nf) = nf {
+                println!("miniproxy: vif0 {}", nf.stats());
+            }
+            let (used, size) = k.heap_usage();
+            println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
+        }
         Ok(Some(Request::Stop(reason))) => match nf {
             Some(nf) => finish(k, nf, engine.unwrap_or_else(|| die("no engine")), reason),
             None => {
