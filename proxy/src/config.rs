@@ -22,6 +22,7 @@
 //! | `dhcp_timeout`    | duration                                          | `10s`      |
 //! | `idle_exit`       | duration or `off`: exit after this long with no connection | `off` |
 //! | `rx_bufs`         | netfront RX buffers posted, `1`..=`256`           | `64`       |
+//! | `tx_bufs`         | netfront TX frames in flight, `1`..=`256`         | `64`       |
 //! | `rule`            | see below (repeatable)                            | none       |
 //! | `max_conns`       | concurrent spliced connections, `1`..=`65535`     | `64`       |
 //! | `backlog`         | listening sockets kept ready per rule, `1`..=`64` | `4`        |
@@ -132,6 +133,8 @@ pub struct Config {
     pub idle_exit: Option<Duration>,
     /// Netfront RX buffers to post.
     pub rx_bufs: u16,
+    /// Netfront TX buffers (frames in flight to the backend).
+    pub tx_bufs: u16,
     // Proxy keys.
     pub rules: Vec<Rule>,
     pub max_conns: usize,
@@ -160,6 +163,7 @@ impl Default for Config {
             dhcp_timeout: Duration::from_secs(10),
             idle_exit: None,
             rx_bufs: 64,
+            tx_bufs: 64,
             rules: Vec::new(),
             max_conns: 64,
             backlog: 4,
@@ -231,6 +235,7 @@ const KEYS: &[&str] = &[
     "dhcp_timeout",
     "idle_exit",
     "rx_bufs",
+    "tx_bufs",
     "rule",
     "max_conns",
     "backlog",
@@ -323,6 +328,11 @@ impl Config {
                 }
                 "rx_bufs" => {
                     cfg.rx_bufs = parse_uint(value, 1, 256)
+                        .ok_or_else(|| bad("a number from 1 to 256"))?
+                        as u16
+                }
+                "tx_bufs" => {
+                    cfg.tx_bufs = parse_uint(value, 1, 256)
                         .ok_or_else(|| bad("a number from 1 to 256"))?
                         as u16
                 }
@@ -434,7 +444,7 @@ impl fmt::Display for Config {
         fmt_duration(f, self.dhcp_timeout)?;
         write!(f, " idle_exit=")?;
         fmt_opt_duration(f, self.idle_exit)?;
-        write!(f, " rx_bufs={}", self.rx_bufs)?;
+        write!(f, " rx_bufs={} tx_bufs={}", self.rx_bufs, self.tx_bufs)?;
         for r in &self.rules {
             write!(f, " rule={r}")?;
         }
@@ -604,7 +614,7 @@ mod tests {
     fn full_line() {
         let c = Config::parse(
             "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
-             rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
+             tx_bufs=16 rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
              idle_timeout=60s connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m  ",
         )
         .unwrap();
@@ -620,6 +630,7 @@ mod tests {
         assert_eq!(c.dhcp_timeout, Duration::from_secs(3));
         assert_eq!(c.idle_exit, Some(Duration::from_secs(120)));
         assert_eq!(c.rx_bufs, 128);
+        assert_eq!(c.tx_bufs, 16);
         assert_eq!(
             c.rules,
             [
@@ -647,7 +658,7 @@ mod tests {
         assert_eq!(c.mem, Some(12 << 20));
         assert_eq!(
             c.summary(),
-            "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
+            "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 tx_bufs=16 \
              rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
              idle_timeout=1m connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m"
         );
@@ -659,7 +670,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(
             c.summary(),
-            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 max_conns=64 \
+            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 tx_bufs=64 max_conns=64 \
              backlog=4 buf=16k idle_timeout=5m connect_timeout=10s keepalive=1m cc=reno ack_delay=off"
         );
         assert_eq!(Config::parse(&c.summary()).unwrap(), c);
@@ -704,6 +715,7 @@ mod tests {
             ("idle_exit=never", "config: bad value for key 'idle_exit': 'never' (expected a non-zero duration like 60s, or off)"),
             ("rx_bufs=0", "config: bad value for key 'rx_bufs': '0' (expected a number from 1 to 256)"),
             ("rx_bufs=257", "config: bad value for key 'rx_bufs': '257' (expected a number from 1 to 256)"),
+            ("tx_bufs=0", "config: bad value for key 'tx_bufs': '0' (expected a number from 1 to 256)"),
             ("max_conns=0", "config: bad value for key 'max_conns': '0' (expected a number from 1 to 65535)"),
             ("max_conns=-5", "config: bad value for key 'max_conns': '-5' (expected a number from 1 to 65535)"),
             ("max_conns=", "config: bad value for key 'max_conns': '' (expected a number from 1 to 65535)"),

@@ -71,7 +71,7 @@ fn kernel_main(mut k: Kernel) -> ! {
     // Netfront: the xenbus handshake, polled until Connected (it times out
     // with a clear error by itself).
     let grants = k.grants.take().unwrap_or_else(|| die("net: no grant table"));
-    let nf_cfg = netfront::Config { rx_buffers: cfg.rx_bufs, ..netfront::Config::default() };
+    let nf_cfg = netfront::Config { rx_buffers: cfg.rx_bufs, tx_buffers: cfg.tx_bufs, ..netfront::Config::default() };
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
     let mut nf = Netfront::new(platform, nf_cfg).unwrap_or_else(|e| die(format!("netfront: {e}")));
     let xs_port = k.xenstore_port();
