@@ -1,0 +1,187 @@
+#!/bin/bash
+# The operator tool scripts/miniproxy under Xen (issue 5): help and clear
+# errors, one spawn, 20 spawns in parallel that all serve a request byte-exact
+# through a reverse rule, list, stop --all, idle_exit reaping an instance, and
+# xl shutdown of an instance in the middle of a transfer.
+. /root/lib.sh
+. /root/payload/tests/xen/common.sh
+MP=$P/scripts/miniproxy
+OP=/tmp/op
+rm -rf "$OP"; mkdir -p "$OP"
+OP_PIDS=()
+
+# Servers on dom0's bridge address: 7000 echo (forks), 7001 an endless stream
+# of zeros to one client (for the busy instance).
+socat -t 30 TCP-LISTEN:7000,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & OP_PIDS+=($!)
+socat -t 5 TCP-LISTEN:7001,bind=10.0.0.1,reuseaddr OPEN:/dev/zero,rdonly & OP_PIDS+=($!)
+sleep 0.5
+
+# op_spawn NAME IP [ARGS...]: a reverse instance (:80 -> the echo server) in memory=4.
+op_spawn() {
+    local name=$1 ip=$2; shift 2
+    "$MP" spawn --name "$name" --mode reverse --listen 80 --upstream 10.0.0.1:7000 --ip "$ip/24" --memory 4 "$@"
+}
+op_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+# op_echo IP N: send N random bytes to IP:80 and get them back; byte-exact?
+op_echo() {
+    local f=$OP/in.$1
+    head -c "$2" /dev/urandom > "$f"
+    timeout 60 socat -t 30 - "TCP:$1:80,connect-timeout=10" < "$f" > "$OP/out.$1" 2> "$OP/err.$1"
+    cmp -s "$f" "$OP/out.$1" || { echo "echo via $1: sent $2 B, got $(stat -c %s "$OP/out.$1") B $(tail -n1 "$OP/err.$1")"; return 1; }
+}
+# op_bad LABEL REGEX ARGS...: miniproxy ARGS must fail with a message matching REGEX.
+op_bad() {
+    local label=$1 re=$2 out rc=0
+    shift 2
+    out=$("$MP" "$@" 2>&1) || rc=$?
+    if [ $rc != 0 ] && printf '%s\n' "$out" | grep -qiE -- "$re"; then
+        pass "operator: $label: rc $rc, '$(printf '%s\n' "$out" | head -n1)'"
+    else
+        fail "operator: $label" "rc $rc, output '$(printf '%s\n' "$out" | head -n2 | tr '\n' ' ')'"
+    fi
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+# ---- help and bad invocations --------------------------------------------------
+for c in spawn list stop; do
+    out=$("$MP" "$c" --help 2>&1) && printf '%s\n' "$out" | grep -q "^Usage: miniproxy $c" \
+        && pass "operator: $c --help" || fail "operator: $c --help" "$(printf '%s\n' "$out" | head -n1)"
+done
+R=(--mode reverse --listen 80 --upstream 10.0.0.1:7000)
+op_bad "no arguments" "usage" 
+op_bad "unknown command" "unknown command" frobnicate
+op_bad "bad name" "bad name" spawn --name 'no/slash' "${R[@]}" --ip 10.0.0.90/24
+op_bad "bad mode" "bad mode" spawn --name opx --mode sideways --listen 80 --ip 10.0.0.90/24
+op_bad "bad address" "bad address" spawn --name opx "${R[@]}" --ip 10.0.0.300/24
+op_bad "address without prefix" "bad address" spawn --name opx "${R[@]}" --ip 10.0.0.90
+op_bad "reverse without upstream" "needs --upstream" spawn --name opx --mode reverse --listen 80 --ip 10.0.0.90/24
+op_bad "bad upstream" "bad upstream" spawn --name opx --mode reverse --listen 80 --upstream 10.0.0.1 --ip 10.0.0.90/24
+op_bad "bad port" "bad port" spawn --name opx --mode transparent --listen 70000 --ip 10.0.0.90/24
+op_bad "kernel missing" "kernel .* not found" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --kernel /nonexistent/miniproxy
+op_bad "stop unknown name" "no instance named" stop nosuch
+op_bad "stop without a name" "which instance" stop
+op_bad "stop a domain that is not an instance" "not an instance" stop Domain-0
+xl list 2>/dev/null | grep -q '^opx ' && fail "operator: a bad invocation left a domain behind"
+
+# ---- one instance ------------------------------------------------------------------
+if out=$(op_spawn op-one 10.0.0.99 2>&1) && [[ $out =~ ^spawned\ name=op-one\ domid=[0-9]+\ ready_ms=[0-9]+\ ip=10.0.0.99/24 ]]; then
+    ONE_MS=$(echo "$out" | op_field ready_ms)
+    pass "operator: spawn one: ready in $ONE_MS ms ($out)"
+    echo "MEASURE operator_ready_ms_one=$ONE_MS"
+else
+    fail "operator: spawn one" "$(echo "$out" | tail -n 5 | tr '\n' ' ')"
+fi
+check "operator: one instance serves byte-exact" op_echo 10.0.0.99 100000
+op_bad "name in use" "name 'op-one' is in use" spawn --name op-one "${R[@]}" --ip 10.0.0.91/24 --memory 4
+op_bad "address in use" "address 10.0.0.99 is in use" spawn --name op-two "${R[@]}" --ip 10.0.0.99/24 --memory 4
+out=$("$MP" stop op-one 2>&1)
+if [[ $out =~ ^stopped\ name=op-one\ .*how=shutdown ]] && ! domid op-one >/dev/null; then
+    pass "operator: stop op-one ($out)"
+else
+    fail "operator: stop op-one" "$out"
+fi
+
+# ---- 20 in parallel ----------------------------------------------------------------
+log "spawning op0..op19 in parallel"
+op_t0=$(now_ms)
+pids=()
+for i in $(seq 0 19); do
+    op_spawn "op$i" "10.0.0.$((100 + i))" --timeout 300 > "$OP/spawn.$i" 2>&1 &
+    pids+=($!)
+done
+ok=0
+for i in $(seq 0 19); do
+    if wait "${pids[$i]}" && grep -q "^spawned name=op$i " "$OP/spawn.$i"; then ok=$((ok + 1))
+    else echo "op$i: $(tail -n 8 "$OP/spawn.$i" | tr '\n' ' ')"; fi
+done
+wall=$(( $(now_ms) - op_t0 ))
+cat "$OP"/spawn.*
+med=$(cat "$OP"/spawn.* | op_field ready_ms | median)
+max=$(cat "$OP"/spawn.* | op_field ready_ms | sort -n | tail -n1)
+echo "MEASURE operator_parallel20_ready_ms_median=${med:-?} max=${max:-?} wall_ms=$wall"
+[ $ok = 20 ] && pass "operator: 20 parallel spawns all ready (median $med ms, slowest $max ms, all in $wall ms)" \
+             || fail "operator: 20 parallel spawns" "$ok of 20 ready"
+
+op_t0=$(now_ms)
+pids=()
+for i in $(seq 0 19); do op_echo "10.0.0.$((100 + i))" $((30000 + i * 101)) & pids+=($!); done
+ok=0
+for p in "${pids[@]}"; do wait "$p" && ok=$((ok + 1)); done
+[ $ok = 20 ] && pass "operator: each of the 20 serves a request byte-exact ($(( $(now_ms) - op_t0 )) ms, all at once)" \
+             || fail "operator: requests to the 20" "$ok of 20 byte-exact"
+
+sleep 1.5   # stats refresh at most once a second
+"$MP" list > "$OP/list" 2>&1; rc=$?
+cat "$OP/list"
+ok=0
+for i in $(seq 0 19); do
+    grep -qE "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: accepted=1 .*completed=1 " "$OP/list" && ok=$((ok + 1))
+done
+[ $rc = 0 ] && [ $ok = 20 ] && [ "$(wc -l < "$OP/list")" = 20 ] \
+    && pass "operator: list shows the 20, running, each with accepted=1 completed=1" \
+    || fail "operator: list" "rc $rc, $ok of 20 lines as expected, $(wc -l < "$OP/list") lines"
+
+op_t0=$(now_ms)
+"$MP" stop --all > "$OP/stop" 2>&1; rc=$?
+ms=$(( $(now_ms) - op_t0 ))
+left=$(xl list 2>/dev/null | awk 'NR > 1 && $1 ~ /^op[0-9]+$/' | wc -l)
+n=$(grep -c '^stopped name=op' "$OP/stop")
+if [ $rc = 0 ] && [ "$n" = 20 ] && [ "$left" = 0 ] && [ -z "$("$MP" list)" ]; then
+    pass "operator: stop --all removed the 20 in $ms ms ($(grep -c how=shutdown "$OP/stop") by shutdown)"
+else
+    fail "operator: stop --all" "rc $rc, $n stopped lines, $left domains left: $(grep -v '^stopped' "$OP/stop" | head -n3 | tr '\n' ' ')"
+fi
+echo "MEASURE operator_stop_all20_ms=$ms"
+
+# ---- idle_exit reaps an instance ------------------------------------------------------
+if out=$(op_spawn op-idle 10.0.0.97 --extra idle_exit=3s 2>&1); then
+    echo "$out"
+    check "operator: idle instance serves byte-exact" op_echo 10.0.0.97 20000
+    op_t0=$(now_ms)
+    if wait_gone op-idle 20 >/dev/null; then
+        ms=$(( $(now_ms) - op_t0 ))
+        [ $ms -le 10000 ] && pass "operator: idle_exit=3s: gone by itself $ms ms after its last connection" \
+                          || fail "operator: idle_exit" "gone only after $ms ms"
+        grep -q 'idle_exit' "$(console_log op-idle)" && pass "operator: idle_exit logged on the console" \
+            || fail "operator: idle_exit console" "$(tail -n 3 "$(console_log op-idle)" | tr '\n' ' ')"
+        tail -n 5 "$(console_log op-idle)"
+        op_bad "list of an idle-exited instance" "no instance named" list op-idle
+    else
+        fail "operator: idle_exit" "op-idle still there 20 s after its last connection"
+    fi
+else
+    fail "operator: spawn op-idle" "$(echo "$out" | tail -n 5 | tr '\n' ' ')"
+fi
+
+# ---- xl shutdown of a busy instance -------------------------------------------------
+if out=$("$MP" spawn --name op-busy --mode reverse --listen 80 --upstream 10.0.0.1:7001 --ip 10.0.0.96/24 --memory 4 2>&1); then
+    echo "$out"
+    busy_id=$(echo "$out" | op_field domid)
+    timeout 120 socat -u TCP:10.0.0.96:80 OPEN:/dev/null & client=$!
+    sleep 3
+    stats=$(xenstore-read "/local/domain/$busy_id/data/stats" 2>/dev/null)
+    echo "busy: $stats"
+    down=$(echo " $stats" | op_field bytes_down)
+    if echo "$stats" | grep -q 'active=1 ' && [ "${down:-0}" -gt 0 ]; then
+        op_t0=$(now_ms)
+        xl shutdown op-busy >/dev/null 2>&1
+        if wait_gone op-busy 15 >/dev/null; then
+            pass "operator: xl shutdown of a busy instance (active=1, $down B moved) done in $(( $(now_ms) - op_t0 )) ms"
+        else
+            fail "operator: busy shutdown" "still there after 15 s"
+        fi
+        tail -n 5 "$(console_log op-busy)"
+    else
+        fail "operator: busy instance" "no transfer in progress: $stats"
+    fi
+    kill "$client" 2>/dev/null; wait "$client" 2>/dev/null
+else
+    fail "operator: spawn op-busy" "$(echo "$out" | tail -n 5 | tr '\n' ' ')"
+fi
+
+# ---- clean up ----------------------------------------------------------------------
+"$MP" stop --all >/dev/null 2>&1
+for d in op-one op-idle op-busy $(seq -f 'op%g' 0 19); do domid "$d" >/dev/null 2>&1 && xl_destroy "$d" >/dev/null; done
+kill "${OP_PIDS[@]}" 2>/dev/null; wait "${OP_PIDS[@]}" 2>/dev/null
+rm -rf "$OP"
+summary
