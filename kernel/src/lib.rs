@@ -33,6 +33,9 @@ pub use start_info::StartInfo;
 #[global_allocator]
 static HEAP: heap::KernelHeap = heap::KernelHeap::empty();
 
+/// How long one xenstore request may take before it is an error.
+pub const XENSTORE_TIMEOUT_NS: u64 = 30_000_000_000;
+
 /// What the boot code found, for the application's report.
 #[derive(Clone, Debug)]
 pub struct MemoryReport {
@@ -208,7 +211,10 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
         unmapped_pages: info.nr_pages - end,
     };
     let store_va = (mm::mfn_to_pfn(info.store_mfn) as usize) * mm::PAGE_SIZE;
-    let xenstore = xenstore::Xenstore::new(mm::SharedPage::from_va(store_va), XsEvents { port: info.store_evtchn });
+    let mut xenstore = xenstore::Xenstore::new(mm::SharedPage::from_va(store_va), XsEvents { port: info.store_evtchn });
+    // xenstored in a busy dom0 (many guests booting at once, hotplug
+    // scripts) can take seconds per request; give up only after 30 s.
+    xenstore.set_timeout_ns(XENSTORE_TIMEOUT_NS);
     let xenstore = alloc::rc::Rc::new(core::cell::RefCell::new(xenstore));
     let grants = match grant::GrantTable::init() {
         Ok(g) => Some(g),

@@ -71,7 +71,14 @@ fn kernel_main(mut k: Kernel) -> ! {
     // Netfront: the xenbus handshake, polled until Connected (it times out
     // with a clear error by itself).
     let grants = k.grants.take().unwrap_or_else(|| die("net: no grant table"));
-    let nf_cfg = netfront::Config { rx_buffers: cfg.rx_bufs, tx_buffers: cfg.tx_bufs, ..netfront::Config::default() };
+    // The backend's hotplug can take tens of seconds in a loaded dom0 (many
+    // instances starting at once): wait up to a minute, then fail clearly.
+    let nf_cfg = netfront::Config {
+        rx_buffers: cfg.rx_bufs,
+        tx_buffers: cfg.tx_bufs,
+        handshake_timeout_ms: 60_000,
+        ..netfront::Config::default()
+    };
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
     let mut nf = Netfront::new(platform, nf_cfg).unwrap_or_else(|e| die(format!("netfront: {e}")));
     let xs_port = k.xenstore_port();
