@@ -129,7 +129,7 @@ n=$(grep -c '^stopped name=op' "$OP/stop")
 if [ $rc = 0 ] && [ "$n" = 20 ] && [ "$left" = 0 ] && [ -z "$("$MP" list)" ]; then
     pass "operator: stop --all removed the 20 in $ms ms ($(grep -c how=shutdown "$OP/stop") by shutdown)"
 else
-    fail "operator: stop --all" "rc $rc, $n stopped lines, $left domains left: $(grep -v '^stopped' "$OP/stop" | head -n3 | tr '\n' ' ')"
+    fail "operator: stop --all" "rc $rc, $n stopped lines (none for:$(for i in $(seq 0 19); do grep -q "^stopped name=op$i " "$OP/stop" || printf ' op%s' $i; done)), $left domains left: $(grep -v '^stopped' "$OP/stop" | head -n3 | tr '\n' ' ')"
 fi
 echo "MEASURE operator_stop_all20_ms=$ms"
 
