@@ -57,7 +57,13 @@ fn kernel_main(mut k: Kernel) -> ! {
     );
     let mut control = Control::init(&mut k).unwrap_or_else(|e| die(e));
 
-    let has_vif = k.xenstore.borrow_mut().read("device/vif/0/backend").is_ok();
+    // Only "no such node" means no vif; any other xenstore failure is
+    // reported as what it is.
+    let has_vif = match k.xenstore.borrow_mut().read("device/vif/0/backend") {
+        Ok(_) => true,
+        Err(e) if e.errno() == Some(&kernel::xenstore::Errno::ENOENT) => false,
+        Err(e) => die(format!("net: cannot tell whether the domain has a vif: {e}")),
+    };
     if !has_vif {
         if !cfg.rules.is_empty() {
             die("net: rules are configured but the domain has no vif (add vif=[...] to the xl config)");
