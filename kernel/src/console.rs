@@ -6,8 +6,8 @@ use crate::events::{self, Port};
 use crate::mm::SharedPage;
 use core::fmt;
 
-// struct xencons_interface (xen/include/public/io/console.h)
-const IN_SIZE: usize = 1024;
+// struct xencons_interface (xen/include/public/io/console.h): in[1024] (we
+// never read console input), out[2048], then the four indices.
 const OUT_OFF: usize = 1024;
 const OUT_SIZE: u32 = 2048;
 const OUT_CONS: usize = 3080;
@@ -27,7 +27,6 @@ pub struct Console {
 
 impl Console {
     pub fn new(page: SharedPage, port: Port) -> Console {
-        let _ = IN_SIZE;
         Console { page, port, dropped: 0, stuck: false }
     }
 
