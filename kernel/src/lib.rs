@@ -19,6 +19,7 @@ pub mod heap;
 pub mod hypercall;
 pub mod mm;
 pub mod net;
+pub mod profile;
 #[cfg(not(test))]
 mod rt;
 pub mod start_info;

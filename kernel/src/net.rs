@@ -32,11 +32,13 @@ pub struct XenPlatform {
     /// The device's event channel (netfront allocates one), so the main loop
     /// can sleep on it.
     pub port: Option<u32>,
+    /// Event-channel kicks sent to the backend (each one a hypercall).
+    pub notifies: u64,
 }
 
 impl XenPlatform {
     pub fn new(xs: XenstoreHandle, grants: GrantTable) -> XenPlatform {
-        XenPlatform { xs, grants, pages_out: 0, port: None }
+        XenPlatform { xs, grants, pages_out: 0, port: None, notifies: 0 }
     }
 
     pub fn grants_available(&self) -> usize {
@@ -97,6 +99,7 @@ impl Platform for XenPlatform {
     }
 
     fn notify(&mut self, port: Port) {
+        self.notifies += 1;
         let _ = events::send(port.0);
     }
 

@@ -13,6 +13,7 @@ use alloc::format;
 use alloc::string::String;
 use kernel::control::{Control, Request};
 use kernel::net::XenPlatform;
+use kernel::profile::{Profile, Section};
 use kernel::{events, println, time, Kernel, ShutdownReason};
 use netfront::{Event, Netfront};
 use proxy::config::{Config, IpSetting};
@@ -105,7 +106,7 @@ fn kernel_main(mut k: Kernel) -> ! {
         if let Some(m) = connected {
             break m;
         }
-        stop_if_asked(&mut k, &mut control, None, None);
+        stop_if_asked(&mut k, &mut control, None, None, &Profile::new());
         let wait = nf.poll_delay(now_ms()).unwrap_or(100).min(100);
         sleep(&[xs_port], nf.platform().port, time::now_ns() + wait * 1_000_000);
     };
@@ -139,7 +140,7 @@ fn kernel_main(mut k: Kernel) -> ! {
                         cfg.dhcp_timeout
                     ));
                 }
-                stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
+                stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine), &Profile::new());
                 let d = engine.poll_delay(now()).map(|d| d.total_micros() * 1000).unwrap_or(100_000_000);
                 sleep(&[xs_port], nf.platform().port, (time::now_ns() + d.min(100_000_000)).min(deadline));
                 nf.poll(now_ms());
@@ -161,9 +162,10 @@ fn kernel_main(mut k: Kernel) -> ! {
 
     let mut last_stats = String::new();
     let mut last_stats_ns = 0u64;
-    let mut loops = 0u64;
+    let mut prof = Profile::new();
+    let mut t_ns = time::now_ns();
     loop {
-        loops += 1;
+        prof.loops += 1;
         let t = now();
         for _ in 0..8 {
             match nf.poll(t.total_millis() as u64) {
@@ -173,15 +175,20 @@ fn kernel_main(mut k: Kernel) -> ! {
                 None => break,
             }
         }
+        t_ns = prof.charge(Section::Nic, t_ns, time::now_ns());
         engine.poll(t, &mut nf);
-        stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine));
+        t_ns = prof.charge(Section::Engine, t_ns, time::now_ns());
+        stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine), &prof);
 
         // Stats under data/, at most once a second and only when changed.
         let now_ns = time::now_ns();
         if now_ns.saturating_sub(last_stats_ns) >= 1_000_000_000 {
             let line = format!("{} {}", engine.stats(), nf.stats());
             if line != last_stats {
-                if let Err(e) = k.xenstore.borrow_mut().write("data/stats", &line) {
+                // The profile rides along but does not count as a change
+                // (it changes on every pass, even idle ones).
+                let full = format!("{line} {prof} notifies={}", nf.platform().notifies);
+                if let Err(e) = k.xenstore.borrow_mut().write("data/stats", &full) {
                     log::warn!("stats: {e}");
                 }
                 last_stats = line;
@@ -195,7 +202,7 @@ fn kernel_main(mut k: Kernel) -> ! {
             let idle_for = Duration::from_micros((t - since).total_micros());
             if idle_for.total_micros() as u128 >= limit.as_micros() {
                 log::info!("idle for {idle_for}: exiting (idle_exit)");
-                finish(&k, &mut nf, &engine, ShutdownReason::Poweroff);
+                finish(&k, &mut nf, &engine, &prof, ShutdownReason::Poweroff);
             }
             let left = limit.as_nanos() as u64 - idle_for.total_micros() * 1000;
             deadline = deadline.min(now_ns + left);
@@ -208,11 +215,17 @@ fn kernel_main(mut k: Kernel) -> ! {
         if let Some(d) = nd {
             deadline = deadline.min(now_ns + d * 1_000_000);
         }
-        if loops % 4096 == 0 {
-            log::trace!("loop {loops}: engine delay {ed:?}, netfront delay {nd:?} ms");
+        if prof.loops % 4096 == 0 {
+            log::trace!("loop {}: engine delay {ed:?}, netfront delay {nd:?} ms", prof.loops);
         }
-        if deadline > time::now_ns() {
+        t_ns = prof.charge(Section::Control, t_ns, time::now_ns());
+        if deadline > t_ns {
             sleep(&[xs_port], nf.platform().port, deadline);
+            let woke = time::now_ns();
+            if woke < deadline {
+                prof.wakeups += 1;
+            }
+            t_ns = prof.charge(Section::Idle, t_ns, woke);
         }
     }
 }
@@ -230,7 +243,13 @@ fn sleep(ports: &[u32], nic: Option<u32>, deadline_ns: u64) {
     events::poll(&all[..n], Some(deadline_ns));
 }
 
-fn stop_if_asked(k: &mut Kernel, control: &mut Control, nf: Option<&mut Netfront<XenPlatform>>, engine: Option<&Engine>) {
+fn stop_if_asked(
+    k: &mut Kernel,
+    control: &mut Control,
+    nf: Option<&mut Netfront<XenPlatform>>,
+    engine: Option<&Engine>,
+    prof: &Profile,
+) {
     match control.poll(k) {
         Ok(None) => {}
         Ok(Some(Request::DumpStats)) => {
@@ -238,13 +257,14 @@ fn stop_if_asked(k: &mut Kernel, control: &mut Control, nf: Option<&mut Netfront
                 println!("miniproxy: proxy {}", e.stats());
             }
             if let Some(nf) = nf {
-                println!("miniproxy: vif0 {}", nf.stats());
+                println!("miniproxy: vif0 {} notifies={}", nf.stats(), nf.platform().notifies);
             }
+            println!("miniproxy: {prof}");
             let (used, size) = k.heap_usage();
             println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
         }
         Ok(Some(Request::Stop(reason))) => match nf {
-            Some(nf) => finish(k, nf, engine.unwrap_or_else(|| die("no engine")), reason),
+            Some(nf) => finish(k, nf, engine.unwrap_or_else(|| die("no engine")), prof, reason),
             None => {
                 println!("miniproxy: stopping ({reason:?})");
                 k.shutdown(reason)
@@ -254,11 +274,12 @@ fn stop_if_asked(k: &mut Kernel, control: &mut Control, nf: Option<&mut Netfront
     }
 }
 
-fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, reason: ShutdownReason) -> ! {
+fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, prof: &Profile, reason: ShutdownReason) -> ! {
     let (used, size) = k.heap_usage();
     println!("miniproxy: stopping ({reason:?})");
     println!("miniproxy: proxy {}", engine.stats());
-    println!("miniproxy: vif0 {}", nf.stats());
+    println!("miniproxy: vif0 {} notifies={}", nf.stats(), nf.platform().notifies);
+    println!("miniproxy: {prof}");
     println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
     // Let the backend unmap our pages before the domain goes (bounded).
     let already_down = nf.state() == netfront::State::Disconnected;
@@ -280,7 +301,7 @@ fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, reason: S
 fn idle_without_network(mut k: Kernel, mut control: Control) -> ! {
     let xs_port = k.xenstore_port();
     loop {
-        stop_if_asked(&mut k, &mut control, None, None);
+        stop_if_asked(&mut k, &mut control, None, None, &Profile::new());
         events::poll(&[xs_port], None);
     }
 }
