@@ -23,16 +23,46 @@
 //! | `idle_exit`       | duration or `off`: exit after this long with no connection | `off` |
 //! | `rx_bufs`         | netfront RX buffers posted, `1`..=`256`           | `64`       |
 //! | `tx_bufs`         | netfront TX frames in flight, `1`..=`256`         | `64`       |
+//! | `offload`         | `on` `off`: TCP segmentation and checksum offload with the netback (see below) | `on` |
 //! | `rule`            | see below (repeatable)                            | none       |
 //! | `max_conns`       | concurrent spliced connections, `1`..=`65535`     | `64`       |
 //! | `backlog`         | listening sockets kept ready per rule, `1`..=`64` | `4`        |
-//! | `buf`             | size of each socket buffer (RX and TX), `1k`..=`16m` | `16k`   |
+//! | `buf`             | largest size of a socket buffer (each socket has an RX and a TX one), `1k`..=`16m` | `64k` |
+//! | `buf_min`         | guaranteed size of a socket buffer, `1k`..=`16m`, at most `buf` | `4k` (or `buf` if smaller) |
 //! | `idle_timeout`    | duration or `off`                                 | `300s`     |
 //! | `connect_timeout` | duration (upstream handshake)                     | `10s`      |
 //! | `keepalive`       | duration or `off` (TCP keep-alive interval)       | `60s`      |
 //! | `cc`              | `reno` `none` (congestion control; smoltcp's Cubic needs `std` floats) | `reno` |
 //! | `ack_delay`       | duration or `off` (delayed ACK)                   | `off`      |
 //! | `mem`             | size: memory budget for the engine                | none (the kernel passes its heap) |
+//!
+//! ## Socket buffers and memory
+//!
+//! Every connection has two sockets (client side, upstream side), each with an RX
+//! and a TX buffer. A socket's buffers are sized once, when the socket is created,
+//! between `buf_min` and `buf`: as large as the memory budget still affords while
+//! keeping `buf_min` for every socket that may still be needed. So one connection
+//! alone gets `buf`-sized buffers (a `buf`-sized TCP window), and `max_conns`
+//! connections at once always fit, with buffers down to `buf_min`. The engine
+//! refuses to start when `max_conns` connections at `buf_min` do not fit the
+//! budget (`mem=`, or what the kernel passes), and says which `max_conns` or
+//! `buf_min` would (see `proxy::engine`). A `buf_min` below `buf` only costs
+//! window size under load; `buf_min=buf` gives fixed-size buffers (the worst case
+//! at `buf` must then fit).
+//!
+//! `buf_min=4k` by default: about three full-size segments per window, which
+//! keeps a loaded connection moving on the short paths a proxy instance sits on,
+//! and reserves 8 KiB per socket (with the default `max_conns=64`, about 1.2 MiB
+//! in all), so the default profile fits a 4 MB guest and the rest of the budget
+//! goes to larger windows for the connections that are open.
+//!
+//! ## Offload
+//!
+//! `offload=on` lets the netfront driver negotiate TCP segmentation offload and
+//! checksum offload with the backend: the engine then hands the driver TCP
+//! segments of up to 64 KiB with blank checksums, and may receive merged ones.
+//! `offload=off` keeps every frame within the MTU with checksums computed in
+//! software. (The key is for the kernel's driver; the host runner ignores it.)
 //!
 //! Durations are a decimal number followed by a unit: `ms`, `s`, `m` or `h`
 //! (`500ms`, `60s`, `5m`, `1h`). A bare number is an error (`60` is ambiguous).
@@ -66,6 +96,14 @@ pub use log::LevelFilter;
 
 /// Most rules one instance accepts.
 pub const MAX_RULES: usize = 16;
+/// Default of `buf=`.
+pub const DEFAULT_BUF: usize = 64 * 1024;
+/// Default of `buf_min=` (or `buf=` when that is smaller).
+pub const DEFAULT_BUF_MIN: usize = 4 * 1024;
+/// Smallest `buf=` and `buf_min=`.
+pub const MIN_BUF: usize = 1024;
+/// Largest `buf=` and `buf_min=`.
+pub const MAX_BUF: usize = 16 << 20;
 
 /// How the instance gets its IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,13 +173,19 @@ pub struct Config {
     pub rx_bufs: u16,
     /// Netfront TX buffers (frames in flight to the backend).
     pub tx_bufs: u16,
+    /// Netfront: negotiate TCP segmentation offload and checksum offload.
+    pub offload: bool,
     // Proxy keys.
     pub rules: Vec<Rule>,
     pub max_conns: usize,
     /// Listening sockets kept ready per rule.
     pub backlog: usize,
-    /// Size in bytes of each socket buffer (every socket has one RX and one TX buffer).
+    /// Largest size in bytes of a socket buffer (every socket has one RX and one TX
+    /// buffer; both get the same size, chosen when the socket is created).
     pub buf: usize,
+    /// Guaranteed size in bytes of a socket buffer: `max_conns` connections at this
+    /// size must fit the memory budget. `1024 <= buf_min <= buf`.
+    pub buf_min: usize,
     /// Close a spliced connection after this long without a byte either way; `None` = never.
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
@@ -164,10 +208,12 @@ impl Default for Config {
             idle_exit: None,
             rx_bufs: 64,
             tx_bufs: 64,
+            offload: true,
             rules: Vec::new(),
             max_conns: 64,
             backlog: 4,
-            buf: 16 * 1024,
+            buf: DEFAULT_BUF,
+            buf_min: DEFAULT_BUF_MIN,
             idle_timeout: Some(Duration::from_secs(300)),
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
@@ -236,10 +282,12 @@ const KEYS: &[&str] = &[
     "idle_exit",
     "rx_bufs",
     "tx_bufs",
+    "offload",
     "rule",
     "max_conns",
     "backlog",
     "buf",
+    "buf_min",
     "idle_timeout",
     "connect_timeout",
     "keepalive",
@@ -254,6 +302,7 @@ impl Config {
         let mut cfg = Config::default();
         let mut seen = [false; KEYS.len()];
         let mut gw_value: Option<&str> = None;
+        let mut buf_min_value: Option<&str> = None;
         for token in line.split([' ', '\t', '\n', '\r']).filter(|t| !t.is_empty()) {
             let Some((key, value)) = token.split_once('=') else {
                 return Err(ConfigError::MissingEquals {
@@ -336,6 +385,13 @@ impl Config {
                         .ok_or_else(|| bad("a number from 1 to 256"))?
                         as u16
                 }
+                "offload" => {
+                    cfg.offload = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("on or off")),
+                    }
+                }
                 "rule" => {
                     let r = parse_rule(value).ok_or_else(|| {
                         bad("reverse:LPORT:A.B.C.D:UPORT or transparent:LPORT, ports 1-65535")
@@ -368,8 +424,14 @@ impl Config {
                 }
                 "buf" => {
                     cfg.buf = parse_size(value)
-                        .filter(|s| (1024..=16 << 20).contains(s))
+                        .filter(|s| (MIN_BUF..=MAX_BUF).contains(s))
                         .ok_or_else(|| bad("a size like 16k, from 1k to 16m"))?
+                }
+                "buf_min" => {
+                    cfg.buf_min = parse_size(value)
+                        .filter(|s| (MIN_BUF..=MAX_BUF).contains(s))
+                        .ok_or_else(|| bad("a size like 4k, from 1k to 16m"))?;
+                    buf_min_value = Some(value);
                 }
                 "idle_timeout" => {
                     cfg.idle_timeout = parse_opt_duration(value)
@@ -412,6 +474,18 @@ impl Config {
                 reason: "a gateway needs a static ip= (DHCP supplies its own)",
             });
         }
+        match buf_min_value {
+            Some(v) if cfg.buf_min > cfg.buf => {
+                return Err(ConfigError::Conflict {
+                    key: "buf_min".into(),
+                    value: v.into(),
+                    reason: "larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)",
+                });
+            }
+            Some(_) => {}
+            // Not given: the default, but never above buf.
+            None => cfg.buf_min = DEFAULT_BUF_MIN.min(cfg.buf),
+        }
         Ok(cfg)
     }
 
@@ -444,12 +518,20 @@ impl fmt::Display for Config {
         fmt_duration(f, self.dhcp_timeout)?;
         write!(f, " idle_exit=")?;
         fmt_opt_duration(f, self.idle_exit)?;
-        write!(f, " rx_bufs={} tx_bufs={}", self.rx_bufs, self.tx_bufs)?;
+        write!(
+            f,
+            " rx_bufs={} tx_bufs={} offload={}",
+            self.rx_bufs,
+            self.tx_bufs,
+            if self.offload { "on" } else { "off" }
+        )?;
         for r in &self.rules {
             write!(f, " rule={r}")?;
         }
         write!(f, " max_conns={} backlog={} buf=", self.max_conns, self.backlog)?;
         fmt_size(f, self.buf)?;
+        write!(f, " buf_min=")?;
+        fmt_size(f, self.buf_min)?;
         write!(f, " idle_timeout=")?;
         fmt_opt_duration(f, self.idle_timeout)?;
         write!(f, " connect_timeout=")?;
@@ -606,16 +688,74 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.loglevel, LevelFilter::Info);
         assert_eq!(c.ip, IpSetting::Dhcp);
-        assert_eq!(c.buf, 16384);
+        assert_eq!(c.buf, 65536);
+        assert_eq!(c.buf_min, 4096);
+        assert!(c.offload);
         assert_eq!(c.max_conns, 64);
+    }
+
+    #[test]
+    fn buf_min_and_buf() {
+        let c = Config::parse("buf=256k buf_min=16k").unwrap();
+        assert_eq!((c.buf, c.buf_min), (256 << 10, 16 << 10));
+        // Order does not matter; equal is allowed (fixed-size buffers).
+        let c = Config::parse("buf_min=8k buf=8k").unwrap();
+        assert_eq!((c.buf, c.buf_min), (8192, 8192));
+        // Without buf_min, the default minimum never exceeds buf.
+        let c = Config::parse("buf=2k").unwrap();
+        assert_eq!((c.buf, c.buf_min), (2048, 2048));
+        let c = Config::parse("buf=16k").unwrap();
+        assert_eq!((c.buf, c.buf_min), (16384, 4096));
+        let c = Config::parse("buf_min=32k").unwrap();
+        assert_eq!((c.buf, c.buf_min), (65536, 32768));
+        assert_eq!(Config::parse(&c.summary()).unwrap(), c);
+        assert_eq!(
+            err("buf=16k buf_min=32k"),
+            "config: key 'buf_min' with value '32k': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
+        );
+        assert_eq!(
+            err("buf_min=128k"),
+            "config: key 'buf_min' with value '128k': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
+        );
+        assert_eq!(
+            err("buf_min=512"),
+            "config: bad value for key 'buf_min': '512' (expected a size like 4k, from 1k to 16m)"
+        );
+        assert_eq!(
+            err("buf_min=0"),
+            "config: bad value for key 'buf_min': '0' (expected a size like 4k, from 1k to 16m)"
+        );
+        assert_eq!(
+            err("buf=32m"),
+            "config: bad value for key 'buf': '32m' (expected a size like 16k, from 1k to 16m)"
+        );
+        assert_eq!(
+            err("buf_min=4k buf_min=8k"),
+            "config: duplicate key 'buf_min' (second value '8k')"
+        );
+    }
+
+    #[test]
+    fn offload_on_off() {
+        assert!(Config::parse("offload=on").unwrap().offload);
+        let c = Config::parse("offload=off").unwrap();
+        assert!(!c.offload);
+        assert!(c.summary().contains(" offload=off "), "{}", c.summary());
+        assert_eq!(Config::parse(&c.summary()).unwrap(), c);
+        for v in ["yes", "1", "ON", ""] {
+            assert_eq!(
+                err(&alloc::format!("offload={v}")),
+                alloc::format!("config: bad value for key 'offload': '{v}' (expected on or off)")
+            );
+        }
     }
 
     #[test]
     fn full_line() {
         let c = Config::parse(
             "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
-             tx_bufs=16 rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-             idle_timeout=60s connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m  ",
+             tx_bufs=16 offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
+             buf_min=8k idle_timeout=60s connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m  ",
         )
         .unwrap();
         assert_eq!(c.loglevel, LevelFilter::Debug);
@@ -650,6 +790,8 @@ mod tests {
         assert_eq!(c.max_conns, 256);
         assert_eq!(c.backlog, 8);
         assert_eq!(c.buf, 65536);
+        assert_eq!(c.buf_min, 8192);
+        assert!(!c.offload);
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.keepalive, None);
@@ -659,8 +801,8 @@ mod tests {
         assert_eq!(
             c.summary(),
             "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 tx_bufs=16 \
-             rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-             idle_timeout=1m connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m"
+             offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
+             buf_min=8k idle_timeout=1m connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m"
         );
         assert_eq!(Config::parse(&c.summary()).unwrap(), c);
     }
@@ -670,8 +812,8 @@ mod tests {
         let c = Config::default();
         assert_eq!(
             c.summary(),
-            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 tx_bufs=64 max_conns=64 \
-             backlog=4 buf=16k idle_timeout=5m connect_timeout=10s keepalive=1m cc=reno ack_delay=off"
+            "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 tx_bufs=64 offload=on \
+             max_conns=64 backlog=4 buf=64k buf_min=4k idle_timeout=5m connect_timeout=10s keepalive=1m cc=reno ack_delay=off"
         );
         assert_eq!(Config::parse(&c.summary()).unwrap(), c);
     }

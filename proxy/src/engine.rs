@@ -39,11 +39,41 @@
 //!
 //! The engine never holds more than `2 * max_conns + 2 * rules * backlog` sockets
 //! (two per connection, the listen pools, and as many again for refused SYNs
-//! whose RST has not been sent yet),
-//! each with one receive and one transmit buffer of `buf` bytes. [`MemoryPlan`]
-//! computes the worst case from the config before anything is allocated, and
-//! [`Engine::new`] refuses a config whose worst case exceeds the budget, saying
-//! which `max_conns` or `buf` would fit. Every buffer is allocated fallibly: an
+//! whose RST has not been sent yet), each with one receive and one transmit
+//! buffer of the same size, between `buf_min` and `buf` bytes. [`MemoryPlan`]
+//! computes, from the config alone, what everything but the buffers costs (the
+//! socket table, the connection table and the lists are reserved up front at
+//! their largest) and the worst case with every socket at `buf_min`;
+//! [`Engine::new`] refuses a config whose worst case at `buf_min` exceeds the
+//! budget, saying which `max_conns` or `buf_min` would fit. What is left of the
+//! budget after the fixed part is the *buffer budget*.
+//!
+//! **Adaptive buffers.** A socket's buffers are sized once, when the socket is
+//! created (smoltcp cannot resize them, and the window scale is fixed by the
+//! handshake). The engine counts the bytes its sockets' buffers hold (`held`)
+//! and keeps, at all times,
+//!
+//! ```text
+//! held + (max_sockets - sockets held) * 2 * buf_min <= buffer budget
+//! ```
+//!
+//! i.e. every socket that may still be needed can get `buf_min`. The *surplus*
+//! is what the buffer budget has beyond that reservation (including the new
+//! socket's own minimum). A new socket takes at most half of the surplus, rounded
+//! down to a size of the ladder `buf_min, 2*buf_min, 4*buf_min, ... (< buf), buf`
+//! (few distinct sizes, each half of the next: friendly to the kernel's first-fit
+//! heap, whose freed blocks are then reused whole or split evenly). So a lone
+//! connection gets `buf`, a crowd tapers geometrically down to `buf_min`, and the
+//! budget is never exceeded. If an allocation fails anyway (a fragmented heap),
+//! the next smaller size is tried, down to `buf_min`; only then is the connection
+//! refused (and allocation retried after a pause).
+//!
+//! **Spares** keep their buffers. When a socket is needed, the largest spare is
+//! taken; if the budget now affords more than it has (it was sized in a crowd),
+//! it is freed and re-created larger. When there are more spares than the small
+//! reserve allows, the smallest one is freed. Sockets waiting to send an RST
+//! hold their buffers until they are spares. [`Stats`] reports the bytes held in
+//! buffers and their high-water mark. Every buffer is allocated fallibly: an
 //! allocation failure refuses one connection, it never panics.
 
 use alloc::vec::Vec;
@@ -63,7 +93,7 @@ use smoltcp::wire::{
     IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
-use crate::config::{CongestionControl, Config, IpSetting, Rule, RuleKind};
+use crate::config::{CongestionControl, Config, IpSetting, Rule, RuleKind, MIN_BUF};
 
 /// First port of the range upstream connections are opened from.
 pub const EPHEMERAL_FIRST: u16 = 49152;
@@ -84,6 +114,9 @@ pub const EXTRA_SOCKETS: usize = 4;
 const FIXED_OVERHEAD: usize = 16 * 1024;
 /// Per-allocation bookkeeping assumed for the heap allocator.
 const ALLOC_OVERHEAD: usize = 32;
+/// A listening socket and its future partner take at most `1 / SURPLUS_SHARE`
+/// of the surplus.
+const SURPLUS_SHARE: usize = 2;
 
 /// Counters. `active` is the number of connections currently held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,6 +143,10 @@ pub struct Stats {
     pub bytes_up: u64,
     /// Bytes moved upstream → client.
     pub bytes_down: u64,
+    /// Bytes held by socket buffers now (every socket's RX + TX buffer).
+    pub buf_bytes: usize,
+    /// The most `buf_bytes` has been.
+    pub buf_peak: usize,
 }
 
 impl Stats {
@@ -124,7 +161,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
-             timeouts={} completed={} bytes_up={} bytes_down={}",
+             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={}",
             self.accepted,
             self.active,
             self.refused,
@@ -135,68 +172,95 @@ impl fmt::Display for Stats {
             self.timeouts,
             self.completed,
             self.bytes_up,
-            self.bytes_down
+            self.bytes_down,
+            self.buf_bytes,
+            self.buf_peak
         )
     }
 }
 
-/// The worst-case memory of an engine built from a config.
+/// The memory of an engine built from a config: the fixed part, and the worst
+/// case with every socket's buffers at `buf_min` (what [`Engine::new`] requires)
+/// and at `buf`. See the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// Most sockets ever held: `2 * max_conns + 2 * rules * backlog`.
     pub max_sockets: usize,
-    /// Bytes per socket: two buffers plus the socket itself.
+    /// Bytes per socket besides its two buffers: the socket itself, list
+    /// entries, allocator overhead. Reserved up front for `max_sockets`.
+    pub socket_overhead: usize,
+    /// Bytes per socket with its buffers at `buf_min` (`socket_overhead + 2 * buf_min`).
     pub per_socket: usize,
+    /// Bytes per socket with its buffers at `buf`.
+    pub per_socket_max: usize,
     /// Bytes per connection besides its sockets (tables).
     pub per_conn: usize,
-    /// Bytes independent of `max_conns` and `buf`.
+    /// Bytes independent of `max_conns` and the buffers.
     pub fixed: usize,
-    /// Worst case in bytes.
+    /// Worst case in bytes with every socket at `buf_min`: the budget must hold this.
     pub total: usize,
+    /// Worst case in bytes with every socket at `buf`: with this budget every
+    /// connection gets `buf`, however many are open.
+    pub total_max: usize,
 }
 
 impl MemoryPlan {
-    /// Compute the worst case for `cfg`.
+    /// Compute the plan for `cfg`.
     pub fn for_config(cfg: &Config) -> MemoryPlan {
-        Self::compute(cfg.max_conns, cfg.buf, cfg.rules.len(), cfg.backlog)
+        let (buf_min, buf) = buf_range(cfg);
+        Self::compute(cfg.max_conns, buf_min, buf, cfg.rules.len(), cfg.backlog)
     }
 
-    fn compute(max_conns: usize, buf: usize, rules: usize, backlog: usize) -> MemoryPlan {
+    fn compute(
+        max_conns: usize,
+        buf_min: usize,
+        buf: usize,
+        rules: usize,
+        backlog: usize,
+    ) -> MemoryPlan {
         // The pools, plus as many again for refused SYNs whose RST is pending.
         let pool = rules.saturating_mul(backlog).saturating_mul(2);
         let max_sockets = max_conns.saturating_mul(2).saturating_add(pool);
-        let per_socket = buf
-            .saturating_mul(2)
-            .saturating_add(size_of::<SocketStorage<'static>>())
+        let socket_overhead = size_of::<SocketStorage<'static>>()
             // spare/dying/pool handle lists and the per-pass socket table
-            .saturating_add(3 * size_of::<(SocketHandle, Instant)>())
-            .saturating_add(size_of::<(SocketHandle, usize)>())
-            .saturating_add(3 * ALLOC_OVERHEAD);
+            + 3 * size_of::<(SocketHandle, Instant)>()
+            + size_of::<(SocketHandle, usize)>()
+            + 3 * ALLOC_OVERHEAD;
+        let per_socket = buf_min.saturating_mul(2).saturating_add(socket_overhead);
+        let per_socket_max = buf.saturating_mul(2).saturating_add(socket_overhead);
         let per_conn = size_of::<Conn>();
         let fixed = FIXED_OVERHEAD
             + size_of::<Interface>()
             + size_of::<Engine>()
             + EXTRA_SOCKETS * size_of::<SocketStorage<'static>>()
             + rules * size_of::<RulePool>();
-        let total = max_sockets
-            .saturating_mul(per_socket)
-            .saturating_add(max_conns.saturating_mul(per_conn))
-            .saturating_add(fixed);
+        let base = max_conns.saturating_mul(per_conn).saturating_add(fixed);
         MemoryPlan {
             max_sockets,
+            socket_overhead,
             per_socket,
+            per_socket_max,
             per_conn,
             fixed,
-            total,
+            total: max_sockets.saturating_mul(per_socket).saturating_add(base),
+            total_max: max_sockets.saturating_mul(per_socket_max).saturating_add(base),
         }
     }
 
-    /// The largest `max_conns` that fits `budget` with this config's `buf`.
+    /// Bytes for everything but the socket buffers (reserved up front).
+    pub fn without_buffers(&self) -> usize {
+        self.total - self.max_sockets * (self.per_socket - self.socket_overhead)
+    }
+
+    /// The largest `max_conns` that fits `budget` with this config's `buf_min`.
     pub fn max_conns_fitting(cfg: &Config, budget: usize) -> usize {
         let (mut lo, mut hi) = (0usize, 1 << 20);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            if Self::compute(mid, cfg.buf, cfg.rules.len(), cfg.backlog).total <= budget {
+            let (buf_min, buf) = buf_range(cfg);
+            if Self::compute(mid, buf_min, buf, cfg.rules.len(), cfg.backlog).total
+                <= budget
+            {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -205,13 +269,15 @@ impl MemoryPlan {
         lo
     }
 
-    /// The largest `buf` (a multiple of 1 KiB) that fits `budget` with this
-    /// config's `max_conns`; 0 if none does.
-    pub fn buf_fitting(cfg: &Config, budget: usize) -> usize {
+    /// The largest `buf_min` (a multiple of 1 KiB, at least the smallest
+    /// allowed) that fits `budget` with this config's `max_conns`; 0 if none does.
+    pub fn buf_min_fitting(cfg: &Config, budget: usize) -> usize {
         let (mut lo, mut hi) = (0usize, 1 << 20); // in KiB
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            if Self::compute(cfg.max_conns, mid * 1024, cfg.rules.len(), cfg.backlog).total
+            let buf = buf_range(cfg).1;
+            if Self::compute(cfg.max_conns, mid * 1024, buf, cfg.rules.len(), cfg.backlog)
+                .total
                 <= budget
             {
                 lo = mid;
@@ -219,21 +285,109 @@ impl MemoryPlan {
                 hi = mid - 1;
             }
         }
-        lo * 1024
+        if lo * 1024 < MIN_BUF {
+            0
+        } else {
+            lo * 1024
+        }
+    }
+}
+
+/// `(buf_min, buf)` of a config, made consistent (`Config::parse` already
+/// ensures `1k <= buf_min <= buf`; a hand-made `Config` may not).
+fn buf_range(cfg: &Config) -> (usize, usize) {
+    let buf_min = cfg.buf_min.max(1);
+    (buf_min, cfg.buf.max(buf_min))
+}
+
+/// The buffer sizes a socket may get, smallest first: `buf_min`, doubled while
+/// below `buf`, then `buf`.
+fn size_ladder(buf_min: usize, buf: usize) -> impl Iterator<Item = usize> {
+    let mut next = Some(buf_min.min(buf));
+    core::iter::from_fn(move || {
+        let cur = next?;
+        next = match cur.checked_mul(2) {
+            _ if cur >= buf => None,
+            Some(d) if d < buf => Some(d),
+            _ => Some(buf),
+        };
+        Some(cur)
+    })
+}
+
+/// What a new socket is for, which decides how much of the surplus it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A listening pool socket: the client side of a future connection, whose
+    /// upstream side will want the same size. It takes at most half of the
+    /// surplus for the pair: `4 * (size - buf_min) <= surplus / 2`, half of it
+    /// for itself and half *pledged* to its partner.
+    Listen,
+    /// The upstream side of a connection whose client side has `client`-sized
+    /// buffers: that size if the surplus (with the client side's pledge now
+    /// released) affords it. Larger would not make the connection faster.
+    Upstream { client: usize },
+}
+
+/// Budget figures a new socket's size is decided from.
+#[derive(Debug, Clone, Copy)]
+struct BufferState {
+    /// The buffer budget.
+    budget: usize,
+    /// Bytes held by the other sockets' buffers.
+    held: usize,
+    /// Bytes pledged to the partners of listening sockets.
+    pledged: usize,
+    /// Sockets existing besides the new one.
+    others: usize,
+    max_sockets: usize,
+    buf_min: usize,
+    buf: usize,
+}
+
+impl BufferState {
+    /// What the buffer budget has beyond the pledges and the reservation of
+    /// `buf_min` for every socket that may still come (the new one included).
+    fn surplus(&self) -> usize {
+        let reserve = self
+            .max_sockets
+            .saturating_sub(self.others)
+            .saturating_mul(2)
+            .saturating_mul(self.buf_min);
+        self.budget
+            .saturating_sub(self.held)
+            .saturating_sub(self.pledged)
+            .saturating_sub(reserve)
+    }
+
+    /// The per-direction buffer size for a new socket of `role`, on the ladder,
+    /// never below `buf_min` (the reservation guarantees that much).
+    fn size_for(&self, role: Role) -> usize {
+        let surplus = self.surplus();
+        let limit = match role {
+            Role::Listen => self.buf_min.saturating_add(surplus / (4 * SURPLUS_SHARE)),
+            Role::Upstream { client } => self.buf_min.saturating_add(surplus / 2).min(client),
+        };
+        size_ladder(self.buf_min, self.buf)
+            .take_while(|s| *s <= limit)
+            .last()
+            .unwrap_or(self.buf_min)
     }
 }
 
 /// Why an engine could not be built or reconfigured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineError {
-    /// The worst case of the config exceeds the memory budget.
+    /// The worst case of the config at `buf_min` exceeds the memory budget.
     TooBig {
         needed: usize,
         budget: usize,
         max_conns: usize,
-        buf: usize,
+        buf_min: usize,
+        /// The largest `max_conns` that fits with this `buf_min` (0: none).
         fit_max_conns: usize,
-        fit_buf: usize,
+        /// The largest `buf_min` that fits with this `max_conns` (0: none).
+        fit_buf_min: usize,
     },
     /// The hardware address does not suit the device (wrong medium, not unicast).
     BadHardwareAddress,
@@ -252,25 +406,27 @@ impl fmt::Display for EngineError {
                 needed,
                 budget,
                 max_conns,
-                buf,
+                buf_min,
                 fit_max_conns,
-                fit_buf,
+                fit_buf_min,
             } => {
                 write!(
                     f,
-                    "engine: max_conns={max_conns} buf={} needs up to {} but the memory budget is {}; ",
-                    Kib(*buf),
+                    "engine: max_conns={max_conns} with buf_min={} needs {} but the memory budget is {}; ",
+                    Kib(*buf_min),
                     Kib(*needed),
                     Kib(*budget)
                 )?;
-                match (*fit_max_conns, *fit_buf) {
+                match (*fit_max_conns, *fit_buf_min) {
                     (0, 0) => write!(f, "nothing fits: raise mem= or use fewer rules/backlog"),
-                    (0, b) => write!(f, "would fit: buf={} with max_conns={max_conns}", Kib(b)),
-                    (m, 0) => write!(f, "would fit: max_conns={m} with buf={}", Kib(*buf)),
+                    (0, b) => {
+                        write!(f, "would fit: buf_min={} with max_conns={max_conns}", Kib(b))
+                    }
+                    (m, 0) => write!(f, "would fit: max_conns={m} with buf_min={}", Kib(*buf_min)),
                     (m, b) => write!(
                         f,
-                        "would fit: max_conns={m} with buf={}, or buf={} with max_conns={max_conns}",
-                        Kib(*buf),
+                        "would fit: max_conns={m} with buf_min={}, or buf_min={} with max_conns={max_conns}",
+                        Kib(*buf_min),
                         Kib(b)
                     ),
                 }
@@ -308,6 +464,7 @@ impl fmt::Display for Kib {
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     buf: usize,
+    buf_min: usize,
     max_conns: usize,
     backlog: usize,
     idle_timeout: Option<Duration>,
@@ -326,7 +483,8 @@ impl Tuning {
     fn from_config(cfg: &Config) -> Tuning {
         let keepalive = cfg.keepalive.map(dur);
         Tuning {
-            buf: cfg.buf,
+            buf: buf_range(cfg).1,
+            buf_min: buf_range(cfg).0,
             max_conns: cfg.max_conns,
             backlog: cfg.backlog,
             idle_timeout: cfg.idle_timeout.map(dur),
@@ -444,6 +602,18 @@ pub struct Engine {
     /// Sockets of ours in the set (pools + conns + dying + spare).
     owned: usize,
     plan: MemoryPlan,
+    /// The memory budget given to `new`, and what of it is for socket buffers.
+    budget: usize,
+    buf_budget: usize,
+    /// Bytes held by our sockets' buffers now, and the most they held.
+    buf_held: usize,
+    buf_peak: usize,
+    /// Memory was freed or a spare appeared since listening sockets were last
+    /// compared with what the budget affords.
+    listeners_stale: bool,
+    /// Tests: buffer allocations larger than this fail (a fragmented heap).
+    #[cfg(test)]
+    pub(crate) alloc_limit: usize,
     ports: PortMap,
     stats: Stats,
     any_ip: bool,
@@ -463,6 +633,7 @@ impl fmt::Debug for Engine {
             .field("stats", &self.stats)
             .field("plan", &self.plan)
             .field("owned_sockets", &self.owned)
+            .field("buf_budget", &self.buf_budget)
             .finish_non_exhaustive()
     }
 }
@@ -476,6 +647,9 @@ fn try_vec<T>(cap: usize, what: &'static str) -> Result<Vec<T>, EngineError> {
 
 /// A zeroed buffer, or `None` if the allocation fails.
 fn try_buffer(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return None;
+    }
     let mut v = Vec::new();
     v.try_reserve_exact(len).ok()?;
     v.resize(len, 0);
@@ -548,9 +722,9 @@ impl Engine {
                 needed: plan.total,
                 budget: mem_budget,
                 max_conns: cfg.max_conns,
-                buf: cfg.buf,
+                buf_min: buf_range(cfg).0,
                 fit_max_conns: MemoryPlan::max_conns_fitting(cfg, mem_budget),
-                fit_buf: MemoryPlan::buf_fitting(cfg, mem_budget),
+                fit_buf_min: MemoryPlan::buf_min_fitting(cfg, mem_budget),
             });
         }
         let caps = device.capabilities();
@@ -592,6 +766,13 @@ impl Engine {
             spare_max,
             owned: 0,
             plan,
+            budget: mem_budget,
+            buf_budget: mem_budget - plan.without_buffers(),
+            buf_held: 0,
+            buf_peak: 0,
+            listeners_stale: false,
+            #[cfg(test)]
+            alloc_limit: usize::MAX,
             ports: PortMap::new(seed),
             stats: Stats::default(),
             any_ip,
@@ -725,12 +906,59 @@ impl Engine {
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
         s.active = self.conns.len();
+        s.buf_bytes = self.buf_held;
+        s.buf_peak = self.buf_peak;
         s
     }
 
-    /// The worst-case memory plan this engine was admitted with.
+    /// The memory plan this engine was admitted with.
     pub fn plan(&self) -> MemoryPlan {
         self.plan
+    }
+
+    /// The memory budget given to [`Engine::new`].
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The part of the budget for socket buffers: the budget less
+    /// [`MemoryPlan::without_buffers`]. `Stats::buf_bytes` never exceeds it.
+    pub fn buffer_budget(&self) -> usize {
+        self.buf_budget
+    }
+
+    /// The per-direction buffer size a listening socket created now would get
+    /// (and the upstream side of its connection, budget permitting).
+    pub fn next_buffer_size(&self) -> usize {
+        self.buffer_state(None, false).size_for(Role::Listen)
+    }
+
+    /// The buffer size (per direction) of both sockets of every connection
+    /// held, in no particular order: `(client side, upstream side)`.
+    pub fn connection_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.conns.iter().map(|c| {
+            let size = |h| self.sockets.get::<tcp::Socket>(h).recv_capacity();
+            (size(c.client), size(c.upstream))
+        })
+    }
+
+    /// Recount the bytes held by our sockets' buffers from the sockets
+    /// themselves (tests: the running count must equal it).
+    #[cfg(test)]
+    pub(crate) fn recount_buffers(&self) -> usize {
+        let mut n = 0;
+        let mut sockets = 0;
+        for (h, s) in self.sockets.iter() {
+            if Some(h) == self.dhcp {
+                continue;
+            }
+            if let Some(t) = tcp::Socket::downcast(s) {
+                n += t.recv_capacity() + t.send_capacity();
+                sockets += 1;
+            }
+        }
+        assert_eq!(sockets, self.owned, "sockets in the set vs owned");
+        n
     }
 
     /// Sockets the engine currently holds (listening, connected, closing, spare).
@@ -831,25 +1059,109 @@ impl Engine {
         self.sockets.get_mut::<tcp::Socket>(h)
     }
 
-    /// A closed socket to (re)use: a spare or a new one.
-    fn take_socket(&mut self, now: Instant) -> Option<SocketHandle> {
-        if let Some(h) = self.spare.pop() {
-            return Some(h);
+    /// Per-direction buffer size of one of our sockets.
+    fn buf_of(&self, h: SocketHandle) -> usize {
+        self.sockets.get::<tcp::Socket>(h).recv_capacity()
+    }
+
+    /// The budget figures for a new socket: every socket but `except` counts,
+    /// and the spares too unless `without_spares` (spares are a cache: they
+    /// give way to larger buffers).
+    fn buffer_state(&self, except: Option<SocketHandle>, without_spares: bool) -> BufferState {
+        let mut held = self.buf_held;
+        let mut others = self.owned;
+        let spares: &[SocketHandle] = if without_spares { &self.spare } else { &[] };
+        for &h in spares.iter().chain(except.iter()) {
+            held -= 2 * self.buf_of(h);
+            others -= 1;
+        }
+        let mut pledged = 0;
+        for p in &self.pools {
+            for &h in &p.listening {
+                if Some(h) != except {
+                    pledged += 2 * (self.buf_of(h) - self.tune.buf_min);
+                }
+            }
+        }
+        BufferState {
+            budget: self.buf_budget,
+            held,
+            pledged,
+            others,
+            max_sockets: self.plan.max_sockets,
+            buf_min: self.tune.buf_min,
+            buf: self.tune.buf,
+        }
+    }
+
+    /// A closed socket to (re)use for `role`: the smallest spare at least as
+    /// large as what the budget affords (the most recently retired of equals),
+    /// else a new socket of that size, after freeing the spares (all smaller:
+    /// sized when memory was short) to make room.
+    fn take_socket(&mut self, now: Instant, role: Role) -> Option<SocketHandle> {
+        let ideal = self.buffer_state(None, true).size_for(role);
+        let mut fit: Option<(usize, usize)> = None;
+        for (i, &h) in self.spare.iter().enumerate() {
+            let size = self.buf_of(h);
+            if size >= ideal && fit.is_none_or(|(_, b)| size <= b) {
+                fit = Some((i, size));
+            }
+        }
+        if let Some((i, _)) = fit {
+            return Some(self.spare.remove(i));
+        }
+        while let Some(h) = self.spare.pop() {
+            self.free_socket(h);
         }
         if self.owned < self.plan.max_sockets {
-            if let (Some(rx), Some(tx)) = (try_buffer(self.tune.buf), try_buffer(self.tune.buf)) {
+            // With the spares freed this is `ideal` again.
+            let want = self.buffer_state(None, false).size_for(role);
+            return self.new_socket(want, self.tune.buf_min, now);
+        }
+        // Never take a dying socket: its RST would be lost. At capacity the
+        // pool shrinks instead, and smoltcp itself answers further SYNs with RST.
+        None
+    }
+
+    /// A new socket with buffers of `want` bytes each, or of the next smaller
+    /// size of the ladder down to `floor` if the allocation fails.
+    fn new_socket(&mut self, want: usize, floor: usize, now: Instant) -> Option<SocketHandle> {
+        debug_assert!(self.owned < self.plan.max_sockets);
+        let mut sizes: [usize; 64] = [0; 64];
+        let mut n = 0;
+        for s in size_ladder(self.tune.buf_min, self.tune.buf) {
+            if s >= floor && s <= want && n < sizes.len() {
+                sizes[n] = s;
+                n += 1;
+            }
+        }
+        for &size in sizes[..n].iter().rev() {
+            #[cfg(test)]
+            if size > self.alloc_limit {
+                continue;
+            }
+            if let (Some(rx), Some(tx)) = (try_buffer(size), try_buffer(size)) {
                 self.owned += 1;
+                self.buf_held += 2 * size;
+                self.buf_peak = self.buf_peak.max(self.buf_held);
                 return Some(self.sockets.add(tcp::Socket::new(
                     tcp::SocketBuffer::new(rx),
                     tcp::SocketBuffer::new(tx),
                 )));
             }
-            log::warn!("proxy: out of memory for a socket");
-            self.retry_at = Some(now + ALLOC_RETRY);
         }
-        // Never take a dying socket: its RST would be lost. At capacity the
-        // pool shrinks instead, and smoltcp itself answers further SYNs with RST.
+        log::warn!("proxy: out of memory for a socket");
+        self.retry_at = Some(now + ALLOC_RETRY);
         None
+    }
+
+    /// Remove one of our sockets from the set and free its buffers.
+    fn free_socket(&mut self, h: SocketHandle) {
+        let size = self.buf_of(h);
+        self.sockets.remove(h);
+        self.owned -= 1;
+        self.buf_held -= 2 * size;
+        self.listeners_stale = true;
     }
 
     /// Give a socket that is finished with back: spare, dying or freed.
@@ -873,12 +1185,29 @@ impl Engine {
         }
     }
 
+    /// Keep a finished socket for reuse; beyond `spare_max` spares, free the
+    /// smallest (this one if no spare is smaller).
     fn make_spare(&mut self, h: SocketHandle) {
+        self.listeners_stale = true;
         if self.spare.len() < self.spare_max {
             self.spare.push(h);
-        } else {
-            self.sockets.remove(h);
-            self.owned -= 1;
+            return;
+        }
+        let size = self.buf_of(h);
+        let mut smallest: Option<(usize, usize)> = None;
+        for (i, &o) in self.spare.iter().enumerate() {
+            let s = self.buf_of(o);
+            if smallest.is_none_or(|(_, b)| s < b) {
+                smallest = Some((i, s));
+            }
+        }
+        match smallest {
+            Some((i, s)) if s < size => {
+                let o = self.spare.remove(i);
+                self.free_socket(o);
+                self.spare.push(h);
+            }
+            _ => self.free_socket(h),
         }
     }
 
@@ -950,7 +1279,7 @@ impl Engine {
                 continue;
             };
             while self.pools[i].listening.len() < self.tune.backlog {
-                let Some(h) = self.take_socket(now) else {
+                let Some(h) = self.take_socket(now, Role::Listen) else {
                     return;
                 };
                 let tune = self.tune;
@@ -967,6 +1296,46 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Give listening sockets made when memory was short what the budget
+    /// affords now (a large enough spare, or new buffers): a pool socket
+    /// becomes the client side of the next connection, whose window is fixed
+    /// from the handshake on. Each pool socket is looked at once per call.
+    fn upgrade_listeners(&mut self, now: Instant) {
+        for i in 0..self.pools.len() {
+            let Some(ep) = self.listen_endpoint(&self.pools[i].rule) else {
+                continue;
+            };
+            let mut j = 0;
+            while j < self.pools[i].listening.len() {
+                let h = self.pools[i].listening[j];
+                let have = self.buf_of(h);
+                if have >= self.tune.buf
+                    || self.tcp(h).state() != State::Listen
+                    || self.buffer_state(Some(h), true).size_for(Role::Listen) <= have
+                {
+                    j += 1;
+                    continue;
+                }
+                self.pools[i].listening.remove(j);
+                self.tcp(h).abort(); // LISTEN: closes without sending anything
+                self.free_socket(h);
+                let Some(n) = self.take_socket(now, Role::Listen) else {
+                    continue; // the pool is one short; refill retries
+                };
+                let tune = self.tune;
+                let s = self.tcp(n);
+                tune.apply(s);
+                if s.listen(ep).is_ok() {
+                    self.pools[i].listening.insert(j, n);
+                    j += 1;
+                } else {
+                    self.make_spare(n);
+                }
+            }
+        }
+        self.listeners_stale = false;
     }
 
     /// Take pool sockets that received a SYN and start their connections.
@@ -1024,7 +1393,10 @@ impl Engine {
             log::warn!("proxy: no ephemeral port left, refusing");
             return self.refuse(client, now);
         };
-        let Some(up) = self.take_socket(now) else {
+        let role = Role::Upstream {
+            client: self.buf_of(client),
+        };
+        let Some(up) = self.take_socket(now, role) else {
             self.ports.set(port, false);
             return self.refuse(client, now);
         };
@@ -1131,6 +1503,9 @@ impl Engine {
             self.reap(now);
         }
         self.refill(now);
+        if self.listeners_stale {
+            self.upgrade_listeners(now);
+        }
         worked
     }
 }
@@ -1312,4 +1687,70 @@ impl<'d, D: Device + ?Sized> Device for ArpGuard<'d, D> {
 #[cfg(test)]
 pub(crate) fn tests_fmt_size(n: usize) -> alloc::string::String {
     alloc::format!("{}", Kib(n))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn ladder_doubles_from_buf_min_to_buf() {
+        let l = |a, b| size_ladder(a, b).collect::<Vec<_>>();
+        assert_eq!(l(4096, 65536), vec![4096, 8192, 16384, 32768, 65536]);
+        assert_eq!(l(3072, 65536), vec![3072, 6144, 12288, 24576, 49152, 65536]);
+        assert_eq!(l(8192, 8192), vec![8192]);
+        assert_eq!(l(1024, 1500), vec![1024, 1500]);
+        assert_eq!(l(1, 16 << 20).len(), 25);
+    }
+
+    fn state(budget: usize, held: usize, pledged: usize, others: usize) -> BufferState {
+        BufferState {
+            budget,
+            held,
+            pledged,
+            others,
+            max_sockets: 100,
+            buf_min: 4096,
+            buf: 65536,
+        }
+    }
+
+    #[test]
+    fn sizes_keep_the_reservation_and_taper() {
+        let reserve = 100 * 2 * 4096;
+        // No surplus: buf_min.
+        assert_eq!(state(reserve, 0, 0, 0).size_for(Role::Listen), 4096);
+        assert_eq!(state(reserve, 0, 0, 0).size_for(Role::Upstream { client: 65536 }), 4096);
+        // Ample: buf.
+        assert_eq!(state(reserve + (1 << 20), 0, 0, 0).size_for(Role::Listen), 65536);
+        // 128k of surplus: a listening socket and its partner take at most
+        // half: 4 * (size - 4k) <= 64k, size <= 20k, 16k on the ladder.
+        let s = state(reserve + (128 << 10), 0, 0, 0);
+        assert_eq!(s.surplus(), 128 << 10);
+        assert_eq!(s.size_for(Role::Listen), 16384);
+        // An upstream socket matches its client side if the surplus affords
+        // it, and never exceeds it.
+        assert_eq!(s.size_for(Role::Upstream { client: 32768 }), 32768);
+        assert_eq!(s.size_for(Role::Upstream { client: 8192 }), 8192);
+        assert_eq!(s.size_for(Role::Upstream { client: 65536 }), 65536);
+        assert_eq!(state(reserve + (24 << 10), 0, 0, 0).size_for(Role::Upstream { client: 65536 }), 16384);
+        // Pledges count against the surplus.
+        assert_eq!(state(reserve + (128 << 10), 0, 128 << 10, 0).size_for(Role::Listen), 4096);
+        // Sockets created one after another never break the reservation, and
+        // sizes only taper: pairs (listening socket, then its upstream side).
+        let budget = reserve + (600 << 10);
+        let (mut held, mut last) = (0, 65536);
+        for owned in (0..100).step_by(2) {
+            let client = state(budget, held, 0, owned).size_for(Role::Listen);
+            held += 2 * client;
+            let up = state(budget, held, 0, owned + 1).size_for(Role::Upstream { client });
+            assert_eq!(up, client, "pair {owned}");
+            held += 2 * up;
+            assert!(client >= 4096 && client <= last, "pair {owned}: {client}");
+            assert!(held + (100 - owned - 2) * 2 * 4096 <= budget);
+            last = client;
+        }
+        assert_eq!(last, 4096);
+    }
 }

@@ -163,11 +163,15 @@ fn run() -> Result<(), String> {
         engine.start_dhcp();
     }
     println!("miniproxy-tap: config: {cfg}");
+    let plan = engine.plan();
     println!(
-        "miniproxy-tap: memory plan: {} bytes worst case ({} sockets of {} bytes), budget {budget}",
-        engine.plan().total,
-        engine.plan().max_sockets,
-        engine.plan().per_socket
+        "miniproxy-tap: memory plan: {} bytes worst case at buf_min ({} sockets of {} bytes; {} at buf), \
+         budget {budget}, {} for socket buffers",
+        plan.total,
+        plan.max_sockets,
+        plan.per_socket,
+        plan.total_max,
+        engine.buffer_budget()
     );
     println!("miniproxy-tap: ready on {}", args.tap);
     let _ = std::io::stdout().flush();

@@ -100,6 +100,7 @@ fn two_hundred_concurrent_connections() {
     // All 200 are held at once at some point.
     let mut peak = 0;
     assert!(w.run_until(secs(120), |w| {
+        check_memory(&w.proxy);
         peak = peak.max(w.proxy.stats().active);
         all_done(w) && w.proxy.stats().active == 0
     }));
@@ -403,6 +404,7 @@ fn many_sequential_connections_recycle_sockets() {
         }
         assert!(w.run_until(secs(10), |w| all_done(w) && w.proxy.stats().active == 0));
         assert!(w.proxy.socket_count() <= max);
+        check_memory(&w.proxy);
         w.hosts[0].reclaim();
         w.hosts[1].reclaim();
     }
@@ -595,11 +597,21 @@ fn transparent_refuses_loop_unknown_port_and_foreign_arp() {
 
 #[test]
 fn memory_budget_refuses_and_says_what_fits() {
-    let cfg = Config::parse("ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080 max_conns=256 buf=16k")
-        .unwrap();
+    let cfg = Config::parse(
+        "ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080 max_conns=256 buf=64k buf_min=16k",
+    )
+    .unwrap();
     let plan = MemoryPlan::for_config(&cfg);
     assert_eq!(plan.max_sockets, 2 * 256 + 2 * 4);
-    assert!(plan.total > 516 * 32 * 1024);
+    // Admission is at buf_min: buf only changes the (informational) maximum.
+    assert!(plan.total > 520 * 32 * 1024);
+    assert_eq!(plan.per_socket, plan.socket_overhead + 2 * 16 * 1024);
+    assert_eq!(plan.per_socket_max, plan.socket_overhead + 2 * 64 * 1024);
+    assert_eq!(plan.total_max - plan.total, 520 * 2 * 48 * 1024);
+    assert_eq!(plan.without_buffers(), plan.total - 520 * 2 * 16 * 1024);
+    let mut big = cfg.clone();
+    big.buf = 16 << 20;
+    assert_eq!(MemoryPlan::for_config(&big).total, plan.total);
     let budget = 4 << 20;
     let mut net = Net::new(1);
     let p = net.add_port(Link::default());
@@ -615,7 +627,7 @@ fn memory_budget_refuses_and_says_what_fits() {
     .unwrap_err();
     let EngineError::TooBig {
         fit_max_conns,
-        fit_buf,
+        fit_buf_min,
         needed,
         ..
     } = err.clone()
@@ -627,10 +639,10 @@ fn memory_budget_refuses_and_says_what_fits() {
     assert_eq!(
         msg,
         format!(
-            "engine: max_conns=256 buf=16k needs up to {} but the memory budget is 4m; \
-             would fit: max_conns={fit_max_conns} with buf=16k, or buf={}k with max_conns=256",
+            "engine: max_conns=256 with buf_min=16k needs {} but the memory budget is 4m; \
+             would fit: max_conns={fit_max_conns} with buf_min=16k, or buf_min={}k with max_conns=256",
             crate::engine::tests_fmt_size(needed),
-            fit_buf / 1024
+            fit_buf_min / 1024
         )
     );
     // The suggestions fit and are the largest that do.
@@ -640,22 +652,33 @@ fn memory_budget_refuses_and_says_what_fits() {
     c2.max_conns = fit_max_conns + 1;
     assert!(MemoryPlan::for_config(&c2).total > budget);
     let mut c3 = cfg.clone();
-    c3.buf = fit_buf;
+    c3.buf_min = fit_buf_min;
     assert!(MemoryPlan::for_config(&c3).total <= budget);
-    c3.buf = fit_buf + 1024;
+    c3.buf_min = fit_buf_min + 1024;
     assert!(MemoryPlan::for_config(&c3).total > budget);
     assert!(fit_max_conns > 50 && fit_max_conns < 256);
-    // And the suggested config is accepted.
-    c2.max_conns = fit_max_conns;
-    assert!(Engine::new(
-        &c2,
-        HardwareAddress::Ethernet(mac(2)),
-        1,
-        budget,
-        &mut net.port(p),
-        now
-    )
-    .is_ok());
+    assert!(fit_buf_min >= 2048 && fit_buf_min < 16 * 1024, "{fit_buf_min}");
+    // And the suggested configs are accepted (a line naming them parses).
+    for line in [
+        format!("ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080 max_conns={fit_max_conns} buf=64k buf_min=16k"),
+        format!("ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080 max_conns=256 buf=64k buf_min={}k", fit_buf_min / 1024),
+    ] {
+        let c = Config::parse(&line).unwrap();
+        let e = Engine::new(&c, HardwareAddress::Ethernet(mac(2)), 1, budget, &mut net.port(p), now)
+            .unwrap();
+        assert!(e.buffer_budget() >= e.plan().max_sockets * 2 * c.buf_min);
+        assert_eq!(e.buffer_budget(), budget - e.plan().without_buffers());
+    }
+    // With so little that not even buf_min=1k fits.
+    let tiny = Engine::new(&cfg, HardwareAddress::Ethernet(mac(2)), 1, 600 << 10, &mut net.port(p), now)
+        .unwrap_err();
+    let EngineError::TooBig { fit_max_conns, fit_buf_min, .. } = tiny.clone() else {
+        panic!("{tiny}")
+    };
+    assert_eq!(fit_buf_min, 0, "{tiny}");
+    assert!(tiny.to_string().ends_with(&format!(
+        "would fit: max_conns={fit_max_conns} with buf_min=16k"
+    )), "{tiny}");
 }
 
 #[test]
@@ -719,8 +742,11 @@ fn stats_line() {
     assert_eq!(
         w.proxy.stats().to_string(),
         "accepted=1 active=0 refused=0 upstream_fail=0 resets=0 (client=0 upstream=0) \
-         timeouts=0 completed=1 bytes_up=5 bytes_down=5"
+         timeouts=0 completed=1 bytes_up=5 bytes_down=5 buf_bytes=786432 buf_peak=786432"
     );
+    // Four listening sockets and the connection's two (now spares), each with
+    // two 64k buffers: the budget is ample.
+    assert_eq!(w.proxy.stats().buf_bytes, 6 * 2 * 65536);
 }
 
 #[test]
@@ -825,3 +851,185 @@ fn other_tcp_settings_stay_byte_exact() {
         assert_eq!(w.proxy.stats().completed, 1, "{extra}");
     }
 }
+
+// ---- adaptive socket buffers -----------------------------------------------
+
+/// The default profile's shape in a guest-sized budget: the guaranteed worst
+/// case at buf_min plus `surplus` bytes.
+fn budget_with_surplus(extra: &str, surplus: usize) -> usize {
+    MemoryPlan::for_config(&reverse_config(extra)).total + surplus
+}
+
+#[test]
+fn lone_connection_gets_buf_sized_windows() {
+    // 4 MB down a 2 x 4 ms RTT path: the transfer is window-bound, so its
+    // time shows the window the proxy advertises and uses.
+    let run = |extra: &str, budget: usize| {
+        let mut w = reverse_world(Setup {
+            extra,
+            serve: Serve::Source { len: 4 << 20, seed: 400 },
+            client_link: Link::delay_ms(2),
+            server_link: Link::delay_ms(2),
+            host_buf: 256 * 1024,
+            budget,
+            ..Setup::default()
+        });
+        let f = client_connect(&mut w, b"GET".to_vec(), Close::AfterSend);
+        let mut sizes = Vec::new();
+        assert!(w.run_until(secs(60), |w| {
+            check_memory(&w.proxy);
+            sizes.extend(w.proxy.connection_buffers());
+            all_done(w) && w.proxy.stats().active == 0
+        }));
+        let c = &w.hosts[0].flows[f];
+        assert!(!c.reset && c.fin);
+        assert_bytes(&c.received, &pattern(400, 4 << 20), "client received");
+        sizes.sort();
+        sizes.dedup();
+        (c.t_done.unwrap() - c.t_start, sizes)
+    };
+    let adaptive = "max_conns=64 buf=64k buf_min=4k";
+    // 1 MiB beyond the guarantee: plenty for one connection.
+    let (t64, sizes) = run(adaptive, budget_with_surplus(adaptive, 1 << 20));
+    assert_eq!(sizes, [(65536, 65536)]);
+    // Fixed 16k buffers (the old default) for comparison.
+    let (t16, sizes) = run("max_conns=64 buf=16k buf_min=16k", 1 << 30);
+    assert_eq!(sizes, [(16384, 16384)]);
+    // Window-bound: 4x the window, close to 4x the rate (slow start aside).
+    assert!(
+        t64 * 5 < t16 * 2,
+        "64k windows took {t64}, 16k windows {t16}: expected over 2.5 times as fast"
+    );
+}
+
+#[test]
+fn max_conns_at_once_fit_the_budget_with_smaller_buffers() {
+    let extra = "max_conns=64 buf=64k buf_min=4k";
+    // No surplus at all (every socket at buf_min), and 512 KiB of it (a few
+    // large, the rest tapering to buf_min).
+    for surplus in [0, 512 << 10] {
+        let budget = budget_with_surplus(extra, surplus);
+        let mut w = reverse_world(Setup {
+            extra,
+            server_backlog: 64,
+            host_buf: 64 * 1024,
+            budget,
+            client_link: Link::delay_ms(1),
+            ..Setup::default()
+        });
+        let mut want = Vec::new();
+        for i in 0..64u64 {
+            let data = pattern(500 + i, 100_000 + i as usize * 1000);
+            want.push(data.clone());
+            client_connect(&mut w, data, Close::AfterSend);
+        }
+        let mut peak = 0;
+        let mut sizes = Vec::new();
+        assert!(w.run_until(secs(120), |w| {
+            check_memory(&w.proxy);
+            let active = w.proxy.stats().active;
+            if active > peak {
+                peak = active;
+                sizes = w.proxy.connection_buffers().collect();
+            }
+            all_done(w) && active == 0
+        }));
+        assert_eq!(peak, 64, "surplus {surplus}");
+        for (i, f) in w.hosts[0].flows.iter().enumerate() {
+            assert!(!f.reset && f.fin, "flow {i}");
+            assert_bytes(&f.received, &want[i], &format!("flow {i}"));
+        }
+        let st = w.proxy.stats();
+        assert_eq!((st.accepted, st.completed, st.refused), (64, 64, 0));
+        let all: Vec<usize> = sizes.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let held: usize = all.iter().map(|s| 2 * s).sum();
+        assert!(held <= w.proxy.buffer_budget());
+        if surplus == 0 {
+            assert!(all.iter().all(|&s| s == 4096), "{all:?}");
+        } else {
+            // The first connections got buf, the last ones buf_min, and the
+            // peak used the budget.
+            assert!(all.contains(&65536) && all.contains(&4096), "{all:?}");
+            assert!(all.iter().all(|s| [4096, 8192, 16384, 32768, 65536].contains(s)));
+            let max_sockets = w.proxy.plan().max_sockets;
+            assert!(st.buf_peak > max_sockets * 2 * 4096 + surplus / 2, "peak {}", st.buf_peak);
+        }
+        assert!(st.buf_peak <= w.proxy.buffer_budget());
+    }
+}
+
+#[test]
+fn freed_budget_grows_small_spares_again() {
+    let extra = "max_conns=32 buf=64k buf_min=4k";
+    let mut w = reverse_world(Setup {
+        extra,
+        server_backlog: 32,
+        // Enough for the listen pool and one connection at buf (4 + 2 sockets
+        // of 2 x 60k beyond buf_min, as each takes at most half the surplus).
+        budget: budget_with_surplus(extra, 1 << 20),
+        ..Setup::default()
+    });
+    // A crowd: most sockets get small buffers.
+    for i in 0..32u64 {
+        client_connect(&mut w, pattern(600 + i, 20_000), Close::AfterSend);
+    }
+    let mut smallest = usize::MAX;
+    assert!(w.run_until(secs(60), |w| {
+        check_memory(&w.proxy);
+        smallest = w.proxy.connection_buffers().map(|(a, b)| a.min(b)).fold(smallest, usize::min);
+        all_done(w) && w.proxy.stats().active == 0
+    }));
+    assert_eq!(smallest, 4096);
+    w.hosts[0].reclaim();
+    w.hosts[1].reclaim();
+    // Alone again, a connection gets buf on both sides: small spares are
+    // re-created larger, and at most spare_max of them are kept.
+    for round in 0..3u64 {
+        let data = pattern(700 + round, 300_000);
+        let f = client_connect(&mut w, data.clone(), Close::AfterSend);
+        let mut sizes = Vec::new();
+        assert!(w.run_until(secs(30), |w| {
+            check_memory(&w.proxy);
+            sizes.extend(w.proxy.connection_buffers());
+            all_done(w) && w.proxy.stats().active == 0
+        }));
+        assert_bytes(&w.hosts[0].flows[f].received, &data, "echo");
+        sizes.dedup();
+        assert_eq!(sizes, [(65536, 65536)], "round {round}");
+    }
+}
+
+#[test]
+fn failed_allocations_fall_back_to_smaller_buffers_then_refuse() {
+    let mut w = reverse_world(Setup {
+        extra: "buf=64k buf_min=4k connect_timeout=2s",
+        ..Setup::default()
+    });
+    // A fragmented heap: nothing above 16k can be allocated. The listening
+    // socket was made before (64k); the upstream socket falls back to 16k.
+    w.proxy.alloc_limit = 16 * 1024;
+    let data = pattern(800, 200_000);
+    let f = client_connect(&mut w, data.clone(), Close::Never);
+    assert!(w.run_until(secs(5), |w| w.hosts[0].flows[f].received_len == data.len()));
+    assert_bytes(&w.hosts[0].flows[f].received, &data, "echo");
+    let sizes: Vec<_> = w.proxy.connection_buffers().collect();
+    assert_eq!(sizes, [(65536, 16384)]);
+    check_memory(&w.proxy);
+    w.hosts[0].reclaim();
+    // Not even buf_min: the connection is refused, nothing breaks.
+    w.proxy.alloc_limit = 2048;
+    let before = w.proxy.stats().refused;
+    let g = client_connect(&mut w, b"no memory".to_vec(), Close::AfterSend);
+    assert!(w.run_until(secs(5), |w| w.hosts[0].flows[g].done));
+    assert!(w.hosts[0].flows[g].reset);
+    assert_eq!(w.proxy.stats().refused, before + 1);
+    check_memory(&w.proxy);
+    // Memory comes back: served again (after the allocation retry pause).
+    w.proxy.alloc_limit = usize::MAX;
+    w.run_for(Duration::from_millis(200));
+    let h = client_connect(&mut w, b"again".to_vec(), Close::AfterSend);
+    assert!(w.run_until(secs(5), |w| w.hosts[0].flows[h].done));
+    assert_bytes(&w.hosts[0].flows[h].received, b"again", "after recovery");
+    check_memory(&w.proxy);
+}
+

@@ -48,6 +48,8 @@ pub struct Setup<'a> {
     pub host_buf: usize,
     pub serve: Serve,
     pub server_backlog: usize,
+    /// The engine's memory budget.
+    pub budget: usize,
 }
 
 impl Default for Setup<'_> {
@@ -61,6 +63,7 @@ impl Default for Setup<'_> {
             host_buf: 64 * 1024,
             serve: Serve::Echo,
             server_backlog: 8,
+            budget: 1 << 30,
         }
     }
 }
@@ -68,11 +71,7 @@ impl Default for Setup<'_> {
 /// Client 10.0.0.10 -> proxy 10.0.0.2:80 (reverse) -> server 10.0.0.20:8080, one switch.
 /// hosts[0] is the client, hosts[1] the server.
 pub fn reverse_world(s: Setup<'_>) -> World {
-    let line = format!(
-        "ip=10.0.0.2/24 gw=10.0.0.1 rule=reverse:80:10.0.0.20:8080 {}",
-        s.extra
-    );
-    let cfg = Config::parse(&line).unwrap();
+    let cfg = reverse_config(s.extra);
     let mut net = Net::new(s.seed);
     let pp = net.add_port(s.proxy_link);
     let cp = net.add_port(s.client_link);
@@ -82,7 +81,7 @@ pub fn reverse_world(s: Setup<'_>) -> World {
         &cfg,
         HardwareAddress::Ethernet(mac(2)),
         s.seed,
-        1 << 30,
+        s.budget,
         &mut net.port(pp),
         now,
     )
@@ -113,6 +112,34 @@ pub fn reverse_world(s: Setup<'_>) -> World {
         clock: None,
         proxy_nanos: 0,
     }
+}
+
+/// The reverse world's config line for `extra`.
+pub fn reverse_config(extra: &str) -> Config {
+    Config::parse(&format!(
+        "ip=10.0.0.2/24 gw=10.0.0.1 rule=reverse:80:10.0.0.20:8080 {extra}"
+    ))
+    .unwrap()
+}
+
+/// The engine's memory accounting holds: the running count of buffer bytes
+/// equals the sockets' buffers, the reservation of `buf_min` for every socket
+/// that may still come fits the buffer budget, and the whole fits the budget.
+#[track_caller]
+pub fn check_memory(e: &Engine) {
+    let st = e.stats();
+    let plan = e.plan();
+    assert_eq!(st.buf_bytes, e.recount_buffers(), "running count vs sockets");
+    assert!(st.buf_peak >= st.buf_bytes);
+    assert!(e.socket_count() <= plan.max_sockets);
+    let reserve = (plan.max_sockets - e.socket_count()) * (plan.per_socket - plan.socket_overhead);
+    assert!(
+        st.buf_bytes + reserve <= e.buffer_budget(),
+        "{} held + {reserve} reserved > buffer budget {}",
+        st.buf_bytes,
+        e.buffer_budget()
+    );
+    assert!(plan.without_buffers() + st.buf_peak <= e.budget());
 }
 
 pub fn client_connect(w: &mut World, data: Vec<u8>, close: Close) -> usize {
