@@ -5,12 +5,16 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
+use core::num::NonZeroUsize;
 
-use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 
-use crate::conn::{pages_needed, Conn, Misbehavior, RxOutcome, Shared, TX_BUF_SIZE};
+use crate::conn::{
+    Conn, Layout, Misbehavior, RxOutcome, Shared, MAX_RX_FRAME, RX_BUFFERS_FOR_OFFLOAD, TX_BUF_SIZE,
+};
 use crate::platform::{Error, Platform, Port, PAGE_SIZE};
 use crate::stats::Stats;
 use crate::wire::{RX_RING_SIZE, TX_RING_SIZE};
@@ -18,8 +22,10 @@ use crate::xenbus::{parse_flag, parse_mac, parse_u32, XenbusState};
 
 /// Ethernet header bytes smoltcp counts in `max_transmission_unit`.
 const ETH_HDR: usize = 14;
-/// Largest MTU without `feature-sg`: Linux netback caps a non-SG vif at
-/// `ETH_DATA_LEN` (`xenvif_change_mtu`), and a frame must fit one slot.
+/// Largest MTU we use. Without `feature-sg` Linux netback caps the vif at
+/// `ETH_DATA_LEN` (`xenvif_change_mtu`) and a frame must fit one slot; with
+/// offload, large TCP transfers use segmentation offload instead, so the MTU
+/// stays 1500 in both modes.
 pub const MAX_MTU: u16 = 1500;
 /// Smallest MTU we accept from xenstore (IPv4's minimum).
 pub const MIN_MTU: u16 = 68;
@@ -31,7 +37,9 @@ pub struct Config {
     pub vif: u32,
     /// RX buffers kept posted, one granted page each (1..=256).
     pub rx_buffers: u16,
-    /// TX buffers (frames in flight), two per granted page (1..=256).
+    /// TX buffers (1..=256). Without offload each holds one frame, two per
+    /// granted page; with offload each is a page (one ring slot) and a
+    /// large frame takes several (see [`Layout::tso_max_frame`]).
     pub tx_buffers: u16,
     /// Ring slots `receive()` may consume between two `poll()` calls.
     pub rx_budget: u32,
@@ -44,6 +52,11 @@ pub struct Config {
     pub retry_ms: u64,
     /// Interval between backend-state checks while connected.
     pub state_check_ms: u64,
+    /// Ask for offload: TCP segmentation offload on TX, scatter-gather and
+    /// GSO on RX, TCP checksum offload both ways. Used when the backend
+    /// offers `feature-sg` and `feature-gso-tcpv4` and `rx_buffers >= 18`;
+    /// otherwise (and when false) the driver works as without it.
+    pub offload: bool,
     #[cfg(test)]
     pub(crate) ring_start: u32,
 }
@@ -59,6 +72,7 @@ impl Default for Config {
             close_timeout_ms: 5_000,
             retry_ms: 10,
             state_check_ms: 500,
+            offload: true,
             #[cfg(test)]
             ring_start: 0,
         }
@@ -79,17 +93,17 @@ impl Config {
         Ok(())
     }
 
-    /// Guest memory a connection with this sizing takes.
+    /// Guest memory a connection with this sizing takes, in the mode asked
+    /// for (with offload, what it takes if the backend agrees; the most it
+    /// can take). [`Netfront::memory`] gives the mode in use.
     pub fn memory(&self) -> MemoryUse {
-        let (nrx, ntx) = (self.rx_buffers as usize, self.tx_buffers as usize);
-        MemoryUse {
-            ring_pages: 2,
-            rx_pages: nrx,
-            tx_pages: pages_needed(nrx, ntx) - 2 - nrx,
-            // slot map + free lists + in-flight flags + the two copy buffers
-            // (page handles are counted by `Netfront::memory`).
-            heap_bytes: RX_RING_SIZE * 4 + nrx * 2 + ntx * 3 + PAGE_SIZE + TX_BUF_SIZE,
-        }
+        MemoryUse::for_layout(
+            self.rx_buffers as usize,
+            self.tx_buffers as usize,
+            Layout {
+                offload: self.offload && usize::from(self.rx_buffers) >= RX_BUFFERS_FOR_OFFLOAD,
+            },
+        )
     }
 }
 
@@ -104,6 +118,26 @@ pub struct MemoryUse {
 }
 
 impl MemoryUse {
+    /// What a connection with `nrx` RX and `ntx` TX buffers takes.
+    pub fn for_layout(nrx: usize, ntx: usize, layout: Layout) -> MemoryUse {
+        // Copy buffers: the received frame (one page, or a whole packet of
+        // up to 64 KiB reassembled from its slots) and the frame smoltcp
+        // writes (one 2 KiB buffer, or the largest TSO frame).
+        let copies = if layout.offload {
+            MAX_RX_FRAME + Layout::tso_max_frame(ntx)
+        } else {
+            PAGE_SIZE + TX_BUF_SIZE
+        };
+        MemoryUse {
+            ring_pages: 2,
+            rx_pages: nrx,
+            tx_pages: layout.pages(nrx, ntx) - 2 - nrx,
+            // slot map + free lists + TX buffer states + the two copy buffers
+            // (page handles are counted by `Netfront::memory`).
+            heap_bytes: RX_RING_SIZE * 4 + nrx * 2 + ntx * 3 + copies,
+        }
+    }
+
     pub fn pages(&self) -> usize {
         self.ring_pages + self.rx_pages + self.tx_pages
     }
@@ -173,7 +207,8 @@ impl fmt::Display for BackendFeatures {
 }
 
 /// The keys the frontend writes besides rings, event channel and state, with
-/// their values. Each is a deliberate choice (see the crate docs).
+/// their values, when offload is not used. Each is a deliberate choice (see
+/// the crate docs).
 pub const FRONTEND_FEATURES: &[(&str, &str)] = &[
     ("request-rx-copy", "1"),
     ("feature-rx-notify", "1"),
@@ -183,6 +218,76 @@ pub const FRONTEND_FEATURES: &[(&str, &str)] = &[
     ("feature-no-csum-offload", "1"),
     ("feature-ipv6-csum-offload", "0"),
 ];
+
+/// The same keys in offload mode: scatter-gather and IPv4 TCP GSO both
+/// ways, IPv4 TCP/UDP checksum offload (`feature-no-csum-offload=0`);
+/// still IPv4 only.
+pub const FRONTEND_FEATURES_OFFLOAD: &[(&str, &str)] = &[
+    ("request-rx-copy", "1"),
+    ("feature-rx-notify", "1"),
+    ("feature-sg", "1"),
+    ("feature-gso-tcpv4", "1"),
+    ("feature-gso-tcpv6", "0"),
+    ("feature-no-csum-offload", "0"),
+    ("feature-ipv6-csum-offload", "0"),
+];
+
+/// Whether a connection uses offload ([`Config::offload`]), and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offload {
+    /// TCP segmentation offload on TX (frames up to `tso_max_frame` bytes
+    /// with a GSO extra), scatter-gather + GSO on RX (packets up to 64 KiB
+    /// over several slots), TCP checksum offload both ways.
+    On {
+        tso_max_frame: usize,
+    },
+    Off(OffloadOff),
+}
+
+/// Why offload is not in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffloadOff {
+    /// No connection has been negotiated yet.
+    NotNegotiated,
+    /// [`Config::offload`] is false.
+    NotRequested,
+    /// The backend does not offer `feature-sg`.
+    BackendLacksSg,
+    /// The backend does not offer `feature-gso-tcpv4`.
+    BackendLacksGsoTcpv4,
+    /// `rx_buffers` is below 18, the slots netback needs posted before it
+    /// delivers a 64 KiB packet.
+    TooFewRxBuffers,
+    /// The 64 KiB copy buffers could not be allocated.
+    NoMemory,
+}
+
+impl Offload {
+    pub fn is_on(&self) -> bool {
+        matches!(self, Offload::On { .. })
+    }
+}
+
+impl fmt::Display for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Offload::On { tso_max_frame } => {
+                write!(f, "tso+sg+csum (tx frames up to {tso_max_frame} B)")
+            }
+            Offload::Off(why) => {
+                let why = match why {
+                    OffloadOff::NotNegotiated => "not negotiated yet",
+                    OffloadOff::NotRequested => "not requested",
+                    OffloadOff::BackendLacksSg => "backend lacks feature-sg",
+                    OffloadOff::BackendLacksGsoTcpv4 => "backend lacks feature-gso-tcpv4",
+                    OffloadOff::TooFewRxBuffers => "rx_buffers below 18",
+                    OffloadOff::NoMemory => "no memory for the 64 KiB copy buffers",
+                };
+                write!(f, "off ({why})")
+            }
+        }
+    }
+}
 
 /// Why the link went down.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,6 +379,13 @@ pub struct Netfront<P: Platform> {
     rx_budget: u32,
     rx_frame: Vec<u8>,
     tx_staging: Vec<u8>,
+    /// The mode of the current (or last) connection.
+    offload: Offload,
+    /// Whether the last `capabilities()` told smoltcp to leave TCP
+    /// checksums (and segmentation) to us. smoltcp reads the capabilities
+    /// once, in `Interface::new`: what it was told decides what the frames
+    /// it sends look like and what it checks on the ones it receives.
+    stack_offload: Cell<bool>,
 }
 
 impl<P: Platform> Netfront<P> {
@@ -303,6 +415,8 @@ impl<P: Platform> Netfront<P> {
             stats: Stats::default(),
             rx_frame: Vec::with_capacity(PAGE_SIZE),
             tx_staging: Vec::with_capacity(TX_BUF_SIZE),
+            offload: Offload::Off(OffloadOff::NotNegotiated),
+            stack_offload: Cell::new(false),
         })
     }
 
@@ -415,6 +529,16 @@ impl<P: Platform> Netfront<P> {
         &self.features
     }
 
+    /// Whether the current (or last) connection uses offload, and if not,
+    /// why. Decided when the backend reaches InitWait; fixed for the
+    /// connection. [`capabilities`](phy::Device::capabilities) follows it,
+    /// and smoltcp reads those once, in `Interface::new`: create the
+    /// Interface after [`Event::Connected`] (it still works if created
+    /// before, only without segmentation offload).
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -423,9 +547,19 @@ impl<P: Platform> Netfront<P> {
         &self.cfg
     }
 
-    /// Memory a connection takes with this driver's sizing.
+    /// Memory a connection takes with this driver's sizing, in the mode
+    /// negotiated (before that: the mode asked for, see [`Config::memory`]).
     pub fn memory(&self) -> MemoryUse {
-        self.cfg.memory()
+        match self.offload {
+            Offload::Off(OffloadOff::NotNegotiated) => self.cfg.memory(),
+            mode => MemoryUse::for_layout(
+                self.cfg.rx_buffers as usize,
+                self.cfg.tx_buffers as usize,
+                Layout {
+                    offload: mode.is_on(),
+                },
+            ),
+        }
     }
 
     /// Pages the driver holds right now: a connection's, those being given
@@ -524,23 +658,23 @@ impl<P: Platform> Netfront<P> {
         };
         self.mtu = match self.read_front("mtu") {
             Err(_) => 1500, // netif.h: absent means 1500
-            Ok(s) => {
-                match parse_u32(&s) {
-                    Some(m) if m > u32::from(MAX_MTU) => {
-                        log::warn!("netfront: mtu {m} needs feature-sg, which we do not use: using {MAX_MTU}");
-                        MAX_MTU
-                    }
-                    Some(m) if m < u32::from(MIN_MTU) => {
-                        log::warn!("netfront: mtu {m} below {MIN_MTU}: using 1500");
-                        1500
-                    }
-                    Some(m) => m as u16,
-                    None => {
-                        log::warn!("netfront: unparsable mtu {s:?}: using 1500");
-                        1500
-                    }
+            Ok(s) => match parse_u32(&s) {
+                Some(m) if m > u32::from(MAX_MTU) => {
+                    log::warn!(
+                        "netfront: mtu {m} above {MAX_MTU} is not supported: using {MAX_MTU}"
+                    );
+                    MAX_MTU
                 }
-            }
+                Some(m) if m < u32::from(MIN_MTU) => {
+                    log::warn!("netfront: mtu {m} below {MIN_MTU}: using 1500");
+                    1500
+                }
+                Some(m) => m as u16,
+                None => {
+                    log::warn!("netfront: unparsable mtu {s:?}: using 1500");
+                    1500
+                }
+            },
         };
         if let Err(e) = self.set_state(XenbusState::Initialising) {
             return self.fail(e);
@@ -626,7 +760,15 @@ impl<P: Platform> Netfront<P> {
         if !self.features.rx_copy {
             return self.fail(Error::BackendLacksRxCopy);
         }
-        let mut conn = Conn::new(self.cfg.rx_buffers as usize, self.cfg.tx_buffers as usize);
+        self.offload = self.choose_offload();
+        let layout = Layout {
+            offload: self.offload.is_on(),
+        };
+        let mut conn = Conn::new(
+            self.cfg.rx_buffers as usize,
+            self.cfg.tx_buffers as usize,
+            layout,
+        );
         if let Err(e) = self.conn_alloc(&mut conn) {
             // Nobody has seen these pages yet: give them straight back.
             let pages = core::mem::take(&mut conn.pages);
@@ -641,10 +783,50 @@ impl<P: Platform> Netfront<P> {
         self.step_wait_connected();
     }
 
+    /// Offload when asked for, offered by the backend, and affordable; the
+    /// copy buffers are sized for the mode here (allocated now, so the data
+    /// path never allocates).
+    fn choose_offload(&mut self) -> Offload {
+        let ntx = self.cfg.tx_buffers as usize;
+        let tso_max_frame = Layout::tso_max_frame(ntx);
+        let mode = if !self.cfg.offload {
+            Offload::Off(OffloadOff::NotRequested)
+        } else if !self.features.sg {
+            Offload::Off(OffloadOff::BackendLacksSg)
+        } else if !self.features.gso_tcpv4 {
+            Offload::Off(OffloadOff::BackendLacksGsoTcpv4)
+        } else if usize::from(self.cfg.rx_buffers) < RX_BUFFERS_FOR_OFFLOAD {
+            Offload::Off(OffloadOff::TooFewRxBuffers)
+        } else if self
+            .rx_frame
+            .try_reserve_exact(MAX_RX_FRAME.saturating_sub(self.rx_frame.len()))
+            .is_err()
+            || self
+                .tx_staging
+                .try_reserve_exact(tso_max_frame.saturating_sub(self.tx_staging.len()))
+                .is_err()
+        {
+            Offload::Off(OffloadOff::NoMemory)
+        } else {
+            Offload::On { tso_max_frame }
+        };
+        if !mode.is_on() {
+            // Back to the small buffers (after an offload connection).
+            self.rx_frame.clear();
+            self.rx_frame.shrink_to(PAGE_SIZE);
+            self.tx_staging.clear();
+            self.tx_staging.shrink_to(TX_BUF_SIZE);
+        }
+        log::debug!("netfront: vif{} offload: {mode}", self.cfg.vif);
+        mode
+    }
+
     /// Fill `conn`: pages, grants, rings, port, RX buffers posted. On failure
     /// `conn` holds what was allocated so far.
     fn conn_alloc(&mut self, conn: &mut Conn<P>) -> Result<(), Error> {
-        let n = pages_needed(self.cfg.rx_buffers as usize, self.cfg.tx_buffers as usize);
+        let n = conn
+            .layout()
+            .pages(self.cfg.rx_buffers as usize, self.cfg.tx_buffers as usize);
         for i in 0..n {
             let page = self.platform.alloc_page()?;
             match self
@@ -692,7 +874,12 @@ impl<P: Platform> Netfront<P> {
         self.write_front("tx-ring-ref", &format!("{tx}"))?;
         self.write_front("rx-ring-ref", &format!("{rx}"))?;
         self.write_front("event-channel", &format!("{port}"))?;
-        for (k, v) in FRONTEND_FEATURES {
+        let keys = if self.offload.is_on() {
+            FRONTEND_FEATURES_OFFLOAD
+        } else {
+            FRONTEND_FEATURES
+        };
+        for (k, v) in keys {
             self.write_front(k, v)?;
         }
         // Last, so the backend sees every key when it reacts to the state.
@@ -705,7 +892,11 @@ impl<P: Platform> Netfront<P> {
                 self.phase = Phase::Connected;
                 self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
                 self.rx_budget = self.cfg.rx_budget;
-                log::info!("netfront: vif{} connected", self.cfg.vif);
+                log::info!(
+                    "netfront: vif{} connected, offload: {}",
+                    self.cfg.vif,
+                    self.offload
+                );
                 self.events.push_back(Event::Connected {
                     mac: self.mac,
                     mtu: self.mtu,
@@ -849,13 +1040,24 @@ impl fmt::Display for MacFmt {
 // ---------------------------------------------------------------- smoltcp
 
 impl<P: Platform> Netfront<P> {
-    /// A TX buffer and slot are free (reaping completions if needed).
-    /// Counts a ring-full event otherwise; disconnects on a broken ring.
-    fn tx_ready(&mut self) -> bool {
+    /// The largest frame a TX token from `transmit()` may carry: a TSO frame
+    /// when offload is on and smoltcp was told so, else MTU + header.
+    fn tx_capacity(&self) -> usize {
+        match self.offload {
+            Offload::On { tso_max_frame } if self.stack_offload.get() => tso_max_frame,
+            _ => usize::from(self.mtu) + ETH_HDR,
+        }
+    }
+
+    /// TX buffers and ring slots for a frame of `len` bytes (a possible GSO
+    /// extra included) are free (reaping completions if needed). Counts a
+    /// ring-full event otherwise; disconnects on a broken ring.
+    fn tx_ready(&mut self, len: usize) -> bool {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        match conn.tx_ready(&mut self.stats) {
+        let (bufs, slots) = conn.tx_cost(len, conn.layout().offload);
+        match conn.tx_ready(&mut self.stats, bufs, slots) {
             Ok(true) => true,
             Ok(false) => {
                 self.stats.tx_ring_full += 1;
@@ -869,7 +1071,7 @@ impl<P: Platform> Netfront<P> {
     }
 }
 
-/// A received frame, already copied out of the granted page.
+/// A received frame, already copied out of the granted page(s).
 pub struct RxToken<'a> {
     frame: &'a [u8],
 }
@@ -883,13 +1085,18 @@ impl phy::RxToken for RxToken<'_> {
     }
 }
 
-/// Permission to send one frame (a TX buffer and ring slot were free).
+/// Permission to send one frame of up to its capacity (TX buffers and ring
+/// slots for that much were free).
 pub struct TxToken<'a, P: Platform> {
     platform: &'a mut P,
     conn: &'a mut Conn<P>,
     stats: &'a mut Stats,
     staging: &'a mut Vec<u8>,
     max_frame: usize,
+    /// smoltcp fills TCP checksums (it was told `Checksum::Both`).
+    stack_fills_tcp: bool,
+    /// `PacketMeta::segmentation_offload_size`: the MSS of a TSO frame.
+    gso_mss: Option<u16>,
 }
 
 impl<P: Platform> phy::TxToken for TxToken<'_, P> {
@@ -903,9 +1110,19 @@ impl<P: Platform> phy::TxToken for TxToken<'_, P> {
         if len < ETH_HDR || len > self.max_frame {
             self.stats.tx_drop_bad_len += 1;
         } else {
-            self.conn.tx_send(self.platform, self.stats, self.staging);
+            self.conn.tx_send(
+                self.platform,
+                self.stats,
+                self.staging,
+                self.gso_mss,
+                self.stack_fills_tcp,
+            );
         }
         r
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.gso_mss = meta.segmentation_offload_size.map(|m| m.get());
     }
 }
 
@@ -925,15 +1142,19 @@ impl<P: Platform> phy::Device for Netfront<P> {
         }
         // A reply may need a TX buffer: rather than drop it, leave the frame
         // on the ring until TX completions free one (they raise an event).
-        if !self.tx_ready() {
+        // Replies (ACKs, RSTs, echo replies) are never larger than the MTU.
+        let reply_max = usize::from(self.mtu) + ETH_HDR;
+        if !self.tx_ready(reply_max) {
             return None;
         }
+        let stack_offload = self.stack_offload.get();
         let conn = self.conn.as_mut()?;
         let outcome = conn.rx_pull(
             &mut self.platform,
             &mut self.stats,
             &mut self.rx_budget,
             &mut self.rx_frame,
+            !stack_offload,
         );
         match outcome {
             RxOutcome::Frame(len) => Some((
@@ -945,7 +1166,9 @@ impl<P: Platform> phy::Device for Netfront<P> {
                     conn: self.conn.as_mut()?,
                     stats: &mut self.stats,
                     staging: &mut self.tx_staging,
-                    max_frame: usize::from(self.mtu) + ETH_HDR,
+                    max_frame: reply_max,
+                    stack_fills_tcp: !stack_offload,
+                    gso_mss: None,
                 },
             )),
             RxOutcome::Empty | RxOutcome::Budget => None,
@@ -957,31 +1180,56 @@ impl<P: Platform> phy::Device for Netfront<P> {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        if self.phase != Phase::Connected || !self.tx_ready() {
+        if self.phase != Phase::Connected {
             return None;
         }
+        // Room for the largest frame this token may carry: a frame is never
+        // dropped or split for want of buffers, smoltcp just retries later.
+        let max_frame = self.tx_capacity();
+        if !self.tx_ready(max_frame) {
+            return None;
+        }
+        let stack_fills_tcp = !self.stack_offload.get();
         Some(TxToken {
             platform: &mut self.platform,
             conn: self.conn.as_mut()?,
             stats: &mut self.stats,
             staging: &mut self.tx_staging,
-            max_frame: usize::from(self.mtu) + ETH_HDR,
+            max_frame,
+            stack_fills_tcp,
+            gso_mss: None,
         })
     }
 
     /// Ethernet, MTU from xenstore (+14 for the Ethernet header, as smoltcp
-    /// counts it), and smoltcp computes every checksum on TX and verifies
+    /// counts it).
+    ///
+    /// Without offload smoltcp computes every checksum on TX and verifies
     /// every checksum on RX (`Checksum::Both`): we never set
     /// `NETTXF_csum_blank`, and we ask the backend for complete checksums
-    /// (`feature-no-csum-offload=1`, completing any `NETRXF_csum_blank` frame
-    /// ourselves), so software verification is both possible and a cheap
-    /// guard against a backend handing us corrupt frames.
+    /// (`feature-no-csum-offload=1`, completing any `NETRXF_csum_blank`
+    /// frame ourselves), so software verification is both possible and a
+    /// cheap guard against a backend handing us corrupt frames.
+    ///
+    /// With offload, TCP is `Checksum::None` (the driver sends TCP with
+    /// `csum_blank` and checks received TCP the backend did not vouch for)
+    /// and `segmentation.tcpv4` is the largest TSO frame; IPv4, UDP and
+    /// ICMP stay `Both`.
+    ///
+    /// smoltcp reads this once, in `Interface::new`; the driver remembers
+    /// what it answered last and treats frames accordingly.
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = usize::from(self.mtu) + ETH_HDR;
         caps.max_burst_size = None;
         caps.checksum = ChecksumCapabilities::default();
+        let offload = matches!(self.offload, Offload::On { .. });
+        if let Offload::On { tso_max_frame } = self.offload {
+            caps.checksum.tcp = Checksum::None;
+            caps.segmentation.tcpv4 = NonZeroUsize::new(tso_max_frame);
+        }
+        self.stack_offload.set(offload);
         caps
     }
 }

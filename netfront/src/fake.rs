@@ -3,6 +3,19 @@
 //! that follows Linux netback's xenbus state machine and services the rings
 //! the way netback does (RX responses in the request's slot, grant copies
 //! that check permissions), plus hooks to misbehave.
+//!
+//! With the frontend's `feature-sg`/`feature-gso-tcpv4`/checksum offload it
+//! behaves like netback with them: TX packets are parsed slot chain by slot
+//! chain with netback's rules (first size = whole packet, extras after the
+//! first slot, no slot crossing its page, at most 18 slots; what would be a
+//! drop or a fatal error in netback is a test failure here, since our
+//! frontend must never cause one), `csum_blank` TCP must carry the
+//! pseudo-header sum, each slot is answered with its id and each extra with
+//! `NETIF_RSP_NULL` right after the first slot's answer; GSO packets are
+//! segmented the way Linux's `tcp_gso_segment` does (or delivered whole,
+//! checksum completed). On RX, packets are laid out like `xenvif_rx_skb`:
+//! full-page data slots from offset 0, the extras after the first slot,
+//! checksum flags on the first slot.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -11,6 +24,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
 
+use crate::csum;
 use crate::platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
 use crate::ring::needs_notify;
 use crate::wire::*;
@@ -388,6 +402,118 @@ pub struct FakeNetback {
     pub fatal: Option<String>,
     /// Keys the frontend had written when we connected.
     pub seen_keys: BTreeMap<String, String>,
+    /// What the frontend negotiated (read at connect).
+    pub fe: FrontendOffload,
+    /// GSO packets from the frontend: segment them (like Linux forwarding
+    /// to a device without TSO) or deliver them whole.
+    pub gso_delivery: GsoDelivery,
+    /// Answer a multi-slot packet's continuation slots before its first
+    /// (netback releases slots as the stack lets go of their pages).
+    pub tx_frags_first: bool,
+    /// What went through, for assertions.
+    pub seen: BackSeen,
+}
+
+/// The offload keys the frontend wrote, as netback reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendOffload {
+    pub sg: bool,
+    pub gso_tcpv4: bool,
+    /// IPv4 checksum offload (`feature-no-csum-offload` absent or 0).
+    pub csum: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GsoDelivery {
+    #[default]
+    Segment,
+    Intact,
+}
+
+/// Counters of the fake backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackSeen {
+    pub tx_packets: u64,
+    pub tx_multi_slot: u64,
+    pub tx_gso: u64,
+    pub tx_csum_blank: u64,
+    /// Largest TX packet, and most slots in one.
+    pub tx_max_len: usize,
+    pub tx_max_slots: usize,
+    /// Segments made from GSO packets.
+    pub tx_segments: u64,
+    pub rx_packets: u64,
+    pub rx_multi_slot: u64,
+    pub rx_gso: u64,
+}
+
+/// A TX packet as netback assembles it.
+#[derive(Clone, Debug)]
+pub struct TxPacket {
+    pub first: TxRequest,
+    /// The raw extra-info slots.
+    pub extras: Vec<[u8; 8]>,
+    pub gso: Option<GsoExtra>,
+    /// The continuation data slots.
+    pub frags: Vec<TxRequest>,
+    pub data: Vec<u8>,
+}
+
+/// `tcp_gso_segment` for an Ethernet/IPv4/TCP frame: `mss`-byte segments,
+/// headers copied, IPv4 total length, id (+1 per segment) and header
+/// checksum redone, sequence numbers advanced, FIN and PSH only on the last
+/// segment, CWR only on the first, full TCP checksums.
+pub fn gso_segment(frame: &[u8], mss: usize) -> Vec<Vec<u8>> {
+    let l4 = csum::ipv4_l4(frame).expect("gso packet is not IPv4 TCP");
+    assert_eq!(l4.proto, csum::PROTO_TCP, "gso packet is not TCP");
+    let thl = usize::from(frame[l4.start + 12] >> 4) * 4;
+    let hdr = l4.start + thl;
+    let payload = &frame[hdr..l4.start + l4.len];
+    assert!(mss > 0);
+    let seq0 = u32::from_be_bytes(frame[l4.start + 4..l4.start + 8].try_into().unwrap());
+    let id0 = u16::from_be_bytes([frame[18], frame[19]]);
+    let flags = frame[l4.start + 13];
+    let n = payload.len().div_ceil(mss).max(1);
+    let mut out = Vec::new();
+    for (i, chunk) in payload.chunks(mss).enumerate().chain(
+        // An empty payload still makes one segment.
+        (payload.is_empty()).then_some((0, &payload[..0])),
+    ) {
+        let mut f = frame[..hdr].to_vec();
+        f.extend_from_slice(chunk);
+        let ip_total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&ip_total.to_be_bytes());
+        f[18..20].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        f[24] = 0;
+        f[25] = 0;
+        let ihl = l4.start - 14;
+        let c = ip_header_checksum(&f[14..14 + ihl]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let seq = seq0.wrapping_add((i * mss) as u32);
+        f[l4.start + 4..l4.start + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut fl = flags;
+        if i + 1 < n {
+            fl &= !(0x01 | 0x08); // FIN, PSH
+        }
+        if i > 0 {
+            fl &= !0x80; // CWR
+        }
+        f[l4.start + 13] = fl;
+        csum::fill_ipv4_l4_checksum(&mut f).unwrap();
+        out.push(f);
+    }
+    out
+}
+
+fn ip_header_checksum(h: &[u8]) -> u16 {
+    let mut acc: u32 = 0;
+    for c in h.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
 }
 
 impl FakeNetback {
@@ -418,6 +544,10 @@ impl FakeNetback {
             online: true,
             fatal: None,
             seen_keys: BTreeMap::new(),
+            fe: FrontendOffload::default(),
+            gso_delivery: GsoDelivery::Segment,
+            tx_frags_first: false,
+            seen: BackSeen::default(),
         }
     }
 
@@ -459,6 +589,12 @@ impl FakeNetback {
         if self.front_key("feature-rx-notify") != Some(1) {
             return Err("feature-rx-notify missing".into());
         }
+        // netback: can_sg, gso_mask, ip_csum = !feature-no-csum-offload.
+        self.fe = FrontendOffload {
+            sg: self.front_key("feature-sg") == Some(1),
+            gso_tcpv4: self.front_key("feature-gso-tcpv4") == Some(1),
+            csum: self.front_key("feature-no-csum-offload").unwrap_or(0) == 0,
+        };
         let tx_gref = self.front_key("tx-ring-ref").ok_or("no tx-ring-ref")?;
         let rx_gref = self.front_key("rx-ring-ref").ok_or("no rx-ring-ref")?;
         let port = self.front_key("event-channel").ok_or("no event-channel")?;
@@ -642,6 +778,68 @@ impl FakeNetback {
         self.send_frame_flags(frame, 0)
     }
 
+    /// Deliver one packet the way `xenvif_rx_skb` does: data in full-page
+    /// slots from offset 0, `NETRXF_more_data` on all but the last, a GSO
+    /// extra after the first slot when `gso` (the MSS) is given, `flags`
+    /// (checksum flags) on the first slot. With `NETRXF_csum_blank` the TCP
+    /// or UDP checksum field is set to the pseudo-header sum, as a
+    /// `CHECKSUM_PARTIAL` skb has it. Waits (returns false, consumes
+    /// nothing) until enough requests are posted, like
+    /// `xenvif_rx_ring_slots_available`. Not yet visible: call `push_rx`.
+    pub fn send_packet(&mut self, frame: &[u8], gso: Option<u16>, flags: u16) -> bool {
+        let nslots = frame.len().div_ceil(PAGE_SIZE).max(1);
+        let needed = nslots + usize::from(gso.is_some());
+        if (self.rx_requests_available() as usize) < needed {
+            return false;
+        }
+        assert!(
+            nslots == 1 || self.fe.sg,
+            "multi-slot rx without feature-sg"
+        );
+        assert!(
+            gso.is_none() || self.fe.gso_tcpv4,
+            "gso rx without feature-gso-tcpv4"
+        );
+        assert!(
+            flags & NETRXF_CSUM_BLANK == 0 || self.fe.csum,
+            "csum_blank rx with feature-no-csum-offload"
+        );
+        let mut frame = frame.to_vec();
+        if flags & NETRXF_CSUM_BLANK != 0 {
+            let l4 = csum::ipv4_l4(&frame).expect("csum_blank on a frame that is not TCP/UDP");
+            frame[l4.csum_at..l4.csum_at + 2].copy_from_slice(&l4.pseudo.to_be_bytes());
+        }
+        for (i, chunk) in frame.chunks(PAGE_SIZE).enumerate() {
+            let req = self.take_rx_request().unwrap();
+            self.copy_to_grant(req.gref, 0, chunk);
+            let mut f = 0;
+            if i == 0 {
+                f |= flags;
+                if gso.is_some() {
+                    f |= NETRXF_EXTRA_INFO;
+                }
+            }
+            if i + 1 < nslots {
+                f |= NETRXF_MORE_DATA;
+            }
+            let rsp = RxResponse {
+                id: req.id,
+                offset: 0,
+                flags: f,
+                status: chunk.len() as i16,
+            };
+            self.put_rx_raw(rsp.encode());
+            if let (0, Some(mss)) = (i, gso) {
+                let _ = self.take_rx_request().unwrap();
+                self.put_rx_raw(GsoExtra::tcpv4(mss).encode());
+            }
+        }
+        self.seen.rx_packets += 1;
+        self.seen.rx_multi_slot += u64::from(nslots > 1);
+        self.seen.rx_gso += u64::from(gso.is_some());
+        true
+    }
+
     /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY` on the RX ring.
     pub fn push_rx(&mut self) -> bool {
         let world = self.world.clone();
@@ -675,41 +873,187 @@ impl FakeNetback {
 
     // -------------------------------------------------------------- TX side
 
-    /// Consume every pending TX request, returning it with the bytes it
-    /// points at (grant-copied out, checking the grant).
-    pub fn take_tx(&mut self) -> Vec<(TxRequest, Vec<u8>)> {
+    /// Grant-copy TX bytes out of a frontend page, checking that it is
+    /// granted to us read-only and that the slot stays inside its page.
+    fn tx_bytes(world: &World, req: &TxRequest, len: usize) -> Vec<u8> {
+        assert!(
+            req.offset as usize + len <= PAGE_SIZE,
+            "tx request crosses the page: offset {} size {len}",
+            req.offset
+        );
+        let mem = world
+            .grant_mem(req.gref, BACK_DOMID, false)
+            .expect("tx gref not granted to backend");
+        {
+            let w = world.0.borrow();
+            assert!(w.grants[&req.gref].readonly, "tx page granted writable");
+        }
+        let v = mem.borrow()[req.offset as usize..][..len].to_vec();
+        v
+    }
+
+    /// Consume every pending TX packet (all its slots), checking it the way
+    /// netback would: anything netback would drop or treat as fatal fails
+    /// the test.
+    pub fn take_tx_packets(&mut self) -> Vec<TxPacket> {
         let world = self.world.clone();
-        let c = self.c();
+        let fe = self.fe;
+        let seen = &mut self.seen;
+        let c = self.conn.as_mut().expect("backend not connected");
         let mut out = Vec::new();
         let prod = rd32(&c.tx, RING_REQ_PROD);
         assert!(
             prod.wrapping_sub(c.tx_rsp_prod_pvt) <= TX_RING_SIZE as u32,
             "frontend overfilled the tx ring"
         );
-        while c.tx_req_cons != prod {
+        let next = |c: &mut BackConn| -> [u8; 12] {
+            assert!(c.tx_req_cons != prod, "tx packet continues past req_prod");
             let off = tx_slot_offset(c.tx_req_cons);
-            let raw: [u8; 12] = c.tx.borrow()[off..off + 12].try_into().unwrap();
             c.tx_req_cons = c.tx_req_cons.wrapping_add(1);
-            let req = TxRequest::decode(&raw);
-            assert_eq!(req.flags, 0, "frontend sent tx flags");
-            assert!(
-                req.offset as usize + req.size as usize <= PAGE_SIZE,
-                "tx request crosses the page"
-            );
-            assert!(req.size >= 14, "runt tx frame");
-            let mem = world
-                .grant_mem(req.gref, BACK_DOMID, false)
-                .expect("tx gref not granted to backend");
-            {
-                let w = world.0.borrow();
-                assert!(w.grants[&req.gref].readonly, "tx page granted writable");
+            c.tx.borrow()[off..off + 12].try_into().unwrap()
+        };
+        while c.tx_req_cons != prod {
+            let first = TxRequest::decode(&next(c));
+            if !fe.sg && !fe.csum {
+                assert_eq!(first.flags, 0, "frontend sent tx flags");
             }
-            let data = mem.borrow()[req.offset as usize..][..req.size as usize].to_vec();
-            out.push((req, data));
+            let mut extras = Vec::new();
+            let mut gso = None;
+            if first.flags & NETTXF_EXTRA_INFO != 0 {
+                loop {
+                    let raw: [u8; 8] = next(c)[..8].try_into().unwrap();
+                    let e = GsoExtra::decode(&raw);
+                    assert!(
+                        (1..=XEN_NETIF_EXTRA_TYPE_HASH).contains(&e.ty),
+                        "invalid extra type {}",
+                        e.ty
+                    );
+                    if e.ty == XEN_NETIF_EXTRA_TYPE_GSO {
+                        assert!(fe.gso_tcpv4, "gso without feature-gso-tcpv4");
+                        assert!(e.size > 0, "GSO size must not be zero");
+                        assert_eq!(e.gso_type, XEN_NETIF_GSO_TYPE_TCPV4, "bad GSO type");
+                        gso = Some(e);
+                    }
+                    extras.push(raw);
+                    if e.flags & XEN_NETIF_EXTRA_FLAG_MORE == 0 {
+                        break;
+                    }
+                }
+            }
+            // xenvif_count_requests
+            let mut frags = Vec::new();
+            let mut remaining = first.size as usize;
+            let mut more = first.flags & NETTXF_MORE_DATA != 0;
+            while more {
+                assert!(fe.sg, "multi-slot tx without feature-sg");
+                assert!(
+                    frags.len() < XEN_NETIF_NR_SLOTS_MIN,
+                    "more than {XEN_NETIF_NR_SLOTS_MIN} slots"
+                );
+                let r = TxRequest::decode(&next(c));
+                assert!(
+                    r.size as usize <= remaining,
+                    "slot size {} > remaining size {remaining}",
+                    r.size
+                );
+                remaining -= r.size as usize;
+                assert!(
+                    r.offset as usize + r.size as usize <= PAGE_SIZE,
+                    "cross page"
+                );
+                assert!(r.size > 0, "empty continuation slot");
+                more = r.flags & NETTXF_MORE_DATA != 0;
+                assert_eq!(
+                    r.flags & !NETTXF_MORE_DATA,
+                    0,
+                    "flags on a continuation slot"
+                );
+                frags.push(r);
+            }
+            assert!(first.size >= 14, "runt tx frame");
+            assert!(remaining > 0, "empty first slot");
+            let mut data = Self::tx_bytes(&world, &first, remaining);
+            for r in &frags {
+                data.extend(Self::tx_bytes(&world, r, r.size as usize));
+            }
+            assert_eq!(data.len(), first.size as usize);
+            // Checksum offload: checksum_setup/skb_checksum_setup.
+            let blank = first.flags & NETTXF_CSUM_BLANK != 0;
+            if first.flags & (NETTXF_CSUM_BLANK | NETTXF_DATA_VALIDATED) != 0 {
+                assert!(fe.csum, "checksum flags with feature-no-csum-offload=1");
+            }
+            if blank {
+                assert!(
+                    first.flags & NETTXF_DATA_VALIDATED != 0,
+                    "csum_blank without data_validated"
+                );
+                let l4 = csum::ipv4_l4(&data).expect("csum_blank on a non TCP/UDP frame");
+                let field = u16::from_be_bytes([data[l4.csum_at], data[l4.csum_at + 1]]);
+                assert_eq!(field, l4.pseudo, "csum_blank without the pseudo-header sum");
+                seen.tx_csum_blank += 1;
+            }
+            if gso.is_some() {
+                assert!(
+                    blank,
+                    "gso packet without csum_blank (netback would fix it up)"
+                );
+                assert_eq!(csum::ipv4_l4(&data).unwrap().proto, csum::PROTO_TCP);
+                seen.tx_gso += 1;
+            }
+            seen.tx_packets += 1;
+            seen.tx_multi_slot += u64::from(!frags.is_empty());
+            seen.tx_max_len = seen.tx_max_len.max(data.len());
+            seen.tx_max_slots = seen.tx_max_slots.max(1 + frags.len());
+            out.push(TxPacket {
+                first,
+                extras,
+                gso,
+                frags,
+                data,
+            });
         }
         // RING_FINAL_CHECK_FOR_REQUESTS: ask to be kicked for the next one.
         wr32(&c.tx, RING_REQ_EVENT, c.tx_req_cons.wrapping_add(1));
         out
+    }
+
+    /// Consume every pending TX packet, returning its first request with
+    /// the packet's bytes.
+    pub fn take_tx(&mut self) -> Vec<(TxRequest, Vec<u8>)> {
+        self.take_tx_packets()
+            .into_iter()
+            .map(|p| (p.first, p.data))
+            .collect()
+    }
+
+    /// Answer a packet like netback: its first slot (followed by a NULL per
+    /// extra) and every continuation slot, with `status`.
+    pub fn answer_tx(&mut self, p: &TxPacket, status: i16) {
+        let head = |be: &mut Self| {
+            be.put_tx_response(p.first.id, status);
+            for _ in &p.extras {
+                // make_tx_response: only the status of an extra's slot is
+                // written; its id bytes stay what the frontend put there.
+                be.put_tx_null();
+            }
+        };
+        if !self.tx_frags_first {
+            head(self);
+        }
+        for r in &p.frags {
+            self.put_tx_response(r.id, status);
+        }
+        if self.tx_frags_first {
+            head(self);
+        }
+    }
+
+    /// `RING_GET_RESPONSE(..)->status = XEN_NETIF_RSP_NULL` for an extra's slot.
+    pub fn put_tx_null(&mut self) {
+        let c = self.c();
+        let off = tx_slot_offset(c.tx_rsp_prod_pvt);
+        c.tx.borrow_mut()[off + 2..off + 4].copy_from_slice(&NETIF_RSP_NULL.to_le_bytes());
+        c.tx_rsp_prod_pvt = c.tx_rsp_prod_pvt.wrapping_add(1);
     }
 
     /// Write a TX response (id, status) in the next response slot.
@@ -738,15 +1082,33 @@ impl FakeNetback {
         wr32(&c.tx, RING_RSP_PROD, v);
     }
 
-    /// Take every TX frame, answer OKAY, push. Returns the frames.
+    /// Take every TX packet, answer OKAY, push. Returns the frames as a
+    /// peer on the bridge sees them: checksums completed, GSO packets
+    /// segmented (or whole, per `gso_delivery`).
     pub fn service_tx(&mut self) -> Vec<Vec<u8>> {
-        let reqs = self.take_tx();
-        for (r, _) in &reqs {
-            self.put_tx_response(r.id, NETIF_RSP_OKAY);
+        let pkts = self.take_tx_packets();
+        for p in &pkts {
+            self.answer_tx(p, NETIF_RSP_OKAY);
         }
-        if !reqs.is_empty() {
+        if !pkts.is_empty() {
             self.push_tx();
         }
-        reqs.into_iter().map(|(_, d)| d).collect()
+        let mut out = Vec::new();
+        for mut p in pkts {
+            match p.gso {
+                Some(g) if self.gso_delivery == GsoDelivery::Segment => {
+                    let segs = gso_segment(&p.data, g.size as usize);
+                    self.seen.tx_segments += segs.len() as u64;
+                    out.extend(segs);
+                }
+                _ => {
+                    if p.first.flags & NETTXF_CSUM_BLANK != 0 {
+                        csum::fill_ipv4_l4_checksum(&mut p.data).unwrap();
+                    }
+                    out.push(p.data);
+                }
+            }
+        }
+        out
     }
 }

@@ -128,10 +128,13 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use conn::{Misbehavior, TX_BUF_SIZE};
+pub use conn::{
+    Layout, Misbehavior, MAX_RX_FRAME, RX_BUFFERS_FOR_OFFLOAD, RX_MAX_DATA_SLOTS, TSO_MAX_PAGES,
+    TX_BUF_SIZE,
+};
 pub use driver::{
-    BackendFeatures, Config, Event, MemoryUse, Netfront, Reason, RxToken, State, TxToken,
-    FRONTEND_FEATURES, MAX_MTU, MIN_MTU,
+    BackendFeatures, Config, Event, MemoryUse, Netfront, Offload, OffloadOff, Reason, RxToken,
+    State, TxToken, FRONTEND_FEATURES, FRONTEND_FEATURES_OFFLOAD, MAX_MTU, MIN_MTU,
 };
 pub use platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
 pub use stats::Stats;

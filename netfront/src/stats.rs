@@ -11,8 +11,12 @@ pub struct Stats {
     /// Frames put on the TX ring, and their bytes.
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    /// TX responses with `NETIF_RSP_OKAY`.
+    /// Frames whose first slot got `NETIF_RSP_OKAY`.
     pub tx_completed: u64,
+    /// TX ring slots used (data slots and extra-info slots), and the frames
+    /// sent for segmentation by the backend (a GSO extra: offload mode).
+    pub tx_slots: u64,
+    pub tx_gso_frames: u64,
 
     /// RX responses with a negative status (`NETIF_RSP_ERROR`/`DROPPED`).
     pub rx_drop_error: u64,
@@ -20,15 +24,29 @@ pub struct Stats {
     pub rx_drop_bad_id: u64,
     /// RX responses with zero length, or offset + length beyond the page.
     pub rx_drop_bad_len: u64,
-    /// Frames spread over several slots (`NETRXF_more_data`: we did not offer
-    /// `feature-sg`, so we drop them whole).
+    /// Frames spread over several slots (`NETRXF_more_data`) we dropped:
+    /// without offload every one (we did not offer `feature-sg`); with it,
+    /// those of more than 19 slots or more than 14 + 65535 bytes.
     pub rx_drop_multislot: u64,
-    /// Frames carrying extra-info slots we never negotiated (GSO, hash...).
+    /// Frames with extra-info slots we dropped: without offload every one
+    /// (we never negotiated GSO, hash...); with it, those whose extras are
+    /// malformed (type 0 or unknown, GSO size 0 or unknown GSO type, more
+    /// than 4).
     pub rx_drop_extra_info: u64,
     /// `NETRXF_csum_blank` frames we could not complete (not IPv4 TCP/UDP).
     pub rx_drop_csum: u64,
     /// `NETRXF_csum_blank` frames we completed ourselves.
     pub rx_csum_filled: u64,
+    /// Offload mode: TCP frames the backend did not vouch for
+    /// (no `csum_blank`/`data_validated`) whose checksum we verified...
+    pub rx_csum_verified: u64,
+    /// ...and those we dropped: wrong checksum, or not checkable (an IPv4
+    /// fragment, a truncated header).
+    pub rx_csum_bad: u64,
+    /// Offload mode: frames delivered that came in several slots, and those
+    /// that came with a GSO extra (a large TCP packet from dom0).
+    pub rx_multi_slot: u64,
+    pub rx_gso: u64,
 
     /// TX responses with a negative status: the backend dropped the frame.
     pub tx_error: u64,
@@ -66,6 +84,7 @@ impl Stats {
             + self.rx_drop_multislot
             + self.rx_drop_extra_info
             + self.rx_drop_csum
+            + self.rx_csum_bad
     }
 
     /// All TX drops (by us, or reported by the backend).
@@ -79,8 +98,9 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rx {} frames {} B, tx {} frames {} B ({} ok); rx drops {} (err {} id {} len {} multi {} extra {} csum {}), \
-             csum-filled {}; tx drops {} (err {} len {}), tx bad-id {} bad-status {} reclaimed {}; \
+            "rx {} frames {} B, tx {} frames {} B ({} ok); rx drops {} (err {} id {} len {} multi {} extra {} csum {} csum-bad {}), \
+             csum-filled {} csum-verified {}; offload: tx-slots {} tx-gso {} rx-multi {} rx-gso {}; \
+             tx drops {} (err {} len {}), tx bad-id {} bad-status {} reclaimed {}; \
              tx-ring-full {} rx-budget-out {} prod-overflow {}; events {} notifies {} leaked-pages {}",
             self.rx_frames,
             self.rx_bytes,
@@ -94,7 +114,13 @@ impl fmt::Display for Stats {
             self.rx_drop_multislot,
             self.rx_drop_extra_info,
             self.rx_drop_csum,
+            self.rx_csum_bad,
             self.rx_csum_filled,
+            self.rx_csum_verified,
+            self.tx_slots,
+            self.tx_gso_frames,
+            self.rx_multi_slot,
+            self.rx_gso,
             self.tx_dropped(),
             self.tx_error,
             self.tx_drop_bad_len,
@@ -127,5 +153,14 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.starts_with("rx 3 frames 0 B"));
         assert!(line.contains("rx drops 3 (err 1 id 2"));
+        let s = Stats {
+            tx_gso_frames: 7,
+            rx_csum_bad: 2,
+            ..Default::default()
+        };
+        let line = alloc::format!("{s}");
+        assert!(!line.contains('\n'));
+        assert!(line.contains("tx-gso 7"), "{line}");
+        assert!(line.contains("rx drops 2 ("), "{line}");
     }
 }

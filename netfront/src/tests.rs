@@ -3,6 +3,8 @@
 mod datapath;
 mod handshake;
 mod hostile;
+mod offload;
+mod offload_smol;
 mod smol;
 
 use std::format;
@@ -76,8 +78,17 @@ impl H {
         h
     }
 
-    pub fn default_connected() -> H {
-        H::connected(BackendSetup::default(), Config::default())
+    /// Connected to a Debian-like netback with offload off: the driver's
+    /// behaviour before offload mode existed, which the older tests pin.
+    pub fn legacy_connected() -> H {
+        H::connected(BackendSetup::default(), legacy())
+    }
+
+    /// Connected to a Debian-like netback with the default config (offload).
+    pub fn offload_connected() -> H {
+        let h = H::connected(BackendSetup::default(), Config::default());
+        assert!(h.nf.offload().is_on(), "{:?}", h.nf.offload());
+        h
     }
 
     pub fn ts(&self) -> Instant {
@@ -119,6 +130,14 @@ impl H {
     }
 }
 
+/// The default config with offload off.
+pub fn legacy() -> Config {
+    Config {
+        offload: false,
+        ..Default::default()
+    }
+}
+
 /// A deterministic frame: Ethernet header to our MAC, then a pattern.
 pub fn test_frame(seed: u32, len: usize) -> Vec<u8> {
     assert!(len >= 14);
@@ -149,16 +168,49 @@ pub fn size_for(i: u32) -> usize {
 
 #[test]
 fn memory_at_default_sizing() {
-    let m = Config::default().memory();
+    let m = legacy().memory();
     assert_eq!((m.ring_pages, m.rx_pages, m.tx_pages), (2, 64, 16));
     assert_eq!(m.pages(), 82);
     assert!(m.total_bytes() < 350 * 1024, "{m}");
     let s = format!("{m}");
     assert!(s.starts_with("3"), "{s}");
     // And that is what a connection really allocates.
-    let h = H::default_connected();
+    let h = H::legacy_connected();
     assert_eq!(h.world.live_pages(), 82);
     assert_eq!(h.world.live_grants(), 82);
     assert_eq!(h.nf.pages_held(), 82);
     assert_eq!(h.nf.memory(), m);
+}
+
+#[test]
+fn memory_with_offload() {
+    // One page per TX buffer, and the 64 KiB copy buffers.
+    let m = Config::default().memory();
+    assert_eq!((m.ring_pages, m.rx_pages, m.tx_pages), (2, 64, 32));
+    assert_eq!(m.pages(), 98);
+    assert_eq!(
+        m.heap_bytes,
+        256 * 4 + 64 * 2 + 32 * 3 + (14 + 65535) + 8 * 4096,
+        "{m}"
+    );
+    assert!(m.total_bytes() < 500 * 1024, "{m}");
+    let h = H::offload_connected();
+    assert_eq!(h.world.live_pages(), 98);
+    assert_eq!(h.world.live_grants(), 98);
+    assert_eq!(h.nf.pages_held(), 98);
+    assert_eq!(h.nf.memory(), m);
+    // A backend without offload: the driver's memory is the legacy figure.
+    let setup = BackendSetup {
+        features: std::vec![("feature-rx-copy", "1")],
+        ..Default::default()
+    };
+    let h = H::connected(setup, Config::default());
+    assert_eq!(h.world.live_pages(), 82);
+    assert_eq!(h.nf.memory(), legacy().memory());
+    // Too few RX buffers for a 64 KiB packet: offload is not asked for.
+    let small = Config {
+        rx_buffers: 17,
+        ..Default::default()
+    };
+    assert_eq!(small.memory().tx_pages, 16);
 }

@@ -18,7 +18,12 @@
 //! | `sizeof(union netif_tx_sring_entry)` | 12 | max of request/response |
 //! | `sizeof(struct netif_rx_request)` | 8 | netif.h: id u16, pad u16, gref u32 |
 //! | `sizeof(struct netif_rx_response)` | 8 | netif.h: id u16, offset u16, flags u16, status i16 |
-//! | `sizeof(struct netif_extra_info)` | 8 | netif.h: type u8, flags u8, union of 6 bytes |
+//! | `sizeof(struct netif_extra_info)` | 8 | netif.h: type u8, flags u8, union `u` of 6 bytes (`uint16_t pad[3]`) |
+//! | `offsetof(netif_extra_info, u)`, `sizeof(u)` | 2, 6 | the union follows the two header bytes |
+//! | `u.gso.size, u.gso.type, u.gso.pad, u.gso.features` | 2, 4, 5, 6 | netif.h: size u16, type u8, pad u8, features u16 |
+//! | `XEN_NETIF_EXTRA_TYPE_GSO`, `XEN_NETIF_GSO_TYPE_TCPV4` | 1, 1 | netif.h |
+//! | `XEN_NETIF_NR_SLOTS_MIN` | 18 | slots per packet every backend must accept |
+//! | `XEN_NETIF_MAX_TX_SIZE` | 0xFFFF | the first TX request's `size` (whole packet) is a `uint16_t` |
 //! | `__CONST_RING_SIZE(netif_tx, 4096)` | 256 | `__RD32((4096 - 64) / 12)` = `__RD32(336)` |
 //! | `__CONST_RING_SIZE(netif_rx, 4096)` | 256 | `__RD32((4096 - 64) / 8)` = `__RD32(504)` |
 
@@ -75,6 +80,28 @@ pub const NETRXF_GSO_PREFIX: u16 = 1 << 4;
 /// `XEN_NETIF_EXTRA_FLAG_MORE` (flags byte of `netif_extra_info`).
 pub const XEN_NETIF_EXTRA_FLAG_MORE: u8 = 1 << 0;
 
+/// `XEN_NETIF_EXTRA_TYPE_*` (netif.h). 0 is invalid. Xen 4.17's header ends
+/// at HASH (`XEN_NETIF_EXTRA_TYPE_MAX` 5); Linux's copy adds XDP (5, max 6),
+/// which only a frontend that writes `xdp-headroom` can receive.
+pub const XEN_NETIF_EXTRA_TYPE_NONE: u8 = 0;
+pub const XEN_NETIF_EXTRA_TYPE_GSO: u8 = 1;
+pub const XEN_NETIF_EXTRA_TYPE_MCAST_ADD: u8 = 2;
+pub const XEN_NETIF_EXTRA_TYPE_MCAST_DEL: u8 = 3;
+pub const XEN_NETIF_EXTRA_TYPE_HASH: u8 = 4;
+pub const XEN_NETIF_EXTRA_TYPE_XDP: u8 = 5;
+
+/// `XEN_NETIF_GSO_TYPE_*` (netif.h).
+pub const XEN_NETIF_GSO_TYPE_NONE: u8 = 0;
+pub const XEN_NETIF_GSO_TYPE_TCPV4: u8 = 1;
+pub const XEN_NETIF_GSO_TYPE_TCPV6: u8 = 2;
+
+/// `XEN_NETIF_NR_SLOTS_MIN`: the slots per packet every backend accepts
+/// (Linux netback drops TX packets of more, and treats 20+ as malicious).
+pub const XEN_NETIF_NR_SLOTS_MIN: usize = 18;
+/// `XEN_NETIF_MAX_TX_SIZE`: the whole packet's length travels in the first
+/// TX request's 16-bit `size`.
+pub const XEN_NETIF_MAX_TX_SIZE: usize = 0xFFFF;
+
 /// `NETIF_RSP_*` (netif.h).
 pub const NETIF_RSP_DROPPED: i16 = -2;
 pub const NETIF_RSP_ERROR: i16 = -1;
@@ -128,6 +155,22 @@ pub struct ExtraInfo {
     pub data: [u8; 6],
 }
 
+/// `struct netif_extra_info` with its union read as `u.gso` (the layout of
+/// `XEN_NETIF_EXTRA_TYPE_GSO`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GsoExtra {
+    pub ty: u8,
+    pub flags: u8,
+    /// `u.gso.size`: payload bytes per segment (the MSS).
+    pub size: u16,
+    /// `u.gso.type`: `XEN_NETIF_GSO_TYPE_*`.
+    pub gso_type: u8,
+    pub pad: u8,
+    /// `u.gso.features`: `XEN_NETIF_GSO_FEAT_*` (none defined in use; 0).
+    pub features: u16,
+}
+
 /// Bytes per slot of each ring (`sizeof(union *_sring_entry)`).
 pub const TX_SLOT: usize = 12;
 pub const RX_SLOT: usize = 8;
@@ -147,6 +190,12 @@ const _: () = {
     assert!(size_of::<RxRequest>() == 8);
     assert!(size_of::<RxResponse>() == 8);
     assert!(size_of::<ExtraInfo>() == 8);
+    assert!(offset_of!(ExtraInfo, data) == 2);
+    assert!(size_of::<GsoExtra>() == 8);
+    assert!(offset_of!(GsoExtra, size) == 2);
+    assert!(offset_of!(GsoExtra, gso_type) == 4);
+    assert!(offset_of!(GsoExtra, pad) == 5);
+    assert!(offset_of!(GsoExtra, features) == 6);
     assert!(TX_SLOT == size_of::<TxRequest>()); // max(12, 4)
     assert!(RX_SLOT == size_of::<RxRequest>()); // max(8, 8)
     assert!(TX_RING_SIZE == 256);
@@ -248,6 +297,48 @@ impl ExtraInfo {
     }
 }
 
+impl GsoExtra {
+    /// A GSO extra for TCP segments of `mss` payload bytes.
+    pub fn tcpv4(mss: u16) -> Self {
+        GsoExtra {
+            ty: XEN_NETIF_EXTRA_TYPE_GSO,
+            flags: 0,
+            size: mss,
+            gso_type: XEN_NETIF_GSO_TYPE_TCPV4,
+            pad: 0,
+            features: 0,
+        }
+    }
+    /// The 8 bytes of the extra (an RX slot, or the head of a TX slot).
+    pub fn encode(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[offset_of!(GsoExtra, ty)] = self.ty;
+        b[offset_of!(GsoExtra, flags)] = self.flags;
+        b[offset_of!(GsoExtra, size)..][..2].copy_from_slice(&self.size.to_le_bytes());
+        b[offset_of!(GsoExtra, gso_type)] = self.gso_type;
+        b[offset_of!(GsoExtra, pad)] = self.pad;
+        b[offset_of!(GsoExtra, features)..][..2].copy_from_slice(&self.features.to_le_bytes());
+        b
+    }
+    /// As a TX ring slot: the extra, then the 4 bytes of "padding for tx".
+    pub fn encode_tx(&self) -> [u8; TX_SLOT] {
+        let mut b = [0u8; TX_SLOT];
+        b[..8].copy_from_slice(&self.encode());
+        b
+    }
+    /// Decode the first 8 bytes of a slot.
+    pub fn decode(b: &[u8]) -> Self {
+        GsoExtra {
+            ty: b[0],
+            flags: b[1],
+            size: u16_at(b, offset_of!(GsoExtra, size)),
+            gso_type: b[offset_of!(GsoExtra, gso_type)],
+            pad: b[offset_of!(GsoExtra, pad)],
+            features: u16_at(b, offset_of!(GsoExtra, features)),
+        }
+    }
+}
+
 /// Byte offset of TX ring slot `idx` (any free-running index).
 pub fn tx_slot_offset(idx: u32) -> usize {
     RING_HEADER + (idx as usize & (TX_RING_SIZE - 1)) * TX_SLOT
@@ -302,6 +393,28 @@ mod tests {
             [0, 2, 4, 6]
         );
         assert_eq!(size_of::<ExtraInfo>(), 8);
+        // netif_extra_info: the union `u` (6 bytes) at 2; u.gso fields.
+        assert_eq!(offset_of!(ExtraInfo, data), 2);
+        assert_eq!(core::mem::size_of_val(&ExtraInfo::default().data), 6);
+        assert_eq!(size_of::<GsoExtra>(), 8);
+        assert_eq!(
+            [
+                offset_of!(GsoExtra, size),
+                offset_of!(GsoExtra, gso_type),
+                offset_of!(GsoExtra, pad),
+                offset_of!(GsoExtra, features)
+            ],
+            [2, 4, 5, 6]
+        );
+        assert_eq!(
+            [
+                XEN_NETIF_EXTRA_TYPE_GSO,
+                XEN_NETIF_GSO_TYPE_TCPV4,
+                XEN_NETIF_EXTRA_FLAG_MORE
+            ],
+            [1, 1, 1]
+        );
+        assert_eq!((XEN_NETIF_NR_SLOTS_MIN, XEN_NETIF_MAX_TX_SIZE), (18, 65535));
         // __CONST_RING_SIZE(netif_tx, 4096) = __RD32((4096-64)/12 = 336) = 256
         assert_eq!(TX_RING_SIZE, 256);
         // __CONST_RING_SIZE(netif_rx, 4096) = __RD32((4096-64)/8 = 504) = 256
@@ -366,6 +479,14 @@ mod tests {
             data: [1, 2, 3, 4, 5, 6],
         };
         assert_eq!(ExtraInfo::decode(&e.encode()), e);
+        let g = GsoExtra::tcpv4(0x05b4);
+        // type GSO, flags 0, size 1460 LE, gso type TCPV4, pad, features 0.
+        assert_eq!(g.encode(), [1, 0, 0xb4, 0x05, 1, 0, 0, 0]);
+        assert_eq!(g.encode_tx(), [1, 0, 0xb4, 0x05, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(GsoExtra::decode(&g.encode()), g);
+        // The same bytes through the generic header view.
+        let e = ExtraInfo::decode(&g.encode());
+        assert_eq!((e.ty, e.flags), (XEN_NETIF_EXTRA_TYPE_GSO, 0));
     }
 
     #[test]

@@ -42,6 +42,14 @@ int main(void) {
            offsetof(struct netif_rx_response, offset), offsetof(struct netif_rx_response, flags),
            offsetof(struct netif_rx_response, status));
     printf("extra_info %zu\n", sizeof(struct netif_extra_info));
+    printf("extra_info_u %zu,%zu\n", offsetof(struct netif_extra_info, u),
+           sizeof(((struct netif_extra_info *)0)->u));
+    printf("extra_gso %zu,%zu,%zu,%zu\n", offsetof(struct netif_extra_info, u.gso.size),
+           offsetof(struct netif_extra_info, u.gso.type), offsetof(struct netif_extra_info, u.gso.pad),
+           offsetof(struct netif_extra_info, u.gso.features));
+    printf("extra_consts %d,%d,%d\n", XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_GSO_TYPE_TCPV4,
+           XEN_NETIF_EXTRA_FLAG_MORE);
+    printf("slots_min %d\nmax_tx_size %d\n", XEN_NETIF_NR_SLOTS_MIN, XEN_NETIF_MAX_TX_SIZE);
     printf("tx_ring_size %lu\nrx_ring_size %lu\n", (unsigned long)__CONST_RING_SIZE(netif_tx, 4096),
            (unsigned long)__CONST_RING_SIZE(netif_rx, 4096));
     printf("flags_rx %u,%u,%u,%u,%u\n", NETRXF_data_validated, NETRXF_csum_blank, NETRXF_more_data,
@@ -72,6 +80,11 @@ rx_slot 8
 rx_req_offsets 0,4
 rx_rsp_offsets 0,2,4,6
 extra_info 8
+extra_info_u 2,6
+extra_gso 2,4,5,6
+extra_consts 1,1,1
+slots_min 18
+max_tx_size 65535
 tx_ring_size 256
 rx_ring_size 256
 flags_rx 1,2,4,8,16

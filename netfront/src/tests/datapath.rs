@@ -49,7 +49,7 @@ fn pump(h: &mut H, n: u32) {
 
 #[test]
 fn thousands_of_frames_wrap_the_rings() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     pump(&mut h, 6000);
     let s = h.nf.stats().clone();
     assert_eq!(s.rx_frames, s.tx_frames);
@@ -78,7 +78,7 @@ fn u32_ring_indexes_wrap_end_to_end() {
 
 #[test]
 fn full_rx_ring_then_refill() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for i in 0..64 {
         assert!(h.be.send_frame(&test_frame(i, 1514)));
     }
@@ -97,7 +97,7 @@ fn full_rx_ring_then_refill() {
 
 #[test]
 fn full_tx_applies_backpressure_without_dropping() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for i in 0..32 {
         assert!(h.tx(&test_frame(i, 1514)), "tx {i}");
     }
@@ -156,7 +156,7 @@ fn rx_work_per_poll_is_bounded() {
 
 #[test]
 fn oversize_and_runt_tx_frames_are_dropped_and_counted() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     assert!(h.tx(&test_frame(1, 1515)));
     assert!(h.tx(&[0u8; 13]));
     assert!(h.tx(&test_frame(2, 1514)));
@@ -166,7 +166,7 @@ fn oversize_and_runt_tx_frames_are_dropped_and_counted() {
 
 #[test]
 fn event_indexes_ask_for_exactly_the_needed_notifications() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     let port = h.be.port();
     // Frontend drained RX: the next response must raise an event...
     assert!(h.rx_all().is_empty());
@@ -215,7 +215,7 @@ fn event_indexes_ask_for_exactly_the_needed_notifications() {
 
 #[test]
 fn tx_completion_raises_an_event_when_frontend_waits() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     let port = h.be.port();
     for i in 0..32 {
         assert!(h.tx(&test_frame(i, 100)));

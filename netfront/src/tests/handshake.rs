@@ -10,7 +10,7 @@ use crate::{BackendFeatures, Error, Reason, XenbusState};
 
 #[test]
 fn linux_backend_connects_with_deliberate_keys() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     h.step();
     let keys = &h.be.seen_keys;
     let get = |k: &str| keys.get(k).map(String::as_str);
@@ -296,20 +296,26 @@ fn config_is_validated() {
             Err(Error::BadConfig(_))
         ));
     }
-    // The extremes are fine and connect.
-    for (rx, tx) in [(1, 1), (256, 256)] {
-        let h = H::connected(
-            BackendSetup::default(),
-            Config {
-                rx_buffers: rx,
-                tx_buffers: tx,
-                ..Default::default()
-            },
-        );
-        assert_eq!(
-            h.world.live_pages(),
-            2 + rx as usize + (tx as usize).div_ceil(2)
-        );
+    // The extremes are fine and connect (with offload, one page per TX
+    // buffer; rx_buffers 1 is too few for it).
+    for offload in [false, true] {
+        for (rx, tx) in [(1, 1), (256, 256)] {
+            let h = H::connected(
+                BackendSetup::default(),
+                Config {
+                    rx_buffers: rx,
+                    tx_buffers: tx,
+                    offload,
+                    ..Default::default()
+                },
+            );
+            let tx_pages = if offload && rx >= 18 {
+                tx as usize
+            } else {
+                (tx as usize).div_ceil(2)
+            };
+            assert_eq!(h.world.live_pages(), 2 + rx as usize + tx_pages);
+        }
     }
 }
 
@@ -336,7 +342,7 @@ fn grant_exhaustion_during_setup_is_an_error_not_a_leak() {
 
 #[test]
 fn detach_while_connected_is_a_clean_disconnect() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for i in 0..10 {
         assert!(h.tx(&test_frame(i, 200)));
     }
@@ -373,7 +379,7 @@ fn detach_while_connected_is_a_clean_disconnect() {
 
 #[test]
 fn frontend_shutdown_then_reconnect() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     h.nf.close();
     assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
     assert_eq!(
@@ -447,7 +453,7 @@ fn transient_xenstore_errors_are_waited_out() {
 
 #[test]
 fn backend_state_is_checked_at_the_configured_interval() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     let r0 = h.world.inner().xs_reads;
     for _ in 0..1000 {
         h.step();

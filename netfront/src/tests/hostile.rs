@@ -25,7 +25,7 @@ fn good(h: &mut H, seed: u32) {
 
 #[test]
 fn rx_error_statuses_are_dropped_and_buffers_reposted() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     answer(&mut h, None, |r| RxResponse {
         id: r.id,
         offset: 0,
@@ -53,7 +53,7 @@ fn rx_error_statuses_are_dropped_and_buffers_reposted() {
 
 #[test]
 fn rx_bad_ids_are_dropped_and_the_right_buffer_reposted() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     let f = test_frame(2, 200);
     answer(&mut h, Some((0, &f)), |r| RxResponse {
         id: r.id ^ 1,
@@ -88,7 +88,7 @@ fn rx_bad_ids_are_dropped_and_the_right_buffer_reposted() {
 
 #[test]
 fn rx_bad_offsets_and_lengths_are_dropped() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for (offset, status) in [
         (0u16, 0i16),
         (4000, 200),
@@ -121,7 +121,7 @@ fn rx_bad_offsets_and_lengths_are_dropped() {
 
 #[test]
 fn multi_slot_frames_are_dropped_whole_even_across_pushes() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     answer(&mut h, None, |r| RxResponse {
         id: r.id,
         offset: 0,
@@ -154,7 +154,7 @@ fn multi_slot_frames_are_dropped_whole_even_across_pushes() {
 
 #[test]
 fn extra_info_slots_are_skipped() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     // Frame with a GSO extra chained to a second extra, then one data fragment.
     answer(&mut h, None, |r| RxResponse {
         id: r.id,
@@ -216,7 +216,7 @@ fn extra_info_slots_are_skipped() {
 fn rx_producer_jump_breaks_the_ring_cleanly() {
     // (From rsp_cons + 1: u32::MAX - 1 lands one *behind* rsp_cons.)
     for jump in [64u32, 1000, 0x8000_0000, u32::MAX - 1] {
-        let mut h = H::default_connected();
+        let mut h = H::legacy_connected();
         good(&mut h, 1);
         h.be.push_rx();
         let p = h.be.rx_rsp_prod_pvt();
@@ -237,7 +237,7 @@ fn rx_producer_jump_breaks_the_ring_cleanly() {
 
 #[test]
 fn tx_producer_jump_breaks_the_ring_cleanly() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     assert!(h.tx(&test_frame(1, 100)));
     let _ = h.be.take_tx();
     h.be.set_tx_rsp_prod(7);
@@ -252,7 +252,7 @@ fn tx_producer_jump_breaks_the_ring_cleanly() {
 
 #[test]
 fn tx_bad_ids_statuses_and_errors() {
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for i in 0..4 {
         assert!(h.tx(&test_frame(i, 100)));
     }
@@ -301,7 +301,7 @@ fn tx_bad_ids_statuses_and_errors() {
 #[test]
 fn csum_blank_frames_are_completed_or_dropped() {
     use smoltcp::wire::*;
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     let src = Ipv4Address::new(10, 0, 0, 1);
     let dst = Ipv4Address::new(10, 0, 0, 2);
     let mut f = vec![0u8; 14 + 20 + 20 + 5];
@@ -357,7 +357,7 @@ impl Rng {
 #[test]
 fn random_garbage_responses_never_panic_or_leak_buffers() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut h = H::default_connected();
+    let mut h = H::legacy_connected();
     for round in 0..3000 {
         // Answer a random number of RX requests with random bytes (or a
         // real frame now and then), and TX requests with random responses.

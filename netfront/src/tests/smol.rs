@@ -98,7 +98,7 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let mut h = H::default_connected();
+        let mut h = H::legacy_connected();
         let ts = h.ts();
         let mut guest = Interface::new(
             IfConfig::new(EthernetAddress(h.nf.mac()).into()),
@@ -146,7 +146,7 @@ impl Net {
 
 #[test]
 fn capabilities_are_deliberate() {
-    let h = H::default_connected();
+    let h = H::legacy_connected();
     let c = h.nf.capabilities();
     assert_eq!(c.medium, Medium::Ethernet);
     assert_eq!(c.max_transmission_unit, 1514);
