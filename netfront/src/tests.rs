@@ -84,10 +84,16 @@ impl H {
         H::connected(BackendSetup::default(), legacy())
     }
 
-    /// Connected to a Debian-like netback with the default config (offload).
+    /// Connected to a Debian-like netback with the default config (offload),
+    /// and the capabilities read as smoltcp's `Interface::new` would.
     pub fn offload_connected() -> H {
-        let h = H::connected(BackendSetup::default(), Config::default());
+        H::offload_with(Config::default())
+    }
+
+    pub fn offload_with(cfg: Config) -> H {
+        let h = H::connected(BackendSetup::default(), cfg);
         assert!(h.nf.offload().is_on(), "{:?}", h.nf.offload());
+        let _ = h.nf.capabilities();
         h
     }
 
@@ -110,6 +116,22 @@ impl H {
         let ts = self.ts();
         match self.nf.transmit(ts) {
             Some(t) => {
+                t.consume(frame.len(), |b| b.copy_from_slice(frame));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Send one frame through a TxToken with smoltcp's segmentation
+    /// metadata (`mss`: a TSO frame); false if no token.
+    pub fn tx_meta(&mut self, frame: &[u8], mss: Option<u16>) -> bool {
+        let ts = self.ts();
+        match self.nf.transmit(ts) {
+            Some(mut t) => {
+                let mut meta = smoltcp::phy::PacketMeta::default();
+                meta.segmentation_offload_size = mss.and_then(core::num::NonZeroU16::new);
+                t.set_meta(meta);
                 t.consume(frame.len(), |b| b.copy_from_slice(frame));
                 true
             }
@@ -152,6 +174,86 @@ pub fn test_frame(seed: u32, len: usize) -> Vec<u8> {
         x ^= x << 5;
         f.push(x as u8);
     }
+    f
+}
+
+pub const GUEST_IP: [u8; 4] = [10, 0, 0, 2];
+pub const PEER_IP: [u8; 4] = [10, 0, 0, 1];
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// An Ethernet/IPv4 frame around `l4` (protocol `proto`), with a valid IPv4
+/// header checksum and DF set.
+pub fn ipv4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(34 + l4.len());
+    let (dst_mac, src_mac) = if dst == GUEST_IP {
+        (MAC, PEER_MAC)
+    } else {
+        (PEER_MAC, MAC)
+    };
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + l4.len()) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let mut acc: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// A TCP segment (ACK|PSH, ports 49152 -> 80 or back) with `payload_len`
+/// pattern bytes and a complete checksum; `to_guest` picks the direction.
+pub fn tcp_frame(seed: u32, payload_len: usize, to_guest: bool) -> Vec<u8> {
+    let (src, dst) = if to_guest {
+        (PEER_IP, GUEST_IP)
+    } else {
+        (GUEST_IP, PEER_IP)
+    };
+    let mut l4 = std::vec![0u8; 20];
+    l4[0..2].copy_from_slice(&(if to_guest { 49152u16 } else { 80 }).to_be_bytes());
+    l4[2..4].copy_from_slice(&(if to_guest { 80u16 } else { 49152 }).to_be_bytes());
+    l4[4..8].copy_from_slice(&seed.wrapping_mul(7919).to_be_bytes());
+    l4[8..12].copy_from_slice(&1u32.to_be_bytes());
+    l4[12] = 5 << 4;
+    l4[13] = 0x18; // PSH|ACK
+    l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let pat = test_frame(seed, 14 + payload_len);
+    l4.extend_from_slice(&pat[14..]);
+    let mut f = ipv4_frame(src, dst, 6, &l4);
+    crate::csum::fill_ipv4_l4_checksum(&mut f).unwrap();
+    f
+}
+
+/// A UDP datagram with a complete checksum.
+pub fn udp_frame(seed: u32, payload_len: usize, to_guest: bool) -> Vec<u8> {
+    let (src, dst) = if to_guest {
+        (PEER_IP, GUEST_IP)
+    } else {
+        (GUEST_IP, PEER_IP)
+    };
+    let mut l4 = std::vec![0u8; 8];
+    l4[0..2].copy_from_slice(&5353u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&7u16.to_be_bytes());
+    l4[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    let pat = test_frame(seed, 14 + payload_len);
+    l4.extend_from_slice(&pat[14..]);
+    let mut f = ipv4_frame(src, dst, 17, &l4);
+    crate::csum::fill_ipv4_l4_checksum(&mut f).unwrap();
     f
 }
 

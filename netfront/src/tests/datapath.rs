@@ -6,7 +6,7 @@ use super::*;
 use crate::fake::BackendSetup;
 
 /// Move `n` frames each way in batches, checking every byte.
-fn pump(h: &mut H, n: u32) {
+pub(super) fn pump(h: &mut H, n: u32) {
     let mut sent = 0u32;
     let mut batch = 1u32;
     while sent < n {
