@@ -83,6 +83,7 @@ fn kernel_main(mut k: Kernel) -> ! {
     let nf_cfg = netfront::Config {
         rx_buffers: cfg.rx_bufs,
         tx_buffers: cfg.tx_bufs,
+        offload: cfg.offload,
         handshake_timeout_ms: 60_000,
         ..netfront::Config::default()
     };
@@ -95,6 +96,7 @@ fn kernel_main(mut k: Kernel) -> ! {
             match nf.poll(now_ms()) {
                 Some(Event::Connected { mac, mtu, backend }) => {
                     log::info!("netfront: connected, mac {}, mtu {mtu}, backend {backend:?}", EthernetAddress(mac));
+                    log::info!("netfront: offload {}", nf.offload());
                     connected = Some(mac);
                     break;
                 }
