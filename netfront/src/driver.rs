@@ -381,11 +381,24 @@ pub struct Netfront<P: Platform> {
     tx_staging: Vec<u8>,
     /// The mode of the current (or last) connection.
     offload: Offload,
-    /// Whether the last `capabilities()` told smoltcp to leave TCP
-    /// checksums (and segmentation) to us. smoltcp reads the capabilities
-    /// once, in `Interface::new`: what it was told decides what the frames
-    /// it sends look like and what it checks on the ones it receives.
-    stack_offload: Cell<bool>,
+    /// What `capabilities()` told smoltcp: fixed by its first call. smoltcp
+    /// keeps the capabilities it reads in `Interface::new` (it calls
+    /// `capabilities()` again on every egress, but ignores the answer), and
+    /// what it was told decides what the frames it sends look like and what
+    /// it checks on the ones it receives.
+    stack: Cell<StackView>,
+}
+
+/// What smoltcp was told about offload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StackView {
+    /// `capabilities()` not called yet: no stack to speak of; treated as
+    /// `Plain`.
+    Unread,
+    /// Checksums all `Both`, no segmentation.
+    Plain,
+    /// TCP checksum `None`, TCP segmentation up to this frame size.
+    Offload { tso_max_frame: usize },
 }
 
 impl<P: Platform> Netfront<P> {
@@ -416,7 +429,7 @@ impl<P: Platform> Netfront<P> {
             rx_frame: Vec::with_capacity(PAGE_SIZE),
             tx_staging: Vec::with_capacity(TX_BUF_SIZE),
             offload: Offload::Off(OffloadOff::NotNegotiated),
-            stack_offload: Cell::new(false),
+            stack: Cell::new(StackView::Unread),
         })
     }
 
@@ -531,10 +544,20 @@ impl<P: Platform> Netfront<P> {
 
     /// Whether the current (or last) connection uses offload, and if not,
     /// why. Decided when the backend reaches InitWait; fixed for the
-    /// connection. [`capabilities`](phy::Device::capabilities) follows it,
-    /// and smoltcp reads those once, in `Interface::new`: create the
-    /// Interface after [`Event::Connected`] (it still works if created
-    /// before, only without segmentation offload).
+    /// connection.
+    ///
+    /// [`capabilities`](phy::Device::capabilities) reports offload iff the
+    /// connection uses it *at its first call*, and keeps that answer for
+    /// the driver's lifetime, because smoltcp keeps what it reads in
+    /// `Interface::new`. So create the Interface after [`Event::Connected`]:
+    /// created before, it works, but smoltcp computes and checks all
+    /// checksums and never sends TSO frames (received large packets still
+    /// arrive whole). After a [`reconnect`](Self::reconnect) to a backend
+    /// without `feature-sg`/`feature-gso-tcpv4`, an Interface told about
+    /// offload keeps working for frames up to the MTU (TCP checksums are
+    /// then computed and checked here), but its TSO frames are dropped
+    /// (`tx_drop_bad_len`): build a new Interface and driver for such a
+    /// backend.
     pub fn offload(&self) -> Offload {
         self.offload
     }
@@ -1040,11 +1063,16 @@ impl fmt::Display for MacFmt {
 // ---------------------------------------------------------------- smoltcp
 
 impl<P: Platform> Netfront<P> {
+    /// smoltcp was told to leave TCP checksums (and segmentation) to us.
+    fn stack_offload(&self) -> bool {
+        matches!(self.stack.get(), StackView::Offload { .. })
+    }
+
     /// The largest frame a TX token from `transmit()` may carry: a TSO frame
     /// when offload is on and smoltcp was told so, else MTU + header.
     fn tx_capacity(&self) -> usize {
-        match self.offload {
-            Offload::On { tso_max_frame } if self.stack_offload.get() => tso_max_frame,
+        match (self.offload, self.stack.get()) {
+            (Offload::On { .. }, StackView::Offload { tso_max_frame }) => tso_max_frame,
             _ => usize::from(self.mtu) + ETH_HDR,
         }
     }
@@ -1147,7 +1175,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
         if !self.tx_ready(reply_max) {
             return None;
         }
-        let stack_offload = self.stack_offload.get();
+        let stack_offload = self.stack_offload();
         let conn = self.conn.as_mut()?;
         let outcome = conn.rx_pull(
             &mut self.platform,
@@ -1189,7 +1217,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
         if !self.tx_ready(max_frame) {
             return None;
         }
-        let stack_fills_tcp = !self.stack_offload.get();
+        let stack_fills_tcp = !self.stack_offload();
         Some(TxToken {
             platform: &mut self.platform,
             conn: self.conn.as_mut()?,
@@ -1216,20 +1244,27 @@ impl<P: Platform> phy::Device for Netfront<P> {
     /// and `segmentation.tcpv4` is the largest TSO frame; IPv4, UDP and
     /// ICMP stay `Both`.
     ///
-    /// smoltcp reads this once, in `Interface::new`; the driver remembers
-    /// what it answered last and treats frames accordingly.
+    /// The first call decides (offload iff the connection then uses it)
+    /// and later calls repeat it: smoltcp keeps what it reads in
+    /// `Interface::new`. See [`Netfront::offload`].
     fn capabilities(&self) -> DeviceCapabilities {
+        let view = match (self.stack.get(), self.offload) {
+            (StackView::Unread, Offload::On { tso_max_frame }) => {
+                StackView::Offload { tso_max_frame }
+            }
+            (StackView::Unread, Offload::Off(_)) => StackView::Plain,
+            (v, _) => v,
+        };
+        self.stack.set(view);
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = usize::from(self.mtu) + ETH_HDR;
         caps.max_burst_size = None;
         caps.checksum = ChecksumCapabilities::default();
-        let offload = matches!(self.offload, Offload::On { .. });
-        if let Offload::On { tso_max_frame } = self.offload {
+        if let StackView::Offload { tso_max_frame } = view {
             caps.checksum.tcp = Checksum::None;
             caps.segmentation.tcpv4 = NonZeroUsize::new(tso_max_frame);
         }
-        self.stack_offload.set(offload);
         caps
     }
 }
