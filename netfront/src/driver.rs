@@ -1077,14 +1077,14 @@ impl<P: Platform> Netfront<P> {
         }
     }
 
-    /// TX buffers and ring slots for a frame of `len` bytes (a possible GSO
-    /// extra included) are free (reaping completions if needed). Counts a
+    /// TX buffers and ring slots for a frame of `len` bytes (and its GSO
+    /// extra, if `gso`) are free (reaping completions if needed). Counts a
     /// ring-full event otherwise; disconnects on a broken ring.
-    fn tx_ready(&mut self, len: usize) -> bool {
+    fn tx_ready(&mut self, len: usize, gso: bool) -> bool {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        let (bufs, slots) = conn.tx_cost(len, conn.layout().offload);
+        let (bufs, slots) = conn.tx_cost(len, gso);
         match conn.tx_ready(&mut self.stats, bufs, slots) {
             Ok(true) => true,
             Ok(false) => {
@@ -1125,6 +1125,9 @@ pub struct TxToken<'a, P: Platform> {
     stack_fills_tcp: bool,
     /// `PacketMeta::segmentation_offload_size`: the MSS of a TSO frame.
     gso_mss: Option<u16>,
+    /// A ring slot for a GSO extra was reserved (tokens from `transmit()`
+    /// in offload mode; replies never need one).
+    gso_ok: bool,
 }
 
 impl<P: Platform> phy::TxToken for TxToken<'_, P> {
@@ -1142,7 +1145,7 @@ impl<P: Platform> phy::TxToken for TxToken<'_, P> {
                 self.platform,
                 self.stats,
                 self.staging,
-                self.gso_mss,
+                self.gso_mss.filter(|_| self.gso_ok),
                 self.stack_fills_tcp,
             );
         }
@@ -1172,7 +1175,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
         // on the ring until TX completions free one (they raise an event).
         // Replies (ACKs, RSTs, echo replies) are never larger than the MTU.
         let reply_max = usize::from(self.mtu) + ETH_HDR;
-        if !self.tx_ready(reply_max) {
+        if !self.tx_ready(reply_max, false) {
             return None;
         }
         let stack_offload = self.stack_offload();
@@ -1197,6 +1200,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
                     max_frame: reply_max,
                     stack_fills_tcp: !stack_offload,
                     gso_mss: None,
+                    gso_ok: false,
                 },
             )),
             RxOutcome::Empty | RxOutcome::Budget => None,
@@ -1214,7 +1218,9 @@ impl<P: Platform> phy::Device for Netfront<P> {
         // Room for the largest frame this token may carry: a frame is never
         // dropped or split for want of buffers, smoltcp just retries later.
         let max_frame = self.tx_capacity();
-        if !self.tx_ready(max_frame) {
+        // TSO frames only when smoltcp may send them (it was told).
+        let gso_ok = self.offload.is_on() && self.stack_offload();
+        if !self.tx_ready(max_frame, gso_ok) {
             return None;
         }
         let stack_fills_tcp = !self.stack_offload();
@@ -1226,6 +1232,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
             max_frame,
             stack_fills_tcp,
             gso_mss: None,
+            gso_ok,
         })
     }
 

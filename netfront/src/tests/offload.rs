@@ -424,6 +424,12 @@ fn ring_slots_run_out_before_buffers_with_many_gso_frames() {
     }
     assert_eq!(h.nf.tx_in_flight(), 240);
     assert!(!h.tx_meta(&big(15), Some(1448)), "ring slots short");
+    // A reply needs one slot, not two: received frames still get in.
+    assert!(h.be.send_frame(&test_frame(99, 200)));
+    h.be.push_rx();
+    assert_eq!(h.rx_all(), vec![test_frame(99, 200)]);
+    h.step();
+    assert_ne!(h.nf.poll_delay(h.now), Some(0), "nothing to do: no busy loop");
     let p = h.be.take_tx_packets();
     assert_eq!(p.len(), 15);
     assert!(p
