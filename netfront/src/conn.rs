@@ -483,7 +483,7 @@ impl<P: Platform> Conn<P> {
     /// An extra-info slot; true if the packet ends with it.
     fn rx_extra_slot(&mut self, stats: &mut Stats, raw: &[u8; RX_SLOT], then_data: bool) -> bool {
         let e = GsoExtra::decode(raw);
-        self.rx_asm.extras += 1;
+        self.rx_asm.extras = self.rx_asm.extras.saturating_add(1);
         if e.flags & XEN_NETIF_EXTRA_FLAG_MORE == 0 {
             self.rx_asm.next = if then_data { Next::Data } else { Next::Start };
         }

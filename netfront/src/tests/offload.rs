@@ -429,7 +429,11 @@ fn ring_slots_run_out_before_buffers_with_many_gso_frames() {
     h.be.push_rx();
     assert_eq!(h.rx_all(), vec![test_frame(99, 200)]);
     h.step();
-    assert_ne!(h.nf.poll_delay(h.now), Some(0), "nothing to do: no busy loop");
+    assert_ne!(
+        h.nf.poll_delay(h.now),
+        Some(0),
+        "nothing to do: no busy loop"
+    );
     let p = h.be.take_tx_packets();
     assert_eq!(p.len(), 15);
     assert!(p
@@ -867,7 +871,7 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
                     let s = rng.next() as u32;
                     let len = (rng.next() % 65000) as usize;
                     let f = tcp_frame(s, len, true);
-                    let gso = (rng.next() % 2 == 0).then_some(1460);
+                    let gso = rng.next().is_multiple_of(2).then_some(1460);
                     let _ =
                         h.be.send_packet(&f, gso, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED);
                 }
@@ -876,7 +880,7 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
                     if let Some(r) = h.be.take_rx_request() {
                         let v = rng.next();
                         let rsp = RxResponse {
-                            id: if v % 7 == 0 { v as u16 } else { r.id },
+                            id: if v.is_multiple_of(7) { v as u16 } else { r.id },
                             offset: (v >> 16) as u16 % 4200,
                             flags: (v >> 32) as u16 & 0x1f,
                             status: ((v >> 48) as i16) % 4200,
@@ -904,7 +908,7 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
         let pkts = h.be.take_tx_packets();
         for p in &pkts {
             let v = rng.next();
-            if v % 3 == 0 {
+            if v.is_multiple_of(3) {
                 h.be.answer_tx(p, (v >> 8) as i16 % 3);
                 continue;
             }
