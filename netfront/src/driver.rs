@@ -538,6 +538,21 @@ impl<P: Platform> Netfront<P> {
         self.mtu
     }
 
+    /// The backend's xenstore directory (empty before the handshake read it),
+    /// so the platform can watch `<backend>/state`.
+    pub fn backend_path(&self) -> &str {
+        &self.backend
+    }
+
+    /// Re-read the backend's state on the next [`poll`](Self::poll), e.g.
+    /// because a xenstore watch on it fired. Between such calls the driver
+    /// re-reads it only every `state_check_ms`: each read is a synchronous
+    /// xenstore round trip, which stalls the guest for as long as a busy
+    /// dom0 takes to answer.
+    pub fn check_backend_soon(&mut self) {
+        self.next_check = 0;
+    }
+
     pub fn backend_features(&self) -> &BackendFeatures {
         &self.features
     }
