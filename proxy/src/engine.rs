@@ -126,7 +126,7 @@ pub struct Stats {
     /// Connections currently held (handshaking, spliced or closing).
     pub active: usize,
     /// SYNs refused because `max_conns` was reached, memory ran out, or a
-    /// transparent connection was addressed to the instance itself. (A SYN that
+    /// transparent connection was addressed to the instance itself (or was IPv6). (A SYN that
     /// finds the listen pool empty is reset by smoltcp itself and not counted.)
     pub refused: u64,
     /// Upstream refused, unreachable or not connected within `connect_timeout`.
@@ -1384,6 +1384,12 @@ impl Engine {
             RuleKind::Transparent => {
                 if Some(local.addr) == self.own_addr.map(IpAddress::Ipv4) {
                     log::debug!("proxy: transparent connection to the instance itself, refusing");
+                    return self.refuse(client, now);
+                }
+                // smoltcp is built with IPv6 (for segmentation offload) and any-ip
+                // takes every destination; upstream connections are IPv4 only.
+                if !matches!(local.addr, IpAddress::Ipv4(_)) {
+                    log::debug!("proxy: transparent connection over IPv6, refusing");
                     return self.refuse(client, now);
                 }
                 local

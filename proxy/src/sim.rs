@@ -9,6 +9,17 @@
 //! destinations can live "behind" a gateway. [`Host`] is a plain smoltcp
 //! endpoint (client or server) running scripted [`Flow`]s whose content is
 //! checked byte for byte by the tests.
+//!
+//! **Offload mode** ([`Net::set_offload`]) makes one port behave like a Xen
+//! netfront whose backend does TCP segmentation and checksum offload: its device
+//! advertises TSO for frames up to [`TSO_MAX_FRAME`] and leaves TCP checksums
+//! to the wire (`Checksum::Rx`); the wire cuts every oversized TCP frame it sends
+//! into MSS-sized segments (the size smoltcp puts in `PacketMeta`), with the IP
+//! length, ident and checksum, the TCP sequence number, flags and checksum of
+//! each, as netback/Linux GSO would, and fills the checksum of the others. In
+//! the other direction, consecutive in-order segments of one TCP flow queued
+//! for that port are merged into one large frame (like Linux GRO: same ACK,
+//! window and options; no SYN/RST/URG; a PSH or FIN ends the merge).
 
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec;
@@ -21,12 +32,19 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use crate::engine::Engine;
 
-use smoltcp::phy::ChecksumCapabilities;
+use core::num::NonZeroUsize;
+use smoltcp::phy::{Checksum, ChecksumCapabilities, PacketMeta};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
     EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpProtocol,
-    Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
+
+/// Largest frame (Ethernet header included) an offload port's device may send
+/// or receive: Xen's `XEN_NETIF_MAX_TX_SIZE`.
+pub const TSO_MAX_FRAME: usize = 0xFFFF;
+/// Ethernet MTU of every port (frame without FCS).
+pub const MTU_FRAME: usize = 1514;
 
 /// A small, fast, seeded PRNG (SplitMix64).
 #[derive(Debug, Clone)]
@@ -109,6 +127,9 @@ struct Port {
     /// When the uplink/downlink finish serializing what they carry.
     up_busy: u64,
     down_busy: u64,
+    /// Segmentation and checksum offload (see the module docs).
+    offload: bool,
+    stats: PortStats,
 }
 
 /// Counters of the network.
@@ -118,6 +139,30 @@ pub struct NetStats {
     pub delivered: u64,
     pub lost: u64,
     pub overflowed: u64,
+    /// Frames larger than the MTU that no offload could carry (dropped).
+    pub oversize: u64,
+    /// Frames the offload produced whose checksums did not verify (a bug of
+    /// the simulator; dropped).
+    pub bad_checksum: u64,
+}
+
+/// Offload counters of one port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames the port's device handed over.
+    pub tx_frames: u64,
+    /// Of those, frames larger than the MTU, cut into segments by the wire.
+    pub tso_frames: u64,
+    /// Segments made from them.
+    pub tso_segments: u64,
+    /// Payload bytes in them.
+    pub tso_bytes: u64,
+    /// The largest frame the device handed over.
+    pub largest_tx: usize,
+    /// Segments merged into the frame before them on the way to the device.
+    pub gro_merged: u64,
+    /// The largest frame delivered to the device.
+    pub largest_rx: usize,
 }
 
 type InFlight = (u64, u64, usize, Vec<u8>);
@@ -193,6 +238,18 @@ impl Net {
 
     pub fn set_link(&mut self, port: usize, link: Link) {
         self.ports[port].link = link;
+    }
+
+    /// Give a port segmentation and checksum offload (see the module docs).
+    /// Set it before an interface is made on the port: smoltcp reads the
+    /// capabilities once.
+    pub fn set_offload(&mut self, port: usize, on: bool) {
+        self.ports[port].offload = on;
+    }
+
+    /// The offload counters of a port.
+    pub fn port_stats(&self, port: usize) -> PortStats {
+        self.ports[port].stats
     }
 
     /// Attach a router on a new port with this link; it answers ARP for `ips`.
@@ -289,11 +346,15 @@ impl Net {
                 self.route(frame);
             } else if self.dhcp.as_ref().is_some_and(|d| d.port == dst) {
                 self.serve_dhcp(&frame);
+            } else if self.ports[dst].offload && self.gro_merge(dst, &frame) {
+                self.stats.delivered += 1;
             } else if self.ports[dst].rx.len() >= self.rx_limit {
                 self.stats.overflowed += 1;
             } else {
                 self.stats.delivered += 1;
-                self.ports[dst].rx.push_back(frame);
+                let p = &mut self.ports[dst];
+                p.stats.largest_rx = p.stats.largest_rx.max(frame.len());
+                p.rx.push_back(frame);
             }
         }
     }
@@ -306,6 +367,10 @@ impl Net {
     /// A frame leaves `src`'s device.
     fn send(&mut self, src: usize, frame: Vec<u8>) {
         self.stats.sent += 1;
+        if frame.len() > MTU_FRAME {
+            self.stats.oversize += 1;
+            return;
+        }
         let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
             return;
         };
@@ -355,6 +420,142 @@ impl Net {
             self.seq += 1;
             self.in_flight.push(Reverse((td, self.seq, d, frame.clone())));
         }
+    }
+
+    /// A frame leaves an offload port's device: cut it into segments if smoltcp
+    /// asked for it, fill TCP checksums, then send.
+    fn offload_tx(&mut self, src: usize, mut frame: Vec<u8>, meta: PacketMeta) {
+        let st = &mut self.ports[src].stats;
+        st.tx_frames += 1;
+        st.largest_tx = st.largest_tx.max(frame.len());
+        let Some((ihl, thl)) = ipv4_tcp_headers(&frame) else {
+            // Not IPv4/TCP: smoltcp computed every checksum itself.
+            return self.send(src, frame);
+        };
+        let mss = meta.segmentation_offload_size.map(|m| usize::from(m.get()));
+        let hdr = 14 + ihl + thl;
+        let payload_len = frame.len() - hdr;
+        match mss {
+            Some(mss) if payload_len > mss => {
+                let st = &mut self.ports[src].stats;
+                st.tso_frames += 1;
+                st.tso_bytes += payload_len as u64;
+                let n = payload_len.div_ceil(mss);
+                st.tso_segments += n as u64;
+                let (seq, ident, fin, psh) = {
+                    let ip = Ipv4Packet::new_unchecked(&frame[14..]);
+                    let tcp = TcpPacket::new_unchecked(&frame[14 + ihl..]);
+                    (tcp.seq_number(), ip.ident(), tcp.fin(), tcp.psh())
+                };
+                for k in 0..n {
+                    let (a, b) = (hdr + k * mss, (hdr + (k + 1) * mss).min(frame.len()));
+                    let mut seg = Vec::with_capacity(hdr + b - a);
+                    seg.extend_from_slice(&frame[..hdr]);
+                    seg.extend_from_slice(&frame[a..b]);
+                    let last = k + 1 == n;
+                    {
+                        let mut ip = Ipv4Packet::new_unchecked(&mut seg[14..]);
+                        ip.set_total_len((ihl + thl + b - a) as u16);
+                        ip.set_ident(ident.wrapping_add(k as u16));
+                        ip.fill_checksum();
+                    }
+                    {
+                        let mut tcp = TcpPacket::new_unchecked(&mut seg[14 + ihl..]);
+                        tcp.set_seq_number(seq + k * mss);
+                        tcp.set_fin(fin && last);
+                        tcp.set_psh(psh && last);
+                    }
+                    fill_tcp_checksum(&mut seg, ihl);
+                    self.send_checked(src, seg);
+                }
+            }
+            _ if frame.len() > MTU_FRAME => {
+                self.stats.oversize += 1;
+            }
+            _ => {
+                fill_tcp_checksum(&mut frame, ihl);
+                self.send_checked(src, frame);
+            }
+        }
+    }
+
+    /// Send a frame the offload made, after checking its checksums the way a
+    /// receiving stack would.
+    fn send_checked(&mut self, src: usize, frame: Vec<u8>) {
+        if checksums_ok(&frame) {
+            self.send(src, frame);
+        } else {
+            self.stats.bad_checksum += 1;
+        }
+    }
+
+    /// Merge `frame` into the last frame queued for offload port `dst` if it
+    /// continues the same TCP flow. Returns whether it did.
+    fn gro_merge(&mut self, dst: usize, frame: &[u8]) -> bool {
+        let port = &mut self.ports[dst];
+        let Some(prev) = port.rx.back_mut() else {
+            return false;
+        };
+        let (Some((ihl, thl)), Some((pihl, pthl))) =
+            (ipv4_tcp_headers(frame), ipv4_tcp_headers(prev))
+        else {
+            return false;
+        };
+        let (hdr, phdr) = (14 + ihl + thl, 14 + pihl + pthl);
+        if ihl != 20 || pihl != 20 || thl != pthl || frame.len() == hdr || prev.len() == phdr {
+            return false;
+        }
+        if prev.len() + frame.len() - hdr > TSO_MAX_FRAME || frame[..14] != prev[..14] {
+            return false;
+        }
+        {
+            let (ip, pip) = (
+                Ipv4Packet::new_unchecked(&frame[14..]),
+                Ipv4Packet::new_unchecked(&prev[14..]),
+            );
+            if ip.src_addr() != pip.src_addr() || ip.dst_addr() != pip.dst_addr() {
+                return false;
+            }
+            let (t, pt) = (
+                TcpPacket::new_unchecked(&frame[14 + ihl..]),
+                TcpPacket::new_unchecked(&prev[14 + pihl..]),
+            );
+            let plen = prev.len() - phdr;
+            if t.src_port() != pt.src_port()
+                || t.dst_port() != pt.dst_port()
+                || t.seq_number() != pt.seq_number() + plen
+                || t.ack_number() != pt.ack_number()
+                || t.window_len() != pt.window_len()
+                || !t.ack()
+                || !pt.ack()
+                || t.syn() || t.rst() || t.urg()
+                || pt.syn() || pt.rst() || pt.urg() || pt.psh() || pt.fin()
+                || frame[14 + ihl + 20..hdr] != prev[14 + pihl + 20..phdr]
+            {
+                return false;
+            }
+        }
+        let (fin, psh) = {
+            let t = TcpPacket::new_unchecked(&frame[14 + ihl..]);
+            (t.fin(), t.psh())
+        };
+        prev.extend_from_slice(&frame[hdr..]);
+        let total = prev.len() - 14;
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut prev[14..]);
+            ip.set_total_len(total as u16);
+            ip.fill_checksum();
+            let mut t = TcpPacket::new_unchecked(&mut prev[14 + pihl..]);
+            t.set_fin(fin);
+            t.set_psh(psh);
+        }
+        fill_tcp_checksum(prev, pihl);
+        port.stats.gro_merged += 1;
+        port.stats.largest_rx = port.stats.largest_rx.max(prev.len());
+        if !checksums_ok(prev) {
+            self.stats.bad_checksum += 1;
+        }
+        true
     }
 
     /// The DHCP server handles a frame that reached its port.
@@ -534,6 +735,7 @@ pub struct SimRx(Vec<u8>);
 pub struct SimTx<'n> {
     net: &'n mut Net,
     port: usize,
+    meta: PacketMeta,
 }
 
 impl RxToken for SimRx {
@@ -546,8 +748,19 @@ impl TxToken for SimTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = vec![0u8; len];
         let r = f(&mut buf);
-        self.net.send(self.port, buf);
+        if self.net.ports[self.port].offload {
+            self.net.offload_tx(self.port, buf, self.meta);
+        } else {
+            let st = &mut self.net.ports[self.port].stats;
+            st.tx_frames += 1;
+            st.largest_tx = st.largest_tx.max(buf.len());
+            self.net.send(self.port, buf);
+        }
         r
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.meta = meta;
     }
 }
 
@@ -568,6 +781,7 @@ impl Device for PortDevice<'_> {
             SimTx {
                 net: self.net,
                 port: self.port,
+                meta: PacketMeta::default(),
             },
         ))
     }
@@ -576,15 +790,70 @@ impl Device for PortDevice<'_> {
         Some(SimTx {
             net: self.net,
             port: self.port,
+            meta: PacketMeta::default(),
         })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
+        caps.max_transmission_unit = MTU_FRAME;
+        if self.net.ports[self.port].offload {
+            // TSO needs TX checksum offload; received checksums are still verified.
+            caps.checksum.tcp = Checksum::Rx;
+            caps.segmentation.tcpv4 = NonZeroUsize::new(TSO_MAX_FRAME);
+        }
         caps
     }
+}
+
+/// IPv4 and TCP header lengths of an Ethernet/IPv4/TCP frame (not a fragment).
+fn ipv4_tcp_headers(frame: &[u8]) -> Option<(usize, usize)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+        || usize::from(ip.total_len()) != frame.len() - 14
+    {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some((ip.header_len().into(), tcp.header_len().into()))
+}
+
+/// Compute the TCP checksum of an Ethernet/IPv4/TCP frame in place.
+fn fill_tcp_checksum(frame: &mut [u8], ihl: usize) {
+    let (src, dst) = {
+        let ip = Ipv4Packet::new_unchecked(&frame[14..]);
+        (ip.src_addr(), ip.dst_addr())
+    };
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[14 + ihl..]);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+}
+
+/// Whether an Ethernet/IPv4/TCP frame's IP and TCP checksums verify.
+fn checksums_ok(frame: &[u8]) -> bool {
+    let caps = ChecksumCapabilities::default();
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[14..]) else {
+        return false;
+    };
+    let Ok(repr) = Ipv4Repr::parse(&ip, &caps) else {
+        return false;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    TcpRepr::parse(
+        &tcp,
+        &IpAddress::Ipv4(repr.src_addr),
+        &IpAddress::Ipv4(repr.dst_addr),
+        &caps,
+    )
+    .is_ok()
 }
 
 /// A MAC address for test node `n`.

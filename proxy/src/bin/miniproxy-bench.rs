@@ -36,13 +36,14 @@ fn nanos() -> u64 {
     EPOCH.get_or_init(StdInstant::now).elapsed().as_nanos() as u64
 }
 
-fn world(extra: &str, serve: Serve, buf: usize) -> World {
+fn world(extra: &str, serve: Serve, buf: usize, offload: bool) -> World {
     let cfg = Config::parse(&format!(
         "ip=10.0.0.2/24 rule=reverse:80:10.0.0.20:8080 mem=1g {extra}"
     ))
     .expect("bench config");
     let mut net = Net::new(1);
     let pp = net.add_port(Link::default());
+    net.set_offload(pp, offload);
     let cp = net.add_port(Link::default());
     let sp = net.add_port(Link::default());
     let now = net.now();
@@ -93,6 +94,7 @@ fn mem_conn_rate(n: usize, par: usize) -> (f64, f64, u64) {
         "max_conns=512 backlog=64 buf=16k",
         Serve::Source { len: 100, seed: 2 },
         16 * 1024,
+        false,
     );
     let t = StdInstant::now();
     let mut done = 0;
@@ -118,12 +120,16 @@ fn mem_conn_rate(n: usize, par: usize) -> (f64, f64, u64) {
     (n as f64 / secs, n as f64 / (w.proxy_nanos as f64 / 1e9), st.completed)
 }
 
-/// MB/s (wall clock) of one download of `len` bytes through the engine.
-fn mem_bulk(len: usize, buf: usize) -> (f64, f64) {
+/// MB/s (wall clock) of one download of `len` bytes through the engine, and
+/// the frames the engine handed its device per MB. With `offload` the engine's
+/// device has TSO and checksum offload (the simulated wire segments, and
+/// merges received segments, like netback/Linux GSO and GRO).
+fn mem_bulk(len: usize, buf: usize, offload: bool) -> (f64, f64, f64) {
     let mut w = world(
         &format!("buf={}k", buf / 1024),
         Serve::Source { len, seed: 3 },
         buf,
+        offload,
     );
     let _ = pattern(0, 0);
     let now = w.now();
@@ -132,7 +138,12 @@ fn mem_bulk(len: usize, buf: usize) -> (f64, f64) {
     let ok = w.run_until(Duration::from_secs(3600), |w| w.hosts[0].flows[f].done);
     let secs = t.elapsed().as_secs_f64();
     assert!(ok && w.hosts[0].flows[f].received_len == len, "in-memory bulk failed");
-    (len as f64 / secs / 1e6, len as f64 / (w.proxy_nanos as f64 / 1e9) / 1e6)
+    let frames = w.net.port_stats(w.proxy_port).tx_frames as f64;
+    (
+        len as f64 / secs / 1e6,
+        len as f64 / (w.proxy_nanos as f64 / 1e9) / 1e6,
+        frames / (len as f64 / 1e6),
+    )
 }
 
 fn field(out: &str, key: &str) -> f64 {
@@ -289,11 +300,12 @@ fn main() {
          ({completed} completed, {par} at a time, 100-byte responses)"
     );
     let len = if quick { 50 << 20 } else { 200 << 20 };
-    for buf in [64 * 1024, 256 * 1024] {
-        let (mbps, engine_mbps) = mem_bulk(len, buf);
+    for (buf, offload) in [(64 * 1024, false), (256 * 1024, false), (64 * 1024, true), (256 * 1024, true)] {
+        let (mbps, engine_mbps, frames) = mem_bulk(len, buf, offload);
+        let off = if offload { ", offload" } else { "" };
         println!(
             "in-memory download MB/s: {mbps:.1} whole simulation, {engine_mbps:.1} counting the engine's time only \
-             ({} MB, buf={}k)",
+             ({} MB, buf={}k{off}; the engine sent {frames:.0} frames/MB)",
             len >> 20,
             buf / 1024
         );

@@ -50,6 +50,8 @@ pub struct Setup<'a> {
     pub server_backlog: usize,
     /// The engine's memory budget.
     pub budget: usize,
+    /// The proxy's port has segmentation and checksum offload (`Net::set_offload`).
+    pub offload: bool,
 }
 
 impl Default for Setup<'_> {
@@ -64,6 +66,7 @@ impl Default for Setup<'_> {
             serve: Serve::Echo,
             server_backlog: 8,
             budget: 1 << 30,
+            offload: false,
         }
     }
 }
@@ -74,6 +77,7 @@ pub fn reverse_world(s: Setup<'_>) -> World {
     let cfg = reverse_config(s.extra);
     let mut net = Net::new(s.seed);
     let pp = net.add_port(s.proxy_link);
+    net.set_offload(pp, s.offload);
     let cp = net.add_port(s.client_link);
     let sp = net.add_port(s.server_link);
     let now = net.now();
