@@ -58,23 +58,36 @@
 //! ```
 //!
 //! i.e. every socket that may still be needed can get `buf_min`. The *surplus*
-//! is what the buffer budget has beyond that reservation (including the new
-//! socket's own minimum). A new socket takes at most half of the surplus, rounded
-//! down to a size of the ladder `buf_min, 2*buf_min, 4*buf_min, ... (< buf), buf`
-//! (few distinct sizes, each half of the next: friendly to the kernel's first-fit
-//! heap, whose freed blocks are then reused whole or split evenly). So a lone
-//! connection gets `buf`, a crowd tapers geometrically down to `buf_min`, and the
-//! budget is never exceeded. If an allocation fails anyway (a fragmented heap),
-//! the next smaller size is tried, down to `buf_min`; only then is the connection
-//! refused (and allocation retried after a pause).
+//! is what the buffer budget has beyond that reservation (the new socket's own
+//! minimum included) and beyond the *pledges* below. Sizes are on the ladder
+//! `buf_min, 2*buf_min, 4*buf_min, ... (< buf), buf` (few distinct sizes, each
+//! half of the next: friendly to the kernel's first-fit heap, whose freed blocks
+//! are then reused whole or split evenly).
 //!
-//! **Spares** keep their buffers. When a socket is needed, the largest spare is
-//! taken; if the budget now affords more than it has (it was sized in a crowd),
-//! it is freed and re-created larger. When there are more spares than the small
-//! reserve allows, the smallest one is freed. Sockets waiting to send an RST
-//! hold their buffers until they are spares. [`Stats`] reports the bytes held in
-//! buffers and their high-water mark. Every buffer is allocated fallibly: an
-//! allocation failure refuses one connection, it never panics.
+//! * A **listening** socket is the client side of a future connection. It takes,
+//!   for itself and its future upstream partner, at most half of the surplus
+//!   (`4 * (size - buf_min) <= surplus / 2`), and *pledges* `2 * (size - buf_min)`
+//!   to the partner while it listens.
+//! * The **upstream** socket of a connection gets the client side's size if the
+//!   surplus (with that pledge released) affords it, never more: a larger one
+//!   would not make the connection faster.
+//!
+//! So a lone connection gets `buf` both sides, a crowd tapers geometrically down
+//! to `buf_min` in matched pairs, and the budget is never exceeded (pledges are
+//! advisory; the reservation is not). If an allocation fails anyway (a
+//! fragmented heap), the next smaller size is tried, down to `buf_min`; only then
+//! is the connection refused (and allocation retried after a pause).
+//!
+//! **Spares** keep their buffers and are a cache: a socket is taken from the
+//! smallest spare at least as large as what the budget would afford with every
+//! spare freed; if none is, the spares (all smaller: sized when memory was
+//! short) are freed and a new socket of that size is made. Beyond the small
+//! reserve of spares, the smallest is freed. Listening sockets made when memory
+//! was short are re-created larger once it comes back (a connection ended).
+//! Sockets waiting to send an RST hold their buffers until they are spares.
+//! [`Stats`] reports the bytes held in buffers and their high-water mark. Every
+//! buffer is allocated fallibly: an allocation failure refuses one connection,
+//! it never panics.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -597,7 +610,8 @@ pub struct Engine {
     /// Aborted sockets that still have an RST to send, with a deadline.
     dying: Vec<(SocketHandle, Instant)>,
     /// Finished sockets ready for reuse (closed or in TIME-WAIT).
-    spare: Vec<SocketHandle>,
+    /// With their per-direction buffer size.
+    spare: Vec<(SocketHandle, usize)>,
     spare_max: usize,
     /// Sockets of ours in the set (pools + conns + dying + spare).
     owned: usize,
@@ -611,6 +625,11 @@ pub struct Engine {
     /// Memory was freed or a spare appeared since listening sockets were last
     /// compared with what the budget affords.
     listeners_stale: bool,
+    /// Bytes held by the spares' buffers.
+    spare_bytes: usize,
+    /// Bytes pledged by listening sockets to their future partners:
+    /// `2 * (size - buf_min)` each.
+    pledged: usize,
     /// Tests: buffer allocations larger than this fail (a fragmented heap).
     #[cfg(test)]
     pub(crate) alloc_limit: usize,
@@ -771,6 +790,8 @@ impl Engine {
             buf_held: 0,
             buf_peak: 0,
             listeners_stale: false,
+            spare_bytes: 0,
+            pledged: 0,
             #[cfg(test)]
             alloc_limit: usize::MAX,
             ports: PortMap::new(seed),
@@ -930,7 +951,7 @@ impl Engine {
     /// The per-direction buffer size a listening socket created now would get
     /// (and the upstream side of its connection, budget permitting).
     pub fn next_buffer_size(&self) -> usize {
-        self.buffer_state(None, false).size_for(Role::Listen)
+        self.buffer_state(false).size_for(Role::Listen)
     }
 
     /// The buffer size (per direction) of both sockets of every connection
@@ -958,6 +979,16 @@ impl Engine {
             }
         }
         assert_eq!(sockets, self.owned, "sockets in the set vs owned");
+        let spare: usize = self.spare.iter().map(|&(h, _)| 2 * self.buf_of(h)).sum();
+        assert_eq!(spare, self.spare_bytes, "spare bytes");
+        assert!(self.spare.iter().all(|&(h, size)| self.buf_of(h) == size));
+        let pledged: usize = self
+            .pools
+            .iter()
+            .flat_map(|p| p.listening.iter())
+            .map(|&h| self.pledge(self.buf_of(h)))
+            .sum();
+        assert_eq!(pledged, self.pledged, "pledged bytes");
         n
     }
 
@@ -1064,29 +1095,19 @@ impl Engine {
         self.sockets.get::<tcp::Socket>(h).recv_capacity()
     }
 
-    /// The budget figures for a new socket: every socket but `except` counts,
-    /// and the spares too unless `without_spares` (spares are a cache: they
-    /// give way to larger buffers).
-    fn buffer_state(&self, except: Option<SocketHandle>, without_spares: bool) -> BufferState {
-        let mut held = self.buf_held;
-        let mut others = self.owned;
-        let spares: &[SocketHandle] = if without_spares { &self.spare } else { &[] };
-        for &h in spares.iter().chain(except.iter()) {
-            held -= 2 * self.buf_of(h);
-            others -= 1;
-        }
-        let mut pledged = 0;
-        for p in &self.pools {
-            for &h in &p.listening {
-                if Some(h) != except {
-                    pledged += 2 * (self.buf_of(h) - self.tune.buf_min);
-                }
-            }
-        }
+    /// The budget figures for a new socket: every socket counts, the spares
+    /// too unless `without_spares` (spares are a cache: they give way to
+    /// larger buffers).
+    fn buffer_state(&self, without_spares: bool) -> BufferState {
+        let (held, others) = if without_spares {
+            (self.buf_held - self.spare_bytes, self.owned - self.spare.len())
+        } else {
+            (self.buf_held, self.owned)
+        };
         BufferState {
             budget: self.buf_budget,
             held,
-            pledged,
+            pledged: self.pledged,
             others,
             max_sockets: self.plan.max_sockets,
             buf_min: self.tune.buf_min,
@@ -1094,28 +1115,72 @@ impl Engine {
         }
     }
 
+    /// Bytes a listening socket with `size`-byte buffers pledges to its partner.
+    fn pledge(&self, size: usize) -> usize {
+        2 * (size - self.tune.buf_min)
+    }
+
+    fn pool_push(&mut self, i: usize, h: SocketHandle) {
+        self.pledged += self.pledge(self.buf_of(h));
+        self.pools[i].listening.push(h);
+    }
+
+    fn pool_insert(&mut self, i: usize, j: usize, h: SocketHandle) {
+        self.pledged += self.pledge(self.buf_of(h));
+        self.pools[i].listening.insert(j, h);
+    }
+
+    /// Take listening socket `j` of pool `i` out (order kept if `keep_order`).
+    fn pool_take(&mut self, i: usize, j: usize, keep_order: bool) -> SocketHandle {
+        let h = if keep_order {
+            self.pools[i].listening.remove(j)
+        } else {
+            self.pools[i].listening.swap_remove(j)
+        };
+        self.pledged -= self.pledge(self.buf_of(h));
+        h
+    }
+
+    fn spare_push(&mut self, h: SocketHandle) {
+        let size = self.buf_of(h);
+        self.spare_bytes += 2 * size;
+        self.spare.push((h, size));
+    }
+
+    fn spare_take(&mut self, i: usize) -> SocketHandle {
+        let (h, size) = self.spare.remove(i);
+        self.spare_bytes -= 2 * size;
+        h
+    }
+
     /// A closed socket to (re)use for `role`: the smallest spare at least as
     /// large as what the budget affords (the most recently retired of equals),
     /// else a new socket of that size, after freeing the spares (all smaller:
     /// sized when memory was short) to make room.
     fn take_socket(&mut self, now: Instant, role: Role) -> Option<SocketHandle> {
-        let ideal = self.buffer_state(None, true).size_for(role);
-        let mut fit: Option<(usize, usize)> = None;
-        for (i, &h) in self.spare.iter().enumerate() {
-            let size = self.buf_of(h);
-            if size >= ideal && fit.is_none_or(|(_, b)| size <= b) {
-                fit = Some((i, size));
+        let ideal = self.buffer_state(true).size_for(role);
+        // The common case first: the most recent spare fits exactly.
+        let mut fit = match self.spare.last() {
+            Some(&(_, size)) if size == ideal => Some((self.spare.len() - 1, size)),
+            _ => None,
+        };
+        if fit.is_none() {
+            for (i, &(_, size)) in self.spare.iter().enumerate() {
+                if size >= ideal && fit.is_none_or(|(_, b)| size <= b) {
+                    fit = Some((i, size));
+                }
             }
         }
         if let Some((i, _)) = fit {
-            return Some(self.spare.remove(i));
+            return Some(self.spare_take(i));
         }
-        while let Some(h) = self.spare.pop() {
+        while !self.spare.is_empty() {
+            let h = self.spare_take(self.spare.len() - 1);
             self.free_socket(h);
         }
         if self.owned < self.plan.max_sockets {
             // With the spares freed this is `ideal` again.
-            let want = self.buffer_state(None, false).size_for(role);
+            let want = self.buffer_state(false).size_for(role);
             return self.new_socket(want, self.tune.buf_min, now);
         }
         // Never take a dying socket: its RST would be lost. At capacity the
@@ -1190,22 +1255,21 @@ impl Engine {
     fn make_spare(&mut self, h: SocketHandle) {
         self.listeners_stale = true;
         if self.spare.len() < self.spare_max {
-            self.spare.push(h);
+            self.spare_push(h);
             return;
         }
         let size = self.buf_of(h);
         let mut smallest: Option<(usize, usize)> = None;
-        for (i, &o) in self.spare.iter().enumerate() {
-            let s = self.buf_of(o);
+        for (i, &(_, s)) in self.spare.iter().enumerate() {
             if smallest.is_none_or(|(_, b)| s < b) {
                 smallest = Some((i, s));
             }
         }
         match smallest {
             Some((i, s)) if s < size => {
-                let o = self.spare.remove(i);
+                let o = self.spare_take(i);
                 self.free_socket(o);
-                self.spare.push(h);
+                self.spare_push(h);
             }
             _ => self.free_socket(h),
         }
@@ -1234,6 +1298,9 @@ impl Engine {
         for i in 0..self.pools.len() {
             // Take the list out (keeping its allocation) to release the borrow.
             let mut list = core::mem::take(&mut self.pools[i].listening);
+            for &h in &list {
+                self.pledged -= self.pledge(self.buf_of(h));
+            }
             for h in list.drain(..) {
                 let s = self.tcp(h);
                 if s.state() == State::Listen {
@@ -1286,7 +1353,7 @@ impl Engine {
                 let s = self.tcp(h);
                 tune.apply(s);
                 match s.listen(ep) {
-                    Ok(()) => self.pools[i].listening.push(h),
+                    Ok(()) => self.pool_push(i, h),
                     Err(_) => {
                         // Cannot happen for a closed socket and a non-zero port;
                         // keep the socket rather than leak it.
@@ -1303,36 +1370,52 @@ impl Engine {
     /// becomes the client side of the next connection, whose window is fixed
     /// from the handshake on. Each pool socket is looked at once per call.
     fn upgrade_listeners(&mut self, now: Instant) {
+        let listening: usize = self.pools.iter().map(|p| p.listening.len()).sum();
+        if self.pledged == listening * self.pledge(self.tune.buf) {
+            // Every listening socket has `buf` already.
+            self.listeners_stale = false;
+            return;
+        }
         for i in 0..self.pools.len() {
             let Some(ep) = self.listen_endpoint(&self.pools[i].rule) else {
                 continue;
             };
+            // The figures without the spares; recomputed after each replacement.
+            let mut base = self.buffer_state(true);
             let mut j = 0;
             while j < self.pools[i].listening.len() {
                 let h = self.pools[i].listening[j];
                 let have = self.buf_of(h);
+                // As `buffer_state(Some(h), true)`, in constant time.
+                let without_h = BufferState {
+                    held: base.held - 2 * have,
+                    pledged: base.pledged - 2 * (have - base.buf_min),
+                    others: base.others - 1,
+                    ..base
+                };
                 if have >= self.tune.buf
                     || self.tcp(h).state() != State::Listen
-                    || self.buffer_state(Some(h), true).size_for(Role::Listen) <= have
+                    || without_h.size_for(Role::Listen) <= have
                 {
                     j += 1;
                     continue;
                 }
-                self.pools[i].listening.remove(j);
+                self.pool_take(i, j, true);
                 self.tcp(h).abort(); // LISTEN: closes without sending anything
                 self.free_socket(h);
-                let Some(n) = self.take_socket(now, Role::Listen) else {
-                    continue; // the pool is one short; refill retries
-                };
-                let tune = self.tune;
-                let s = self.tcp(n);
-                tune.apply(s);
-                if s.listen(ep).is_ok() {
-                    self.pools[i].listening.insert(j, n);
-                    j += 1;
-                } else {
-                    self.make_spare(n);
-                }
+                let taken = self.take_socket(now, Role::Listen);
+                if let Some(n) = taken {
+                    let tune = self.tune;
+                    let s = self.tcp(n);
+                    tune.apply(s);
+                    if s.listen(ep).is_ok() {
+                        self.pool_insert(i, j, n);
+                        j += 1;
+                    } else {
+                        self.make_spare(n);
+                    }
+                } // else the pool is one short; refill retries
+                base = self.buffer_state(true);
             }
         }
         self.listeners_stale = false;
@@ -1349,7 +1432,7 @@ impl Engine {
                     j += 1;
                     continue;
                 }
-                self.pools[i].listening.swap_remove(j);
+                self.pool_take(i, j, false);
                 any = true;
                 self.start_conn(i, h, now);
             }

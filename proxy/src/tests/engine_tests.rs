@@ -662,7 +662,7 @@ fn memory_budget_refuses_and_says_what_fits() {
     c3.buf_min = fit_buf_min + 1024;
     assert!(MemoryPlan::for_config(&c3).total > budget);
     assert!(fit_max_conns > 50 && fit_max_conns < 256);
-    assert!(fit_buf_min >= 2048 && fit_buf_min < 16 * 1024, "{fit_buf_min}");
+    assert!((2048..16 * 1024).contains(&fit_buf_min), "{fit_buf_min}");
     // And the suggested configs are accepted (a line naming them parses).
     for line in [
         format!("ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080 max_conns={fit_max_conns} buf=64k buf_min=16k"),
