@@ -406,6 +406,10 @@ pub enum EngineError {
     BadHardwareAddress,
     /// The device's medium is not supported (only Ethernet is).
     UnsupportedMedium,
+    /// The device advertises TCP segmentation offload but has smoltcp compute
+    /// TCP checksums on transmit (smoltcp would panic): with TSO, `checksum.tcp`
+    /// must be `Rx` or `None` (the device fills them).
+    InconsistentOffload,
     /// An address that cannot be assigned (not unicast).
     BadAddress(Ipv4Address),
     /// An allocation failed while building the engine.
@@ -450,6 +454,10 @@ impl fmt::Display for EngineError {
             EngineError::UnsupportedMedium => {
                 write!(f, "engine: device medium is not Ethernet")
             }
+            EngineError::InconsistentOffload => write!(
+                f,
+                "engine: the device advertises TCP segmentation offload but not TCP checksum offload on transmit"
+            ),
             EngineError::BadAddress(a) => write!(f, "engine: address {a} is not unicast"),
             EngineError::OutOfMemory(what) => write!(f, "engine: out of memory allocating {what}"),
         }
@@ -749,6 +757,10 @@ impl Engine {
         let caps = device.capabilities();
         if caps.medium != Medium::Ethernet {
             return Err(EngineError::UnsupportedMedium);
+        }
+        let tso = caps.segmentation.tcpv4.is_some() || caps.segmentation.tcpv6.is_some();
+        if tso && caps.checksum.tcp.tx() {
+            return Err(EngineError::InconsistentOffload);
         }
         match hw {
             HardwareAddress::Ethernet(mac) if mac.is_unicast() => {}

@@ -1217,3 +1217,48 @@ fn tso_echo_with_loss_and_transparent_mode() {
     let ps = w.net.port_stats(w.proxy_port);
     assert!(ps.tso_frames > 5 && ps.largest_tx > 16 * 1024, "{ps:?}");
 }
+
+#[test]
+fn tso_without_checksum_offload_is_refused() {
+    use smoltcp::phy::{Checksum, Device, DeviceCapabilities};
+    /// A port device whose capabilities can be bent.
+    struct Bent<'a>(crate::sim::PortDevice<'a>, Checksum);
+    impl Device for Bent<'_> {
+        type RxToken<'b>
+            = crate::sim::SimRx
+        where
+            Self: 'b;
+        type TxToken<'b>
+            = crate::sim::SimTx<'b>
+        where
+            Self: 'b;
+        fn receive(&mut self, t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+            self.0.receive(t)
+        }
+        fn transmit(&mut self, t: Instant) -> Option<Self::TxToken<'_>> {
+            self.0.transmit(t)
+        }
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut c = self.0.capabilities();
+            c.checksum.tcp = self.1;
+            c
+        }
+    }
+    let cfg = reverse_config("");
+    let mut net = Net::new(1);
+    let p = net.add_port(Link::default());
+    net.set_offload(p, true);
+    let now = net.now();
+    let new = |net: &mut Net, ck| {
+        Engine::new(&cfg, HardwareAddress::Ethernet(mac(2)), 1, 1 << 30, &mut Bent(net.port(p), ck), now)
+    };
+    let err = new(&mut net, Checksum::Both).unwrap_err();
+    assert_eq!(err, EngineError::InconsistentOffload);
+    assert_eq!(
+        err.to_string(),
+        "engine: the device advertises TCP segmentation offload but not TCP checksum offload on transmit"
+    );
+    assert!(new(&mut net, Checksum::Tx).is_err());
+    assert!(new(&mut net, Checksum::None).is_ok());
+    assert!(new(&mut net, Checksum::Rx).is_ok());
+}
