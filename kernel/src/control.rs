@@ -13,6 +13,10 @@ const TOKEN: &str = "shutdown";
 /// Under data/ because the guest may not create nodes under control/.
 const STATS_PATH: &str = "data/stats-dump";
 const STATS_TOKEN: &str = "stats";
+/// Watch on the vif backend's `state`: the driver re-reads it when this fires
+/// (a synchronous read every few hundred ms would stall the guest for as
+/// long as a busy dom0's xenstored takes to answer).
+const BACKEND_TOKEN: &str = "vif-backend";
 
 /// What the toolstack asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +40,7 @@ pub fn parse_request(v: &str) -> Result<Option<Request>, &str> {
 pub struct Control {
     pending_check: bool,
     stats_check: bool,
+    backend_changed: bool,
 }
 
 impl Control {
@@ -48,7 +53,18 @@ impl Control {
         // We create the node, so it is ours and dom0 may write it.
         xs.write(STATS_PATH, "")?;
         xs.watch(STATS_PATH, STATS_TOKEN)?;
-        Ok(Control { pending_check: true, stats_check: false })
+        Ok(Control { pending_check: true, stats_check: false, backend_changed: false })
+    }
+
+    /// Watch a backend's state node (e.g. `<backend>/state`); a change shows
+    /// in [`take_backend_changed`](Self::take_backend_changed).
+    pub fn watch_backend(&mut self, k: &mut Kernel, state_path: &str) -> Result<(), XsError> {
+        k.xenstore.borrow_mut().watch(state_path, BACKEND_TOKEN)
+    }
+
+    /// Whether the watched backend state may have changed since the last call.
+    pub fn take_backend_changed(&mut self) -> bool {
+        core::mem::take(&mut self.backend_changed)
     }
 
     /// Publish `data/ready` = microseconds from our first instruction.
@@ -72,11 +88,14 @@ impl Control {
                 self.pending_check = true;
             } else if ev.token == STATS_TOKEN {
                 self.stats_check = true;
+            } else if ev.token == BACKEND_TOKEN {
+                self.backend_changed = true;
             }
         }
         if xs.take_events_lost() {
             self.pending_check = true;
             self.stats_check = true;
+            self.backend_changed = true;
         }
         if core::mem::take(&mut self.stats_check) {
             if let Ok(v) = xs.read(STATS_PATH) {

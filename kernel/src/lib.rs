@@ -167,11 +167,16 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
         events::shutdown(ShutdownReason::Crash);
     }
     time::init(entry_tsc);
+    // Without it the profile falls back to wall time (see profile.rs).
+    let runstate = time::init_runstate();
 
     let console_va = (mm::mfn_to_pfn(info.console_mfn) as usize) * mm::PAGE_SIZE;
     console::install(console::Console::new(mm::SharedPage::from_va(console_va), info.console_evtchn));
     let _ = log::set_logger(&console::LOGGER);
     log::set_max_level(log::LevelFilter::Info);
+    if let Err(rc) = runstate {
+        log::warn!("no vCPU runstate area (VCPUOP rc {rc}): the profile counts wall time");
+    }
 
     if let Err(rc) = traps::init() {
         crash(format_args!("set_trap_table failed: {rc}"));

@@ -87,6 +87,88 @@ mod tests {
     }
 }
 
+/// `struct vcpu_runstate_info` (xen/include/public/vcpu.h): where the vCPU
+/// spent its time, kept up to date by Xen in our memory once registered.
+#[repr(C)]
+struct RunstateInfo {
+    /// RUNSTATE_running (0), runnable (1), blocked (2), offline (3).
+    state: i32,
+    _pad: u32,
+    /// System time (ns) at which `state` was entered.
+    state_entry_time: u64,
+    /// Time (ns) spent in each state up to `state_entry_time`.
+    time: [u64; 4],
+}
+const _: () = assert!(core::mem::size_of::<RunstateInfo>() == 48);
+const _: () = assert!(core::mem::offset_of!(RunstateInfo, state_entry_time) == 8);
+const _: () = assert!(core::mem::offset_of!(RunstateInfo, time) == 16);
+
+const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+const RUNSTATE_RUNNING: usize = 0;
+const RUNSTATE_RUNNABLE: usize = 1;
+const RUNSTATE_BLOCKED: usize = 2;
+
+static mut RUNSTATE: RunstateInfo =
+    RunstateInfo { state: 0, _pad: 0, state_entry_time: 0, time: [0; 4] };
+static RUNSTATE_ON: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Ask Xen to keep vCPU 0's runstate in [`RUNSTATE`], so [`cpu`] can tell
+/// the time we ran from the time we were runnable but not scheduled (steal:
+/// under emulation, dom0 and other guests take the CPU for long stretches,
+/// and wall time alone would charge that to whatever we were doing).
+pub fn init_runstate() -> Result<(), i64> {
+    // The argument is a guest handle: a pointer to the area, passed by
+    // address. RUNSTATE is a static Xen may write for the domain's lifetime;
+    // nothing else writes it, readers use volatile reads.
+    let area: u64 = core::ptr::addr_of_mut!(RUNSTATE) as u64;
+    // SAFETY: the hypercall reads `area` (valid for the call) and keeps the
+    // pointer it holds, which points at a static.
+    let rc = unsafe {
+        crate::hypercall::hypercall3(
+            crate::hypercall::VCPU_OP,
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
+            0,
+            &area as *const u64 as u64,
+        )
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    RUNSTATE_ON.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// vCPU 0's time so far, in ns: running, runnable (steal) and blocked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cpu {
+    pub running: u64,
+    pub runnable: u64,
+    pub blocked: u64,
+}
+
+/// Where our vCPU's time went so far; `None` if the runstate area is not
+/// registered. Read while running: Xen updates the area only when it
+/// switches this (only) vCPU in or out, so it cannot change under us.
+pub fn cpu() -> Option<Cpu> {
+    if !RUNSTATE_ON.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: registered static, read volatile (Xen writes it).
+    let (state, entry, time) = unsafe {
+        let r = core::ptr::addr_of!(RUNSTATE);
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*r).state)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*r).state_entry_time)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*r).time)),
+        )
+    };
+    let mut c = Cpu { running: time[RUNSTATE_RUNNING], runnable: time[RUNSTATE_RUNNABLE], blocked: time[RUNSTATE_BLOCKED] };
+    if state as usize == RUNSTATE_RUNNING {
+        c.running += now_ns().saturating_sub(entry & !(1 << 63));
+    }
+    Some(c)
+}
+
 /// Some bits that differ from boot to boot (seeds smoltcp's sequence numbers).
 pub fn entropy() -> u64 {
     let t = rdtsc();

@@ -37,6 +37,22 @@ fn now_ms() -> u64 {
     time::now_ns() / 1_000_000
 }
 
+/// The clock the profile charges sections with: the vCPU's running time,
+/// or wall time if Xen did not give us a runstate area.
+fn cpu_ns() -> u64 {
+    time::cpu().map_or_else(time::now_ns, |c| c.running)
+}
+
+/// The profile with the runstate's blocked and steal totals filled in.
+fn profile_now(p: &Profile) -> Profile {
+    let mut p = p.clone();
+    if let Some(c) = time::cpu() {
+        p.blocked_ns = c.blocked;
+        p.steal_ns = c.runnable;
+    }
+    p
+}
+
 #[no_mangle]
 fn kernel_main(mut k: Kernel) -> ! {
     println!(
@@ -85,6 +101,9 @@ fn kernel_main(mut k: Kernel) -> ! {
         tx_buffers: cfg.tx_bufs,
         offload: cfg.offload,
         handshake_timeout_ms: 60_000,
+        // A watch on the backend's state wakes the check (below); this is
+        // only the fallback should a watch event be lost.
+        state_check_ms: 10_000,
         ..netfront::Config::default()
     };
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
@@ -112,6 +131,8 @@ fn kernel_main(mut k: Kernel) -> ! {
         let wait = nf.poll_delay(now_ms()).unwrap_or(100).min(100);
         sleep(&[xs_port], nf.platform().port, time::now_ns() + wait * 1_000_000);
     };
+    let state_path = format!("{}/state", nf.backend_path());
+    control.watch_backend(&mut k, &state_path).unwrap_or_else(|e| die(format!("net: cannot watch {state_path}: {e}")));
     let mem = nf.memory();
     log::info!("netfront: {} pages ({} KiB) for rings and buffers", mem.pages(), mem.total_bytes() / 1024);
 
@@ -165,7 +186,7 @@ fn kernel_main(mut k: Kernel) -> ! {
     let mut last_stats = String::new();
     let mut last_stats_ns = 0u64;
     let mut prof = Profile::new();
-    let mut t_ns = time::now_ns();
+    let mut t_ns = cpu_ns();
     loop {
         prof.loops += 1;
         let t = now();
@@ -177,10 +198,13 @@ fn kernel_main(mut k: Kernel) -> ! {
                 None => break,
             }
         }
-        t_ns = prof.charge(Section::Nic, t_ns, time::now_ns());
+        t_ns = prof.charge(Section::Nic, t_ns, cpu_ns());
         engine.poll(t, &mut nf);
-        t_ns = prof.charge(Section::Engine, t_ns, time::now_ns());
+        t_ns = prof.charge(Section::Engine, t_ns, cpu_ns());
         stop_if_asked(&mut k, &mut control, Some(&mut nf), Some(&engine), &prof);
+        if control.take_backend_changed() {
+            nf.check_backend_soon();
+        }
 
         // Stats under data/, at most once a second and only when changed.
         let now_ns = time::now_ns();
@@ -189,7 +213,7 @@ fn kernel_main(mut k: Kernel) -> ! {
             if line != last_stats {
                 // The profile rides along but does not count as a change
                 // (it changes on every pass, even idle ones).
-                let full = format!("{line} {prof} notifies={}", nf.platform().notifies);
+                let full = format!("{line} {} notifies={}", profile_now(&prof), nf.platform().notifies);
                 if let Err(e) = k.xenstore.borrow_mut().write("data/stats", &full) {
                     log::warn!("stats: {e}");
                 }
@@ -220,14 +244,13 @@ fn kernel_main(mut k: Kernel) -> ! {
         if prof.loops % 4096 == 0 {
             log::trace!("loop {}: engine delay {ed:?}, netfront delay {nd:?} ms", prof.loops);
         }
-        t_ns = prof.charge(Section::Control, t_ns, time::now_ns());
-        if deadline > t_ns {
+        t_ns = prof.charge(Section::Control, t_ns, cpu_ns());
+        if deadline > time::now_ns() {
             sleep(&[xs_port], nf.platform().port, deadline);
-            let woke = time::now_ns();
-            if woke < deadline {
+            if time::now_ns() < deadline {
                 prof.wakeups += 1;
             }
-            t_ns = prof.charge(Section::Idle, t_ns, woke);
+            t_ns = prof.charge(Section::Sleep, t_ns, cpu_ns());
         }
     }
 }
@@ -261,7 +284,7 @@ fn stop_if_asked(
             if let Some(nf) = nf {
                 println!("miniproxy: vif0 {} notifies={}", nf.stats(), nf.platform().notifies);
             }
-            println!("miniproxy: {prof}");
+            println!("miniproxy: {}", profile_now(prof));
             let (used, size) = k.heap_usage();
             println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
         }
@@ -281,7 +304,7 @@ fn finish(k: &Kernel, nf: &mut Netfront<XenPlatform>, engine: &Engine, prof: &Pr
     println!("miniproxy: stopping ({reason:?})");
     println!("miniproxy: proxy {}", engine.stats());
     println!("miniproxy: vif0 {} notifies={}", nf.stats(), nf.platform().notifies);
-    println!("miniproxy: {prof}");
+    println!("miniproxy: {}", profile_now(prof));
     println!("miniproxy: heap {} of {} KiB used", used / 1024, size / 1024);
     // Let the backend unmap our pages before the domain goes (bounded).
     let already_down = nf.state() == netfront::State::Disconnected;
