@@ -15,7 +15,7 @@ one() {   # one KIND KERNEL N
     local kind=$1 kernel=$2 n=$3 name="bench-$1-$3" t0 t1 create_ms ready_ms guest_us destroy_ms id rc
     t0=$(now_ms)
     xl_create "$CFG" "kernel=\"$PWD/$kernel\"" "name=\"$name\"" 'memory=4' "$VIF" \
-        'extra="loglevel=warn ip=10.0.0.2/24 rx_bufs=32 max_conns=64 buf=8k"' 'on_poweroff="preserve"' >/dev/null || { echo "BENCHERR $kind $n: xl create failed"; return 1; }
+        'extra="loglevel=warn ip=10.0.0.2/24 rx_bufs=32 max_conns=64"' 'on_poweroff="preserve"' >/dev/null || { echo "BENCHERR $kind $n: xl create failed"; return 1; }
     create_ms=$(( $(now_ms) - t0 ))
     id=$(domid "$name")
     # Poll the ready key tightly (10 ms) for a finer reading than wait_xs.

@@ -35,7 +35,12 @@ LX_MEM_HI=144
 MP_MEM_LO=3          # xl's domain builder makes nothing below 4
 MP_MEM_HI=16
 LX_READY_S=90        # wait this long for the Linux guest's ready key
-COMMON="max_conns=128 buf=16k connect_timeout=10s idle_timeout=300s"
+COMMON="max_conns=128 connect_timeout=10s idle_timeout=300s"
+# buf= is not common: for HAProxy it is tune.bufsize (its default, 16k; the kernel
+# autotunes the TCP windows), for Miniproxy the largest per-direction window a
+# connection gets (its own default, adapted to free memory).
+LX_BUF=16k
+MP_OPTS=''           # extra keys for the main Miniproxy instance (e.g. "offload=off")
 SPLITS="25+25 5+45"  # client-leg RTT + server-leg RTT in ms
 MPBUF=256k           # accel also runs a second Miniproxy with this buf= ("mpbuf"; empty: not)
 MPBUF_MEM=40
@@ -57,13 +62,13 @@ FL_MAC=00:16:3e:00:00:04
 MB_IP=10.0.0.5 MB_MAC=00:16:3e:00:00:05
 MA_IP=10.0.0.6 MA_MAC=00:16:3e:00:00:06
 RULES="rule=reverse:80:$SRV_IP:80 rule=reverse:5201:$SRV_IP:5201 rule=reverse:84:$SRV_IP:84 rule=reverse:8000:$SRV_IP:8000"
-MP_EXTRA="ip=$MP_IP/24 $RULES $COMMON"
+MP_EXTRA="ip=$MP_IP/24 $RULES $COMMON${MP_OPTS:+ $MP_OPTS}"
 # MPALT's keys replace COMMON's (a key may appear only once on the line).
 MA_EXTRA="ip=$MA_IP/24 $RULES"
 for tok in $COMMON; do case " $MPALT" in *" ${tok%%=*}="*) ;; *) MA_EXTRA="$MA_EXTRA $tok" ;; esac; done
 MA_EXTRA="$MA_EXTRA $MPALT"
 MB_EXTRA="ip=$MB_IP/24 rule=reverse:8000:$SRV_IP:8000 max_conns=16 buf=$MPBUF connect_timeout=10s idle_timeout=300s"
-LX_EXTRA="console=hvc0 quiet ip=$LX_IP/24 $RULES $COMMON"
+LX_EXTRA="console=hvc0 quiet ip=$LX_IP/24 $RULES $COMMON buf=$LX_BUF"
 MP_CFG=$P/xl-configs/miniproxy.cfg
 LX_CFG=/tmp/bench-lx.cfg
 TCP="perl $P/dom0/bench-tcp.pl"

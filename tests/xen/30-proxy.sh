@@ -24,7 +24,9 @@ sleep 0.5
 # slowly under emulation; SYN retransmits must fit in the timeout (a refused
 # upstream is still reported at once: it answers with RST).
 RULES="rule=reverse:81:10.0.0.1:8081 rule=reverse:82:10.0.0.1:8082 rule=reverse:83:10.0.0.1:8083 rule=reverse:84:10.0.0.1:8084"
-if mp_create rev 6 "ip=10.0.0.2/24 rx_bufs=64 max_conns=128 buf=8k connect_timeout=15s $RULES" 00:16:3e:00:00:31; then
+# Socket buffers at their defaults (buf=64k largest, buf_min=4k guaranteed),
+# offload at its default (on: TSO/GSO and checksum offload with netback).
+if mp_create rev 6 "ip=10.0.0.2/24 rx_bufs=64 max_conns=128 connect_timeout=15s $RULES" 00:16:3e:00:00:31; then
     pass "rev: ready in $MP_READY_MS ms"
 else
     fail "rev: not ready"
@@ -62,6 +64,22 @@ download 81 /tmp/f1m 1MB
 upload /tmp/f1m 1MB
 download 82 /tmp/f50m 50MB
 upload /tmp/f50m 50MB
+
+# Those transfers went through real netback with offload negotiated: TSO
+# frames out (several MSS per frame, one GSO extra slot each), GSO packets in
+# (several RX slots each), checksums offloaded both ways. The stats line
+# carries netfront's counters ("offload: tx-slots N tx-gso N rx-multi N rx-gso N").
+sleep 1.2   # stats refresh once a second
+st=$(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)
+num() { echo "$st" | sed -n "s/.* $1 \([0-9]*\).*/\1/p"; }
+tx_gso=$(num tx-gso); rx_gso=$(num rx-gso); rx_multi=$(num rx-multi)
+txf=$(echo "$st" | sed -n 's/.* tx \([0-9]*\) frames \([0-9]*\) B.*/\1 \2/p')
+if grep -q 'netfront: offload tso+sg+csum' "$(console_log rev)" && [ "${tx_gso:-0}" -gt 100 ] && [ "${rx_gso:-0}" -gt 100 ] && [ "${rx_multi:-0}" -gt 100 ]; then
+    set -- $txf
+    pass "offload with netback: $tx_gso TSO frames sent, $rx_gso GSO packets received ($rx_multi multi-slot), tx frames average $(( ${2:-0} / (${1:-1} > 0 ? ${1:-1} : 1) )) B"
+else
+    fail "offload with netback" "console: $(grep -a 'netfront: offload' "$(console_log rev)" | tail -n1); tx-gso=$tx_gso rx-gso=$rx_gso rx-multi=$rx_multi"
+fi
 
 # 100 concurrent echo connections, each with its own content.
 mkdir -p /tmp/cc && rm -f /tmp/cc/*
@@ -105,5 +123,24 @@ echo "stats: $(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)"
 t0=$(now_ms)
 mp_stop rev && pass "rev: xl shutdown in $(( $(now_ms) - t0 )) ms"
 tail -n 6 "$(console_log rev)"
+
+# offload=off: the driver keeps every frame within the MTU and checksums in
+# software, with the same backend (which offers sg and gso): still byte-exact.
+ip neigh flush to 10.0.0.2   # the address had another MAC a moment ago
+if mp_create revoff 6 "ip=10.0.0.2/24 offload=off $RULES" 00:16:3e:00:00:32; then
+    download 81 /tmp/f1m 1MB-offload-off
+    upload /tmp/f1m 1MB-offload-off
+    sleep 1.2
+    st=$(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)
+    tx_gso=$(num tx-gso); rx_multi=$(num rx-multi)
+    if grep -q 'netfront: offload off (not requested)' "$(console_log revoff)" && [ "$tx_gso" = 0 ] && [ "$rx_multi" = 0 ]; then
+        pass "offload=off: not negotiated, no TSO frame, no multi-slot packet"
+    else
+        fail "offload=off" "console: $(grep -a 'netfront: offload' "$(console_log revoff)" | tail -n1); tx-gso=$tx_gso rx-multi=$rx_multi"
+    fi
+    mp_stop revoff
+else
+    fail "revoff: not ready"
+fi
 kill "${SRV[@]}" 2>/dev/null; wait 2>/dev/null
 rm -f /tmp/f1m /tmp/f50m; rm -rf /tmp/cc
