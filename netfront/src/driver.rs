@@ -641,6 +641,20 @@ impl<P: Platform> Netfront<P> {
         self.platform.xs_read(&path)
     }
 
+    /// A node of our device directory that the protocol needs, parsed: the
+    /// error says whether it is missing, unreadable or unparsable.
+    fn read_front_value<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, Error> {
+        match self.read_front(key) {
+            Ok(v) => parse(&v).ok_or(Error::BadXenstoreValue(key)),
+            Err(Error::XsNotFound) => Err(Error::MissingXenstoreValue(key)),
+            Err(_) => Err(Error::XenstoreRead(key)),
+        }
+    }
+
     fn write_front(&mut self, key: &str, value: &str) -> Result<(), Error> {
         let path = format!("{}/{key}", self.front);
         self.platform.xs_write(&path, value)
@@ -675,27 +689,28 @@ impl<P: Platform> Netfront<P> {
         let backend = match self.read_front("backend") {
             Ok(b) => b,
             Err(Error::XsNotFound) => return self.fail(Error::NoDevice),
-            Err(e) => return self.fail(e),
+            Err(_) => return self.fail(Error::XenstoreRead("backend")),
         };
         self.backend = String::from(crate::xenbus::clean(&backend));
         if self.backend.is_empty() {
             return self.fail(Error::BadXenstoreValue("backend"));
         }
-        let id = self
-            .read_front("backend-id")
-            .ok()
-            .as_deref()
-            .and_then(parse_u32);
-        self.backend_id = match id.and_then(|v| u16::try_from(v).ok()) {
-            Some(v) => v,
-            None => return self.fail(Error::BadXenstoreValue("backend-id")),
+        self.backend_id = match self.read_front_value("backend-id", |v| {
+            parse_u32(v).and_then(|v| u16::try_from(v).ok())
+        }) {
+            Ok(v) => v,
+            Err(e) => return self.fail(e),
         };
-        self.mac = match self.read_front("mac").ok().as_deref().and_then(parse_mac) {
-            Some(m) => m,
-            None => return self.fail(Error::BadXenstoreValue("mac")),
+        self.mac = match self.read_front_value("mac", parse_mac) {
+            Ok(m) => m,
+            Err(e) => return self.fail(e),
         };
         self.mtu = match self.read_front("mtu") {
-            Err(_) => 1500, // netif.h: absent means 1500
+            Err(Error::XsNotFound) => 1500, // netif.h: absent means 1500
+            Err(_) => {
+                log::warn!("netfront: xenstore error reading mtu: using 1500");
+                1500
+            }
             Ok(s) => match parse_u32(&s) {
                 Some(m) if m > u32::from(MAX_MTU) => {
                     log::warn!(

@@ -116,6 +116,11 @@ pub enum Error {
     NoDevice,
     /// A xenstore node the protocol needs has a value we cannot parse.
     BadXenstoreValue(&'static str),
+    /// A xenstore node the protocol needs does not exist.
+    MissingXenstoreValue(&'static str),
+    /// Reading a xenstore node the protocol needs failed (a xenstore error
+    /// or timeout, not a missing node); the kernel logs the cause.
+    XenstoreRead(&'static str),
     /// The backend does not offer `feature-rx-copy`; this driver only does
     /// receive-by-copy (page flipping is obsolete and unsupported).
     BackendLacksRxCopy,
@@ -142,6 +147,8 @@ impl fmt::Display for Error {
             Error::BadConfig(what) => write!(f, "bad netfront config: {what}"),
             Error::NoDevice => f.write_str("no such vif (no backend node in xenstore)"),
             Error::BadXenstoreValue(key) => write!(f, "unparsable xenstore value for {key}"),
+            Error::MissingXenstoreValue(key) => write!(f, "missing xenstore value for {key}"),
+            Error::XenstoreRead(key) => write!(f, "xenstore error reading {key}"),
             Error::BackendLacksRxCopy => {
                 f.write_str("backend does not offer feature-rx-copy (required)")
             }

@@ -267,6 +267,66 @@ fn bad_or_missing_device_keys_fail_fast() {
 }
 
 #[test]
+fn device_key_errors_say_what_happened() {
+    // A required key that cannot be read (xenstore error or timeout), is
+    // missing, or does not parse: three different errors, each naming the key.
+    let fail = |setup: BackendSetup, prep: &dyn Fn(&mut H)| -> Error {
+        let mut h = H::new(setup, Config::default());
+        prep(&mut h);
+        h.step();
+        match h.events.as_slice() {
+            [Event::Disconnected(Reason::Failed(e))] => e.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mac = format!("{FRONT}/mac");
+    let id = format!("{FRONT}/backend-id");
+    let cases: [(&dyn Fn(&mut H), Error, &str); 6] = [
+        (
+            &|h| h.world.inner().xs_fail_path = Some((String::from("/mac"), 1)),
+            Error::XenstoreRead("mac"),
+            "xenstore error reading mac",
+        ),
+        (
+            &|h| h.world.xs_rm_tree(&mac),
+            Error::MissingXenstoreValue("mac"),
+            "missing xenstore value for mac",
+        ),
+        (
+            &|h| h.world.xs_set(&mac, "00:16:3e:zz:00:00"),
+            Error::BadXenstoreValue("mac"),
+            "unparsable xenstore value for mac",
+        ),
+        (
+            &|h| h.world.inner().xs_fail_path = Some((String::from("backend-id"), 1)),
+            Error::XenstoreRead("backend-id"),
+            "xenstore error reading backend-id",
+        ),
+        (
+            &|h| h.world.xs_rm_tree(&id),
+            Error::MissingXenstoreValue("backend-id"),
+            "missing xenstore value for backend-id",
+        ),
+        (
+            // The first read of all: unreadable is not "no such device".
+            &|h| h.world.inner().xs_fail_reads = 1,
+            Error::XenstoreRead("backend"),
+            "xenstore error reading backend",
+        ),
+    ];
+    for (prep, want, text) in cases {
+        let got = fail(BackendSetup::default(), prep);
+        assert_eq!(got, want);
+        assert_eq!(got.to_string(), text);
+    }
+    // The optional mtu: unreadable falls back to 1500 like absent.
+    let mut h = H::new(BackendSetup::default(), Config::default());
+    h.world.inner().xs_fail_path = Some((String::from("/mtu"), 1));
+    assert!(h.step_until(200, |h| h.nf.is_connected()), "{:?}", h.events);
+    assert_eq!(h.nf.mtu(), 1500);
+}
+
+#[test]
 fn config_is_validated() {
     let w = crate::fake::World::new();
     for cfg in [
