@@ -15,6 +15,8 @@
 //! client gets the address (a DHCP server must answer on the TAP's segment).
 #![forbid(unsafe_code)]
 
+mod hostutil;
+
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,23 +120,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn wait_until_up(name: &str) -> Result<(), String> {
-    let path = format!("/sys/class/net/{name}/flags");
-    let start = StdInstant::now();
-    loop {
-        let flags = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-        let v = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
-            .map_err(|_| format!("{path}: unexpected content '{}'", flags.trim()))?;
-        if v & 1 != 0 {
-            return Ok(());
-        }
-        if start.elapsed() > StdDuration::from_secs(300) {
-            return Err(format!("{name} was not brought up within 300 s"));
-        }
-        std::thread::sleep(StdDuration::from_millis(20));
-    }
-}
-
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let cfg = Config::parse(&args.line).map_err(|e| e.to_string())?;
@@ -189,7 +174,7 @@ fn run() -> Result<(), String> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    wait_until_up(&args.tap)?;
+    hostutil::wait_until_up(&args.tap, StdDuration::from_secs(300))?;
     let mut next_stats = args.stats.map(|s| StdInstant::now() + s);
     let idle_exit = cfg.idle_exit.map(|d| Duration::from_micros(d.as_micros() as u64));
     loop {

@@ -23,6 +23,8 @@
 //! conns_per_s=.. mbytes_per_s=..` and exits 0, or prints what failed and exits 1.
 #![forbid(unsafe_code)]
 
+mod hostutil;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
@@ -346,23 +348,6 @@ fn parse_client(args: &[String]) -> Result<ClientOpts, String> {
     Ok(o)
 }
 
-fn wait_until_up(name: &str) -> Result<(), String> {
-    let path = format!("/sys/class/net/{name}/flags");
-    let start = Instant::now();
-    loop {
-        let flags = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-        let v = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
-            .map_err(|_| format!("{path}: unexpected content '{}'", flags.trim()))?;
-        if v & 1 != 0 {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(format!("{name} was not brought up within 60 s"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Forward frames between two TAP devices, each delayed by `ms`.
 fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
     use smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
@@ -374,8 +359,8 @@ fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
     ];
     println!("tcptool: delayline ready on {a} {b}");
     let _ = std::io::stdout().flush();
-    wait_until_up(a)?;
-    wait_until_up(b)?;
+    hostutil::wait_until_up(a, Duration::from_secs(60))?;
+    hostutil::wait_until_up(b, Duration::from_secs(60))?;
     // Frames in flight towards device i, oldest first (the delay is constant).
     let mut queues: [VecDeque<(Instant, Vec<u8>)>; 2] = [VecDeque::new(), VecDeque::new()];
     let t0 = smoltcp::time::Instant::from_millis(0);
