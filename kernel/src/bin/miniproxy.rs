@@ -142,7 +142,14 @@ fn kernel_main(mut k: Kernel) -> ! {
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut engine =
         Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, now()).unwrap_or_else(|e| die(e));
-    log::info!("engine: worst case {} KiB of a {} KiB budget", engine.plan().total / 1024, budget / 1024);
+    let plan = engine.plan();
+    log::info!(
+        "engine: {} KiB budget, {} KiB of it for socket buffers; guaranteed worst case (every connection at buf_min) {} KiB, every connection at buf would take {} KiB",
+        budget / 1024,
+        engine.buffer_budget() / 1024,
+        plan.total / 1024,
+        plan.total_max / 1024
+    );
 
     // Address: static from the config (Engine::new applied it), or DHCP
     // (the engine runs smoltcp's client) with a deadline.
