@@ -34,6 +34,11 @@
 //!   small reserve are removed from the socket set and their memory freed. A socket
 //!   that still has an RST to send is kept until it has sent it (at most one
 //!   second).
+//! * **Address announcements.** When an address is set (static, by hand or
+//!   by DHCP) the engine broadcasts gratuitous ARP three times, a second
+//!   apart, from its own polls (see [`Engine::poll`]): an instance restarted
+//!   on an address another MAC held a moment ago is reachable at once, not
+//!   when the peers' ARP entries expire.
 //!
 //! # Memory
 //!
@@ -97,13 +102,13 @@ use smoltcp::iface::{
     Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle,
     SocketSet, SocketStorage,
 };
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, PacketMeta, RxToken};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, PacketMeta, RxToken, TxToken};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::socket::{dhcpv4, AnySocket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
-    IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
 use crate::config::{CongestionControl, Config, IpSetting, Rule, RuleKind, MIN_BUF};
@@ -130,6 +135,19 @@ const ALLOC_OVERHEAD: usize = 32;
 /// A listening socket and its future partner take at most `1 / SURPLUS_SHARE`
 /// of the surplus.
 const SURPLUS_SHARE: usize = 2;
+/// Gratuitous ARP announcements sent when an address is set, `GARP_INTERVAL`
+/// apart. More than one because an announcement is a broadcast nobody
+/// acknowledges: a single lost frame (an instance's first frames race the
+/// hotplug script attaching its vif to the bridge; a busy dom0 or bridge
+/// drops) would leave peers sending to the MAC that held the address before,
+/// until their ARP entries expire (minutes on Linux). Three over two seconds
+/// ride out such start-up loss, as RFC 5227's announcements (two, 2 s apart)
+/// and `arping -U -c 3` do; then they stop: a notification, not a keep-alive.
+const GARP_COUNT: u8 = 3;
+const GARP_INTERVAL: Duration = Duration::from_secs(1);
+/// When the device had no room for an announcement: retried at the next
+/// poll, and `poll_delay` asks for one this soon so it does not wait long.
+const GARP_RETRY: Duration = Duration::from_millis(10);
 
 /// Counters. `active` is the number of connections currently held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,6 +178,8 @@ pub struct Stats {
     pub buf_bytes: usize,
     /// The most `buf_bytes` has been.
     pub buf_peak: usize,
+    /// Gratuitous ARP announcements sent (three each time an address is set).
+    pub garp: u64,
 }
 
 impl Stats {
@@ -174,7 +194,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
-             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={}",
+             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={}",
             self.accepted,
             self.active,
             self.refused,
@@ -187,7 +207,8 @@ impl fmt::Display for Stats {
             self.bytes_up,
             self.bytes_down,
             self.buf_bytes,
-            self.buf_peak
+            self.buf_peak,
+            self.garp
         )
     }
 }
@@ -644,7 +665,15 @@ pub struct Engine {
     ports: PortMap,
     stats: Stats,
     any_ip: bool,
+    /// The interface's MAC address.
+    mac: EthernetAddress,
     own_addr: Option<Ipv4Address>,
+    /// Gratuitous ARP announcements of `own_addr` still to send, when the
+    /// next is due, and whether the device had no room for the last try (then
+    /// the next poll retries, whenever it comes).
+    garp_left: u8,
+    garp_at: Instant,
+    garp_retry: bool,
     retry_at: Option<Instant>,
     more_work: bool,
     idle_since: Instant,
@@ -762,10 +791,10 @@ impl Engine {
         if tso && caps.checksum.tcp.tx() {
             return Err(EngineError::InconsistentOffload);
         }
-        match hw {
-            HardwareAddress::Ethernet(mac) if mac.is_unicast() => {}
+        let mac = match hw {
+            HardwareAddress::Ethernet(mac) if mac.is_unicast() => mac,
             _ => return Err(EngineError::BadHardwareAddress),
-        }
+        };
         let mut icfg = IfaceConfig::new(hw);
         icfg.random_seed = seed;
         let mut iface = Interface::new(icfg, device, now);
@@ -809,7 +838,11 @@ impl Engine {
             ports: PortMap::new(seed),
             stats: Stats::default(),
             any_ip,
+            mac,
             own_addr: None,
+            garp_left: 0,
+            garp_at: now,
+            garp_retry: false,
             retry_at: None,
             more_work: true,
             idle_since: now,
@@ -828,7 +861,8 @@ impl Engine {
 
     /// Assign the interface's IPv4 address and default gateway (replacing any
     /// previous ones), e.g. after DHCP. Listening sockets bound to the old
-    /// address are re-created.
+    /// address are re-created. A new address is announced with gratuitous ARP
+    /// (see [`Engine::poll`]).
     pub fn set_ipv4(&mut self, cidr: Ipv4Cidr, gw: Option<Ipv4Address>) -> Result<(), EngineError> {
         let a = cidr.address();
         if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
@@ -854,6 +888,9 @@ impl Engine {
         self.own_addr = Some(a);
         if changed {
             self.drop_listeners();
+            self.garp_left = GARP_COUNT;
+            self.garp_at = self.now;
+            self.garp_retry = false;
         }
         Ok(())
     }
@@ -900,6 +937,7 @@ impl Engine {
         self.iface.update_ip_addrs(|addrs| addrs.clear());
         self.iface.routes_mut().remove_default_ipv4_route();
         self.own_addr = None;
+        self.garp_left = 0;
         self.drop_listeners();
     }
 
@@ -1017,6 +1055,15 @@ impl Engine {
     /// Run the engine: receive what the device has, accept, splice, close, and
     /// transmit. Returns whether anything happened. Bounded work per call: if it
     /// stopped with work left, [`Engine::poll_delay`] returns zero.
+    ///
+    /// After an address is set (static in [`Engine::new`], [`Engine::set_ipv4`],
+    /// or a DHCP lease), polls also send gratuitous ARP, like Linux's
+    /// `arp_notify`: an ARP request from our MAC for our own address (sender
+    /// and target IP both ours, target MAC zero) to the broadcast address,
+    /// three times one second apart, so that peers still holding the MAC of
+    /// whoever had the address before (an instance restarted under another
+    /// name) update their ARP entries at once. The deadlines are part of
+    /// [`Engine::poll_delay`]; if the device has no TX room, the next poll retries.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         if self.any_ip {
             let mut guard = ArpGuard {
@@ -1032,7 +1079,7 @@ impl Engine {
     fn poll_inner<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         self.now = now;
         self.iface.poll_maintenance(now);
-        let mut activity = false;
+        let mut activity = self.announce(now, device);
         self.more_work = true;
         for _ in 0..MAX_ROUNDS {
             let mut packets = 0;
@@ -1063,7 +1110,40 @@ impl Engine {
             }
             activity = true;
         }
+        // An address leased in this poll is announced at once.
+        activity |= self.announce(now, device);
         activity
+    }
+
+    /// Send the gratuitous ARP announcement that is due, if any. Returns
+    /// whether one was sent.
+    fn announce<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
+        if self.garp_left == 0 || !(self.garp_retry || now >= self.garp_at) {
+            return false;
+        }
+        let Some(ip) = self.own_addr else {
+            self.garp_left = 0;
+            return false;
+        };
+        let Some(tx) = device.transmit(now) else {
+            self.garp_retry = true;
+            self.garp_at = now + GARP_RETRY;
+            return false;
+        };
+        let arp = gratuitous_arp(self.mac, ip);
+        tx.consume(14 + arp.buffer_len(), |buf| {
+            let mut frame = EthernetFrame::new_unchecked(buf);
+            frame.set_dst_addr(EthernetAddress::BROADCAST);
+            frame.set_src_addr(self.mac);
+            frame.set_ethertype(EthernetProtocol::Arp);
+            arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        });
+        self.garp_left -= 1;
+        self.garp_at = now + GARP_INTERVAL;
+        self.garp_retry = false;
+        self.stats.garp += 1;
+        log::debug!("proxy: gratuitous ARP for {ip}");
+        true
     }
 
     /// When the engine next needs to run, from `now`: `Some(0)` = at once,
@@ -1092,6 +1172,9 @@ impl Engine {
         }
         if let Some(r) = self.retry_at {
             earliest(r);
+        }
+        if self.garp_left > 0 {
+            earliest(self.garp_at);
         }
         at.map(|t| if t > now { t - now } else { Duration::ZERO })
     }
@@ -1704,6 +1787,20 @@ fn step_conn(
         return Some(End::Completed);
     }
     None
+}
+
+/// The gratuitous ARP announcement of `ip` by `mac`: a request with sender
+/// and target IP both `ip` and a zero target MAC (sent to the broadcast
+/// address), as Linux sends for `arp_notify` and `arping -U`. Linux peers
+/// update an existing entry for `ip` from it (they do not create one).
+fn gratuitous_arp(mac: EthernetAddress, ip: Ipv4Address) -> ArpRepr {
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: ip,
+    }
 }
 
 /// With any-ip on, smoltcp answers ARP for every address; on a shared segment

@@ -5,8 +5,10 @@
 //! random extra delay that reorders frames, loss, bandwidth, queue limit), all
 //! driven by a seeded PRNG ([`Rng`]) and a virtual clock, so a run is exactly
 //! repeatable and a 60 s idle timeout costs nothing. An optional [`Router`]
-//! port forwards IPv4 between subnets by static host routes, so transparent-mode
-//! destinations can live "behind" a gateway. [`Host`] is a plain smoltcp
+//! port forwards IPv4 between subnets by host routes, so transparent-mode
+//! destinations can live "behind" a gateway; like a Linux neighbour table, a
+//! route's MAC is updated by any ARP packet from its address (gratuitous ARP
+//! included), and never created by one. [`Host`] is a plain smoltcp
 //! endpoint (client or server) running scripted [`Flow`]s whose content is
 //! checked byte for byte by the tests.
 //!
@@ -209,6 +211,9 @@ pub struct Net {
     pub stats: NetStats,
     /// Largest RX queue a port may have before frames are dropped.
     pub rx_limit: usize,
+    /// Record every frame sent in `captured`, with its time and source port.
+    pub capture: bool,
+    pub captured: Vec<(Instant, usize, Vec<u8>)>,
 }
 
 impl Net {
@@ -224,6 +229,8 @@ impl Net {
             rng: Rng::new(seed),
             stats: NetStats::default(),
             rx_limit: 4096,
+            capture: false,
+            captured: Vec::new(),
         }
     }
 
@@ -302,6 +309,12 @@ impl Net {
         }
     }
 
+    /// The MAC the router sends `ip`'s packets to, if it has a route.
+    pub fn router_neighbor(&self, ip: Ipv4Address) -> Option<EthernetAddress> {
+        let r = self.router.as_ref()?;
+        r.hosts.iter().find(|(a, _)| *a == ip).map(|(_, m)| *m)
+    }
+
     pub fn now(&self) -> Instant {
         Instant::from_micros(self.now as i64)
     }
@@ -367,6 +380,9 @@ impl Net {
     /// A frame leaves `src`'s device.
     fn send(&mut self, src: usize, frame: Vec<u8>) {
         self.stats.sent += 1;
+        if self.capture {
+            self.captured.push((self.now(), src, frame.clone()));
+        }
         if frame.len() > MTU_FRAME {
             self.stats.oversize += 1;
             return;
@@ -668,7 +684,7 @@ impl Net {
 
     /// The router handles a frame that reached its port.
     fn route(&mut self, mut frame: Vec<u8>) {
-        let Some(r) = &self.router else { return };
+        let Some(r) = &mut self.router else { return };
         let (rport, rmac) = (r.port, r.mac);
         let Ok(eth) = EthernetFrame::new_checked(&frame[..]) else {
             return;
@@ -678,6 +694,20 @@ impl Net {
                 let Ok(pkt) = ArpPacket::new_checked(eth.payload()) else {
                     return;
                 };
+                // Linux's arp_process: an existing entry for the sender takes
+                // its MAC from any request or reply, gratuitous ones included.
+                if let Ok(ArpRepr::EthernetIpv4 {
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    ..
+                }) = ArpRepr::parse(&pkt)
+                {
+                    for (ip, mac) in r.hosts.iter_mut() {
+                        if *ip == source_protocol_addr && source_hardware_addr.is_unicast() {
+                            *mac = source_hardware_addr;
+                        }
+                    }
+                }
                 let Ok(ArpRepr::EthernetIpv4 {
                     operation: ArpOperation::Request,
                     source_hardware_addr,

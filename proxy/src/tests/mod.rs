@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 
 mod engine_tests;
+mod garp;
 
 pub const PROXY: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 pub const CLIENT: Ipv4Address = Ipv4Address::new(10, 0, 0, 10);
