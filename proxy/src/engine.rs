@@ -69,19 +69,30 @@
 //! half of the next: friendly to the kernel's first-fit heap, whose freed blocks
 //! are then reused whole or split evenly).
 //!
-//! * A **listening** socket is the client side of a future connection. It takes,
-//!   for itself and its future upstream partner, at most half of the surplus
-//!   (`4 * (size - buf_min) <= surplus / 2`), and *pledges* `2 * (size - buf_min)`
-//!   to the partner while it listens.
+//! * The **listening** sockets are the client sides of future connections, and
+//!   share the surplus equally. With `N = rules * backlog` of them (the pools
+//!   as they are refilled), the *pool surplus* is the surplus with what every
+//!   listening socket holds beyond `buf_min` and pledges released: what the
+//!   listening sockets and their partners have to share. A listening socket
+//!   gets the largest size on the ladder whose pair (itself and its future
+//!   upstream partner) fits one share, `4 * (size - buf_min) <= pool surplus
+//!   / max(N, 2)` (a pair never takes more than half), and never more than
+//!   the surplus actually free. It *pledges* `2 * (size - buf_min)` to
+//!   the partner while it listens. Every listening socket created at a given
+//!   moment gets the same size, whichever rule it serves and in whatever order
+//!   the pools are filled.
 //! * The **upstream** socket of a connection gets the client side's size if the
 //!   surplus (with that pledge released) affords it, never more: a larger one
 //!   would not make the connection faster.
 //!
-//! So a lone connection gets `buf` both sides, a crowd tapers geometrically down
-//! to `buf_min` in matched pairs, and the budget is never exceeded (pledges are
-//! advisory; the reservation is not). If an allocation fails anyway (a
-//! fragmented heap), the next smaller size is tried, down to `buf_min`; only then
-//! is the connection refused (and allocation retried after a pause).
+//! So a lone connection gets `buf` both sides once the pool surplus holds `N`
+//! pairs at `buf`; when a pool socket accepts, its replacement is sized from
+//! the pool surplus left then (a crowd tapers gently, by about `1 / N` of the
+//! surplus per connection, down to `buf_min` in matched pairs); and the budget
+//! is never exceeded (pledges are advisory; the reservation is not). If an
+//! allocation fails anyway (a fragmented heap), the next smaller size is tried,
+//! down to `buf_min`; only then is the connection refused (and allocation
+//! retried after a pause).
 //!
 //! **Spares** keep their buffers and are a cache: a socket is taken from the
 //! smallest spare at least as large as what the budget would afford with every
@@ -133,7 +144,7 @@ const FIXED_OVERHEAD: usize = 16 * 1024;
 /// Per-allocation bookkeeping assumed for the heap allocator.
 const ALLOC_OVERHEAD: usize = 32;
 /// A listening socket and its future partner take at most `1 / SURPLUS_SHARE`
-/// of the surplus.
+/// of the pool surplus, however few listening sockets there are.
 const SURPLUS_SHARE: usize = 2;
 /// Gratuitous ARP announcements sent when an address is set, `GARP_INTERVAL`
 /// apart. More than one because an announcement is a broadcast nobody
@@ -353,9 +364,10 @@ fn size_ladder(buf_min: usize, buf: usize) -> impl Iterator<Item = usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     /// A listening pool socket: the client side of a future connection, whose
-    /// upstream side will want the same size. It takes at most half of the
-    /// surplus for the pair: `4 * (size - buf_min) <= surplus / 2`, half of it
-    /// for itself and half *pledged* to its partner.
+    /// upstream side will want the same size. The pair takes one equal share
+    /// of the pool surplus: `4 * (size - buf_min) <= pool surplus / listeners`
+    /// (at most half of it), half for itself and half *pledged* to its
+    /// partner, and never more than the surplus free now.
     Listen,
     /// The upstream side of a connection whose client side has `client`-sized
     /// buffers: that size if the surplus (with the client side's pledge now
@@ -374,6 +386,9 @@ struct BufferState {
     pledged: usize,
     /// Sockets existing besides the new one.
     others: usize,
+    /// Listening sockets the pool surplus is shared by: every pool's
+    /// `backlog` (those that exist and those about to be (re)created).
+    listeners: usize,
     max_sockets: usize,
     buf_min: usize,
     buf: usize,
@@ -383,15 +398,28 @@ impl BufferState {
     /// What the buffer budget has beyond the pledges and the reservation of
     /// `buf_min` for every socket that may still come (the new one included).
     fn surplus(&self) -> usize {
+        self.unpledged().saturating_sub(self.pledged)
+    }
+
+    /// What the buffer budget has beyond the reservation, pledges included.
+    fn unpledged(&self) -> usize {
         let reserve = self
             .max_sockets
             .saturating_sub(self.others)
             .saturating_mul(2)
             .saturating_mul(self.buf_min);
-        self.budget
-            .saturating_sub(self.held)
-            .saturating_sub(self.pledged)
-            .saturating_sub(reserve)
+        self.budget.saturating_sub(self.held).saturating_sub(reserve)
+    }
+
+    /// What the listening sockets and their partners share: the surplus with
+    /// every listening socket's buffers beyond `buf_min` and its pledge
+    /// released. A listening socket holds `2 * (size - buf_min)` beyond
+    /// `buf_min` and pledges as much again, so that is the surplus plus twice
+    /// the pledges; it does not change when a listening socket is left out
+    /// of the figures (`held`, `others`, `pledged`), as one about to be
+    /// re-created is.
+    fn pool_surplus(&self) -> usize {
+        self.unpledged().saturating_add(self.pledged)
     }
 
     /// The per-direction buffer size for a new socket of `role`, on the ladder,
@@ -399,7 +427,14 @@ impl BufferState {
     fn size_for(&self, role: Role) -> usize {
         let surplus = self.surplus();
         let limit = match role {
-            Role::Listen => self.buf_min.saturating_add(surplus / (4 * SURPLUS_SHARE)),
+            Role::Listen => {
+                // One equal share per listening socket, for its pair: the
+                // same size for all, whatever order they are made in.
+                let share = self.pool_surplus() / self.listeners.max(SURPLUS_SHARE);
+                // Never more than is free now (listening sockets made when
+                // memory was plentiful may hold more than today's share).
+                self.buf_min.saturating_add(share.min(surplus) / 4)
+            }
             Role::Upstream { client } => self.buf_min.saturating_add(surplus / 2).min(client),
         };
         size_ladder(self.buf_min, self.buf)
@@ -999,9 +1034,20 @@ impl Engine {
     }
 
     /// The per-direction buffer size a listening socket created now would get
-    /// (and the upstream side of its connection, budget permitting).
+    /// (e.g. the replacement of a pool socket that accepts), and the upstream
+    /// side of its connection, budget permitting.
     pub fn next_buffer_size(&self) -> usize {
         self.buffer_state(false).size_for(Role::Listen)
+    }
+
+    /// The buffer size (per direction) of every listening pool socket:
+    /// `(rule index in config order, size)`, rule by rule.
+    pub fn listener_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.pools.iter().enumerate().flat_map(move |(i, p)| {
+            p.listening
+                .iter()
+                .map(move |&h| (i, self.sockets.get::<tcp::Socket>(h).recv_capacity()))
+        })
     }
 
     /// The buffer size (per direction) of both sockets of every connection
@@ -1204,10 +1250,16 @@ impl Engine {
             held,
             pledged: self.pledged,
             others,
+            listeners: self.pool_slots(),
             max_sockets: self.plan.max_sockets,
             buf_min: self.tune.buf_min,
             buf: self.tune.buf,
         }
+    }
+
+    /// Listening sockets the pools hold when full: `rules * backlog`.
+    fn pool_slots(&self) -> usize {
+        self.pools.len() * self.tune.backlog
     }
 
     /// Bytes a listening socket with `size`-byte buffers pledges to its partner.
@@ -1902,12 +1954,25 @@ mod unit {
         assert_eq!(l(1, 16 << 20).len(), 25);
     }
 
+    /// One listening socket (one rule, `backlog=1`): a pair takes at most
+    /// half of the surplus.
     fn state(budget: usize, held: usize, pledged: usize, others: usize) -> BufferState {
+        pool_state(budget, held, pledged, others, 1)
+    }
+
+    fn pool_state(
+        budget: usize,
+        held: usize,
+        pledged: usize,
+        others: usize,
+        listeners: usize,
+    ) -> BufferState {
         BufferState {
             budget,
             held,
             pledged,
             others,
+            listeners,
             max_sockets: 100,
             buf_min: 4096,
             buf: 65536,
@@ -1950,5 +2015,74 @@ mod unit {
             last = client;
         }
         assert_eq!(last, 4096);
+    }
+
+    /// Create `n` listening sockets one after another from `st` (the running
+    /// figures updated as the engine does); returns their sizes.
+    fn make_listeners(mut st: BufferState, n: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for _ in 0..n {
+            let size = st.size_for(Role::Listen);
+            st.held += 2 * size;
+            st.pledged += 2 * (size - st.buf_min);
+            st.others += 1;
+            assert!(st.held + (st.max_sockets - st.others) * 2 * st.buf_min <= st.budget);
+            sizes.push(size);
+        }
+        sizes
+    }
+
+    #[test]
+    fn listeners_share_the_surplus_equally() {
+        let reserve = 100 * 2 * 4096;
+        // 600 KiB shared by 16 listening sockets: 37.5k per pair, 4 * (size -
+        // 4k) <= 37.5k: 13.4k, 8k on the ladder, for every one of them (the
+        // old rule gave the first one half the surplus: 64k, then 64k, 32k,
+        // ... down to 4k).
+        let sizes = make_listeners(pool_state(reserve + (600 << 10), 0, 0, 0, 16), 16);
+        assert_eq!(sizes, [8192; 16]);
+        // The same with 1 MiB: 64k per pair, 20k, 16k on the ladder.
+        let sizes = make_listeners(pool_state(reserve + (1 << 20), 0, 0, 0, 16), 16);
+        assert_eq!(sizes, [16384; 16]);
+        // Four listening sockets with 1 MiB: 256k per pair, buf.
+        let sizes = make_listeners(pool_state(reserve + (1 << 20), 0, 0, 0, 4), 4);
+        assert_eq!(sizes, [65536; 4]);
+        // At exactly four pairs at buf (4 * 240k) every one still gets buf;
+        // a byte less and every one gets 32k.
+        let exact = reserve + 4 * 4 * (65536 - 4096);
+        assert_eq!(make_listeners(pool_state(exact, 0, 0, 0, 4), 4), [65536; 4]);
+        assert_eq!(make_listeners(pool_state(exact - 1, 0, 0, 0, 4), 4), [32768; 4]);
+        // Whatever the pool holds, a socket re-created in it (left out of the
+        // figures) gets the same size as the others: the pool surplus does
+        // not depend on what the listening sockets hold.
+        let st = pool_state(reserve + (600 << 10), 0, 0, 0, 16);
+        let mut after = st;
+        after.held = 15 * 2 * 8192;
+        after.pledged = 15 * 2 * (8192 - 4096);
+        after.others = 15;
+        assert_eq!(after.pool_surplus(), st.pool_surplus());
+        assert_eq!(after.size_for(Role::Listen), 8192);
+        // Connections hold memory: a replacement gets the share of what is
+        // left, and never more than is free now.
+        let mut busy = after;
+        busy.held += 40 * 2 * 8192; // 20 connections of 8k pairs
+        busy.others += 40;
+        // Pool surplus 600k - 20 * 16k = 280k: 17.5k per pair, 8k.
+        assert_eq!(busy.size_for(Role::Listen), 8192);
+        busy.held += 4 * 2 * 8192; // two more: 248k, 15.5k per pair, 4k
+        busy.others += 4;
+        assert_eq!(busy.size_for(Role::Listen), 4096);
+        // Listening sockets made large earlier (three at buf) hold most of
+        // what is free: 100k is left, the pool surplus is 100k + 3 * 240k,
+        // a share 205k (32k), but the new one gets what fits in 100k: 16k.
+        let mut three = pool_state(reserve + (820 << 10), 0, 0, 0, 4);
+        three.held = 3 * 2 * 65536;
+        three.pledged = 3 * 2 * (65536 - 4096);
+        three.others = 3;
+        assert_eq!((three.surplus(), three.pool_surplus()), (100 << 10, 820 << 10));
+        assert_eq!(three.size_for(Role::Listen), 16384);
+        // No surplus: buf_min for all; ample: buf for all.
+        assert_eq!(make_listeners(pool_state(reserve, 0, 0, 0, 16), 16), [4096; 16]);
+        assert_eq!(make_listeners(pool_state(reserve + (64 << 20), 0, 0, 0, 16), 16), [65536; 16]);
     }
 }
