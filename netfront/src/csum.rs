@@ -206,21 +206,10 @@ mod tests {
     #[test]
     fn fills_tcp_checksum_that_smoltcp_verifies() {
         for payload_len in [0usize, 1, 7, 100, 1400] {
-            let mut l4 = vec![0u8; 20 + payload_len];
-            {
-                let mut tcp = TcpPacket::new_unchecked(&mut l4[..]);
-                tcp.set_src_port(1234);
-                tcp.set_dst_port(80);
-                tcp.set_header_len(20);
-                tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(77));
-                for (i, b) in tcp.payload_mut().iter_mut().enumerate() {
-                    *b = (i * 7) as u8;
-                }
-            }
+            let mut f = tcp_frame(payload_len);
             // A partial (pseudo-header) checksum, as CHECKSUM_PARTIAL leaves it.
-            l4[16] = 0x12;
-            l4[17] = 0x34;
-            let mut f = frame(IpProtocol::Tcp, &l4);
+            f[34 + 16] = 0x12;
+            f[34 + 17] = 0x34;
             fill_ipv4_l4_checksum(&mut f).unwrap();
             let tcp = TcpPacket::new_checked(&f[34..]).unwrap();
             assert!(
