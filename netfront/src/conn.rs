@@ -166,6 +166,21 @@ enum RxDrop {
     ExtraInfo,
 }
 
+/// What is wrong with an RX data slot before its bytes are looked at: an
+/// error status, or a response for another buffer than the one posted in
+/// the slot.
+fn rx_slot_fault(rsp: &RxResponse, buf: u16) -> Option<RxDrop> {
+    if rsp.status < 0 {
+        log::debug!("netfront: rx error status {}", rsp.status);
+        Some(RxDrop::Error)
+    } else if rsp.id != buf {
+        log::debug!("netfront: rx id {} in the slot of buffer {}", rsp.id, buf);
+        Some(RxDrop::BadId)
+    } else {
+        None
+    }
+}
+
 /// Result of looking for the next received frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxOutcome {
@@ -409,13 +424,8 @@ impl<P: Platform> Conn<P> {
         out: &mut Vec<u8>,
         first: bool,
     ) {
-        if rsp.status < 0 {
-            log::debug!("netfront: rx error status {}", rsp.status);
-            return self.rx_drop(stats, RxDrop::Error);
-        }
-        if rsp.id != buf {
-            log::debug!("netfront: rx id {} in the slot of buffer {}", rsp.id, buf);
-            return self.rx_drop(stats, RxDrop::BadId);
+        if let Some(why) = rx_slot_fault(rsp, buf) {
+            return self.rx_drop(stats, why);
         }
         let (off, len) = (rsp.offset as usize, rsp.status as usize);
         if (first && len == 0) || off + len > PAGE_SIZE {
@@ -461,17 +471,13 @@ impl<P: Platform> Conn<P> {
             ..Assembly::IDLE
         };
         if !self.layout.offload {
-            // Without feature-sg/GSO neither can legitimately occur.
-            if rsp.status < 0 {
-                log::debug!("netfront: rx error status {}", rsp.status);
-                self.rx_drop(stats, RxDrop::Error);
-            } else if rsp.id != buf {
-                log::debug!("netfront: rx id {} in the slot of buffer {}", rsp.id, buf);
-                self.rx_drop(stats, RxDrop::BadId);
-            } else if more {
-                self.rx_drop(stats, RxDrop::MultiSlot);
-            } else if extra {
-                self.rx_drop(stats, RxDrop::ExtraInfo);
+            // Without feature-sg/GSO neither more slots nor extra info can
+            // legitimately occur; a faulty slot is reported as that first.
+            let why = rx_slot_fault(&rsp, buf)
+                .or(more.then_some(RxDrop::MultiSlot))
+                .or(extra.then_some(RxDrop::ExtraInfo));
+            if let Some(why) = why {
+                self.rx_drop(stats, why);
             }
         }
         if !self.rx_asm.dropping {

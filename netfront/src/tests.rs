@@ -16,6 +16,17 @@ use smoltcp::time::Instant;
 use crate::fake::*;
 use crate::{Config, Event, Netfront, State};
 
+/// xorshift64*, deterministic: random garbage for the hostile-backend tests.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 pub struct H {
     pub world: World,
     pub be: FakeNetback,

@@ -343,17 +343,6 @@ fn csum_blank_frames_are_completed_or_dropped() {
     assert_eq!(h.nf.stats().rx_drop_csum, 1);
 }
 
-/// xorshift64*, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_garbage_responses_never_panic_or_leak_buffers() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

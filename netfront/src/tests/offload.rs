@@ -846,17 +846,6 @@ fn a_chain_that_stops_or_never_ends() {
     then_good(&mut h, 1);
 }
 
-/// xorshift64*, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn random_garbage_in_offload_mode_never_panics_or_leaks() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
