@@ -105,13 +105,17 @@
 //! buffer is allocated fallibly: an allocation failure refuses one connection,
 //! it never panics.
 
+mod plan;
+mod ports;
+mod stats;
+mod tuning;
+
 use alloc::vec::Vec;
 use core::fmt;
-use core::mem::size_of;
 
 use smoltcp::iface::{
-    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle,
-    SocketSet, SocketStorage,
+    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+    SocketStorage,
 };
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, PacketMeta, RxToken, TxToken};
 use smoltcp::socket::tcp::{self, State};
@@ -122,27 +126,25 @@ use smoltcp::wire::{
     HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
-use crate::config::{CongestionControl, Config, IpSetting, Rule, RuleKind, MIN_BUF};
+pub use plan::{EngineError, MemoryPlan};
+pub use ports::EPHEMERAL_FIRST;
+pub use stats::Stats;
 
-/// First port of the range upstream connections are opened from.
-pub const EPHEMERAL_FIRST: u16 = 49152;
-const EPHEMERAL_COUNT: usize = 65536 - EPHEMERAL_FIRST as usize;
+use crate::config::{Config, IpSetting, Rule, RuleKind};
+use plan::buf_range;
+use ports::PortMap;
+use tuning::Tuning;
+
 /// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
 const RST_GRACE: Duration = Duration::from_millis(1000);
 /// How long to wait before retrying after an allocation failure.
 const ALLOC_RETRY: Duration = Duration::from_millis(100);
-/// User timeout when keep-alive is off.
-const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Ingress packets handled between two splice passes.
 const BATCH: usize = 32;
 /// Ingress/splice/egress rounds per `poll` before yielding to the caller.
 const MAX_ROUNDS: usize = 64;
 /// Socket-set slots reserved for the engine's DHCP client and sockets the caller adds.
 pub const EXTRA_SOCKETS: usize = 4;
-/// Bytes assumed for the interface, the engine and allocator slack.
-const FIXED_OVERHEAD: usize = 16 * 1024;
-/// Per-allocation bookkeeping assumed for the heap allocator.
-const ALLOC_OVERHEAD: usize = 32;
 /// A listening socket and its future partner take at most `1 / SURPLUS_SHARE`
 /// of the pool surplus, however few listening sockets there are.
 const SURPLUS_SHARE: usize = 2;
@@ -159,191 +161,6 @@ const GARP_INTERVAL: Duration = Duration::from_secs(1);
 /// When the device had no room for an announcement: retried at the next
 /// poll, and `poll_delay` asks for one this soon so it does not wait long.
 const GARP_RETRY: Duration = Duration::from_millis(10);
-
-/// Counters. `active` is the number of connections currently held.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Connections accepted (a SYN was taken by a pool socket and not refused).
-    pub accepted: u64,
-    /// Connections currently held (handshaking, spliced or closing).
-    pub active: usize,
-    /// SYNs refused because `max_conns` was reached, memory ran out, or a
-    /// transparent connection was addressed to the instance itself (or was IPv6). (A SYN that
-    /// finds the listen pool empty is reset by smoltcp itself and not counted.)
-    pub refused: u64,
-    /// Upstream refused, unreachable or not connected within `connect_timeout`.
-    pub upstream_failures: u64,
-    /// Connections ended by a reset (or smoltcp timeout) from the client side.
-    pub client_resets: u64,
-    /// Connections ended by a reset (or smoltcp timeout) from the upstream side.
-    pub upstream_resets: u64,
-    /// Connections aborted by the idle timeout or an unfinished client handshake.
-    pub timeouts: u64,
-    /// Connections that ended with both directions closed by FIN.
-    pub completed: u64,
-    /// Bytes moved client → upstream.
-    pub bytes_up: u64,
-    /// Bytes moved upstream → client.
-    pub bytes_down: u64,
-    /// Bytes held by socket buffers now (every socket's RX + TX buffer).
-    pub buf_bytes: usize,
-    /// The most `buf_bytes` has been.
-    pub buf_peak: usize,
-    /// Gratuitous ARP announcements sent (three each time an address is set).
-    pub garp: u64,
-}
-
-impl Stats {
-    /// All resets, from either side.
-    pub fn resets(&self) -> u64 {
-        self.client_resets + self.upstream_resets
-    }
-}
-
-impl fmt::Display for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
-             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={}",
-            self.accepted,
-            self.active,
-            self.refused,
-            self.upstream_failures,
-            self.resets(),
-            self.client_resets,
-            self.upstream_resets,
-            self.timeouts,
-            self.completed,
-            self.bytes_up,
-            self.bytes_down,
-            self.buf_bytes,
-            self.buf_peak,
-            self.garp
-        )
-    }
-}
-
-/// The memory of an engine built from a config: the fixed part, and the worst
-/// case with every socket's buffers at `buf_min` (what [`Engine::new`] requires)
-/// and at `buf`. See the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryPlan {
-    /// Most sockets ever held: `2 * max_conns + 2 * rules * backlog`.
-    pub max_sockets: usize,
-    /// Bytes per socket besides its two buffers: the socket itself, list
-    /// entries, allocator overhead. Reserved up front for `max_sockets`.
-    pub socket_overhead: usize,
-    /// Bytes per socket with its buffers at `buf_min` (`socket_overhead + 2 * buf_min`).
-    pub per_socket: usize,
-    /// Bytes per socket with its buffers at `buf`.
-    pub per_socket_max: usize,
-    /// Bytes per connection besides its sockets (tables).
-    pub per_conn: usize,
-    /// Bytes independent of `max_conns` and the buffers.
-    pub fixed: usize,
-    /// Worst case in bytes with every socket at `buf_min`: the budget must hold this.
-    pub total: usize,
-    /// Worst case in bytes with every socket at `buf`: with this budget every
-    /// connection gets `buf`, however many are open.
-    pub total_max: usize,
-}
-
-impl MemoryPlan {
-    /// Compute the plan for `cfg`.
-    pub fn for_config(cfg: &Config) -> MemoryPlan {
-        let (buf_min, buf) = buf_range(cfg);
-        Self::compute(cfg.max_conns, buf_min, buf, cfg.rules.len(), cfg.backlog)
-    }
-
-    fn compute(
-        max_conns: usize,
-        buf_min: usize,
-        buf: usize,
-        rules: usize,
-        backlog: usize,
-    ) -> MemoryPlan {
-        // The pools, plus as many again for refused SYNs whose RST is pending.
-        let pool = rules.saturating_mul(backlog).saturating_mul(2);
-        let max_sockets = max_conns.saturating_mul(2).saturating_add(pool);
-        let socket_overhead = size_of::<SocketStorage<'static>>()
-            // spare/dying/pool handle lists and the per-pass socket table
-            + 3 * size_of::<(SocketHandle, Instant)>()
-            + size_of::<(SocketHandle, usize)>()
-            + 3 * ALLOC_OVERHEAD;
-        let per_socket = buf_min.saturating_mul(2).saturating_add(socket_overhead);
-        let per_socket_max = buf.saturating_mul(2).saturating_add(socket_overhead);
-        let per_conn = size_of::<Conn>();
-        let fixed = FIXED_OVERHEAD
-            + size_of::<Interface>()
-            + size_of::<Engine>()
-            + EXTRA_SOCKETS * size_of::<SocketStorage<'static>>()
-            + rules * size_of::<RulePool>();
-        let base = max_conns.saturating_mul(per_conn).saturating_add(fixed);
-        MemoryPlan {
-            max_sockets,
-            socket_overhead,
-            per_socket,
-            per_socket_max,
-            per_conn,
-            fixed,
-            total: max_sockets.saturating_mul(per_socket).saturating_add(base),
-            total_max: max_sockets.saturating_mul(per_socket_max).saturating_add(base),
-        }
-    }
-
-    /// Bytes for everything but the socket buffers (reserved up front).
-    pub fn without_buffers(&self) -> usize {
-        self.total - self.max_sockets * (self.per_socket - self.socket_overhead)
-    }
-
-    /// The largest `max_conns` that fits `budget` with this config's `buf_min`.
-    pub fn max_conns_fitting(cfg: &Config, budget: usize) -> usize {
-        let (mut lo, mut hi) = (0usize, 1 << 20);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            let (buf_min, buf) = buf_range(cfg);
-            if Self::compute(mid, buf_min, buf, cfg.rules.len(), cfg.backlog).total
-                <= budget
-            {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo
-    }
-
-    /// The largest `buf_min` (a multiple of 1 KiB, at least the smallest
-    /// allowed) that fits `budget` with this config's `max_conns`; 0 if none does.
-    pub fn buf_min_fitting(cfg: &Config, budget: usize) -> usize {
-        let (mut lo, mut hi) = (0usize, 1 << 20); // in KiB
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            let buf = buf_range(cfg).1;
-            if Self::compute(cfg.max_conns, mid * 1024, buf, cfg.rules.len(), cfg.backlog)
-                .total
-                <= budget
-            {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        if lo * 1024 < MIN_BUF {
-            0
-        } else {
-            lo * 1024
-        }
-    }
-}
-
-/// `(buf_min, buf)` of a config, made consistent (`Config::parse` already
-/// ensures `1k <= buf_min <= buf`; a hand-made `Config` may not).
-fn buf_range(cfg: &Config) -> (usize, usize) {
-    let buf_min = cfg.buf_min.max(1);
-    (buf_min, cfg.buf.max(buf_min))
-}
 
 /// The buffer sizes a socket may get, smallest first: `buf_min`, doubled while
 /// below `buf`, then `buf`.
@@ -408,7 +225,9 @@ impl BufferState {
             .saturating_sub(self.others)
             .saturating_mul(2)
             .saturating_mul(self.buf_min);
-        self.budget.saturating_sub(self.held).saturating_sub(reserve)
+        self.budget
+            .saturating_sub(self.held)
+            .saturating_sub(reserve)
     }
 
     /// What the listening sockets and their partners share: the surplus with
@@ -444,159 +263,15 @@ impl BufferState {
     }
 }
 
-/// Why an engine could not be built or reconfigured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineError {
-    /// The worst case of the config at `buf_min` exceeds the memory budget.
-    TooBig {
-        needed: usize,
-        budget: usize,
-        max_conns: usize,
-        buf_min: usize,
-        /// The largest `max_conns` that fits with this `buf_min` (0: none).
-        fit_max_conns: usize,
-        /// The largest `buf_min` that fits with this `max_conns` (0: none).
-        fit_buf_min: usize,
-    },
-    /// The hardware address does not suit the device (wrong medium, not unicast).
-    BadHardwareAddress,
-    /// The device's medium is not supported (only Ethernet is).
-    UnsupportedMedium,
-    /// The device advertises TCP segmentation offload but has smoltcp compute
-    /// TCP checksums on transmit (smoltcp would panic): with TSO, `checksum.tcp`
-    /// must be `Rx` or `None` (the device fills them).
-    InconsistentOffload,
-    /// An address that cannot be assigned (not unicast).
-    BadAddress(Ipv4Address),
-    /// An allocation failed while building the engine.
-    OutOfMemory(&'static str),
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::TooBig {
-                needed,
-                budget,
-                max_conns,
-                buf_min,
-                fit_max_conns,
-                fit_buf_min,
-            } => {
-                write!(
-                    f,
-                    "engine: max_conns={max_conns} with buf_min={} needs {} but the memory budget is {}; ",
-                    Kib(*buf_min),
-                    Kib(*needed),
-                    Kib(*budget)
-                )?;
-                match (*fit_max_conns, *fit_buf_min) {
-                    (0, 0) => write!(f, "nothing fits: raise mem= or use fewer rules/backlog"),
-                    (0, b) => {
-                        write!(f, "would fit: buf_min={} with max_conns={max_conns}", Kib(b))
-                    }
-                    (m, 0) => write!(f, "would fit: max_conns={m} with buf_min={}", Kib(*buf_min)),
-                    (m, b) => write!(
-                        f,
-                        "would fit: max_conns={m} with buf_min={}, or buf_min={} with max_conns={max_conns}",
-                        Kib(*buf_min),
-                        Kib(b)
-                    ),
-                }
-            }
-            EngineError::BadHardwareAddress => {
-                write!(f, "engine: hardware address is not a unicast Ethernet address")
-            }
-            EngineError::UnsupportedMedium => {
-                write!(f, "engine: device medium is not Ethernet")
-            }
-            EngineError::InconsistentOffload => write!(
-                f,
-                "engine: the device advertises TCP segmentation offload but not TCP checksum offload on transmit"
-            ),
-            EngineError::BadAddress(a) => write!(f, "engine: address {a} is not unicast"),
-            EngineError::OutOfMemory(what) => write!(f, "engine: out of memory allocating {what}"),
-        }
-    }
-}
-
-/// Formats a byte count as `16k`/`1m` when exact, else bytes.
-struct Kib(usize);
-impl fmt::Display for Kib {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0;
-        if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-            write!(f, "{}m", n >> 20)
-        } else if n >= 1024 && n.is_multiple_of(1024) {
-            write!(f, "{}k", n >> 10)
-        } else if n >= 1 << 20 {
-            write!(f, "{}.{}m", n >> 20, ((n & ((1 << 20) - 1)) * 10) >> 20)
-        } else {
-            write!(f, "{n}")
-        }
-    }
-}
-
-/// Per-socket TCP settings derived from the config.
-#[derive(Debug, Clone, Copy)]
-struct Tuning {
-    buf: usize,
-    buf_min: usize,
-    max_conns: usize,
-    backlog: usize,
-    idle_timeout: Option<Duration>,
-    connect_timeout: Duration,
-    keepalive: Option<Duration>,
-    user_timeout: Duration,
-    ack_delay: Option<Duration>,
-    cc: tcp::CongestionControl,
-}
-
-fn dur(d: core::time::Duration) -> Duration {
-    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
-}
-
-impl Tuning {
-    fn from_config(cfg: &Config) -> Tuning {
-        let keepalive = cfg.keepalive.map(dur);
-        Tuning {
-            buf: buf_range(cfg).1,
-            buf_min: buf_range(cfg).0,
-            max_conns: cfg.max_conns,
-            backlog: cfg.backlog,
-            idle_timeout: cfg.idle_timeout.map(dur),
-            connect_timeout: dur(cfg.connect_timeout),
-            keepalive,
-            user_timeout: keepalive.map(|k| k * 3).unwrap_or(DEFAULT_USER_TIMEOUT),
-            ack_delay: cfg.ack_delay.map(dur),
-            cc: match cfg.cc {
-                CongestionControl::None => tcp::CongestionControl::None,
-                CongestionControl::Reno => tcp::CongestionControl::Reno,
-            },
-        }
-    }
-
-    /// Applied on every (re)use of a socket: `listen`/`connect` reset the TCP
-    /// state but not these options, and not the congestion controller's state,
-    /// which `set_congestion_control` renews.
-    fn apply(&self, s: &mut tcp::Socket<'_>) {
-        s.set_nagle_enabled(false);
-        s.set_ack_delay(self.ack_delay);
-        s.set_keep_alive(self.keepalive);
-        s.set_timeout(Some(self.user_timeout));
-        s.set_congestion_control(self.cc);
-    }
-}
-
 /// Listening sockets of one rule.
 #[derive(Debug)]
-struct RulePool {
+pub(super) struct RulePool {
     rule: Rule,
     listening: Vec<SocketHandle>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Conn {
+pub(super) struct Conn {
     rule: u8,
     client: SocketHandle,
     upstream: SocketHandle,
@@ -623,45 +298,6 @@ enum End {
     UpstreamReset,
     UpstreamFailed,
     Timeout,
-}
-
-/// Ports 49152..=65535 in use by upstream sockets.
-#[derive(Debug)]
-struct PortMap {
-    used: [u64; EPHEMERAL_COUNT / 64],
-    next: usize,
-}
-
-impl PortMap {
-    fn new(seed: u64) -> PortMap {
-        PortMap {
-            used: [0; EPHEMERAL_COUNT / 64],
-            next: (seed as usize) % EPHEMERAL_COUNT,
-        }
-    }
-    fn set(&mut self, port: u16, on: bool) {
-        if port >= EPHEMERAL_FIRST {
-            let i = (port - EPHEMERAL_FIRST) as usize;
-            if on {
-                self.used[i / 64] |= 1 << (i % 64);
-            } else {
-                self.used[i / 64] &= !(1 << (i % 64));
-            }
-        }
-    }
-    /// The next free port after the last one handed out (rotating, so a port
-    /// is reused as late as possible).
-    fn alloc(&mut self) -> Option<u16> {
-        for step in 0..EPHEMERAL_COUNT {
-            let i = (self.next + step) % EPHEMERAL_COUNT;
-            if self.used[i / 64] & (1 << (i % 64)) == 0 {
-                self.used[i / 64] |= 1 << (i % 64);
-                self.next = (i + 1) % EPHEMERAL_COUNT;
-                return Some(EPHEMERAL_FIRST + i as u16);
-            }
-        }
-        None
-    }
 }
 
 /// The split-TCP proxy engine. See the module documentation.
@@ -755,7 +391,10 @@ fn fin_received(s: State) -> bool {
 }
 
 fn handshake_done(s: State) -> bool {
-    !matches!(s, State::Closed | State::Listen | State::SynSent | State::SynReceived)
+    !matches!(
+        s,
+        State::Closed | State::Listen | State::SynSent | State::SynReceived
+    )
 }
 
 /// Move bytes from `src`'s receive buffer into `dst`'s transmit buffer, as many
@@ -1130,7 +769,10 @@ impl Engine {
         for _ in 0..MAX_ROUNDS {
             let mut packets = 0;
             while packets < BATCH {
-                match self.iface.poll_ingress_single(now, device, &mut self.sockets) {
+                match self
+                    .iface
+                    .poll_ingress_single(now, device, &mut self.sockets)
+                {
                     PollIngressSingleResult::None => break,
                     PollIngressSingleResult::PacketProcessed => packets += 1,
                     PollIngressSingleResult::SocketStateChanged => {
@@ -1241,7 +883,10 @@ impl Engine {
     /// larger buffers).
     fn buffer_state(&self, without_spares: bool) -> BufferState {
         let (held, others) = if without_spares {
-            (self.buf_held - self.spare_bytes, self.owned - self.spare.len())
+            (
+                self.buf_held - self.spare_bytes,
+                self.owned - self.spare.len(),
+            )
         } else {
             (self.buf_held, self.owned)
         };
@@ -1933,11 +1578,8 @@ impl<'d, D: Device + ?Sized> Device for ArpGuard<'d, D> {
     }
 }
 
-/// The size formatting used in error messages, for tests.
 #[cfg(test)]
-pub(crate) fn tests_fmt_size(n: usize) -> alloc::string::String {
-    alloc::format!("{}", Kib(n))
-}
+pub(crate) use plan::tests_fmt_size;
 
 #[cfg(test)]
 mod unit {
@@ -1984,9 +1626,15 @@ mod unit {
         let reserve = 100 * 2 * 4096;
         // No surplus: buf_min.
         assert_eq!(state(reserve, 0, 0, 0).size_for(Role::Listen), 4096);
-        assert_eq!(state(reserve, 0, 0, 0).size_for(Role::Upstream { client: 65536 }), 4096);
+        assert_eq!(
+            state(reserve, 0, 0, 0).size_for(Role::Upstream { client: 65536 }),
+            4096
+        );
         // Ample: buf.
-        assert_eq!(state(reserve + (1 << 20), 0, 0, 0).size_for(Role::Listen), 65536);
+        assert_eq!(
+            state(reserve + (1 << 20), 0, 0, 0).size_for(Role::Listen),
+            65536
+        );
         // 128k of surplus: a listening socket and its partner take at most
         // half: 4 * (size - 4k) <= 64k, size <= 20k, 16k on the ladder.
         let s = state(reserve + (128 << 10), 0, 0, 0);
@@ -1997,9 +1645,15 @@ mod unit {
         assert_eq!(s.size_for(Role::Upstream { client: 32768 }), 32768);
         assert_eq!(s.size_for(Role::Upstream { client: 8192 }), 8192);
         assert_eq!(s.size_for(Role::Upstream { client: 65536 }), 65536);
-        assert_eq!(state(reserve + (24 << 10), 0, 0, 0).size_for(Role::Upstream { client: 65536 }), 16384);
+        assert_eq!(
+            state(reserve + (24 << 10), 0, 0, 0).size_for(Role::Upstream { client: 65536 }),
+            16384
+        );
         // Pledges count against the surplus.
-        assert_eq!(state(reserve + (128 << 10), 0, 128 << 10, 0).size_for(Role::Listen), 4096);
+        assert_eq!(
+            state(reserve + (128 << 10), 0, 128 << 10, 0).size_for(Role::Listen),
+            4096
+        );
         // Sockets created one after another never break the reservation, and
         // sizes only taper: pairs (listening socket, then its upstream side).
         let budget = reserve + (600 << 10);
@@ -2051,7 +1705,10 @@ mod unit {
         // a byte less and every one gets 32k.
         let exact = reserve + 4 * 4 * (65536 - 4096);
         assert_eq!(make_listeners(pool_state(exact, 0, 0, 0, 4), 4), [65536; 4]);
-        assert_eq!(make_listeners(pool_state(exact - 1, 0, 0, 0, 4), 4), [32768; 4]);
+        assert_eq!(
+            make_listeners(pool_state(exact - 1, 0, 0, 0, 4), 4),
+            [32768; 4]
+        );
         // Whatever the pool holds, a socket re-created in it (left out of the
         // figures) gets the same size as the others: the pool surplus does
         // not depend on what the listening sockets hold.
@@ -2079,10 +1736,19 @@ mod unit {
         three.held = 3 * 2 * 65536;
         three.pledged = 3 * 2 * (65536 - 4096);
         three.others = 3;
-        assert_eq!((three.surplus(), three.pool_surplus()), (100 << 10, 820 << 10));
+        assert_eq!(
+            (three.surplus(), three.pool_surplus()),
+            (100 << 10, 820 << 10)
+        );
         assert_eq!(three.size_for(Role::Listen), 16384);
         // No surplus: buf_min for all; ample: buf for all.
-        assert_eq!(make_listeners(pool_state(reserve, 0, 0, 0, 16), 16), [4096; 16]);
-        assert_eq!(make_listeners(pool_state(reserve + (64 << 20), 0, 0, 0, 16), 16), [65536; 16]);
+        assert_eq!(
+            make_listeners(pool_state(reserve, 0, 0, 0, 16), 16),
+            [4096; 16]
+        );
+        assert_eq!(
+            make_listeners(pool_state(reserve + (64 << 20), 0, 0, 0, 16), 16),
+            [65536; 16]
+        );
     }
 }

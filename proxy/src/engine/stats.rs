@@ -1,0 +1,68 @@
+//! The engine's counters and their one-line form (`stats:` in the logs;
+//! scripts parse it, so the format is fixed).
+
+use core::fmt;
+
+/// Counters. `active` is the number of connections currently held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted (a SYN was taken by a pool socket and not refused).
+    pub accepted: u64,
+    /// Connections currently held (handshaking, spliced or closing).
+    pub active: usize,
+    /// SYNs refused because `max_conns` was reached, memory ran out, or a
+    /// transparent connection was addressed to the instance itself (or was IPv6). (A SYN that
+    /// finds the listen pool empty is reset by smoltcp itself and not counted.)
+    pub refused: u64,
+    /// Upstream refused, unreachable or not connected within `connect_timeout`.
+    pub upstream_failures: u64,
+    /// Connections ended by a reset (or smoltcp timeout) from the client side.
+    pub client_resets: u64,
+    /// Connections ended by a reset (or smoltcp timeout) from the upstream side.
+    pub upstream_resets: u64,
+    /// Connections aborted by the idle timeout or an unfinished client handshake.
+    pub timeouts: u64,
+    /// Connections that ended with both directions closed by FIN.
+    pub completed: u64,
+    /// Bytes moved client → upstream.
+    pub bytes_up: u64,
+    /// Bytes moved upstream → client.
+    pub bytes_down: u64,
+    /// Bytes held by socket buffers now (every socket's RX + TX buffer).
+    pub buf_bytes: usize,
+    /// The most `buf_bytes` has been.
+    pub buf_peak: usize,
+    /// Gratuitous ARP announcements sent (three each time an address is set).
+    pub garp: u64,
+}
+
+impl Stats {
+    /// All resets, from either side.
+    pub fn resets(&self) -> u64 {
+        self.client_resets + self.upstream_resets
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
+             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={}",
+            self.accepted,
+            self.active,
+            self.refused,
+            self.upstream_failures,
+            self.resets(),
+            self.client_resets,
+            self.upstream_resets,
+            self.timeouts,
+            self.completed,
+            self.bytes_up,
+            self.bytes_down,
+            self.buf_bytes,
+            self.buf_peak,
+            self.garp
+        )
+    }
+}

@@ -1,0 +1,62 @@
+//! Per-socket TCP settings derived from the config, applied on every (re)use
+//! of a socket.
+
+use smoltcp::socket::tcp;
+use smoltcp::time::Duration;
+
+use super::plan::buf_range;
+use crate::config::{Config, CongestionControl};
+
+/// User timeout when keep-alive is off.
+const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Per-socket TCP settings derived from the config.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tuning {
+    pub(super) buf: usize,
+    pub(super) buf_min: usize,
+    pub(super) max_conns: usize,
+    pub(super) backlog: usize,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) connect_timeout: Duration,
+    pub(super) keepalive: Option<Duration>,
+    pub(super) user_timeout: Duration,
+    pub(super) ack_delay: Option<Duration>,
+    pub(super) cc: tcp::CongestionControl,
+}
+
+fn dur(d: core::time::Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+}
+
+impl Tuning {
+    pub(super) fn from_config(cfg: &Config) -> Tuning {
+        let keepalive = cfg.keepalive.map(dur);
+        Tuning {
+            buf: buf_range(cfg).1,
+            buf_min: buf_range(cfg).0,
+            max_conns: cfg.max_conns,
+            backlog: cfg.backlog,
+            idle_timeout: cfg.idle_timeout.map(dur),
+            connect_timeout: dur(cfg.connect_timeout),
+            keepalive,
+            user_timeout: keepalive.map(|k| k * 3).unwrap_or(DEFAULT_USER_TIMEOUT),
+            ack_delay: cfg.ack_delay.map(dur),
+            cc: match cfg.cc {
+                CongestionControl::None => tcp::CongestionControl::None,
+                CongestionControl::Reno => tcp::CongestionControl::Reno,
+            },
+        }
+    }
+
+    /// Applied on every (re)use of a socket: `listen`/`connect` reset the TCP
+    /// state but not these options, and not the congestion controller's state,
+    /// which `set_congestion_control` renews.
+    pub(super) fn apply(&self, s: &mut tcp::Socket<'_>) {
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(self.ack_delay);
+        s.set_keep_alive(self.keepalive);
+        s.set_timeout(Some(self.user_timeout));
+        s.set_congestion_control(self.cc);
+    }
+}
