@@ -13,6 +13,7 @@
 //! budget after the fixed part is the *buffer budget* (see `sizing` for how it
 //! is shared).
 
+use alloc::vec::Vec;
 use core::fmt;
 use core::mem::size_of;
 
@@ -20,7 +21,9 @@ use smoltcp::iface::{Interface, SocketHandle, SocketStorage};
 use smoltcp::time::Instant;
 use smoltcp::wire::Ipv4Address;
 
-use super::{Conn, Engine, RulePool, EXTRA_SOCKETS};
+use super::listeners::RulePool;
+use super::splice::Conn;
+use super::{Engine, EXTRA_SOCKETS};
 use crate::config::{Config, MIN_BUF};
 
 /// Bytes assumed for the interface, the engine and allocator slack.
@@ -54,6 +57,23 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// The plan of `cfg` if its worst case at `buf_min` fits `budget`, else
+    /// the refusal, saying which `max_conns` or `buf_min` would fit.
+    pub(super) fn admit(cfg: &Config, budget: usize) -> Result<MemoryPlan, EngineError> {
+        let plan = MemoryPlan::for_config(cfg);
+        if plan.total > budget {
+            return Err(EngineError::TooBig {
+                needed: plan.total,
+                budget,
+                max_conns: cfg.max_conns,
+                buf_min: buf_range(cfg).0,
+                fit_max_conns: MemoryPlan::max_conns_fitting(cfg, budget),
+                fit_buf_min: MemoryPlan::buf_min_fitting(cfg, budget),
+            });
+        }
+        Ok(plan)
+    }
+
     /// Compute the plan for `cfg`.
     pub fn for_config(cfg: &Config) -> MemoryPlan {
         let (buf_min, buf) = buf_range(cfg);
@@ -222,6 +242,15 @@ impl fmt::Display for EngineError {
             EngineError::OutOfMemory(what) => write!(f, "engine: out of memory allocating {what}"),
         }
     }
+}
+
+/// An empty vector with room for `cap` elements, reserved up front (the
+/// plan counts it), or the allocation failure naming `what`.
+pub(super) fn try_vec<T>(cap: usize, what: &'static str) -> Result<Vec<T>, EngineError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(cap)
+        .map_err(|_| EngineError::OutOfMemory(what))?;
+    Ok(v)
 }
 
 /// Formats a byte count as `16k`/`1m` when exact, else bytes.

@@ -4,7 +4,6 @@
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 
-use super::plan::buf_range;
 use crate::config::{Config, CongestionControl};
 
 /// User timeout when keep-alive is off.
@@ -13,10 +12,7 @@ const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Per-socket TCP settings derived from the config.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tuning {
-    pub(super) buf: usize,
-    pub(super) buf_min: usize,
     pub(super) max_conns: usize,
-    pub(super) backlog: usize,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) connect_timeout: Duration,
     pub(super) keepalive: Option<Duration>,
@@ -33,10 +29,7 @@ impl Tuning {
     pub(super) fn from_config(cfg: &Config) -> Tuning {
         let keepalive = cfg.keepalive.map(dur);
         Tuning {
-            buf: buf_range(cfg).1,
-            buf_min: buf_range(cfg).0,
             max_conns: cfg.max_conns,
-            backlog: cfg.backlog,
             idle_timeout: cfg.idle_timeout.map(dur),
             connect_timeout: dur(cfg.connect_timeout),
             keepalive,

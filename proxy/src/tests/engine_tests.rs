@@ -1024,7 +1024,7 @@ fn failed_allocations_fall_back_to_smaller_buffers_then_refuse() {
     });
     // A fragmented heap: nothing above 16k can be allocated. The listening
     // socket was made before (64k); the upstream socket falls back to 16k.
-    w.proxy.alloc_limit = 16 * 1024;
+    w.proxy.set_alloc_limit(16 * 1024);
     let data = pattern(800, 200_000);
     let f = client_connect(&mut w, data.clone(), Close::Never);
     assert!(w.run_until(secs(5), |w| w.hosts[0].flows[f].received_len == data.len()));
@@ -1034,7 +1034,7 @@ fn failed_allocations_fall_back_to_smaller_buffers_then_refuse() {
     check_memory(&w.proxy);
     w.hosts[0].reclaim();
     // Not even buf_min: the connection is refused, nothing breaks.
-    w.proxy.alloc_limit = 2048;
+    w.proxy.set_alloc_limit(2048);
     let before = w.proxy.stats().refused;
     let g = client_connect(&mut w, b"no memory".to_vec(), Close::AfterSend);
     assert!(w.run_until(secs(5), |w| w.hosts[0].flows[g].done));
@@ -1042,7 +1042,7 @@ fn failed_allocations_fall_back_to_smaller_buffers_then_refuse() {
     assert_eq!(w.proxy.stats().refused, before + 1);
     check_memory(&w.proxy);
     // Memory comes back: served again (after the allocation retry pause).
-    w.proxy.alloc_limit = usize::MAX;
+    w.proxy.set_alloc_limit(usize::MAX);
     w.run_for(Duration::from_millis(200));
     let h = client_connect(&mut w, b"again".to_vec(), Close::AfterSend);
     assert!(w.run_until(secs(5), |w| w.hosts[0].flows[h].done));

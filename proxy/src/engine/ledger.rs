@@ -1,0 +1,259 @@
+//! The one owner of the engine's buffer accounting.
+//!
+//! Every byte the engine's TCP sockets hold in buffers is counted here, and
+//! nowhere else: what all sockets hold (`held`, and its high-water mark),
+//! what the spares hold, and what listening sockets pledge to their future
+//! upstream partners. The counts cannot drift from the sockets because the
+//! [`Ledger`]'s methods are the only way to change them, and each one reads
+//! the size from the socket itself rather than taking it from the caller:
+//!
+//! * a socket enters the engine's [`SocketSet`] only through
+//!   [`Ledger::add`] and leaves it only through [`Ledger::remove`], so `held`
+//!   and the socket count move with the set;
+//! * the spare list lives here, so its byte count is its sum by construction;
+//! * a listening socket's pledge is made by [`Ledger::pledge`] and withdrawn
+//!   by [`Ledger::release`] (by the listen pools, when a socket enters or
+//!   leaves one), with the size read from the socket both times.
+//!
+//! The ledger also keeps the reservation of the module `sizing`,
+//! `held + (max_sockets - sockets) * 2 * buf_min <= buffer budget`:
+//! [`Ledger::fits`] says whether a new socket of a given size keeps it, and
+//! the socket pool only asks [`Ledger::add`] for sizes that fit.
+
+use alloc::vec::Vec;
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+use super::sizing::BufferState;
+
+/// Counts of the engine's socket buffers. See the module documentation.
+#[derive(Debug)]
+pub(super) struct Ledger {
+    /// The buffer budget: the memory budget less the fixed part of the plan.
+    budget: usize,
+    max_sockets: usize,
+    buf_min: usize,
+    buf: usize,
+    /// Listening sockets the pools hold when full: `rules * backlog`.
+    pool_slots: usize,
+    /// Sockets of ours in the set (listening, connected, dying, spare).
+    sockets: usize,
+    /// Bytes held by our sockets' buffers now (RX + TX), and the most they held.
+    held: usize,
+    peak: usize,
+    /// Finished sockets ready for reuse, with their per-direction buffer size.
+    spares: Vec<(SocketHandle, usize)>,
+    /// Bytes held by the spares' buffers: the sum over `spares`.
+    spare_bytes: usize,
+    /// Listening sockets, and the bytes they pledge to their future partners:
+    /// `2 * (size - buf_min)` each.
+    listening: usize,
+    pledged: usize,
+}
+
+impl Ledger {
+    /// An empty ledger. `spares` is the (empty) spare list, reserved up front
+    /// for every socket the plan allows.
+    pub(super) fn new(
+        budget: usize,
+        max_sockets: usize,
+        (buf_min, buf): (usize, usize),
+        pool_slots: usize,
+        spares: Vec<(SocketHandle, usize)>,
+    ) -> Ledger {
+        debug_assert!(spares.is_empty());
+        Ledger {
+            budget,
+            max_sockets,
+            buf_min,
+            buf,
+            pool_slots,
+            sockets: 0,
+            held: 0,
+            peak: 0,
+            spares,
+            spare_bytes: 0,
+            listening: 0,
+            pledged: 0,
+        }
+    }
+
+    /// Per-direction buffer size of one of our sockets.
+    fn size_of(set: &SocketSet<'static>, h: SocketHandle) -> usize {
+        set.get::<tcp::Socket>(h).recv_capacity()
+    }
+
+    /// Bytes a listening socket with `size`-byte buffers pledges to its partner.
+    fn pledge_of(&self, size: usize) -> usize {
+        2 * (size - self.buf_min)
+    }
+
+    /// Whether one more socket with `size`-byte buffers keeps the reservation
+    /// of `buf_min` for every other socket that may still come.
+    pub(super) fn fits(&self, size: usize) -> bool {
+        if self.sockets >= self.max_sockets {
+            return false;
+        }
+        let reserve = (self.max_sockets - self.sockets - 1).saturating_mul(2 * self.buf_min);
+        self.held.saturating_add(2 * size).saturating_add(reserve) <= self.budget
+    }
+
+    /// Put a new socket into the set, counting its buffers. The caller has
+    /// checked [`Ledger::fits`] for its size.
+    pub(super) fn add(
+        &mut self,
+        set: &mut SocketSet<'static>,
+        socket: tcp::Socket<'static>,
+    ) -> SocketHandle {
+        let size = socket.recv_capacity();
+        debug_assert_eq!(size, socket.send_capacity());
+        debug_assert!(self.fits(size), "socket of {size} breaks the reservation");
+        self.sockets += 1;
+        self.held += 2 * size;
+        self.peak = self.peak.max(self.held);
+        set.add(socket)
+    }
+
+    /// Remove one of our sockets (not a spare: take it first) from the set and
+    /// free its buffers.
+    pub(super) fn remove(&mut self, set: &mut SocketSet<'static>, h: SocketHandle) {
+        debug_assert!(self.spares.iter().all(|&(s, _)| s != h), "a spare removed");
+        let size = Self::size_of(set, h);
+        set.remove(h);
+        self.sockets -= 1;
+        self.held -= 2 * size;
+    }
+
+    /// Keep a finished socket as a spare.
+    pub(super) fn keep_spare(&mut self, set: &SocketSet<'static>, h: SocketHandle) {
+        let size = Self::size_of(set, h);
+        self.spare_bytes += 2 * size;
+        self.spares.push((h, size));
+    }
+
+    /// Take spare `i` (an index into [`Ledger::spares`]) out of the spares.
+    pub(super) fn take_spare(&mut self, i: usize) -> SocketHandle {
+        let (h, size) = self.spares.remove(i);
+        self.spare_bytes -= 2 * size;
+        h
+    }
+
+    /// The spares, oldest first, with their per-direction buffer sizes.
+    pub(super) fn spares(&self) -> &[(SocketHandle, usize)] {
+        &self.spares
+    }
+
+    /// A socket starts listening in a pool: it pledges its partner's share.
+    pub(super) fn pledge(&mut self, set: &SocketSet<'static>, h: SocketHandle) {
+        self.listening += 1;
+        self.pledged += self.pledge_of(Self::size_of(set, h));
+    }
+
+    /// A socket leaves a listen pool: its pledge is withdrawn.
+    pub(super) fn release(&mut self, set: &SocketSet<'static>, h: SocketHandle) {
+        self.listening -= 1;
+        self.pledged -= self.pledge_of(Self::size_of(set, h));
+    }
+
+    /// Whether every listening socket has `buf` already (none to upgrade).
+    pub(super) fn listeners_at_buf(&self) -> bool {
+        self.pledged == self.listening * self.pledge_of(self.buf)
+    }
+
+    /// The figures for sizing a new socket: every socket counts, the spares
+    /// too unless `without_spares` (spares are a cache: they give way to
+    /// larger buffers).
+    pub(super) fn state(&self, without_spares: bool) -> BufferState {
+        let (held, others) = if without_spares {
+            (
+                self.held - self.spare_bytes,
+                self.sockets - self.spares.len(),
+            )
+        } else {
+            (self.held, self.sockets)
+        };
+        BufferState {
+            budget: self.budget,
+            held,
+            pledged: self.pledged,
+            others,
+            listeners: self.pool_slots,
+            max_sockets: self.max_sockets,
+            buf_min: self.buf_min,
+            buf: self.buf,
+        }
+    }
+
+    /// `(buf_min, buf)`: the smallest and largest per-direction buffer size.
+    pub(super) fn buf_range(&self) -> (usize, usize) {
+        (self.buf_min, self.buf)
+    }
+
+    /// Sockets of ours in the set.
+    pub(super) fn sockets(&self) -> usize {
+        self.sockets
+    }
+
+    /// Whether the set holds as many of our sockets as the plan allows.
+    pub(super) fn full(&self) -> bool {
+        self.sockets >= self.max_sockets
+    }
+
+    /// Bytes held by our sockets' buffers now.
+    pub(super) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The most [`Ledger::held`] has been.
+    pub(super) fn peak(&self) -> usize {
+        self.peak
+    }
+
+    /// The buffer budget.
+    pub(super) fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Recount everything from the sockets themselves and check the running
+    /// figures against it (tests). Every TCP socket in the set counts (the
+    /// caller's own sockets are not TCP); `listening` are the pools' sockets.
+    /// Returns the bytes held.
+    #[cfg(test)]
+    pub(super) fn recount(
+        &self,
+        set: &SocketSet<'static>,
+        listening: impl Iterator<Item = SocketHandle>,
+    ) -> usize {
+        use smoltcp::socket::AnySocket;
+        let (mut held, mut sockets) = (0, 0);
+        for (_, s) in set.iter() {
+            if let Some(t) = tcp::Socket::downcast(s) {
+                held += t.recv_capacity() + t.send_capacity();
+                sockets += 1;
+            }
+        }
+        assert_eq!(sockets, self.sockets, "sockets in the set vs owned");
+        let spare: usize = self
+            .spares
+            .iter()
+            .map(|&(h, _)| 2 * Self::size_of(set, h))
+            .sum();
+        assert_eq!(spare, self.spare_bytes, "spare bytes");
+        assert!(self
+            .spares
+            .iter()
+            .all(|&(h, size)| Self::size_of(set, h) == size));
+        let (mut pledged, mut n) = (0, 0);
+        for h in listening {
+            pledged += self.pledge_of(Self::size_of(set, h));
+            n += 1;
+        }
+        assert_eq!(
+            (n, pledged),
+            (self.listening, self.pledged),
+            "pledged bytes"
+        );
+        held
+    }
+}
