@@ -257,3 +257,86 @@ impl Ledger {
         held
     }
 }
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use alloc::vec;
+
+    fn socket(size: usize) -> tcp::Socket<'static> {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; size]),
+            tcp::SocketBuffer::new(vec![0; size]),
+        )
+    }
+
+    /// A ledger for at most 4 sockets, buf_min 1k, buf 8k, one pool slot,
+    /// with `extra` bytes of budget beyond the reservation of 4 * 2 * 1k.
+    fn ledger(extra: usize) -> (Ledger, SocketSet<'static>) {
+        let l = Ledger::new(8 * 1024 + extra, 4, (1024, 8192), 1, Vec::new());
+        (l, SocketSet::new(Vec::new()))
+    }
+
+    #[test]
+    fn held_follows_the_set_and_the_reservation_is_kept() {
+        let (mut l, mut set) = ledger(16 * 1024);
+        // 8k fits: 16k + 3 * 2k reserved <= 24k; then the 8k left, less the
+        // reservation for two others, leaves room for 2k, not 4k.
+        assert!(l.fits(8192));
+        let a = l.add(&mut set, socket(8192));
+        assert_eq!((l.held(), l.sockets()), (16384, 1));
+        assert!(!l.fits(4096) && l.fits(2048));
+        let b = l.add(&mut set, socket(2048));
+        let c = l.add(&mut set, socket(1024));
+        assert_eq!(l.held(), 2 * (8192 + 2048 + 1024));
+        assert!(l.fits(1024) && !l.fits(2048));
+        let d = l.add(&mut set, socket(1024));
+        // At max_sockets nothing fits, however small.
+        assert!(l.full() && !l.fits(1));
+        l.remove(&mut set, a);
+        assert_eq!((l.held(), l.sockets(), l.peak()), (2 * 4096, 3, 2 * 12288));
+        assert!(l.fits(8192));
+        assert_eq!(l.recount(&set, core::iter::empty()), l.held());
+        for h in [b, c, d] {
+            l.remove(&mut set, h);
+        }
+        assert_eq!((l.held(), l.sockets(), l.peak()), (0, 0, 2 * 12288));
+    }
+
+    #[test]
+    fn spares_and_pledges_are_sums_of_their_sockets() {
+        let (mut l, mut set) = ledger(64 * 1024);
+        let small = l.add(&mut set, socket(1024));
+        let big = l.add(&mut set, socket(8192));
+        let listening = l.add(&mut set, socket(4096));
+        l.keep_spare(&set, small);
+        l.keep_spare(&set, big);
+        assert_eq!(l.spares(), &[(small, 1024), (big, 8192)]);
+        // Without the spares the figures are those of the listening socket.
+        let st = l.state(true);
+        assert_eq!((st.held, st.others), (2 * 4096, 1));
+        assert_eq!(l.state(false).held, 2 * (1024 + 8192 + 4096));
+        l.pledge(&set, listening);
+        assert_eq!(l.state(false).pledged, 2 * (4096 - 1024));
+        assert!(!l.listeners_at_buf());
+        assert_eq!(
+            l.recount(&set, [listening].into_iter()),
+            2 * (1024 + 8192 + 4096)
+        );
+        assert_eq!(l.take_spare(1), big);
+        assert_eq!(l.state(true).held, 2 * (4096 + 8192));
+        l.release(&set, listening);
+        assert_eq!(l.state(false).pledged, 0);
+        assert!(l.listeners_at_buf());
+        l.remove(&mut set, big);
+        assert_eq!(l.recount(&set, core::iter::empty()), 2 * (1024 + 4096));
+    }
+
+    #[test]
+    #[should_panic(expected = "pledged bytes")]
+    fn recount_catches_a_missing_pledge() {
+        let (mut l, mut set) = ledger(64 * 1024);
+        let h = l.add(&mut set, socket(4096));
+        l.recount(&set, [h].into_iter());
+    }
+}

@@ -59,6 +59,7 @@
 //! | `ledger` | buffer accounting: held, spare and pledged bytes |
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
+//! | `connections` | accept, open upstream, end connections |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
 //! | `ports` | ephemeral ports |
@@ -66,6 +67,7 @@
 //! | `stats` | counters and their log line |
 
 mod address;
+mod connections;
 mod ledger;
 mod listeners;
 mod plan;
@@ -80,13 +82,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use smoltcp::iface::{
-    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
-    SocketStorage,
+    Config as IfaceConfig, Interface, PollIngressSingleResult, PollResult, SocketSet, SocketStorage,
 };
 use smoltcp::phy::{Device, Medium};
-use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
 pub use plan::{EngineError, MemoryPlan};
 pub use ports::EPHEMERAL_FIRST;
@@ -99,8 +99,8 @@ use listeners::Listeners;
 use plan::{buf_range, try_vec};
 use ports::PortMap;
 use sizing::Role;
-use sockets::{Sockets, ALLOC_RETRY};
-use splice::{Conn, End};
+use sockets::Sockets;
+use splice::Conn;
 use tuning::Tuning;
 
 /// Ingress packets handled between two splice passes.
@@ -486,151 +486,6 @@ impl Engine {
             earliest(t);
         }
         at.map(|t| if t > now { t - now } else { Duration::ZERO })
-    }
-
-    // ---- connections ---------------------------------------------------------
-
-    /// Abort every listening socket (the address changed); `refill` re-creates them.
-    fn drop_listeners(&mut self) {
-        self.stats.refused += self.listeners.drop_all(&mut self.sockets, self.now);
-    }
-
-    /// Top every rule's pool up to `backlog` listening sockets.
-    fn refill(&mut self, now: Instant) {
-        self.listeners
-            .refill(&mut self.sockets, &self.tune, &self.addr, now);
-    }
-
-    /// Take pool sockets that received a SYN and start their connections.
-    fn accept(&mut self, now: Instant) -> bool {
-        let mut cursor = (0, 0);
-        let mut any = false;
-        while let Some((i, h)) = self.listeners.next_accepted(&mut self.sockets, &mut cursor) {
-            any = true;
-            self.start_conn(i, h, now);
-        }
-        if any {
-            self.refill(now);
-        }
-        any
-    }
-
-    fn refuse(&mut self, client: SocketHandle, now: Instant) {
-        self.stats.refused += 1;
-        self.sockets.abort(client, now);
-    }
-
-    fn start_conn(&mut self, rule_idx: usize, client: SocketHandle, now: Instant) {
-        if self.conns.len() >= self.tune.max_conns {
-            log::debug!("proxy: max_conns reached, refusing");
-            return self.refuse(client, now);
-        }
-        let rule = self.listeners.rule(rule_idx);
-        let Some(local) = self.sockets.tcp(client).local_endpoint() else {
-            // Reset before we looked: nothing to do.
-            return self.sockets.make_spare(client);
-        };
-        let dest = match rule.kind {
-            RuleKind::Reverse {
-                upstream,
-                upstream_port,
-            } => IpEndpoint::new(IpAddress::Ipv4(upstream), upstream_port),
-            RuleKind::Transparent => {
-                if Some(local.addr) == self.addr.own().map(IpAddress::Ipv4) {
-                    log::debug!("proxy: transparent connection to the instance itself, refusing");
-                    return self.refuse(client, now);
-                }
-                // smoltcp is built with IPv6 (for segmentation offload) and any-ip
-                // takes every destination; upstream connections are IPv4 only.
-                if !matches!(local.addr, IpAddress::Ipv4(_)) {
-                    log::debug!("proxy: transparent connection over IPv6, refusing");
-                    return self.refuse(client, now);
-                }
-                local
-            }
-        };
-        let Some(port) = self.ports.alloc() else {
-            log::warn!("proxy: no ephemeral port left, refusing");
-            return self.refuse(client, now);
-        };
-        let role = Role::Upstream {
-            client: self.sockets.size_of(client),
-        };
-        let Some(up) = self.sockets.take(now, role) else {
-            self.ports.set(port, false);
-            return self.refuse(client, now);
-        };
-        let s = self.sockets.set.get_mut::<tcp::Socket>(up);
-        self.tune.apply(s);
-        if let Err(e) = s.connect(self.iface.context(), dest, port) {
-            log::debug!("proxy: connect to {dest} failed: {e}");
-            self.ports.set(port, false);
-            self.sockets.make_spare(up);
-            self.stats.upstream_failures += 1;
-            self.sockets.abort(client, now);
-            return;
-        }
-        self.stats.accepted += 1;
-        self.conns.push(Conn::new(rule_idx, client, up, port, now));
-        log::debug!(
-            "proxy: rule {} accepted {:?} -> {dest}",
-            rule_idx,
-            self.sockets.tcp(client).remote_endpoint()
-        );
-    }
-
-    /// One pass over every connection: splice, forward FINs and resets, apply
-    /// timeouts, end finished connections, reap and refill. Returns whether
-    /// anything changed.
-    fn service(&mut self, now: Instant) -> bool {
-        let mut worked = self.dhcp_event();
-        worked |= self.accept(now);
-        worked |= self.sockets.reap(now);
-        if self.sockets.retry_at.is_some_and(|t| now >= t) {
-            self.sockets.retry_at = None;
-        }
-
-        let Some(ended) = splice::step_all(
-            &mut self.conns,
-            &mut self.sockets.set,
-            self.sockets.ledger.sockets() + EXTRA_SOCKETS,
-            &self.tune,
-            now,
-            &mut self.stats,
-            &mut worked,
-        ) else {
-            self.sockets.retry_at = Some(now + ALLOC_RETRY);
-            return worked;
-        };
-
-        // End connections, highest index first so swap_remove keeps indices valid.
-        for &(idx, end) in ended.iter().rev() {
-            let c = self.conns.swap_remove(idx);
-            match end {
-                End::Completed => self.stats.completed += 1,
-                End::ClientReset => self.stats.client_resets += 1,
-                End::UpstreamReset => self.stats.upstream_resets += 1,
-                End::UpstreamFailed => self.stats.upstream_failures += 1,
-                End::Timeout => self.stats.timeouts += 1,
-            }
-            log::debug!("proxy: connection on rule {} ended: {end:?}", c.rule);
-            self.ports.set(c.local_port, false);
-            self.sockets.retire(c.client, now);
-            self.sockets.retire(c.upstream, now);
-            worked = true;
-        }
-        if !ended.is_empty() {
-            if self.conns.is_empty() {
-                self.idle_since = now;
-            }
-            self.sockets.reap(now);
-        }
-        self.refill(now);
-        if self.sockets.stale {
-            self.listeners
-                .upgrade(&mut self.sockets, &self.tune, &self.addr, now);
-        }
-        worked
     }
 }
 
