@@ -7,38 +7,15 @@
 //!
 //! # What happens to a connection
 //!
-//! * **Accept.** Every rule keeps a pool of `backlog` listening sockets (smoltcp has
-//!   no listen backlog: a SYN that finds no listening socket is answered with RST).
-//!   When a pool socket receives a SYN it leaves the pool, the pool is refilled at
-//!   once (after every ingress packet that changed a socket), and the upstream
-//!   connection is opened in the same poll, in parallel with the client handshake.
-//!   Beyond `max_conns` the SYN is refused with an RST (counted in `refused`) and the
-//!   existing connections are not disturbed.
-//! * **Splice.** Bytes are moved straight from one socket's receive buffer into the
-//!   other socket's transmit buffer, never more than the transmit buffer can take,
-//!   so a slow reader shrinks the window advertised to the fast writer
-//!   (backpressure) and no byte is ever queued anywhere else.
-//! * **Half-close.** A FIN from one side is forwarded (as `close()` on the other
-//!   socket) once every byte before it has been moved; the other direction keeps
-//!   flowing.
-//! * **Resets.** A reset (or smoltcp's own timeout) on either socket aborts the other
-//!   one, which sends an RST. Upstream refused, unreachable or not connected within
-//!   `connect_timeout` resets the client; a client that does not complete its
-//!   handshake within `connect_timeout` is dropped with its upstream.
-//! * **Idle timeout** aborts both sides after `idle_timeout` without a byte moved.
-//!   Keep-alive is set on both sockets, with a smoltcp user timeout of three
-//!   keep-alive intervals (two minutes without keep-alive), so a dead peer never
-//!   leaves a connection half-open forever.
-//! * **Recycling.** A finished socket (closed, or in TIME-WAIT) is kept as a spare
-//!   and reused by the next `listen`/`connect` (which resets it); spares beyond a
-//!   small reserve are removed from the socket set and their memory freed. A socket
-//!   that still has an RST to send is kept until it has sent it (at most one
-//!   second).
-//! * **Address announcements.** When an address is set (static, by hand or
-//!   by DHCP) the engine broadcasts gratuitous ARP three times, a second
-//!   apart, from its own polls (see [`Engine::poll`]): an instance restarted
-//!   on an address another MAC held a moment ago is reachable at once, not
-//!   when the peers' ARP entries expire.
+//! A SYN is taken by one of the rule's listening sockets (`listeners`), which
+//! leaves its pool (refilled at once) and becomes the client side; the
+//! upstream side is opened in the same poll (`connections`), or the SYN is
+//! refused with an RST beyond `max_conns`. Bytes are then moved between the
+//! two sockets with backpressure, FINs forwarded, resets and timeouts
+//! propagated (`splice`). A finished socket becomes a spare for reuse, after
+//! sending its RST if it has one (`sockets`). When an address is set, static,
+//! by hand or by DHCP, it is announced with gratuitous ARP (`address`). Each
+//! module's documentation says how and why.
 //!
 //! # Memory
 //!

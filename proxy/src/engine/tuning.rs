@@ -1,5 +1,9 @@
 //! Per-socket TCP settings derived from the config, applied on every (re)use
 //! of a socket.
+//!
+//! Keep-alive is set on both sockets of a connection, with a smoltcp user
+//! timeout of three keep-alive intervals (two minutes without keep-alive),
+//! so a dead peer never leaves a connection half-open forever.
 
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;

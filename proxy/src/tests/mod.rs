@@ -10,8 +10,11 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 
-mod engine_tests;
+mod buffers;
+mod connections;
 mod garp;
+mod lifecycle;
+mod offload;
 
 pub const PROXY: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 pub const CLIENT: Ipv4Address = Ipv4Address::new(10, 0, 0, 10);
