@@ -99,7 +99,8 @@ pub struct Engine {
     tune: Tuning,
     plan: MemoryPlan,
     stats: Stats,
-    /// The last poll stopped with work left.
+    /// Run again at once (`poll_delay` zero): the last poll stopped with
+    /// work left, or the DHCP client was just started.
     more_work: bool,
     idle_since: Instant,
     /// The time of the latest poll.
