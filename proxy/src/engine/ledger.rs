@@ -7,7 +7,7 @@
 //! [`Ledger`]'s methods are the only way to change them, and each one reads
 //! the size from the socket itself rather than taking it from the caller:
 //!
-//! * a socket enters the engine's [`SocketSet`] only through
+//! * one of the engine's TCP sockets enters the [`SocketSet`] only through
 //!   [`Ledger::add`] and leaves it only through [`Ledger::remove`], so `held`
 //!   and the socket count move with the set;
 //! * the spare list lives here, so its byte count is its sum by construction;
