@@ -28,11 +28,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
+use crate::engine::Engine;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
-use crate::engine::Engine;
 
 use core::num::NonZeroUsize;
 use smoltcp::phy::{Checksum, ChecksumCapabilities, PacketMeta};
@@ -434,7 +434,8 @@ impl Net {
             }
             td += self.delay_of(&down);
             self.seq += 1;
-            self.in_flight.push(Reverse((td, self.seq, d, frame.clone())));
+            self.in_flight
+                .push(Reverse((td, self.seq, d, frame.clone())));
         }
     }
 
@@ -544,8 +545,14 @@ impl Net {
                 || t.window_len() != pt.window_len()
                 || !t.ack()
                 || !pt.ack()
-                || t.syn() || t.rst() || t.urg()
-                || pt.syn() || pt.rst() || pt.urg() || pt.psh() || pt.fin()
+                || t.syn()
+                || t.rst()
+                || t.urg()
+                || pt.syn()
+                || pt.rst()
+                || pt.urg()
+                || pt.psh()
+                || pt.fin()
                 || frame[14 + ihl + 20..hdr] != prev[14 + pihl + 20..phdr]
             {
                 return false;
@@ -1104,7 +1111,8 @@ impl Host {
         let now = net.now();
         let mut any = false;
         for _ in 0..64 {
-            self.iface.poll(now, &mut net.port(self.port), &mut self.sockets);
+            self.iface
+                .poll(now, &mut net.port(self.port), &mut self.sockets);
             let worked = self.step(now);
             any |= worked;
             if !worked {

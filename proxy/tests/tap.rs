@@ -39,7 +39,20 @@ fn linux_tcp_through_the_tap_runner() {
 
     // Byte-exact both ways: 1 B and 1 MB echoed, 10 MB each way.
     client(&tb, &p, &["--op", "echo", "--len", "1", "--conns", "5"]);
-    client(&tb, &p, &["--op", "echo", "--len", "1m", "--conns", "20", "--parallel", "10"]);
+    client(
+        &tb,
+        &p,
+        &[
+            "--op",
+            "echo",
+            "--len",
+            "1m",
+            "--conns",
+            "20",
+            "--parallel",
+            "10",
+        ],
+    );
     client(&tb, &p, &["--op", "get", "--len", "10m"]);
     client(&tb, &p, &["--op", "put", "--len", "10m"]);
     // 200 concurrent connections. (The Linux server's listen backlog is std's 128:
@@ -47,7 +60,16 @@ fn linux_tcp_through_the_tap_runner() {
     let out = client(
         &tb,
         &p,
-        &["--op", "get", "--len", "100k", "--conns", "200", "--parallel", "200"],
+        &[
+            "--op",
+            "get",
+            "--len",
+            "100k",
+            "--conns",
+            "200",
+            "--parallel",
+            "200",
+        ],
     );
     assert!(out.contains("bytes_down=20480000"), "{out}");
     // Upstream port closed: the client is reset.
@@ -59,8 +81,16 @@ fn linux_tcp_through_the_tap_runner() {
     // Transparent: each destination is reached at its own address.
     for ip in FAR_IPS {
         let dest = format!("{ip}:7000");
-        client(&tb, &dest, &["--op", "who", "--expect", &dest, "--conns", "3"]);
-        client(&tb, &dest, &["--op", "echo", "--len", "300k", "--conns", "2"]);
+        client(
+            &tb,
+            &dest,
+            &["--op", "who", "--expect", &dest, "--conns", "3"],
+        );
+        client(
+            &tb,
+            &dest,
+            &["--op", "echo", "--len", "300k", "--conns", "2"],
+        );
     }
 
     // Let the last connections close, then stop the runner and read its stats.
