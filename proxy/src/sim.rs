@@ -1,5 +1,6 @@
 //! A deterministic in-memory network for testing and benchmarking the engine
-//! on the host (compiled for tests and with the `std` feature only).
+//! on the host (compiled for the crate's tests and with the `testing` feature
+//! only). Its [`Rng`] is the one PRNG of the proxy's tests and tools.
 //!
 //! [`Net`] is an Ethernet switch with one [`Link`] per port (one-way delay,
 //! random extra delay that reorders frames, loss, bandwidth, queue limit), all
@@ -82,8 +83,14 @@ impl Rng {
 /// `len` pseudo-random bytes from `seed`: the content of a test stream.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0; len];
-    Rng::new(seed ^ 0xA5A5_5A5A_1234_5678).fill(&mut v);
+    pattern_rng(seed).fill(&mut v);
     v
+}
+
+/// The generator of `pattern(seed, _)`: filling consecutive buffers whose
+/// lengths are multiples of 8 from it gives the same bytes, piece by piece.
+pub fn pattern_rng(seed: u64) -> Rng {
+    Rng::new(seed ^ 0xA5A5_5A5A_1234_5678)
 }
 
 /// The link between one switch port and its device, used in both directions.

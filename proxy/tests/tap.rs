@@ -3,11 +3,41 @@
 //! fails rather than skips without it.
 #![forbid(unsafe_code)]
 
-#[path = "support/netns.rs"]
-mod netns;
+use hostnet::testbed::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use netns::*;
-use std::path::PathBuf;
+/// Build `miniproxy-tap` and `miniproxy-tcptool` (features `std`, `testing`) with the same
+/// profile as the caller, into their own target directory so that the cargo
+/// running the caller is not waited on. Returns the directory of the binaries.
+fn build_bins(target_dir: &Path, release: bool) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--manifest-path",
+        manifest,
+        "-p",
+        "proxy",
+        "--features",
+        "std,testing",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    let out = cmd
+        .output()
+        .expect("running cargo build for the TAP runner");
+    assert!(
+        out.status.success(),
+        "cargo build of the TAP runner failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join(if release { "release" } else { "debug" })
+}
 
 fn client(tb: &Testbed, to: &str, args: &[&str]) -> String {
     let tool = tb.tool();

@@ -12,17 +12,14 @@
 //!    showing what smoltcp's 2 KiB initial congestion window costs against Linux.
 //!
 //! ```text
-//! cargo build --release -p proxy --features std --bins
+//! cargo build --release -p proxy --features std,testing --bins
 //! sudo target/release/miniproxy-bench [--quick] [--no-tap]
 //! ```
 #![forbid(unsafe_code)]
 
-#[path = "../../tests/support/netns.rs"]
-mod netns;
-
 use std::time::Instant as StdInstant;
 
-use netns::*;
+use hostnet::testbed::*;
 use proxy::config::Config;
 use proxy::engine::Engine;
 use proxy::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};

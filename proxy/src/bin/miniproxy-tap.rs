@@ -15,8 +15,6 @@
 //! client gets the address (a DHCP server must answer on the TAP's segment).
 #![forbid(unsafe_code)]
 
-mod hostutil;
-
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,7 +173,7 @@ fn run() -> Result<(), String> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    hostutil::wait_until_up(&args.tap, StdDuration::from_secs(300))?;
+    hostnet::wait_until_up(&args.tap, StdDuration::from_secs(300))?;
     let mut next_stats = args.stats.map(|s| StdInstant::now() + s);
     let idle_exit = cfg
         .idle_exit

@@ -23,16 +23,15 @@
 //! conns_per_s=.. mbytes_per_s=..` and exits 0, or prints what failed and exits 1.
 #![forbid(unsafe_code)]
 
-mod hostutil;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use hostnet::wait_until_up;
 use proxy::config::parse_size;
-use proxy::sim::Rng;
+use proxy::sim::{pattern_rng, Rng};
 
 const BLOCK: usize = 64 * 1024;
 
@@ -45,7 +44,7 @@ struct Pattern {
 impl Pattern {
     fn new(seed: u64, len: usize) -> Pattern {
         Pattern {
-            rng: Rng::new(seed ^ 0xA5A5_5A5A_1234_5678),
+            rng: pattern_rng(seed),
             left: len,
         }
     }
@@ -371,8 +370,8 @@ fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
     ];
     println!("tcptool: delayline ready on {a} {b}");
     let _ = std::io::stdout().flush();
-    hostutil::wait_until_up(a, Duration::from_secs(60))?;
-    hostutil::wait_until_up(b, Duration::from_secs(60))?;
+    wait_until_up(a, Duration::from_secs(60))?;
+    wait_until_up(b, Duration::from_secs(60))?;
     // Frames in flight towards device i, oldest first (the delay is constant).
     let mut queues: [VecDeque<(Instant, Vec<u8>)>; 2] = [VecDeque::new(), VecDeque::new()];
     let t0 = smoltcp::time::Instant::from_millis(0);

@@ -9,10 +9,9 @@
 //!
 //! 10.9.0.3 (the bridge's own address in the proxy namespace) is where a Linux
 //! proxy (HAProxy, socat) listens for comparison. Everything is removed on drop.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,38 +31,6 @@ pub fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
         .unwrap_or(false)
-}
-
-/// Build `miniproxy-tap` and `miniproxy-tcptool` (feature `std`) with the same
-/// profile as the caller, into their own target directory so that the cargo
-/// running the caller is not waited on. Returns the directory of the binaries.
-pub fn build_bins(target_dir: &Path, release: bool) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--manifest-path",
-        manifest,
-        "-p",
-        "proxy",
-        "--features",
-        "std",
-        "--bins",
-    ]);
-    if release {
-        cmd.arg("--release");
-    }
-    cmd.env("CARGO_TARGET_DIR", target_dir);
-    let out = cmd
-        .output()
-        .expect("running cargo build for the TAP runner");
-    assert!(
-        out.status.success(),
-        "cargo build of the TAP runner failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target_dir.join(if release { "release" } else { "debug" })
 }
 
 fn sh(args: &[&str]) -> Result<Output, String> {
