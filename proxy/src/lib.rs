@@ -11,7 +11,7 @@ pub use config::{Config, ConfigError};
 pub mod engine;
 
 pub use engine::{Engine, EngineError, MemoryPlan, Stats};
-#[cfg(any(test, feature = "std"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod sim;
 #[cfg(test)]
 mod tests;

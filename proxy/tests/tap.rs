@@ -3,11 +3,41 @@
 //! fails rather than skips without it.
 #![forbid(unsafe_code)]
 
-#[path = "support/netns.rs"]
-mod netns;
+use hostnet::testbed::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use netns::*;
-use std::path::PathBuf;
+/// Build `miniproxy-tap` and `miniproxy-tcptool` (features `std`, `testing`) with the same
+/// profile as the caller, into their own target directory so that the cargo
+/// running the caller is not waited on. Returns the directory of the binaries.
+fn build_bins(target_dir: &Path, release: bool) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--manifest-path",
+        manifest,
+        "-p",
+        "proxy",
+        "--features",
+        "std,testing",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir);
+    let out = cmd
+        .output()
+        .expect("running cargo build for the TAP runner");
+    assert!(
+        out.status.success(),
+        "cargo build of the TAP runner failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target_dir.join(if release { "release" } else { "debug" })
+}
 
 fn client(tb: &Testbed, to: &str, args: &[&str]) -> String {
     let tool = tb.tool();
@@ -39,7 +69,20 @@ fn linux_tcp_through_the_tap_runner() {
 
     // Byte-exact both ways: 1 B and 1 MB echoed, 10 MB each way.
     client(&tb, &p, &["--op", "echo", "--len", "1", "--conns", "5"]);
-    client(&tb, &p, &["--op", "echo", "--len", "1m", "--conns", "20", "--parallel", "10"]);
+    client(
+        &tb,
+        &p,
+        &[
+            "--op",
+            "echo",
+            "--len",
+            "1m",
+            "--conns",
+            "20",
+            "--parallel",
+            "10",
+        ],
+    );
     client(&tb, &p, &["--op", "get", "--len", "10m"]);
     client(&tb, &p, &["--op", "put", "--len", "10m"]);
     // 200 concurrent connections. (The Linux server's listen backlog is std's 128:
@@ -47,7 +90,16 @@ fn linux_tcp_through_the_tap_runner() {
     let out = client(
         &tb,
         &p,
-        &["--op", "get", "--len", "100k", "--conns", "200", "--parallel", "200"],
+        &[
+            "--op",
+            "get",
+            "--len",
+            "100k",
+            "--conns",
+            "200",
+            "--parallel",
+            "200",
+        ],
     );
     assert!(out.contains("bytes_down=20480000"), "{out}");
     // Upstream port closed: the client is reset.
@@ -59,8 +111,16 @@ fn linux_tcp_through_the_tap_runner() {
     // Transparent: each destination is reached at its own address.
     for ip in FAR_IPS {
         let dest = format!("{ip}:7000");
-        client(&tb, &dest, &["--op", "who", "--expect", &dest, "--conns", "3"]);
-        client(&tb, &dest, &["--op", "echo", "--len", "300k", "--conns", "2"]);
+        client(
+            &tb,
+            &dest,
+            &["--op", "who", "--expect", &dest, "--conns", "3"],
+        );
+        client(
+            &tb,
+            &dest,
+            &["--op", "echo", "--len", "300k", "--conns", "2"],
+        );
     }
 
     // Let the last connections close, then stop the runner and read its stats.

@@ -12,17 +12,14 @@
 //!    showing what smoltcp's 2 KiB initial congestion window costs against Linux.
 //!
 //! ```text
-//! cargo build --release -p proxy --features std --bins
+//! cargo build --release -p proxy --features std,testing --bins
 //! sudo target/release/miniproxy-bench [--quick] [--no-tap]
 //! ```
 #![forbid(unsafe_code)]
 
-#[path = "../../tests/support/netns.rs"]
-mod netns;
-
 use std::time::Instant as StdInstant;
 
-use netns::*;
+use hostnet::testbed::*;
 use proxy::config::Config;
 use proxy::engine::Engine;
 use proxy::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
@@ -115,9 +112,17 @@ fn mem_conn_rate(n: usize, par: usize) -> (f64, f64, u64) {
     let secs = t.elapsed().as_secs_f64();
     w.run_until(Duration::from_secs(60), |w| w.proxy.stats().active == 0);
     let st = w.proxy.stats();
-    let bad = w.hosts[0].flows.iter().filter(|f| f.reset || f.received_len != 100).count();
+    let bad = w.hosts[0]
+        .flows
+        .iter()
+        .filter(|f| f.reset || f.received_len != 100)
+        .count();
     assert_eq!(bad, 0, "in-memory rate: {bad} connections failed");
-    (n as f64 / secs, n as f64 / (w.proxy_nanos as f64 / 1e9), st.completed)
+    (
+        n as f64 / secs,
+        n as f64 / (w.proxy_nanos as f64 / 1e9),
+        st.completed,
+    )
 }
 
 /// MB/s (wall clock) of one download of `len` bytes through the engine, and
@@ -137,7 +142,10 @@ fn mem_bulk(len: usize, buf: usize, offload: bool) -> (f64, f64, f64) {
     let t = StdInstant::now();
     let ok = w.run_until(Duration::from_secs(3600), |w| w.hosts[0].flows[f].done);
     let secs = t.elapsed().as_secs_f64();
-    assert!(ok && w.hosts[0].flows[f].received_len == len, "in-memory bulk failed");
+    assert!(
+        ok && w.hosts[0].flows[f].received_len == len,
+        "in-memory bulk failed"
+    );
     let frames = w.net.port_stats(w.proxy_port).tx_frames as f64;
     (
         len as f64 / secs / 1e6,
@@ -187,7 +195,10 @@ fn tap_bench(quick: bool) -> Result<(), String> {
     )?;
     let have_haproxy = tb.start_haproxy().is_ok();
     let have_socat = tb.start_socat().is_ok();
-    let mut targets = vec![("direct", format!("{SERVER_IP}:8080")), ("miniproxy", format!("{PROXY_IP}:80"))];
+    let mut targets = vec![
+        ("direct", format!("{SERVER_IP}:8080")),
+        ("miniproxy", format!("{PROXY_IP}:80")),
+    ];
     if have_haproxy {
         targets.push(("haproxy", format!("{LINUX_PROXY_IP}:80")));
     }
@@ -204,9 +215,35 @@ fn tap_bench(quick: bool) -> Result<(), String> {
     let mut rows = Vec::new();
     for (name, addr) in &targets {
         // Warm up ARP and the listen pools.
-        let _ = tool(&tb, addr, &["--op", "get", "--len", "1k", "--conns", "20", "--parallel", "10"]);
-        let rate = tool(&tb, addr, &["--op", "get", "--len", "100", "--conns", conns, "--parallel", "32"])
-            .map_or(f64::NAN, |o| field(&o, "conns_per_s"));
+        let _ = tool(
+            &tb,
+            addr,
+            &[
+                "--op",
+                "get",
+                "--len",
+                "1k",
+                "--conns",
+                "20",
+                "--parallel",
+                "10",
+            ],
+        );
+        let rate = tool(
+            &tb,
+            addr,
+            &[
+                "--op",
+                "get",
+                "--len",
+                "100",
+                "--conns",
+                conns,
+                "--parallel",
+                "32",
+            ],
+        )
+        .map_or(f64::NAN, |o| field(&o, "conns_per_s"));
         let down = tool(&tb, addr, &["--op", "get", "--len", bulk])
             .map_or(f64::NAN, |o| field(&o, "mbytes_per_s"));
         let up = tool(&tb, addr, &["--op", "put", "--len", bulk])
@@ -242,7 +279,11 @@ fn tap_bench(quick: bool) -> Result<(), String> {
     let mut paths: Vec<(String, String, Option<&str>)> = Vec::new();
     paths.push(("direct".into(), format!("{SERVER_IP}:8080"), None));
     for cc in ["reno", "none"] {
-        paths.push((format!("miniproxy cc={cc}"), format!("{PROXY_IP}:80"), Some(cc)));
+        paths.push((
+            format!("miniproxy cc={cc}"),
+            format!("{PROXY_IP}:80"),
+            Some(cc),
+        ));
     }
     if have_haproxy {
         paths.push(("haproxy".into(), format!("{LINUX_PROXY_IP}:80"), None));
@@ -300,7 +341,12 @@ fn main() {
          ({completed} completed, {par} at a time, 100-byte responses)"
     );
     let len = if quick { 50 << 20 } else { 200 << 20 };
-    for (buf, offload) in [(64 * 1024, false), (256 * 1024, false), (64 * 1024, true), (256 * 1024, true)] {
+    for (buf, offload) in [
+        (64 * 1024, false),
+        (256 * 1024, false),
+        (64 * 1024, true),
+        (256 * 1024, true),
+    ] {
         let (mbps, engine_mbps, frames) = mem_bulk(len, buf, offload);
         let off = if offload { ", offload" } else { "" };
         println!(

@@ -15,8 +15,6 @@
 //! client gets the address (a DHCP server must answer on the TAP's segment).
 #![forbid(unsafe_code)]
 
-mod hostutil;
-
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +86,10 @@ fn parse_args() -> Result<Args, String> {
             "--tap" => {
                 a.tap = it.next().ok_or("--tap needs a value")?;
                 if a.tap.is_empty() || a.tap.len() > 15 {
-                    return Err(format!("bad value for --tap: '{}' (1 to 15 characters)", a.tap));
+                    return Err(format!(
+                        "bad value for --tap: '{}' (1 to 15 characters)",
+                        a.tap
+                    ));
                 }
             }
             "--mac" => {
@@ -99,11 +100,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--stats" => {
                 let v = it.next().ok_or("--stats needs a value")?;
-                let secs: u64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("bad value for --stats: '{v}' (expected whole seconds > 0)"))?;
+                let secs: u64 = v.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    format!("bad value for --stats: '{v}' (expected whole seconds > 0)")
+                })?;
                 a.stats = Some(StdDuration::from_secs(secs));
             }
             "--stdin-exit" => a.stdin_exit = true,
@@ -174,9 +173,11 @@ fn run() -> Result<(), String> {
             stop.store(true, Ordering::SeqCst);
         });
     }
-    hostutil::wait_until_up(&args.tap, StdDuration::from_secs(300))?;
+    hostnet::wait_until_up(&args.tap, StdDuration::from_secs(300))?;
     let mut next_stats = args.stats.map(|s| StdInstant::now() + s);
-    let idle_exit = cfg.idle_exit.map(|d| Duration::from_micros(d.as_micros() as u64));
+    let idle_exit = cfg
+        .idle_exit
+        .map(|d| Duration::from_micros(d.as_micros() as u64));
     loop {
         let t = now();
         engine.poll(t, &mut dev);

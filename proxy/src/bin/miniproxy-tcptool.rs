@@ -23,16 +23,15 @@
 //! conns_per_s=.. mbytes_per_s=..` and exits 0, or prints what failed and exits 1.
 #![forbid(unsafe_code)]
 
-mod hostutil;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use hostnet::wait_until_up;
 use proxy::config::parse_size;
-use proxy::sim::Rng;
+use proxy::sim::{pattern_rng, Rng};
 
 const BLOCK: usize = 64 * 1024;
 
@@ -45,7 +44,7 @@ struct Pattern {
 impl Pattern {
     fn new(seed: u64, len: usize) -> Pattern {
         Pattern {
-            rng: Rng::new(seed ^ 0xA5A5_5A5A_1234_5678),
+            rng: pattern_rng(seed),
             left: len,
         }
     }
@@ -79,7 +78,9 @@ fn check_pattern<R: Read>(r: &mut R, seed: u64, len: usize) -> Result<usize, Str
     let mut got = vec![0u8; BLOCK];
     let mut total = 0usize;
     loop {
-        let n = r.read(&mut got).map_err(|e| format!("read after {total} bytes: {e}"))?;
+        let n = r
+            .read(&mut got)
+            .map_err(|e| format!("read after {total} bytes: {e}"))?;
         if n == 0 {
             break;
         }
@@ -94,7 +95,9 @@ fn check_pattern<R: Read>(r: &mut R, seed: u64, len: usize) -> Result<usize, Str
             }
             let k = (n - i).min(want_len - want_pos);
             if got[i..i + k] != want[want_pos..want_pos + k] {
-                let off = (0..k).find(|j| got[i + j] != want[want_pos + j]).unwrap_or(0);
+                let off = (0..k)
+                    .find(|j| got[i + j] != want[want_pos + j])
+                    .unwrap_or(0);
                 return Err(format!("content differs at offset {}", total + i + off));
             }
             i += k;
@@ -196,7 +199,8 @@ fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
     let result = (|| -> Result<(usize, usize), String> {
         let mut s =
             TcpStream::connect_timeout(&o.to, o.timeout).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(o.timeout)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(o.timeout))
+            .map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
         match o.op.as_str() {
             "echo" => {
@@ -225,7 +229,8 @@ fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
                 write_pattern(&mut s, seed, o.len).map_err(|e| format!("write: {e}"))?;
                 s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
                 let mut reply = String::new();
-                s.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
+                s.read_to_string(&mut reply)
+                    .map_err(|e| format!("read: {e}"))?;
                 if reply.trim() != format!("ok {}", o.len) {
                     return Err(format!("server says '{}'", reply.trim()));
                 }
@@ -234,7 +239,8 @@ fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
             "who" => {
                 s.write_all(b"who\n").map_err(|e| format!("write: {e}"))?;
                 let mut reply = String::new();
-                s.read_to_string(&mut reply).map_err(|e| format!("read: {e}"))?;
+                s.read_to_string(&mut reply)
+                    .map_err(|e| format!("read: {e}"))?;
                 if let Some(want) = &o.expect {
                     if reply.trim() != want {
                         return Err(format!("reached '{}', expected '{want}'", reply.trim()));
@@ -299,7 +305,11 @@ fn client(o: ClientOpts) -> Result<(), String> {
         for e in errors.iter().take(10) {
             println!("tcptool: FAIL {e}");
         }
-        return Err(format!("{} of {} connections failed", errors.len(), o.conns));
+        return Err(format!(
+            "{} of {} connections failed",
+            errors.len(),
+            o.conns
+        ));
     }
     let (u, d) = (up.load(Ordering::SeqCst), down.load(Ordering::SeqCst));
     println!(
@@ -330,7 +340,8 @@ fn parse_client(args: &[String]) -> Result<ClientOpts, String> {
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
         let num = |what: &str| -> Result<usize, String> {
-            v.parse().map_err(|_| format!("bad value for {what}: '{v}'"))
+            v.parse()
+                .map_err(|_| format!("bad value for {what}: '{v}'"))
         };
         match k.as_str() {
             "--op" => o.op = v.clone(),
@@ -359,8 +370,8 @@ fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
     ];
     println!("tcptool: delayline ready on {a} {b}");
     let _ = std::io::stdout().flush();
-    hostutil::wait_until_up(a, Duration::from_secs(60))?;
-    hostutil::wait_until_up(b, Duration::from_secs(60))?;
+    wait_until_up(a, Duration::from_secs(60))?;
+    wait_until_up(b, Duration::from_secs(60))?;
     // Frames in flight towards device i, oldest first (the delay is constant).
     let mut queues: [VecDeque<(Instant, Vec<u8>)>; 2] = [VecDeque::new(), VecDeque::new()];
     let t0 = smoltcp::time::Instant::from_millis(0);
@@ -369,7 +380,9 @@ fn delayline(a: &str, b: &str, ms: &str) -> Result<(), String> {
         let mut busy = false;
         for i in 0..2 {
             while queues[1 - i].len() < 100_000 {
-                let Some((rx, _)) = devs[i].receive(t0) else { break };
+                let Some((rx, _)) = devs[i].receive(t0) else {
+                    break;
+                };
                 let frame = rx.consume(|f| f.to_vec());
                 queues[1 - i].push_back((now + delay, frame));
                 busy = true;

@@ -1,8 +1,12 @@
-//! Helpers shared by the host tools (`miniproxy-tap`, `miniproxy-tcptool`):
-//! each includes this module with `mod hostutil;`. (A directory without a
-//! `main.rs` is not a binary target of its own.)
+//! Linux host networking for Miniproxy's host tools and tests (never in the
+//! unikernel): waiting for a TAP device to come up (`miniproxy-tap`,
+//! `miniproxy-tcptool`), and the network-namespace [`testbed`] of the TAP test
+//! and the benchmark.
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
+
+pub mod testbed;
 
 /// Wait until network device `name` is up (`IFF_UP` in
 /// `/sys/class/net/NAME/flags`), checking every 10 ms; an error if it is not

@@ -9,10 +9,9 @@
 //!
 //! 10.9.0.3 (the bridge's own address in the proxy namespace) is where a Linux
 //! proxy (HAProxy, socat) listens for comparison. Everything is removed on drop.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,27 +31,6 @@ pub fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
         .unwrap_or(false)
-}
-
-/// Build `miniproxy-tap` and `miniproxy-tcptool` (feature `std`) with the same
-/// profile as the caller, into their own target directory so that the cargo
-/// running the caller is not waited on. Returns the directory of the binaries.
-pub fn build_bins(target_dir: &Path, release: bool) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--manifest-path", manifest, "-p", "proxy", "--features", "std", "--bins"]);
-    if release {
-        cmd.arg("--release");
-    }
-    cmd.env("CARGO_TARGET_DIR", target_dir);
-    let out = cmd.output().expect("running cargo build for the TAP runner");
-    assert!(
-        out.status.success(),
-        "cargo build of the TAP runner failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target_dir.join(if release { "release" } else { "debug" })
 }
 
 fn sh(args: &[&str]) -> Result<Output, String> {
@@ -100,19 +78,58 @@ impl Testbed {
             sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
         }
         sh(&["ip", "-n", &px, "link", "add", "br0", "type", "bridge"])?;
-        sh(&["ip", "-n", &px, "addr", "add", &format!("{LINUX_PROXY_IP}/24"), "dev", "br0"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &px,
+            "addr",
+            "add",
+            &format!("{LINUX_PROXY_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
         sh(&["ip", "-n", &px, "link", "set", "br0", "up"])?;
         for (n, ip, port) in [(&cl, CLIENT_IP, "vcl"), (&sv, SERVER_IP, "vsv")] {
-            sh(&["ip", "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &px])?;
+            sh(&[
+                "ip", "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", port,
+                "netns", &px,
+            ])?;
             sh(&["ip", "-n", &px, "link", "set", port, "master", "br0", "up"])?;
-            sh(&["ip", "-n", n, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
             sh(&["ip", "-n", n, "link", "set", "eth0", "up"])?;
         }
         // The far addresses live on the server's loopback (no dummy module needed).
         for ip in FAR_IPS {
-            sh(&["ip", "-n", &sv, "addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &sv,
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                "lo",
+            ])?;
         }
-        sh(&["ip", "-n", &cl, "route", "add", "10.9.1.0/24", "via", PROXY_IP])?;
+        sh(&[
+            "ip",
+            "-n",
+            &cl,
+            "route",
+            "add",
+            "10.9.1.0/24",
+            "via",
+            PROXY_IP,
+        ])?;
         Ok(tb)
     }
 
@@ -174,7 +191,14 @@ impl Testbed {
             let (ok, _) = self.run(
                 role,
                 &tool,
-                &["client", &format!("{ip}:{port}"), "--op", "who", "--timeout", "2"],
+                &[
+                    "client",
+                    &format!("{ip}:{port}"),
+                    "--op",
+                    "who",
+                    "--timeout",
+                    "2",
+                ],
             );
             if ok {
                 return Ok(());
@@ -206,7 +230,10 @@ impl Testbed {
             let mut line = String::new();
             if stdout.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
                 let _ = child.wait();
-                return Err(format!("miniproxy-tap exited early: {}", banner.join(" | ")));
+                return Err(format!(
+                    "miniproxy-tap exited early: {}",
+                    banner.join(" | ")
+                ));
             }
             let ready = line.contains("ready on");
             banner.push(line.trim().to_string());
@@ -220,7 +247,17 @@ impl Testbed {
             stdout,
             banner,
         });
-        sh(&["ip", "-n", &self.ns("px"), "link", "set", "tap0", "master", "br0", "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns("px"),
+            "link",
+            "set",
+            "tap0",
+            "master",
+            "br0",
+            "up",
+        ])?;
         Ok(())
     }
 
