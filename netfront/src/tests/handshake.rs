@@ -281,7 +281,9 @@ fn device_key_errors_say_what_happened() {
     };
     let mac = format!("{FRONT}/mac");
     let id = format!("{FRONT}/backend-id");
-    let cases: [(&dyn Fn(&mut H), Error, &str); 6] = [
+    // How to break the key, the error, and how it reads.
+    type Case<'a> = (&'a dyn Fn(&mut H), Error, &'a str);
+    let cases: [Case; 6] = [
         (
             &|h| h.world.inner().xs_fail_path = Some((String::from("/mac"), 1)),
             Error::XenstoreRead("mac"),
