@@ -196,10 +196,12 @@ mod types;
 pub mod wire;
 mod xenbus;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(all(feature = "testing", not(test)))]
+extern crate std;
 
 pub use config::Config;
 pub use driver::{Netfront, RxToken, TxToken, FRONTEND_FEATURES, FRONTEND_FEATURES_OFFLOAD};

@@ -5,7 +5,7 @@ use std::string::String;
 use std::vec;
 
 use super::*;
-use crate::fake::{BackendSetup, FRONT};
+use crate::testing::{BackendSetup, FRONT};
 use crate::{BackendFeatures, Error, Reason, XenbusState};
 
 #[test]
@@ -330,7 +330,7 @@ fn device_key_errors_say_what_happened() {
 
 #[test]
 fn config_is_validated() {
-    let w = crate::fake::World::new();
+    let w = crate::testing::World::new();
     for cfg in [
         Config {
             rx_buffers: 0,
