@@ -51,7 +51,7 @@ pub struct Netfront<P: Platform> {
     handshake_start: u64,
     next_check: u64,
     next_retry: u64,
-    conn: Option<Datapath<P>>,
+    datapath: Option<Datapath<P>>,
     /// Pages (and the port) being given back after a disconnect.
     releasing: Vec<Shared<P::Page>>,
     leaked: Vec<P::Page>,
@@ -90,7 +90,7 @@ impl<P: Platform> Netfront<P> {
             handshake_start: 0,
             next_check: 0,
             next_retry: 0,
-            conn: None,
+            datapath: None,
             releasing: Vec::new(),
             leaked: Vec::new(),
             events: VecDeque::new(),
@@ -109,7 +109,7 @@ impl<P: Platform> Netfront<P> {
     /// while [`poll_delay`](Self::poll_delay) says 0).
     pub fn poll(&mut self, now_ms: u64) -> Option<Event> {
         self.now = now_ms;
-        if let Some(port) = self.conn.as_ref().and_then(|c| c.port) {
+        if let Some(port) = self.datapath.as_ref().and_then(|c| c.port) {
             if self.platform.take_pending(port) {
                 self.stats.events += 1;
             }
@@ -151,7 +151,11 @@ impl<P: Platform> Netfront<P> {
             Phase::Connected => {
                 // Frames waiting that receive() could take now (not when it
                 // waits for a TX buffer: a TX completion raises an event).
-                if self.conn.as_ref().is_some_and(|c| c.rx_progress_possible()) {
+                if self
+                    .datapath
+                    .as_ref()
+                    .is_some_and(|c| c.rx_progress_possible())
+                {
                     Some(0)
                 } else {
                     Some(self.next_check.saturating_sub(now_ms))
@@ -272,7 +276,9 @@ impl<P: Platform> Netfront<P> {
     /// Pages the driver holds right now: a connection's, those being given
     /// back, and those leaked because the backend kept them mapped.
     pub fn pages_held(&self) -> usize {
-        self.conn.as_ref().map_or(0, |c| c.pages.len()) + self.releasing.len() + self.leaked.len()
+        self.datapath.as_ref().map_or(0, |c| c.pages.len())
+            + self.releasing.len()
+            + self.leaked.len()
     }
 
     pub fn platform(&self) -> &P {
@@ -285,11 +291,11 @@ impl<P: Platform> Netfront<P> {
 
     /// TX frames handed to the backend and not yet answered.
     pub fn tx_in_flight(&self) -> usize {
-        self.conn.as_ref().map_or(0, |c| c.tx_in_flight())
+        self.datapath.as_ref().map_or(0, |c| c.tx_in_flight())
     }
 
-    // ------------------------------------------------------------ connected
-
+    /// Connected: check the backend's state every `state_check_ms`, take
+    /// back answered TX buffers, post RX buffers again, reset the RX budget.
     fn step_connected(&mut self) {
         if self.now >= self.next_check {
             self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
@@ -304,12 +310,12 @@ impl<P: Platform> Netfront<P> {
             }
         }
         self.rx_budget = self.cfg.rx_budget;
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(datapath) = self.datapath.as_mut() else {
             return;
         };
-        if let Err(m) = conn.tx_reap(&mut self.stats) {
+        if let Err(m) = datapath.tx_reap(&mut self.stats) {
             return self.begin_closing(Reason::BackendMisbehaved(m), false);
         }
-        conn.rx_refill(&mut self.platform, &mut self.stats);
+        datapath.rx_refill(&mut self.platform, &mut self.stats);
     }
 }

@@ -46,11 +46,11 @@ impl<P: Platform> Netfront<P> {
     /// extra, if `gso`) are free (reaping completions if needed). Counts a
     /// ring-full event otherwise; disconnects on a broken ring.
     pub(super) fn tx_ready(&mut self, len: usize, gso: bool) -> bool {
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(datapath) = self.datapath.as_mut() else {
             return false;
         };
-        let (bufs, slots) = conn.tx_cost(len, gso);
-        match conn.tx_ready(&mut self.stats, bufs, slots) {
+        let (bufs, slots) = datapath.tx_cost(len, gso);
+        match datapath.tx_ready(&mut self.stats, bufs, slots) {
             Ok(true) => true,
             Ok(false) => {
                 self.stats.tx_ring_full += 1;
@@ -82,7 +82,7 @@ impl phy::RxToken for RxToken<'_> {
 /// slots for that much were free).
 pub struct TxToken<'a, P: Platform> {
     platform: &'a mut P,
-    conn: &'a mut Datapath<P>,
+    datapath: &'a mut Datapath<P>,
     stats: &'a mut Stats,
     staging: &'a mut Vec<u8>,
     max_frame: usize,
@@ -106,7 +106,7 @@ impl<P: Platform> phy::TxToken for TxToken<'_, P> {
         if len < ETH_HDR || len > self.max_frame {
             self.stats.tx_drop_bad_len += 1;
         } else {
-            self.conn.tx_send(
+            self.datapath.tx_send(
                 self.platform,
                 self.stats,
                 self.staging,
@@ -144,8 +144,8 @@ impl<P: Platform> phy::Device for Netfront<P> {
             return None;
         }
         let stack_offload = self.stack_offload();
-        let conn = self.conn.as_mut()?;
-        let outcome = conn.rx_pull(
+        let datapath = self.datapath.as_mut()?;
+        let outcome = datapath.rx_pull(
             &mut self.platform,
             &mut self.stats,
             &mut self.rx_budget,
@@ -159,7 +159,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
                 },
                 TxToken {
                     platform: &mut self.platform,
-                    conn: self.conn.as_mut()?,
+                    datapath: self.datapath.as_mut()?,
                     stats: &mut self.stats,
                     staging: &mut self.tx_staging,
                     max_frame: reply_max,
@@ -191,7 +191,7 @@ impl<P: Platform> phy::Device for Netfront<P> {
         let stack_fills_tcp = !self.stack_offload();
         Some(TxToken {
             platform: &mut self.platform,
-            conn: self.conn.as_mut()?,
+            datapath: self.datapath.as_mut()?,
             stats: &mut self.stats,
             staging: &mut self.tx_staging,
             max_frame,

@@ -51,7 +51,7 @@ impl<P: Platform> Netfront<P> {
             self.cfg.vif,
             Reason::Failed(err.clone())
         );
-        if self.conn.is_some() {
+        if self.datapath.is_some() {
             self.begin_closing(Reason::Failed(err), false);
         } else {
             self.phase = Phase::Disconnected;
@@ -241,18 +241,18 @@ impl<P: Platform> Netfront<P> {
         let layout = Layout {
             offload: self.offload.is_on(),
         };
-        let mut conn = Datapath::new(
+        let mut datapath = Datapath::new(
             self.cfg.rx_buffers as usize,
             self.cfg.tx_buffers as usize,
             layout,
         );
-        if let Err(e) = self.conn_alloc(&mut conn) {
+        if let Err(e) = self.alloc_datapath(&mut datapath) {
             // Nobody has seen these pages yet: give them straight back.
-            let pages = core::mem::take(&mut conn.pages);
-            self.release_now(pages, conn.port.take());
+            let pages = core::mem::take(&mut datapath.pages);
+            self.release_now(pages, datapath.port.take());
             return self.fail(e);
         }
-        self.conn = Some(conn);
+        self.datapath = Some(datapath);
         if let Err(e) = self.write_keys() {
             return self.fail(e);
         }
@@ -298,19 +298,19 @@ impl<P: Platform> Netfront<P> {
         mode
     }
 
-    /// Fill `conn`: pages, grants, rings, port, RX buffers posted. On failure
-    /// `conn` holds what was allocated so far.
-    fn conn_alloc(&mut self, conn: &mut Datapath<P>) -> Result<(), Error> {
-        let n = conn
+    /// Fill `datapath`: pages, grants, rings, port, RX buffers posted. On failure
+    /// `datapath` holds what was allocated so far.
+    fn alloc_datapath(&mut self, datapath: &mut Datapath<P>) -> Result<(), Error> {
+        let n = datapath
             .layout()
             .pages(self.cfg.rx_buffers as usize, self.cfg.tx_buffers as usize);
         for i in 0..n {
             let page = self.platform.alloc_page()?;
             match self
                 .platform
-                .grant(&page, self.backend_id, conn.readonly_page(i))
+                .grant(&page, self.backend_id, datapath.readonly_page(i))
             {
-                Ok(gref) => conn.pages.push(Shared { page, gref }),
+                Ok(gref) => datapath.pages.push(Shared { page, gref }),
                 Err(e) => {
                     self.platform.free_page(page);
                     return Err(e);
@@ -318,20 +318,20 @@ impl<P: Platform> Netfront<P> {
             }
         }
         #[cfg(any(test, feature = "testing"))]
-        conn.init_rings(self.cfg.ring_start);
+        datapath.init_rings(self.cfg.ring_start);
         #[cfg(not(any(test, feature = "testing")))]
-        conn.init_rings(0);
+        datapath.init_rings(0);
         // Post the RX buffers before the port exists: no notification is due
         // (the backend reads the ring when it connects).
-        conn.rx_refill(&mut self.platform, &mut self.stats);
-        conn.port = Some(self.platform.alloc_unbound(self.backend_id)?);
+        datapath.rx_refill(&mut self.platform, &mut self.stats);
+        datapath.port = Some(self.platform.alloc_unbound(self.backend_id)?);
         Ok(())
     }
 
     fn write_keys(&mut self) -> Result<(), Error> {
-        let conn = self.conn.as_ref().ok_or(Error::Xenstore)?;
-        let (tx, rx) = (conn.tx_ring_ref().0, conn.rx_ring_ref().0);
-        let port = conn.port.map_or(0, |p| p.0);
+        let datapath = self.datapath.as_ref().ok_or(Error::Xenstore)?;
+        let (tx, rx) = (datapath.tx_ring_ref().0, datapath.rx_ring_ref().0);
+        let port = datapath.port.map_or(0, |p| p.0);
         self.write_front("tx-ring-ref", &format!("{tx}"))?;
         self.write_front("rx-ring-ref", &format!("{rx}"))?;
         self.write_front("event-channel", &format!("{port}"))?;

@@ -19,11 +19,11 @@ impl<P: Platform> Netfront<P> {
     pub(super) fn begin_closing(&mut self, reason: Reason, peer_closing: bool) {
         log::info!("netfront: vif{} down: {reason}", self.cfg.vif);
         self.events.push_back(Event::Disconnected(reason));
-        if let Some(mut conn) = self.conn.take() {
-            if let Some(p) = conn.port.take() {
+        if let Some(mut datapath) = self.datapath.take() {
+            if let Some(p) = datapath.port.take() {
                 self.platform.close_port(p);
             }
-            self.releasing.append(&mut conn.pages);
+            self.releasing.append(&mut datapath.pages);
         }
         let target = if peer_closing {
             XenbusState::Closed

@@ -343,8 +343,7 @@ impl FakeNetback {
         self.world.xs_set(&format!("{BACK}/state"), "5");
     }
 
-    // -------------------------------------------------------------- RX side
-
+    /// The connection's ring state (rings serviced only while connected).
     fn c(&mut self) -> &mut BackConn {
         self.conn.as_mut().expect("backend not connected")
     }
