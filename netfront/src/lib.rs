@@ -183,28 +183,33 @@
 
 extern crate alloc;
 
-mod conn;
+mod config;
 mod csum;
+mod datapath;
 mod driver;
+mod layout;
 mod platform;
 mod ring;
+mod rx_assembly;
 mod stats;
+mod types;
 pub mod wire;
 mod xenbus;
 
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(all(feature = "testing", not(test)))]
+extern crate std;
 
-pub use conn::{
-    Layout, Misbehavior, MAX_RX_FRAME, RX_BUFFERS_FOR_OFFLOAD, RX_MAX_DATA_SLOTS, TSO_MAX_PAGES,
-    TX_BUF_SIZE,
-};
-pub use driver::{
-    BackendFeatures, Config, Event, MemoryUse, Netfront, Offload, OffloadOff, Reason, RxToken,
-    State, TxToken, FRONTEND_FEATURES, FRONTEND_FEATURES_OFFLOAD, MAX_MTU, MIN_MTU,
+pub use config::Config;
+pub use driver::{Netfront, RxToken, TxToken, FRONTEND_FEATURES, FRONTEND_FEATURES_OFFLOAD};
+pub use layout::{
+    Layout, MemoryUse, MAX_MTU, MAX_RX_FRAME, MIN_MTU, RX_BUFFERS_FOR_OFFLOAD, RX_MAX_DATA_SLOTS,
+    TSO_MAX_PAGES, TX_BUF_SIZE,
 };
 pub use platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
 pub use stats::Stats;
+pub use types::{BackendFeatures, Event, Misbehavior, Offload, OffloadOff, Reason, State};
 pub use xenbus::XenbusState;

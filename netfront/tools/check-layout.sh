@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Recompute the netif.h / ring.h numbers netfront's wire.rs relies on, from the
 # real Xen public headers (Debian's libxen-dev), and compare them with the
-# values the Rust code asserts. Needs apt (Debian mirror) and gcc; not run by CI.
+# values the Rust code asserts. Needs gcc.
 #
-#   bash netfront/tools/check-layout.sh
+#   bash netfront/tools/check-layout.sh INCLUDE_DIR   # e.g. build/testbed/ext/libxen-dev/usr/include
+#   bash netfront/tools/check-layout.sh               # /usr/include, else apt-get download libxen-dev
+#
+# INCLUDE_DIR must hold xen/io/netif.h; given one, the script uses nothing
+# else (no network). Exit status: 0 layout matches, 1 mismatch, 2 cannot
+# check (no headers, no gcc, bad arguments). Prints "layout: OK" or
+# "layout: MISMATCH" (with a diff) last.
 set -euo pipefail
+die() { echo "check-layout: $*" >&2; exit 2; }
+[ $# -le 1 ] || die "usage: $0 [INCLUDE_DIR]"
+command -v gcc >/dev/null || die "gcc not found"
+inc=
+if [ $# -eq 1 ]; then
+    [ -f "$1/xen/io/netif.h" ] || die "no xen/io/netif.h under $1"
+    inc=$(cd "$1" && pwd)
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-if [ -f /usr/include/xen/io/netif.h ]; then
+if [ -n "$inc" ]; then
+    :
+elif [ -f /usr/include/xen/io/netif.h ]; then
     inc=/usr/include
 else
-    apt-get download libxen-dev >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get download libxen-dev >/dev/null; }
+    { apt-get download libxen-dev >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get download libxen-dev >/dev/null; }; } ||
+        die "no Xen headers: pass INCLUDE_DIR or install libxen-dev"
     dpkg -x libxen-dev_*.deb root
     inc=$work/root/usr/include
 fi
@@ -60,7 +77,7 @@ int main(void) {
     return 0;
 }
 C
-gcc -I"$inc" layout.c -o layout
+gcc -I"$inc" layout.c -o layout || die "layout.c does not compile against $inc"
 ./layout > got.txt
 # What netfront/src/wire.rs (and xenbus.rs) assert.
 cat > want.txt <<'W'

@@ -3,7 +3,7 @@
 use std::vec::Vec;
 
 use super::*;
-use crate::fake::BackendSetup;
+use crate::testing::BackendSetup;
 
 /// Move `n` frames each way in batches, checking every byte.
 pub(super) fn pump(h: &mut H, n: u32) {

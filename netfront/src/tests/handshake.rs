@@ -5,7 +5,7 @@ use std::string::String;
 use std::vec;
 
 use super::*;
-use crate::fake::{BackendSetup, FRONT};
+use crate::testing::{BackendSetup, FRONT};
 use crate::{BackendFeatures, Error, Reason, XenbusState};
 
 #[test]
@@ -281,7 +281,9 @@ fn device_key_errors_say_what_happened() {
     };
     let mac = format!("{FRONT}/mac");
     let id = format!("{FRONT}/backend-id");
-    let cases: [(&dyn Fn(&mut H), Error, &str); 6] = [
+    // How to break the key, the error, and how it reads.
+    type Case<'a> = (&'a dyn Fn(&mut H), Error, &'a str);
+    let cases: [Case; 6] = [
         (
             &|h| h.world.inner().xs_fail_path = Some((String::from("/mac"), 1)),
             Error::XenstoreRead("mac"),
@@ -328,7 +330,7 @@ fn device_key_errors_say_what_happened() {
 
 #[test]
 fn config_is_validated() {
-    let w = crate::fake::World::new();
+    let w = crate::testing::World::new();
     for cfg in [
         Config {
             rx_buffers: 0,

@@ -307,7 +307,7 @@ fn csum_blank_frames_are_completed_or_dropped() {
     let mut f = vec![0u8; 14 + 20 + 20 + 5];
     {
         let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-        eth.set_dst_addr(EthernetAddress(crate::fake::MAC));
+        eth.set_dst_addr(EthernetAddress(crate::testing::MAC));
         eth.set_src_addr(EthernetAddress([2, 0, 0, 0, 0, 1]));
         eth.set_ethertype(EthernetProtocol::Ipv4);
         let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
@@ -350,16 +350,16 @@ fn random_garbage_responses_never_panic_or_leak_buffers() {
     for round in 0..3000 {
         // Answer a random number of RX requests with random bytes (or a
         // real frame now and then), and TX requests with random responses.
-        let n = rng.next() % 20;
+        let n = rng.next_u64() % 20;
         for _ in 0..n {
-            match rng.next() % 4 {
+            match rng.next_u64() % 4 {
                 0 => {
-                    let s = rng.next() as u32;
+                    let s = rng.next_u64() as u32;
                     let _ = h.be.send_frame(&test_frame(s, size_for(s)));
                 }
                 _ => {
                     if h.be.take_rx_request().is_some() {
-                        let r = rng.next().to_le_bytes();
+                        let r = rng.next_u64().to_le_bytes();
                         h.be.put_rx_raw(r);
                     }
                 }
@@ -367,13 +367,13 @@ fn random_garbage_responses_never_panic_or_leak_buffers() {
         }
         h.be.push_rx();
         let _ = h.rx_all();
-        for _ in 0..rng.next() % 5 {
-            let s = rng.next() as u32;
+        for _ in 0..rng.next_u64() % 5 {
+            let s = rng.next_u64() as u32;
             let _ = h.tx(&test_frame(s, size_for(s)));
         }
         let reqs = h.be.take_tx();
         for (r, _) in &reqs {
-            let v = rng.next();
+            let v = rng.next_u64();
             let id = if v.is_multiple_of(3) { v as u16 } else { r.id };
             h.be.put_tx_response(id, (v >> 16) as i16 % 3);
         }

@@ -12,7 +12,7 @@ use smoltcp::phy::{Checksum, Device};
 use smoltcp::wire::{IpAddress, Ipv4Address, TcpPacket, UdpPacket};
 
 use super::*;
-use crate::fake::{BackendSetup, FrontendOffload, FRONT};
+use crate::testing::{BackendSetup, FrontendOffload, FRONT};
 use crate::wire::*;
 use crate::{Layout, Offload, OffloadOff, FRONTEND_FEATURES, FRONTEND_FEATURES_OFFLOAD, PAGE_SIZE};
 
@@ -180,7 +180,7 @@ fn reconnect_renegotiates_the_mode() {
     h.assert_all_released();
     // The backend stops offering SG (say, a different netback).
     h.world
-        .xs_set(&format!("{}/feature-sg", crate::fake::BACK), "0");
+        .xs_set(&format!("{}/feature-sg", crate::testing::BACK), "0");
     assert!(h.nf.reconnect());
     assert!(h.step_until(200, |h| h.nf.is_connected() && h.be.is_connected()));
     assert_eq!(h.nf.offload(), Offload::Off(OffloadOff::BackendLacksSg));
@@ -266,7 +266,7 @@ fn tso_frame_goes_out_as_a_slot_chain_with_a_gso_extra() {
         "{s}"
     );
     // What Linux's tcp_gso_segment makes of it (the fake's segmenter).
-    let segs = crate::fake::gso_segment(&p.data, 1460);
+    let segs = crate::testing::gso_segment(&p.data, 1460);
     assert_eq!(segs.len(), 14);
     let mut payload = Vec::new();
     for (i, f) in segs.iter().enumerate() {
@@ -854,20 +854,20 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
         ..Default::default()
     });
     for round in 0..3000 {
-        for _ in 0..rng.next() % 20 {
-            match rng.next() % 6 {
+        for _ in 0..rng.next_u64() % 20 {
+            match rng.next_u64() % 6 {
                 0 => {
-                    let s = rng.next() as u32;
-                    let len = (rng.next() % 65000) as usize;
+                    let s = rng.next_u64() as u32;
+                    let len = (rng.next_u64() % 65000) as usize;
                     let f = tcp_frame(s, len, true);
-                    let gso = rng.next().is_multiple_of(2).then_some(1460);
+                    let gso = rng.next_u64().is_multiple_of(2).then_some(1460);
                     let _ =
                         h.be.send_packet(&f, gso, NETRXF_CSUM_BLANK | NETRXF_DATA_VALIDATED);
                 }
                 1 => {
                     // Plausible slots with random flags, offsets and lengths.
                     if let Some(r) = h.be.take_rx_request() {
-                        let v = rng.next();
+                        let v = rng.next_u64();
                         let rsp = RxResponse {
                             id: if v.is_multiple_of(7) { v as u16 } else { r.id },
                             offset: (v >> 16) as u16 % 4200,
@@ -879,7 +879,7 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
                 }
                 _ => {
                     if h.be.take_rx_request().is_some() {
-                        let r = rng.next().to_le_bytes();
+                        let r = rng.next_u64().to_le_bytes();
                         h.be.put_rx_raw(r);
                     }
                 }
@@ -887,16 +887,16 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
         }
         h.be.push_rx();
         let _ = h.rx_all();
-        for _ in 0..rng.next() % 4 {
-            let s = rng.next() as u32;
-            let len = (rng.next() % 16000) as usize;
+        for _ in 0..rng.next_u64() % 4 {
+            let s = rng.next_u64() as u32;
+            let len = (rng.next_u64() % 16000) as usize;
             let _ = h.tx_meta(&tcp_frame(s, len, false), Some(1460));
         }
         // One response per ring slot (as netback), each one possibly wrong:
         // a random id, status or NULL.
         let pkts = h.be.take_tx_packets();
         for p in &pkts {
-            let v = rng.next();
+            let v = rng.next_u64();
             if v.is_multiple_of(3) {
                 h.be.answer_tx(p, (v >> 8) as i16 % 3);
                 continue;
@@ -906,7 +906,7 @@ fn random_garbage_in_offload_mode_never_panics_or_leaks() {
                 .chain(p.frags.iter().map(|r| r.id))
                 .collect();
             for id in ids {
-                let w = rng.next();
+                let w = rng.next_u64();
                 match w % 6 {
                     0 => h.be.put_tx_null(),
                     1 => h.be.put_tx_response(w as u16, NETIF_RSP_OKAY),

@@ -1,147 +1,21 @@
-//! End to end through smoltcp: the guest's `Interface` runs on the driver, a
-//! peer `Interface` runs on the fake netback (its TX is our RX ring and vice
-//! versa), and real ICMP, UDP and TCP go between them.
+//! End to end through smoltcp without offload (`testing::smoltcp_peer`
+//! with a [`PlainPeer`]): ICMP, UDP and TCP between the guest's stack on
+//! the driver and dom0's on the fake netback.
 
-use std::collections::VecDeque;
 use std::vec;
 use std::vec::Vec;
 
-use smoltcp::iface::{Config as IfConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::iface::SocketHandle;
+use smoltcp::phy::{Checksum, ChecksumCapabilities, Medium};
 use smoltcp::socket::{icmp, tcp, udp};
-use smoltcp::time::Instant;
 use smoltcp::wire::*;
 
 use super::*;
-use crate::fake::FakeNetback;
+use crate::testing::smoltcp_peer::{Net, PlainPeer, GUEST_ADDR};
 
-const GUEST_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
-const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-
-/// dom0's side as a smoltcp device.
-struct PeerDev<'a> {
-    be: &'a mut FakeNetback,
-    inbox: VecDeque<Vec<u8>>,
-    dropped: &'a mut u64,
-}
-
-struct PeerRx(Vec<u8>);
-impl phy::RxToken for PeerRx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-struct PeerTx<'a> {
-    be: &'a mut FakeNetback,
-    dropped: &'a mut u64,
-}
-impl phy::TxToken for PeerTx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
-        if self.be.send_frame(&buf) {
-            self.be.push_rx();
-        } else {
-            *self.dropped += 1; // no RX buffer posted: netback would drop too
-        }
-        r
-    }
-}
-
-impl phy::Device for PeerDev<'_> {
-    type RxToken<'a>
-        = PeerRx
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = PeerTx<'a>
-    where
-        Self: 'a;
-    fn receive(&mut self, _: Instant) -> Option<(PeerRx, PeerTx<'_>)> {
-        if self.inbox.is_empty() {
-            self.inbox.extend(self.be.service_tx());
-        }
-        let f = self.inbox.pop_front()?;
-        Some((
-            PeerRx(f),
-            PeerTx {
-                be: self.be,
-                dropped: self.dropped,
-            },
-        ))
-    }
-    fn transmit(&mut self, _: Instant) -> Option<PeerTx<'_>> {
-        Some(PeerTx {
-            be: self.be,
-            dropped: self.dropped,
-        })
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ethernet;
-        c.max_transmission_unit = 1514;
-        c
-    }
-}
-
-struct Net {
-    h: H,
-    guest: Interface,
-    guest_sockets: SocketSet<'static>,
-    peer: Interface,
-    peer_sockets: SocketSet<'static>,
-    inbox: VecDeque<Vec<u8>>,
-    peer_dropped: u64,
-}
-
-impl Net {
-    fn new() -> Net {
-        let mut h = H::legacy_connected();
-        let ts = h.ts();
-        let mut guest = Interface::new(
-            IfConfig::new(EthernetAddress(h.nf.mac()).into()),
-            &mut h.nf,
-            ts,
-        );
-        guest.update_ip_addrs(|a| a.push(IpCidr::new(GUEST_IP.into(), 24)).unwrap());
-        let mut dropped = 0;
-        let mut dev = PeerDev {
-            be: &mut h.be,
-            inbox: VecDeque::new(),
-            dropped: &mut dropped,
-        };
-        let mut peer = Interface::new(
-            IfConfig::new(EthernetAddress(PEER_MAC).into()),
-            &mut dev,
-            ts,
-        );
-        peer.update_ip_addrs(|a| a.push(IpCidr::new(PEER_IP.into(), 24)).unwrap());
-        Net {
-            h,
-            guest,
-            guest_sockets: SocketSet::new(vec![]),
-            peer,
-            peer_sockets: SocketSet::new(vec![]),
-            inbox: VecDeque::new(),
-            peer_dropped: 0,
-        }
-    }
-
-    /// One tick of the main loops on both sides.
-    fn tick(&mut self) {
-        self.h.step();
-        let ts = self.h.ts();
-        self.guest.poll(ts, &mut self.h.nf, &mut self.guest_sockets);
-        let mut dev = PeerDev {
-            be: &mut self.h.be,
-            inbox: core::mem::take(&mut self.inbox),
-            dropped: &mut self.peer_dropped,
-        };
-        self.peer.poll(ts, &mut dev, &mut self.peer_sockets);
-        self.inbox = dev.inbox;
-    }
+/// Both stacks over a driver connected with offload off.
+fn plain_net() -> Net<PlainPeer> {
+    Net::new(H::legacy_connected(), PlainPeer::default())
 }
 
 #[test]
@@ -163,7 +37,7 @@ fn capabilities_are_deliberate() {
 
 #[test]
 fn ping_of_every_size_comes_back_intact() {
-    let mut net = Net::new();
+    let mut net = plain_net();
     let sock = icmp::Socket::new(
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
@@ -198,12 +72,12 @@ fn ping_of_every_size_comes_back_intact() {
                     seq_no: sent as u16,
                     data: &data,
                 };
-                let buf = s.send(repr.buffer_len(), GUEST_IP.into()).unwrap();
+                let buf = s.send(repr.buffer_len(), GUEST_ADDR.into()).unwrap();
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
                 sent += 1;
             }
             while let Ok((buf, from)) = s.recv() {
-                assert_eq!(from, IpAddress::Ipv4(GUEST_IP));
+                assert_eq!(from, IpAddress::Ipv4(GUEST_ADDR));
                 let pkt = Icmpv4Packet::new_checked(buf).unwrap();
                 let Icmpv4Repr::EchoReply {
                     ident,
@@ -226,13 +100,13 @@ fn ping_of_every_size_comes_back_intact() {
     assert_eq!(replies, TOTAL);
     let st = net.h.nf.stats();
     assert_eq!(st.rx_dropped() + st.tx_dropped(), 0, "{st}");
-    assert_eq!(net.peer_dropped, 0);
+    assert_eq!(net.link.dropped, 0);
     assert!(st.rx_frames >= TOTAL as u64 && st.tx_frames >= TOTAL as u64);
 }
 
 #[test]
 fn udp_echo_up_to_the_mtu() {
-    let mut net = Net::new();
+    let mut net = plain_net();
     let mk = || {
         udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 1600]),
@@ -262,7 +136,7 @@ fn udp_echo_up_to_the_mtu() {
         {
             let ps = net.peer_sockets.get_mut::<udp::Socket>(p);
             if next == echoed && next < 200 {
-                ps.send_slice(&data(next), (IpAddress::Ipv4(GUEST_IP), 7))
+                ps.send_slice(&data(next), (IpAddress::Ipv4(GUEST_ADDR), 7))
                     .unwrap();
                 next += 1;
             }
@@ -283,7 +157,7 @@ fn udp_echo_up_to_the_mtu() {
 
 #[test]
 fn tcp_stream_both_ways_byte_for_byte() {
-    let mut net = Net::new();
+    let mut net = plain_net();
     // No congestion control whatever smoltcp's features (see offload_smol.rs).
     let mk = || {
         let mut s = tcp::Socket::new(
@@ -303,7 +177,7 @@ fn tcp_stream_both_ways_byte_for_byte() {
         let cx = net.peer.context();
         net.peer_sockets
             .get_mut::<tcp::Socket>(p)
-            .connect(cx, (IpAddress::Ipv4(GUEST_IP), 80), 49152)
+            .connect(cx, (IpAddress::Ipv4(GUEST_ADDR), 80), 49152)
             .unwrap();
     }
     const N: usize = 300_000;
