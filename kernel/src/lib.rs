@@ -48,21 +48,6 @@ pub struct MemoryReport {
     pub unmapped_pages: u64,
 }
 
-impl xenstore::RingPage for mm::SharedPage {
-    fn read_u32(&self, off: usize) -> u32 {
-        mm::SharedPage::read_u32(self, off)
-    }
-    fn write_u32(&self, off: usize, v: u32) {
-        mm::SharedPage::write_u32(self, off, v)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        mm::SharedPage::read(self, off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        mm::SharedPage::write(self, off, data)
-    }
-}
-
 /// How the xenstore client waits: sleep in SCHEDOP_poll on its port.
 pub struct XsEvents {
     pub port: events::Port,
