@@ -22,6 +22,7 @@ pub mod net;
 pub mod profile;
 #[cfg(not(test))]
 mod rt;
+pub mod runtime;
 pub mod start_info;
 pub mod time;
 pub mod traps;
@@ -94,10 +95,7 @@ impl Kernel {
     }
 
     pub fn heap_usage(&self) -> (usize, usize) {
-        #[cfg(not(test))]
-        return HEAP.stats();
-        #[cfg(test)]
-        return (0, 0);
+        heap_usage()
     }
 
     /// The xenstore event channel: poll it with the others in the main loop.
@@ -110,6 +108,14 @@ impl Kernel {
         console::flush(1_000_000_000);
         events::shutdown(reason)
     }
+}
+
+/// The kernel heap's (used, size) in bytes ((0, 0) in host tests).
+pub fn heap_usage() -> (usize, usize) {
+    #[cfg(not(test))]
+    return HEAP.stats();
+    #[cfg(test)]
+    return (0, 0);
 }
 
 /// Print the reason and crash the domain (`on_crash` in the xl config
