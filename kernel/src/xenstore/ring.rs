@@ -86,7 +86,11 @@ fn in_flight(ring: Ring, prod: u32, cons: u32) -> Result<u32, Corrupt> {
 
 /// Copies as much of `data` as fits into `ring` as its producer and publishes
 /// it. Returns how many bytes went in (0 when the ring is full).
-pub fn produce<P: SharedPage + ?Sized>(page: &P, ring: Ring, data: &[u8]) -> Result<usize, Corrupt> {
+pub fn produce<P: SharedPage + ?Sized>(
+    page: &P,
+    ring: Ring,
+    data: &[u8],
+) -> Result<usize, Corrupt> {
     let cons = page.read_u32(ring.cons);
     let prod = page.read_u32(ring.prod);
     // Read the indices before writing slots: a slot is only ours to
