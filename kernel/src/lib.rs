@@ -3,8 +3,9 @@
 //! channels, grant tables, xenstore, shutdown.
 //!
 //! The library builds for the host too, so the parts that do not need Xen
-//! (wire formats, ring arithmetic, parsers) run as ordinary unit tests; the
-//! boot code and runtime are only linked into the unikernel binaries.
+//! (wire formats, ring arithmetic, parsers, the runtime's phases over fakes)
+//! run as ordinary unit tests; the boot code and the mem*/panic runtime are
+//! only linked into the unikernel binaries. See README.md.
 //!
 //! Unsafe policy: `unsafe` is denied crate-wide and allowed only in the
 //! modules marked `#[allow(unsafe_code)]` below, the ones that talk to the
