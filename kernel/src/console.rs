@@ -27,7 +27,12 @@ pub struct Console {
 
 impl Console {
     pub fn new(page: SharedPage, port: Port) -> Console {
-        Console { page, port, dropped: 0, stuck: false }
+        Console {
+            page,
+            port,
+            dropped: 0,
+            stuck: false,
+        }
     }
 
     pub fn write_bytes(&mut self, mut data: &[u8]) {
@@ -68,7 +73,10 @@ impl Console {
         let deadline = crate::time::now_ns() + FULL_WAIT_NS;
         while crate::time::now_ns() < deadline {
             events::take_pending(self.port);
-            let used = self.page.read_u32(OUT_PROD).wrapping_sub(self.page.read_u32(OUT_CONS));
+            let used = self
+                .page
+                .read_u32(OUT_PROD)
+                .wrapping_sub(self.page.read_u32(OUT_CONS));
             if used < OUT_SIZE {
                 return true;
             }
@@ -82,7 +90,9 @@ impl Console {
     pub fn flush(&mut self, timeout_ns: u64) {
         let _ = events::send(self.port);
         let deadline = crate::time::now_ns() + timeout_ns;
-        while self.page.read_u32(OUT_PROD) != self.page.read_u32(OUT_CONS) && crate::time::now_ns() < deadline {
+        while self.page.read_u32(OUT_PROD) != self.page.read_u32(OUT_CONS)
+            && crate::time::now_ns() < deadline
+        {
             events::take_pending(self.port);
             events::poll(&[self.port], Some(crate::time::now_ns() + 5_000_000));
         }

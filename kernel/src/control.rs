@@ -2,9 +2,10 @@
 //! toolstack writes `control/shutdown`, the guest acknowledges by clearing
 //! it and stops), and the ready key a host script waits for.
 
-use crate::xenstore::XsError;
+use crate::xenstore::{Events, Xenstore, XsError};
 use crate::{Kernel, ShutdownReason};
 use alloc::format;
+use netfront::SharedPage;
 
 const SHUTDOWN_PATH: &str = "control/shutdown";
 const TOKEN: &str = "shutdown";
@@ -45,21 +46,28 @@ pub struct Control {
 
 impl Control {
     /// Advertise what we support and watch `control/shutdown`.
-    pub fn init(k: &mut Kernel) -> Result<Control, XsError> {
-        let mut xs = k.xenstore.borrow_mut();
+    pub fn init<P: SharedPage, E: Events>(xs: &mut Xenstore<P, E>) -> Result<Control, XsError> {
         xs.write("control/feature-poweroff", "1")?;
         xs.write("control/feature-reboot", "1")?;
         xs.watch(SHUTDOWN_PATH, TOKEN)?;
         // We create the node, so it is ours and dom0 may write it.
         xs.write(STATS_PATH, "")?;
         xs.watch(STATS_PATH, STATS_TOKEN)?;
-        Ok(Control { pending_check: true, stats_check: false, backend_changed: false })
+        Ok(Control {
+            pending_check: true,
+            stats_check: false,
+            backend_changed: false,
+        })
     }
 
     /// Watch a backend's state node (e.g. `<backend>/state`); a change shows
     /// in [`take_backend_changed`](Self::take_backend_changed).
-    pub fn watch_backend(&mut self, k: &mut Kernel, state_path: &str) -> Result<(), XsError> {
-        k.xenstore.borrow_mut().watch(state_path, BACKEND_TOKEN)
+    pub fn watch_backend<P: SharedPage, E: Events>(
+        &mut self,
+        xs: &mut Xenstore<P, E>,
+        state_path: &str,
+    ) -> Result<(), XsError> {
+        xs.watch(state_path, BACKEND_TOKEN)
     }
 
     /// Whether the watched backend state may have changed since the last call.
@@ -70,19 +78,24 @@ impl Control {
     /// Publish `data/ready` = microseconds from our first instruction.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
         let us = k.uptime_ns() / 1000;
-        k.xenstore.borrow_mut().write("data/ready", &format!("{us}"))?;
+        k.xenstore
+            .borrow_mut()
+            .write("data/ready", &format!("{us}"))?;
         Ok(us)
     }
 
     /// Non-blocking: handle watch events that arrived; returns a request once
     /// the toolstack has asked us to stop.
-    pub fn poll(&mut self, k: &mut Kernel) -> Result<Option<Request>, XsError> {
-        // Clear the port before draining the ring: xenstored also signals
-        // when it consumes our requests, and a bit left set would make every
-        // later SCHEDOP_poll return at once (a busy loop). Anything that
-        // arrives after the clear sets it again and wakes the next sleep.
-        crate::events::take_pending(k.xenstore_port());
-        let mut xs = k.xenstore.borrow_mut();
+    ///
+    /// The caller clears the xenstore port's pending bit first (the
+    /// runtime's `Sleeper::take_xenstore_event`): xenstored also signals when
+    /// it consumes our requests, and a bit left set would make every later
+    /// SCHEDOP_poll return at once (a busy loop). Anything that arrives
+    /// after the clear sets it again and wakes the next sleep.
+    pub fn poll<P: SharedPage, E: Events>(
+        &mut self,
+        xs: &mut Xenstore<P, E>,
+    ) -> Result<Option<Request>, XsError> {
         while let Some(ev) = xs.poll_watch()? {
             if ev.token == TOKEN {
                 self.pending_check = true;
@@ -137,9 +150,18 @@ mod tests {
     #[test]
     fn requests() {
         assert_eq!(parse_request(""), Ok(None));
-        assert_eq!(parse_request("poweroff"), Ok(Some(Request::Stop(ShutdownReason::Poweroff))));
-        assert_eq!(parse_request("halt"), Ok(Some(Request::Stop(ShutdownReason::Poweroff))));
-        assert_eq!(parse_request("reboot"), Ok(Some(Request::Stop(ShutdownReason::Reboot))));
+        assert_eq!(
+            parse_request("poweroff"),
+            Ok(Some(Request::Stop(ShutdownReason::Poweroff)))
+        );
+        assert_eq!(
+            parse_request("halt"),
+            Ok(Some(Request::Stop(ShutdownReason::Poweroff)))
+        );
+        assert_eq!(
+            parse_request("reboot"),
+            Ok(Some(Request::Stop(ShutdownReason::Reboot)))
+        );
         assert_eq!(parse_request("suspend"), Err("suspend"));
     }
 }

@@ -5,8 +5,9 @@
 //! the main loop tests and clears pending bits and sleeps in `SCHEDOP_poll`,
 //! which wakes on a pending port or a timeout even with upcalls masked.
 
+use crate::cells::ForeignPages;
 use crate::hypercall::{hypercall2, hypercall3, EVENT_CHANNEL_OP, SCHED_OP};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use xen_sys::shared_info;
 
 const EVTCHNOP_BIND_VIRQ: u64 = 1;
@@ -24,11 +25,11 @@ pub const MAX_PORTS: u32 = 4096;
 
 pub type Port = u32;
 
-#[repr(C, align(4096))]
-struct PageBuf([u8; 4096]);
 /// The page whose mapping we replace with Xen's shared_info frame.
-static mut SHARED_INFO_PAGE: PageBuf = PageBuf([0; 4096]);
-static mut SHARED: *mut shared_info = core::ptr::null_mut();
+static SHARED_INFO_PAGE: ForeignPages<1> = ForeignPages::new();
+static SHARED_INFO_CLAIMED: AtomicBool = AtomicBool::new(false);
+/// shared_info once mapped (null before `init`).
+static SHARED: AtomicPtr<shared_info> = AtomicPtr::new(core::ptr::null_mut());
 
 // Offsets from xen/include/public/xen.h (x86_64).
 const _: () = {
@@ -40,19 +41,31 @@ const _: () = {
 
 /// Map shared_info and mask upcalls.
 ///
+/// Map shared_info and mask upcalls. A second call fails (-EBUSY).
+///
 /// # Safety
-/// Once, at boot, with start_info's shared_info machine address.
+/// `shared_info_maddr` must be start_info's shared_info machine address.
 pub unsafe fn init(shared_info_maddr: u64) -> Result<(), i64> {
-    let va = core::ptr::addr_of_mut!(SHARED_INFO_PAGE) as usize;
-    crate::mm::map_foreign_frame(va, shared_info_maddr)?;
-    SHARED = va as *mut shared_info;
-    core::ptr::write_volatile(&mut (*SHARED).vcpu_info[0].evtchn_upcall_mask, 1);
+    let va = SHARED_INFO_PAGE.claim(&SHARED_INFO_CLAIMED).ok_or(-16i64)?;
+    // SAFETY: the page is ours alone (claimed once) and never used as Rust
+    // memory; the caller vouches for the frame.
+    unsafe { crate::mm::map_foreign_frame(va, shared_info_maddr)? };
+    let si = va as *mut shared_info;
+    // SAFETY: `si` now maps shared_info; a volatile write of one field, no
+    // reference to the page is made.
+    unsafe {
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*si).vcpu_info[0].evtchn_upcall_mask),
+            1,
+        )
+    };
+    SHARED.store(si, Ordering::Release);
     Ok(())
 }
 
+/// shared_info, mapped for the domain's life; null before [`init`].
 pub(crate) fn shared() -> *mut shared_info {
-    // SAFETY: written once in init() before any other use.
-    unsafe { SHARED }
+    SHARED.load(Ordering::Acquire)
 }
 
 fn word(base: *mut u64, port: Port) -> &'static AtomicU64 {
@@ -63,8 +76,12 @@ fn word(base: *mut u64, port: Port) -> &'static AtomicU64 {
 }
 
 fn pending_word(port: Port) -> &'static AtomicU64 {
-    // SAFETY: shared() is mapped; taking the field's address only.
-    word(unsafe { core::ptr::addr_of_mut!((*shared()).evtchn_pending) } as *mut u64, port)
+    // SAFETY: shared() is mapped (init runs before anything polls a port);
+    // taking the field's address only, no reference to the page.
+    word(
+        unsafe { core::ptr::addr_of_mut!((*shared()).evtchn_pending) } as *mut u64,
+        port,
+    )
 }
 
 /// Is `port` pending? Does not clear it.
@@ -84,7 +101,11 @@ pub fn take_pending(port: Port) -> bool {
 fn evtchn_op<T>(cmd: u64, arg: &mut T) -> Result<(), i64> {
     // SAFETY: `arg` is a live, properly laid-out struct for `cmd`.
     let rc = unsafe { hypercall2(EVENT_CHANNEL_OP, cmd, arg as *mut T as u64) };
-    if rc == 0 { Ok(()) } else { Err(rc) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
 }
 
 /// Notify the other end of `port`.
@@ -95,13 +116,21 @@ pub fn send(port: Port) -> Result<(), i64> {
 
 /// Allocate a port that domain `remote` may bind to (for a device ring).
 pub fn alloc_unbound(remote: u16) -> Result<Port, i64> {
-    let mut a = xen_sys::evtchn_alloc_unbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+    let mut a = xen_sys::evtchn_alloc_unbound {
+        dom: DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
     evtchn_op(EVTCHNOP_ALLOC_UNBOUND, &mut a)?;
     Ok(a.port)
 }
 
 pub fn bind_virq(virq: u32) -> Result<Port, i64> {
-    let mut a = xen_sys::evtchn_bind_virq { virq, vcpu: 0, port: 0 };
+    let mut a = xen_sys::evtchn_bind_virq {
+        virq,
+        vcpu: 0,
+        port: 0,
+    };
     evtchn_op(EVTCHNOP_BIND_VIRQ, &mut a)?;
     Ok(a.port)
 }

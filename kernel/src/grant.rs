@@ -2,10 +2,11 @@
 //! pages of ours. Each entry says "domain D may access frame F"; the
 //! reference's index is what the backend asks Xen for.
 
+use crate::cells::ForeignPages;
 use crate::hypercall::{hypercall3, GRANT_TABLE_OP};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{fence, AtomicU16, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU16, Ordering};
 
 const GNTTABOP_SETUP_TABLE: u64 = 2;
 const GNTTABOP_QUERY_SIZE: u64 = 6;
@@ -60,6 +61,8 @@ pub enum GrantError {
     InUse(GrantRef),
     /// The reference is not one we handed out.
     BadRef(GrantRef),
+    /// The table is already set up (there is one per domain).
+    AlreadyInitialised,
 }
 
 impl fmt::Display for GrantError {
@@ -69,14 +72,14 @@ impl fmt::Display for GrantError {
             GrantError::Exhausted => write!(f, "grant table exhausted"),
             GrantError::InUse(r) => write!(f, "grant {r} still mapped by the backend"),
             GrantError::BadRef(r) => write!(f, "grant {r} was not handed out"),
+            GrantError::AlreadyInitialised => write!(f, "grant table already set up"),
         }
     }
 }
 
-#[repr(C, align(4096))]
-struct PageBuf([u8; 4096]);
 /// Pages whose mappings we replace with the grant table frames.
-static mut FRAMES: [PageBuf; WANT_FRAMES as usize] = [const { PageBuf([0; 4096]) }; WANT_FRAMES as usize];
+static FRAMES: ForeignPages<{ WANT_FRAMES as usize }> = ForeignPages::new();
+static FRAMES_CLAIMED: AtomicBool = AtomicBool::new(false);
 
 pub struct GrantTable {
     entries: *mut GrantEntryV1,
@@ -89,27 +92,63 @@ pub struct GrantTable {
 unsafe impl Send for GrantTable {}
 
 impl GrantTable {
-    /// Set up and map the grant table. Call once.
+    /// Set up and map the grant table. Only the first call succeeds.
     pub fn init() -> Result<GrantTable, GrantError> {
-        let mut q = QuerySize { dom: DOMID_SELF, nr_frames: 0, max_nr_frames: 0, status: 0 };
+        let mut q = QuerySize {
+            dom: DOMID_SELF,
+            nr_frames: 0,
+            max_nr_frames: 0,
+            status: 0,
+        };
         // SAFETY: `q` is a valid gnttab_query_size for the call.
-        let rc = unsafe { hypercall3(GRANT_TABLE_OP, GNTTABOP_QUERY_SIZE, &mut q as *mut _ as u64, 1) };
+        let rc = unsafe {
+            hypercall3(
+                GRANT_TABLE_OP,
+                GNTTABOP_QUERY_SIZE,
+                &mut q as *mut _ as u64,
+                1,
+            )
+        };
         if rc != 0 || q.status != 0 {
-            return Err(GrantError::Hypercall(if rc != 0 { rc } else { q.status as i64 }));
+            return Err(GrantError::Hypercall(if rc != 0 {
+                rc
+            } else {
+                q.status as i64
+            }));
         }
         let nr = WANT_FRAMES.min(q.max_nr_frames).max(1);
         let mut mfns = [0u64; WANT_FRAMES as usize];
-        let mut s = SetupTable { dom: DOMID_SELF, nr_frames: nr, status: 0, frame_list: mfns.as_mut_ptr() };
+        let mut s = SetupTable {
+            dom: DOMID_SELF,
+            nr_frames: nr,
+            status: 0,
+            frame_list: mfns.as_mut_ptr(),
+        };
         // SAFETY: `s` and `mfns` (room for nr <= WANT_FRAMES frames) live across the call.
-        let rc = unsafe { hypercall3(GRANT_TABLE_OP, GNTTABOP_SETUP_TABLE, &mut s as *mut _ as u64, 1) };
+        let rc = unsafe {
+            hypercall3(
+                GRANT_TABLE_OP,
+                GNTTABOP_SETUP_TABLE,
+                &mut s as *mut _ as u64,
+                1,
+            )
+        };
         if rc != 0 || s.status != 0 {
-            return Err(GrantError::Hypercall(if rc != 0 { rc } else { s.status as i64 }));
+            return Err(GrantError::Hypercall(if rc != 0 {
+                rc
+            } else {
+                s.status as i64
+            }));
         }
-        let base = core::ptr::addr_of_mut!(FRAMES) as usize;
+        let base = FRAMES
+            .claim(&FRAMES_CLAIMED)
+            .ok_or(GrantError::AlreadyInitialised)?;
         for (i, &mfn) in mfns[..nr as usize].iter().enumerate() {
-            // SAFETY: FRAMES is ours alone (only init uses it, once); each
-            // page is replaced by a grant frame Xen just gave us.
-            unsafe { crate::mm::map_foreign_frame(base + i * 4096, mfn << 12) }.map_err(GrantError::Hypercall)?;
+            // SAFETY: FRAMES is ours alone (claimed once above) and never
+            // used as Rust memory; each page is replaced by a grant frame Xen
+            // just gave us.
+            unsafe { crate::mm::map_foreign_frame(base + i * 4096, mfn << 12) }
+                .map_err(GrantError::Hypercall)?;
         }
         let nr_entries = nr * ENTRIES_PER_FRAME;
         Ok(GrantTable {
@@ -159,7 +198,8 @@ impl GrantTable {
         }
         // SAFETY: the entry is mapped; Xen updates the flags word atomically
         // too, so we use a 16-bit atomic compare-exchange on it.
-        let flags = unsafe { &*(core::ptr::addr_of_mut!((*self.entry(r)).flags) as *const AtomicU16) };
+        let flags =
+            unsafe { &*(core::ptr::addr_of_mut!((*self.entry(r)).flags) as *const AtomicU16) };
         let mut cur = flags.load(Ordering::Acquire);
         loop {
             if cur & (GTF_READING | GTF_WRITING) != 0 {

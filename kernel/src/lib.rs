@@ -3,27 +3,65 @@
 //! channels, grant tables, xenstore, shutdown.
 //!
 //! The library builds for the host too, so the parts that do not need Xen
-//! (wire formats, ring arithmetic, parsers) run as ordinary unit tests; the
-//! boot code and runtime are only linked into the unikernel binaries.
+//! (wire formats, ring arithmetic, parsers, the runtime's phases over fakes)
+//! run as ordinary unit tests; the boot code and the mem*/panic runtime are
+//! only linked into the unikernel binaries. See README.md.
+//!
+//! Unsafe policy: `unsafe` is denied crate-wide and allowed only in the
+//! modules marked `#[allow(unsafe_code)]` below, the ones that talk to the
+//! hypervisor or own raw memory; each unsafe block says why it is sound in a
+//! `// SAFETY:` comment. Everything else (control, runtime, xenstore,
+//! profile) is safe code over their safe interfaces.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
+/// `_start`, the ELF notes, and the Rust entry that brings the kernel up.
 #[cfg(not(test))]
+#[allow(unsafe_code)]
 pub mod boot;
+/// Boot-once cells for memory handed to Xen (replacing `static mut`).
+#[allow(unsafe_code)]
+pub mod cells;
+/// The PV console ring (a shared page); `force_unlock` for panics.
+#[allow(unsafe_code)]
 pub mod console;
 pub mod control;
+/// shared_info, event channels, SCHEDOP_poll (hypercalls, Xen's memory).
+#[allow(unsafe_code)]
 pub mod events;
+/// Grant table frames mapped from Xen; entries written volatile.
+#[allow(unsafe_code)]
 pub mod grant;
+/// The global allocator (GlobalAlloc is an unsafe trait).
+#[allow(unsafe_code)]
 pub mod heap;
+/// The hypercall stubs (inline assembly).
+#[allow(unsafe_code)]
 pub mod hypercall;
+/// Page tables, the p2m/m2p tables, shared pages (raw memory).
+#[allow(unsafe_code)]
 pub mod mm;
+/// Netfront's platform: frees granted pages back to the heap.
+#[allow(unsafe_code)]
 pub mod net;
 pub mod profile;
+/// mem* for the compiler, the panic handler.
 #[cfg(not(test))]
+#[allow(unsafe_code)]
 mod rt;
+pub mod runtime;
+/// Copies the start_info page Xen hands us.
+#[allow(unsafe_code)]
 pub mod start_info;
+/// pvclock and the runstate area (memory Xen writes).
+#[allow(unsafe_code)]
 pub mod time;
+/// The trap table and exception stubs (assembly).
+#[allow(unsafe_code)]
 pub mod traps;
 pub mod xenstore;
 
@@ -32,7 +70,7 @@ pub use start_info::StartInfo;
 
 #[cfg(not(test))]
 #[global_allocator]
-static HEAP: heap::KernelHeap = heap::KernelHeap::empty();
+pub(crate) static HEAP: heap::KernelHeap = heap::KernelHeap::empty();
 
 /// How long one xenstore request may take before it is an error.
 pub const XENSTORE_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -46,21 +84,6 @@ pub struct MemoryReport {
     pub heap_size: usize,
     /// Pages the domain owns beyond Xen's initial mapping (not used yet).
     pub unmapped_pages: u64,
-}
-
-impl xenstore::RingPage for mm::SharedPage {
-    fn read_u32(&self, off: usize) -> u32 {
-        mm::SharedPage::read_u32(self, off)
-    }
-    fn write_u32(&self, off: usize, v: u32) {
-        mm::SharedPage::write_u32(self, off, v)
-    }
-    fn read(&self, off: usize, buf: &mut [u8]) {
-        mm::SharedPage::read(self, off, buf)
-    }
-    fn write(&self, off: usize, data: &[u8]) {
-        mm::SharedPage::write(self, off, data)
-    }
 }
 
 /// How the xenstore client waits: sleep in SCHEDOP_poll on its port.
@@ -109,10 +132,7 @@ impl Kernel {
     }
 
     pub fn heap_usage(&self) -> (usize, usize) {
-        #[cfg(not(test))]
-        return HEAP.stats();
-        #[cfg(test)]
-        return (0, 0);
+        heap_usage()
     }
 
     /// The xenstore event channel: poll it with the others in the main loop.
@@ -127,6 +147,14 @@ impl Kernel {
     }
 }
 
+/// The kernel heap's (used, size) in bytes ((0, 0) in host tests).
+pub fn heap_usage() -> (usize, usize) {
+    #[cfg(not(test))]
+    return HEAP.stats();
+    #[cfg(test)]
+    return (0, 0);
+}
+
 /// Print the reason and crash the domain (`on_crash` in the xl config
 /// decides what happens next). Used by the panic handler and fatal traps.
 pub fn crash(reason: core::fmt::Arguments) -> ! {
@@ -136,99 +164,4 @@ pub fn crash(reason: core::fmt::Arguments) -> ! {
         console::flush(1_000_000_000);
     }
     events::shutdown(ShutdownReason::Crash)
-}
-
-#[cfg(not(test))]
-extern "Rust" {
-    /// Provided by each unikernel binary.
-    fn kernel_main(k: Kernel) -> !;
-}
-
-#[cfg(not(test))]
-extern "C" {
-    static _end: u8;
-}
-
-/// Rust entry, called by `_start` on the boot stack.
-#[cfg(not(test))]
-#[no_mangle]
-unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64) -> ! {
-    // SAFETY (whole function): runs once, single-threaded, before anything
-    // else; each step relies on the ones before it.
-    let info = StartInfo::read(si);
-    mm::init(info.mfn_list, info.nr_pages, info.pt_base);
-    if !hypercall::page_ready() {
-        // Without hypercalls we cannot even report this; stop dead.
-        loop {
-            core::arch::asm!("ud2");
-        }
-    }
-    if events::init(info.shared_info_maddr).is_err() {
-        events::shutdown(ShutdownReason::Crash);
-    }
-    time::init(entry_tsc);
-    // Without it the profile falls back to wall time (see profile.rs).
-    let runstate = time::init_runstate();
-
-    let console_va = (mm::mfn_to_pfn(info.console_mfn) as usize) * mm::PAGE_SIZE;
-    console::install(console::Console::new(mm::SharedPage::from_va(console_va), info.console_evtchn));
-    let _ = log::set_logger(&console::LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
-    if let Err(rc) = runstate {
-        log::warn!("no vCPU runstate area (VCPUOP rc {rc}): the profile counts wall time");
-    }
-
-    if let Err(rc) = traps::init() {
-        crash(format_args!("set_trap_table failed: {rc}"));
-    }
-    if let Err(rc) = mm::unmap(0) {
-        log::warn!("could not unmap the guard page: {rc}");
-    }
-
-    // Free memory: everything after our image and the pages Xen placed after
-    // it (p2m list, start_info, xenstore and console rings, page tables, its
-    // boot stack), as far as the initial mapping reaches.
-    let pfn_of = |va: u64| va / mm::PAGE_SIZE as u64;
-    let image_end = core::ptr::addr_of!(_end) as usize;
-    let mut first_free = pfn_of(image_end as u64 + mm::PAGE_SIZE as u64 - 1);
-    first_free = first_free.max(pfn_of(info.pt_base) + info.nr_pt_frames + 1);
-    first_free = first_free.max(pfn_of(info.va) + 1);
-    first_free = first_free.max(mm::mfn_to_pfn(info.store_mfn) + 1);
-    first_free = first_free.max(mm::mfn_to_pfn(info.console_mfn) + 1);
-    let mut end = first_free;
-    while end < info.nr_pages && mm::is_mapped(end * mm::PAGE_SIZE as u64) {
-        end += 1;
-    }
-    // Map the rest of our memory (Xen maps only up to a 4 MiB boundary).
-    let initial_end = end;
-    match mm::map_rest(end, info.nr_pages, &mut first_free) {
-        Ok(e) => end = e,
-        Err(rc) => log::warn!("could not map memory beyond {} KiB: {rc}", initial_end * 4),
-    }
-    let heap_start = (first_free as usize) * mm::PAGE_SIZE;
-    let heap_size = ((end - first_free) as usize) * mm::PAGE_SIZE;
-    HEAP.init(heap_start, heap_size);
-
-    let memory = MemoryReport {
-        total_pages: info.nr_pages,
-        image_end,
-        heap_start,
-        heap_size,
-        unmapped_pages: info.nr_pages - end,
-    };
-    let store_va = (mm::mfn_to_pfn(info.store_mfn) as usize) * mm::PAGE_SIZE;
-    let mut xenstore = xenstore::Xenstore::new(mm::SharedPage::from_va(store_va), XsEvents { port: info.store_evtchn });
-    // xenstored in a busy dom0 (many guests booting at once, hotplug
-    // scripts) can take seconds per request; give up only after 30 s.
-    xenstore.set_timeout_ns(XENSTORE_TIMEOUT_NS);
-    let xenstore = alloc::rc::Rc::new(core::cell::RefCell::new(xenstore));
-    let grants = match grant::GrantTable::init() {
-        Ok(g) => Some(g),
-        Err(e) => {
-            log::warn!("no grant table: {e}");
-            None
-        }
-    };
-    let k = Kernel { start_info: info, memory, boot_ns: time::boot_ns(), xenstore, grants };
-    kernel_main(k)
 }

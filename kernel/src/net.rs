@@ -38,7 +38,13 @@ pub struct XenPlatform {
 
 impl XenPlatform {
     pub fn new(xs: XenstoreHandle, grants: GrantTable) -> XenPlatform {
-        XenPlatform { xs, grants, pages_out: 0, port: None, notifies: 0 }
+        XenPlatform {
+            xs,
+            grants,
+            pages_out: 0,
+            port: None,
+            notifies: 0,
+        }
     }
 
     pub fn grants_available(&self) -> usize {

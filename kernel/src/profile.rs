@@ -45,7 +45,13 @@ pub struct Profile {
 
 impl Profile {
     pub const fn new() -> Profile {
-        Profile { ns: [0; SECTIONS], loops: 0, wakeups: 0, blocked_ns: 0, steal_ns: 0 }
+        Profile {
+            ns: [0; SECTIONS],
+            loops: 0,
+            wakeups: 0,
+            blocked_ns: 0,
+            steal_ns: 0,
+        }
     }
 
     /// Charge the time from `start_ns` to `end_ns` to `s`; returns `end_ns`

@@ -7,42 +7,68 @@ use core::arch::asm;
 // instructions so that LLVM cannot turn their bodies back into calls to
 // themselves.
 
+/// # Safety
+/// `n` valid bytes at `src` and writable at `dst`, not overlapping.
 #[no_mangle]
 unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees n valid, non-overlapping bytes.
-    asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
-         options(nostack, preserves_flags));
+    // SAFETY: the caller guarantees n valid, non-overlapping bytes; DF is
+    // clear (the ABI's state, and memmove restores it).
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+             options(nostack, preserves_flags));
+    }
     dst
 }
 
+/// # Safety
+/// `n` valid bytes at `src` and writable at `dst`; they may overlap.
 #[no_mangle]
 unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize).wrapping_add(n) {
-        return memcpy(dst, src, n);
+        // SAFETY: a forward copy is correct when dst is below src or the
+        // ranges do not overlap; the caller guarantees the bytes.
+        return unsafe { memcpy(dst, src, n) };
     }
-    // Overlapping with dst above src: copy backwards.
+    // Overlapping with dst above src: copy backwards. Only the last byte's
+    // address is computed (wrapping: n > 0 here, as dst > src).
+    let (d, s) = (
+        dst.wrapping_add(n).wrapping_sub(1),
+        src.wrapping_add(n).wrapping_sub(1),
+    );
     // SAFETY: the caller guarantees n valid bytes at both; std/cld restore DF.
-    asm!("std", "rep movsb", "cld",
-         inout("rcx") n => _, inout("rdi") dst.add(n).wrapping_sub(1) => _,
-         inout("rsi") src.add(n).wrapping_sub(1) => _, options(nostack));
+    unsafe {
+        asm!("std", "rep movsb", "cld",
+             inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack));
+    }
     dst
 }
 
+/// # Safety
+/// `n` writable bytes at `dst`.
 #[no_mangle]
 unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees n writable bytes.
-    asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
-         options(nostack, preserves_flags));
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+             options(nostack, preserves_flags));
+    }
     dst
 }
 
+/// # Safety
+/// `n` readable bytes at `a` and at `b`.
 #[no_mangle]
 unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i < n {
         // SAFETY: the caller guarantees n readable bytes; volatile keeps LLVM
         // from recognising this loop as a call to memcmp/bcmp.
-        let (x, y) = (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i)));
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return x as i32 - y as i32;
         }
@@ -51,16 +77,22 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     0
 }
 
+/// # Safety
+/// As for `memcmp`.
 #[no_mangle]
 unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    memcmp(a, b, n)
+    // SAFETY: the caller's contract is memcmp's.
+    unsafe { memcmp(a, b, n) }
 }
 
+/// # Safety
+/// `s` must be a NUL-terminated string.
 #[no_mangle]
 unsafe extern "C" fn strlen(s: *const u8) -> usize {
     let mut n = 0;
-    // SAFETY: the caller passes a NUL-terminated string.
-    while core::ptr::read_volatile(s.add(n)) != 0 {
+    // SAFETY: the caller passes a NUL-terminated string: every byte up to
+    // the NUL is readable.
+    while unsafe { core::ptr::read_volatile(s.add(n)) } != 0 {
         n += 1;
     }
     n
@@ -81,5 +113,7 @@ extern "C" fn rust_eh_personality() {}
 /// unwinds (panic = "abort").
 #[no_mangle]
 extern "C" fn _Unwind_Resume() -> ! {
-    crate::crash(format_args!("_Unwind_Resume called: unwinding is not supported"))
+    crate::crash(format_args!(
+        "_Unwind_Resume called: unwinding is not supported"
+    ))
 }

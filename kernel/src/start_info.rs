@@ -37,7 +37,9 @@ impl StartInfo {
     /// # Safety
     /// `si` must point at the start_info page Xen passed at entry.
     pub unsafe fn read(si: *const start_info) -> StartInfo {
-        let s = &*si;
+        // SAFETY: the caller passes the start_info page; Xen does not change
+        // it while we copy it (nothing else runs yet).
+        let s = unsafe { &*si };
         let mut magic = [0u8; 32];
         let mut cmd_line = [0u8; 1024];
         for (d, c) in magic.iter_mut().zip(s.magic.iter()) {
@@ -53,8 +55,11 @@ impl StartInfo {
             flags: s.flags,
             store_mfn: s.store_mfn,
             store_evtchn: s.store_evtchn,
-            console_mfn: s.console.domU.mfn,
-            console_evtchn: s.console.domU.evtchn,
+            // SAFETY: a domU's start_info holds the `domU` member of the
+            // union (dom0's would be `dom0`; we never run as dom0).
+            console_mfn: unsafe { s.console.domU.mfn },
+            // SAFETY: as above.
+            console_evtchn: unsafe { s.console.domU.evtchn },
             pt_base: s.pt_base,
             nr_pt_frames: s.nr_pt_frames,
             mfn_list: s.mfn_list,
@@ -66,7 +71,11 @@ impl StartInfo {
     /// The guest command line (`extra=` in the xl config), up to its NUL.
     /// Bytes that are not UTF-8 are reported as an error by the caller.
     pub fn cmdline(&self) -> Result<&str, core::str::Utf8Error> {
-        let end = self.cmd_line.iter().position(|&b| b == 0).unwrap_or(self.cmd_line.len());
+        let end = self
+            .cmd_line
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.cmd_line.len());
         core::str::from_utf8(&self.cmd_line[..end])
     }
 

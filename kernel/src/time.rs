@@ -2,11 +2,16 @@
 //! time (ns since the domain's host booted) at a TSC stamp and the scale to
 //! extrapolate with the TSC. The record is versioned like a seqlock.
 
-use core::sync::atomic::{fence, Ordering};
+use crate::cells::XenWritten;
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 /// Scale a TSC delta to ns as Xen's `pvclock` does.
 pub fn scale_delta(delta: u64, mul_frac: u32, shift: i8) -> u64 {
-    let d = if shift < 0 { delta >> (-shift as u32) } else { delta << shift as u32 };
+    let d = if shift < 0 {
+        delta >> (-shift as u32)
+    } else {
+        delta << shift as u32
+    };
     ((d as u128 * mul_frac as u128) >> 32) as u64
 }
 
@@ -43,34 +48,38 @@ pub fn now_ns() -> u64 {
     }
 }
 
-static mut BOOT_NS: u64 = 0;
-static mut BOOT_TSC: u64 = 0;
+/// Xen system time at our first instruction; set once by [`init`].
+static BOOT_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Record the first instant we can measure: the TSC at entry (taken before
-/// shared_info is mapped) converted once the clock is available.
+/// shared_info is mapped) converted once the clock is available. Does
+/// nothing before shared_info is mapped.
 pub fn init(entry_tsc: u64) {
     let now = now_ns();
     let si = crate::events::shared();
-    // SAFETY: single-threaded boot; shared_info mapped by the caller.
-    unsafe {
-        let t = core::ptr::addr_of!((*si).vcpu_info[0].time);
-        let mul = core::ptr::read_volatile(core::ptr::addr_of!((*t).tsc_to_system_mul));
-        let shift = core::ptr::read_volatile(core::ptr::addr_of!((*t).tsc_shift));
-        let since_entry = scale_delta(rdtsc().wrapping_sub(entry_tsc), mul, shift);
-        BOOT_TSC = entry_tsc;
-        BOOT_NS = now.saturating_sub(since_entry);
+    if si.is_null() {
+        return;
     }
+    // SAFETY: shared_info is mapped for our lifetime; volatile reads of two
+    // fields through raw pointers, no reference to the page.
+    let (mul, shift) = unsafe {
+        let t = core::ptr::addr_of!((*si).vcpu_info[0].time);
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*t).tsc_to_system_mul)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*t).tsc_shift)),
+        )
+    };
+    let since_entry = scale_delta(rdtsc().wrapping_sub(entry_tsc), mul, shift);
+    BOOT_NS.store(now.saturating_sub(since_entry), Ordering::Relaxed);
 }
 
 /// ns since our first instruction (approximately: since `_start` read the TSC).
 pub fn since_boot_ns() -> u64 {
-    // SAFETY: written once in init().
-    now_ns().saturating_sub(unsafe { BOOT_NS })
+    now_ns().saturating_sub(boot_ns())
 }
 
 pub fn boot_ns() -> u64 {
-    // SAFETY: written once in init().
-    unsafe { BOOT_NS }
+    BOOT_NS.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -83,7 +92,10 @@ mod tests {
         assert_eq!(scale_delta(1000, 1 << 31, 1), 1000);
         assert_eq!(scale_delta(1000, 1 << 31, -1), 250);
         // No overflow for large deltas.
-        assert_eq!(scale_delta(u64::MAX >> 1, u32::MAX, 1), ((((u64::MAX >> 1) << 1) as u128 * u32::MAX as u128) >> 32) as u64);
+        assert_eq!(
+            scale_delta(u64::MAX >> 1, u32::MAX, 1),
+            ((((u64::MAX >> 1) << 1) as u128 * u32::MAX as u128) >> 32) as u64
+        );
     }
 }
 
@@ -108,9 +120,14 @@ const RUNSTATE_RUNNING: usize = 0;
 const RUNSTATE_RUNNABLE: usize = 1;
 const RUNSTATE_BLOCKED: usize = 2;
 
-static mut RUNSTATE: RunstateInfo =
-    RunstateInfo { state: 0, _pad: 0, state_entry_time: 0, time: [0; 4] };
-static RUNSTATE_ON: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// vCPU 0's runstate area: Xen writes it once registered.
+static RUNSTATE: XenWritten<RunstateInfo> = XenWritten::new(RunstateInfo {
+    state: 0,
+    _pad: 0,
+    state_entry_time: 0,
+    time: [0; 4],
+});
+static RUNSTATE_ON: AtomicBool = AtomicBool::new(false);
 
 /// Ask Xen to keep vCPU 0's runstate in [`RUNSTATE`], so [`cpu`] can tell
 /// the time we ran from the time we were runnable but not scheduled (steal:
@@ -120,7 +137,7 @@ pub fn init_runstate() -> Result<(), i64> {
     // The argument is a guest handle: a pointer to the area, passed by
     // address. RUNSTATE is a static Xen may write for the domain's lifetime;
     // nothing else writes it, readers use volatile reads.
-    let area: u64 = core::ptr::addr_of_mut!(RUNSTATE) as u64;
+    let area: u64 = RUNSTATE.as_ptr() as u64;
     // SAFETY: the hypercall reads `area` (valid for the call) and keeps the
     // pointer it holds, which points at a static.
     let rc = unsafe {
@@ -153,16 +170,21 @@ pub fn cpu() -> Option<Cpu> {
     if !RUNSTATE_ON.load(Ordering::Acquire) {
         return None;
     }
-    // SAFETY: registered static, read volatile (Xen writes it).
+    // SAFETY: registered static, read volatile through its raw pointer (Xen
+    // writes it); no reference to it exists.
     let (state, entry, time) = unsafe {
-        let r = core::ptr::addr_of!(RUNSTATE);
+        let r = RUNSTATE.as_ptr();
         (
             core::ptr::read_volatile(core::ptr::addr_of!((*r).state)),
             core::ptr::read_volatile(core::ptr::addr_of!((*r).state_entry_time)),
             core::ptr::read_volatile(core::ptr::addr_of!((*r).time)),
         )
     };
-    let mut c = Cpu { running: time[RUNSTATE_RUNNING], runnable: time[RUNSTATE_RUNNABLE], blocked: time[RUNSTATE_BLOCKED] };
+    let mut c = Cpu {
+        running: time[RUNSTATE_RUNNING],
+        runnable: time[RUNSTATE_RUNNABLE],
+        blocked: time[RUNSTATE_BLOCKED],
+    };
     if state as usize == RUNSTATE_RUNNING {
         c.running += now_ns().saturating_sub(entry & !(1 << 63));
     }

@@ -63,6 +63,7 @@ trap_stubs!(
 );
 
 /// What the stubs push, lowest address first.
+#[rustfmt::skip]
 #[repr(C)]
 #[derive(Debug)]
 pub struct TrapFrame {
@@ -72,6 +73,7 @@ pub struct TrapFrame {
     pub rip: u64, pub cs: u64, pub rflags: u64, pub rsp: u64, pub ss: u64,
 }
 
+#[rustfmt::skip]
 fn name(vec: u64) -> &'static str {
     match vec {
         0 => "divide error", 1 => "debug", 3 => "breakpoint", 4 => "overflow", 5 => "bound range",
@@ -82,9 +84,12 @@ fn name(vec: u64) -> &'static str {
     }
 }
 
+// One dump line per println, as it reads on the console.
+#[rustfmt::skip]
 #[no_mangle]
 extern "C" fn trap_handler(f: &TrapFrame) -> ! {
-    // SAFETY: shared_info is mapped before the trap table is installed.
+    // SAFETY: shared_info is mapped before the trap table is installed; a
+    // volatile read of one field through the raw pointer.
     let cr2 = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*crate::events::shared()).vcpu_info[0].arch.cr2)) };
     crate::println!("\n*** exception {} ({}) error={:#x} rip={:#018x} cr2={:#018x}", f.vector, name(f.vector), f.error, f.rip, cr2);
     crate::println!("rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
@@ -110,11 +115,19 @@ struct TrapInfo {
     cs: u16,
     address: u64,
 }
-const _: () = assert!(core::mem::size_of::<TrapInfo>() == core::mem::size_of::<xen_sys::trap_info>());
+const _: () =
+    assert!(core::mem::size_of::<TrapInfo>() == core::mem::size_of::<xen_sys::trap_info>());
 
 /// Install the trap table.
 pub fn init() -> Result<(), i64> {
-    let mut table = [const { TrapInfo { vector: 0, flags: 0, cs: 0, address: 0 } }; 20];
+    let mut table = [const {
+        TrapInfo {
+            vector: 0,
+            flags: 0,
+            cs: 0,
+            address: 0,
+        }
+    }; 20];
     for (slot, &(vec, stub)) in table.iter_mut().zip(STUBS) {
         *slot = TrapInfo {
             vector: vec,
@@ -126,5 +139,9 @@ pub fn init() -> Result<(), i64> {
     // The table ends with an all-zero entry (there are fewer stubs than slots).
     // SAFETY: `table` is a valid, zero-terminated trap_info array for the call.
     let rc = unsafe { hypercall2(SET_TRAP_TABLE, table.as_ptr() as u64, 0) };
-    if rc == 0 { Ok(()) } else { Err(rc) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(rc)
+    }
 }

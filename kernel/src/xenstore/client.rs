@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::ring::{self, Corrupt, RingPage};
+use super::ring::{self, Corrupt, SharedPage};
 use super::wire::{self, Errno, Header, MsgType, WatchEvent, WireError, HEADER_LEN};
 
 /// The xenstore event channel and the clock, as the client needs them.
@@ -183,7 +183,7 @@ impl fmt::Display for XsError {
 }
 
 /// A xenstore connection over the page `P`, signalled through `E`.
-pub struct Xenstore<P: RingPage, E: Events> {
+pub struct Xenstore<P: SharedPage, E: Events> {
     page: P,
     events: E,
     timeout_ns: u64,
@@ -203,7 +203,7 @@ pub struct Xenstore<P: RingPage, E: Events> {
     broken: Option<Broken>,
 }
 
-impl<P: RingPage, E: Events> Xenstore<P, E> {
+impl<P: SharedPage, E: Events> Xenstore<P, E> {
     /// Takes over a connected page: xenstored and the guest may have used it
     /// before (a boot loader), so the indices are not assumed to be zero.
     pub fn new(page: P, events: E) -> Self {
@@ -583,12 +583,12 @@ impl<P: RingPage, E: Events> Xenstore<P, E> {
 }
 
 /// Operations inside one transaction; see [`Xenstore::transaction`].
-pub struct Tx<'a, P: RingPage, E: Events> {
+pub struct Tx<'a, P: SharedPage, E: Events> {
     xs: &'a mut Xenstore<P, E>,
     id: TxId,
 }
 
-impl<P: RingPage, E: Events> Tx<'_, P, E> {
+impl<P: SharedPage, E: Events> Tx<'_, P, E> {
     pub fn id(&self) -> TxId {
         self.id
     }

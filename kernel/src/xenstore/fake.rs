@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use super::client::{Events, Xenstore};
-use super::ring::{self, testpage::TestPage, RingPage};
+use super::ring::{self, testpage::TestPage, SharedPage};
 use super::wire::{Header, MsgType, HEADER_LEN};
 
 type Tree = BTreeMap<String, String>;

@@ -2,22 +2,23 @@
 //! Xen's `xen/include/public/io/xs_wire.h`.
 //!
 //! - [`wire`]: message header, types, errno names, payload encode/decode.
-//! - [`ring`]: the shared page and its two byte rings, behind [`RingPage`].
+//! - [`ring`]: the shared page and its two byte rings, behind
+//!   [`netfront::SharedPage`] (the workspace's one shared-page trait).
 //! - [`client`]: [`Xenstore`], requests with deadlines, transactions with
 //!   retry, watch events.
 //!
-//! The kernel supplies the page (a [`RingPage`] over the mapped
+//! The kernel supplies the page (its `mm::SharedPage` over the mapped
 //! `start_info.store_mfn` page) and the event channel and clock (an
 //! [`Events`] over `start_info.store_evtchn`, `SCHEDOP_poll` and pvclock).
-//! No `unsafe` here: the kernel's `RingPage` is the only place that touches
-//! shared memory.
+//! No `unsafe` here: `mm::SharedPage` is the only place that touches shared
+//! memory.
 
 pub mod client;
 pub mod ring;
 pub mod wire;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 
@@ -25,5 +26,4 @@ pub use client::{
     Broken, Events, Op, Tx, TxId, Xenstore, XsError, DEFAULT_TIMEOUT_NS, MAX_QUEUED_EVENTS,
     MAX_TX_ATTEMPTS,
 };
-pub use ring::RingPage;
 pub use wire::{Errno, WatchEvent, WireError};

@@ -8,16 +8,11 @@
 
 use core::sync::atomic::{fence, Ordering};
 
-/// Access to the shared page, by byte offset. The kernel implements it with
-/// volatile accesses to the mapped page (the other domain changes it behind
-/// the compiler's back); tests implement it over plain cells. `&self`
-/// everywhere because the page is shared memory, not owned data.
-pub trait RingPage {
-    fn read_u32(&self, off: usize) -> u32;
-    fn write_u32(&self, off: usize, v: u32);
-    fn read(&self, off: usize, buf: &mut [u8]);
-    fn write(&self, off: usize, data: &[u8]);
-}
+// The page is accessed through netfront's `SharedPage`, the workspace's one
+// shared-page trait: the kernel implements it with volatile accesses to the
+// mapped page (the other domain changes it behind the compiler's back); tests
+// implement it over plain cells.
+pub use netfront::SharedPage;
 
 /// `XENSTORE_RING_SIZE`, a power of two so an index maps to a slot by masking.
 pub const RING_SIZE: u32 = 1024;
@@ -91,7 +86,11 @@ fn in_flight(ring: Ring, prod: u32, cons: u32) -> Result<u32, Corrupt> {
 
 /// Copies as much of `data` as fits into `ring` as its producer and publishes
 /// it. Returns how many bytes went in (0 when the ring is full).
-pub fn produce<P: RingPage + ?Sized>(page: &P, ring: Ring, data: &[u8]) -> Result<usize, Corrupt> {
+pub fn produce<P: SharedPage + ?Sized>(
+    page: &P,
+    ring: Ring,
+    data: &[u8],
+) -> Result<usize, Corrupt> {
     let cons = page.read_u32(ring.cons);
     let prod = page.read_u32(ring.prod);
     // Read the indices before writing slots: a slot is only ours to
@@ -108,7 +107,7 @@ pub fn produce<P: RingPage + ?Sized>(page: &P, ring: Ring, data: &[u8]) -> Resul
 
 /// Copies up to `buf.len()` bytes out of `ring` as its consumer and frees
 /// their slots. Returns how many bytes came out (0 when the ring is empty).
-pub fn consume<P: RingPage + ?Sized>(
+pub fn consume<P: SharedPage + ?Sized>(
     page: &P,
     ring: Ring,
     buf: &mut [u8],
@@ -133,7 +132,7 @@ fn split_at_wrap(idx: u32, len: usize) -> (usize, usize) {
     (start, len.min(RING_SIZE as usize - start))
 }
 
-fn copy_in<P: RingPage + ?Sized>(page: &P, ring: Ring, idx: u32, data: &[u8]) {
+fn copy_in<P: SharedPage + ?Sized>(page: &P, ring: Ring, idx: u32, data: &[u8]) {
     let (start, first) = split_at_wrap(idx, data.len());
     page.write(ring.data + start, &data[..first]);
     if first < data.len() {
@@ -141,7 +140,7 @@ fn copy_in<P: RingPage + ?Sized>(page: &P, ring: Ring, idx: u32, data: &[u8]) {
     }
 }
 
-fn copy_out<P: RingPage + ?Sized>(page: &P, ring: Ring, idx: u32, buf: &mut [u8]) {
+fn copy_out<P: SharedPage + ?Sized>(page: &P, ring: Ring, idx: u32, buf: &mut [u8]) {
     let (start, first) = split_at_wrap(idx, buf.len());
     let (a, b) = buf.split_at_mut(first);
     page.read(ring.data + start, a);
@@ -150,10 +149,10 @@ fn copy_out<P: RingPage + ?Sized>(page: &P, ring: Ring, idx: u32, buf: &mut [u8]
     }
 }
 
-/// A `RingPage` over ordinary memory, for host tests.
+/// A [`SharedPage`] over ordinary memory, for host tests.
 #[cfg(test)]
 pub mod testpage {
-    use super::RingPage;
+    use super::SharedPage;
     use alloc::rc::Rc;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -170,7 +169,7 @@ pub mod testpage {
         }
     }
 
-    impl RingPage for TestPage {
+    impl SharedPage for TestPage {
         fn read_u32(&self, off: usize) -> u32 {
             let mut b = [0u8; 4];
             self.read(off, &mut b);

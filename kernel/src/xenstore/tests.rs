@@ -10,7 +10,7 @@ use super::client::{
     Broken, Op, TxId, XsError, DEFAULT_TIMEOUT_NS, MAX_QUEUED_EVENTS, MAX_TX_ATTEMPTS,
 };
 use super::fake::{message, setup, setup_at, watch_event, Client};
-use super::ring::{self, RingPage};
+use super::ring::{self, SharedPage};
 use super::wire::{Errno, MsgType, WatchEvent, WireError, HEADER_LEN};
 
 fn ev(path: &str, token: &str) -> WatchEvent {

@@ -1,0 +1,808 @@
+//! The runtime's phases on the host: a fake clock that the sleeper moves to
+//! each deadline, the real `Control` over the fake xenstored, and scripted
+//! NIC and engine fakes.
+
+use super::phases::Serve;
+use super::timers::{self, Idle, StatsPublisher, Timers, STATS_PERIOD_NS};
+use super::xen::XsToolstack;
+use super::*;
+use crate::xenstore::fake::{self, watch_event, Server};
+use crate::xenstore::wire::MsgType;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use netfront::{BackendFeatures, Reason};
+use proxy::config::Config;
+
+const SEC: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+/// Xen system time is the host's uptime: never near zero when we run.
+const T0: u64 = 100 * SEC;
+
+std::thread_local! {
+    /// The report lines of this test's runtime.
+    static CONSOLE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn capture(line: core::fmt::Arguments) {
+    CONSOLE.with(|c| c.borrow_mut().push(line.to_string()));
+}
+
+fn console() -> Vec<String> {
+    CONSOLE.with(|c| c.borrow().clone())
+}
+
+/// Every wait the runtime made: the ports and the deadline.
+type Waits = Rc<RefCell<Vec<(WakeOn, Option<u64>)>>>;
+
+#[derive(Clone)]
+struct FakeClock(Rc<Cell<u64>>);
+
+impl Clock for FakeClock {
+    fn now_ns(&self) -> u64 {
+        self.0.get()
+    }
+    fn cpu_ns(&self) -> u64 {
+        self.0.get()
+    }
+    fn runstate(&self) -> Option<Cpu> {
+        None
+    }
+}
+
+/// Sleeps by moving the clock to the deadline (nothing else wakes it),
+/// after running the test's hook; records every wait.
+struct FakeSleeper {
+    now: Rc<Cell<u64>>,
+    waits: Waits,
+    hook: Box<dyn FnMut(usize)>,
+    xs_clears: Rc<Cell<u32>>,
+}
+
+impl Sleeper for FakeSleeper {
+    fn wait(&mut self, on: WakeOn, deadline_ns: Option<u64>) {
+        let n = {
+            let mut w = self.waits.borrow_mut();
+            w.push((on, deadline_ns));
+            w.len()
+        };
+        (self.hook)(n);
+        if let Some(d) = deadline_ns {
+            self.now.set(self.now.get().max(d));
+        }
+    }
+    fn take_xenstore_event(&mut self) {
+        self.xs_clears.set(self.xs_clears.get() + 1);
+    }
+}
+
+#[derive(Default)]
+struct FakeNic {
+    events: VecDeque<Event>,
+    delay_ms: Option<u64>,
+    stats: String,
+    closed: bool,
+    disconnected: bool,
+    /// Polls after `close` before it reports `Released`.
+    release_after: u32,
+    polls_after_close: u32,
+    backend_checks: u32,
+    /// Connected with this MAC on this poll (counting from 1).
+    connect_on_poll: Option<(u32, [u8; 6])>,
+    polls: u32,
+}
+
+const NIC_PORT: u32 = 9;
+
+impl Nic for FakeNic {
+    fn poll(&mut self, _now_ms: u64) -> Option<Event> {
+        if self.closed {
+            self.polls_after_close += 1;
+            if self.polls_after_close > self.release_after {
+                return Some(Event::Released { leaked_pages: 0 });
+            }
+            return None;
+        }
+        self.polls += 1;
+        if let Some((n, mac)) = self.connect_on_poll {
+            if n == self.polls {
+                return Some(Event::Connected {
+                    mac,
+                    mtu: 1500,
+                    backend: BackendFeatures::default(),
+                });
+            }
+        }
+        self.events.pop_front()
+    }
+    fn poll_delay(&self, _now_ms: u64) -> Option<u64> {
+        self.delay_ms
+    }
+    fn port(&self) -> Option<u32> {
+        Some(NIC_PORT)
+    }
+    fn check_backend_soon(&mut self) {
+        self.backend_checks += 1;
+    }
+    fn offload(&self) -> String {
+        "off".into()
+    }
+    fn stats(&self) -> String {
+        self.stats.clone()
+    }
+    fn notifies(&self) -> u64 {
+        7
+    }
+    fn close(&mut self) {
+        self.closed = true;
+    }
+    fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+}
+
+#[derive(Default)]
+struct FakeProxy {
+    delay: Option<Duration>,
+    idle_since: Option<Instant>,
+    stats: String,
+    polls: u32,
+    dhcp: bool,
+    ip: Option<Ipv4Cidr>,
+    /// The DHCP lease arrives on this poll.
+    lease_on_poll: Option<u32>,
+}
+
+impl Proxy<FakeNic> for FakeProxy {
+    fn poll(&mut self, _now: Instant, _nic: &mut FakeNic) {
+        self.polls += 1;
+        if self.dhcp && self.lease_on_poll == Some(self.polls) {
+            self.ip = Some("10.0.0.9/24".parse().unwrap());
+        }
+    }
+    fn poll_delay(&mut self, _now: Instant) -> Option<Duration> {
+        self.delay
+    }
+    fn idle_since(&self) -> Option<Instant> {
+        self.idle_since
+    }
+    fn stats(&self) -> String {
+        self.stats.clone()
+    }
+    fn start_dhcp(&mut self) {
+        self.dhcp = true;
+    }
+    fn ipv4(&self) -> Option<Ipv4Cidr> {
+        self.ip
+    }
+}
+
+type Xs = XsToolstack<crate::xenstore::ring::testpage::TestPage, fake::FakeEvents>;
+
+struct Rig {
+    rt: Runtime<FakeClock, FakeSleeper, Xs>,
+    now: Rc<Cell<u64>>,
+    waits: Waits,
+    srv: Rc<RefCell<Server>>,
+}
+
+fn rig() -> Rig {
+    let now = Rc::new(Cell::new(T0));
+    let waits = Rc::new(RefCell::new(Vec::new()));
+    let (client, srv) = fake::setup();
+    let toolstack = XsToolstack::init(Rc::new(RefCell::new(client))).unwrap();
+    let sleeper = FakeSleeper {
+        now: now.clone(),
+        waits: waits.clone(),
+        hook: Box::new(|_| {}),
+        xs_clears: Rc::new(Cell::new(0)),
+    };
+    CONSOLE.with(|c| c.borrow_mut().clear());
+    let rt = Runtime::new(
+        FakeClock(now.clone()),
+        sleeper,
+        toolstack,
+        || (10 << 10, 100 << 10),
+        capture,
+    );
+    Rig {
+        rt,
+        now,
+        waits,
+        srv,
+    }
+}
+
+impl Rig {
+    fn at(&self) -> Instant {
+        Instant::from_micros((self.now.get() / 1000) as i64)
+    }
+    fn last_deadline(&self) -> Option<u64> {
+        self.waits.borrow().last().unwrap().1
+    }
+    /// Writes of `path` the fake xenstored has taken so far, with values.
+    fn writes(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{path}\0");
+        let srv = self.srv.borrow();
+        srv.log
+            .iter()
+            .filter(|(ty, _, _)| *ty == MsgType::Write as u32)
+            .filter_map(|(_, _, p)| p.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect()
+    }
+    /// The toolstack writes `control/shutdown` and the watch fires.
+    fn request(&self, what: &str) {
+        let mut srv = self.srv.borrow_mut();
+        srv.tree.insert("control/shutdown".into(), what.into());
+        srv.send_raw(&watch_event("control/shutdown", "shutdown"));
+    }
+    fn tree(&self, path: &str) -> Option<String> {
+        self.srv.borrow().tree.get(path).cloned()
+    }
+}
+
+#[test]
+fn serve_deadline_is_the_earliest_of_the_four_timers() {
+    let now = 5 * SEC;
+    let all = Timers {
+        engine: Some(Duration::from_millis(30)),
+        nic_ms: Some(40),
+        idle_left_ns: Some(50 * MS),
+    };
+    assert_eq!(timers::serve_deadline(now, all), now + 30 * MS);
+    assert_eq!(
+        timers::serve_deadline(
+            now,
+            Timers {
+                nic_ms: Some(20),
+                ..all
+            }
+        ),
+        now + 20 * MS
+    );
+    assert_eq!(
+        timers::serve_deadline(
+            now,
+            Timers {
+                idle_left_ns: Some(10 * MS),
+                ..all
+            }
+        ),
+        now + 10 * MS
+    );
+    // Nothing sooner: the stats refresh, one period away.
+    assert_eq!(
+        timers::serve_deadline(now, Timers::default()),
+        now + STATS_PERIOD_NS
+    );
+    let late = Timers {
+        engine: Some(Duration::from_secs(5)),
+        nic_ms: Some(9000),
+        idle_left_ns: Some(3 * SEC),
+    };
+    assert_eq!(timers::serve_deadline(now, late), now + STATS_PERIOD_NS);
+    // A zero delay (the engine has work left) is "now": no sleep.
+    assert_eq!(
+        timers::serve_deadline(
+            now,
+            Timers {
+                engine: Some(Duration::ZERO),
+                ..all
+            }
+        ),
+        now
+    );
+}
+
+#[test]
+fn serve_sleeps_until_the_earliest_timer_on_both_ports() {
+    let mut r = rig();
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy {
+        idle_since: Some(r.at()),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, Some(core::time::Duration::from_secs(60)));
+    let cases: [(Option<u64>, Option<u64>, u64); 4] = [
+        // (engine ms, netfront ms, expected sleep ms)
+        (Some(7), Some(12), 7),
+        (None, Some(12), 12),
+        (Some(300), None, 300),
+        (None, None, 1000),
+    ];
+    for (engine, nic_ms, want) in cases {
+        proxy.delay = engine.map(Duration::from_millis);
+        nic.delay_ms = nic_ms;
+        let start = r.now.get();
+        assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+        assert_eq!(
+            r.last_deadline(),
+            Some(start + want * MS),
+            "engine {engine:?} nic {nic_ms:?}"
+        );
+        let on = r.waits.borrow().last().unwrap().0;
+        assert_eq!(
+            on,
+            WakeOn {
+                xenstore: true,
+                nic: Some(NIC_PORT)
+            }
+        );
+    }
+    // idle_exit's remaining time is a timer too: idle since T0, 1.319 s
+    // gone, a 1.5 s limit: wake at T0 + 1.5 s.
+    assert_eq!(r.now.get(), T0 + 1319 * MS);
+    let mut s = Serve::new(0, Some(core::time::Duration::from_millis(1500)));
+    proxy.delay = None;
+    nic.delay_ms = None;
+    assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+    assert_eq!(r.last_deadline(), Some(T0 + 1500 * MS));
+}
+
+#[test]
+fn idle_exit_fires_after_exactly_the_configured_idle_time() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        release_after: 2,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        idle_since: Some(r.at()),
+        delay: Some(Duration::from_millis(700)),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, Some(core::time::Duration::from_secs(3)));
+    let mut passes = Vec::new();
+    let exit = loop {
+        passes.push(r.now.get() - T0);
+        if let Some(exit) = r.rt.serve_pass(&mut s, &mut nic, &mut proxy) {
+            break exit;
+        }
+        assert!(passes.len() < 50, "idle_exit never fired");
+    };
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    // Woken every 700 ms by the engine, then exactly at the limit.
+    assert_eq!(
+        passes,
+        [0, 700 * MS, 1400 * MS, 2100 * MS, 2800 * MS, 3 * SEC]
+    );
+    // The exit drains netfront: closed, and waited on (NIC port only) until Released.
+    assert!(nic.closed);
+    assert_eq!(nic.polls_after_close, 3);
+    assert_eq!(
+        r.waits.borrow().last().unwrap().0,
+        WakeOn {
+            xenstore: false,
+            nic: Some(NIC_PORT)
+        }
+    );
+}
+
+#[test]
+fn idle_exit_waits_while_connections_are_open() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        disconnected: true,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, Some(core::time::Duration::from_secs(3)));
+    // A connection stays open for 20 s: no exit, and no idle timer.
+    while r.now.get() < T0 + 20 * SEC {
+        assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+        assert_eq!(
+            r.last_deadline(),
+            Some(r.now.get()),
+            "only the 1 s stats refresh"
+        );
+    }
+    // It closes at 20.5 s (between passes): exit 3 s after that.
+    let closed_at = r.now.get() - 500 * MS;
+    proxy.idle_since = Some(Instant::from_micros((closed_at / 1000) as i64));
+    let exit = loop {
+        if let Some(exit) = r.rt.serve_pass(&mut s, &mut nic, &mut proxy) {
+            break exit;
+        }
+        assert!(r.now.get() <= closed_at + 3 * SEC);
+    };
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(r.now.get(), closed_at + 3 * SEC);
+    // Already disconnected: nothing to wait for.
+    assert!(nic.closed);
+    assert_eq!(nic.polls_after_close, 0);
+}
+
+#[test]
+fn idle_exit_rules() {
+    let limit = Some(core::time::Duration::from_secs(3));
+    let since = Instant::from_secs(10);
+    assert_eq!(
+        timers::idle_exit(None, Some(since), Instant::from_secs(100)),
+        Idle::Off
+    );
+    assert_eq!(
+        timers::idle_exit(limit, None, Instant::from_secs(100)),
+        Idle::Off
+    );
+    assert_eq!(
+        timers::idle_exit(limit, Some(since), Instant::from_secs(10)),
+        Idle::Left(3 * SEC)
+    );
+    assert_eq!(
+        timers::idle_exit(limit, Some(since), Instant::from_micros(12_999_999)),
+        Idle::Left(1000)
+    );
+    assert_eq!(
+        timers::idle_exit(limit, Some(since), Instant::from_secs(13)),
+        Idle::Exit(Duration::from_secs(3))
+    );
+    assert_eq!(
+        timers::idle_exit(limit, Some(since), Instant::from_secs(14)),
+        Idle::Exit(Duration::from_secs(4))
+    );
+}
+
+#[test]
+fn shutdown_request_drains_netfront_and_is_acknowledged() {
+    for (value, reason) in [
+        ("poweroff", ShutdownReason::Poweroff),
+        ("reboot", ShutdownReason::Reboot),
+    ] {
+        let mut r = rig();
+        let mut nic = FakeNic {
+            release_after: 4,
+            delay_ms: Some(50),
+            ..Default::default()
+        };
+        let mut proxy = FakeProxy::default();
+        let mut s = Serve::new(0, None);
+        for _ in 0..3 {
+            assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+        }
+        assert!(!nic.closed);
+        r.request(value);
+        let exit = r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+        assert_eq!(exit, Some(Exit::Shutdown(reason)));
+        // Acknowledged as Linux does: the key cleared.
+        assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+        assert!(nic.closed);
+        assert_eq!(nic.polls_after_close, 5, "drained until Released");
+        // Drain sleeps on the NIC alone, at most 10 ms at a time.
+        let waits = r.waits.borrow();
+        let drain = &waits[waits.len() - 4..];
+        for w in drain {
+            assert_eq!(
+                w.0,
+                WakeOn {
+                    xenstore: false,
+                    nic: Some(NIC_PORT)
+                }
+            );
+        }
+        assert_eq!(drain[1].1.unwrap() - drain[0].1.unwrap(), 10 * MS);
+        // The report operators (and tests/xen) read, in this order.
+        let lines = console();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines[0], format!("miniproxy: stopping ({reason:?})"));
+        assert_eq!(lines[1], "miniproxy: proxy ");
+        assert_eq!(lines[2], "miniproxy: vif0  notifies=7");
+        assert!(
+            lines[3].starts_with("miniproxy: cpu_ms nic="),
+            "{}",
+            lines[3]
+        );
+        assert!(lines[3].ends_with(" loops=4 wakeups=0"), "{}", lines[3]);
+        assert_eq!(lines[4], "miniproxy: heap 10 of 100 KiB used");
+    }
+}
+
+#[test]
+fn drain_gives_up_after_two_seconds() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        release_after: u32::MAX,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    let exit =
+        r.rt.drain(&mut nic, &FakeProxy::default(), ShutdownReason::Poweroff);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(r.now.get(), start + DRAIN_TIMEOUT_NS);
+    assert_eq!(nic.polls_after_close, 200);
+}
+
+#[test]
+fn unsupported_request_is_cleared_and_ignored() {
+    let mut r = rig();
+    let (mut nic, mut proxy) = (FakeNic::default(), FakeProxy::default());
+    let mut s = Serve::new(0, None);
+    r.request("suspend");
+    assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+    assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+    assert!(!nic.closed);
+}
+
+#[test]
+fn stats_are_written_at_most_once_a_second_and_only_when_changed() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        stats: "rx 1 frames".into(),
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        delay: Some(Duration::from_millis(150)),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, None);
+    let mut written_at = Vec::new();
+    // Counters change on every pass (every 150 ms) for 5 s.
+    for pass in 0..34 {
+        proxy.stats = format!("accepted={pass}");
+        let before = r.writes("data/stats").len();
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+        if r.writes("data/stats").len() > before {
+            written_at.push(r.now.get());
+        }
+    }
+    assert!(written_at.len() >= 4, "{written_at:?}");
+    for w in written_at.windows(2) {
+        assert!(
+            w[1] - w[0] >= STATS_PERIOD_NS,
+            "two writes {} ns apart",
+            w[1] - w[0]
+        );
+    }
+    let last = r.writes("data/stats").pop().unwrap();
+    assert!(
+        last.starts_with("accepted=") && last.contains(" rx 1 frames cpu_ms "),
+        "{last}"
+    );
+    assert!(last.ends_with(" notifies=7"), "{last}");
+
+    // The last change is published at the next look (within a second).
+    for _ in 0..8 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    assert!(r
+        .writes("data/stats")
+        .pop()
+        .unwrap()
+        .starts_with("accepted=33 "));
+    // Unchanged counters for 5 s: nothing more is written, although the
+    // profile (loops=) changes on every pass.
+    let n = r.writes("data/stats").len();
+    for _ in 0..34 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    assert_eq!(r.writes("data/stats").len(), n);
+    // One change: written once at the next look.
+    nic.stats = "rx 2 frames".into();
+    for _ in 0..10 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    assert_eq!(r.writes("data/stats").len(), n + 1);
+}
+
+#[test]
+fn stats_publisher_rate_and_change_rules() {
+    let mut p = StatsPublisher::new();
+    let t = 50 * SEC;
+    assert_eq!(p.check(t, || "a".into()), Some("a"));
+    assert_eq!(p.check(t + SEC - 1, || panic!("looked too soon")), None);
+    assert_eq!(p.check(t + SEC, || "a".into()), None, "unchanged");
+    // The unchanged look still counts: the next is a period after it.
+    assert_eq!(p.check(t + 2 * SEC - 1, || panic!("looked too soon")), None);
+    assert_eq!(p.check(t + 2 * SEC, || "b".into()), Some("b"));
+}
+
+#[test]
+fn backend_watch_makes_netfront_check_the_backend() {
+    let mut r = rig();
+    let (mut nic, mut proxy) = (FakeNic::default(), FakeProxy::default());
+    let mut s = Serve::new(0, None);
+    r.rt.toolstack
+        .watch_backend("/local/domain/0/backend/vif/1/0/state")
+        .unwrap();
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.backend_checks, 1, "the watch's first event");
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.backend_checks, 1);
+    r.srv.borrow_mut().send_raw(&watch_event(
+        "/local/domain/0/backend/vif/1/0/state",
+        "vif-backend",
+    ));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.backend_checks, 2);
+}
+
+#[test]
+fn handshake_returns_the_mac_once_connected() {
+    let mut r = rig();
+    let mac = [0, 0x16, 0x3e, 1, 2, 3];
+    let mut nic = FakeNic {
+        delay_ms: Some(30),
+        connect_on_poll: Some((4, mac)),
+        ..Default::default()
+    };
+    nic.events.push_back(Event::Released { leaked_pages: 0 });
+    assert_eq!(r.rt.handshake(&mut nic), Ok(mac));
+    // Poll 1 is an event (logged, polled again), 2 nothing (sleep 30 ms),
+    // 3 nothing (sleep 30 ms), 4 Connected.
+    assert_eq!(r.now.get(), T0 + 60 * MS);
+    assert_eq!(r.waits.borrow().len(), 2);
+}
+
+#[test]
+fn handshake_sleeps_in_steps_of_at_most_100ms_and_stops_on_request() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        delay_ms: Some(250),
+        ..Default::default()
+    };
+    let srv = r.srv.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        if n == 3 {
+            let mut srv = srv.borrow_mut();
+            srv.tree
+                .insert("control/shutdown".into(), "poweroff".into());
+            srv.send_raw(&watch_event("control/shutdown", "shutdown"));
+        }
+    });
+    let start = r.now.get();
+    let got = r.rt.handshake(&mut nic);
+    assert_eq!(got, Err(Exit::Shutdown(ShutdownReason::Poweroff)));
+    let deadlines: Vec<_> = r
+        .waits
+        .borrow()
+        .iter()
+        .map(|w| w.1.unwrap() - start)
+        .collect();
+    assert_eq!(deadlines, [100 * MS, 200 * MS, 300 * MS]);
+    // No drain in the handshake: netfront is not closed, no report.
+    assert!(!nic.closed);
+    assert_eq!(console(), ["miniproxy: stopping (Poweroff)"]);
+    assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+}
+
+#[test]
+fn handshake_failure_is_fatal_with_the_reason() {
+    let mut r = rig();
+    let mut nic = FakeNic::default();
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendGone));
+    match r.rt.handshake(&mut nic) {
+        Err(Exit::Fatal(why)) => assert!(why.starts_with("netfront: "), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dhcp_lease_publishes_the_address() {
+    let mut r = rig();
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy {
+        lease_on_poll: Some(3),
+        ..Default::default()
+    };
+    let cfg = Config::parse("ip=dhcp dhcp_timeout=3s").unwrap();
+    assert_eq!(r.rt.address(&mut nic, &mut proxy, &cfg), Ok(()));
+    assert!(proxy.dhcp);
+    assert_eq!(r.writes("data/ip"), ["10.0.0.9/24"]);
+    // No engine timer: 100 ms sleeps.
+    assert_eq!(r.now.get(), T0 + 300 * MS);
+}
+
+#[test]
+fn dhcp_without_a_lease_is_fatal_at_the_timeout() {
+    let mut r = rig();
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy {
+        delay: Some(Duration::from_millis(700)),
+        ..Default::default()
+    };
+    let cfg = Config::parse("ip=dhcp dhcp_timeout=3s").unwrap();
+    let got = r.rt.address(&mut nic, &mut proxy, &cfg);
+    assert_eq!(
+        got,
+        Err(Exit::Fatal(
+            "net: no DHCP lease within 3s (set ip=a.b.c.d/len for a static address)".into()
+        ))
+    );
+    assert_eq!(r.now.get(), T0 + 3 * SEC);
+    // The last sleep was cut to the timeout, not past it.
+    assert!(r
+        .waits
+        .borrow()
+        .iter()
+        .all(|w| w.1.unwrap() <= T0 + 3 * SEC));
+    assert!(r.writes("data/ip").is_empty());
+}
+
+#[test]
+fn without_network_only_a_stop_ends_the_wait() {
+    let mut r = rig();
+    let srv = r.srv.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        let mut srv = srv.borrow_mut();
+        match n {
+            1 => {
+                srv.tree.insert("data/stats-dump".into(), "1".into());
+                srv.send_raw(&watch_event("data/stats-dump", "stats"));
+            }
+            2 => {
+                srv.tree.insert("control/shutdown".into(), "halt".into());
+                srv.send_raw(&watch_event("control/shutdown", "shutdown"));
+            }
+            _ => {}
+        }
+    });
+    assert_eq!(
+        r.rt.idle_without_network(),
+        Exit::Shutdown(ShutdownReason::Poweroff)
+    );
+    let waits = r.waits.borrow();
+    assert_eq!(waits.len(), 2);
+    assert!(waits.iter().all(|w| *w
+        == (
+            WakeOn {
+                xenstore: true,
+                nic: None
+            },
+            None
+        )));
+    // The stats request was answered (key cleared, profile and heap on the
+    // console: there is no NIC or engine) before the stop.
+    assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
+    let lines = console();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("miniproxy: cpu_ms "));
+    assert_eq!(lines[1], "miniproxy: heap 10 of 100 KiB used");
+    assert_eq!(lines[2], "miniproxy: stopping (Poweroff)");
+    assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+}
+
+#[test]
+fn a_xenstore_failure_in_control_is_fatal() {
+    let mut r = rig();
+    r.srv
+        .borrow_mut()
+        .send_raw(b"garbage that is no xenstore header!!");
+    let (mut nic, mut proxy) = (FakeNic::default(), FakeProxy::default());
+    let mut s = Serve::new(0, None);
+    match r.rt.serve_pass(&mut s, &mut nic, &mut proxy) {
+        Some(Exit::Fatal(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stats_dump_request_prints_the_report_and_serving_goes_on() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        stats: "rx 1234 frames".into(),
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        stats: "accepted=2".into(),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, None);
+    {
+        let mut srv = r.srv.borrow_mut();
+        srv.tree.insert("data/stats-dump".into(), "1".into());
+        srv.send_raw(&watch_event("data/stats-dump", "stats"));
+    }
+    assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+    let lines = console();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0], "miniproxy: proxy accepted=2");
+    assert_eq!(lines[1], "miniproxy: vif0 rx 1234 frames notifies=7");
+    assert!(lines[2].starts_with("miniproxy: cpu_ms "));
+    assert_eq!(lines[3], "miniproxy: heap 10 of 100 KiB used");
+    assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
+    assert!(!nic.closed);
+}

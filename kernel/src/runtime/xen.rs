@@ -1,0 +1,272 @@
+//! The runtime on Xen: the kernel's clock, event channels, xenstore,
+//! netfront and the proxy engine behind the runtime's traits, and the boot
+//! phase that reads the configuration and runs the phases in order.
+
+use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
+use crate::control::{Control, Request};
+use crate::net::XenPlatform;
+use crate::time::{self, Cpu};
+use crate::xenstore::{Errno, Events, Xenstore, XsError};
+use crate::{events, Kernel};
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use core::cell::RefCell;
+use netfront::{Event, Netfront, SharedPage};
+use proxy::config::Config;
+use proxy::engine::Engine;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
+
+/// Heap kept back from the engine's budget for everything else (xenstore
+/// strings, smoltcp's interface, netfront's bookkeeping, the log).
+pub const HEAP_RESERVE: usize = 192 * 1024;
+
+/// pvclock time and the vCPU runstate.
+pub struct XenClock;
+
+impl Clock for XenClock {
+    fn now_ns(&self) -> u64 {
+        time::now_ns()
+    }
+    fn cpu_ns(&self) -> u64 {
+        time::cpu().map_or_else(time::now_ns, |c| c.running)
+    }
+    fn runstate(&self) -> Option<Cpu> {
+        time::cpu()
+    }
+}
+
+/// `SCHEDOP_poll` on the xenstore port and the NIC's.
+pub struct XenSleeper {
+    pub xenstore_port: events::Port,
+}
+
+impl Sleeper for XenSleeper {
+    fn wait(&mut self, on: WakeOn, deadline_ns: Option<u64>) {
+        let mut ports = [0u32; 2];
+        let mut n = 0;
+        for p in on
+            .xenstore
+            .then_some(self.xenstore_port)
+            .into_iter()
+            .chain(on.nic)
+        {
+            ports[n] = p;
+            n += 1;
+        }
+        events::poll(&ports[..n], deadline_ns);
+    }
+    fn take_xenstore_event(&mut self) {
+        events::take_pending(self.xenstore_port);
+    }
+}
+
+/// Domain control ([`Control`]) over a shared xenstore connection.
+pub struct XsToolstack<P: SharedPage, E: Events> {
+    pub xs: Rc<RefCell<Xenstore<P, E>>>,
+    pub control: Control,
+}
+
+impl<P: SharedPage, E: Events> XsToolstack<P, E> {
+    /// Advertise shutdown support and watch the control keys.
+    pub fn init(xs: Rc<RefCell<Xenstore<P, E>>>) -> Result<Self, XsError> {
+        let control = Control::init(&mut xs.borrow_mut())?;
+        Ok(XsToolstack { xs, control })
+    }
+
+    /// Watch the vif backend's state node (`take_backend_changed` reports it).
+    pub fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError> {
+        self.control
+            .watch_backend(&mut self.xs.borrow_mut(), state_path)
+    }
+}
+
+impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
+    fn poll_request(&mut self) -> Result<Option<Request>, XsError> {
+        self.control.poll(&mut self.xs.borrow_mut())
+    }
+    fn take_backend_changed(&mut self) -> bool {
+        self.control.take_backend_changed()
+    }
+    fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
+        self.xs.borrow_mut().write(path, value)
+    }
+}
+
+impl Nic for Netfront<XenPlatform> {
+    fn poll(&mut self, now_ms: u64) -> Option<Event> {
+        Netfront::poll(self, now_ms)
+    }
+    fn poll_delay(&self, now_ms: u64) -> Option<u64> {
+        Netfront::poll_delay(self, now_ms)
+    }
+    fn port(&self) -> Option<u32> {
+        self.platform().port
+    }
+    fn check_backend_soon(&mut self) {
+        Netfront::check_backend_soon(self)
+    }
+    fn offload(&self) -> String {
+        Netfront::offload(self).to_string()
+    }
+    fn stats(&self) -> String {
+        Netfront::stats(self).to_string()
+    }
+    fn notifies(&self) -> u64 {
+        self.platform().notifies
+    }
+    fn close(&mut self) {
+        Netfront::close(self)
+    }
+    fn is_disconnected(&self) -> bool {
+        self.state() == netfront::State::Disconnected
+    }
+}
+
+impl Proxy<Netfront<XenPlatform>> for Engine {
+    fn poll(&mut self, now: Instant, nic: &mut Netfront<XenPlatform>) {
+        Engine::poll(self, now, nic);
+    }
+    fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        Engine::poll_delay(self, now)
+    }
+    fn idle_since(&self) -> Option<Instant> {
+        Engine::idle_since(self)
+    }
+    fn stats(&self) -> String {
+        Engine::stats(self).to_string()
+    }
+    fn start_dhcp(&mut self) {
+        Engine::start_dhcp(self)
+    }
+    fn ipv4(&self) -> Option<Ipv4Cidr> {
+        Engine::ipv4(self)
+    }
+}
+
+type XenRuntime =
+    Runtime<XenClock, XenSleeper, XsToolstack<crate::mm::SharedPage, crate::XsEvents>>;
+
+/// The boot phase and then every other phase, in order: configuration from
+/// `extra=`, netfront up, an address, the ready key, serve until stopped.
+pub fn run(k: &mut Kernel) -> Exit {
+    match boot(k) {
+        Ok(exit) | Err(exit) => exit,
+    }
+}
+
+fn console_line(line: core::fmt::Arguments) {
+    crate::println!("{line}");
+}
+
+fn fatal(what: impl core::fmt::Display) -> Exit {
+    Exit::Fatal(format!("{what}"))
+}
+
+fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
+    crate::println!(
+        "miniproxy: memory {} KiB, heap {} KiB, {}",
+        k.memory.total_pages * 4,
+        k.memory.heap_size / 1024,
+        k.start_info.magic_str()
+    );
+    let line = k
+        .start_info
+        .cmdline()
+        .map_err(|e| fatal(format!("config: the command line is not UTF-8 ({e})")))?;
+    let cfg = Config::parse(line).map_err(fatal)?;
+    log::set_max_level(cfg.loglevel);
+    crate::println!("miniproxy: config: {cfg}");
+    log::debug!(
+        "memory: heap {} KiB at {:#x}, image ends at {:#x}, {} pages not mapped",
+        k.memory.heap_size / 1024,
+        k.memory.heap_start,
+        k.memory.image_end,
+        k.memory.unmapped_pages
+    );
+    let toolstack = XsToolstack::init(k.xenstore.clone()).map_err(fatal)?;
+    let sleeper = XenSleeper {
+        xenstore_port: k.xenstore_port(),
+    };
+    let mut rt: XenRuntime = Runtime::new(
+        XenClock,
+        sleeper,
+        toolstack,
+        crate::heap_usage,
+        console_line,
+    );
+
+    // Only "no such node" means no vif; any other xenstore failure is
+    // reported as what it is.
+    let has_vif = match k.xenstore.borrow_mut().read("device/vif/0/backend") {
+        Ok(_) => true,
+        Err(e) if e.errno() == Some(&Errno::ENOENT) => false,
+        Err(e) => {
+            return Err(fatal(format!(
+                "net: cannot tell whether the domain has a vif: {e}"
+            )))
+        }
+    };
+    if !has_vif {
+        if !cfg.rules.is_empty() {
+            return Err(fatal("net: rules are configured but the domain has no vif (add vif=[...] to the xl config)"));
+        }
+        log::info!("no vif: not networking");
+        let us = Control::ready(k).map_err(fatal)?;
+        log::info!("ready after {us} us");
+        return Ok(rt.idle_without_network());
+    }
+
+    // Netfront: the xenbus handshake, polled until Connected (it times out
+    // with a clear error by itself).
+    let grants = k
+        .grants
+        .take()
+        .ok_or_else(|| fatal("net: no grant table"))?;
+    // The backend's hotplug can take tens of seconds in a loaded dom0 (many
+    // instances starting at once): wait up to a minute, then fail clearly.
+    let nf_cfg = netfront::Config {
+        rx_buffers: cfg.rx_bufs,
+        tx_buffers: cfg.tx_bufs,
+        offload: cfg.offload,
+        handshake_timeout_ms: 60_000,
+        // A watch on the backend's state wakes the check (serve); this is
+        // only the fallback should a watch event be lost.
+        state_check_ms: 10_000,
+        ..netfront::Config::default()
+    };
+    let platform = XenPlatform::new(k.xenstore.clone(), grants);
+    let mut nf = Netfront::new(platform, nf_cfg).map_err(|e| fatal(format!("netfront: {e}")))?;
+    let mac = rt.handshake(&mut nf)?;
+    let state_path = format!("{}/state", nf.backend_path());
+    rt.toolstack
+        .watch_backend(&state_path)
+        .map_err(|e| fatal(format!("net: cannot watch {state_path}: {e}")))?;
+    let mem = nf.memory();
+    log::info!(
+        "netfront: {} pages ({} KiB) for rings and buffers",
+        mem.pages(),
+        mem.total_bytes() / 1024
+    );
+
+    // The proxy engine, sized to what is left of the heap.
+    let (used, size) = crate::heap_usage();
+    let budget = size.saturating_sub(used).saturating_sub(HEAP_RESERVE);
+    let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
+    let mut engine =
+        Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, rt.now()).map_err(fatal)?;
+    let plan = engine.plan();
+    log::info!(
+        "engine: {} KiB budget, {} KiB of it for socket buffers; guaranteed worst case (every connection at buf_min) {} KiB, every connection at buf would take {} KiB",
+        budget / 1024,
+        engine.buffer_budget() / 1024,
+        plan.total / 1024,
+        plan.total_max / 1024
+    );
+
+    rt.address(&mut nf, &mut engine, &cfg)?;
+    let us = Control::ready(k).map_err(fatal)?;
+    log::info!("ready after {us} us");
+    Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit))
+}
