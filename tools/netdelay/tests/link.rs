@@ -273,3 +273,26 @@ fn bad_command_lines_are_clear_errors() {
         assert!(e.contains(want), "'{line}': {e}");
     }
 }
+
+#[test]
+fn stats_line_names_each_count_once() {
+    // scripts/bench-accel sums the `_lost=` and `_qdrop=` fields of this line.
+    let ab = netdelay::link::Counters {
+        received: 5,
+        forwarded: 3,
+        bytes_forwarded: 300,
+        lost: 1,
+        queue_dropped: 1,
+    };
+    let ba = netdelay::link::Counters {
+        received: 2,
+        forwarded: 2,
+        bytes_forwarded: 120,
+        lost: 0,
+        queue_dropped: 0,
+    };
+    assert_eq!(
+        netdelay::cli::stats_line(&ab, &ba),
+        "ab_rx=5 ab_fwd=3 ab_bytes=300 ab_lost=1 ab_qdrop=1 ba_rx=2 ba_fwd=2 ba_bytes=120 ba_lost=0 ba_qdrop=0"
+    );
+}
