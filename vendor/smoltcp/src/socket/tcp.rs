@@ -1906,11 +1906,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // The send MSS is known now (without the option, RFC 9293's default):
+                // the congestion controller sizes its initial window from it.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.tuple = Some(Tuple {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
@@ -1959,11 +1961,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // The send MSS is known now (without the option, RFC 9293's default):
+                // the congestion controller sizes its initial window from it.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -6477,6 +6481,90 @@ mod test {
             payload: &data[..1024],
             ..RECV_TEMPL
         }));
+    }
+
+    /// Completes a passive open with a peer that announced `peer_mss` (`None`:
+    /// no MSS option) and a 65535-byte window, queues 64 KiB, and returns the
+    /// payload sizes of the segments sent before any data is acknowledged.
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn first_flight(cc: CongestionControl, peer_mss: Option<u16>) -> Vec<usize> {
+        let mut s = socket_with_buffer_sizes(65536, 64);
+        s.set_congestion_control(cc);
+        // Without Nagle a partial segment that fits the window is sent too,
+        // so the flight shows the congestion window to the byte.
+        s.set_nagle_enabled(false);
+        s.state = State::Listen;
+        s.listen_endpoint = LISTEN_END;
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                max_seg_size: peer_mss,
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        recv(&mut s, Instant::from_millis(0), |repr| {
+            assert_eq!(repr.unwrap().control, TcpControl::Syn)
+        });
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        s.send_slice(&[b'x'; 65536][..]).unwrap();
+        dispatch_all(&mut s, Instant::from_millis(0))
+    }
+
+    /// Payload sizes of everything the socket sends at `now` until it stops.
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn dispatch_all(s: &mut TestSocket, now: Instant) -> Vec<usize> {
+        s.cx.set_now(now);
+        let mut sizes = Vec::new();
+        for _ in 0..100 {
+            let mut sent = None;
+            s.socket
+                .dispatch(&mut s.cx, |_, _, (_, repr)| {
+                    sent = Some(repr.payload.len());
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            match sent {
+                Some(len) => sizes.push(len),
+                None => return sizes,
+            }
+        }
+        panic!("the socket kept sending: {sizes:?}");
+    }
+
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn controllers_with_window() -> Vec<CongestionControl> {
+        vec![
+            #[cfg(feature = "socket-tcp-reno")]
+            CongestionControl::Reno,
+            #[cfg(feature = "socket-tcp-cubic")]
+            CongestionControl::Cubic,
+        ]
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_first_flight_is_rfc6928_initial_window() {
+        for cc in controllers_with_window() {
+            // Ethernet MSS: ten full segments, 14600 bytes, as Linux sends.
+            assert_eq!(first_flight(cc, Some(1460)), [1460; 10], "{cc:?}");
+            // A smaller MSS still gets ten segments.
+            assert_eq!(first_flight(cc, Some(1000)), [1000; 10], "{cc:?}");
+            // Without an MSS option the sender uses RFC 9293's 536 bytes.
+            assert_eq!(first_flight(cc, None), [536; 10], "{cc:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::Controller;
+use super::{Controller, initial_window};
 
 // Constants for the Cubic congestion control algorithm.
 // See RFC 9438.
@@ -232,6 +232,9 @@ impl Controller for Cubic {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // RFC 6928 (RFC 9438 section 4.10 keeps slow start as in RFC 5681):
+        // the first flight is the initial window for this MSS.
+        self.cwnd = initial_window(mss);
         self.recompute_k();
     }
 

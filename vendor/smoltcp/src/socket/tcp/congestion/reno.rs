@@ -1,6 +1,6 @@
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::Controller;
+use super::{Controller, initial_window};
 
 const DEFAULT_MSS: usize = 1024;
 
@@ -101,6 +101,8 @@ impl Controller for Reno {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // RFC 6928: the first flight is the initial window for this MSS.
+        self.cwnd = initial_window(mss);
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
