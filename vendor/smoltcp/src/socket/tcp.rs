@@ -6483,15 +6483,14 @@ mod test {
         }));
     }
 
-    /// Completes a passive open with a peer that announced `peer_mss` (`None`:
-    /// no MSS option) and a 65535-byte window, queues 64 KiB, and returns the
-    /// payload sizes of the segments sent before any data is acknowledged.
+    /// A socket that completed a passive open with a peer that announced
+    /// `peer_mss` (`None`: no MSS option) and a 65535-byte window, with 64 KiB
+    /// queued to send and Nagle off (so a partial segment that fits the
+    /// window is sent too, and a flight shows the congestion window exactly).
     #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
-    fn first_flight(cc: CongestionControl, peer_mss: Option<u16>) -> Vec<usize> {
+    fn socket_after_handshake(cc: CongestionControl, peer_mss: Option<u16>) -> TestSocket {
         let mut s = socket_with_buffer_sizes(65536, 64);
         s.set_congestion_control(cc);
-        // Without Nagle a partial segment that fits the window is sent too,
-        // so the flight shows the congestion window to the byte.
         s.set_nagle_enabled(false);
         s.state = State::Listen;
         s.listen_endpoint = LISTEN_END;
@@ -6520,6 +6519,14 @@ mod test {
         );
         assert_eq!(s.state, State::Established);
         s.send_slice(&[b'x'; 65536][..]).unwrap();
+        s
+    }
+
+    /// Payload sizes of the segments sent after the handshake before any
+    /// data is acknowledged.
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn first_flight(cc: CongestionControl, peer_mss: Option<u16>) -> Vec<usize> {
+        let mut s = socket_after_handshake(cc, peer_mss);
         dispatch_all(&mut s, Instant::from_millis(0))
     }
 
@@ -6564,6 +6571,29 @@ mod test {
             assert_eq!(first_flight(cc, Some(1000)), [1000; 10], "{cc:?}");
             // Without an MSS option the sender uses RFC 9293's 536 bytes.
             assert_eq!(first_flight(cc, None), [536; 10], "{cc:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_delayed_ack_in_slow_start_releases_four_segments() {
+        for cc in controllers_with_window() {
+            let mut s = socket_after_handshake(cc, Some(1460));
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [1460; 10]);
+
+            // One ACK for two segments (a delayed ACK): two leave the network
+            // and slow start grows cwnd by two (RFC 3465, L = 2), so four go out.
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 2 * 1460),
+                window_len: 65535,
+                ..SEND_TEMPL
+            });
+            assert_eq!(
+                dispatch_all(&mut s, Instant::from_millis(50)),
+                [1460; 4],
+                "{cc:?}"
+            );
         }
     }
 

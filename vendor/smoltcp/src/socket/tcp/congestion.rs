@@ -21,6 +21,22 @@ pub(super) fn initial_window(mss: usize) -> usize {
     mss.saturating_mul(10).min(mss.saturating_mul(2).max(14600))
 }
 
+/// RFC 3465 (Appropriate Byte Counting) section 2.2: in slow start an ACK
+/// grows the window by the bytes it acknowledges, at most `L * SMSS` with
+/// L = 2, so a delayed ACK covering two segments grows it by two segments as
+/// two ACKs would. Section 2.3: in the slow start that follows a
+/// retransmission timeout, L = 1 (an ACK then may cover segments that had
+/// left the network long ago, and must not release a burst).
+#[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+pub(super) fn slow_start_increase(acked: usize, mss: usize, after_rto: bool) -> usize {
+    let limit = if after_rto {
+        mss
+    } else {
+        mss.saturating_mul(2)
+    };
+    acked.min(limit)
+}
+
 #[allow(unused_variables)]
 pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.

@@ -1,6 +1,6 @@
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::{Controller, initial_window};
+use super::{Controller, initial_window, slow_start_increase};
 
 // Constants for the Cubic congestion control algorithm.
 // See RFC 9438.
@@ -29,6 +29,9 @@ pub struct Cubic {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // Set on RTO, cleared when slow start ends: RFC 3465 section 2.3 limits
+    // slow start growth to one SMSS per ACK after a timeout.
+    slow_start_after_rto: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
@@ -47,6 +50,7 @@ impl Cubic {
             recovery_start: None,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            slow_start_after_rto: false,
             idle_start: None,
         };
         cubic.recompute_k();
@@ -104,14 +108,13 @@ impl Controller for Cubic {
             self.w_est = self.cwnd as f64;
             return;
         } else if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            self.cwnd = self
-                .cwnd
-                .saturating_add(segment)
-                .min(self.rwnd)
-                .max(self.mss);
+            // Slow start: grow by the bytes acknowledged, up to 2 SMSS per ACK.
+            let inc = slow_start_increase(len, self.mss, self.slow_start_after_rto);
+            self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
             return;
         }
+
+        self.slow_start_after_rto = false;
 
         // ca: RFC 9438 §4.2 and §4.3: Calculate W_cubic and W_est. Use whichever grows faster.
         let recovery_start = match self.recovery_start {
@@ -208,6 +211,7 @@ impl Controller for Cubic {
 
             self.recovery_start = Some(now);
             self.in_fast_recovery = true;
+            self.slow_start_after_rto = false;
             self.recompute_k();
         }
     }
@@ -222,6 +226,7 @@ impl Controller for Cubic {
         }
 
         self.cwnd = self.mss;
+        self.slow_start_after_rto = true;
         self.cwnd_prior = in_flight;
 
         // RFC 9438 §4.8: defer W_max and K reset to the start of the next CA stage.
@@ -509,6 +514,22 @@ mod test {
         ack(&mut cubic, MSS, Instant::from_millis(30));
         assert_eq!(cubic.window(), initial_cwnd + MSS);
         assert_eq!(cubic.ssthresh, initial_cwnd + MSS);
+    }
+
+    #[test]
+    fn slow_start_counts_bytes_up_to_two_segments_per_ack() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        let iw = cubic.window();
+
+        // RFC 3465 L = 2: a delayed ACK covering two segments grows the
+        // window by two segments; a stretch ACK by no more than two.
+        ack(&mut cubic, 2 * MSS, Instant::from_millis(1));
+        assert_eq!(cubic.window(), iw + 2 * MSS);
+        ack(&mut cubic, 5 * MSS, Instant::from_millis(2));
+        assert_eq!(cubic.window(), iw + 4 * MSS);
+        ack(&mut cubic, MSS / 2, Instant::from_millis(3));
+        assert_eq!(cubic.window(), iw + 4 * MSS + MSS / 2);
     }
 
     #[test]
