@@ -656,12 +656,9 @@ impl<'a> Socket<'a> {
     /// `CongestionControl::Cubic` represents a modern congestion control algorithm designed to
     /// be more efficient and fair compared to `CongestionControl::Reno`.
     /// It is the default choice for Linux, Windows, and macOS.
-    /// `CongestionControl::Cubic` relies on double precision (`f64`) floating point operations, which may cause issues in some contexts:
-    /// * Small embedded processors (such as Cortex-M0, Cortex-M1, and Cortex-M3) do not have an FPU, and floating point operations consume significant amounts of CPU time and Flash space.
-    /// * Interrupt handlers should almost always avoid floating-point operations.
-    /// * Kernel-mode code on desktop processors usually avoids FPU operations to reduce the penalty of saving and restoring FPU registers.
-    ///
-    /// In all these cases, `CongestionControl::Reno` is a better choice of congestion control algorithm.
+    /// Both are implemented in integer arithmetic (no floating point), so both are usable
+    /// without `std`, in kernels and in interrupt handlers; Cubic does a little more work per
+    /// ACK (a 128-bit multiplication and division) than Reno.
     pub fn set_congestion_control(&mut self, congestion_control: CongestionControl) {
         use congestion::*;
 
