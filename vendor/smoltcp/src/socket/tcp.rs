@@ -656,12 +656,9 @@ impl<'a> Socket<'a> {
     /// `CongestionControl::Cubic` represents a modern congestion control algorithm designed to
     /// be more efficient and fair compared to `CongestionControl::Reno`.
     /// It is the default choice for Linux, Windows, and macOS.
-    /// `CongestionControl::Cubic` relies on double precision (`f64`) floating point operations, which may cause issues in some contexts:
-    /// * Small embedded processors (such as Cortex-M0, Cortex-M1, and Cortex-M3) do not have an FPU, and floating point operations consume significant amounts of CPU time and Flash space.
-    /// * Interrupt handlers should almost always avoid floating-point operations.
-    /// * Kernel-mode code on desktop processors usually avoids FPU operations to reduce the penalty of saving and restoring FPU registers.
-    ///
-    /// In all these cases, `CongestionControl::Reno` is a better choice of congestion control algorithm.
+    /// Both are implemented in integer arithmetic (no floating point), so both are usable
+    /// without `std`, in kernels and in interrupt handlers; Cubic does a little more work per
+    /// ACK (a 128-bit multiplication and division) than Reno.
     pub fn set_congestion_control(&mut self, congestion_control: CongestionControl) {
         use congestion::*;
 
@@ -1906,11 +1903,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // The send MSS is known now (without the option, RFC 9293's default):
+                // the congestion controller sizes its initial window from it.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.tuple = Some(Tuple {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
@@ -1959,11 +1958,13 @@ impl<'a> Socket<'a> {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // The send MSS is known now (without the option, RFC 9293's default):
+                // the congestion controller sizes its initial window from it.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_mss(self.remote_mss);
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -6477,6 +6478,120 @@ mod test {
             payload: &data[..1024],
             ..RECV_TEMPL
         }));
+    }
+
+    /// A socket that completed a passive open with a peer that announced
+    /// `peer_mss` (`None`: no MSS option) and a 65535-byte window, with 64 KiB
+    /// queued to send and Nagle off (so a partial segment that fits the
+    /// window is sent too, and a flight shows the congestion window exactly).
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn socket_after_handshake(cc: CongestionControl, peer_mss: Option<u16>) -> TestSocket {
+        let mut s = socket_with_buffer_sizes(65536, 64);
+        s.set_congestion_control(cc);
+        s.set_nagle_enabled(false);
+        s.state = State::Listen;
+        s.listen_endpoint = LISTEN_END;
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                max_seg_size: peer_mss,
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        recv(&mut s, Instant::from_millis(0), |repr| {
+            assert_eq!(repr.unwrap().control, TcpControl::Syn)
+        });
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        s.send_slice(&[b'x'; 65536][..]).unwrap();
+        s
+    }
+
+    /// Payload sizes of the segments sent after the handshake before any
+    /// data is acknowledged.
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn first_flight(cc: CongestionControl, peer_mss: Option<u16>) -> Vec<usize> {
+        let mut s = socket_after_handshake(cc, peer_mss);
+        dispatch_all(&mut s, Instant::from_millis(0))
+    }
+
+    /// Payload sizes of everything the socket sends at `now` until it stops.
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn dispatch_all(s: &mut TestSocket, now: Instant) -> Vec<usize> {
+        s.cx.set_now(now);
+        let mut sizes = Vec::new();
+        for _ in 0..100 {
+            let mut sent = None;
+            s.socket
+                .dispatch(&mut s.cx, |_, _, (_, repr)| {
+                    sent = Some(repr.payload.len());
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            match sent {
+                Some(len) => sizes.push(len),
+                None => return sizes,
+            }
+        }
+        panic!("the socket kept sending: {sizes:?}");
+    }
+
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn controllers_with_window() -> Vec<CongestionControl> {
+        vec![
+            #[cfg(feature = "socket-tcp-reno")]
+            CongestionControl::Reno,
+            #[cfg(feature = "socket-tcp-cubic")]
+            CongestionControl::Cubic,
+        ]
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_first_flight_is_rfc6928_initial_window() {
+        for cc in controllers_with_window() {
+            // Ethernet MSS: ten full segments, 14600 bytes, as Linux sends.
+            assert_eq!(first_flight(cc, Some(1460)), [1460; 10], "{cc:?}");
+            // A smaller MSS still gets ten segments.
+            assert_eq!(first_flight(cc, Some(1000)), [1000; 10], "{cc:?}");
+            // Without an MSS option the sender uses RFC 9293's 536 bytes.
+            assert_eq!(first_flight(cc, None), [536; 10], "{cc:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_delayed_ack_in_slow_start_releases_four_segments() {
+        for cc in controllers_with_window() {
+            let mut s = socket_after_handshake(cc, Some(1460));
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [1460; 10]);
+
+            // One ACK for two segments (a delayed ACK): two leave the network
+            // and slow start grows cwnd by two (RFC 3465, L = 2), so four go out.
+            send!(s, time 50, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 2 * 1460),
+                window_len: 65535,
+                ..SEND_TEMPL
+            });
+            assert_eq!(
+                dispatch_all(&mut s, Instant::from_millis(50)),
+                [1460; 4],
+                "{cc:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,33 @@ pub(super) mod cubic;
 #[cfg(feature = "socket-tcp-reno")]
 pub(super) mod reno;
 
+/// RFC 6928 section 2: the initial congestion window in bytes for a sender
+/// maximum segment size of `mss` bytes, `min(10*MSS, max(2*MSS, 14600))`.
+///
+/// Linux sends this first flight (ten 1460-byte segments on Ethernet) since
+/// 2.6.39; starting at two segments instead costs about two round trips on
+/// every connection that sends more than a few kilobytes.
+#[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+pub(super) fn initial_window(mss: usize) -> usize {
+    mss.saturating_mul(10).min(mss.saturating_mul(2).max(14600))
+}
+
+/// RFC 3465 (Appropriate Byte Counting) section 2.2: in slow start an ACK
+/// grows the window by the bytes it acknowledges, at most `L * SMSS` with
+/// L = 2, so a delayed ACK covering two segments grows it by two segments as
+/// two ACKs would. Section 2.3: in the slow start that follows a
+/// retransmission timeout, L = 1 (an ACK then may cover segments that had
+/// left the network long ago, and must not release a burst).
+#[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+pub(super) fn slow_start_increase(acked: usize, mss: usize, after_rto: bool) -> usize {
+    let limit = if after_rto {
+        mss
+    } else {
+        mss.saturating_mul(2)
+    };
+    acked.min(limit)
+}
+
 #[allow(unused_variables)]
 pub(super) trait Controller {
     /// Returns the number of bytes that can be sent.
@@ -33,7 +60,10 @@ pub(super) trait Controller {
 
     fn post_transmit(&mut self, now: Instant, len: usize) {}
 
-    /// Set the maximum segment size.
+    /// Set the sender maximum segment size. The socket calls this once per
+    /// connection, when the SYN or SYN|ACK tells it the peer's MSS (or that it
+    /// sent none), before any data is sent: the controller also starts its
+    /// congestion window at the initial window for that MSS (RFC 6928).
     fn set_mss(&mut self, mss: usize) {}
 }
 
@@ -101,6 +131,42 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+        }
+    }
+}
+
+#[cfg(test)]
+#[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+mod test {
+    use super::*;
+
+    #[test]
+    fn initial_window_follows_rfc6928() {
+        // min(10*MSS, max(2*MSS, 14600))
+        assert_eq!(initial_window(1460), 14600);
+        assert_eq!(initial_window(536), 5360);
+        assert_eq!(initial_window(1000), 10000);
+        assert_eq!(initial_window(1461), 14600);
+        assert_eq!(initial_window(4000), 14600);
+        assert_eq!(initial_window(7300), 14600);
+        assert_eq!(initial_window(9000), 18000);
+        assert_eq!(initial_window(48), 480);
+        assert_eq!(initial_window(usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn set_mss_starts_at_the_initial_window() {
+        let controllers = [
+            #[cfg(feature = "socket-tcp-reno")]
+            AnyController::Reno(reno::Reno::new()),
+            #[cfg(feature = "socket-tcp-cubic")]
+            AnyController::Cubic(cubic::Cubic::new()),
+        ];
+        for mut cc in controllers {
+            for (mss, window) in [(1460, 14600), (536, 5360), (9000, 18000)] {
+                cc.inner_mut().set_mss(mss);
+                assert_eq!(cc.inner().window(), window, "{cc:?} mss {mss}");
+            }
         }
     }
 }

@@ -1,13 +1,33 @@
+//! CUBIC congestion control (RFC 9438) in integer arithmetic.
+//!
+//! Windows are in bytes, times in microseconds. The constants are RFC 9438's
+//! as exact fractions, so there is no floating point anywhere: the controller
+//! builds without `std` or `libm` and costs no FPU state in kernels and
+//! interrupt handlers.
+
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::Controller;
+use super::{Controller, initial_window, slow_start_increase};
 
-// Constants for the Cubic congestion control algorithm.
-// See RFC 9438.
-const BETA_CUBIC: f64 = 0.7;
-const C: f64 = 0.4;
-// RFC 9438 §4.3: α_cubic = 3(1-β)/(1+β). ~0.5294 for β=0.7.
-const ALPHA_CUBIC: f64 = 3.0 * (1.0 - BETA_CUBIC) / (1.0 + BETA_CUBIC);
+// RFC 9438 §4.6: β_cubic = 0.7.
+const BETA_NUM: usize = 7;
+const BETA_DEN: usize = 10;
+// RFC 9438 §4.7, fast convergence: W_max = cwnd * (1 + β_cubic) / 2 = cwnd * 17 / 20.
+const FAST_CONVERGENCE_NUM: usize = 17;
+const FAST_CONVERGENCE_DEN: usize = 20;
+// RFC 9438 §4.2: C = 0.4 (segments per second cubed).
+const C_NUM: u128 = 2;
+const C_DEN: u128 = 5;
+// RFC 9438 §4.3: α_cubic = 3(1 - β)/(1 + β) = 9/17, and 1 = 17/17 once W_est
+// has reached the window of the last congestion event.
+const ALPHA_DEN: u64 = 17;
+const ALPHA_CUBIC_NUM: u64 = 9;
+const ALPHA_RENO_NUM: u64 = 17;
+
+const MICROS_PER_SEC_CUBED: u128 = 1_000_000_000_000_000_000;
+// |t - K| is capped at 2^32 µs (71 minutes) so C * mss * |t - K|^3 fits in
+// u128; by then the window is long limited by the receive window.
+const MAX_CURVE_OFFSET_US: u64 = 1 << 32;
 
 const DEFAULT_MSS: usize = 1024;
 
@@ -19,8 +39,10 @@ pub struct Cubic {
     mss: usize,
     ssthresh: usize,
     rwnd: usize,
-    k: f64,            // cubic curve offset in seconds; depends only on w_max and mss
-    w_est: f64,        // RFC 9438 §4.3 reno-friendly window, integrated per ACK
+    k_us: u64,         // RFC 9438 §4.2 K: time to get back to w_max, in µs
+    w_est: usize,      // RFC 9438 §4.3 Reno-friendly window, integrated per ACK
+    w_est_carry: u64,  // remainder of W_est's growth, in 1/(ALPHA_DEN * cwnd) bytes
+    ca_carry: usize,   // remainder of cwnd's growth towards the target, in 1/cwnd bytes
     cwnd_prior: usize, // cwnd at the most recent congestion event; gates α_cubic
 
     recovery_start: Option<Instant>,
@@ -29,35 +51,55 @@ pub struct Cubic {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // Set on RTO, cleared when slow start ends: RFC 3465 section 2.3 limits
+    // slow start growth to one SMSS per ACK after a timeout.
+    slow_start_after_rto: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
 impl Cubic {
     pub fn new() -> Cubic {
-        let mut cubic = Cubic {
+        Cubic {
             w_max: DEFAULT_MSS * 2,
             cwnd: DEFAULT_MSS * 2,
             mss: DEFAULT_MSS,
             rwnd: 64 * DEFAULT_MSS,
             ssthresh: usize::MAX,
-            k: 0.0,
-            w_est: (DEFAULT_MSS * 2) as f64,
+            k_us: 0,
+            w_est: DEFAULT_MSS * 2,
+            w_est_carry: 0,
+            ca_carry: 0,
             cwnd_prior: DEFAULT_MSS * 2,
 
             recovery_start: None,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            slow_start_after_rto: false,
             idle_start: None,
-        };
-        cubic.recompute_k();
-        cubic
+        }
     }
 
-    // K = cbrt(w_max * (1 - beta) / C) ^ 1/3
-    fn recompute_k(&mut self) {
-        let c_as_bytes = C * self.mss as f64;
-        let k3 = (self.w_max as f64) * (1.0 - BETA_CUBIC) / c_as_bytes;
-        self.k = cube_root(k3);
+    // RFC 9438 §4.2 eq. 2: K = cbrt((W_max - cwnd_epoch) / C), with the
+    // windows in segments and K in seconds; here in bytes and microseconds:
+    // K_us = cbrt((w_max - cwnd_epoch) / (C * mss) * 10^18).
+    fn recompute_k(&mut self, cwnd_epoch: usize) {
+        let drop = self.w_max.saturating_sub(cwnd_epoch) as u128;
+        let mss = self.mss.max(1) as u128;
+        self.k_us = cube_root(drop * C_DEN * MICROS_PER_SEC_CUBED / (C_NUM * mss));
+    }
+
+    // RFC 9438 §4.2 eq. 1: W_cubic(t) = C * (t - K)^3 + W_max, in bytes, for
+    // t in microseconds since the start of the congestion avoidance stage.
+    fn w_cubic(&self, t_us: u64) -> usize {
+        let offset = t_us.abs_diff(self.k_us).min(MAX_CURVE_OFFSET_US) as u128;
+        let cubed = offset * offset * offset;
+        let delta = C_NUM * self.mss as u128 * cubed / (C_DEN * MICROS_PER_SEC_CUBED);
+        let delta = usize::try_from(delta).unwrap_or(usize::MAX);
+        if t_us >= self.k_us {
+            self.w_max.saturating_add(delta)
+        } else {
+            self.w_max.saturating_sub(delta)
+        }
     }
 
     // RFC 9438 §4.2: subtract the most recent idle period from t by sliding
@@ -70,6 +112,32 @@ impl Cubic {
         }
         self.idle_start = None;
     }
+
+    // RFC 9438 §4.3: W_est += α_cubic * segments_acked / cwnd (in segments),
+    // i.e. α_cubic * mss * acked / cwnd bytes, with the remainder carried.
+    fn grow_w_est(&mut self, acked: usize) {
+        let alpha = if self.w_est >= self.cwnd_prior {
+            ALPHA_RENO_NUM
+        } else {
+            ALPHA_CUBIC_NUM
+        };
+        let den = ALPHA_DEN * self.cwnd.max(1) as u64;
+        let credit = (alpha * self.mss as u64)
+            .saturating_mul(acked as u64)
+            .saturating_add(self.w_est_carry);
+        self.w_est_carry = credit % den;
+        let inc = usize::try_from(credit / den).unwrap_or(usize::MAX);
+        self.w_est = self.w_est.saturating_add(inc);
+    }
+
+    // A new congestion avoidance stage starts from `cwnd_epoch`.
+    fn start_epoch(&mut self, now: Instant, cwnd_epoch: usize) {
+        self.recovery_start = Some(now);
+        self.recompute_k(cwnd_epoch);
+        self.w_est = cwnd_epoch;
+        self.w_est_carry = 0;
+        self.ca_carry = 0;
+    }
 }
 
 impl Controller for Cubic {
@@ -78,8 +146,6 @@ impl Controller for Cubic {
     }
 
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
-        let segment = len.min(self.mss);
-
         self.absorb_idle(now);
 
         if in_flight == 0 {
@@ -101,17 +167,17 @@ impl Controller for Cubic {
         if self.in_fast_recovery {
             self.in_fast_recovery = false;
             self.cwnd = self.ssthresh;
-            self.w_est = self.cwnd as f64;
+            self.w_est = self.cwnd;
+            self.w_est_carry = 0;
             return;
         } else if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            self.cwnd = self
-                .cwnd
-                .saturating_add(segment)
-                .min(self.rwnd)
-                .max(self.mss);
+            // Slow start: grow by the bytes acknowledged, up to 2 SMSS per ACK.
+            let inc = slow_start_increase(len, self.mss, self.slow_start_after_rto);
+            self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
             return;
         }
+
+        self.slow_start_after_rto = false;
 
         // ca: RFC 9438 §4.2 and §4.3: Calculate W_cubic and W_est. Use whichever grows faster.
         let recovery_start = match self.recovery_start {
@@ -119,58 +185,41 @@ impl Controller for Cubic {
             None => {
                 // RFC 9438 §4.8: set W_max = cwnd and K = 0 at start of CA
                 self.w_max = self.cwnd;
-                self.k = 0.0;
-                self.w_est = self.cwnd as f64;
-                self.recovery_start = Some(now);
+                self.start_epoch(now, self.cwnd);
                 now
             }
         };
 
         // Elapsed time since the start of the recovery phase, in microseconds so the
         // cubic curve still advances between ACKs on sub-millisecond-RTT links.
-        let t = now.total_micros() - recovery_start.total_micros();
-        if t < 0 {
+        let Ok(t) = u64::try_from(now.total_micros() - recovery_start.total_micros()) else {
+            return;
+        };
+
+        // RFC 9438 §4.3: advance the Reno-friendly estimate and use it while
+        // it is ahead of the cubic curve.
+        self.grow_w_est(len);
+        if self.w_cubic(t) < self.w_est {
+            self.cwnd = self.w_est.min(self.rwnd).max(self.mss);
             return;
         }
 
-        // RFC 9438 §4.3: use cubic function to get suggested cwnd.
-        // W_cubic(t) = C(t - K)^3 + w_max, evaluated at the current time t.
-        let c_as_bytes = C * self.mss as f64;
-        let w_cubic = c_as_bytes * (t as f64 / 1_000_000.0 - self.k).powi(3) + self.w_max as f64;
+        // RFC 9438 §4.2: the congestion window target is W_cubic one RTT into
+        // the future, at least cwnd and at most 1.5 * cwnd. srtt is in
+        // milliseconds, floored at 1 ms so sub-ms RTTs still look ahead.
+        let srtt_us = (u64::from(rtt.smoothed_rtt()) * 1000).max(1000);
+        let target = self
+            .w_cubic(t.saturating_add(srtt_us))
+            .clamp(self.cwnd, self.cwnd.saturating_add(self.cwnd / 2));
 
-        // RFC 9438 §4.3: advance our reno-like suggested cwnd.
-        // When cwnd exceeds prior cwnd, change α_cubic to match Reno's AIMD.
-        let w_est = {
-            let alpha = if self.w_est >= self.cwnd_prior as f64 {
-                1.0
-            } else {
-                ALPHA_CUBIC
-            };
-
-            self.w_est += alpha * self.mss as f64 * segment as f64 / self.cwnd as f64;
-            self.w_est
-        };
-
-        // RFC 9438 §4.3: use the suggested window that grows fastest.
-        if w_cubic < w_est {
-            self.cwnd = (w_est as usize).min(self.rwnd).max(self.mss);
-            return;
-        }
-
-        // RFC 9438 §4.2: the congestion window target is W_cubic one RTT into the future.
-        let w_cubic_target = {
-            // srtt is in millis so floor at 1ms to ensure sub-ms RTTs don't ruin the lookahead.
-            let srtt = (rtt.smoothed_rtt() as u64 * 1000).max(1000);
-
-            let t_ahead = (t as f64 + srtt as f64) / 1_000_000.0;
-            let raw = c_as_bytes * (t_ahead - self.k).powi(3) + self.w_max as f64;
-            raw.min(1.5 * self.cwnd as f64) // clamp to avoid increasing faster than slow-start would
-        };
-
-        // TODO: clamps to 0 on small w_cubic_target (i.e. close to plateau)
-        // add additional counter (linux `cwnd_cnt`?) to track "lost" bytes
-        let increment = (w_cubic_target as usize).saturating_sub(self.cwnd) * segment / self.cwnd;
-        self.cwnd = (self.cwnd + increment).min(self.rwnd).max(self.mss);
+        // cwnd += (target - cwnd) / cwnd per segment acknowledged, counted in
+        // bytes, with the remainder carried so small steps are not lost.
+        let credit = (target - self.cwnd)
+            .saturating_mul(len)
+            .saturating_add(self.ca_carry);
+        self.ca_carry = credit % self.cwnd;
+        let inc = credit / self.cwnd;
+        self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
     }
 
     fn on_dup_ack(&mut self, _now: Instant, len: usize, _in_flight: usize) {
@@ -191,24 +240,22 @@ impl Controller for Cubic {
             // detect when it has recovered and switch α_cubic to 1.
             self.cwnd_prior = self.cwnd;
 
-            // TODO: Make this optional?
-            // RFC recommends (SHOULD) disabling if only a single CUBIC flow is on a network.
-            //
-            // RFC 9483.4.7: Fast Convergence
+            // RFC 9438 §4.7: Fast Convergence
             // If loss happened at a smaller cwnd than before, it indicates a new flow.
             // Reduce the cubic plateau more than usual to create headroom.
             self.w_max = if self.cwnd < self.w_max {
-                ((self.cwnd as f64) * (1.0 + BETA_CUBIC) / 2.0) as usize
+                self.cwnd.saturating_mul(FAST_CONVERGENCE_NUM) / FAST_CONVERGENCE_DEN
             } else {
                 self.cwnd
             };
 
-            self.ssthresh = ((in_flight as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
+            self.ssthresh = reduce(in_flight).max(2 * self.mss);
             self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
 
-            self.recovery_start = Some(now);
             self.in_fast_recovery = true;
-            self.recompute_k();
+            self.slow_start_after_rto = false;
+            // The next congestion avoidance stage starts from ssthresh.
+            self.start_epoch(now, self.ssthresh);
         }
     }
 
@@ -217,11 +264,12 @@ impl Controller for Cubic {
         // already been retransmitted by the timer (no new data was ACKed since
         // the previous RTO), ssthresh is held constant.
         if !self.in_rto_recovery {
-            self.ssthresh = ((in_flight as f64 * BETA_CUBIC) as usize).max(2 * self.mss);
+            self.ssthresh = reduce(in_flight).max(2 * self.mss);
             self.in_rto_recovery = true;
         }
 
         self.cwnd = self.mss;
+        self.slow_start_after_rto = true;
         self.cwnd_prior = in_flight;
 
         // RFC 9438 §4.8: defer W_max and K reset to the start of the next CA stage.
@@ -232,7 +280,9 @@ impl Controller for Cubic {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
-        self.recompute_k();
+        // RFC 6928 (RFC 9438 section 4.10 keeps slow start as in RFC 5681):
+        // the first flight is the initial window for this MSS.
+        self.cwnd = initial_window(mss);
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
@@ -242,66 +292,34 @@ impl Controller for Cubic {
     }
 }
 
-/// Efficient cube root using f64 bit tricks and Newton-Raphson.
+/// RFC 9438 §4.6: the window after a congestion event, `β_cubic * window`.
+fn reduce(window: usize) -> usize {
+    // window / 10 * 7 + the rest: exact floor without overflowing usize.
+    window / BETA_DEN * BETA_NUM + window % BETA_DEN * BETA_NUM / BETA_DEN
+}
+
+/// The integer cube root, `floor(cbrt(x))`, exact for every `u128`.
 ///
-/// a = mantissa * 2^e
-///
-/// cbrt(a) = cbrt(mantissa * 2^e)
-/// cbrt(a) = cbrt(mantissa) * cbrt(2^e)
-/// -> cbrt(2^e) = 2^(e/3)
-///     -> e = 3q + r
-///   -> 2^(e/3) = 2^(3q + r)
-///   -> 2^(e/3) = 2^q * 2^(r/3)
-/// cbrt(a) = cbrt(mantissa) * 2^q * 2^(r/3)
-///
-/// Floats are constructed from a mantissa and expontnet component.
-/// Cbrt of a float can be achieved by cbrt of these two components.
-///
-/// The mantissa is always between 1 and 2, putting the cbrt between 1
-/// and 1.2599. The slope of the curve between those two points is
-/// almost a straight line, so a linear interpolatoin between those
-/// two points gives an error less than 2%.
-///
-///
-/// The exponent `e` of `2^e` has two parts, tt's quotient and remainder: `e = 3q + r`.
-/// Which means cbrt `2^e` is cbrt `2^3q * 2^r` which becomes `2^q * 2^(r/3)`.
-///
-/// The remainder operation means `r` can only be 0, 1, or 2, so we can calaculate
-/// `2^(r/3)` ahead of time.
-///
-/// Multiplying everything gets us a pretty close answer to the true cbrt.
-/// `cbrt(a) = cbrt(mantissa) * 2^q * 2^(r/3)`
-///
-/// One or two Newton-Raphson iterations reduce any error enough not to matter.
-fn cube_root(a: f64) -> f64 {
-    if !(a >= f64::MIN_POSITIVE && a.is_finite()) {
-        return 0.0;
+/// Digit-by-digit (binary long-hand) extraction, three bits of `x` per bit
+/// of the root: with `y` the root so far, the next bit is 1 if
+/// `(2y + 1)^3 - (2y)^3 = 3 * 2y * (2y + 1) + 1` still fits in what is
+/// left of `x` at that position. 43 iterations, no multiplication wider
+/// than the result, no floating point.
+fn cube_root(x: u128) -> u64 {
+    let mut rest = x;
+    let mut root: u128 = 0;
+    let mut shift: i32 = 126; // the highest multiple of 3 below 128
+    while shift >= 0 {
+        root <<= 1;
+        let step = 3 * root * (root + 1) + 1;
+        // `step << shift <= rest` without overflow: compare at `rest`'s scale.
+        if rest >> shift >= step {
+            rest -= step << shift;
+            root += 1;
+        }
+        shift -= 3;
     }
-
-    const POW2_REM_OVER_3: [f64; 3] = [1.0, 1.2599210498948732, 1.5874010519681994];
-
-    // decompose a into IEEE-754 components
-    let bits = a.to_bits();
-
-    // extract mantissa, get rough cbrt using linear interpolation
-    let m = f64::from_bits((bits & 0x000F_FFFF_FFFF_FFFF) | 0x3FF0_0000_0000_0000);
-    let cbrt_m = m.mul_add(0.2599, 0.7401);
-
-    // extract exponent, break into quotient and remainder
-    // e = 3q + r where r ∈ {0, 1, 2}
-    let e = (((bits >> 52) & 0x7FF) as i64) - 1023;
-    let q = e.div_euclid(3);
-    let r = e.rem_euclid(3) as usize;
-
-    // calculate 2^q efficiently by constructing f64 from bits
-    let pow2q = f64::from_bits(((q + 1023) as u64) << 52);
-
-    // add cbrt mantissa and other component back in:
-    // cbrt mantiassa * 2^q * 2^(r/3)
-    let x = cbrt_m * pow2q * POW2_REM_OVER_3[r];
-
-    // a single iteration should bring us close enough
-    (2.0 * x + a / (x * x)) / 3.0
+    root as u64
 }
 
 #[cfg(test)]
@@ -311,6 +329,10 @@ mod test {
     use super::*;
 
     const MSS: usize = 1024;
+
+    // RFC 9438's β_cubic as the float the expectations below were written
+    // with; the controller itself computes with 7/10.
+    const BETA_CUBIC: f64 = 0.7;
 
     fn ack(cubic: &mut Cubic, len: usize, now: Instant) {
         cubic.on_ack(now, len, cubic.window().saturating_sub(MSS), &rtte())
@@ -325,11 +347,11 @@ mod test {
         let mut cubic = Cubic::new();
         cubic.set_mss(MSS);
         cubic.w_max = MSS * 32;
-        cubic.recompute_k();
 
         // Post-fast-recovery state: cwnd = ssthresh ≈ w_max * beta.
         cubic.cwnd = (MSS * 32 * 7) / 10;
         cubic.ssthresh = cubic.cwnd;
+        cubic.recompute_k(cubic.cwnd);
         cubic.recovery_start = Some(Instant::from_millis(0));
 
         // CA at small time intervals should grow by less than 1 MSS per ACK.
@@ -509,6 +531,22 @@ mod test {
     }
 
     #[test]
+    fn slow_start_counts_bytes_up_to_two_segments_per_ack() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        let iw = cubic.window();
+
+        // RFC 3465 L = 2: a delayed ACK covering two segments grows the
+        // window by two segments; a stretch ACK by no more than two.
+        ack(&mut cubic, 2 * MSS, Instant::from_millis(1));
+        assert_eq!(cubic.window(), iw + 2 * MSS);
+        ack(&mut cubic, 5 * MSS, Instant::from_millis(2));
+        assert_eq!(cubic.window(), iw + 4 * MSS);
+        ack(&mut cubic, MSS / 2, Instant::from_millis(3));
+        assert_eq!(cubic.window(), iw + 4 * MSS + MSS / 2);
+    }
+
+    #[test]
     fn progress_to_ca_via_rto() {
         let mut cubic = Cubic::new();
         cubic.set_mss(MSS);
@@ -545,7 +583,7 @@ mod test {
         let cwnd_at_ca_entry = cubic.window();
         ack(&mut cubic, MSS, Instant::from_millis(time));
         assert_eq!(cubic.w_max, cwnd_at_ca_entry);
-        assert_eq!(cubic.k, 0.0);
+        assert_eq!(cubic.k_us, 0);
         assert!(cubic.window() >= cwnd_at_ca_entry);
     }
 
@@ -610,28 +648,152 @@ mod test {
     }
 
     #[test]
-    fn test_cube_root() {
-        let mut max_err = 0.0;
-        let mut max_err_at = 0;
-        let mut max_err_expected = 0.0;
-        let mut max_err_found = 0.0;
+    fn cube_root_is_exact() {
+        // Every root on a grid, and its neighbours: floor(cbrt(r^3 - 1)) = r - 1.
+        for r in (1u128..2_000_000)
+            .step_by(997)
+            .chain([1, 2, 3, (1 << 42) - 1, 1 << 42])
+        {
+            let cube = r * r * r;
+            assert_eq!(cube_root(cube) as u128, r, "cbrt({cube})");
+            assert_eq!(cube_root(cube - 1) as u128, r - 1, "cbrt({cube} - 1)");
+            assert_eq!(cube_root(cube + 1) as u128, r, "cbrt({cube} + 1)");
+        }
+        assert_eq!(cube_root(0), 0);
+        // The largest input: 6981463658331^3 <= 2^128 - 1 < 6981463658332^3.
+        assert_eq!(cube_root(u128::MAX), 6_981_463_658_331);
+        // Between cubes: floor(cbrt(x)) for x spread over the u64 range.
+        let mut x: u128 = 7;
+        while x < u64::MAX as u128 {
+            let r = cube_root(x) as u128;
+            assert!(
+                r * r * r <= x && (r + 1) * (r + 1) * (r + 1) > x,
+                "cbrt({x}) = {r}"
+            );
+            x = x * 3 + 1;
+        }
+    }
 
-        for i in (1..1_000_000).step_by(99) {
-            let found = cube_root(i as f64);
-            let expected = (i as f64).cbrt();
-            let err = (found - expected).abs() / expected;
+    /// RFC 9438 eq. 1 and 2 in floating point, in bytes and seconds.
+    fn rfc9438_w_cubic(w_max: f64, cwnd_epoch: f64, mss: f64, t: f64) -> f64 {
+        let c = 0.4 * mss;
+        let k = ((w_max - cwnd_epoch) / c).cbrt();
+        c * (t - k).powi(3) + w_max
+    }
 
-            if err > max_err {
-                max_err = err;
-                max_err_at = i;
-                max_err_found = found;
-                max_err_expected = expected;
+    #[test]
+    fn w_cubic_follows_rfc9438() {
+        for mss in [536, 1448, 1460, 8960] {
+            for w_max_segments in [4, 10, 45, 100, 1000, 10_000, 100_000] {
+                let mut cubic = Cubic::new();
+                cubic.set_mss(mss);
+                cubic.w_max = w_max_segments * mss;
+                let cwnd_epoch = cubic.w_max * 7 / 10;
+                cubic.recompute_k(cwnd_epoch);
+
+                let k = ((cubic.w_max - cwnd_epoch) as f64 / (0.4 * mss as f64)).cbrt();
+                assert!((cubic.k_us as f64 - k * 1e6).abs() <= 1.0, "K {k} s");
+
+                // t from 0 to 2K + 5 s, in uneven steps.
+                let end_us = (2.0 * k * 1e6) as u64 + 5_000_000;
+                let mut t_us = 0;
+                while t_us <= end_us {
+                    let expected = rfc9438_w_cubic(
+                        cubic.w_max as f64,
+                        cwnd_epoch as f64,
+                        mss as f64,
+                        t_us as f64 / 1e6,
+                    );
+                    let found = cubic.w_cubic(t_us) as f64;
+                    // A floor of at most a microsecond in K and a byte in the
+                    // product: within a byte plus 10 ppm.
+                    let tolerance = 1.0 + expected.abs() * 1e-5;
+                    assert!(
+                        (found - expected.max(0.0)).abs() <= tolerance,
+                        "mss {mss} W_max {w_max_segments} segs, t {t_us} us: {found} vs {expected}"
+                    );
+                    t_us += 12_345 + t_us / 7;
+                }
             }
         }
+    }
 
+    #[test]
+    fn concave_then_convex_around_w_max() {
+        // After a loss at 100 segments, congestion avoidance climbs back
+        // towards W_max, flattens near it at t = K, then probes beyond.
+        let mss = 1460;
+        let mut cubic = Cubic::new();
+        cubic.set_mss(mss);
+        cubic.rwnd = usize::MAX;
+        cubic.cwnd = 100 * mss;
+        cubic.on_loss(Instant::from_millis(0), 100 * mss);
+        ack(&mut cubic, mss, Instant::from_millis(1)); // exits fast recovery
+        assert_eq!(cubic.window(), 70 * mss);
+        let k_ms = cubic.k_us / 1000;
+        // K = cbrt(30 / 0.4) = 4.217 s
+        assert_eq!(k_ms, 4217);
+
+        // Every ACK of one segment, 100 per 100 ms "round trip", for 8 s.
+        let mut samples = Vec::new();
+        for ms in 2..8000 {
+            cubic.on_ack(Instant::from_millis(ms), mss, cubic.window(), &rtte());
+            if ms % 500 == 0 {
+                samples.push(cubic.window());
+            }
+        }
+        let at = |ms: usize| samples[ms / 500 - 1];
+        // Below W_max before K, growing ever more slowly (concave)...
+        assert!(at(2000) < 100 * mss && at(4000) <= 100 * mss + mss);
+        assert!(at(1000) - at(500) > at(4000) - at(3500));
+        // ... and beyond it after K, ever faster (convex).
+        assert!(at(7500) > 100 * mss + 5 * mss);
+        assert!(at(7500) - at(7000) > at(5500) - at(5000));
+    }
+
+    #[test]
+    fn reno_friendly_region_uses_w_est() {
+        // With a small W_max the cubic curve is nearly flat for a short
+        // RTT; W_est (Reno's AIMD with α_cubic = 9/17) then sets the window.
+        let mss = 1000;
+        let mut cubic = Cubic::new();
+        cubic.set_mss(mss);
+        cubic.rwnd = usize::MAX;
+        cubic.cwnd = 20 * mss;
+        cubic.on_loss(Instant::from_millis(0), 20 * mss);
+        ack(&mut cubic, mss, Instant::from_millis(1));
+        assert_eq!(cubic.window(), 14 * mss);
+
+        // ACK one window's worth of bytes, one segment per ACK, within 10 ms:
+        // W_cubic(0.01 s) is still below 14 segments plus a fraction, W_est
+        // grows by α_cubic = 9/17 of a segment per window acknowledged.
+        for i in 0..14 {
+            cubic.on_ack(
+                Instant::from_micros(1000 + 500 * i),
+                mss,
+                cubic.window(),
+                &rtte(),
+            );
+        }
+        let growth = cubic.window() - 14 * mss;
+        let expected = mss * 9 / 17; // 529
         assert!(
-            max_err < 0.0005,
-            "cube_root({max_err_at}) = {max_err_found}, expected ~{max_err_expected}, rel err {max_err:.3e}"
+            (expected - 20..=expected).contains(&growth),
+            "grew {growth}, expected about {expected}"
         );
+    }
+
+    #[test]
+    fn fast_convergence_sets_w_max_to_17_20ths() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.w_max = MSS * 50;
+        cubic.cwnd = MSS * 40;
+        cubic.on_loss(Instant::from_millis(0), MSS * 40);
+        // (1 + β) / 2 = 0.85
+        assert_eq!(cubic.w_max, MSS * 34);
+        assert_eq!(cubic.ssthresh, MSS * 28);
+        // K from W_max - cwnd_epoch = 6 segments: cbrt(6 / 0.4) = 2.466 s.
+        assert_eq!(cubic.k_us / 1000, 2466);
     }
 }

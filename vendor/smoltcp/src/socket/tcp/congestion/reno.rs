@@ -1,6 +1,6 @@
 use crate::{socket::tcp::RttEstimator, time::Instant};
 
-use super::Controller;
+use super::{Controller, initial_window, slow_start_increase};
 
 const DEFAULT_MSS: usize = 1024;
 
@@ -17,6 +17,12 @@ pub struct Reno {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // Set on RTO, cleared when slow start ends: RFC 3465 section 2.3 limits
+    // slow start growth to one SMSS per ACK after a timeout.
+    slow_start_after_rto: bool,
+    // RFC 3465 section 2.1: bytes acknowledged in congestion avoidance that
+    // have not yet grown the window, as the remainder of SMSS * acked / cwnd.
+    ca_carry: usize,
 }
 
 impl Reno {
@@ -28,6 +34,8 @@ impl Reno {
             rwnd: 64 * DEFAULT_MSS,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            slow_start_after_rto: false,
+            ca_carry: 0,
         }
     }
 }
@@ -57,11 +65,18 @@ impl Controller for Reno {
         }
 
         let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+            // Slow start: grow by the bytes acknowledged, up to 2 SMSS per ACK.
+            slow_start_increase(len, self.mss, self.slow_start_after_rto)
         } else {
-            // Congestion avoidance: increase by ~1 MSS per RTT.
-            (self.mss * self.mss / self.cwnd).max(1)
+            // Congestion avoidance, RFC 3465 section 2.1: grow by SMSS for
+            // every cwnd bytes acknowledged, i.e. SMSS * acked / cwnd per ACK
+            // with the remainder carried, so one SMSS per round trip however
+            // many segments each ACK covers (RFC 5681's SMSS*SMSS/cwnd per ACK
+            // grows half as fast behind a delayed-ACK receiver).
+            self.slow_start_after_rto = false;
+            let credit = self.mss.saturating_mul(len).saturating_add(self.ca_carry);
+            self.ca_carry = credit % self.cwnd;
+            credit / self.cwnd
         };
 
         self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
@@ -80,6 +95,8 @@ impl Controller for Reno {
             self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
 
             self.in_fast_recovery = true;
+            self.slow_start_after_rto = false;
+            self.ca_carry = 0;
         }
     }
 
@@ -94,6 +111,8 @@ impl Controller for Reno {
 
         // cwnd collapses to the loss window (1 MSS) and we re-enter slow start.
         self.cwnd = self.mss;
+        self.slow_start_after_rto = true;
+        self.ca_carry = 0;
 
         // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
         self.in_fast_recovery = false
@@ -101,6 +120,8 @@ impl Controller for Reno {
 
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
+        // RFC 6928: the first flight is the initial window for this MSS.
+        self.cwnd = initial_window(mss);
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
@@ -397,6 +418,92 @@ mod test {
         ack(&mut reno, MSS, Instant::from_millis(2));
         reno.on_rto(Instant::from_millis(3), MSS * 4);
         assert_eq!(reno.ssthresh, MSS * 2);
+    }
+
+    #[test]
+    fn slow_start_counts_bytes_up_to_two_segments_per_ack() {
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        let iw = reno.window();
+
+        // RFC 3465 L = 2: a delayed ACK covering two segments grows the
+        // window by two segments, as two ACKs would have.
+        ack(&mut reno, 2 * MSS, Instant::from_millis(1));
+        assert_eq!(reno.window(), iw + 2 * MSS);
+
+        // A stretch ACK covering five segments still counts only two.
+        ack(&mut reno, 5 * MSS, Instant::from_millis(2));
+        assert_eq!(reno.window(), iw + 4 * MSS);
+
+        // Less than a segment counts its bytes.
+        ack(&mut reno, MSS / 2, Instant::from_millis(3));
+        assert_eq!(reno.window(), iw + 4 * MSS + MSS / 2);
+    }
+
+    #[test]
+    fn slow_start_after_rto_counts_one_segment_per_ack() {
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        reno.cwnd = MSS * 8;
+        reno.on_rto(Instant::from_millis(0), MSS * 8);
+        assert_eq!(reno.window(), MSS);
+        assert_eq!(reno.ssthresh, MSS * 4);
+
+        // RFC 3465 section 2.3: L = 1 in the slow start after a timeout.
+        for i in 1..=3 {
+            ack(&mut reno, 2 * MSS, Instant::from_millis(i));
+            assert_eq!(reno.window(), MSS + i as usize * MSS);
+        }
+        // At ssthresh: congestion avoidance, and the limit is over.
+        ack(&mut reno, MSS, Instant::from_millis(4));
+        assert!(!reno.slow_start_after_rto);
+    }
+
+    #[test]
+    fn congestion_avoidance_grows_one_segment_per_window_acked() {
+        // However many segments each ACK covers, acknowledging one window's
+        // worth of bytes grows cwnd by about one SMSS (RFC 3465 section 2.1).
+        // Counting ACKs instead (RFC 5681's SMSS*SMSS/cwnd per ACK) grows it
+        // by half a segment behind a receiver that ACKs every other segment.
+        for segments_per_ack in [1, 2, 3, 5] {
+            let mut reno = Reno::new();
+            reno.set_mss(MSS);
+            reno.cwnd = MSS * 30;
+            reno.ssthresh = MSS * 10;
+            let mut acked = 0;
+            let mut time = 0;
+            while acked < MSS * 30 {
+                time += 1;
+                ack(
+                    &mut reno,
+                    segments_per_ack * MSS,
+                    Instant::from_millis(time),
+                );
+                acked += segments_per_ack * MSS;
+            }
+            let growth = reno.window() - MSS * 30;
+            assert!(
+                (MSS * 95 / 100..=MSS).contains(&growth),
+                "{segments_per_ack} segments per ACK: grew {growth}"
+            );
+        }
+    }
+
+    #[test]
+    fn congestion_avoidance_carries_fractions() {
+        // With a large window each small ACK is worth a fraction of a byte;
+        // the remainder carries over instead of being rounded away (or up).
+        let mut reno = Reno::new();
+        reno.set_mss(1460);
+        reno.rwnd = usize::MAX;
+        reno.cwnd = 1_000_000;
+        reno.ssthresh = 1_000;
+        for i in 0..1000 {
+            ack(&mut reno, 100, Instant::from_millis(i));
+        }
+        // 1460 * 100_000 / 1_000_000 = 146
+        let growth = reno.window() - 1_000_000;
+        assert!((145..=146).contains(&growth), "grew {growth}");
     }
 
     #[test]
