@@ -2131,15 +2131,26 @@ impl<'a> Socket<'a> {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
+            // RFC 6675 (2): an ACK whose SACK blocks report data above the cumulative
+            // ACK is a duplicate ACK even if it also changes the window, as Linux
+            // receivers' ACKs do while their receive buffer drains.
+            let reports_sack = self.remote_has_sack
+                && repr
+                    .sack_ranges
+                    .iter()
+                    .flatten()
+                    .any(|&(left, _)| TcpSeqNumber(left as i32) > ack_number);
+
             match self.local_rx_last_ack {
-                // Duplicate ACK if payload empty and ACK doesn't move send window ->
+                // Duplicate ACK if payload empty and ACK doesn't move send window
+                // (RFC 5681 (2)), or carries SACK information (RFC 6675 (2)) ->
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && (!is_window_update || reports_sack) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -7190,6 +7201,97 @@ mod test {
             s.local_rx_dup_acks, 0,
             "duplicate ACK counter is not reset when receiving a window update"
         );
+    }
+
+    #[test]
+    fn test_fast_retransmit_from_sack_acks_that_update_the_window() {
+        // A Linux receiver answers out-of-order data with ACKs that carry SACK blocks
+        // and, as its buffer drains, a different window each time. RFC 6675 counts them
+        // as duplicate ACKs; the third one triggers a fast retransmit.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 6;
+        s.send_slice(b"aaaaaabbbbbbccccccdddddd").unwrap();
+        for (i, chunk) in [b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd"]
+            .iter()
+            .enumerate()
+        {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    &chunk[..],
+                ..RECV_TEMPL
+            }));
+        }
+        // The ACK of earlier data (here: the handshake).
+        send!(s, time 1040, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        // The first segment is lost; the others arrive and are SACKed.
+        let sack_from = (LOCAL_SEQ + 1 + 6).0 as u32;
+        for (i, window_len) in [200u16, 210, 220].into_iter().enumerate() {
+            send!(s, time 1050, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                sack_ranges: [Some((sack_from, sack_from + 6 * (i as u32 + 1))), None, None],
+                ..SEND_TEMPL
+            });
+            assert_eq!(
+                s.local_rx_dup_acks,
+                i as u8 + 1,
+                "SACK-bearing ACK not counted"
+            );
+        }
+        // Fast retransmit of the hole, long before the RTO.
+        recv!(s, time 1051, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_window_update_without_sack_is_not_a_duplicate_ack() {
+        // Without SACK information a window change still marks a window update,
+        // not a duplicate ACK (RFC 5681 (2) condition (e)); nor do SACK blocks count
+        // from a peer that did not negotiate SACK.
+        for remote_has_sack in [true, false] {
+            let mut s = socket_established();
+            s.remote_has_sack = remote_has_sack;
+            s.send_slice(b"abcdef").unwrap();
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    &b"abcdef"[..],
+                ..RECV_TEMPL
+            }));
+            send!(s, time 1050, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+            let sack = if remote_has_sack {
+                None
+            } else {
+                let left = (LOCAL_SEQ + 1 + 3).0 as u32;
+                Some((left, left + 3))
+            };
+            for window_len in [300u16, 310, 320] {
+                send!(s, time 1050, TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    window_len,
+                    sack_ranges: [sack, None, None],
+                    ..SEND_TEMPL
+                });
+            }
+            assert_eq!(s.local_rx_dup_acks, 0);
+            recv_nothing!(s, time 1051);
+        }
     }
 
     #[test]
