@@ -296,6 +296,93 @@ impl RttEstimator {
     }
 }
 
+/// How many SACKed ranges the sender remembers. Ranges that do not fit are forgotten,
+/// which costs at most the needless retransmission of data the peer already holds.
+const SACK_SCOREBOARD_LEN: usize = 4;
+
+/// The sender's record of SACKed data (RFC 6675 (3) "scoreboard", simplified): up to
+/// `SACK_SCOREBOARD_LEN` ranges of sent data the peer reported holding, above the
+/// cumulative ACK, sorted, disjoint and not adjacent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct SackScoreboard {
+    ranges: [Option<(TcpSeqNumber, TcpSeqNumber)>; SACK_SCOREBOARD_LEN],
+}
+
+impl SackScoreboard {
+    fn clear(&mut self) {
+        *self = SackScoreboard::default();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (TcpSeqNumber, TcpSeqNumber)> + '_ {
+        self.ranges.iter().flatten().copied()
+    }
+
+    /// Forget what the cumulative ACK `ack` covers.
+    fn advance(&mut self, ack: TcpSeqNumber) {
+        let mut kept = SackScoreboard::default();
+        for (slot, (left, right)) in kept
+            .ranges
+            .iter_mut()
+            .zip(self.iter().filter(|&(_, right)| right > ack))
+        {
+            *slot = Some((left.max(ack), right));
+        }
+        *self = kept;
+    }
+
+    /// Record that the peer holds `left..right`, merging it with the ranges it
+    /// overlaps or touches. If more ranges result than fit, the highest is forgotten:
+    /// the lowest ones bound the holes that hold back the cumulative ACK.
+    fn insert(&mut self, left: TcpSeqNumber, right: TcpSeqNumber) {
+        if left >= right {
+            return;
+        }
+        let mut all = [None; SACK_SCOREBOARD_LEN + 1];
+        all[0] = Some((left, right));
+        all[1..].copy_from_slice(&self.ranges);
+        // Insertion sort by left edge; `None` sorts last.
+        for i in 1..all.len() {
+            let mut j = i;
+            while j > 0 && Self::before(all[j], all[j - 1]) {
+                all.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+        let mut merged = SackScoreboard::default();
+        let mut n = 0;
+        for (left, right) in all.iter().flatten().copied() {
+            match merged.ranges[..n].last_mut() {
+                Some(Some((_, last_right))) if left <= *last_right => {
+                    *last_right = (*last_right).max(right);
+                }
+                _ if n < SACK_SCOREBOARD_LEN => {
+                    merged.ranges[n] = Some((left, right));
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        *self = merged;
+    }
+
+    fn before(
+        a: Option<(TcpSeqNumber, TcpSeqNumber)>,
+        b: Option<(TcpSeqNumber, TcpSeqNumber)>,
+    ) -> bool {
+        match (a, b) {
+            (Some((a, _)), Some((b, _))) => a < b,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// The right edge of the highest SACKed range.
+    fn highest(&self) -> Option<TcpSeqNumber> {
+        self.iter().map(|(_, right)| right).last()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 enum Timer {
@@ -545,6 +632,13 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// Data the peer reported holding in SACK blocks (RFC 6675 scoreboard).
+    sacked: SackScoreboard,
+    /// While in fast recovery (RFC 6675 (5)), its end: SND.MAX when it began.
+    recovery_point: Option<TcpSeqNumber>,
+    /// In fast recovery, where the search for the next hole to resend starts
+    /// (one past the highest retransmitted byte, RFC 6675's HighRxt).
+    rexmit_next: TcpSeqNumber,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -637,6 +731,9 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            sacked: SackScoreboard::default(),
+            recovery_point: None,
+            rexmit_next: TcpSeqNumber::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -971,6 +1068,11 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
+        self.pending_fast_retransmit = false;
+        self.sacked.clear();
+        self.recovery_point = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1455,6 +1557,40 @@ impl<'a> Socket<'a> {
     /// drop each other's ACKs for ever, each resending data the other already has.
     fn empty_segment_seq(&self) -> TcpSeqNumber {
         self.remote_max_seq.max(self.remote_last_seq)
+    }
+
+    /// In fast recovery, the next range to resend, at most `mss` long: RFC 6675's
+    /// NextSeg rule (1), simplified. Data not SACKed but below SACKed data is taken as
+    /// lost; ranges already resent in this recovery (below `rexmit_next`) and SACKed
+    /// ranges are skipped. Without SACK information this is NewReno (RFC 6582): the
+    /// first unacknowledged segment, once per advance of the cumulative ACK.
+    fn next_hole(&self, mss: usize) -> Option<(TcpSeqNumber, usize)> {
+        self.recovery_point?;
+        let sent_end = self.local_seq_no + self.tx_buffer.len().min(self.flight_size_max());
+        let mut start = self.local_seq_no.max(self.rexmit_next);
+        let mut end = sent_end;
+        for (left, right) in self.sacked.iter() {
+            if left <= start && start < right {
+                start = right;
+            } else if start < left {
+                end = end.min(left);
+                break;
+            }
+        }
+        match self.sacked.highest() {
+            Some(highest) if start < highest => {}
+            _ if start == self.local_seq_no && self.sacked.highest().is_none() => {}
+            _ => return None,
+        }
+        if start >= end {
+            return None;
+        }
+        Some((start, (end - start).min(mss)))
+    }
+
+    /// Octets sent at least once and not yet acknowledged (up to SND.MAX).
+    fn flight_size_max(&self) -> usize {
+        self.empty_segment_seq() - self.local_seq_no
     }
 
     fn cwnd_remaining(&self) -> usize {
@@ -2188,8 +2324,12 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // A loss starts one fast recovery; duplicate ACKs within it do
+                    // not start another (RFC 6675 (5), RFC 6582).
+                    if self.local_rx_dup_acks == 3 && self.recovery_point.is_none() {
                         self.timer.set_for_fast_retransmit();
+                        self.recovery_point = Some(self.empty_segment_seq());
+                        self.rexmit_next = self.local_seq_no;
                         net_debug!("started fast retransmit");
                     }
 
@@ -2236,6 +2376,28 @@ impl<'a> Socket<'a> {
                 self.remote_last_seq = self.local_seq_no
             }
             self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+
+            // RFC 6675 (3): remember what the SACK blocks report, within what we sent.
+            self.sacked.advance(ack_number);
+            if self.remote_has_sack {
+                for &(left, right) in repr.sack_ranges.iter().flatten() {
+                    let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+                    if ack_number <= left && right <= self.remote_max_seq {
+                        self.sacked.insert(left, right);
+                    }
+                }
+            }
+
+            // RFC 6675 (5): fast recovery ends when everything outstanding at its start
+            // is acknowledged; until then each ACK lets one hole be resent.
+            if let Some(recovery_point) = self.recovery_point {
+                if ack_number >= recovery_point {
+                    self.recovery_point = None;
+                    net_debug!("fast recovery done");
+                } else if self.next_hole(1).is_some() {
+                    self.pending_fast_retransmit = true;
+                }
+            }
         }
 
         // update last remote tsval
@@ -2371,7 +2533,7 @@ impl<'a> Socket<'a> {
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+        if self.pending_fast_retransmit && self.next_hole(1).is_some() {
             return true;
         }
 
@@ -2560,6 +2722,12 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
 
+                // A timeout ends fast recovery; RFC 2018 (8): after a timeout the
+                // receiver may have dropped SACKed data, so forget what it reported.
+                self.recovery_point = None;
+                self.pending_fast_retransmit = false;
+                self.sacked.clear();
+
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
             } else {
@@ -2704,14 +2872,21 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
-
+                let hole = if self.pending_fast_retransmit {
                     self.pending_fast_retransmit = false;
+                    self.next_hole(effective_mss)
+                } else {
+                    None
+                };
 
-                    0
+                let offset = if let Some((seq, size)) = hole {
+                    // Resend one hole (fast retransmit, or fast recovery).
+                    let offset = seq - self.local_seq_no;
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    self.rexmit_next = seq + repr.payload.len();
+
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -7323,6 +7498,226 @@ mod test {
             assert_eq!(s.local_rx_dup_acks, 0);
             recv_nothing!(s, time 1051);
         }
+    }
+
+    /// Send `chunks` (6 octets each, `remote_mss` 6) at time 1000 and check each goes out.
+    fn send_segments(s: &mut TestSocket, chunks: &[&'static [u8; 6]]) {
+        s.remote_mss = 6;
+        for chunk in chunks {
+            s.send_slice(&chunk[..]).unwrap();
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            recv(s, Instant::from_millis(1000), |repr| {
+                let repr = repr.unwrap();
+                assert_eq!(repr.seq_number, LOCAL_SEQ + 1 + 6 * i);
+                assert_eq!(repr.payload, &chunk[..]);
+            });
+        }
+        recv_nothing(s, Instant::from_millis(1000));
+    }
+
+    fn sack_block(from: usize, to: usize) -> Option<(u32, u32)> {
+        Some((
+            (LOCAL_SEQ + 1 + from).0 as u32,
+            (LOCAL_SEQ + 1 + to).0 as u32,
+        ))
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_only_the_holes() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(
+            &mut s,
+            &[b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd", b"eeeeee"],
+        );
+        // "bbbbbb" and "dddddd" are lost. The peer acknowledges "aaaaaa", then SACKs
+        // what arrives after the first hole.
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        send!(s, time 1051, dup_ack([sack_block(12, 18), None, None]));
+        send!(s, time 1052, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv_nothing!(s, time 1052);
+        send!(s, time 1053, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        // Third duplicate ACK: the first hole is resent.
+        recv!(s, time 1053, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"bbbbbb"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1053);
+        // The next ACK lets the second hole go; "cccccc", SACKed, is skipped.
+        send!(s, time 1054, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv!(s, time 1054, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 18,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"dddddd"[..],
+            ..RECV_TEMPL
+        }));
+        // No hole is left below the SACKed data: further ACKs send nothing, and
+        // "eeeeee" is never resent.
+        send!(s, time 1055, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv_nothing!(s, time 1055);
+        // The resent segments arrive: everything is acknowledged, recovery ends.
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 24),
+            sack_ranges: [sack_block(24, 30), None, None],
+            ..SEND_TEMPL
+        });
+        assert!(s.recovery_point.is_some());
+        recv_nothing!(s, time 1100);
+        send!(s, time 1101, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 30),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None);
+        assert_eq!(s.sacked, SackScoreboard::default());
+        recv_nothing!(s, time 1101);
+    }
+
+    #[test]
+    fn test_partial_ack_resends_next_segment_without_sack() {
+        // NewReno (RFC 6582): in fast recovery, an ACK that covers part of the data
+        // outstanding at its start resends the next unacknowledged segment at once.
+        let mut s = socket_established();
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd"]);
+        // "aaaaaa" and "cccccc" are lost.
+        let ack = |n| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + n),
+            ..SEND_TEMPL
+        };
+        for t in 1050..1054 {
+            send!(s, time t, ack(0));
+        }
+        recv!(s, time 1054, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        // A fourth duplicate resends nothing more: "aaaaaa" is on its way.
+        send!(s, time 1055, ack(0));
+        recv_nothing!(s, time 1055);
+        // "aaaaaa" arrives, "bbbbbb" was held: partial ACK, "cccccc" goes at once.
+        send!(s, time 1100, ack(12));
+        recv!(s, time 1100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"cccccc"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1100);
+        send!(s, time 1150, ack(24));
+        assert_eq!(s.recovery_point, None);
+        recv_nothing!(s, time 1150);
+    }
+
+    #[test]
+    fn test_rto_forgets_sack_information_and_recovery() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb"]);
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(6, 12), None, None],
+            ..SEND_TEMPL
+        });
+        assert_ne!(s.sacked, SackScoreboard::default());
+        // RFC 2018 (8): after a timeout the sender may not rely on SACKed data.
+        recv!(s, time 2000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.sacked, SackScoreboard::default());
+        assert_eq!(s.recovery_point, None);
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_rto_resends_one_segment_at_a_time_with_reno() {
+        // RFC 5681 (3.1): after a timeout the congestion window is one segment; the
+        // rewound sender resends the window in slow start, not all at once.
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::Reno);
+        s.congestion_controller.inner_mut().set_mss(6);
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb", b"cccccc"]);
+        recv!(s, time 2000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 2000);
+        // Its ACK lets two more go (slow start).
+        send!(s, time 2050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 2050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"bbbbbb"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 2050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"cccccc"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_sack_scoreboard() {
+        let seq = |n: i32| TcpSeqNumber(n);
+        let ranges = |b: &SackScoreboard| b.iter().map(|(l, r)| (l.0, r.0)).collect::<Vec<_>>();
+        let mut b = SackScoreboard::default();
+        b.insert(seq(30), seq(40));
+        b.insert(seq(10), seq(20));
+        b.insert(seq(50), seq(60));
+        assert_eq!(ranges(&b), [(10, 20), (30, 40), (50, 60)]);
+        // Touching and overlapping blocks merge.
+        b.insert(seq(20), seq(25));
+        b.insert(seq(35), seq(52));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60)]);
+        assert_eq!(b.highest(), Some(seq(60)));
+        // Empty blocks are ignored.
+        b.insert(seq(70), seq(70));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60)]);
+        // When full, the highest range is forgotten.
+        b.insert(seq(70), seq(71));
+        b.insert(seq(80), seq(81));
+        b.insert(seq(90), seq(91));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60), (70, 71), (80, 81)]);
+        b.insert(seq(0), seq(5));
+        assert_eq!(ranges(&b), [(0, 5), (10, 25), (30, 60), (70, 71)]);
+        // The cumulative ACK trims and drops ranges.
+        b.advance(seq(12));
+        assert_eq!(ranges(&b), [(12, 25), (30, 60), (70, 71)]);
+        b.advance(seq(71));
+        assert_eq!(ranges(&b), []);
+        assert_eq!(b.highest(), None);
+        // Sequence numbers wrap.
+        b.insert(seq(i32::MAX - 5), seq(i32::MIN + 5));
+        b.advance(seq(i32::MAX));
+        assert_eq!(ranges(&b), [(i32::MAX, i32::MIN + 5)]);
     }
 
     #[test]
