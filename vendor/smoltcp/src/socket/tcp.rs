@@ -1724,6 +1724,22 @@ impl<'a> Socket<'a> {
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
             }
+
+            // RFC 2018 (4): report as many distinct blocks as fit, the first block
+            // followed by the most recently reported ones. Without a record of what was
+            // reported, take the highest other ranges, highest first: data mostly
+            // arrives in order, so these are the ones that came last.
+            let first = reply_repr.sack_ranges[0];
+            let mut others = [None; 2];
+            for range in self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| ((ack + left).0 as u32, (ack + right).0 as u32))
+                .filter(|&range| Some(range) != first)
+            {
+                others = [Some(range), others[0]];
+            }
+            reply_repr.sack_ranges[1..].copy_from_slice(&others);
         }
 
         // Since the sACK option may have changed the length of the payload, update that.
@@ -4931,6 +4947,70 @@ mod test {
                         None,
                         None
                     ],
+                    ..RECV_TEMPL
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn test_established_rfc2018_case_3_reports_three_blocks() {
+        let (mut s, segment) = setup_rfc2018_cases();
+        // RFC 2018, case 3: the 2nd, 4th, 6th and 8th (last) segments are dropped.
+        //
+        //   Triggering  ACK    First Block   2nd Block     3rd Block
+        //   Segment            Left   Right  Left   Right  Left   Right
+        //
+        //   5000       5500
+        //   5500       (lost)
+        //   6000       5500    6000   6500
+        //   6500       (lost)
+        //   7000       5500    7000   7500   6000   6500
+        //   7500       (lost)
+        //   8000       5500    8000   8500   7000   7500   6000   6500
+        //   8500       (lost)
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5000,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                window_len: 3500,
+                ..RECV_TEMPL
+            }]
+        );
+        let block = |from: usize| {
+            Some((
+                (REMOTE_SEQ + 1 + from).0 as u32,
+                (REMOTE_SEQ + 1 + from + 500).0 as u32,
+            ))
+        };
+        for (offset, sack_ranges) in [
+            (6000, [block(6000), None, None]),
+            (7000, [block(7000), block(6000), None]),
+            (8000, [block(8000), block(7000), block(6000)]),
+        ] {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                    window_len: 3500,
+                    sack_ranges,
                     ..RECV_TEMPL
                 })
             );
