@@ -10366,11 +10366,11 @@ mod test {
             payload: &b"def"[..],
             ..RECV_TEMPL
         };
-        recv!(s, time 10, Ok(def.clone()));
+        recv!(s, time 10, Ok(def));
         let mut at = 10;
         for rto in [200, 400, 800] {
             recv_nothing!(s, time at + rto - 1);
-            recv!(s, time at + rto, Ok(def.clone()));
+            recv!(s, time at + rto, Ok(def));
             at += rto;
         }
         assert_eq!(at, 1410);
@@ -10389,9 +10389,9 @@ mod test {
             payload: &b"ghi"[..],
             ..RECV_TEMPL
         };
-        recv!(s, time 1420, Ok(ghi.clone()));
+        recv!(s, time 1420, Ok(ghi));
         recv_nothing!(s, time 1420 + 1599);
-        recv!(s, time 1420 + 1600, Ok(ghi.clone()));
+        recv!(s, time 1420 + 1600, Ok(ghi));
 
         // A segment sent once and acknowledged is a valid sample again: back to 200 ms.
         send!(s, time 3030, TcpRepr {
@@ -10406,7 +10406,7 @@ mod test {
             payload: &b"jkl"[..],
             ..RECV_TEMPL
         };
-        recv!(s, time 3030, Ok(jkl.clone()));
+        recv!(s, time 3030, Ok(jkl));
         send!(s, time 3040, TcpRepr {
             seq_number: REMOTE_SEQ + 1,
             ack_number: Some(LOCAL_SEQ + 1 + 12),
@@ -10419,7 +10419,7 @@ mod test {
             payload: &b"mno"[..],
             ..RECV_TEMPL
         };
-        recv!(s, time 3040, Ok(mno.clone()));
+        recv!(s, time 3040, Ok(mno));
         recv_nothing!(s, time 3040 + 199);
         recv!(s, time 3040 + 200, Ok(mno));
     }
@@ -10453,7 +10453,7 @@ mod test {
             payload: &b"def"[..],
             ..RECV_TEMPL
         };
-        recv!(s, time 10, Ok(def.clone()));
+        recv!(s, time 10, Ok(def));
         recv_nothing!(s, time 1009);
         recv!(s, time 1010, Ok(def));
     }
