@@ -377,6 +377,11 @@ impl SackScoreboard {
         }
     }
 
+    /// Whether `left..right` lies within one recorded range.
+    fn covers(&self, left: TcpSeqNumber, right: TcpSeqNumber) -> bool {
+        self.iter().any(|(l, r)| l <= left && right <= r)
+    }
+
     /// The right edge of the highest SACKed range.
     fn highest(&self) -> Option<TcpSeqNumber> {
         self.iter().map(|(_, right)| right).last()
@@ -2306,14 +2311,13 @@ impl<'a> Socket<'a> {
             // refractor the following block within that implementation
 
             // RFC 6675 (2): an ACK whose SACK blocks report data above the cumulative
-            // ACK is a duplicate ACK even if it also changes the window, as Linux
-            // receivers' ACKs do while their receive buffer drains.
+            // ACK, not reported before, is a duplicate ACK even if it also changes the
+            // window, as Linux receivers' ACKs do while their receive buffer drains.
             let reports_sack = self.remote_has_sack
-                && repr
-                    .sack_ranges
-                    .iter()
-                    .flatten()
-                    .any(|&(left, _)| TcpSeqNumber(left as i32) > ack_number);
+                && repr.sack_ranges.iter().flatten().any(|&(left, right)| {
+                    let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+                    left > ack_number && !self.sacked.covers(left, right)
+                });
 
             match self.local_rx_last_ack {
                 // Duplicate ACK if payload empty and ACK doesn't move send window
@@ -7538,6 +7542,33 @@ mod test {
             payload:    &b"aaaaaa"[..],
             ..RECV_TEMPL
         }));
+    }
+
+    #[test]
+    fn test_window_update_repeating_old_sack_is_not_a_duplicate_ack() {
+        // RFC 6675 (2): only SACK blocks that report something new make a window
+        // update count as a duplicate ACK.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb"]);
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        let ack = |window_len, sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len,
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        send!(s, time 1051, ack(300, [sack_block(6, 9), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 1);
+        send!(s, time 1052, ack(310, [sack_block(6, 9), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 0, "old SACK information counted");
+        send!(s, time 1053, ack(320, [sack_block(6, 12), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 1);
     }
 
     #[test]
