@@ -19,6 +19,8 @@ use crate::wire::{
 };
 
 mod congestion;
+#[cfg(all(test, feature = "medium-ip", feature = "proto-ipv4"))]
+mod lossy_tests;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -151,8 +153,12 @@ const RTTE_MIN_MARGIN: u32 = 5;
 const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
-// RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// RTO SHOULD be rounded up to 1 second. That is a SHOULD, kept conservative while
+// "acknowledging that at some future point, research may show that a smaller minimum
+// RTO is acceptable or superior"; Linux uses 200 ms, and a 1 s floor makes every
+// timeout on a short path cost many round trips. This is the default of
+// `Socket::set_rto_min`; upstream may prefer to keep 1000 here.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -173,6 +179,8 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// Lower bound of a computed RTO (RFC 6298 (2.4)), in milliseconds.
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
@@ -185,6 +193,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto: RTTE_MIN_RTO,
         }
     }
 }
@@ -214,7 +223,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -225,6 +234,15 @@ impl RttEstimator {
             self.rttvar,
             self.rto
         );
+    }
+
+    /// Set the RTO floor, clamped to 1 ms..=60 s. A computed RTO below the new floor
+    /// is raised to it at once; the initial RTO and a backed-off RTO are left alone.
+    fn set_min_rto(&mut self, min_rto: Duration) {
+        self.min_rto = (min_rto.total_millis().min(RTTE_MAX_RTO as u64) as u32).max(1);
+        if self.have_measurement {
+            self.rto = self.rto.max(self.min_rto);
+        }
     }
 
     fn on_send(&mut self, timestamp: Instant, seq: TcpSeqNumber) {
@@ -275,6 +293,98 @@ impl RttEstimator {
             tcp_trace!("rtte: abort sampling due to retransmit");
         }
         self.timestamp = None;
+    }
+}
+
+/// How many SACKed ranges the sender remembers. Ranges that do not fit are forgotten,
+/// which costs at most the needless retransmission of data the peer already holds.
+const SACK_SCOREBOARD_LEN: usize = 4;
+
+/// The sender's record of SACKed data (RFC 6675 (3) "scoreboard", simplified): up to
+/// `SACK_SCOREBOARD_LEN` ranges of sent data the peer reported holding, above the
+/// cumulative ACK, sorted, disjoint and not adjacent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+struct SackScoreboard {
+    ranges: [Option<(TcpSeqNumber, TcpSeqNumber)>; SACK_SCOREBOARD_LEN],
+}
+
+impl SackScoreboard {
+    fn clear(&mut self) {
+        *self = SackScoreboard::default();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (TcpSeqNumber, TcpSeqNumber)> + '_ {
+        self.ranges.iter().flatten().copied()
+    }
+
+    /// Forget what the cumulative ACK `ack` covers.
+    fn advance(&mut self, ack: TcpSeqNumber) {
+        let mut kept = SackScoreboard::default();
+        for (slot, (left, right)) in kept
+            .ranges
+            .iter_mut()
+            .zip(self.iter().filter(|&(_, right)| right > ack))
+        {
+            *slot = Some((left.max(ack), right));
+        }
+        *self = kept;
+    }
+
+    /// Record that the peer holds `left..right`, merging it with the ranges it
+    /// overlaps or touches. If more ranges result than fit, the highest is forgotten:
+    /// the lowest ones bound the holes that hold back the cumulative ACK.
+    fn insert(&mut self, left: TcpSeqNumber, right: TcpSeqNumber) {
+        if left >= right {
+            return;
+        }
+        let mut all = [None; SACK_SCOREBOARD_LEN + 1];
+        all[0] = Some((left, right));
+        all[1..].copy_from_slice(&self.ranges);
+        // Insertion sort by left edge; `None` sorts last.
+        for i in 1..all.len() {
+            let mut j = i;
+            while j > 0 && Self::before(all[j], all[j - 1]) {
+                all.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+        let mut merged = SackScoreboard::default();
+        let mut n = 0;
+        for (left, right) in all.iter().flatten().copied() {
+            match merged.ranges[..n].last_mut() {
+                Some(Some((_, last_right))) if left <= *last_right => {
+                    *last_right = (*last_right).max(right);
+                }
+                _ if n < SACK_SCOREBOARD_LEN => {
+                    merged.ranges[n] = Some((left, right));
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        *self = merged;
+    }
+
+    fn before(
+        a: Option<(TcpSeqNumber, TcpSeqNumber)>,
+        b: Option<(TcpSeqNumber, TcpSeqNumber)>,
+    ) -> bool {
+        match (a, b) {
+            (Some((a, _)), Some((b, _))) => a < b,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether `left..right` lies within one recorded range.
+    fn covers(&self, left: TcpSeqNumber, right: TcpSeqNumber) -> bool {
+        self.iter().any(|(l, r)| l <= left && right <= r)
+    }
+
+    /// The right edge of the highest SACKed range.
+    fn highest(&self) -> Option<TcpSeqNumber> {
+        self.iter().map(|(_, right)| right).last()
     }
 }
 
@@ -495,6 +605,10 @@ pub struct Socket<'a> {
     /// The last sequence number sent.
     /// I.e. in an idle socket, local_seq_no+tx_buffer.len().
     remote_last_seq: TcpSeqNumber,
+    /// The highest sequence number sent (SND.MAX). A retransmission timeout rewinds
+    /// `remote_last_seq` to resend from the last ACK; this stays, so that segments
+    /// occupying no sequence space (pure ACKs, RSTs) can carry it, like BSD and Linux do.
+    remote_max_seq: TcpSeqNumber,
     /// The last acknowledgement number sent.
     /// I.e. in an idle socket, remote_seq_no+rx_buffer.len().
     remote_last_ack: Option<TcpSeqNumber>,
@@ -523,6 +637,13 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// Data the peer reported holding in SACK blocks (RFC 6675 scoreboard).
+    sacked: SackScoreboard,
+    /// While in fast recovery (RFC 6675 (5)), its end: SND.MAX when it began.
+    recovery_point: Option<TcpSeqNumber>,
+    /// In fast recovery, where the search for the next hole to resend starts
+    /// (one past the highest retransmitted byte, RFC 6675's HighRxt).
+    rexmit_next: TcpSeqNumber,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -602,6 +723,7 @@ impl<'a> Socket<'a> {
             local_seq_no: TcpSeqNumber::default(),
             remote_seq_no: TcpSeqNumber::default(),
             remote_last_seq: TcpSeqNumber::default(),
+            remote_max_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
@@ -614,6 +736,9 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            sacked: SackScoreboard::default(),
+            recovery_point: None,
+            rexmit_next: TcpSeqNumber::default(),
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -796,6 +921,25 @@ impl<'a> Socket<'a> {
         self.timeout = duration
     }
 
+    /// Set the lower bound of the retransmission timeout (RTO).
+    ///
+    /// The RTO is computed from the measured round-trip time as in RFC 6298 and then
+    /// clamped to at least this value (and at most 60 s); each timeout doubles it up to
+    /// 60 s until a new round-trip sample is taken. RFC 6298 (2.4) recommends 1 s;
+    /// the default here is 200 ms, the floor Linux uses, so that a loss on a short path
+    /// is repaired within a few round trips. The value is clamped to 1 ms..=60 s.
+    /// The RTO before the first round-trip sample stays at 1 s (RFC 6298 (2.1)).
+    pub fn set_rto_min(&mut self, duration: Duration) {
+        self.rtte.set_min_rto(duration)
+    }
+
+    /// Return the lower bound of the retransmission timeout.
+    ///
+    /// See also the [set_rto_min](#method.set_rto_min) method.
+    pub fn rto_min(&self) -> Duration {
+        Duration::from_millis(self.rtte.min_rto as u64)
+    }
+
     /// Set the ACK delay duration.
     ///
     /// By default, the ACK delay is set to 10ms.
@@ -904,7 +1048,11 @@ impl<'a> Socket<'a> {
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        // The RTO floor is a setting, like the keep-alive interval: it outlives a connection.
+        self.rtte = RttEstimator {
+            min_rto: self.rtte.min_rto,
+            ..RttEstimator::default()
+        };
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -914,6 +1062,7 @@ impl<'a> Socket<'a> {
         self.local_seq_no = TcpSeqNumber::default();
         self.remote_seq_no = TcpSeqNumber::default();
         self.remote_last_seq = TcpSeqNumber::default();
+        self.remote_max_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
         self.remote_win_len = 0;
@@ -921,6 +1070,11 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
+        self.pending_fast_retransmit = false;
+        self.sacked.clear();
+        self.recovery_point = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1060,6 +1214,7 @@ impl<'a> Socket<'a> {
         let seq = Self::random_seq_no(cx);
         self.local_seq_no = seq;
         self.remote_last_seq = seq;
+        self.remote_max_seq = seq;
         Ok(())
     }
 
@@ -1395,6 +1550,51 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// The sequence number for a segment that occupies no sequence space (an ACK or RST).
+    ///
+    /// It is SND.MAX, not the rewound `remote_last_seq`: after a retransmission timeout
+    /// the peer may already hold data beyond the point we resend from, and RFC 9293
+    /// (3.10.7.4) has it drop a segment whose sequence number lies before its receive
+    /// window, ACK field included. Two smoltcp peers that both timed out would then
+    /// drop each other's ACKs for ever, each resending data the other already has.
+    fn empty_segment_seq(&self) -> TcpSeqNumber {
+        self.remote_max_seq.max(self.remote_last_seq)
+    }
+
+    /// In fast recovery, the next range to resend, at most `mss` long: RFC 6675's
+    /// NextSeg rule (1), simplified. Data not SACKed but below SACKed data is taken as
+    /// lost; ranges already resent in this recovery (below `rexmit_next`) and SACKed
+    /// ranges are skipped. Without SACK information this is NewReno (RFC 6582): the
+    /// first unacknowledged segment, once per advance of the cumulative ACK.
+    fn next_hole(&self, mss: usize) -> Option<(TcpSeqNumber, usize)> {
+        self.recovery_point?;
+        let sent_end = self.local_seq_no + self.tx_buffer.len().min(self.flight_size_max());
+        let mut start = self.local_seq_no.max(self.rexmit_next);
+        let mut end = sent_end;
+        for (left, right) in self.sacked.iter() {
+            if left <= start && start < right {
+                start = right;
+            } else if start < left {
+                end = end.min(left);
+                break;
+            }
+        }
+        match self.sacked.highest() {
+            Some(highest) if start < highest => {}
+            _ if start == self.local_seq_no && self.sacked.highest().is_none() => {}
+            _ => return None,
+        }
+        if start >= end {
+            return None;
+        }
+        Some((start, (end - start).min(mss)))
+    }
+
+    /// Octets sent at least once and not yet acknowledged (up to SND.MAX).
+    fn flight_size_max(&self) -> usize {
+        self.empty_segment_seq() - self.local_seq_no
+    }
+
     fn cwnd_remaining(&self) -> usize {
         self.congestion_controller
             .inner()
@@ -1479,7 +1679,7 @@ impl<'a> Socket<'a> {
         // [...] an empty acknowledgment segment containing the current send-sequence number
         // and an acknowledgment indicating the next sequence number expected
         // to be received.
-        reply_repr.seq_number = self.remote_last_seq;
+        reply_repr.seq_number = self.empty_segment_seq();
         reply_repr.ack_number = Some(self.remote_seq_no + self.rx_buffer.len());
         self.remote_last_ack = reply_repr.ack_number;
 
@@ -1526,6 +1726,22 @@ impl<'a> Socket<'a> {
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
             }
+
+            // RFC 2018 (4): report as many distinct blocks as fit, the first block
+            // followed by the most recently reported ones. Without a record of what was
+            // reported, take the highest other ranges, highest first: data mostly
+            // arrives in order, so these are the ones that came last.
+            let first = reply_repr.sack_ranges[0];
+            let mut others = [None; 2];
+            for range in self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| ((ack + left).0 as u32, (ack + right).0 as u32))
+                .filter(|&range| Some(range) != first)
+            {
+                others = [Some(range), others[0]];
+            }
+            reply_repr.sack_ranges[1..].copy_from_slice(&others);
         }
 
         // Since the sACK option may have changed the length of the payload, update that.
@@ -1918,6 +2134,7 @@ impl<'a> Socket<'a> {
                 self.local_seq_no = Self::random_seq_no(cx);
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
+                self.remote_max_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
                 // Remote doesn't support window scaling, don't do it.
@@ -1968,6 +2185,7 @@ impl<'a> Socket<'a> {
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
+                self.remote_max_seq = self.local_seq_no + 1;
                 self.remote_last_ack = Some(repr.seq_number);
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
@@ -2093,15 +2311,25 @@ impl<'a> Socket<'a> {
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
+            // RFC 6675 (2): an ACK whose SACK blocks report data above the cumulative
+            // ACK, not reported before, is a duplicate ACK even if it also changes the
+            // window, as Linux receivers' ACKs do while their receive buffer drains.
+            let reports_sack = self.remote_has_sack
+                && repr.sack_ranges.iter().flatten().any(|&(left, right)| {
+                    let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+                    left > ack_number && !self.sacked.covers(left, right)
+                });
+
             match self.local_rx_last_ack {
-                // Duplicate ACK if payload empty and ACK doesn't move send window ->
+                // Duplicate ACK if payload empty and ACK doesn't move send window
+                // (RFC 5681 (2)), or carries SACK information (RFC 6675 (2)) ->
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && (!is_window_update || reports_sack) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2117,8 +2345,12 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // A loss starts one fast recovery; duplicate ACKs within it do
+                    // not start another (RFC 6675 (5), RFC 6582).
+                    if self.local_rx_dup_acks == 3 && self.recovery_point.is_none() {
                         self.timer.set_for_fast_retransmit();
+                        self.recovery_point = Some(self.empty_segment_seq());
+                        self.rexmit_next = self.local_seq_no;
                         net_debug!("started fast retransmit");
                     }
 
@@ -2163,6 +2395,29 @@ impl<'a> Socket<'a> {
             // deallocated from the buffer.
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
+            }
+            self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+
+            // RFC 6675 (3): remember what the SACK blocks report, within what we sent.
+            self.sacked.advance(ack_number);
+            if self.remote_has_sack {
+                for &(left, right) in repr.sack_ranges.iter().flatten() {
+                    let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
+                    if ack_number <= left && right <= self.remote_max_seq {
+                        self.sacked.insert(left, right);
+                    }
+                }
+            }
+
+            // RFC 6675 (5): fast recovery ends when everything outstanding at its start
+            // is acknowledged; until then each ACK lets one hole be resent.
+            if let Some(recovery_point) = self.recovery_point {
+                if ack_number >= recovery_point {
+                    self.recovery_point = None;
+                    net_debug!("fast recovery done");
+                } else if self.next_hole(1).is_some() {
+                    self.pending_fast_retransmit = true;
+                }
             }
         }
 
@@ -2299,7 +2554,7 @@ impl<'a> Socket<'a> {
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
         // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+        if self.pending_fast_retransmit && self.next_hole(1).is_some() {
             return true;
         }
 
@@ -2488,6 +2743,12 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
 
+                // A timeout ends fast recovery; RFC 2018 (8): after a timeout the
+                // receiver may have dropped SACKed data, so forget what it reported.
+                self.recovery_point = None;
+                self.pending_fast_retransmit = false;
+                self.sacked.clear();
+
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
             } else {
@@ -2632,14 +2893,21 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
-
+                let hole = if self.pending_fast_retransmit {
                     self.pending_fast_retransmit = false;
+                    self.next_hole(effective_mss)
+                } else {
+                    None
+                };
 
-                    0
+                let offset = if let Some((seq, size)) = hole {
+                    // Resend one hole (fast retransmit, or fast recovery).
+                    let offset = seq - self.local_seq_no;
+                    repr.seq_number = seq;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    self.rexmit_next = seq + repr.payload.len();
+
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -2739,6 +3007,11 @@ impl<'a> Socket<'a> {
             State::FinWait2 | State::TimeWait => {}
         }
 
+        // A segment without data, SYN or FIN carries SND.MAX (see `empty_segment_seq`).
+        if repr.payload.is_empty() && matches!(repr.control, TcpControl::None | TcpControl::Rst) {
+            repr.seq_number = self.empty_segment_seq();
+        }
+
         // There might be more than one reason to send a packet. E.g. the keep-alive timer
         // has expired, and we also have data in transmit buffer. Since any packet that occupies
         // sequence space will elicit an ACK, we only need to send an explicit packet if we
@@ -2822,9 +3095,12 @@ impl<'a> Socket<'a> {
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
-        self.remote_last_seq = self
-            .remote_last_seq
-            .max(repr.seq_number + repr.segment_len());
+        if repr.segment_len() > 0 {
+            self.remote_last_seq = self
+                .remote_last_seq
+                .max(repr.seq_number + repr.segment_len());
+            self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+        }
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 
@@ -4676,6 +4952,70 @@ mod test {
                         None,
                         None
                     ],
+                    ..RECV_TEMPL
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn test_established_rfc2018_case_3_reports_three_blocks() {
+        let (mut s, segment) = setup_rfc2018_cases();
+        // RFC 2018, case 3: the 2nd, 4th, 6th and 8th (last) segments are dropped.
+        //
+        //   Triggering  ACK    First Block   2nd Block     3rd Block
+        //   Segment            Left   Right  Left   Right  Left   Right
+        //
+        //   5000       5500
+        //   5500       (lost)
+        //   6000       5500    6000   6500
+        //   6500       (lost)
+        //   7000       5500    7000   7500   6000   6500
+        //   7500       (lost)
+        //   8000       5500    8000   8500   7000   7500   6000   6500
+        //   8500       (lost)
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5000,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &segment,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                window_len: 3500,
+                ..RECV_TEMPL
+            }]
+        );
+        let block = |from: usize| {
+            Some((
+                (REMOTE_SEQ + 1 + from).0 as u32,
+                (REMOTE_SEQ + 1 + from + 500).0 as u32,
+            ))
+        };
+        for (offset, sack_ranges) in [
+            (6000, [block(6000), None, None]),
+            (7000, [block(7000), block(6000), None]),
+            (8000, [block(8000), block(7000), block(6000)]),
+        ] {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + offset,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &segment,
+                    ..SEND_TEMPL
+                },
+                Some(TcpRepr {
+                    seq_number: LOCAL_SEQ + 1,
+                    ack_number: Some(REMOTE_SEQ + 1 + 5500),
+                    window_len: 3500,
+                    sack_ranges,
                     ..RECV_TEMPL
                 })
             );
@@ -7269,6 +7609,344 @@ mod test {
     }
 
     #[test]
+    fn test_fast_retransmit_from_sack_acks_that_update_the_window() {
+        // A Linux receiver answers out-of-order data with ACKs that carry SACK blocks
+        // and, as its buffer drains, a different window each time. RFC 6675 counts them
+        // as duplicate ACKs; the third one triggers a fast retransmit.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 6;
+        s.send_slice(b"aaaaaabbbbbbccccccdddddd").unwrap();
+        for (i, chunk) in [b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd"]
+            .iter()
+            .enumerate()
+        {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 6 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    &chunk[..],
+                ..RECV_TEMPL
+            }));
+        }
+        // The ACK of earlier data (here: the handshake).
+        send!(s, time 1040, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        // The first segment is lost; the others arrive and are SACKed.
+        let sack_from = (LOCAL_SEQ + 1 + 6).0 as u32;
+        for (i, window_len) in [200u16, 210, 220].into_iter().enumerate() {
+            send!(s, time 1050, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                sack_ranges: [Some((sack_from, sack_from + 6 * (i as u32 + 1))), None, None],
+                ..SEND_TEMPL
+            });
+            assert_eq!(
+                s.local_rx_dup_acks,
+                i as u8 + 1,
+                "SACK-bearing ACK not counted"
+            );
+        }
+        // Fast retransmit of the hole, long before the RTO.
+        recv!(s, time 1051, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_window_update_repeating_old_sack_is_not_a_duplicate_ack() {
+        // RFC 6675 (2): only SACK blocks that report something new make a window
+        // update count as a duplicate ACK.
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb"]);
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        let ack = |window_len, sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len,
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        send!(s, time 1051, ack(300, [sack_block(6, 9), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 1);
+        send!(s, time 1052, ack(310, [sack_block(6, 9), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 0, "old SACK information counted");
+        send!(s, time 1053, ack(320, [sack_block(6, 12), None, None]));
+        assert_eq!(s.local_rx_dup_acks, 1);
+    }
+
+    #[test]
+    fn test_window_update_without_sack_is_not_a_duplicate_ack() {
+        // Without SACK information a window change still marks a window update,
+        // not a duplicate ACK (RFC 5681 (2) condition (e)); nor do SACK blocks count
+        // from a peer that did not negotiate SACK.
+        for remote_has_sack in [true, false] {
+            let mut s = socket_established();
+            s.remote_has_sack = remote_has_sack;
+            s.send_slice(b"abcdef").unwrap();
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    &b"abcdef"[..],
+                ..RECV_TEMPL
+            }));
+            send!(s, time 1050, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+            let sack = if remote_has_sack {
+                None
+            } else {
+                let left = (LOCAL_SEQ + 1 + 3).0 as u32;
+                Some((left, left + 3))
+            };
+            for window_len in [300u16, 310, 320] {
+                send!(s, time 1050, TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    window_len,
+                    sack_ranges: [sack, None, None],
+                    ..SEND_TEMPL
+                });
+            }
+            assert_eq!(s.local_rx_dup_acks, 0);
+            recv_nothing!(s, time 1051);
+        }
+    }
+
+    /// Send `chunks` (6 octets each, `remote_mss` 6) at time 1000 and check each goes out.
+    fn send_segments(s: &mut TestSocket, chunks: &[&'static [u8; 6]]) {
+        s.remote_mss = 6;
+        for chunk in chunks {
+            s.send_slice(&chunk[..]).unwrap();
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            recv(s, Instant::from_millis(1000), |repr| {
+                let repr = repr.unwrap();
+                assert_eq!(repr.seq_number, LOCAL_SEQ + 1 + 6 * i);
+                assert_eq!(repr.payload, &chunk[..]);
+            });
+        }
+        recv_nothing(s, Instant::from_millis(1000));
+    }
+
+    fn sack_block(from: usize, to: usize) -> Option<(u32, u32)> {
+        Some((
+            (LOCAL_SEQ + 1 + from).0 as u32,
+            (LOCAL_SEQ + 1 + to).0 as u32,
+        ))
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_only_the_holes() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(
+            &mut s,
+            &[b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd", b"eeeeee"],
+        );
+        // "bbbbbb" and "dddddd" are lost. The peer acknowledges "aaaaaa", then SACKs
+        // what arrives after the first hole.
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        let dup_ack = |sack_ranges| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges,
+            ..SEND_TEMPL
+        };
+        send!(s, time 1051, dup_ack([sack_block(12, 18), None, None]));
+        send!(s, time 1052, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv_nothing!(s, time 1052);
+        send!(s, time 1053, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        // Third duplicate ACK: the first hole is resent.
+        recv!(s, time 1053, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"bbbbbb"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1053);
+        // The next ACK lets the second hole go; "cccccc", SACKed, is skipped.
+        send!(s, time 1054, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv!(s, time 1054, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 18,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"dddddd"[..],
+            ..RECV_TEMPL
+        }));
+        // No hole is left below the SACKed data: further ACKs send nothing, and
+        // "eeeeee" is never resent.
+        send!(s, time 1055, dup_ack([sack_block(24, 30), sack_block(12, 18), None]));
+        recv_nothing!(s, time 1055);
+        // The resent segments arrive: everything is acknowledged, recovery ends.
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 24),
+            sack_ranges: [sack_block(24, 30), None, None],
+            ..SEND_TEMPL
+        });
+        assert!(s.recovery_point.is_some());
+        recv_nothing!(s, time 1100);
+        send!(s, time 1101, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 30),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery_point, None);
+        assert_eq!(s.sacked, SackScoreboard::default());
+        recv_nothing!(s, time 1101);
+    }
+
+    #[test]
+    fn test_partial_ack_resends_next_segment_without_sack() {
+        // NewReno (RFC 6582): in fast recovery, an ACK that covers part of the data
+        // outstanding at its start resends the next unacknowledged segment at once.
+        let mut s = socket_established();
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb", b"cccccc", b"dddddd"]);
+        // "aaaaaa" and "cccccc" are lost.
+        let ack = |n| TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + n),
+            ..SEND_TEMPL
+        };
+        for t in 1050..1054 {
+            send!(s, time t, ack(0));
+        }
+        recv!(s, time 1054, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        // A fourth duplicate resends nothing more: "aaaaaa" is on its way.
+        send!(s, time 1055, ack(0));
+        recv_nothing!(s, time 1055);
+        // "aaaaaa" arrives, "bbbbbb" was held: partial ACK, "cccccc" goes at once.
+        send!(s, time 1100, ack(12));
+        recv!(s, time 1100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"cccccc"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 1100);
+        send!(s, time 1150, ack(24));
+        assert_eq!(s.recovery_point, None);
+        recv_nothing!(s, time 1150);
+    }
+
+    #[test]
+    fn test_rto_forgets_sack_information_and_recovery() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb"]);
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(6, 12), None, None],
+            ..SEND_TEMPL
+        });
+        assert_ne!(s.sacked, SackScoreboard::default());
+        // RFC 2018 (8): after a timeout the sender may not rely on SACKed data.
+        recv!(s, time 2000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.sacked, SackScoreboard::default());
+        assert_eq!(s.recovery_point, None);
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-reno")]
+    fn test_rto_resends_one_segment_at_a_time_with_reno() {
+        // RFC 5681 (3.1): after a timeout the congestion window is one segment; the
+        // rewound sender resends the window in slow start, not all at once.
+        let mut s = socket_established();
+        s.set_congestion_control(CongestionControl::Reno);
+        s.congestion_controller.inner_mut().set_mss(6);
+        send_segments(&mut s, &[b"aaaaaa", b"bbbbbb", b"cccccc"]);
+        recv!(s, time 2000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 2000);
+        // Its ACK lets two more go (slow start).
+        send!(s, time 2050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 2050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"bbbbbb"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 2050, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"cccccc"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_sack_scoreboard() {
+        let seq = |n: i32| TcpSeqNumber(n);
+        let ranges = |b: &SackScoreboard| b.iter().map(|(l, r)| (l.0, r.0)).collect::<Vec<_>>();
+        let mut b = SackScoreboard::default();
+        b.insert(seq(30), seq(40));
+        b.insert(seq(10), seq(20));
+        b.insert(seq(50), seq(60));
+        assert_eq!(ranges(&b), [(10, 20), (30, 40), (50, 60)]);
+        // Touching and overlapping blocks merge.
+        b.insert(seq(20), seq(25));
+        b.insert(seq(35), seq(52));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60)]);
+        assert_eq!(b.highest(), Some(seq(60)));
+        // Empty blocks are ignored.
+        b.insert(seq(70), seq(70));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60)]);
+        // When full, the highest range is forgotten.
+        b.insert(seq(70), seq(71));
+        b.insert(seq(80), seq(81));
+        b.insert(seq(90), seq(91));
+        assert_eq!(ranges(&b), [(10, 25), (30, 60), (70, 71), (80, 81)]);
+        b.insert(seq(0), seq(5));
+        assert_eq!(ranges(&b), [(0, 5), (10, 25), (30, 60), (70, 71)]);
+        // The cumulative ACK trims and drops ranges.
+        b.advance(seq(12));
+        assert_eq!(ranges(&b), [(12, 25), (30, 60), (70, 71)]);
+        b.advance(seq(71));
+        assert_eq!(ranges(&b), []);
+        assert_eq!(b.highest(), None);
+        // Sequence numbers wrap.
+        b.insert(seq(i32::MAX - 5), seq(i32::MIN + 5));
+        b.advance(seq(i32::MAX));
+        assert_eq!(ranges(&b), [(i32::MAX, i32::MIN + 5)]);
+    }
+
+    #[test]
     fn test_fast_retransmit_duplicate_detection() {
         let mut s = socket_established();
         s.remote_mss = 6;
@@ -9697,6 +10375,233 @@ mod test {
             r.sample(2000);
             assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
         }
+    }
+
+    #[test]
+    fn test_ack_after_rto_carries_highest_seq_sent() {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"def"[..],
+            ..RECV_TEMPL
+        }));
+        // The ACK is lost: the timeout resends from the last ACK.
+        recv!(s, time 1000, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        // The peer, which holds all six bytes, resends old data of its own. Our ACK
+        // must carry SND.MAX: the peer drops a segment below its window, ACK and all.
+        send!(s, time 1001, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 - 3,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload:    &b"xyz"[..],
+            ..SEND_TEMPL
+        }, Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
+        // Same for an ACK sent from dispatch() while resending is still under way.
+        s.remote_win_len = 3;
+        send!(s, time 1002, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 0,
+            payload:    &b"uvw"[..],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1003, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        }));
+        // The ACK did not move the resend point: "def" still goes when the window opens.
+        send!(s, time 1004, TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + 3,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            window_len: 64,
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1005, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            payload:    &b"def"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_rtt_estimator_floor_and_backoff() {
+        let mut r = RttEstimator::default();
+        // RFC 6298 (2.1): 1 s before the first sample.
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(1000));
+
+        // 10 ms RTT: SRTT + 4 * RTTVAR = 30 ms, raised to the 200 ms floor.
+        r.sample(10);
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(200));
+
+        // RFC 6298 (5.5): each timeout doubles the RTO, up to the 60 s maximum (2.5).
+        let backoff = [
+            400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 60000, 60000,
+        ];
+        for rto in backoff {
+            r.on_rto();
+            assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
+        }
+
+        // A new sample ends the backoff.
+        r.sample(10);
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(200));
+
+        // The floor is configurable; RFC 6298's own recommendation is 1 s.
+        r.set_min_rto(Duration::from_millis(1000));
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(1000));
+        r.sample(10);
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(1000));
+        // Above the floor the computed value is used as is: 400 + 4 * 200.
+        let mut r2 = RttEstimator::default();
+        r2.set_min_rto(Duration::from_millis(50));
+        r2.sample(400);
+        assert_eq!(r2.retransmission_timeout(), Duration::from_millis(1200));
+        // Nonsense floors are clamped.
+        r2.set_min_rto(Duration::ZERO);
+        assert_eq!(r2.min_rto, 1);
+        r2.set_min_rto(Duration::from_secs(3600));
+        assert_eq!(r2.min_rto, RTTE_MAX_RTO);
+    }
+
+    #[test]
+    fn test_rto_floor_backoff_and_karn_on_the_wire() {
+        let mut s = socket_established();
+        assert_eq!(s.rto_min(), Duration::from_millis(200));
+
+        // A 10 ms round trip gives an RTT sample.
+        s.send_slice(b"abc").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+
+        // The next segment is lost: it is resent after the 200 ms floor, then after
+        // 400 ms and 800 ms (exponential backoff).
+        s.send_slice(b"def").unwrap();
+        let def = TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"def"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 10, Ok(def));
+        let mut at = 10;
+        for rto in [200, 400, 800] {
+            recv_nothing!(s, time at + rto - 1);
+            recv!(s, time at + rto, Ok(def));
+            at += rto;
+        }
+        assert_eq!(at, 1410);
+
+        // Karn: the ACK of retransmitted data gives no sample, so the backed-off RTO
+        // (1600 ms) stays for the next segment instead of a bogus 200 ms.
+        send!(s, time 1420, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"ghi").unwrap();
+        let ghi = TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ghi"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 1420, Ok(ghi));
+        recv_nothing!(s, time 1420 + 1599);
+        recv!(s, time 1420 + 1600, Ok(ghi));
+
+        // A segment sent once and acknowledged is a valid sample again: back to 200 ms.
+        send!(s, time 3030, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 9),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"jkl").unwrap();
+        let jkl = TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"jkl"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 3030, Ok(jkl));
+        send!(s, time 3040, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"mno").unwrap();
+        let mno = TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 12,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"mno"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 3040, Ok(mno));
+        recv_nothing!(s, time 3040 + 199);
+        recv!(s, time 3040 + 200, Ok(mno));
+    }
+
+    #[test]
+    fn test_rto_min_setting_survives_reset() {
+        let mut s = socket_established();
+        s.set_rto_min(Duration::from_millis(1000));
+        s.abort();
+        s.reset();
+        assert_eq!(s.rto_min(), Duration::from_millis(1000));
+
+        let mut s = socket_established();
+        s.set_rto_min(Duration::from_millis(1000));
+        s.send_slice(b"abc").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abc"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"def").unwrap();
+        let def = TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"def"[..],
+            ..RECV_TEMPL
+        };
+        recv!(s, time 10, Ok(def));
+        recv_nothing!(s, time 1009);
+        recv!(s, time 1010, Ok(def));
     }
 
     #[test]
