@@ -157,12 +157,18 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.starts_with("nf_rx_frames=3 nf_rx_bytes=0 "), "{line}");
         // rx_drops is the total of the drop reasons and the bad checksums.
-        assert!(line.contains(" nf_rx_drops=5 nf_rx_drop_error=1 nf_rx_drop_bad_id=2 "), "{line}");
+        assert!(
+            line.contains(" nf_rx_drops=5 nf_rx_drop_error=1 nf_rx_drop_bad_id=2 "),
+            "{line}"
+        );
         assert!(line.contains(" nf_tx_gso_frames=7 "), "{line}");
         let mut keys = alloc::vec::Vec::new();
         for token in line.split(' ') {
             let (key, value) = token.split_once('=').expect("key=value");
-            assert!(key.starts_with("nf_") && value.parse::<u64>().is_ok(), "{token}");
+            assert!(
+                key.starts_with("nf_") && value.parse::<u64>().is_ok(),
+                "{token}"
+            );
             assert!(!keys.contains(&key), "{key} twice");
             keys.push(key);
         }

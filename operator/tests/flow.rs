@@ -506,3 +506,25 @@ fn parallel_spawns_all_succeed_with_distinct_macs() {
         out(&o)
     );
 }
+
+/// The test scripts' one stats helper (tests/xen/common.sh) reads what the
+/// engine writes, the same as the tool's parser does.
+#[test]
+fn the_shell_stats_helper_reads_the_guests_line() {
+    let s = proxy::engine::Stats {
+        accepted: 4,
+        bytes_up: 1048576,
+        refused: 0,
+        ..Default::default()
+    };
+    let line = format!("{s} nf_rx_frames=12 cpu_busy_ms=3 xen_notifies=9");
+    let common = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/xen/common.sh");
+    let script = format!(
+        ". '{}'; L='{line}'; stat_of px_accepted \"$L\"; echo \"$L\" | stat_of px_bytes_up; \
+         stat_of px_refused \"$L\"; stat_of cpu_busy_ms \"$L\"; stat_of accepted \"$L\" || echo absent; \
+         stat_of px_bytes \"$L\" || echo absent",
+        common.display()
+    );
+    let o = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert_eq!(out(&o), "4\n1048576\n0\n3\nabsent\nabsent\n", "{}", err(&o));
+}

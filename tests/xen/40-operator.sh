@@ -115,10 +115,11 @@ sleep 1.5   # stats refresh at most once a second
 cat "$OP/list"
 ok=0
 for i in $(seq 0 19); do
-    grep -qE "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: accepted=1 .*completed=1 " "$OP/list" && ok=$((ok + 1))
+    line=$(grep -E "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: " "$OP/list")
+    [ "$(stat_of px_accepted "$line")" = 1 ] && [ "$(stat_of px_completed "$line")" = 1 ] && ok=$((ok + 1))
 done
 [ $rc = 0 ] && [ $ok = 20 ] && [ "$(wc -l < "$OP/list")" = 20 ] \
-    && pass "operator: list shows the 20, running, each with accepted=1 completed=1" \
+    && pass "operator: list shows the 20, running, each with px_accepted=1 px_completed=1" \
     || fail "operator: list" "rc $rc, $ok of 20 lines as expected, $(wc -l < "$OP/list") lines"
 
 op_t0=$(now_ms)
@@ -159,10 +160,10 @@ if out=$("$MP" spawn --name op-busy --mode reverse --listen 80 --upstream 10.0.0
     busy_id=$(echo "$out" | op_field domid)
     timeout 120 socat -u TCP:10.0.0.96:80 OPEN:/dev/null & client=$!
     sleep 3
-    stats=$(xenstore-read "/local/domain/$busy_id/data/stats" 2>/dev/null)
+    stats=$(mp_stats "$busy_id")
     echo "busy: $stats"
-    down=$(echo " $stats" | op_field bytes_down)
-    if echo "$stats" | grep -q 'active=1 ' && [ "${down:-0}" -gt 0 ]; then
+    down=$(stat_of px_bytes_down "$stats")
+    if [ "$(stat_of px_active "$stats")" = 1 ] && [ "${down:-0}" -gt 0 ]; then
         op_t0=$(now_ms)
         xl shutdown op-busy >/dev/null 2>&1
         if wait_gone op-busy 15 >/dev/null; then

@@ -495,7 +495,11 @@ fn shutdown_request_drains_netfront_and_is_acknowledged() {
             "{}",
             lines[3]
         );
-        assert!(lines[3].ends_with(" cpu_loops=4 cpu_wakeups=0"), "{}", lines[3]);
+        assert!(
+            lines[3].ends_with(" cpu_loops=4 cpu_wakeups=0"),
+            "{}",
+            lines[3]
+        );
         assert_eq!(lines[4], "miniproxy: heap 10 of 100 KiB used");
     }
 }
