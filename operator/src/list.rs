@@ -57,7 +57,7 @@ impl Row {
             .str("state", &self.state)
             .str("ip", &self.ip)
             .str("mode", &self.mode)
-            .str("memory", &self.memory);
+            .opt_num("memory", self.memory.parse().ok());
         match &self.stats {
             Some(c) => o.object("stats", c.to_json()),
             None => o.null("stats"),

@@ -246,8 +246,8 @@ fn spawn_list_stop_flow() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         out(&o),
-        "{\"name\":\"b\",\"domid\":2,\"state\":\"running\",\"ip\":\"10.0.0.6/24\",\"mode\":\"reverse\",\"memory\":\"6\",\"stats\":null}\n\
-         {\"name\":\"a\",\"domid\":1,\"state\":\"running\",\"ip\":\"10.0.0.5/24\",\"mode\":\"reverse\",\"memory\":\"4\",\"stats\":{\"px_accepted\":1,\"px_active\":0,\"px_completed\":1,\"nf_rx_frames\":5,\"cpu_busy_ms\":2,\"xen_notifies\":3}}\n"
+        "{\"name\":\"b\",\"domid\":2,\"state\":\"running\",\"ip\":\"10.0.0.6/24\",\"mode\":\"reverse\",\"memory\":6,\"stats\":null}\n\
+         {\"name\":\"a\",\"domid\":1,\"state\":\"running\",\"ip\":\"10.0.0.5/24\",\"mode\":\"reverse\",\"memory\":4,\"stats\":{\"px_accepted\":1,\"px_active\":0,\"px_completed\":1,\"nf_rx_frames\":5,\"cpu_busy_ms\":2,\"xen_notifies\":3}}\n"
     );
     assert!(
         err(&o).contains("b: data/stats does not parse"),

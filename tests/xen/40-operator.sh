@@ -58,6 +58,11 @@ op_bad "reverse without upstream" "needs --upstream" spawn --name opx --mode rev
 op_bad "bad upstream" "bad upstream" spawn --name opx --mode reverse --listen 80 --upstream 10.0.0.1 --ip 10.0.0.90/24
 op_bad "bad port" "bad port" spawn --name opx --mode transparent --listen 70000 --ip 10.0.0.90/24
 op_bad "kernel missing" "kernel .* not found" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --kernel /nonexistent/miniproxy
+# The guest's own parser checks the whole line before anything is created (exit 2).
+op_bad "a value the guest refuses" "bad value for key 'buf': '16q'" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra buf=16q
+op_bad "a misspelt key" "unknown key 'idle_exti'" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra idle_exti=10m
+op_rules=$(for i in $(seq 1 15); do printf 'rule=reverse:%019d:10.0.0.1:%019d ' $((1000 + i)) 7000; done)
+op_bad "a line Xen would cut" "line is [0-9]+ bytes; Xen passes at most 1023" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra "rx_bufs=$(printf %019d 64) max_conns=$(printf %019d 64) $op_rules"
 op_bad "stop unknown name" "no instance named" stop nosuch
 op_bad "stop without a name" "which instance" stop
 op_bad "stop a domain that is not an instance" "not an instance" stop Domain-0
