@@ -109,3 +109,94 @@ pub fn read_meta(cfg_text: &str) -> Option<Vec<(String, String)>> {
 pub fn meta_get<'a>(meta: &'a [(String, String)], key: &str) -> Option<&'a str> {
     meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::parse_spawn;
+
+    fn spawn() -> Spawn {
+        let a: Vec<String> = [
+            "--name",
+            "c1",
+            "--mode",
+            "transparent",
+            "--listen",
+            "80",
+            "--ip",
+            "10.0.0.2/24",
+            "--gw",
+            "10.0.0.1",
+            "--extra",
+            "idle_exit=10m",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        parse_spawn(&a).unwrap().unwrap()
+    }
+
+    fn values(s: &Spawn) -> Values<'_> {
+        Values {
+            spawn: s,
+            kernel: "/k/mp",
+            bridge: "br1",
+            mac: "00:16:3e:00:00:01",
+            vif_script: "vif-x",
+        }
+    }
+
+    #[test]
+    fn every_placeholder_is_replaced_and_comments_are_kept() {
+        let s = spawn();
+        let t = "# @NAME@ stays in a comment\nname = \"@NAME@\"\nkernel = \"@KERNEL@\"\nmemory = @MEMORY@\n\
+                 vif = [ 'bridge=@BRIDGE@,mac=@MAC@,script=@VIF_SCRIPT@' ]\nextra = \"@EXTRA@\"\nx = \"a@b\"\n";
+        let out = render(t, "/t.cfg", "2026-01-01T00:00:00Z", &values(&s)).unwrap();
+        assert_eq!(
+            out,
+            "# Rendered by miniproxy spawn at 2026-01-01T00:00:00Z from /t.cfg\n\
+             # miniproxy: name=c1 mode=transparent listen=80 upstream=- ip=10.0.0.2/24 gw=10.0.0.1 memory=6 profile=default mac=00:16:3e:00:00:01\n\
+             # @NAME@ stays in a comment\nname = \"c1\"\nkernel = \"/k/mp\"\nmemory = 6\n\
+             vif = [ 'bridge=br1,mac=00:16:3e:00:00:01,script=vif-x' ]\n\
+             extra = \"ip=10.0.0.2/24 gw=10.0.0.1 rule=transparent:80 rx_bufs=64 max_conns=64 idle_exit=10m\"\nx = \"a@b\"\n"
+        );
+        let meta = read_meta(&out).unwrap();
+        assert_eq!(meta_get(&meta, "ip"), Some("10.0.0.2/24"));
+        assert_eq!(meta_get(&meta, "mode"), Some("transparent"));
+        assert_eq!(meta_get(&meta, "nosuch"), None);
+    }
+
+    #[test]
+    fn a_value_is_not_rescanned_and_an_unknown_placeholder_is_an_error() {
+        let s = spawn();
+        let mut v = values(&s);
+        v.kernel = "/k/@MEMORY@";
+        let out = render("kernel = \"@KERNEL@\"\n", "/t", "w", &v).unwrap();
+        assert!(out.ends_with("kernel = \"/k/@MEMORY@\"\n"), "{out}");
+        let e = render(
+            "name = \"@NAME@\"\ncpus = @CPUS@\n",
+            "/t.cfg",
+            "w",
+            &values(&s),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "template /t.cfg has a placeholder this tool does not know: @CPUS@"
+        );
+    }
+
+    #[test]
+    fn the_shipped_template_renders_completely() {
+        let t = include_str!("../../xl-configs/template.cfg");
+        let s = spawn();
+        let out = render(t, "template.cfg", "w", &values(&s)).unwrap();
+        for line in out.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            assert!(!line.contains('@'), "{line}");
+        }
+        assert!(
+            out.contains("extra   = \"ip=10.0.0.2/24 gw=10.0.0.1 rule=transparent:80"),
+            "{out}"
+        );
+    }
+}

@@ -244,7 +244,7 @@ pub fn run(argv: &[String]) -> Outcome {
             .str("mode", s.mode.name())
             .num("wait_ms", wait_ms)
             .num("create_ms", create_ms)
-            .str("guest_us", &ready);
+            .opt_num("guest_us", ready.trim().parse().ok());
         println!("{}", o.finish());
     } else {
         println!(

@@ -100,6 +100,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_what_netfront_writes() {
+        let s = netfront::Stats {
+            rx_frames: 9,
+            tx_gso_frames: 4,
+            rx_csum_bad: 1,
+            ..Default::default()
+        };
+        let c = Counters::parse(&s.to_string()).unwrap();
+        assert_eq!(c.get("nf_rx_frames"), Some(9));
+        assert_eq!(c.get("nf_tx_gso_frames"), Some(4));
+        assert_eq!(c.get("nf_rx_drops"), Some(1));
+        assert!(c.0.iter().all(|(k, _)| k.starts_with("nf_")));
+    }
+
+    #[test]
     fn refuses_the_old_mixed_formats_and_bad_tokens() {
         for bad in [
             "accepted=1 resets=0 (client=0 upstream=0)",
