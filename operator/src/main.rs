@@ -46,7 +46,18 @@ const USAGE: &str =
   list    one line per running instance, with its stats
   stop    stop instances (xl shutdown, destroy if it does not go)
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
-an operation failed, 2 for a bad invocation; errors go to stderr.";
+an operation failed, 2 for a bad invocation; errors go to stderr.
+Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
+repository/payload, or /etc/miniproxy/template.cfg), the kernel
+(MINIPROXY_KERNEL, or PAYLOAD/miniproxy, or REPO/target/release/miniproxy), and
+per instance in MINIPROXY_RUN_DIR (default /run/miniproxy): NAME.cfg (the
+rendered xl config), NAME.domid, NAME.xl.log, NAME.lock; and .lock, .slot.N,
+.ticket. Env: MINIPROXY_BRIDGE (default xenbr0), MINIPROXY_VIF_SCRIPT (default
+vif-fast if /etc/xen/scripts/vif-fast exists, else vif-bridge),
+MINIPROXY_CONSOLE_DIR (default /var/log/xen/console), MINIPROXY_PARALLEL
+(spawns creating and booting, or stops, at once: default dom0's CPUs, at
+least 2), MINIPROXY_QUEUE_TIMEOUT (s a spawn may wait for its turn, default
+600), MINIPROXY_TRACE=1 (spawn prints its phases' times on stderr).";
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
