@@ -297,7 +297,7 @@ fn a_guest_that_never_gets_ready_is_destroyed_after_the_timeout() {
         &[("FAKE_GUEST", "silent")],
     );
     assert_eq!(o.status.code(), Some(1));
-    assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(6));
+    assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(15));
     assert!(
         err(&o).contains("a (domain 1): not ready after 1 s; destroying it"),
         "{}",
@@ -321,6 +321,33 @@ fn xl_abort_134_after_creating_counts_as_created() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert!(out(&o).starts_with("spawned name=a domid=1 "));
     assert_eq!(r.xl_calls().matches("xl create").count(), 1);
+}
+
+#[test]
+fn a_failing_xenstore_listing_falls_back_to_xl() {
+    let r = Rig::new("xsfail");
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &[]),
+        &[("FAKE_XSLIST", "fail")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(out(&o).starts_with("spawned name=a domid=1 "));
+    let calls = r.xl_calls();
+    assert!(
+        calls.contains("xenstore-list /local/domain") && calls.contains("xl domid a"),
+        "{calls}"
+    );
+    // The name is taken now; xl says so even with xenstore failing.
+    let o = r.run(
+        &spawn_args("a", "10.0.0.6/24", &[]),
+        &[("FAKE_XSLIST", "fail")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("name 'a' is in use: domain 1 exists"),
+        "{}",
+        err(&o)
+    );
 }
 
 #[test]
@@ -413,7 +440,7 @@ fn a_name_being_spawned_elsewhere_is_refused_and_listed_as_starting() {
 fn queued_time_does_not_count_against_the_timeout() {
     let r = Rig::new("queue");
     // One create slot, held by another process for 2 s; --timeout 1.
-    let mut holder = hold_lock(&r.dir.join("run/.slot.0"), "2");
+    let mut holder = hold_lock(&r.dir.join("run/.slot.0"), "3");
     let o = r.run(
         &spawn_args("a", "10.0.0.5/24", &["--timeout", "1"]),
         &[("MINIPROXY_PARALLEL", "1")],
@@ -429,7 +456,8 @@ fn queued_time_does_not_count_against_the_timeout() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(wait_ms >= 1500, "{}", out(&o));
+    // Queued longer than --timeout, and still spawned.
+    assert!(wait_ms > 1000, "{}", out(&o));
     // And the queue's own bound holds.
     let mut holder = hold_lock(&r.dir.join("run/.slot.0"), "3");
     let o = r.run(
