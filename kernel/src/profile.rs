@@ -71,17 +71,18 @@ impl Profile {
     }
 }
 
-/// One line: `cpu_ms nic=… engine=… xs=… sleep=… busy=… blocked=… steal=…
-/// loops=… wakeups=…`.
+/// One line of `cpu_KEY=VALUE` tokens (the `cpu_` part of the guest's
+/// `data/stats`, format in the top-level README, "The stats line"):
+/// `cpu_nic_ms=… cpu_engine_ms=… cpu_xs_ms=… cpu_sleep_ms=… cpu_busy_ms=…
+/// cpu_blocked_ms=… cpu_steal_ms=… cpu_loops=… cpu_wakeups=…`.
 impl fmt::Display for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("cpu_ms")?;
         for (name, ns) in NAMES.iter().zip(self.ns.iter()) {
-            write!(f, " {name}={}", ns / 1_000_000)?;
+            write!(f, "cpu_{name}_ms={} ", ns / 1_000_000)?;
         }
         write!(
             f,
-            " busy={} blocked={} steal={} loops={} wakeups={}",
+            "cpu_busy_ms={} cpu_blocked_ms={} cpu_steal_ms={} cpu_loops={} cpu_wakeups={}",
             self.busy_ns() / 1_000_000,
             self.blocked_ns / 1_000_000,
             self.steal_ns / 1_000_000,
@@ -109,7 +110,8 @@ mod tests {
         assert_eq!(p.busy_ns(), 9_000_000);
         assert_eq!(
             p.to_string(),
-            "cpu_ms nic=2 engine=5 xs=0 sleep=1 busy=9 blocked=40 steal=3 loops=3 wakeups=1"
+            "cpu_nic_ms=2 cpu_engine_ms=5 cpu_xs_ms=0 cpu_sleep_ms=1 cpu_busy_ms=9 \
+             cpu_blocked_ms=40 cpu_steal_ms=3 cpu_loops=3 cpu_wakeups=1"
         );
     }
 

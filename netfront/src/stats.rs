@@ -93,47 +93,49 @@ impl Stats {
     }
 }
 
+/// One line of `nf_KEY=VALUE` tokens (the `nf_` part of the guest's
+/// `data/stats`, format in the top-level README, "The stats line"); every key
+/// is the field's name, plus the totals `nf_rx_drops` and `nf_tx_drops`.
 impl fmt::Display for Stats {
-    /// One line, e.g. for the console on request and at shutdown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "rx {} frames {} B, tx {} frames {} B ({} ok); rx drops {} (err {} id {} len {} multi {} extra {} csum {} csum-bad {}), \
-             csum-filled {} csum-verified {}; offload: tx-slots {} tx-gso {} rx-multi {} rx-gso {}; \
-             tx drops {} (err {} len {}), tx bad-id {} bad-status {} reclaimed {}; \
-             tx-ring-full {} rx-budget-out {} prod-overflow {}; events {} notifies {} leaked-pages {}",
-            self.rx_frames,
-            self.rx_bytes,
-            self.tx_frames,
-            self.tx_bytes,
-            self.tx_completed,
-            self.rx_dropped(),
-            self.rx_drop_error,
-            self.rx_drop_bad_id,
-            self.rx_drop_bad_len,
-            self.rx_drop_multislot,
-            self.rx_drop_extra_info,
-            self.rx_drop_csum,
-            self.rx_csum_bad,
-            self.rx_csum_filled,
-            self.rx_csum_verified,
-            self.tx_slots,
-            self.tx_gso_frames,
-            self.rx_multi_slot,
-            self.rx_gso,
-            self.tx_dropped(),
-            self.tx_error,
-            self.tx_drop_bad_len,
-            self.tx_bad_id,
-            self.tx_bad_status,
-            self.tx_reclaimed,
-            self.tx_ring_full,
-            self.rx_budget_exhausted,
-            self.rsp_prod_overflow,
-            self.events,
-            self.notifies,
-            self.pages_leaked,
-        )
+        let fields: [(&str, u64); 31] = [
+            ("rx_frames", self.rx_frames),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_frames", self.tx_frames),
+            ("tx_bytes", self.tx_bytes),
+            ("tx_completed", self.tx_completed),
+            ("rx_drops", self.rx_dropped()),
+            ("rx_drop_error", self.rx_drop_error),
+            ("rx_drop_bad_id", self.rx_drop_bad_id),
+            ("rx_drop_bad_len", self.rx_drop_bad_len),
+            ("rx_drop_multislot", self.rx_drop_multislot),
+            ("rx_drop_extra_info", self.rx_drop_extra_info),
+            ("rx_drop_csum", self.rx_drop_csum),
+            ("rx_csum_bad", self.rx_csum_bad),
+            ("rx_csum_filled", self.rx_csum_filled),
+            ("rx_csum_verified", self.rx_csum_verified),
+            ("tx_slots", self.tx_slots),
+            ("tx_gso_frames", self.tx_gso_frames),
+            ("rx_multi_slot", self.rx_multi_slot),
+            ("rx_gso", self.rx_gso),
+            ("tx_drops", self.tx_dropped()),
+            ("tx_error", self.tx_error),
+            ("tx_drop_bad_len", self.tx_drop_bad_len),
+            ("tx_bad_id", self.tx_bad_id),
+            ("tx_bad_status", self.tx_bad_status),
+            ("tx_reclaimed", self.tx_reclaimed),
+            ("tx_ring_full", self.tx_ring_full),
+            ("rx_budget_exhausted", self.rx_budget_exhausted),
+            ("rsp_prod_overflow", self.rsp_prod_overflow),
+            ("events", self.events),
+            ("notifies", self.notifies),
+            ("pages_leaked", self.pages_leaked),
+        ];
+        for (i, (key, value)) in fields.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}nf_{key}={value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -142,25 +144,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn display_is_one_line() {
+    fn display_is_key_value_tokens_each_key_once() {
         let s = Stats {
             rx_frames: 3,
             rx_drop_bad_id: 2,
             rx_drop_error: 1,
-            ..Default::default()
-        };
-        let line = alloc::format!("{s}");
-        assert!(!line.contains('\n'));
-        assert!(line.starts_with("rx 3 frames 0 B"));
-        assert!(line.contains("rx drops 3 (err 1 id 2"));
-        let s = Stats {
             tx_gso_frames: 7,
             rx_csum_bad: 2,
             ..Default::default()
         };
         let line = alloc::format!("{s}");
         assert!(!line.contains('\n'));
-        assert!(line.contains("tx-gso 7"), "{line}");
-        assert!(line.contains("rx drops 2 ("), "{line}");
+        assert!(line.starts_with("nf_rx_frames=3 nf_rx_bytes=0 "), "{line}");
+        // rx_drops is the total of the drop reasons and the bad checksums.
+        assert!(
+            line.contains(" nf_rx_drops=5 nf_rx_drop_error=1 nf_rx_drop_bad_id=2 "),
+            "{line}"
+        );
+        assert!(line.contains(" nf_tx_gso_frames=7 "), "{line}");
+        let mut keys = alloc::vec::Vec::new();
+        for token in line.split(' ') {
+            let (key, value) = token.split_once('=').expect("key=value");
+            assert!(
+                key.starts_with("nf_") && value.parse::<u64>().is_ok(),
+                "{token}"
+            );
+            assert!(!keys.contains(&key), "{key} twice");
+            keys.push(key);
+        }
+        assert_eq!(keys.len(), 31);
     }
 }

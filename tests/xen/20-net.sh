@@ -37,10 +37,10 @@ if [ "${sent:-0}" = 2000 ] && [ "$lost" -le "$dropped" ]; then
 else
     fail "ping flood" "sent $sent, received $recv, netback dropped $dropped"
 fi
-echo "stats: $(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)"
+echo "stats: $(mp_stats $MP_ID)"
 # Stats on the console on request.
 xenstore-write /local/domain/$MP_ID/data/stats-dump 1
-wait_console net1 'miniproxy: vif0 rx [0-9]{4,} frames' 10 && pass "net1: stats on the console on request" || fail "net1: no stats after data/stats-dump"
+wait_console net1 'miniproxy: vif0 nf_rx_frames=[0-9]{4,} ' 10 && pass "net1: stats on the console on request" || fail "net1: no stats after data/stats-dump"
 
 # xl network-detach: a clean disconnect is logged; the guest keeps running.
 xl network-detach net1 0 && pass "network-detach accepted" || fail "network-detach"

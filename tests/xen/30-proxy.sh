@@ -68,12 +68,12 @@ upload /tmp/f50m 50MB
 # Those transfers went through real netback with offload negotiated: TSO
 # frames out (several MSS per frame, one GSO extra slot each), GSO packets in
 # (several RX slots each), checksums offloaded both ways. The stats line
-# carries netfront's counters ("offload: tx-slots N tx-gso N rx-multi N rx-gso N").
+# carries netfront's counters (nf_tx_gso_frames, nf_rx_gso, nf_rx_multi_slot).
 sleep 1.2   # stats refresh once a second
-st=$(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)
-num() { echo "$st" | sed -n "s/.* $1 \([0-9]*\).*/\1/p"; }
-tx_gso=$(num tx-gso); rx_gso=$(num rx-gso); rx_multi=$(num rx-multi)
-txf=$(echo "$st" | sed -n 's/.* tx \([0-9]*\) frames \([0-9]*\) B.*/\1 \2/p')
+st=$(mp_stats $MP_ID)
+num() { stat_of "$1" "$st"; }
+tx_gso=$(num nf_tx_gso_frames); rx_gso=$(num nf_rx_gso); rx_multi=$(num nf_rx_multi_slot)
+txf="$(num nf_tx_frames) $(num nf_tx_bytes)"
 if grep -q 'netfront: offload tso+sg+csum' "$(console_log rev)" && [ "${tx_gso:-0}" -gt 100 ] && [ "${rx_gso:-0}" -gt 100 ] && [ "${rx_multi:-0}" -gt 100 ]; then
     set -- $txf
     pass "offload with netback: $tx_gso TSO frames sent, $rx_gso GSO packets received ($rx_multi multi-slot), tx frames average $(( ${2:-0} / (${1:-1} > 0 ? ${1:-1} : 1) )) B"
@@ -101,12 +101,12 @@ done
 # Upstream down: new clients get a reset quickly; back up: served again.
 kill "${SRV[3]}" 2>/dev/null; wait "${SRV[3]}" 2>/dev/null
 sleep 0.3
-fails0=$(xenstore-read /local/domain/$MP_ID/data/stats | sed -n 's/.*upstream_fail=\([0-9]*\).*/\1/p')
+fails0=$(mp_stats $MP_ID | stat_of px_upstream_fail)
 t0=$(now_ms)
 out=$(echo hello | socat -t 5 - TCP:10.0.0.2:84 2>/tmp/down.err); rc=$?
 ms=$(( $(now_ms) - t0 ))
 sleep 1.2   # stats refresh once a second
-fails1=$(xenstore-read /local/domain/$MP_ID/data/stats | sed -n 's/.*upstream_fail=\([0-9]*\).*/\1/p')
+fails1=$(mp_stats $MP_ID | stat_of px_upstream_fail)
 # The proxy accepts first (split TCP), then resets the client when the
 # upstream refuses: no echo comes back and the connection ends at once.
 if [ -z "$out" ] && [ $ms -lt 3000 ] && [ "${fails1:-0}" -gt "${fails0:-0}" ]; then
@@ -119,7 +119,7 @@ sleep 0.5
 got=$(echo back-again | socat -t 5 - TCP:10.0.0.2:84 2>/dev/null)
 [ "$got" = back-again ] && pass "upstream back: served again" || fail "upstream back" "got '$got'"
 
-echo "stats: $(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)"
+echo "stats: $(mp_stats $MP_ID)"
 t0=$(now_ms)
 mp_stop rev && pass "rev: xl shutdown in $(( $(now_ms) - t0 )) ms"
 tail -n 6 "$(console_log rev)"
@@ -131,8 +131,8 @@ if mp_create revoff 6 "ip=10.0.0.2/24 offload=off $RULES" 00:16:3e:00:00:32; the
     download 81 /tmp/f1m 1MB-offload-off
     upload /tmp/f1m 1MB-offload-off
     sleep 1.2
-    st=$(xenstore-read /local/domain/$MP_ID/data/stats 2>/dev/null)
-    tx_gso=$(num tx-gso); rx_multi=$(num rx-multi)
+    st=$(mp_stats $MP_ID)
+    tx_gso=$(num nf_tx_gso_frames); rx_multi=$(num nf_rx_multi_slot)
     if grep -q 'netfront: offload off (not requested)' "$(console_log revoff)" && [ "$tx_gso" = 0 ] && [ "$rx_multi" = 0 ]; then
         pass "offload=off: not negotiated, no TSO frame, no multi-slot packet"
     else

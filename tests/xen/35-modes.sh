@@ -11,8 +11,7 @@ MD=/tmp/modes
 rm -rf "$MD"; mkdir -p "$MD"
 MD_PIDS=()
 md_sha() { sha256sum "$1" | cut -c1-64; }
-md_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
-md_stats() { xenstore-read "/local/domain/$(domid "$1")/data/stats" 2>/dev/null; }
+md_stats() { mp_stats "$(domid "$1")"; }
 # md_cfg NAME CFG: xl create a shipped config as written, but with the built
 # kernel, vif-fast and a MAC of our own; waits for the ready key.
 # The address was another instance's (another MAC) a moment ago: the guest
@@ -126,7 +125,7 @@ if out=$("$MP" spawn --name md-tp --mode transparent --listen 80 --extra rule=tr
     md_transparent "transparent"
     sleep 1.2
     stats=$(md_stats md-tp); echo "md-tp: $stats"
-    echo "$stats" | grep -q '^accepted=4 ' && pass "transparent: instance stats count the 4 connections" \
+    [ "$(stat_of px_accepted "$stats")" = 4 ] && pass "transparent: instance stats count the 4 connections" \
         || fail "transparent: stats" "$stats"
     # Not a proxied port: the instance is not an IP router.
     if "${MD_CLI[@]}" timeout 10 socat -u "TCP:10.0.2.10:82,connect-timeout=3$MD_BIND" - >/dev/null 2>&1; then
@@ -191,8 +190,8 @@ if [ $ra = 0 ] && [ $rb = 0 ]; then
     echo "md-a: $sa"; echo "md-b: $sb"
     # Each instance relayed both transfers: 1 MB each way (plus the 68-byte
     # sha256sum reply downwards).
-    if [ "$(echo " $sa" | md_field bytes_down)" = 1048644 ] && [ "$(echo " $sb" | md_field bytes_down)" = 1048644 ] \
-        && [ "$(echo " $sa" | md_field bytes_up)" = 1048576 ] && [ "$(echo " $sb" | md_field bytes_up)" = 1048576 ]; then
+    if [ "$(stat_of px_bytes_down "$sa")" = 1048644 ] && [ "$(stat_of px_bytes_down "$sb")" = 1048644 ] \
+        && [ "$(stat_of px_bytes_up "$sa")" = 1048576 ] && [ "$(stat_of px_bytes_up "$sb")" = 1048576 ]; then
         pass "chain: both instances moved the 1 MB each way"
     else
         fail "chain: stats" "md-a: $sa / md-b: $sb"
@@ -227,7 +226,7 @@ if md_cfg mp-small small.cfg 13; then
     stats=$(md_stats mp-small); echo "mp-small: $stats"
     [ $ok = 50 ] && pass "small.cfg, memory=4: 50 concurrent connections byte-exact ($ms ms)" \
                  || fail "small.cfg: 50 concurrent" "$ok of 50 byte-exact; $stats"
-    echo "$stats" | grep -q 'refused=0 ' || fail "small.cfg: refused connections" "$stats"
+    [ "$(stat_of px_refused "$stats")" = 0 ] || fail "small.cfg: refused connections" "$stats"
     mp_stop mp-small
     tail -n 4 "$(console_log mp-small)"
 else

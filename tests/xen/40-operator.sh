@@ -58,6 +58,11 @@ op_bad "reverse without upstream" "needs --upstream" spawn --name opx --mode rev
 op_bad "bad upstream" "bad upstream" spawn --name opx --mode reverse --listen 80 --upstream 10.0.0.1 --ip 10.0.0.90/24
 op_bad "bad port" "bad port" spawn --name opx --mode transparent --listen 70000 --ip 10.0.0.90/24
 op_bad "kernel missing" "kernel .* not found" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --kernel /nonexistent/miniproxy
+# The guest's own parser checks the whole line before anything is created (exit 2).
+op_bad "a value the guest refuses" "bad value for key 'buf': '16q'" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra buf=16q
+op_bad "a misspelt key" "unknown key 'idle_exti'" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra idle_exti=10m
+op_rules=$(for i in $(seq 1 15); do printf 'rule=reverse:%019d:10.0.0.1:%019d ' $((1000 + i)) 7000; done)
+op_bad "a line Xen would cut" "line is [0-9]+ bytes; Xen passes at most 1023" spawn --name opx "${R[@]}" --ip 10.0.0.90/24 --extra "rx_bufs=$(printf %019d 64) max_conns=$(printf %019d 64) $op_rules"
 op_bad "stop unknown name" "no instance named" stop nosuch
 op_bad "stop without a name" "which instance" stop
 op_bad "stop a domain that is not an instance" "not an instance" stop Domain-0
@@ -115,10 +120,11 @@ sleep 1.5   # stats refresh at most once a second
 cat "$OP/list"
 ok=0
 for i in $(seq 0 19); do
-    grep -qE "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: accepted=1 .*completed=1 " "$OP/list" && ok=$((ok + 1))
+    line=$(grep -E "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: " "$OP/list")
+    [ "$(stat_of px_accepted "$line")" = 1 ] && [ "$(stat_of px_completed "$line")" = 1 ] && ok=$((ok + 1))
 done
 [ $rc = 0 ] && [ $ok = 20 ] && [ "$(wc -l < "$OP/list")" = 20 ] \
-    && pass "operator: list shows the 20, running, each with accepted=1 completed=1" \
+    && pass "operator: list shows the 20, running, each with px_accepted=1 px_completed=1" \
     || fail "operator: list" "rc $rc, $ok of 20 lines as expected, $(wc -l < "$OP/list") lines"
 
 op_t0=$(now_ms)
@@ -159,10 +165,10 @@ if out=$("$MP" spawn --name op-busy --mode reverse --listen 80 --upstream 10.0.0
     busy_id=$(echo "$out" | op_field domid)
     timeout 120 socat -u TCP:10.0.0.96:80 OPEN:/dev/null & client=$!
     sleep 3
-    stats=$(xenstore-read "/local/domain/$busy_id/data/stats" 2>/dev/null)
+    stats=$(mp_stats "$busy_id")
     echo "busy: $stats"
-    down=$(echo " $stats" | op_field bytes_down)
-    if echo "$stats" | grep -q 'active=1 ' && [ "${down:-0}" -gt 0 ]; then
+    down=$(stat_of px_bytes_down "$stats")
+    if [ "$(stat_of px_active "$stats")" = 1 ] && [ "${down:-0}" -gt 0 ]; then
         op_t0=$(now_ms)
         xl shutdown op-busy >/dev/null 2>&1
         if wait_gone op-busy 15 >/dev/null; then

@@ -2,6 +2,19 @@
 P=/root/payload
 MP_CFG=$P/xl-configs/miniproxy.cfg
 
+# The guest's data/stats is one line of key=value tokens, keys prefixed by
+# their source (px_ proxy engine, nf_ netfront, cpu_ profile, xen_ platform;
+# README.md, "The stats line"). These two are the only way the tests read it.
+# mp_stats DOMID: the line.
+mp_stats() { xenstore-read "/local/domain/$1/data/stats" 2>/dev/null; }
+# stat_of KEY [LINE]: KEY's value in LINE (default: stdin); fails if absent.
+stat_of() {
+    local key=$1 line t
+    if [ $# -gt 1 ]; then line=$2; else IFS= read -r line; fi
+    for t in $line; do [ "${t%%=*}" = "$key" ] && { echo "${t#*=}"; return 0; }; done
+    return 1
+}
+
 # mp_create NAME MEMORY_MB EXTRA [MAC]: start an instance from the shipped
 # config with a vif on xenbr0 (fast hotplug script) and wait for its ready key.
 # Sets MP_ID and MP_READY_MS.

@@ -183,7 +183,11 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             .stats
             .check(now_ns, || format!("{} {}", proxy.stats(), nic.stats()))
         {
-            let full = format!("{line} {} notifies={}", self.profile_now(), nic.notifies());
+            let full = format!(
+                "{line} {} xen_notifies={}",
+                self.profile_now(),
+                nic.notifies()
+            );
             if let Err(e) = self.toolstack.write("data/stats", &full) {
                 log::warn!("stats: {e}");
             }

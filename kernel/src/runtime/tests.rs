@@ -491,11 +491,15 @@ fn shutdown_request_drains_netfront_and_is_acknowledged() {
         assert_eq!(lines[1], "miniproxy: proxy ");
         assert_eq!(lines[2], "miniproxy: vif0  notifies=7");
         assert!(
-            lines[3].starts_with("miniproxy: cpu_ms nic="),
+            lines[3].starts_with("miniproxy: cpu_nic_ms="),
             "{}",
             lines[3]
         );
-        assert!(lines[3].ends_with(" loops=4 wakeups=0"), "{}", lines[3]);
+        assert!(
+            lines[3].ends_with(" cpu_loops=4 cpu_wakeups=0"),
+            "{}",
+            lines[3]
+        );
         assert_eq!(lines[4], "miniproxy: heap 10 of 100 KiB used");
     }
 }
@@ -558,10 +562,10 @@ fn stats_are_written_at_most_once_a_second_and_only_when_changed() {
     }
     let last = r.writes("data/stats").pop().unwrap();
     assert!(
-        last.starts_with("accepted=") && last.contains(" rx 1 frames cpu_ms "),
+        last.starts_with("accepted=") && last.contains(" rx 1 frames cpu_nic_ms="),
         "{last}"
     );
-    assert!(last.ends_with(" notifies=7"), "{last}");
+    assert!(last.ends_with(" xen_notifies=7"), "{last}");
 
     // The last change is published at the next look (within a second).
     for _ in 0..8 {
@@ -759,7 +763,7 @@ fn without_network_only_a_stop_ends_the_wait() {
     assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
     let lines = console();
     assert_eq!(lines.len(), 3, "{lines:?}");
-    assert!(lines[0].starts_with("miniproxy: cpu_ms "));
+    assert!(lines[0].starts_with("miniproxy: cpu_nic_ms="));
     assert_eq!(lines[1], "miniproxy: heap 10 of 100 KiB used");
     assert_eq!(lines[2], "miniproxy: stopping (Poweroff)");
     assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
@@ -801,7 +805,7 @@ fn stats_dump_request_prints_the_report_and_serving_goes_on() {
     assert_eq!(lines.len(), 4, "{lines:?}");
     assert_eq!(lines[0], "miniproxy: proxy accepted=2");
     assert_eq!(lines[1], "miniproxy: vif0 rx 1234 frames notifies=7");
-    assert!(lines[2].starts_with("miniproxy: cpu_ms "));
+    assert!(lines[2].starts_with("miniproxy: cpu_nic_ms="));
     assert_eq!(lines[3], "miniproxy: heap 10 of 100 KiB used");
     assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
     assert!(!nic.closed);

@@ -1,5 +1,6 @@
-//! The engine's counters and their one-line form (`stats:` in the logs;
-//! scripts parse it, so the format is fixed).
+//! The engine's counters and their one-line `px_KEY=VALUE` form (`stats:` in
+//! the logs, and part of the guest's `data/stats`; scripts parse it, so the
+//! keys are fixed: see the top-level README, "The stats line").
 
 use core::fmt;
 
@@ -43,12 +44,15 @@ impl Stats {
     }
 }
 
+/// One line of `px_KEY=VALUE` tokens (the `px_` part of the guest's
+/// `data/stats`, format in the top-level README, "The stats line").
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
-             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={}",
+            "px_accepted={} px_active={} px_refused={} px_upstream_fail={} px_resets={} \
+             px_client_resets={} px_upstream_resets={} px_timeouts={} px_completed={} \
+             px_bytes_up={} px_bytes_down={} px_buf_bytes={} px_buf_peak={} px_garp={}",
             self.accepted,
             self.active,
             self.refused,

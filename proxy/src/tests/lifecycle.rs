@@ -66,8 +66,9 @@ fn stats_line() {
     echo_roundtrip(&mut w, b"hello", secs(10));
     assert_eq!(
         w.proxy.stats().to_string(),
-        "accepted=1 active=0 refused=0 upstream_fail=0 resets=0 (client=0 upstream=0) \
-         timeouts=0 completed=1 bytes_up=5 bytes_down=5 buf_bytes=786432 buf_peak=786432 garp=1"
+        "px_accepted=1 px_active=0 px_refused=0 px_upstream_fail=0 px_resets=0 \
+         px_client_resets=0 px_upstream_resets=0 px_timeouts=0 px_completed=1 \
+         px_bytes_up=5 px_bytes_down=5 px_buf_bytes=786432 px_buf_peak=786432 px_garp=1"
     );
     // Four listening sockets and the connection's two (now spares), each with
     // two 64k buffers: the budget is ample.

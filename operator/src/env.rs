@@ -1,0 +1,194 @@
+//! Where things are and how many may run at once: the tool's environment
+//! (`MINIPROXY_*` variables, the repository or payload directory), its
+//! clock and its trace.
+
+use crate::{fail, Failure};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The settings every command reads once.
+pub struct Env {
+    /// Per-instance records: NAME.cfg, NAME.domid, NAME.xl.log, NAME.lock.
+    pub run_dir: PathBuf,
+    pub bridge: String,
+    pub console_dir: PathBuf,
+    pub vif_script: String,
+    /// The repository, or dom0's payload directory (kernel, xl-configs/).
+    pub repo_dir: Option<PathBuf>,
+    trace: bool,
+    t0: Instant,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Env {
+    pub fn load() -> Env {
+        add_xl_to_path();
+        let vif_script = var("MINIPROXY_VIF_SCRIPT").unwrap_or_else(|| {
+            if is_executable(Path::new("/etc/xen/scripts/vif-fast")) {
+                "/etc/xen/scripts/vif-fast".into()
+            } else {
+                "vif-bridge".into()
+            }
+        });
+        // scripts/miniproxy sets MINIPROXY_REPO_DIR; run directly from
+        // PAYLOAD/scripts/, the directory above the binary's.
+        let repo_dir = var("MINIPROXY_REPO_DIR").map(PathBuf::from).or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.to_path_buf())
+        });
+        Env {
+            run_dir: var("MINIPROXY_RUN_DIR")
+                .unwrap_or_else(|| "/run/miniproxy".into())
+                .into(),
+            bridge: var("MINIPROXY_BRIDGE").unwrap_or_else(|| "xenbr0".into()),
+            console_dir: var("MINIPROXY_CONSOLE_DIR")
+                .unwrap_or_else(|| "/var/log/xen/console".into())
+                .into(),
+            vif_script,
+            repo_dir,
+            trace: var("MINIPROXY_TRACE").is_some(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the command started.
+    pub fn ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// With MINIPROXY_TRACE set: the time since the command started, on stderr.
+    pub fn trace(&self, what: &str) {
+        if self.trace {
+            eprintln!("{}: trace +{} ms {what}", crate::PROG, self.ms());
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.run_dir.join(file)
+    }
+
+    /// The unikernel ELF: MINIPROXY_KERNEL, REPO/miniproxy (the payload) or
+    /// REPO/target/release/miniproxy, the first that exists.
+    pub fn default_kernel(&self) -> Option<PathBuf> {
+        let mut c: Vec<PathBuf> = var("MINIPROXY_KERNEL")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        if let Some(r) = &self.repo_dir {
+            c.push(r.join("miniproxy"));
+            c.push(r.join("target/release/miniproxy"));
+        }
+        c.into_iter().find(|p| p.is_file())
+    }
+
+    /// The xl config template: MINIPROXY_TEMPLATE, REPO/xl-configs/template.cfg
+    /// or /etc/miniproxy/template.cfg, the first that exists.
+    pub fn default_template(&self) -> Option<PathBuf> {
+        let mut c: Vec<PathBuf> = var("MINIPROXY_TEMPLATE")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        if let Some(r) = &self.repo_dir {
+            c.push(r.join("xl-configs/template.cfg"));
+        }
+        c.push("/etc/miniproxy/template.cfg".into());
+        c.into_iter().find(|p| p.is_file())
+    }
+
+    /// The console log xenconsoled --log=guest writes for NAME.
+    pub fn console_file(&self, name: &str) -> PathBuf {
+        self.console_dir.join(format!("guest-{name}.log"))
+    }
+}
+
+/// MINIPROXY_PARALLEL: spawns creating and booting, or stops, at once
+/// (default: dom0's CPUs, at least 2).
+pub fn parallel() -> Result<usize, Failure> {
+    match std::env::var("MINIPROXY_PARALLEL") {
+        Ok(v) if !v.is_empty() => match v.parse::<usize>() {
+            Ok(n) if n >= 1 && !v.starts_with('0') && !v.starts_with('+') => Ok(n),
+            _ => fail(format!(
+                "MINIPROXY_PARALLEL must be a positive number, not '{v}'"
+            )),
+        },
+        _ => Ok(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .max(2)),
+    }
+}
+
+/// MINIPROXY_QUEUE_TIMEOUT in ms (default 600 s): how long a spawn may wait
+/// for a create slot.
+pub fn queue_timeout() -> Result<(u64, String), Failure> {
+    let v = var("MINIPROXY_QUEUE_TIMEOUT").unwrap_or_else(|| "600".into());
+    match crate::args::parse_secs(&v) {
+        Some(ms) => Ok((ms, v)),
+        None => fail(format!(
+            "MINIPROXY_QUEUE_TIMEOUT must be seconds (e.g. 600), not '{v}'"
+        )),
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Debian keeps xl in /usr/sbin (a wrapper) or only in /usr/lib/xen-X.Y/bin:
+/// append those directories to PATH (after what is there, so a PATH that
+/// has an xl keeps it).
+fn add_xl_to_path() {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut dirs: Vec<String> = path.split(':').map(String::from).collect();
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("xen-"))
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    for d in ["/usr/lib/xen/bin", "/usr/sbin", "/sbin"] {
+        candidates.push(d.into());
+    }
+    let mut changed = false;
+    for d in candidates {
+        let s = d.to_string_lossy().into_owned();
+        if is_executable(&d.join("xl")) && !dirs.contains(&s) {
+            dirs.push(s);
+            changed = true;
+        }
+    }
+    if changed {
+        // Single-threaded here, at the start of main.
+        std::env::set_var("PATH", dirs.join(":"));
+    }
+}
+
+/// Root (xl needs it) and an xl on PATH.
+pub fn need_root() -> Result<(), Failure> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if euid != "0" {
+        return fail("must run as root (xl needs it)");
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path
+        .split(':')
+        .any(|d| is_executable(&Path::new(d).join("xl")))
+    {
+        return fail("xl not found (install the Xen tools)");
+    }
+    Ok(())
+}

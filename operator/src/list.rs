@@ -1,0 +1,200 @@
+//! `miniproxy list`: one line per instance, with its parsed stats.
+
+use crate::args::check_name;
+use crate::env::{self, Env};
+use crate::json::Object;
+use crate::render::meta_get;
+use crate::spawn::{domain_of, forget, records, spawning};
+use crate::stats::Counters;
+use crate::{bad, lock, xen, Failure, Outcome};
+use std::time::Duration;
+
+pub const USAGE: &str = "Usage: miniproxy list [--json] [NAME...]
+One line per instance started by 'miniproxy spawn' that still exists (all, or
+the NAMEs given), sorted by name:
+  name=NAME domid=ID state=STATE ip=CIDR mode=MODE memory=MB stats: COUNTERS
+STATE: running (includes idle: blocked in Xen), starting (no ready key yet),
+paused, shutdown, crashed, dying. COUNTERS: the guest's data/stats (refreshed
+at most once a second; format in README.md, \"The stats line\"), e.g.
+px_accepted=3 px_active=1 ... nf_rx_frames=.. cpu_busy_ms=..; `none` when
+there are none yet, `malformed` (and a warning) when they do not parse.
+--json: one object per line, the counters as an object (null if none).
+Records of instances that are gone (idle_exit, xl destroy) are dropped.
+A NAME that is not a running instance is an error (exit 1) after the others.
+";
+
+/// What `list` says about one instance.
+struct Row {
+    name: String,
+    domid: Option<u32>,
+    state: String,
+    ip: String,
+    mode: String,
+    memory: String,
+    stats: Option<Counters>,
+    /// The stats key was there but did not parse: why.
+    malformed: Option<String>,
+}
+
+impl Row {
+    fn text(&self) -> String {
+        let stats = match (&self.stats, &self.malformed) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(_)) => "malformed".into(),
+            (None, None) => "none".into(),
+        };
+        let domid = self.domid.map_or("-".into(), |d| d.to_string());
+        format!(
+            "name={} domid={domid} state={} ip={} mode={} memory={} stats: {stats}",
+            self.name, self.state, self.ip, self.mode, self.memory
+        )
+    }
+
+    fn json(&self) -> String {
+        let o = Object::default()
+            .str("name", &self.name)
+            .opt_num("domid", self.domid.map(u64::from))
+            .str("state", &self.state)
+            .str("ip", &self.ip)
+            .str("mode", &self.mode)
+            .opt_num("memory", self.memory.parse().ok());
+        match &self.stats {
+            Some(c) => o.object("stats", c.to_json()),
+            None => o.null("stats"),
+        }
+        .finish()
+    }
+}
+
+fn state_name(letters: &str) -> &'static str {
+    if letters.contains('c') {
+        "crashed"
+    } else if letters.contains('s') {
+        "shutdown"
+    } else if letters.contains('d') {
+        "dying"
+    } else if letters.contains('p') {
+        "paused"
+    } else if letters.contains(['r', 'b']) {
+        "running"
+    } else {
+        "unknown"
+    }
+}
+
+pub fn run(argv: &[String]) -> Outcome {
+    let mut names: Vec<String> = Vec::new();
+    let mut json = false;
+    for a in argv {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            "--json" => json = true,
+            o if o.starts_with('-') => return bad(format!("unknown option '{o}'")),
+            n => {
+                check_name(n)?;
+                names.push(n.to_string());
+            }
+        }
+    }
+    let explicit = !names.is_empty();
+    env::need_root()?;
+    let env = Env::load();
+    let records = records(&env);
+    if !explicit {
+        names = records.iter().map(|(n, _)| n.clone()).collect();
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    // Every domain's name and state from one xl list.
+    let domains = xen::xl_list();
+    let mut failed = false;
+    for n in &names {
+        let meta = records
+            .iter()
+            .find(|(r, _)| r == n)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let field = |k: &str| meta_get(&meta, k).unwrap_or("").to_string();
+        let id: Option<u32> = std::fs::read_to_string(env.path(&format!("{n}.domid")))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let live = id.and_then(|id| domains.iter().find(|(dn, did, _)| *did == id && dn == n));
+        let has_record = env.path(&format!("{n}.cfg")).is_file();
+        let Some((_, id, letters)) = live else {
+            if has_record && spawning(&env, n) {
+                let row = Row {
+                    name: n.clone(),
+                    domid: id,
+                    state: "starting".into(),
+                    ip: field("ip"),
+                    mode: field("mode"),
+                    memory: field("memory"),
+                    stats: None,
+                    malformed: None,
+                };
+                println!("{}", if json { row.json() } else { row.text() });
+                continue;
+            }
+            // Gone (idle_exit, xl destroy...): drop the record, unless a
+            // spawn of the name started meanwhile.
+            if has_record {
+                if let Ok(Some(_g)) = lock::take_within(&env.path(".lock"), Duration::from_secs(10))
+                {
+                    if !spawning(&env, n) && domain_of(&env, n).is_none() {
+                        forget(&env, n);
+                    }
+                }
+            }
+            if explicit {
+                eprintln!("miniproxy list: no instance named '{n}'");
+                failed = true;
+            }
+            continue;
+        };
+        let mut state = state_name(letters).to_string();
+        let xs = format!("/local/domain/{id}");
+        let (ready, ip, stats_line) = match xen::read_all(&[
+            &format!("{xs}/data/ready"),
+            &format!("{xs}/data/ip"),
+            &format!("{xs}/data/stats"),
+        ]) {
+            Some(v) => (true, v[1].clone(), Some(v[2].clone())),
+            None => (
+                xen::read(&format!("{xs}/data/ready")).is_some(),
+                xen::read(&format!("{xs}/data/ip")).unwrap_or_else(|| field("ip")),
+                xen::read(&format!("{xs}/data/stats")),
+            ),
+        };
+        if state == "running" && !ready {
+            state = "starting".into();
+        }
+        let (stats, malformed) = match stats_line.as_deref().map(Counters::parse) {
+            Some(Ok(c)) => (Some(c), None),
+            Some(Err(why)) => {
+                eprintln!("miniproxy list: {n}: data/stats does not parse: {why}");
+                (None, Some(why))
+            }
+            None => (None, None),
+        };
+        let row = Row {
+            name: n.clone(),
+            domid: Some(*id),
+            state,
+            ip,
+            mode: field("mode"),
+            memory: field("memory"),
+            stats,
+            malformed,
+        };
+        println!("{}", if json { row.json() } else { row.text() });
+    }
+    if failed {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The Xen toolstack commands this tool runs (`xl`, `xenstore-*`), with the
+//! retry rules they need: xl's rare abort at exit (rc 134, after the work)
+//! counts as success, and a xenstore mid-change is asked again.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run `prog args`; its exit code (None: killed or not started) and stdout.
+fn run(prog: &str, args: &[&str]) -> (Option<i32>, String) {
+    match Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(out) => (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(_) => (None, String::new()),
+    }
+}
+
+/// xl ARGS, its output thrown away; rc 134 counts as 0.
+pub fn xl_ok(args: &[&str]) -> bool {
+    matches!(run("xl", args).0, Some(0) | Some(134))
+}
+
+/// `xl create CFG`, its output appended to `log`; the exit code.
+pub fn xl_create(cfg: &str, log: &std::path::Path) -> Option<i32> {
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log);
+    let mut cmd = Command::new("xl");
+    cmd.args(["create", cfg]).stdin(Stdio::null());
+    if let Ok(f) = out {
+        if let Ok(f2) = f.try_clone() {
+            cmd.stdout(f).stderr(f2);
+        }
+    }
+    cmd.status().ok().and_then(|s| s.code())
+}
+
+/// `xl domid NAME`, asked again after an rc-134 abort (three times at most).
+pub fn xl_domid(name: &str) -> Option<u32> {
+    for _ in 0..3 {
+        match run("xl", &["domid", name]) {
+            (Some(0), out) => return out.trim().parse().ok(),
+            (Some(134), _) => continue,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// One row of `xl list`: (name, domid, state letters).
+pub fn xl_list() -> Vec<(String, u32, String)> {
+    let (_, out) = run("xl", &["list"]);
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(4)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The state letters of domain `id` (`r-----`, `--c---`...), if it is listed.
+pub fn xl_state(id: u32) -> Option<String> {
+    let (rc, out) = run("xl", &["list", &id.to_string()]);
+    if rc != Some(0) {
+        return None;
+    }
+    out.lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(4)
+        .map(String::from)
+}
+
+/// xenstore-read of one or more paths: one value per path, or None if any
+/// is missing.
+pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
+    match run("xenstore-read", paths) {
+        (Some(0), out) => {
+            let mut v: Vec<String> = out.lines().map(String::from).collect();
+            // An empty value is an empty line: pad what `lines` dropped.
+            v.resize(paths.len(), String::new());
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+pub fn read(path: &str) -> Option<String> {
+    read_all(&[path]).and_then(|mut v| v.pop())
+}
+
+pub fn write(path: &str, value: &str) -> bool {
+    run("xenstore-write", &[path, value]).0 == Some(0)
+}
+
+/// NAME's domid from xenstore (two small processes instead of an xl); asks
+/// xl when xenstore is mid-change (a domain without a name yet).
+pub fn domid_of(name: &str) -> Option<u32> {
+    let (rc, out) = run("xenstore-list", &["/local/domain"]);
+    let ids: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    if rc != Some(0) || ids.is_empty() {
+        return xl_domid(name);
+    }
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|i| format!("/local/domain/{i}/name"))
+        .collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let Some(names) = read_all(&refs) else {
+        return xl_domid(name);
+    };
+    ids.iter()
+        .zip(names.iter())
+        .find(|(_, n)| n.as_str() == name)
+        .and_then(|(i, _)| i.parse().ok())
+}
+
+/// Until PATH's xenstore watch fires (or `wait` is up). A failing watch
+/// costs a pause, so that a broken xenstore-watch cannot make a caller spin.
+pub fn wait_event(path: &str, wait: Duration) {
+    let child = Command::new("xenstore-watch")
+        .args(["-n", "2", path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        std::thread::sleep(Duration::from_millis(300));
+        return;
+    };
+    let end = Instant::now() + wait;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    std::thread::sleep(Duration::from_millis(300).min(wait));
+                }
+                return;
+            }
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
+}
