@@ -59,6 +59,7 @@ pub enum IpSetting {
 pub enum CongestionControl {
     None,
     Reno,
+    Cubic,
 }
 
 impl CongestionControl {
@@ -66,6 +67,7 @@ impl CongestionControl {
         match self {
             CongestionControl::None => "none",
             CongestionControl::Reno => "reno",
+            CongestionControl::Cubic => "cubic",
         }
     }
 }
@@ -139,6 +141,9 @@ pub struct Config {
     /// TCP keep-alive interval on both sockets of a connection; `None` = off.
     pub keepalive: Option<Duration>,
     pub cc: CongestionControl,
+    /// Floor of the retransmission timeout (RFC 6298 (2.4) says 1 s; Linux
+    /// and this default use 200 ms).
+    pub rto_min: Duration,
     /// Delayed-ACK timeout; `None` = ACK immediately.
     pub ack_delay: Option<Duration>,
     /// Memory budget for the engine in bytes; `None` = decided by the caller.
@@ -165,6 +170,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
             cc: CongestionControl::Reno,
+            rto_min: Duration::from_millis(200),
             ack_delay: None,
             mem: None,
         }
