@@ -37,7 +37,7 @@ pub use values::{parse_duration, parse_size};
 /// Most rules one instance accepts.
 pub const MAX_RULES: usize = 16;
 /// Default of `buf=`.
-pub const DEFAULT_BUF: usize = 64 * 1024;
+pub const DEFAULT_BUF: usize = 1 << 20;
 /// Default of `buf_min=` (or `buf=` when that is smaller).
 pub const DEFAULT_BUF_MIN: usize = 4 * 1024;
 /// Smallest `buf=` and `buf_min=`.
@@ -169,7 +169,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(300)),
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
-            cc: CongestionControl::Reno,
+            cc: CongestionControl::Cubic,
             rto_min: Duration::from_millis(200),
             ack_delay: None,
             mem: None,
