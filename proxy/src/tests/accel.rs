@@ -302,11 +302,12 @@ fn two_engines_in_a_row_stay_byte_exact_under_loss_and_reordering() {
             failed.push(seed);
         }
     }
-    // Seed 11 witnesses a stall not yet fixed: engine B (the sender of the
-    // response) stops sending to engine A after 244787 of 262144 bytes and
-    // its connection times out, so the client is reset. Both ends are
-    // smoltcp; end hosts talking to one engine complete every seed
-    // (`loss_and_reordering_stay_byte_exact`). When it is fixed this fails:
-    // make the list empty.
+    // Seed 11 witnesses a stall not yet fixed, between two smoltcp stacks:
+    // engine B's upstream socket has 244787 of the server's 262144 bytes
+    // after 2 s of virtual time and never more (a few segments in the next
+    // 85 s, as retransmissions back off), B everything it got passed on to
+    // A and A to the client; B's connection then times out and the client
+    // is reset. The one-engine loss test passes seeds 0..49. When it is
+    // fixed this fails: make the list empty.
     assert_eq!(failed, [11], "seeds that failed");
 }
