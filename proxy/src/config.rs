@@ -37,7 +37,7 @@ pub use values::{parse_duration, parse_size};
 /// Most rules one instance accepts.
 pub const MAX_RULES: usize = 16;
 /// Default of `buf=`.
-pub const DEFAULT_BUF: usize = 64 * 1024;
+pub const DEFAULT_BUF: usize = 1 << 20;
 /// Default of `buf_min=` (or `buf=` when that is smaller).
 pub const DEFAULT_BUF_MIN: usize = 4 * 1024;
 /// Smallest `buf=` and `buf_min=`.
@@ -59,6 +59,7 @@ pub enum IpSetting {
 pub enum CongestionControl {
     None,
     Reno,
+    Cubic,
 }
 
 impl CongestionControl {
@@ -66,6 +67,7 @@ impl CongestionControl {
         match self {
             CongestionControl::None => "none",
             CongestionControl::Reno => "reno",
+            CongestionControl::Cubic => "cubic",
         }
     }
 }
@@ -139,6 +141,9 @@ pub struct Config {
     /// TCP keep-alive interval on both sockets of a connection; `None` = off.
     pub keepalive: Option<Duration>,
     pub cc: CongestionControl,
+    /// Floor of the retransmission timeout (RFC 6298 (2.4) says 1 s; Linux
+    /// and this default use 200 ms).
+    pub rto_min: Duration,
     /// Delayed-ACK timeout; `None` = ACK immediately.
     pub ack_delay: Option<Duration>,
     /// Memory budget for the engine in bytes; `None` = decided by the caller.
@@ -164,7 +169,8 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(300)),
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
-            cc: CongestionControl::Reno,
+            cc: CongestionControl::Cubic,
+            rto_min: Duration::from_millis(200),
             ack_delay: None,
             mem: None,
         }

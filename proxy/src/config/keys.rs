@@ -84,9 +84,15 @@ fn parse_ip(s: &str) -> Option<IpSetting> {
 fn parse_cc(s: &str) -> Option<CongestionControl> {
     match s {
         "reno" => Some(CongestionControl::Reno),
+        "cubic" => Some(CongestionControl::Cubic),
         "none" => Some(CongestionControl::None),
         _ => None,
     }
+}
+
+/// smoltcp clamps the floor to 1 ms..=60 s; outside that is refused, not clamped.
+fn parse_rto_min(s: &str) -> Option<core::time::Duration> {
+    parse_nonzero_duration(s).filter(|d| d.as_millis() >= 1 && d.as_secs() <= 60)
 }
 
 fn show_opt<T: fmt::Display>(t: &mut Tokens<'_, '_>, v: Option<T>) -> fmt::Result {
@@ -261,12 +267,21 @@ pub(super) static KEYS: &[Key] = &[
     },
     Key {
         name: "cc",
-        doc: "`reno` `none`: congestion control (smoltcp's Cubic needs `std` floats)",
-        expected: "one of reno, none",
+        doc: "`cubic` `reno` `none`: congestion control",
+        expected: "one of cubic, reno, none",
         default_note: "",
         repeatable: false,
         parse: |c, v| set(&mut c.cc, parse_cc(v)),
         show: |c, t| t.put(c.cc.name()),
+    },
+    Key {
+        name: "rto_min",
+        doc: "duration, `1ms`..=`60s`: floor of the TCP retransmission timeout",
+        expected: "a duration like 200ms, from 1ms to 60s",
+        default_note: "",
+        repeatable: false,
+        parse: |c, v| set(&mut c.rto_min, parse_rto_min(v)),
+        show: |c, t| t.put(Dur(c.rto_min)),
     },
     Key {
         name: "ack_delay",

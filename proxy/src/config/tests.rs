@@ -19,7 +19,7 @@ fn empty_line_is_defaults_without_rules() {
     let c = Config::default();
     assert_eq!(c.loglevel, LevelFilter::Info);
     assert_eq!(c.ip, IpSetting::Dhcp);
-    assert_eq!(c.buf, 65536);
+    assert_eq!(c.buf, 1 << 20);
     assert_eq!(c.buf_min, 4096);
     assert!(c.offload);
     assert_eq!(c.max_conns, 64);
@@ -38,15 +38,15 @@ fn buf_min_and_buf() {
     let c = Config::parse("buf=16k").unwrap();
     assert_eq!((c.buf, c.buf_min), (16384, 4096));
     let c = Config::parse("buf_min=32k").unwrap();
-    assert_eq!((c.buf, c.buf_min), (65536, 32768));
+    assert_eq!((c.buf, c.buf_min), (1 << 20, 32768));
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
     assert_eq!(
         err("buf=16k buf_min=32k"),
         "config: key 'buf_min' with value '32k': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
     );
     assert_eq!(
-        err("buf_min=128k"),
-        "config: key 'buf_min' with value '128k': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
+        err("buf_min=2m"),
+        "config: key 'buf_min' with value '2m': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
     );
     assert_eq!(
         err("buf_min=512"),
@@ -86,7 +86,7 @@ fn full_line() {
     let c = Config::parse(
         "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
          tx_bufs=16 offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-         buf_min=8k idle_timeout=60s connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m  ",
+         buf_min=8k idle_timeout=60s connect_timeout=500ms keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m  ",
     )
     .unwrap();
     assert_eq!(c.loglevel, LevelFilter::Debug);
@@ -127,13 +127,14 @@ fn full_line() {
     assert_eq!(c.connect_timeout, Duration::from_millis(500));
     assert_eq!(c.keepalive, None);
     assert_eq!(c.cc, CongestionControl::None);
+    assert_eq!(c.rto_min, Duration::from_millis(50));
     assert_eq!(c.ack_delay, Some(Duration::from_millis(10)));
     assert_eq!(c.mem, Some(12 << 20));
     assert_eq!(
         c.summary(),
         "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 tx_bufs=16 \
          offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-         buf_min=8k idle_timeout=1m connect_timeout=500ms keepalive=off cc=none ack_delay=10ms mem=12m"
+         buf_min=8k idle_timeout=1m connect_timeout=500ms keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
 }
@@ -144,7 +145,7 @@ fn default_summary_round_trips() {
     assert_eq!(
         c.summary(),
         "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 tx_bufs=64 offload=on \
-         max_conns=64 backlog=4 buf=64k buf_min=4k idle_timeout=5m connect_timeout=10s keepalive=1m cc=reno ack_delay=off"
+         max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s keepalive=1m cc=cubic rto_min=200ms ack_delay=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
 }
@@ -215,8 +216,11 @@ fn every_bad_value_names_key_and_value() {
         ("idle_timeout=0s", "config: bad value for key 'idle_timeout': '0s' (expected a non-zero duration like 60s, or off)"),
         ("connect_timeout=off", "config: bad value for key 'connect_timeout': 'off' (expected a non-zero duration like 10s)"),
         ("keepalive=1x", "config: bad value for key 'keepalive': '1x' (expected a non-zero duration like 60s, or off)"),
-        ("cc=bbr", "config: bad value for key 'cc': 'bbr' (expected one of reno, none)"),
-        ("cc=cubic", "config: bad value for key 'cc': 'cubic' (expected one of reno, none)"),
+        ("cc=bbr", "config: bad value for key 'cc': 'bbr' (expected one of cubic, reno, none)"),
+        ("cc=Cubic", "config: bad value for key 'cc': 'Cubic' (expected one of cubic, reno, none)"),
+        ("rto_min=0ms", "config: bad value for key 'rto_min': '0ms' (expected a duration like 200ms, from 1ms to 60s)"),
+        ("rto_min=61s", "config: bad value for key 'rto_min': '61s' (expected a duration like 200ms, from 1ms to 60s)"),
+        ("rto_min=off", "config: bad value for key 'rto_min': 'off' (expected a duration like 200ms, from 1ms to 60s)"),
         ("ack_delay=5", "config: bad value for key 'ack_delay': '5' (expected a non-zero duration like 10ms, or off)"),
         ("mem=lots", "config: bad value for key 'mem': 'lots' (expected a size like 8m, at least 4k)"),
     ];
@@ -380,7 +384,8 @@ fn gen_value(rng: &mut Rng, key: &str) -> String {
         "max_conns" => format!("{}", 1 + rng.below(65535)),
         "backlog" => format!("{}", 1 + rng.below(64)),
         "buf" | "buf_min" => gen_size(rng, MIN_BUF, MAX_BUF),
-        "cc" => pick(rng, &["reno", "none"]).into(),
+        "cc" => pick(rng, &["cubic", "reno", "none"]).into(),
+        "rto_min" => format!("{}ms", 1 + rng.below(60_000)),
         "mem" => gen_size(rng, 4096, 1 << 40),
         _ => panic!("no generator for key {key}: add one"),
     }
@@ -517,4 +522,18 @@ fn key_table_lists_every_key_with_its_default() {
     );
     assert!(table.contains("| `rule` |"), "{table}");
     assert!(table.contains(" | none |\n"), "{table}");
+}
+
+#[test]
+fn cc_and_rto_min_parse() {
+    let c = Config::parse("cc=cubic rto_min=1ms").unwrap();
+    assert_eq!(c.cc, CongestionControl::Cubic);
+    assert_eq!(c.rto_min, Duration::from_millis(1));
+    let c = Config::parse("cc=reno rto_min=60s").unwrap();
+    assert_eq!(c.cc, CongestionControl::Reno);
+    assert_eq!(c.rto_min, Duration::from_secs(60));
+    assert!(Config::parse("rto_min=1500ms")
+        .unwrap()
+        .summary()
+        .contains(" rto_min=1500ms "));
 }

@@ -23,6 +23,7 @@ pub(super) struct Tuning {
     pub(super) user_timeout: Duration,
     pub(super) ack_delay: Option<Duration>,
     pub(super) cc: tcp::CongestionControl,
+    pub(super) rto_min: Duration,
 }
 
 fn dur(d: core::time::Duration) -> Duration {
@@ -39,9 +40,11 @@ impl Tuning {
             keepalive,
             user_timeout: keepalive.map(|k| k * 3).unwrap_or(DEFAULT_USER_TIMEOUT),
             ack_delay: cfg.ack_delay.map(dur),
+            rto_min: dur(cfg.rto_min),
             cc: match cfg.cc {
                 CongestionControl::None => tcp::CongestionControl::None,
                 CongestionControl::Reno => tcp::CongestionControl::Reno,
+                CongestionControl::Cubic => tcp::CongestionControl::Cubic,
             },
         }
     }
@@ -55,5 +58,6 @@ impl Tuning {
         s.set_keep_alive(self.keepalive);
         s.set_timeout(Some(self.user_timeout));
         s.set_congestion_control(self.cc);
+        s.set_rto_min(self.rto_min);
     }
 }

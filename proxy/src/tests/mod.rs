@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 
+mod accel;
 mod buffers;
 mod connections;
 mod garp;
