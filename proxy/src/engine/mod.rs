@@ -102,6 +102,8 @@ pub struct Engine {
     /// Run again at once (`poll_delay` zero): the last poll stopped with
     /// work left, or the DHCP client was just started.
     more_work: bool,
+    /// Consecutive polls that did nothing at all (see [`Engine::poll_delay`]).
+    fruitless_polls: u32,
     idle_since: Instant,
     /// The time of the latest poll.
     now: Instant,
@@ -189,6 +191,7 @@ impl Engine {
             plan,
             stats: Stats::default(),
             more_work: true,
+            fruitless_polls: 0,
             idle_since: now,
             now,
         };
@@ -428,6 +431,11 @@ impl Engine {
         }
         // An address leased in this poll is announced at once.
         activity |= self.announce(now, device);
+        self.fruitless_polls = if activity {
+            0
+        } else {
+            self.fruitless_polls.saturating_add(1)
+        };
         activity
     }
 
@@ -441,7 +449,9 @@ impl Engine {
     }
 
     /// When the engine next needs to run, from `now`: `Some(0)` = at once,
-    /// `None` = only when a packet arrives.
+    /// `None` = only when a packet arrives. After polls that did nothing at
+    /// all, a deadline already past gives 1 ms, doubling up to 16 ms, never
+    /// zero again and again (see `fruitless_floor`).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if self.more_work {
             return Some(Duration::ZERO);
@@ -463,9 +473,28 @@ impl Engine {
         if let Some(t) = self.addr.announce_at() {
             earliest(t);
         }
-        at.map(|t| if t > now { t - now } else { Duration::ZERO })
+        at.map(|t| {
+            let d = if t > now { t - now } else { Duration::ZERO };
+            d.max(fruitless_floor(self.fruitless_polls))
+        })
     }
 }
+
+/// The least delay after `n` consecutive polls that did nothing: zero after a
+/// poll that did something, then 1 ms doubling up to [`FRUITLESS_MAX`]. A
+/// deadline that stays in the past without a poll being able to act on it
+/// (a socket that cannot send, a device without TX room) would otherwise
+/// make the caller spin; a deadline that passes is acted on by the next poll,
+/// which then counts as having done something.
+fn fruitless_floor(n: u32) -> Duration {
+    match n {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(1 << (n - 1).min(4)).min(FRUITLESS_MAX),
+    }
+}
+
+/// The longest floor [`fruitless_floor`] puts on the delay.
+const FRUITLESS_MAX: Duration = Duration::from_millis(16);
 
 #[cfg(test)]
 pub(crate) use plan::tests_fmt_size;

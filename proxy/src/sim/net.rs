@@ -25,6 +25,8 @@ pub(super) struct Port {
     down_busy: u64,
     /// Segmentation and checksum offload (see the module docs).
     pub(super) offload: bool,
+    /// The device has no TX room (a stalled backend): `transmit` gives no token.
+    pub(super) tx_blocked: bool,
     pub(super) stats: PortStats,
 }
 
@@ -146,6 +148,12 @@ impl Net {
     /// capabilities once.
     pub fn set_offload(&mut self, port: usize, on: bool) {
         self.ports[port].offload = on;
+    }
+
+    /// Stall a port's transmit side (its device offers no TX token), or
+    /// release it. Frames the device receives are still delivered.
+    pub fn set_tx_blocked(&mut self, port: usize, blocked: bool) {
+        self.ports[port].tx_blocked = blocked;
     }
 
     /// The offload counters of a port.

@@ -13,6 +13,7 @@ use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 mod buffers;
 mod connections;
 mod garp;
+mod hostile;
 mod lifecycle;
 mod offload;
 
@@ -137,7 +138,11 @@ pub fn reverse_config(extra: &str) -> Config {
 pub fn check_memory(e: &Engine) {
     let st = e.stats();
     let plan = e.plan();
-    assert_eq!(st.buf_bytes, e.recount_buffers(), "running count vs sockets");
+    assert_eq!(
+        st.buf_bytes,
+        e.recount_buffers(),
+        "running count vs sockets"
+    );
     assert!(st.buf_peak >= st.buf_bytes);
     assert!(e.socket_count() <= plan.max_sockets);
     let reserve = (plan.max_sockets - e.socket_count()) * (plan.per_socket - plan.socket_overhead);
@@ -166,7 +171,11 @@ pub fn echo_roundtrip(w: &mut World, data: &[u8], limit: Duration) {
         w.run_until(limit, |w| all_done(w) && w.proxy.stats().active == 0),
         "did not finish: client {:?} server {:?} stats {}",
         flow_summary(&w.hosts[0], f),
-        w.hosts[1].flows.iter().map(|f| (f.received_len, f.sent, f.fin, f.reset, f.done)).collect::<Vec<_>>(),
+        w.hosts[1]
+            .flows
+            .iter()
+            .map(|f| (f.received_len, f.sent, f.fin, f.reset, f.done))
+            .collect::<Vec<_>>(),
         w.proxy.stats()
     );
     let c = &w.hosts[0].flows[f];
@@ -180,7 +189,14 @@ pub fn echo_roundtrip(w: &mut World, data: &[u8], limit: Duration) {
 
 pub fn flow_summary(h: &Host, f: usize) -> (usize, usize, bool, bool, bool, bool) {
     let f = &h.flows[f];
-    (f.sent, f.received_len, f.established, f.fin, f.reset, f.done)
+    (
+        f.sent,
+        f.received_len,
+        f.established,
+        f.fin,
+        f.reset,
+        f.done,
+    )
 }
 
 #[allow(unused)]
