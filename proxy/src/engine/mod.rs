@@ -37,6 +37,7 @@
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
 //! | `connections` | accept, open upstream, end connections |
+//! | `halfopen` | half-open clients: `syn_timeout`, eviction at `max_conns` |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
 //! | `ports` | ephemeral ports |
@@ -45,6 +46,7 @@
 
 mod address;
 mod connections;
+mod halfopen;
 mod ledger;
 mod listeners;
 mod plan;
@@ -71,6 +73,7 @@ pub use stats::Stats;
 
 use crate::config::{Config, IpSetting, RuleKind};
 use address::{Address, ArpGuard, Lease};
+use halfopen::HalfOpen;
 use ledger::Ledger;
 use listeners::Listeners;
 use plan::{buf_range, try_vec};
@@ -97,6 +100,7 @@ pub struct Engine {
     ports: PortMap,
     addr: Address,
     tune: Tuning,
+    half_open_cfg: HalfOpen,
     plan: MemoryPlan,
     stats: Stats,
     /// Run again at once (`poll_delay` zero): the last poll stopped with
@@ -188,6 +192,9 @@ impl Engine {
             ports: PortMap::new(seed),
             addr: Address::new(any_ip, mac, now),
             tune: Tuning::from_config(cfg),
+            half_open_cfg: HalfOpen {
+                syn_timeout: tuning::dur(cfg.syn_timeout),
+            },
             plan,
             stats: Stats::default(),
             more_work: true,
@@ -465,6 +472,10 @@ impl Engine {
         };
         for c in &self.conns {
             c.deadlines(&self.tune).for_each(&mut earliest);
+            self.half_open_cfg
+                .deadline(c)
+                .into_iter()
+                .for_each(&mut earliest);
         }
         self.sockets.dying_deadlines().for_each(&mut earliest);
         if let Some(r) = self.sockets.retry_at {

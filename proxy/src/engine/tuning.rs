@@ -25,7 +25,7 @@ pub(super) struct Tuning {
     pub(super) cc: tcp::CongestionControl,
 }
 
-fn dur(d: core::time::Duration) -> Duration {
+pub(super) fn dur(d: core::time::Duration) -> Duration {
     Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
 }
 

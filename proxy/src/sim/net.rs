@@ -27,6 +27,8 @@ pub(super) struct Port {
     pub(super) offload: bool,
     /// The device has no TX room (a stalled backend): `transmit` gives no token.
     pub(super) tx_blocked: bool,
+    /// Nothing reads this port (a spoofing source): frames to it are dropped.
+    pub(super) deaf: bool,
     pub(super) stats: PortStats,
 }
 
@@ -261,7 +263,10 @@ impl Net {
                 self.route(frame);
             } else if self.dhcp.as_ref().is_some_and(|d| d.port == dst) {
                 self.serve_dhcp(&frame);
-            } else if self.ports[dst].offload && self.gro_merge(dst, &frame) {
+            } else if self.ports[dst].deaf
+                || (self.ports[dst].offload && self.gro_merge(dst, &frame))
+            {
+                // Delivered to nobody (a spoofing source), or merged.
                 self.stats.delivered += 1;
             } else if self.ports[dst].rx.len() >= self.rx_limit {
                 self.stats.overflowed += 1;

@@ -95,3 +95,171 @@ fn polls_that_do_nothing_back_off() {
     assert_bytes(&c.received, &data, "client received");
     assert_bytes(&w.hosts[1].flows[0].received, &data, "server received");
 }
+
+/// Junk from unused on-link addresses: one spoofed bare ACK to the proxy
+/// every `every`, each from the next of 150 addresses nobody holds, so that
+/// every answer (an RST) needs an ARP resolution that never completes.
+struct Junk {
+    port: usize,
+    every: Duration,
+    next: Instant,
+    n: u32,
+}
+
+impl Junk {
+    fn new(w: &mut World, every: Duration) -> Junk {
+        let port = w.net.add_spoof_port();
+        Junk {
+            port,
+            every,
+            next: w.now(),
+            n: 0,
+        }
+    }
+
+    /// Run `w` until `cond` or `limit`, sending junk on schedule.
+    fn run_until(
+        &mut self,
+        w: &mut World,
+        limit: Duration,
+        mut cond: impl FnMut(&World) -> bool,
+    ) -> bool {
+        let end = w.now() + limit;
+        loop {
+            if cond(w) {
+                return true;
+            }
+            if w.now() >= end {
+                return false;
+            }
+            if w.now() >= self.next {
+                let host = 100 + (self.n % 150) as u8;
+                let src = Ipv4Address::new(10, 0, 0, host);
+                let frame = crate::sim::tcp_frame(
+                    smoltcp::wire::EthernetAddress([0x02, 0xee, 0, 0, 0, host]),
+                    mac(2),
+                    (src, 1000 + self.n as u16),
+                    (PROXY, 80),
+                    crate::sim::Spoof::Ack,
+                    self.n.wrapping_mul(2_654_435_761),
+                );
+                w.net.inject(self.port, frame);
+                self.n += 1;
+                self.next += self.every;
+            }
+            let until = self.next.min(end);
+            let step = (until - w.now()).max(Duration::from_micros(1));
+            w.run_until(step, &mut cond);
+            if w.now() < until {
+                // Nothing was due before the next junk frame.
+                w.net.advance(until);
+            }
+        }
+    }
+}
+
+/// `n` echo flows of `len` bytes each, started at once; all must complete
+/// byte for byte within `limit` while `junk` keeps coming.
+fn echo_flows_through_junk(w: &mut World, junk: &mut Junk, n: u64, len: usize, limit: Duration) {
+    let first = w.hosts[0].flows.len();
+    let first_served = w.hosts[1].flows.len();
+    for i in 0..n {
+        client_connect(w, pattern(100 + i, len), Close::AfterSend);
+    }
+    let ok = junk.run_until(w, limit, |w| all_done(w) && w.proxy.stats().active == 0);
+    let done = w.hosts[0].flows[first..]
+        .iter()
+        .filter(|f| f.done && !f.reset)
+        .count();
+    assert!(
+        ok,
+        "{done} of {n} flows completed through the junk; stats {}",
+        w.proxy.stats()
+    );
+    for (i, f) in w.hosts[0].flows[first..].iter().enumerate() {
+        assert!(!f.reset && f.fin, "flow {i} reset or without FIN");
+        assert_bytes(
+            &f.received,
+            &pattern(100 + i as u64, len),
+            "client received",
+        );
+    }
+    assert_eq!(w.hosts[1].flows.len() - first_served, n as usize);
+}
+
+/// Finding 4: junk from unused on-link addresses at ten packets a second
+/// must not stop new connections: not when the upstream is first resolved,
+/// and not after its ARP entry expired (60 s idle).
+#[test]
+fn new_connections_complete_during_junk_from_unused_addresses() {
+    let mut w = reverse_world(Setup {
+        server_backlog: 16,
+        ..Setup::default()
+    });
+    let mut junk = Junk::new(&mut w, Duration::from_millis(100));
+    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, secs(20));
+    // Idle long enough for the server's (and client's) ARP entries to expire.
+    junk.run_until(&mut w, secs(65), |_| false);
+    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, secs(20));
+    assert!(junk.n > 600, "only {} junk frames sent", junk.n);
+}
+
+/// Finding 5: a spoofed SYN flood from unused on-link addresses (their
+/// SYN-ACKs can never be delivered) at 64 SYN/s, ten times what fills the 64
+/// default slots with `connect_timeout`, while five real clients connect one
+/// after another: every real client is served byte for byte.
+#[test]
+fn real_clients_are_served_during_a_spoofed_syn_flood() {
+    let mut w = reverse_world(Setup {
+        server_backlog: 64,
+        ..Setup::default()
+    });
+    let port = w.net.add_spoof_port();
+    let every = Duration::from_micros(1_000_000 / 64);
+    let mut next = w.now();
+    let mut n: u32 = 0;
+    let mut flood = |w: &mut World, until: Instant| {
+        while next <= until {
+            let host = 100 + (n % 150) as u8;
+            let frame = crate::sim::tcp_frame(
+                smoltcp::wire::EthernetAddress([0x02, 0xee, 0, 0, 0, host]),
+                mac(2),
+                (Ipv4Address::new(10, 0, 0, host), 1024 + (n % 60000) as u16),
+                (PROXY, 80),
+                crate::sim::Spoof::Syn,
+                n.wrapping_mul(2_654_435_761),
+            );
+            w.net.advance(next.max(w.now()));
+            w.net.inject(port, frame);
+            w.step();
+            n += 1;
+            next += every;
+        }
+    };
+    // Let the flood fill what it can first.
+    let t = w.now() + secs(10);
+    while w.now() < t {
+        let until = w.now() + Duration::from_millis(10);
+        flood(&mut w, until);
+        w.run_until(until - w.now(), |_| false);
+    }
+    for i in 0..5u64 {
+        let data = pattern(200 + i, 30_000);
+        let f = client_connect(&mut w, data.clone(), Close::AfterSend);
+        let end = w.now() + secs(10);
+        while w.now() < end && !w.hosts[0].flows[f].done {
+            let until = w.now() + Duration::from_millis(10);
+            flood(&mut w, until);
+            w.run_until(until - w.now(), |w| w.hosts[0].flows[f].done);
+        }
+        let c = &w.hosts[0].flows[f];
+        assert!(
+            c.done && !c.reset && c.fin,
+            "real client {i} not served during the flood: {:?}, stats {}",
+            flow_summary(&w.hosts[0], f),
+            w.proxy.stats()
+        );
+        assert_bytes(&c.received, &data, "client received");
+    }
+    assert!(n >= 64 * 10, "only {n} spoofed SYNs");
+}
