@@ -188,8 +188,13 @@ fn echo_flows_through_junk(w: &mut World, junk: &mut Junk, n: u64, len: usize, l
 }
 
 /// Finding 4: junk from unused on-link addresses at ten packets a second
-/// must not stop new connections: not when the upstream is first resolved,
-/// and not after its ARP entry expired (60 s idle).
+/// must not stop or delay new connections: not when the upstream is first
+/// resolved, and not after its ARP entry expired (60 s idle). Each answer to
+/// the junk needs an ARP request; with one rate limit for the whole
+/// interface (before vendored smoltcp patch 10) the upstream's resolution
+/// waited for it, a second each time here (and never, in the field, when
+/// the junk's timing kept winning the race); per destination it is not
+/// delayed at all. Ten flows take well under 100 ms without junk.
 #[test]
 fn new_connections_complete_during_junk_from_unused_addresses() {
     let mut w = reverse_world(Setup {
@@ -197,11 +202,11 @@ fn new_connections_complete_during_junk_from_unused_addresses() {
         ..Setup::default()
     });
     let mut junk = Junk::new(&mut w, Duration::from_millis(100));
-    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, secs(20));
+    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, Duration::from_millis(500));
     // Idle long enough for the server's (and client's) ARP entries to expire.
     junk.run_until(&mut w, secs(65), |_| false);
-    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, secs(20));
-    assert!(junk.n > 600, "only {} junk frames sent", junk.n);
+    echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, Duration::from_millis(500));
+    assert!(junk.n >= 600, "only {} junk frames sent", junk.n);
 }
 
 /// Finding 5: a spoofed SYN flood from unused on-link addresses (their
