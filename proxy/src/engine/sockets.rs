@@ -5,7 +5,8 @@
 //! small reserve are removed from the socket set and their memory freed. A
 //! socket that still has an RST to send is *dying*: kept until it has sent
 //! it (at most [`RST_GRACE`]), holding its buffers until it is a spare, or
-//! until the pool is at capacity and needs it: then the RST is given up.
+//! until the pool is at capacity and needs it; an RST not sent by then (its
+//! peer's address does not resolve) is given up.
 //!
 //! **Spares** keep their buffers and are a cache: a socket is taken from the
 //! smallest spare at least as large as what the budget would afford with every
@@ -154,8 +155,27 @@ impl Sockets {
             return false;
         }
         let (h, _) = self.dying.swap_remove(i);
+        self.drop_rst(h);
         self.make_spare(h);
         true
+    }
+
+    /// Forget the RST an aborted socket has not managed to send (its peer's
+    /// address does not resolve), so that as a spare it does not go on
+    /// asking for the address once a second until it is reused. A closed
+    /// socket that still has a peer is made to listen (which resets it) and
+    /// aborted again (a listening socket closes without sending anything).
+    pub(super) fn drop_rst(&mut self, h: SocketHandle) {
+        let s = self.tcp(h);
+        if s.state() != State::Closed || s.remote_endpoint().is_none() {
+            return;
+        }
+        let Some(local) = s.local_endpoint() else {
+            return;
+        };
+        if s.listen(local).is_ok() {
+            s.abort();
+        }
     }
 
     /// A new socket with buffers of `want` bytes each, or of the next smaller
@@ -256,6 +276,7 @@ impl Sockets {
             let s = self.tcp(h);
             if s.remote_endpoint().is_none() || s.state() != State::Closed || now >= deadline {
                 self.dying.swap_remove(i);
+                self.drop_rst(h);
                 self.make_spare(h);
                 any = true;
             } else {

@@ -268,3 +268,40 @@ fn real_clients_are_served_during_a_spoofed_syn_flood() {
     }
     assert!(n >= 64 * 10, "only {n} spoofed SYNs");
 }
+
+/// Once a connection to peers that vanished has ended (keep-alive and user
+/// timeout), nothing of it stays behind: no socket keeps asking ARP for
+/// them, once a second, for ever, for an RST that can never leave.
+#[test]
+fn vanished_peers_are_given_up() {
+    let mut w = reverse_world(Setup {
+        serve: Serve::Silent,
+        ..Setup::default()
+    });
+    client_connect(&mut w, b"hello".to_vec(), Close::AfterSend);
+    assert!(w.run_until(secs(5), |w| w.hosts[1].flows.first().is_some_and(|s| s.fin)));
+    let gone = Link {
+        loss: 1.0,
+        ..Link::default()
+    };
+    w.net.set_link(1, gone);
+    w.net.set_link(2, gone);
+    // Keep-alive (60 s) and the user timeout (three intervals) end it.
+    assert!(w.run_until(secs(300), |w| w.proxy.stats().active == 0));
+    w.run_for(secs(10));
+    w.net.capture = true;
+    let polls = w.proxy_polls;
+    w.run_for(secs(100));
+    let arps = w
+        .net
+        .captured
+        .iter()
+        .filter(|(_, p, f)| *p == w.proxy_port && f[12..14] == [8, 6])
+        .count();
+    assert_eq!(arps, 0, "ARP requests for peers long gone");
+    assert!(
+        w.proxy_polls - polls < 10,
+        "{} polls with nothing to do",
+        w.proxy_polls - polls
+    );
+}
