@@ -138,6 +138,9 @@ pub struct Config {
     /// Close a spliced connection after this long without a byte either way; `None` = never.
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
+    /// A client that has not completed its handshake this long after its SYN
+    /// is dropped (with its upstream side), freeing its slot for others.
+    pub syn_timeout: Duration,
     /// TCP keep-alive interval on both sockets of a connection; `None` = off.
     pub keepalive: Option<Duration>,
     pub cc: CongestionControl,
@@ -168,6 +171,7 @@ impl Default for Config {
             buf_min: DEFAULT_BUF_MIN,
             idle_timeout: Some(Duration::from_secs(300)),
             connect_timeout: Duration::from_secs(10),
+            syn_timeout: Duration::from_secs(3),
             keepalive: Some(Duration::from_secs(60)),
             cc: CongestionControl::Cubic,
             rto_min: Duration::from_millis(200),

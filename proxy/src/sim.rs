@@ -26,7 +26,7 @@
 //!
 //! Layout: `net` (switch, links, router, DHCP server), `offload` (the wire's
 //! segmentation, checksums and merging for offload ports), `device` (the
-//! smoltcp device of a port), `host` (scripted endpoints), `world` (engine and
+//! smoltcp device of a port), `host` (scripted endpoints), `junk` (spoofed frames), `world` (engine and
 //! hosts driven together); the PRNG and stream patterns are here.
 
 use alloc::vec;
@@ -38,12 +38,14 @@ use smoltcp::wire::EthernetAddress;
 
 mod device;
 mod host;
+mod junk;
 mod net;
 mod offload;
 mod world;
 
 pub use device::{PortDevice, SimRx, SimTx};
 pub use host::{Close, Flow, Host, Serve};
+pub use junk::{tcp_frame, Spoof};
 pub use net::{DhcpServer, Net, NetStats, PortStats, Router};
 pub use world::World;
 

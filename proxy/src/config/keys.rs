@@ -257,6 +257,15 @@ pub(super) static KEYS: &[Key] = &[
         show: |c, t| t.put(Dur(c.connect_timeout)),
     },
     Key {
+        name: "syn_timeout",
+        doc: "duration: client handshake (half-open clients are dropped after it, the oldest first when slots run out)",
+        expected: "a non-zero duration like 3s",
+        default_note: "",
+        repeatable: false,
+        parse: |c, v| set(&mut c.syn_timeout, parse_nonzero_duration(v)),
+        show: |c, t| t.put(Dur(c.syn_timeout)),
+    },
+    Key {
         name: "keepalive",
         doc: "duration or `off`: TCP keep-alive interval",
         expected: "a non-zero duration like 60s, or off",

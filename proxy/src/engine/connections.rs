@@ -5,7 +5,8 @@
 //! * **Accept.** When a pool socket receives a SYN it leaves the pool, the
 //!   pool is refilled at once (after every ingress packet that changed a
 //!   socket), and the upstream connection is opened in the same poll, in
-//!   parallel with the client handshake. Beyond `max_conns` the SYN is
+//!   parallel with the client handshake. At `max_conns` the oldest
+//!   half-open connection makes room (`halfopen`); if there is none the SYN is
 //!   refused with an RST (counted in `refused`) and the existing connections
 //!   are not disturbed; so is a SYN no upstream socket or port can be found
 //!   for, and a transparent one addressed to the instance itself (or IPv6).
@@ -56,7 +57,7 @@ impl Engine {
     }
 
     fn start_conn(&mut self, rule_idx: usize, client: SocketHandle, now: Instant) {
-        if self.conns.len() >= self.tune.max_conns {
+        if self.conns.len() >= self.tune.max_conns && !self.evict_half_open() {
             log::debug!("proxy: max_conns reached, refusing");
             return self.refuse(client, now);
         }
@@ -114,11 +115,39 @@ impl Engine {
         );
     }
 
+    /// End connection `idx` (counted as `end`): free its port and retire
+    /// its sockets. The last connection of `conns` takes its index.
+    pub(super) fn end_conn(&mut self, idx: usize, end: End, now: Instant) {
+        let c = self.end_conn_keep_sockets(idx, end);
+        self.sockets.retire(c.client, now);
+        self.sockets.retire(c.upstream, now);
+    }
+
+    /// End connection `idx` like [`Engine::end_conn`] but return it with
+    /// its sockets still to be dealt with.
+    pub(super) fn end_conn_keep_sockets(&mut self, idx: usize, end: End) -> Conn {
+        let c = self.conns.swap_remove(idx);
+        match end {
+            End::Completed => self.stats.completed += 1,
+            End::ClientReset => self.stats.client_resets += 1,
+            End::UpstreamReset => self.stats.upstream_resets += 1,
+            End::UpstreamFailed => self.stats.upstream_failures += 1,
+            End::Timeout => self.stats.timeouts += 1,
+        }
+        log::debug!("proxy: connection on rule {} ended: {end:?}", c.rule);
+        self.ports.set(c.local_port, false);
+        if self.conns.is_empty() {
+            self.idle_since = self.now;
+        }
+        c
+    }
+
     /// One pass over every connection: splice, forward FINs and resets, apply
     /// timeouts, end finished connections, reap and refill. Returns whether
     /// anything changed.
     pub(super) fn service(&mut self, now: Instant) -> bool {
         let mut worked = self.dhcp_event();
+        worked |= self.expire_half_open(now);
         worked |= self.accept(now);
         worked |= self.sockets.reap(now);
         if self.sockets.retry_at.is_some_and(|t| now >= t) {
@@ -140,24 +169,10 @@ impl Engine {
 
         // End connections, highest index first so swap_remove keeps indices valid.
         for &(idx, end) in ended.iter().rev() {
-            let c = self.conns.swap_remove(idx);
-            match end {
-                End::Completed => self.stats.completed += 1,
-                End::ClientReset => self.stats.client_resets += 1,
-                End::UpstreamReset => self.stats.upstream_resets += 1,
-                End::UpstreamFailed => self.stats.upstream_failures += 1,
-                End::Timeout => self.stats.timeouts += 1,
-            }
-            log::debug!("proxy: connection on rule {} ended: {end:?}", c.rule);
-            self.ports.set(c.local_port, false);
-            self.sockets.retire(c.client, now);
-            self.sockets.retire(c.upstream, now);
+            self.end_conn(idx, end, now);
             worked = true;
         }
         if !ended.is_empty() {
-            if self.conns.is_empty() {
-                self.idle_since = now;
-            }
             self.sockets.reap(now);
         }
         self.refill(now);

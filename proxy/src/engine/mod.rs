@@ -37,6 +37,7 @@
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
 //! | `connections` | accept, open upstream, end connections |
+//! | `halfopen` | half-open clients: `syn_timeout`, eviction at `max_conns` |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
 //! | `ports` | ephemeral ports |
@@ -45,6 +46,7 @@
 
 mod address;
 mod connections;
+mod halfopen;
 mod ledger;
 mod listeners;
 mod plan;
@@ -71,6 +73,7 @@ pub use stats::Stats;
 
 use crate::config::{Config, IpSetting, RuleKind};
 use address::{Address, ArpGuard, Lease};
+use halfopen::HalfOpen;
 use ledger::Ledger;
 use listeners::Listeners;
 use plan::{buf_range, try_vec};
@@ -97,11 +100,14 @@ pub struct Engine {
     ports: PortMap,
     addr: Address,
     tune: Tuning,
+    half_open_cfg: HalfOpen,
     plan: MemoryPlan,
     stats: Stats,
     /// Run again at once (`poll_delay` zero): the last poll stopped with
     /// work left, or the DHCP client was just started.
     more_work: bool,
+    /// Consecutive polls that did nothing at all (see [`Engine::poll_delay`]).
+    fruitless_polls: u32,
     idle_since: Instant,
     /// The time of the latest poll.
     now: Instant,
@@ -186,9 +192,13 @@ impl Engine {
             ports: PortMap::new(seed),
             addr: Address::new(any_ip, mac, now),
             tune: Tuning::from_config(cfg),
+            half_open_cfg: HalfOpen {
+                syn_timeout: tuning::dur(cfg.syn_timeout),
+            },
             plan,
             stats: Stats::default(),
             more_work: true,
+            fruitless_polls: 0,
             idle_since: now,
             now,
         };
@@ -428,6 +438,11 @@ impl Engine {
         }
         // An address leased in this poll is announced at once.
         activity |= self.announce(now, device);
+        self.fruitless_polls = if activity {
+            0
+        } else {
+            self.fruitless_polls.saturating_add(1)
+        };
         activity
     }
 
@@ -441,7 +456,9 @@ impl Engine {
     }
 
     /// When the engine next needs to run, from `now`: `Some(0)` = at once,
-    /// `None` = only when a packet arrives.
+    /// `None` = only when a packet arrives. After polls that did nothing at
+    /// all, a deadline already past gives 1 ms, doubling up to 16 ms, never
+    /// zero again and again (see `fruitless_floor`).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if self.more_work {
             return Some(Duration::ZERO);
@@ -455,6 +472,10 @@ impl Engine {
         };
         for c in &self.conns {
             c.deadlines(&self.tune).for_each(&mut earliest);
+            self.half_open_cfg
+                .deadline(c)
+                .into_iter()
+                .for_each(&mut earliest);
         }
         self.sockets.dying_deadlines().for_each(&mut earliest);
         if let Some(r) = self.sockets.retry_at {
@@ -463,9 +484,28 @@ impl Engine {
         if let Some(t) = self.addr.announce_at() {
             earliest(t);
         }
-        at.map(|t| if t > now { t - now } else { Duration::ZERO })
+        at.map(|t| {
+            let d = if t > now { t - now } else { Duration::ZERO };
+            d.max(fruitless_floor(self.fruitless_polls))
+        })
     }
 }
+
+/// The least delay after `n` consecutive polls that did nothing: zero after a
+/// poll that did something, then 1 ms doubling up to [`FRUITLESS_MAX`]. A
+/// deadline that stays in the past without a poll being able to act on it
+/// (a socket that cannot send, a device without TX room) would otherwise
+/// make the caller spin; a deadline that passes is acted on by the next poll,
+/// which then counts as having done something.
+fn fruitless_floor(n: u32) -> Duration {
+    match n {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(1 << (n - 1).min(4)).min(FRUITLESS_MAX),
+    }
+}
+
+/// The longest floor [`fruitless_floor`] puts on the delay.
+const FRUITLESS_MAX: Duration = Duration::from_millis(16);
 
 #[cfg(test)]
 pub(crate) use plan::tests_fmt_size;

@@ -4,7 +4,9 @@
 //! reused by the next `listen`/`connect` (which resets it); spares beyond a
 //! small reserve are removed from the socket set and their memory freed. A
 //! socket that still has an RST to send is *dying*: kept until it has sent
-//! it (at most [`RST_GRACE`]), holding its buffers until it is a spare.
+//! it (at most [`RST_GRACE`]), holding its buffers until it is a spare, or
+//! until the pool is at capacity and needs it; an RST not sent by then (its
+//! peer's address does not resolve) is given up.
 //!
 //! **Spares** keep their buffers and are a cache: a socket is taken from the
 //! smallest spare at least as large as what the budget would afford with every
@@ -30,6 +32,9 @@ use super::sizing::{size_ladder, Role};
 
 /// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
 const RST_GRACE: Duration = Duration::from_millis(1000);
+/// How long a dying socket's RST must have been stuck (its peer's address
+/// unresolved) before the pool, at capacity, may reclaim the socket.
+const RST_STUCK: Duration = Duration::from_millis(100);
 /// How long to wait before retrying after an allocation failure.
 pub(super) const ALLOC_RETRY: Duration = Duration::from_millis(100);
 
@@ -126,9 +131,51 @@ impl Sockets {
             let want = self.ledger.state(false).size_for(role);
             return self.new_socket(want, self.ledger.buf_range().0, now);
         }
-        // Never take a dying socket: its RST would be lost. At capacity the
-        // pool shrinks instead, and smoltcp itself answers further SYNs with RST.
+        // At capacity, the dying socket closest to its deadline gives up its
+        // RST (most likely to an address that does not resolve: a spoofed or
+        // vanished peer) rather than a new connection being refused while
+        // fewer than `max_conns` are held.
+        if self.reclaim_dying(now) {
+            return self.take(now, role);
+        }
+        // Nothing to reclaim: the pool shrinks, and smoltcp itself answers
+        // further SYNs with RST.
         None
+    }
+
+    /// Give up the RST of the dying socket whose deadline comes first, if
+    /// it has waited at least [`RST_STUCK`] (an RST to a reachable peer
+    /// leaves in the poll that made it), and make it a spare. Returns
+    /// whether there was one.
+    fn reclaim_dying(&mut self, now: Instant) -> bool {
+        let Some(i) = (0..self.dying.len()).min_by_key(|&i| self.dying[i].1) else {
+            return false;
+        };
+        if now + RST_GRACE < self.dying[i].1 + RST_STUCK {
+            return false;
+        }
+        let (h, _) = self.dying.swap_remove(i);
+        self.drop_rst(h);
+        self.make_spare(h);
+        true
+    }
+
+    /// Forget the RST an aborted socket has not managed to send (its peer's
+    /// address does not resolve), so that as a spare it does not go on
+    /// asking for the address once a second until it is reused. A closed
+    /// socket that still has a peer is made to listen (which resets it) and
+    /// aborted again (a listening socket closes without sending anything).
+    pub(super) fn drop_rst(&mut self, h: SocketHandle) {
+        let s = self.tcp(h);
+        if s.state() != State::Closed || s.remote_endpoint().is_none() {
+            return;
+        }
+        let Some(local) = s.local_endpoint() else {
+            return;
+        };
+        if s.listen(local).is_ok() {
+            s.abort();
+        }
     }
 
     /// A new socket with buffers of `want` bytes each, or of the next smaller
@@ -229,6 +276,7 @@ impl Sockets {
             let s = self.tcp(h);
             if s.remote_endpoint().is_none() || s.state() != State::Closed || now >= deadline {
                 self.dying.swap_remove(i);
+                self.drop_rst(h);
                 self.make_spare(h);
                 any = true;
             } else {

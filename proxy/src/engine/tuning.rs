@@ -26,7 +26,7 @@ pub(super) struct Tuning {
     pub(super) rto_min: Duration,
 }
 
-fn dur(d: core::time::Duration) -> Duration {
+pub(super) fn dur(d: core::time::Duration) -> Duration {
     Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
 }
 

@@ -73,6 +73,9 @@ impl Device for PortDevice<'_> {
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<SimTx<'_>> {
+        if self.net.ports[self.port].tx_blocked {
+            return None;
+        }
         Some(SimTx {
             net: self.net,
             port: self.port,

@@ -25,6 +25,10 @@ pub(super) struct Port {
     down_busy: u64,
     /// Segmentation and checksum offload (see the module docs).
     pub(super) offload: bool,
+    /// The device has no TX room (a stalled backend): `transmit` gives no token.
+    pub(super) tx_blocked: bool,
+    /// Nothing reads this port (a spoofing source): frames to it are dropped.
+    pub(super) deaf: bool,
     pub(super) stats: PortStats,
 }
 
@@ -148,6 +152,12 @@ impl Net {
         self.ports[port].offload = on;
     }
 
+    /// Stall a port's transmit side (its device offers no TX token), or
+    /// release it. Frames the device receives are still delivered.
+    pub fn set_tx_blocked(&mut self, port: usize, blocked: bool) {
+        self.ports[port].tx_blocked = blocked;
+    }
+
     /// The offload counters of a port.
     pub fn port_stats(&self, port: usize) -> PortStats {
         self.ports[port].stats
@@ -253,7 +263,10 @@ impl Net {
                 self.route(frame);
             } else if self.dhcp.as_ref().is_some_and(|d| d.port == dst) {
                 self.serve_dhcp(&frame);
-            } else if self.ports[dst].offload && self.gro_merge(dst, &frame) {
+            } else if self.ports[dst].deaf
+                || (self.ports[dst].offload && self.gro_merge(dst, &frame))
+            {
+                // Delivered to nobody (a spoofing source), or merged.
                 self.stats.delivered += 1;
             } else if self.ports[dst].rx.len() >= self.rx_limit {
                 self.stats.overflowed += 1;

@@ -296,18 +296,22 @@ fn two_engines_in_a_row_stay_byte_exact_under_loss_and_reordering() {
         ..Link::default()
     };
     let mut failed = Vec::new();
-    for seed in 0..50 {
+    for seed in 0..400 {
         if let Err(e) = chain_echo(seed, lossy) {
             std::println!("seed {seed}: {e}");
             failed.push(seed);
         }
     }
-    // Seed 11 witnesses a stall not yet fixed, between two smoltcp stacks:
-    // engine B's upstream socket has 244787 of the server's 262144 bytes
-    // after 2 s of virtual time and never more (a few segments in the next
-    // 85 s, as retransmissions back off), B everything it got passed on to
-    // A and A to the client; B's connection then times out and the client
-    // is reset. The one-engine loss test passes seeds 0..49. When it is
-    // fixed this fails: make the list empty.
-    assert_eq!(failed, [11], "seeds that failed");
+    // A witness of a stall not yet fixed, between two smoltcp stacks: in a
+    // few seeds engine B's upstream socket stops receiving the server's data
+    // short of the end (a few segments more as retransmissions back off),
+    // B's connection times out and the client is reset. Which seeds stall
+    // moves with any change of timing (seed 11 before the poll backoff,
+    // 153, 168 and 180 after it), so the witness is the count over 400
+    // seeds, not a list. The one-engine loss test passes all its seeds.
+    // When the stall is fixed this fails: assert that `failed` is empty.
+    assert!(
+        !failed.is_empty() && failed.len() <= 8,
+        "seeds that failed: {failed:?}"
+    );
 }

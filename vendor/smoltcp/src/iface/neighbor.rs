@@ -45,7 +45,11 @@ impl Answer {
 #[derive(Debug)]
 pub struct Cache {
     storage: LinearMap<IpAddress, Neighbor, IFACE_NEIGHBOR_CACHE_COUNT>,
-    silent_until: Instant,
+    /// Addresses a discovery request was sent for recently, with the time
+    /// before which no other request is sent for them (RFC 1122 (2.3.2.1):
+    /// per destination, so that requests for one address, e.g. for replies
+    /// to junk from unused addresses, never delay discovery of another).
+    hushed: LinearMap<IpAddress, Instant, IFACE_NEIGHBOR_CACHE_COUNT>,
 }
 
 impl Cache {
@@ -59,7 +63,7 @@ impl Cache {
     pub fn new() -> Self {
         Self {
             storage: LinearMap::new(),
-            silent_until: Instant::from_millis(0),
+            hushed: LinearMap::new(),
         }
     }
 
@@ -158,19 +162,44 @@ impl Cache {
             return Answer::Found(hardware_addr);
         }
 
-        if timestamp < self.silent_until {
-            Answer::RateLimited
-        } else {
-            Answer::NotFound
+        match self.hushed.get(protocol_addr) {
+            Some(&until) if timestamp < until => Answer::RateLimited,
+            _ => Answer::NotFound,
         }
     }
 
-    pub(crate) fn limit_rate(&mut self, timestamp: Instant) {
-        self.silent_until = timestamp + Self::SILENT_TIME;
+    /// A discovery request for `protocol_addr` was sent at `timestamp`: no
+    /// other for it until `SILENT_TIME` has passed. Records that expired are
+    /// dropped; if the table is still full, the one that expires first goes.
+    pub(crate) fn limit_rate(&mut self, protocol_addr: IpAddress, timestamp: Instant) {
+        let until = timestamp + Self::SILENT_TIME;
+        if self.hushed.contains_key(&protocol_addr) || !self.hushed.is_full() {
+            let _ = self.hushed.insert(protocol_addr, until);
+            return;
+        }
+        while let Some(addr) = self
+            .hushed
+            .iter()
+            .find(|&(_, &t)| t <= timestamp)
+            .map(|(a, _)| *a)
+        {
+            self.hushed.remove(&addr);
+        }
+        if self.hushed.is_full() {
+            let oldest = self
+                .hushed
+                .iter()
+                .min_by_key(|&(_, &t)| t)
+                .map(|(a, _)| *a)
+                .expect("full table is not empty");
+            self.hushed.remove(&oldest);
+        }
+        let _ = self.hushed.insert(protocol_addr, until);
     }
 
     pub(crate) fn flush(&mut self) {
-        self.storage.clear()
+        self.storage.clear();
+        self.hushed.clear();
     }
 }
 
@@ -305,7 +334,7 @@ mod test {
             Answer::NotFound
         );
 
-        cache.limit_rate(Instant::from_millis(0));
+        cache.limit_rate(MOCK_IP_ADDR_1.into(), Instant::from_millis(0));
         assert_eq!(
             cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(100)),
             Answer::RateLimited
@@ -313,6 +342,59 @@ mod test {
         assert_eq!(
             cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(2000)),
             Answer::NotFound
+        );
+    }
+
+    #[test]
+    fn test_hush_is_per_address() {
+        // RFC 1122 (2.3.2.1): at most one request per second *per destination*.
+        // A request for one address must not silence discovery of another.
+        let mut cache = Cache::new();
+        cache.limit_rate(MOCK_IP_ADDR_1.into(), Instant::from_millis(0));
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(100)),
+            Answer::NotFound
+        );
+        cache.limit_rate(MOCK_IP_ADDR_2.into(), Instant::from_millis(100));
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(500)),
+            Answer::RateLimited
+        );
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(1099)),
+            Answer::RateLimited
+        );
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_1.into(), Instant::from_millis(1000)),
+            Answer::NotFound
+        );
+        assert_eq!(
+            cache.lookup(&MOCK_IP_ADDR_2.into(), Instant::from_millis(1100)),
+            Answer::NotFound
+        );
+    }
+
+    #[test]
+    fn test_hush_survives_a_flood_of_other_addresses() {
+        // Requests for many other addresses (junk from unused addresses)
+        // evict the oldest rate-limit records, never block a new address,
+        // and keep the newest ones.
+        let mut cache = Cache::new();
+        for i in 0..1000u32 {
+            let t = Instant::from_millis(i as i64);
+            let junk = IpAddress::from(crate::wire::Ipv4Address::from(0x0a01_0000 + i));
+            assert_eq!(cache.lookup(&junk, t), Answer::NotFound);
+            cache.limit_rate(junk, t);
+            assert_eq!(
+                cache.lookup(&MOCK_IP_ADDR_1.into(), t),
+                Answer::NotFound,
+                "after {i} junk requests"
+            );
+        }
+        let newest = IpAddress::from(crate::wire::Ipv4Address::from(0x0a01_0000 + 999));
+        assert_eq!(
+            cache.lookup(&newest, Instant::from_millis(1000)),
+            Answer::RateLimited
         );
     }
 
