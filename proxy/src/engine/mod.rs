@@ -39,12 +39,14 @@
 //! | `connections` | accept, open upstream, end connections |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
+//! | `drain` | before a stop: listeners closed, grace time, resets |
 //! | `ports` | ephemeral ports |
 //! | `tuning` | per-socket TCP settings |
 //! | `stats` | counters and their log line |
 
 mod address;
 mod connections;
+mod drain;
 mod ledger;
 mod listeners;
 mod plan;
@@ -65,6 +67,7 @@ use smoltcp::phy::{Device, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
+pub use drain::RST_FLUSH_BOUND;
 pub use plan::{EngineError, MemoryPlan};
 pub use ports::EPHEMERAL_FIRST;
 pub use stats::Stats;
@@ -105,6 +108,8 @@ pub struct Engine {
     idle_since: Instant,
     /// The time of the latest poll.
     now: Instant,
+    /// Draining (see `drain`): when what is left gets reset.
+    drain_deadline: Option<Instant>,
 }
 
 impl fmt::Debug for Engine {
@@ -191,6 +196,7 @@ impl Engine {
             more_work: true,
             idle_since: now,
             now,
+            drain_deadline: None,
         };
         for r in &cfg.rules {
             engine.ports.set(r.listen_port, true);
@@ -392,6 +398,7 @@ impl Engine {
     fn poll_inner<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         self.now = now;
         self.iface.poll_maintenance(now);
+        self.drain_expired(now);
         let mut activity = self.announce(now, device);
         self.more_work = true;
         for _ in 0..MAX_ROUNDS {
@@ -461,6 +468,9 @@ impl Engine {
             earliest(r);
         }
         if let Some(t) = self.addr.announce_at() {
+            earliest(t);
+        }
+        if let Some(t) = self.drain_at() {
             earliest(t);
         }
         at.map(|t| if t > now { t - now } else { Duration::ZERO })

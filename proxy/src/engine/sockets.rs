@@ -29,7 +29,7 @@ use super::ledger::Ledger;
 use super::sizing::{size_ladder, Role};
 
 /// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
-const RST_GRACE: Duration = Duration::from_millis(1000);
+pub(super) const RST_GRACE: Duration = Duration::from_millis(1000);
 /// How long to wait before retrying after an allocation failure.
 pub(super) const ALLOC_RETRY: Duration = Duration::from_millis(100);
 

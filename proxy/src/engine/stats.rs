@@ -34,6 +34,8 @@ pub struct Stats {
     pub buf_peak: usize,
     /// Gratuitous ARP announcements sent (three each time an address is set).
     pub garp: u64,
+    /// Connections reset by a drain at its `drain_timeout` (see `Engine::start_drain`).
+    pub drain_resets: u64,
 }
 
 impl Stats {
@@ -48,7 +50,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "accepted={} active={} refused={} upstream_fail={} resets={} (client={} upstream={}) \
-             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={}",
+             timeouts={} completed={} bytes_up={} bytes_down={} buf_bytes={} buf_peak={} garp={} \
+             drain_resets={}",
             self.accepted,
             self.active,
             self.refused,
@@ -62,7 +65,8 @@ impl fmt::Display for Stats {
             self.bytes_down,
             self.buf_bytes,
             self.buf_peak,
-            self.garp
+            self.garp,
+            self.drain_resets
         )
     }
 }

@@ -159,7 +159,7 @@ fn three_announcements_a_second_apart_then_none() {
         }
         assert_eq!(dev.sent.len(), 3, "{rule}");
         assert_eq!(e.stats().garp, 3);
-        assert!(e.stats().to_string().ends_with(" garp=3"), "{}", e.stats());
+        assert!(e.stats().to_string().contains(" garp=3 "), "{}", e.stats());
     }
 }
 

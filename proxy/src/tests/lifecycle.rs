@@ -67,7 +67,8 @@ fn stats_line() {
     assert_eq!(
         w.proxy.stats().to_string(),
         "accepted=1 active=0 refused=0 upstream_fail=0 resets=0 (client=0 upstream=0) \
-         timeouts=0 completed=1 bytes_up=5 bytes_down=5 buf_bytes=786432 buf_peak=786432 garp=1"
+         timeouts=0 completed=1 bytes_up=5 bytes_down=5 buf_bytes=786432 buf_peak=786432 garp=1 \
+         drain_resets=0"
     );
     // Four listening sockets and the connection's two (now spares), each with
     // two 64k buffers: the budget is ample.

@@ -12,6 +12,7 @@ use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 
 mod buffers;
 mod connections;
+mod drain;
 mod garp;
 mod lifecycle;
 mod offload;
