@@ -21,9 +21,11 @@
 //! - [`timers`]: the pure parts: the serve deadline, the stats publisher,
 //!   the idle_exit check.
 //! - [`phases`]: handshake, address, serve, no-network idle.
+//! - [`drain`]: the stop: connections drained, report, netfront closed.
 //! - [`xen`]: the kernel's implementations and the boot sequence that runs
 //!   the phases (the unikernel's main).
 
+pub mod drain;
 pub mod phases;
 pub mod timers;
 pub mod xen;
@@ -116,6 +118,13 @@ pub trait Proxy<N> {
     fn idle_since(&self) -> Option<Instant>;
     /// The engine's counters, one line.
     fn stats(&self) -> String;
+    /// Connections held now.
+    fn active(&self) -> usize;
+    /// Stop accepting; the open connections have until `now + timeout`,
+    /// then both sides of each are reset (see `Engine::start_drain`).
+    fn start_drain(&mut self, now: Instant, timeout: Duration);
+    /// No connection left and every RST sent (false before `start_drain`).
+    fn drained(&self) -> bool;
     fn start_dhcp(&mut self);
     fn ipv4(&self) -> Option<Ipv4Cidr>;
 }
@@ -141,10 +150,9 @@ pub struct Runtime<C: Clock, S: Sleeper, T: Toolstack> {
     /// console, or a test's capture.
     pub console: fn(core::fmt::Arguments),
     pub prof: Profile,
+    /// How long open connections may finish on a stop (`drain_timeout=`).
+    pub drain_timeout: core::time::Duration,
 }
-
-/// How long the drain waits for the backend to give our pages back.
-pub const DRAIN_TIMEOUT_NS: u64 = 2_000_000_000;
 
 impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
     pub fn new(
@@ -161,6 +169,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             heap_usage,
             console,
             prof: Profile::new(),
+            drain_timeout: proxy::config::Config::default().drain_timeout,
         }
     }
 
@@ -213,7 +222,11 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
     }
 
     /// Answer control requests with the NIC and engine up: a stop drains.
-    pub fn check_control<N: Nic, P: Proxy<N>>(&mut self, nic: &mut N, proxy: &P) -> Option<Exit> {
+    pub fn check_control<N: Nic, P: Proxy<N>>(
+        &mut self,
+        nic: &mut N,
+        proxy: &mut P,
+    ) -> Option<Exit> {
         match self.control_request() {
             Ok(None) => None,
             Ok(Some(Request::DumpStats)) => {
@@ -226,7 +239,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         }
     }
 
-    fn print_net<N: Nic, P: Proxy<N>>(&self, nic: &N, proxy: &P) {
+    pub(super) fn print_net<N: Nic, P: Proxy<N>>(&self, nic: &N, proxy: &P) {
         (self.console)(format_args!("miniproxy: proxy {}", proxy.stats()));
         (self.console)(format_args!(
             "miniproxy: vif0 {} notifies={}",
@@ -235,7 +248,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         ));
     }
 
-    fn print_profile_and_heap(&self) {
+    pub(super) fn print_profile_and_heap(&self) {
         (self.console)(format_args!("miniproxy: {}", self.profile_now()));
         let (used, size) = (self.heap_usage)();
         (self.console)(format_args!(
@@ -243,42 +256,5 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             used / 1024,
             size / 1024
         ));
-    }
-
-    /// The drain/stop phase: report, close netfront and give the backend
-    /// (at most [`DRAIN_TIMEOUT_NS`]) to unmap our pages before the domain
-    /// goes.
-    pub fn drain<N: Nic, P: Proxy<N>>(
-        &mut self,
-        nic: &mut N,
-        proxy: &P,
-        reason: ShutdownReason,
-    ) -> Exit {
-        (self.console)(format_args!("miniproxy: stopping ({reason:?})"));
-        self.print_net(nic, proxy);
-        self.print_profile_and_heap();
-        let already_down = nic.is_disconnected();
-        nic.close();
-        let deadline = self.clock.now_ns() + DRAIN_TIMEOUT_NS;
-        while !already_down && self.clock.now_ns() < deadline {
-            if let Some(Event::Released { leaked_pages }) = nic.poll(self.now_ms()) {
-                if leaked_pages > 0 {
-                    log::warn!(
-                        "netfront: {leaked_pages} pages still mapped by the backend at shutdown"
-                    );
-                }
-                break;
-            }
-            let wait = nic.poll_delay(self.now_ms()).unwrap_or(10).min(10);
-            let until = self.clock.now_ns() + wait * 1_000_000;
-            self.sleep(
-                WakeOn {
-                    xenstore: false,
-                    nic: nic.port(),
-                },
-                Some(until),
-            );
-        }
-        Exit::Shutdown(reason)
     }
 }

@@ -154,23 +154,63 @@ struct FakeProxy {
     ip: Option<Ipv4Cidr>,
     /// The DHCP lease arrives on this poll.
     lease_on_poll: Option<u32>,
+    /// Connections held.
+    active: usize,
+    /// The drain: its deadline, once started.
+    drain_deadline: Option<Instant>,
+    drain_starts: u32,
+    /// The open connections end by themselves at this time.
+    finish_at: Option<Instant>,
+    /// Connections reset at the drain deadline.
+    resets: usize,
+    /// Polls after the reset before the RSTs are out.
+    rst_polls: u32,
+    /// The RSTs never leave (a peer's link is gone).
+    rst_stuck: bool,
 }
 
 impl Proxy<FakeNic> for FakeProxy {
-    fn poll(&mut self, _now: Instant, _nic: &mut FakeNic) {
+    fn poll(&mut self, now: Instant, _nic: &mut FakeNic) {
         self.polls += 1;
         if self.dhcp && self.lease_on_poll == Some(self.polls) {
             self.ip = Some("10.0.0.9/24".parse().unwrap());
         }
+        if self.active > 0 && self.finish_at.is_some_and(|t| now >= t) {
+            self.active = 0;
+        }
+        match self.drain_deadline {
+            Some(d) if self.active > 0 && now >= d => {
+                self.resets = self.active;
+                self.active = 0;
+            }
+            Some(_) if self.active == 0 && self.rst_polls > 0 && !self.rst_stuck => {
+                self.rst_polls -= 1
+            }
+            _ => {}
+        }
     }
-    fn poll_delay(&mut self, _now: Instant) -> Option<Duration> {
-        self.delay
+    fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        match self.drain_deadline {
+            Some(d) if self.active > 0 => Some(self.delay.map_or(d - now, |x| x.min(d - now))),
+            Some(_) if self.rst_polls > 0 => Some(Duration::from_millis(1)),
+            _ => self.delay,
+        }
     }
     fn idle_since(&self) -> Option<Instant> {
         self.idle_since
     }
     fn stats(&self) -> String {
         self.stats.clone()
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn start_drain(&mut self, now: Instant, timeout: Duration) {
+        self.drain_starts += 1;
+        self.drain_deadline.get_or_insert(now + timeout);
+    }
+    fn drained(&self) -> bool {
+        self.drain_deadline.is_some() && self.active == 0 && self.rst_polls == 0
     }
     fn start_dhcp(&mut self) {
         self.dhcp = true;
@@ -501,17 +541,20 @@ fn shutdown_request_drains_netfront_and_is_acknowledged() {
 }
 
 #[test]
-fn drain_gives_up_after_two_seconds() {
+fn netfront_release_is_given_up_after_two_seconds() {
     let mut r = rig();
     let mut nic = FakeNic {
         release_after: u32::MAX,
         ..Default::default()
     };
     let start = r.now.get();
-    let exit =
-        r.rt.drain(&mut nic, &FakeProxy::default(), ShutdownReason::Poweroff);
+    let exit = r.rt.drain(
+        &mut nic,
+        &mut FakeProxy::default(),
+        ShutdownReason::Poweroff,
+    );
     assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
-    assert_eq!(r.now.get(), start + DRAIN_TIMEOUT_NS);
+    assert_eq!(r.now.get(), start + drain::NIC_RELEASE_TIMEOUT_NS);
     assert_eq!(nic.polls_after_close, 200);
 }
 
@@ -805,4 +848,163 @@ fn stats_dump_request_prints_the_report_and_serving_goes_on() {
     assert_eq!(lines[3], "miniproxy: heap 10 of 100 KiB used");
     assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
     assert!(!nic.closed);
+}
+
+/// A stop with `active` connections open, `drain_timeout` set: serve three
+/// passes, ask for a stop, and return the exit with the time it was asked.
+fn stop_while_serving(r: &mut Rig, nic: &mut FakeNic, proxy: &mut FakeProxy) -> (Exit, u64) {
+    let mut s = Serve::new(0, None);
+    for _ in 0..3 {
+        assert_eq!(r.rt.serve_pass(&mut s, nic, proxy), None);
+    }
+    let asked = r.now.get();
+    r.request("poweroff");
+    let exit = r.rt.serve_pass(&mut s, nic, proxy).expect("no exit");
+    (exit, asked)
+}
+
+#[test]
+fn shutdown_waits_for_open_connections_that_finish_in_time() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(10);
+    let mut nic = FakeNic {
+        release_after: 1,
+        ..Default::default()
+    };
+    // Two connections that end by themselves 3 s after the stop.
+    let finish = T0 + 3 * SEC + 3 * STATS_PERIOD_NS;
+    let mut proxy = FakeProxy {
+        active: 2,
+        finish_at: Some(Instant::from_micros((finish / 1000) as i64)),
+        ..Default::default()
+    };
+    let (exit, asked) = stop_while_serving(&mut r, &mut nic, &mut proxy);
+    assert_eq!(asked, T0 + 3 * STATS_PERIOD_NS);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(proxy.drain_starts, 1);
+    assert_eq!(
+        proxy.drain_deadline,
+        Some(Instant::from_micros(((asked + 10 * SEC) / 1000) as i64))
+    );
+    assert_eq!(proxy.resets, 0, "nothing was reset");
+    // Served (NIC port only, no xenstore) until they ended, then released.
+    assert!(nic.closed);
+    assert!(r.now.get() >= finish && r.now.get() < finish + 100 * MS);
+    let lines = console();
+    assert_eq!(lines[0], "miniproxy: stopping (Poweroff)");
+    assert_eq!(
+        lines[1],
+        "miniproxy: draining 2 connections (drain_timeout 10s)"
+    );
+    assert_eq!(lines[2], "miniproxy: drained in 3000 ms");
+    // Then the report, counting what the drain did.
+    assert!(lines[3].starts_with("miniproxy: proxy "), "{lines:?}");
+    let waits = r.waits.borrow();
+    assert!(waits[3..].iter().all(|w| !w.0.xenstore));
+}
+
+#[test]
+fn shutdown_resets_what_is_left_at_drain_timeout_and_returns_within_the_bound() {
+    for timeout_s in [0u64, 1, 5] {
+        let mut r = rig();
+        r.rt.drain_timeout = core::time::Duration::from_secs(timeout_s);
+        let mut nic = FakeNic {
+            release_after: u32::MAX, // the slowest backend: release times out
+            ..Default::default()
+        };
+        // A connection that never ends; its RSTs take 3 polls to leave.
+        let mut proxy = FakeProxy {
+            active: 1,
+            rst_polls: 3,
+            delay: Some(Duration::from_millis(400)),
+            ..Default::default()
+        };
+        let (exit, asked) = stop_while_serving(&mut r, &mut nic, &mut proxy);
+        assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+        assert_eq!(proxy.resets, 1, "timeout {timeout_s}s");
+        assert_eq!(proxy.rst_polls, 0, "the RSTs were polled out");
+        // xl shutdown returns within drain_timeout plus a bound.
+        let took = r.now.get() - asked;
+        assert!(
+            took <= timeout_s * SEC + drain::RST_FLUSH_NS + drain::NIC_RELEASE_TIMEOUT_NS,
+            "{took} ns"
+        );
+        let lines = console();
+        let drained = lines
+            .iter()
+            .find(|l| l.starts_with("miniproxy: drained in "));
+        // The engine woke exactly at the deadline (no 1 s stats step
+        // overshoot), then 3 ms of RST polls.
+        assert_eq!(
+            drained.map(String::as_str),
+            Some(format!("miniproxy: drained in {} ms", timeout_s * 1000 + 3).as_str()),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_drain_whose_rsts_never_leave_gives_up_at_its_bound() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(2);
+    let mut nic = FakeNic {
+        release_after: 1,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        active: 3,
+        rst_polls: 1,
+        rst_stuck: true,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    let exit = r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Reboot);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Reboot));
+    let lines = console();
+    let gave_up = format!(
+        "miniproxy: drain gave up after {} ms (0 connections left, or RSTs not sent)",
+        (2 * SEC + drain::RST_FLUSH_NS) / MS
+    );
+    assert!(lines.contains(&gave_up), "{lines:?}");
+    // The release wait came after: the NIC is closed, the exit is bounded.
+    assert!(nic.closed);
+    assert!(r.now.get() - start <= 2 * SEC + drain::RST_FLUSH_NS + 20 * MS);
+}
+
+#[test]
+fn a_link_going_down_cuts_the_drain_short() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(10);
+    let mut nic = FakeNic::default();
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendGone));
+    let mut proxy = FakeProxy {
+        active: 1,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Poweroff);
+    assert_eq!(proxy.drain_starts, 1);
+    assert_eq!(r.now.get(), start, "no wait for a link that is gone");
+    assert!(console()
+        .iter()
+        .any(|l| l.starts_with("miniproxy: drain cut short: the link is down")));
+}
+
+#[test]
+fn idle_exit_drains_too() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        disconnected: true,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        idle_since: Some(r.at()),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, Some(core::time::Duration::from_secs(1)));
+    while r.rt.serve_pass(&mut s, &mut nic, &mut proxy).is_none() {}
+    // Nothing open: no listeners left, no wait, no drain lines.
+    assert_eq!(proxy.drain_starts, 1);
+    assert!(!console().iter().any(|l| l.contains("drain")));
 }

@@ -137,6 +137,15 @@ impl Proxy<Netfront<XenPlatform>> for Engine {
     fn stats(&self) -> String {
         Engine::stats(self).to_string()
     }
+    fn active(&self) -> usize {
+        Engine::stats(self).active
+    }
+    fn start_drain(&mut self, now: Instant, timeout: Duration) {
+        Engine::start_drain(self, now, timeout)
+    }
+    fn drained(&self) -> bool {
+        Engine::drained(self)
+    }
     fn start_dhcp(&mut self) {
         Engine::start_dhcp(self)
     }
@@ -196,6 +205,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         crate::heap_usage,
         console_line,
     );
+    rt.drain_timeout = cfg.drain_timeout;
 
     // Only "no such node" means no vif; any other xenstore failure is
     // reported as what it is.
