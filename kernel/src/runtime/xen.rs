@@ -180,10 +180,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         k.memory.heap_size / 1024,
         k.start_info.magic_str()
     );
-    let line = k
-        .start_info
-        .cmdline()
-        .map_err(|e| fatal(format!("config: the command line is not UTF-8 ({e})")))?;
+    let line = k.start_info.cmdline().map_err(fatal)?;
     let cfg = Config::parse(line).map_err(fatal)?;
     log::set_max_level(cfg.loglevel);
     crate::println!("miniproxy: config: {cfg}");
