@@ -21,10 +21,12 @@
 //! - [`timers`]: the pure parts: the serve deadline, the stats publisher,
 //!   the idle_exit check.
 //! - [`phases`]: handshake, address, serve, no-network idle.
+//! - [`budget`]: the engine's memory budget (`mem=` or the heap).
 //! - [`drain`]: the stop: connections drained, report, netfront closed.
 //! - [`xen`]: the kernel's implementations and the boot sequence that runs
 //!   the phases (the unikernel's main).
 
+pub mod budget;
 pub mod drain;
 pub mod phases;
 pub mod timers;

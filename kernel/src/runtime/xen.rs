@@ -2,6 +2,7 @@
 //! netfront and the proxy engine behind the runtime's traits, and the boot
 //! phase that reads the configuration and runs the phases in order.
 
+use super::budget::{engine_budget, Budget};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::control::{Control, Request};
 use crate::net::XenPlatform;
@@ -17,10 +18,6 @@ use proxy::config::Config;
 use proxy::engine::Engine;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
-
-/// Heap kept back from the engine's budget for everything else (xenstore
-/// strings, smoltcp's interface, netfront's bookkeeping, the log).
-pub const HEAP_RESERVE: usize = 192 * 1024;
 
 /// pvclock time and the vCPU runstate.
 pub struct XenClock;
@@ -259,7 +256,17 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
 
     // The proxy engine, sized to what is left of the heap.
     let (used, size) = crate::heap_usage();
-    let budget = size.saturating_sub(used).saturating_sub(HEAP_RESERVE);
+    let budget = match engine_budget(cfg.mem, used, size).map_err(fatal)? {
+        Budget::CutToHeap { asked, budget } => {
+            log::warn!(
+                "engine: mem={} KiB is more than the heap leaves; the budget is {} KiB",
+                asked / 1024,
+                budget / 1024
+            );
+            budget
+        }
+        b => b.bytes(),
+    };
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut engine =
         Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, rt.now()).map_err(fatal)?;
