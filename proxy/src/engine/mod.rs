@@ -40,6 +40,7 @@
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
 //! | `drain` | before a stop: listeners closed, grace time, resets |
+//! | `relink` | the link back after a detach: new MAC, address announced again |
 //! | `ports` | ephemeral ports |
 //! | `tuning` | per-socket TCP settings |
 //! | `stats` | counters and their log line |
@@ -51,6 +52,7 @@ mod ledger;
 mod listeners;
 mod plan;
 mod ports;
+mod relink;
 mod sizing;
 mod sockets;
 mod splice;
