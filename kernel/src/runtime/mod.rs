@@ -12,7 +12,9 @@
 //! Every phase polls what it has, then sleeps in [`Runtime::sleep`] (the
 //! only wait: `SCHEDOP_poll` on the xenstore and NIC event channels until a
 //! deadline) and goes round again; every phase answers `xl shutdown` and the
-//! stats-dump key. Nothing here touches Xen directly: the phases work on
+//! stats-dump key. A vif detached while serving is waited for: when one is
+//! attached again, netfront reconnects and the engine announces its
+//! address again. Nothing here touches Xen directly: the phases work on
 //! small traits ([`Clock`], [`Sleeper`], [`Toolstack`], [`Nic`], [`Proxy`])
 //! that [`xen`] implements over the kernel and the host tests implement with
 //! fakes, so the deadlines, the stats rate, shutdown and idle_exit are
@@ -108,6 +110,9 @@ pub trait Nic {
     fn close(&mut self);
     /// Already disconnected (nothing left to release).
     fn is_disconnected(&self) -> bool;
+    /// Disconnected, and a vif attached again: start a new handshake
+    /// (its `Connected` event follows). Whether one was started.
+    fn reconnect_if_attached(&mut self) -> bool;
 }
 
 /// The proxy engine over a NIC `N`.
@@ -127,6 +132,8 @@ pub trait Proxy<N> {
     fn start_drain(&mut self, now: Instant, timeout: Duration);
     /// No connection left and every RST sent (false before `start_drain`).
     fn drained(&self) -> bool;
+    /// The link is back (with this MAC): announce the address again.
+    fn link_up(&mut self, mac: [u8; 6], now: Instant);
     fn start_dhcp(&mut self);
     fn ipv4(&self) -> Option<Ipv4Cidr>;
 }

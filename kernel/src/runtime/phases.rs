@@ -158,10 +158,17 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         let t_ms = t.total_millis() as u64;
         for _ in 0..NIC_EVENTS_PER_PASS {
             match nic.poll(t_ms) {
-                Some(Event::Disconnected(r)) => {
-                    log::warn!("netfront: link down: {r}; still running")
+                Some(Event::Disconnected(r)) => log::warn!(
+                    "netfront: link down: {r}; still running (serving again once a vif is attached)"
+                ),
+                Some(Event::Connected { mac, mtu, .. }) => {
+                    log::info!(
+                        "netfront: link up again, mac {}, mtu {mtu}, offload {}",
+                        EthernetAddress(mac),
+                        nic.offload()
+                    );
+                    proxy.link_up(mac, t);
                 }
-                Some(Event::Connected { .. }) => log::info!("netfront: link up again"),
                 Some(ev) => log::info!("netfront: {ev:?}"),
                 None => break,
             }
@@ -176,6 +183,11 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         }
         if self.toolstack.take_backend_changed() {
             nic.check_backend_soon();
+            // A vif attached again after a detach: the handshake runs in
+            // the next passes' polls (their deadlines are netfront's).
+            if nic.is_disconnected() && nic.reconnect_if_attached() {
+                log::info!("netfront: a vif was attached: reconnecting");
+            }
         }
 
         let now_ns = self.clock.now_ns();

@@ -93,6 +93,10 @@ struct FakeNic {
     /// Connected with this MAC on this poll (counting from 1).
     connect_on_poll: Option<(u32, [u8; 6])>,
     polls: u32,
+    /// A vif is attached (again) with this MAC: `reconnect_if_attached`
+    /// starts a handshake that connects on the next poll.
+    attached: Option<[u8; 6]>,
+    reconnects: u32,
 }
 
 const NIC_PORT: u32 = 9;
@@ -142,6 +146,19 @@ impl Nic for FakeNic {
     fn is_disconnected(&self) -> bool {
         self.disconnected
     }
+    fn reconnect_if_attached(&mut self) -> bool {
+        let Some(mac) = self.attached.filter(|_| self.disconnected) else {
+            return false;
+        };
+        self.disconnected = false;
+        self.reconnects += 1;
+        self.events.push_back(Event::Connected {
+            mac,
+            mtu: 1500,
+            backend: BackendFeatures::default(),
+        });
+        true
+    }
 }
 
 #[derive(Default)]
@@ -167,6 +184,8 @@ struct FakeProxy {
     rst_polls: u32,
     /// The RSTs never leave (a peer's link is gone).
     rst_stuck: bool,
+    /// `link_up` calls: the MAC and when.
+    link_ups: Vec<([u8; 6], Instant)>,
 }
 
 impl Proxy<FakeNic> for FakeProxy {
@@ -211,6 +230,9 @@ impl Proxy<FakeNic> for FakeProxy {
     }
     fn drained(&self) -> bool {
         self.drain_deadline.is_some() && self.active == 0 && self.rst_polls == 0
+    }
+    fn link_up(&mut self, mac: [u8; 6], now: Instant) {
+        self.link_ups.push((mac, now));
     }
     fn start_dhcp(&mut self) {
         self.dhcp = true;
@@ -1007,4 +1029,64 @@ fn idle_exit_drains_too() {
     // Nothing open: no listeners left, no wait, no drain lines.
     assert_eq!(proxy.drain_starts, 1);
     assert!(!console().iter().any(|l| l.contains("drain")));
+}
+
+#[test]
+fn a_vif_attached_again_after_a_detach_is_reconnected_and_announced() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    // The watch is on our vif directories.
+    let watched = r
+        .srv
+        .borrow()
+        .log
+        .iter()
+        .any(|(ty, _, p)| *ty == MsgType::Watch as u32 && p.starts_with(b"device/vif\0"));
+    assert!(watched);
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    let vif_event = |r: &Rig| {
+        r.srv
+            .borrow_mut()
+            .send_raw(&watch_event("device/vif/0", "vif-backend"))
+    };
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy); // the watches' first events
+                                                   // `xl network-detach`: netfront reports the link down and is released.
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendClosing));
+    nic.events.push_back(Event::Released { leaked_pages: 0 });
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    nic.disconnected = true;
+    // The directories go away (a watch event): no vif, nothing to do.
+    vif_event(&r);
+    for _ in 0..3 {
+        assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+    }
+    assert_eq!(nic.reconnects, 0);
+    assert!(proxy.link_ups.is_empty());
+    // Without a watch event nothing looks, even with a vif there.
+    let mac = [0, 0x16, 0x3e, 9, 8, 7];
+    nic.attached = Some(mac);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 0);
+    // `xl network-attach`: the watch fires, netfront reconnects, and on
+    // Connected the engine gets the MAC to announce the address again.
+    vif_event(&r);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    let at = r.at();
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(proxy.link_ups, [(mac, at)]);
+    // Connected again: further vif events do not reconnect.
+    vif_event(&r);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    assert_eq!(proxy.link_ups.len(), 1);
+    // And the instance serves and stops as before.
+    r.request("poweroff");
+    assert_eq!(
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy),
+        Some(Exit::Shutdown(ShutdownReason::Poweroff))
+    );
 }

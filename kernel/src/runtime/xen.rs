@@ -19,6 +19,9 @@ use proxy::engine::Engine;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 
+/// Where our vifs' frontend directories are (relative to the domain's home).
+const VIFS_PATH: &str = "device/vif";
+
 /// pvclock time and the vCPU runstate.
 pub struct XenClock;
 
@@ -77,6 +80,13 @@ impl<P: SharedPage, E: Events> XsToolstack<P, E> {
         self.control
             .watch_backend(&mut self.xs.borrow_mut(), state_path)
     }
+
+    /// Watch our vif directories too (`device/vif`: a vif detached or
+    /// attached), reported the same way: the serve loop then re-checks the
+    /// backend and, once disconnected, looks for a vif attached again.
+    pub fn watch_vifs(&mut self) -> Result<(), XsError> {
+        self.watch_backend(VIFS_PATH)
+    }
 }
 
 impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
@@ -119,6 +129,9 @@ impl Nic for Netfront<XenPlatform> {
     fn is_disconnected(&self) -> bool {
         self.state() == netfront::State::Disconnected
     }
+    fn reconnect_if_attached(&mut self) -> bool {
+        Netfront::reconnect_if_attached(self)
+    }
 }
 
 impl Proxy<Netfront<XenPlatform>> for Engine {
@@ -142,6 +155,14 @@ impl Proxy<Netfront<XenPlatform>> for Engine {
     }
     fn drained(&self) -> bool {
         Engine::drained(self)
+    }
+    fn link_up(&mut self, mac: [u8; 6], now: Instant) {
+        if let Err(e) = Engine::link_up(self, EthernetAddress(mac), now) {
+            log::warn!(
+                "engine: the link came back with MAC {}: {e}",
+                EthernetAddress(mac)
+            );
+        }
     }
     fn start_dhcp(&mut self) {
         Engine::start_dhcp(self)
@@ -247,6 +268,9 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     rt.toolstack
         .watch_backend(&state_path)
         .map_err(|e| fatal(format!("net: cannot watch {state_path}: {e}")))?;
+    rt.toolstack
+        .watch_vifs()
+        .map_err(|e| fatal(format!("net: cannot watch {VIFS_PATH}: {e}")))?;
     let mem = nf.memory();
     log::info!(
         "netfront: {} pages ({} KiB) for rings and buffers",
