@@ -13,6 +13,7 @@
 //! 3. Netfront closed, and the backend given [`NIC_RELEASE_TIMEOUT_NS`] to
 //!    unmap our pages before the domain goes.
 
+use super::phases::NIC_EVENTS_PER_PASS;
 use super::timers::{self, Timers};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::ShutdownReason;
@@ -61,10 +62,14 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             let t = self.now();
             let t_ms = self.now_ms();
             let mut link_down = nic.is_disconnected();
-            while let Some(ev) = nic.poll(t_ms) {
-                if let Event::Disconnected(r) = ev {
-                    log::warn!("netfront: link down while draining: {r}");
-                    link_down = true;
+            for _ in 0..NIC_EVENTS_PER_PASS {
+                match nic.poll(t_ms) {
+                    Some(Event::Disconnected(r)) => {
+                        log::warn!("netfront: link down while draining: {r}");
+                        link_down = true;
+                    }
+                    Some(ev) => log::info!("netfront: {ev:?}"),
+                    None => break,
                 }
             }
             proxy.poll(t, nic);

@@ -12,7 +12,7 @@ use proxy::config::{Config, IpSetting};
 use smoltcp::wire::EthernetAddress;
 
 /// Events taken from netfront per pass before the engine gets its turn.
-const NIC_EVENTS_PER_PASS: usize = 8;
+pub(super) const NIC_EVENTS_PER_PASS: usize = 8;
 /// Longest sleep while waiting for the handshake or a DHCP lease.
 const HANDSHAKE_MAX_WAIT_MS: u64 = 100;
 const DHCP_MAX_WAIT_NS: u64 = 100_000_000;
