@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! boot ──> handshake ──> address ──> serve ──> drain/stop
-//!   │         (netfront     (static or   (NIC, engine,   (report, close
-//!   │          Connected)    DHCP lease)  control, stats,  netfront, wait
-//!   │                                     idle_exit)       for its pages)
+//!   │         (netfront     (static or   (NIC, engine,   (no new connections,
+//!   │          Connected)    DHCP lease)  control, stats,  the open ones get
+//!   │                                     idle_exit, vif   drain_timeout then
+//!   │                                     re-attach)       RST; report, close
+//!   │                                                      netfront, wait for
+//!   │                                                      its pages)
 //!   └─ no vif: idle until asked to stop
 //! ```
 //!
