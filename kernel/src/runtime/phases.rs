@@ -156,11 +156,22 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         self.prof.loops += 1;
         let t = self.now();
         let t_ms = t.total_millis() as u64;
+        // Look for a vif attached again when netfront has just finished a
+        // disconnect (an attach seen while it was still closing would
+        // otherwise be missed) or the vif directories changed.
+        let mut look_for_vif = false;
         for _ in 0..NIC_EVENTS_PER_PASS {
             match nic.poll(t_ms) {
-                Some(Event::Disconnected(r)) => log::warn!(
-                    "netfront: link down: {r}; still running (serving again once a vif is attached)"
-                ),
+                Some(Event::Disconnected(r)) => {
+                    look_for_vif = true;
+                    log::warn!(
+                        "netfront: link down: {r}; still running (serving again once a vif is attached)"
+                    )
+                }
+                Some(ev @ Event::Released { .. }) => {
+                    look_for_vif = true;
+                    log::info!("netfront: {ev:?}")
+                }
                 Some(Event::Connected { mac, mtu, .. }) => {
                     log::info!(
                         "netfront: link up again, mac {}, mtu {mtu}, offload {}",
@@ -169,7 +180,6 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
                     );
                     proxy.link_up(mac, t);
                 }
-                Some(ev) => log::info!("netfront: {ev:?}"),
                 None => break,
             }
         }
@@ -183,11 +193,12 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         }
         if self.toolstack.take_backend_changed() {
             nic.check_backend_soon();
-            // A vif attached again after a detach: the handshake runs in
-            // the next passes' polls (their deadlines are netfront's).
-            if nic.is_disconnected() && nic.reconnect_if_attached() {
-                log::info!("netfront: a vif was attached: reconnecting");
-            }
+            look_for_vif = true;
+        }
+        // A vif attached again after a detach: the handshake runs in the
+        // next passes' polls (their deadlines are netfront's).
+        if look_for_vif && nic.is_disconnected() && nic.reconnect_if_attached() {
+            log::info!("netfront: a vif was attached: reconnecting");
         }
 
         let now_ns = self.clock.now_ns();

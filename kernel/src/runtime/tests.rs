@@ -111,6 +111,9 @@ impl Nic for FakeNic {
             return None;
         }
         self.polls += 1;
+        if matches!(self.events.front(), Some(Event::Released { .. })) {
+            self.disconnected = true;
+        }
         if let Some((n, mac)) = self.connect_on_poll {
             if n == self.polls {
                 return Some(Event::Connected {
@@ -1057,7 +1060,8 @@ fn a_vif_attached_again_after_a_detach_is_reconnected_and_announced() {
         .push_back(Event::Disconnected(Reason::BackendClosing));
     nic.events.push_back(Event::Released { leaked_pages: 0 });
     r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
-    nic.disconnected = true;
+    assert!(nic.disconnected);
+    assert_eq!(nic.reconnects, 0, "released, and no vif yet");
     // The directories go away (a watch event): no vif, nothing to do.
     vif_event(&r);
     for _ in 0..3 {
@@ -1089,4 +1093,33 @@ fn a_vif_attached_again_after_a_detach_is_reconnected_and_announced() {
         r.rt.serve_pass(&mut s, &mut nic, &mut proxy),
         Some(Exit::Shutdown(ShutdownReason::Poweroff))
     );
+}
+
+#[test]
+fn a_vif_attached_while_netfront_is_still_closing_is_not_missed() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    let mac = [0, 0x16, 0x3e, 1, 1, 1];
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendClosing));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    // The new vif appears (its watch event comes) while netfront is still
+    // closing: nothing can start yet.
+    nic.attached = Some(mac);
+    r.srv
+        .borrow_mut()
+        .send_raw(&watch_event("device/vif/0", "vif-backend"));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 0);
+    // Released, with no further watch event: the vif is found all the same.
+    nic.events.push_back(Event::Released { leaked_pages: 0 });
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(proxy.link_ups.len(), 1);
+    assert_eq!(proxy.link_ups[0].0, mac);
 }
