@@ -156,18 +156,17 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         self.prof.loops += 1;
         let t = self.now();
         let t_ms = t.total_millis() as u64;
-        // Look for a vif attached again when netfront has just finished a
-        // disconnect (an attach seen while it was still closing would
-        // otherwise be missed) or the vif directories changed.
+        // Look for a vif attached again when netfront has just released a
+        // connection's pages (an attach seen while it was still closing
+        // would otherwise be missed) or the vif directories changed.
         let mut look_for_vif = false;
         for _ in 0..NIC_EVENTS_PER_PASS {
             match nic.poll(t_ms) {
-                Some(Event::Disconnected(r)) => {
-                    look_for_vif = true;
-                    log::warn!(
-                        "netfront: link down: {r}; still running (serving again once a vif is attached)"
-                    )
-                }
+                // Not on its own: a handshake that failed (no vif yet, say)
+                // is retried only when something changes, never in a loop.
+                Some(Event::Disconnected(r)) => log::warn!(
+                    "netfront: link down: {r}; still running (serving again once a vif is attached)"
+                ),
                 Some(ev @ Event::Released { .. }) => {
                     look_for_vif = true;
                     log::info!("netfront: {ev:?}")
