@@ -97,6 +97,8 @@ struct FakeNic {
     /// starts a handshake that connects on the next poll.
     attached: Option<[u8; 6]>,
     reconnects: u32,
+    /// The new handshake fails at once (Disconnected again).
+    reconnect_fails: bool,
 }
 
 const NIC_PORT: u32 = 9;
@@ -153,8 +155,14 @@ impl Nic for FakeNic {
         let Some(mac) = self.attached.filter(|_| self.disconnected) else {
             return false;
         };
-        self.disconnected = false;
         self.reconnects += 1;
+        if self.reconnect_fails {
+            self.events.push_back(Event::Disconnected(Reason::Failed(
+                netfront::Error::NoDevice,
+            )));
+            return true;
+        }
+        self.disconnected = false;
         self.events.push_back(Event::Connected {
             mac,
             mtu: 1500,
@@ -1122,4 +1130,32 @@ fn a_vif_attached_while_netfront_is_still_closing_is_not_missed() {
     r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
     assert_eq!(proxy.link_ups.len(), 1);
     assert_eq!(proxy.link_ups[0].0, mac);
+}
+
+#[test]
+fn a_reconnect_that_fails_is_retried_only_on_the_next_vif_change() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    let mut nic = FakeNic {
+        disconnected: true,
+        attached: Some([0, 0x16, 0x3e, 2, 2, 2]),
+        reconnect_fails: true,
+        delay_ms: Some(0),
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    // The watch's first event: one attempt, which fails.
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    for _ in 0..50 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    assert_eq!(nic.reconnects, 1, "retried in a loop");
+    r.srv
+        .borrow_mut()
+        .send_raw(&watch_event("device/vif/0", "vif-backend"));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 2);
+    assert!(proxy.link_ups.is_empty());
 }
