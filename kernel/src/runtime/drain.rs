@@ -5,7 +5,8 @@
 //!    RST) and the open connections go on being served for up to
 //!    `drain_timeout=`; at that deadline the engine resets both sides of
 //!    whatever is left. The loop runs until the engine says it is drained
-//!    (no connection, every RST sent), and never longer than the timeout
+//!    (no connection, every RST sent) and netback has taken every frame
+//!    handed to it, and never longer than the timeout
 //!    plus [`RST_FLUSH_NS`]: a client never hangs on a stopped instance,
 //!    and `xl shutdown` never waits on a stuck peer for more than that.
 //! 2. The report (the same lines as the stats dump), after the drain so
@@ -73,7 +74,9 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
                 }
             }
             proxy.poll(t, nic);
-            if proxy.drained() {
+            // Drained, and the backend has taken every frame (the RSTs
+            // among them) before netfront is closed under it.
+            if proxy.drained() && nic.tx_in_flight() == 0 {
                 break;
             }
             let now_ns = self.clock.now_ns();

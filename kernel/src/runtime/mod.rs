@@ -113,6 +113,8 @@ pub trait Nic {
     fn close(&mut self);
     /// Already disconnected (nothing left to release).
     fn is_disconnected(&self) -> bool;
+    /// Frames handed to the backend that it has not taken yet.
+    fn tx_in_flight(&self) -> usize;
     /// Disconnected, and a vif attached again: start a new handshake
     /// (its `Connected` event follows). Whether one was started.
     fn reconnect_if_attached(&mut self) -> bool;

@@ -99,6 +99,8 @@ struct FakeNic {
     reconnects: u32,
     /// The new handshake fails at once (Disconnected again).
     reconnect_fails: bool,
+    /// TX frames the backend has not taken; one is taken per poll.
+    tx_in_flight: usize,
 }
 
 const NIC_PORT: u32 = 9;
@@ -113,6 +115,7 @@ impl Nic for FakeNic {
             return None;
         }
         self.polls += 1;
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
         if matches!(self.events.front(), Some(Event::Released { .. })) {
             self.disconnected = true;
         }
@@ -150,6 +153,9 @@ impl Nic for FakeNic {
     }
     fn is_disconnected(&self) -> bool {
         self.disconnected
+    }
+    fn tx_in_flight(&self) -> usize {
+        self.tx_in_flight
     }
     fn reconnect_if_attached(&mut self) -> bool {
         let Some(mac) = self.attached.filter(|_| self.disconnected) else {
@@ -195,12 +201,14 @@ struct FakeProxy {
     rst_polls: u32,
     /// The RSTs never leave (a peer's link is gone).
     rst_stuck: bool,
+    /// Frames the reset hands to the NIC (its RSTs).
+    rst_frames: usize,
     /// `link_up` calls: the MAC and when.
     link_ups: Vec<([u8; 6], Instant)>,
 }
 
 impl Proxy<FakeNic> for FakeProxy {
-    fn poll(&mut self, now: Instant, _nic: &mut FakeNic) {
+    fn poll(&mut self, now: Instant, nic: &mut FakeNic) {
         self.polls += 1;
         if self.dhcp && self.lease_on_poll == Some(self.polls) {
             self.ip = Some("10.0.0.9/24".parse().unwrap());
@@ -212,6 +220,7 @@ impl Proxy<FakeNic> for FakeProxy {
             Some(d) if self.active > 0 && now >= d => {
                 self.resets = self.active;
                 self.active = 0;
+                nic.tx_in_flight += self.rst_frames;
             }
             Some(_) if self.active == 0 && self.rst_polls > 0 && !self.rst_stuck => {
                 self.rst_polls -= 1
@@ -1158,4 +1167,34 @@ fn a_reconnect_that_fails_is_retried_only_on_the_next_vif_change() {
     r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
     assert_eq!(nic.reconnects, 2);
     assert!(proxy.link_ups.is_empty());
+}
+
+#[test]
+fn the_drain_waits_for_the_backend_to_take_the_last_frames() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(1);
+    let mut nic = FakeNic {
+        release_after: 0,
+        delay_ms: Some(1),
+        ..Default::default()
+    };
+    // At the deadline the engine resets the connection and hands its RSTs
+    // (four frames) to the NIC; the backend takes one per poll.
+    let mut proxy = FakeProxy {
+        active: 1,
+        rst_frames: 4,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    let exit = r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Poweroff);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(proxy.resets, 1);
+    assert_eq!(nic.tx_in_flight, 0, "closed with frames still in the ring");
+    assert!(nic.closed);
+    let lines = console();
+    assert!(
+        lines.contains(&"miniproxy: drained in 1004 ms".to_string()),
+        "{lines:?}"
+    );
+    assert!(r.now.get() - start <= SEC + drain::RST_FLUSH_NS);
 }

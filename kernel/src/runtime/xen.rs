@@ -129,6 +129,9 @@ impl Nic for Netfront<XenPlatform> {
     fn is_disconnected(&self) -> bool {
         self.state() == netfront::State::Disconnected
     }
+    fn tx_in_flight(&self) -> usize {
+        Netfront::tx_in_flight(self)
+    }
     fn reconnect_if_attached(&mut self) -> bool {
         Netfront::reconnect_if_attached(self)
     }
