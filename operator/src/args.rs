@@ -5,8 +5,10 @@
 use crate::{bad, Failure};
 use std::net::Ipv4Addr;
 
-/// Xen hands the guest at most 1023 bytes of command line (1024 with the NUL).
-pub const MAX_CMDLINE: usize = 1024;
+/// Xen hands the guest at most 1023 bytes of command line (1024 with the NUL),
+/// so the guest refuses a line of 1023 bytes or more (it may have been cut,
+/// `kernel/src/start_info.rs`): the longest line an instance takes is 1022.
+pub const MAX_CMDLINE: usize = 1022;
 
 /// Profiles: extra= tokens put before --extra (whose keys win).
 const PROFILE_DEFAULT: &str = "rx_bufs=64 max_conns=64"; // fits memory=6 (xl-configs/reverse.cfg)
@@ -353,11 +355,12 @@ pub fn config_line(
     for tok in extra_tokens {
         line += &format!(" {tok}");
     }
-    if line.len() >= MAX_CMDLINE {
+    if line.len() > MAX_CMDLINE {
         return bad(format!(
-            "the configuration line is {} bytes; Xen passes at most {} to the guest",
+            "the configuration line is {} bytes; the guest takes at most {} \
+             (Xen cuts a longer one to 1023)",
             line.len(),
-            MAX_CMDLINE - 1
+            MAX_CMDLINE
         ));
     }
     if let Err(e) = proxy::config::Config::parse(&line) {

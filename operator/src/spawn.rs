@@ -44,7 +44,7 @@ Start one Miniproxy instance and wait until it serves (its data/ready key).
                    is not counted; MINIPROXY_QUEUE_TIMEOUT bounds it, 600 s)
   --json           print the result as one JSON object
 The whole configuration line is checked with the guest's own parser, and
-must be shorter than {max} bytes (Xen's guest command line), before anything
+must be at most {max} bytes (what the guest takes of Xen's command line), before anything
 is created. Renders the template into {run}/NAME.cfg, runs xl create,
 waits, and prints one line:
   spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US

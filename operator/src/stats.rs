@@ -95,7 +95,7 @@ mod tests {
         let c = Counters::parse(&s.to_string()).unwrap();
         assert_eq!(c.get("px_accepted"), Some(5));
         assert_eq!(c.get("px_bytes_down"), Some(1 << 40));
-        assert_eq!(c.0.len(), 14);
+        assert_eq!(c.0.len(), 15);
         assert!(c.0.iter().all(|(k, _)| k.starts_with("px_")));
     }
 

@@ -112,7 +112,7 @@ fn bad_configs_are_refused_before_xl_runs() {
         ("idle_exit=10m idle_exit=5m", "duplicate key 'idle_exit'"),
         ("buf=4k buf_min=8k", "buf_min"),
         ("ip=10.0.0.9/24", "put ip= in --ip"),
-        (long.as_str(), "Xen passes at most 1023"),
+        (long.as_str(), "the guest takes at most 1022"),
     ] {
         let o = r.run(&spawn_args("a", "10.0.0.5/24", &["--extra", extra]), &[]);
         assert_eq!(o.status.code(), Some(2), "{extra}: {}", err(&o));

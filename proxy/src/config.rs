@@ -118,6 +118,9 @@ pub struct Config {
     pub dhcp_timeout: Duration,
     /// Exit when no connection has been active for this long; `None` = never.
     pub idle_exit: Option<Duration>,
+    /// On a stop (`xl shutdown`, idle_exit): how long open connections may
+    /// finish after the listeners close, before both sides are reset.
+    pub drain_timeout: Duration,
     /// Netfront RX buffers to post.
     pub rx_bufs: u16,
     /// Netfront TX buffers (frames in flight to the backend).
@@ -161,6 +164,7 @@ impl Default for Config {
             gw: None,
             dhcp_timeout: Duration::from_secs(10),
             idle_exit: None,
+            drain_timeout: Duration::from_secs(10),
             rx_bufs: 64,
             tx_bufs: 64,
             offload: true,

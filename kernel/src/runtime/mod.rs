@@ -3,16 +3,21 @@
 //!
 //! ```text
 //! boot ──> handshake ──> address ──> serve ──> drain/stop
-//!   │         (netfront     (static or   (NIC, engine,   (report, close
-//!   │          Connected)    DHCP lease)  control, stats,  netfront, wait
-//!   │                                     idle_exit)       for its pages)
+//!   │         (netfront     (static or   (NIC, engine,   (no new connections,
+//!   │          Connected)    DHCP lease)  control, stats,  the open ones get
+//!   │                                     idle_exit, vif   drain_timeout then
+//!   │                                     re-attach)       RST; report, close
+//!   │                                                      netfront, wait for
+//!   │                                                      its pages)
 //!   └─ no vif: idle until asked to stop
 //! ```
 //!
 //! Every phase polls what it has, then sleeps in [`Runtime::sleep`] (the
 //! only wait: `SCHEDOP_poll` on the xenstore and NIC event channels until a
 //! deadline) and goes round again; every phase answers `xl shutdown` and the
-//! stats-dump key. Nothing here touches Xen directly: the phases work on
+//! stats-dump key. A vif detached while serving is waited for: when one is
+//! attached again, netfront reconnects and the engine announces its
+//! address again. Nothing here touches Xen directly: the phases work on
 //! small traits ([`Clock`], [`Sleeper`], [`Toolstack`], [`Nic`], [`Proxy`])
 //! that [`xen`] implements over the kernel and the host tests implement with
 //! fakes, so the deadlines, the stats rate, shutdown and idle_exit are
@@ -21,9 +26,13 @@
 //! - [`timers`]: the pure parts: the serve deadline, the stats publisher,
 //!   the idle_exit check.
 //! - [`phases`]: handshake, address, serve, no-network idle.
+//! - [`budget`]: the engine's memory budget (`mem=` or the heap).
+//! - [`drain`]: the stop: connections drained, report, netfront closed.
 //! - [`xen`]: the kernel's implementations and the boot sequence that runs
 //!   the phases (the unikernel's main).
 
+pub mod budget;
+pub mod drain;
 pub mod phases;
 pub mod timers;
 pub mod xen;
@@ -104,6 +113,11 @@ pub trait Nic {
     fn close(&mut self);
     /// Already disconnected (nothing left to release).
     fn is_disconnected(&self) -> bool;
+    /// Frames handed to the backend that it has not taken yet.
+    fn tx_in_flight(&self) -> usize;
+    /// Disconnected, and a vif attached again: start a new handshake
+    /// (its `Connected` event follows). Whether one was started.
+    fn reconnect_if_attached(&mut self) -> bool;
 }
 
 /// The proxy engine over a NIC `N`.
@@ -116,6 +130,15 @@ pub trait Proxy<N> {
     fn idle_since(&self) -> Option<Instant>;
     /// The engine's counters, one line.
     fn stats(&self) -> String;
+    /// Connections held now.
+    fn active(&self) -> usize;
+    /// Stop accepting; the open connections have until `now + timeout`,
+    /// then both sides of each are reset (see `Engine::start_drain`).
+    fn start_drain(&mut self, now: Instant, timeout: Duration);
+    /// No connection left and every RST sent (false before `start_drain`).
+    fn drained(&self) -> bool;
+    /// The link is back (with this MAC): announce the address again.
+    fn link_up(&mut self, mac: [u8; 6], now: Instant);
     fn start_dhcp(&mut self);
     fn ipv4(&self) -> Option<Ipv4Cidr>;
 }
@@ -141,10 +164,9 @@ pub struct Runtime<C: Clock, S: Sleeper, T: Toolstack> {
     /// console, or a test's capture.
     pub console: fn(core::fmt::Arguments),
     pub prof: Profile,
+    /// How long open connections may finish on a stop (`drain_timeout=`).
+    pub drain_timeout: core::time::Duration,
 }
-
-/// How long the drain waits for the backend to give our pages back.
-pub const DRAIN_TIMEOUT_NS: u64 = 2_000_000_000;
 
 impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
     pub fn new(
@@ -161,6 +183,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             heap_usage,
             console,
             prof: Profile::new(),
+            drain_timeout: proxy::config::Config::default().drain_timeout,
         }
     }
 
@@ -213,7 +236,11 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
     }
 
     /// Answer control requests with the NIC and engine up: a stop drains.
-    pub fn check_control<N: Nic, P: Proxy<N>>(&mut self, nic: &mut N, proxy: &P) -> Option<Exit> {
+    pub fn check_control<N: Nic, P: Proxy<N>>(
+        &mut self,
+        nic: &mut N,
+        proxy: &mut P,
+    ) -> Option<Exit> {
         match self.control_request() {
             Ok(None) => None,
             Ok(Some(Request::DumpStats)) => {
@@ -226,7 +253,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         }
     }
 
-    fn print_net<N: Nic, P: Proxy<N>>(&self, nic: &N, proxy: &P) {
+    pub(super) fn print_net<N: Nic, P: Proxy<N>>(&self, nic: &N, proxy: &P) {
         (self.console)(format_args!("miniproxy: proxy {}", proxy.stats()));
         (self.console)(format_args!(
             "miniproxy: vif0 {} notifies={}",
@@ -235,7 +262,7 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         ));
     }
 
-    fn print_profile_and_heap(&self) {
+    pub(super) fn print_profile_and_heap(&self) {
         (self.console)(format_args!("miniproxy: {}", self.profile_now()));
         let (used, size) = (self.heap_usage)();
         (self.console)(format_args!(
@@ -243,42 +270,5 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             used / 1024,
             size / 1024
         ));
-    }
-
-    /// The drain/stop phase: report, close netfront and give the backend
-    /// (at most [`DRAIN_TIMEOUT_NS`]) to unmap our pages before the domain
-    /// goes.
-    pub fn drain<N: Nic, P: Proxy<N>>(
-        &mut self,
-        nic: &mut N,
-        proxy: &P,
-        reason: ShutdownReason,
-    ) -> Exit {
-        (self.console)(format_args!("miniproxy: stopping ({reason:?})"));
-        self.print_net(nic, proxy);
-        self.print_profile_and_heap();
-        let already_down = nic.is_disconnected();
-        nic.close();
-        let deadline = self.clock.now_ns() + DRAIN_TIMEOUT_NS;
-        while !already_down && self.clock.now_ns() < deadline {
-            if let Some(Event::Released { leaked_pages }) = nic.poll(self.now_ms()) {
-                if leaked_pages > 0 {
-                    log::warn!(
-                        "netfront: {leaked_pages} pages still mapped by the backend at shutdown"
-                    );
-                }
-                break;
-            }
-            let wait = nic.poll_delay(self.now_ms()).unwrap_or(10).min(10);
-            let until = self.clock.now_ns() + wait * 1_000_000;
-            self.sleep(
-                WakeOn {
-                    xenstore: false,
-                    nic: nic.port(),
-                },
-                Some(until),
-            );
-        }
-        Exit::Shutdown(reason)
     }
 }

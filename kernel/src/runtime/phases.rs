@@ -12,7 +12,7 @@ use proxy::config::{Config, IpSetting};
 use smoltcp::wire::EthernetAddress;
 
 /// Events taken from netfront per pass before the engine gets its turn.
-const NIC_EVENTS_PER_PASS: usize = 8;
+pub(super) const NIC_EVENTS_PER_PASS: usize = 8;
 /// Longest sleep while waiting for the handshake or a DHCP lease.
 const HANDSHAKE_MAX_WAIT_MS: u64 = 100;
 const DHCP_MAX_WAIT_NS: u64 = 100_000_000;
@@ -156,13 +156,29 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         self.prof.loops += 1;
         let t = self.now();
         let t_ms = t.total_millis() as u64;
+        // Look for a vif attached again when netfront has just released a
+        // connection's pages (an attach seen while it was still closing
+        // would otherwise be missed) or the vif directories changed.
+        let mut look_for_vif = false;
         for _ in 0..NIC_EVENTS_PER_PASS {
             match nic.poll(t_ms) {
-                Some(Event::Disconnected(r)) => {
-                    log::warn!("netfront: link down: {r}; still running")
+                // Not on its own: a handshake that failed (no vif yet, say)
+                // is retried only when something changes, never in a loop.
+                Some(Event::Disconnected(r)) => log::warn!(
+                    "netfront: link down: {r}; still running (serving again once a vif is attached)"
+                ),
+                Some(ev @ Event::Released { .. }) => {
+                    look_for_vif = true;
+                    log::info!("netfront: {ev:?}")
                 }
-                Some(Event::Connected { .. }) => log::info!("netfront: link up again"),
-                Some(ev) => log::info!("netfront: {ev:?}"),
+                Some(Event::Connected { mac, mtu, .. }) => {
+                    log::info!(
+                        "netfront: link up again, mac {}, mtu {mtu}, offload {}",
+                        EthernetAddress(mac),
+                        nic.offload()
+                    );
+                    proxy.link_up(mac, t);
+                }
                 None => break,
             }
         }
@@ -176,6 +192,12 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         }
         if self.toolstack.take_backend_changed() {
             nic.check_backend_soon();
+            look_for_vif = true;
+        }
+        // A vif attached again after a detach: the handshake runs in the
+        // next passes' polls (their deadlines are netfront's).
+        if look_for_vif && nic.is_disconnected() && nic.reconnect_if_attached() {
+            log::info!("netfront: a vif was attached: reconnecting");
         }
 
         let now_ns = self.clock.now_ns();

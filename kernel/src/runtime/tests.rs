@@ -93,6 +93,14 @@ struct FakeNic {
     /// Connected with this MAC on this poll (counting from 1).
     connect_on_poll: Option<(u32, [u8; 6])>,
     polls: u32,
+    /// A vif is attached (again) with this MAC: `reconnect_if_attached`
+    /// starts a handshake that connects on the next poll.
+    attached: Option<[u8; 6]>,
+    reconnects: u32,
+    /// The new handshake fails at once (Disconnected again).
+    reconnect_fails: bool,
+    /// TX frames the backend has not taken; one is taken per poll.
+    tx_in_flight: usize,
 }
 
 const NIC_PORT: u32 = 9;
@@ -107,6 +115,10 @@ impl Nic for FakeNic {
             return None;
         }
         self.polls += 1;
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(1);
+        if matches!(self.events.front(), Some(Event::Released { .. })) {
+            self.disconnected = true;
+        }
         if let Some((n, mac)) = self.connect_on_poll {
             if n == self.polls {
                 return Some(Event::Connected {
@@ -142,6 +154,28 @@ impl Nic for FakeNic {
     fn is_disconnected(&self) -> bool {
         self.disconnected
     }
+    fn tx_in_flight(&self) -> usize {
+        self.tx_in_flight
+    }
+    fn reconnect_if_attached(&mut self) -> bool {
+        let Some(mac) = self.attached.filter(|_| self.disconnected) else {
+            return false;
+        };
+        self.reconnects += 1;
+        if self.reconnect_fails {
+            self.events.push_back(Event::Disconnected(Reason::Failed(
+                netfront::Error::NoDevice,
+            )));
+            return true;
+        }
+        self.disconnected = false;
+        self.events.push_back(Event::Connected {
+            mac,
+            mtu: 1500,
+            backend: BackendFeatures::default(),
+        });
+        true
+    }
 }
 
 #[derive(Default)]
@@ -154,23 +188,71 @@ struct FakeProxy {
     ip: Option<Ipv4Cidr>,
     /// The DHCP lease arrives on this poll.
     lease_on_poll: Option<u32>,
+    /// Connections held.
+    active: usize,
+    /// The drain: its deadline, once started.
+    drain_deadline: Option<Instant>,
+    drain_starts: u32,
+    /// The open connections end by themselves at this time.
+    finish_at: Option<Instant>,
+    /// Connections reset at the drain deadline.
+    resets: usize,
+    /// Polls after the reset before the RSTs are out.
+    rst_polls: u32,
+    /// The RSTs never leave (a peer's link is gone).
+    rst_stuck: bool,
+    /// Frames the reset hands to the NIC (its RSTs).
+    rst_frames: usize,
+    /// `link_up` calls: the MAC and when.
+    link_ups: Vec<([u8; 6], Instant)>,
 }
 
 impl Proxy<FakeNic> for FakeProxy {
-    fn poll(&mut self, _now: Instant, _nic: &mut FakeNic) {
+    fn poll(&mut self, now: Instant, nic: &mut FakeNic) {
         self.polls += 1;
         if self.dhcp && self.lease_on_poll == Some(self.polls) {
             self.ip = Some("10.0.0.9/24".parse().unwrap());
         }
+        if self.active > 0 && self.finish_at.is_some_and(|t| now >= t) {
+            self.active = 0;
+        }
+        match self.drain_deadline {
+            Some(d) if self.active > 0 && now >= d => {
+                self.resets = self.active;
+                self.active = 0;
+                nic.tx_in_flight += self.rst_frames;
+            }
+            Some(_) if self.active == 0 && self.rst_polls > 0 && !self.rst_stuck => {
+                self.rst_polls -= 1
+            }
+            _ => {}
+        }
     }
-    fn poll_delay(&mut self, _now: Instant) -> Option<Duration> {
-        self.delay
+    fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        match self.drain_deadline {
+            Some(d) if self.active > 0 => Some(self.delay.map_or(d - now, |x| x.min(d - now))),
+            Some(_) if self.rst_polls > 0 => Some(Duration::from_millis(1)),
+            _ => self.delay,
+        }
     }
     fn idle_since(&self) -> Option<Instant> {
         self.idle_since
     }
     fn stats(&self) -> String {
         self.stats.clone()
+    }
+    fn active(&self) -> usize {
+        self.active
+    }
+    fn start_drain(&mut self, now: Instant, timeout: Duration) {
+        self.drain_starts += 1;
+        self.drain_deadline.get_or_insert(now + timeout);
+    }
+    fn drained(&self) -> bool {
+        self.drain_deadline.is_some() && self.active == 0 && self.rst_polls == 0
+    }
+    fn link_up(&mut self, mac: [u8; 6], now: Instant) {
+        self.link_ups.push((mac, now));
     }
     fn start_dhcp(&mut self) {
         self.dhcp = true;
@@ -505,17 +587,20 @@ fn shutdown_request_drains_netfront_and_is_acknowledged() {
 }
 
 #[test]
-fn drain_gives_up_after_two_seconds() {
+fn netfront_release_is_given_up_after_two_seconds() {
     let mut r = rig();
     let mut nic = FakeNic {
         release_after: u32::MAX,
         ..Default::default()
     };
     let start = r.now.get();
-    let exit =
-        r.rt.drain(&mut nic, &FakeProxy::default(), ShutdownReason::Poweroff);
+    let exit = r.rt.drain(
+        &mut nic,
+        &mut FakeProxy::default(),
+        ShutdownReason::Poweroff,
+    );
     assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
-    assert_eq!(r.now.get(), start + DRAIN_TIMEOUT_NS);
+    assert_eq!(r.now.get(), start + drain::NIC_RELEASE_TIMEOUT_NS);
     assert_eq!(nic.polls_after_close, 200);
 }
 
@@ -809,4 +894,311 @@ fn stats_dump_request_prints_the_report_and_serving_goes_on() {
     assert_eq!(lines[3], "miniproxy: heap 10 of 100 KiB used");
     assert_eq!(r.tree("data/stats-dump").as_deref(), Some(""));
     assert!(!nic.closed);
+}
+
+/// A stop with `active` connections open, `drain_timeout` set: serve three
+/// passes, ask for a stop, and return the exit with the time it was asked.
+fn stop_while_serving(r: &mut Rig, nic: &mut FakeNic, proxy: &mut FakeProxy) -> (Exit, u64) {
+    let mut s = Serve::new(0, None);
+    for _ in 0..3 {
+        assert_eq!(r.rt.serve_pass(&mut s, nic, proxy), None);
+    }
+    let asked = r.now.get();
+    r.request("poweroff");
+    let exit = r.rt.serve_pass(&mut s, nic, proxy).expect("no exit");
+    (exit, asked)
+}
+
+#[test]
+fn shutdown_waits_for_open_connections_that_finish_in_time() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(10);
+    let mut nic = FakeNic {
+        release_after: 1,
+        ..Default::default()
+    };
+    // Two connections that end by themselves 3 s after the stop.
+    let finish = T0 + 3 * SEC + 3 * STATS_PERIOD_NS;
+    let mut proxy = FakeProxy {
+        active: 2,
+        finish_at: Some(Instant::from_micros((finish / 1000) as i64)),
+        ..Default::default()
+    };
+    let (exit, asked) = stop_while_serving(&mut r, &mut nic, &mut proxy);
+    assert_eq!(asked, T0 + 3 * STATS_PERIOD_NS);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(proxy.drain_starts, 1);
+    assert_eq!(
+        proxy.drain_deadline,
+        Some(Instant::from_micros(((asked + 10 * SEC) / 1000) as i64))
+    );
+    assert_eq!(proxy.resets, 0, "nothing was reset");
+    // Served (NIC port only, no xenstore) until they ended, then released.
+    assert!(nic.closed);
+    assert!(r.now.get() >= finish && r.now.get() < finish + 100 * MS);
+    let lines = console();
+    assert_eq!(lines[0], "miniproxy: stopping (Poweroff)");
+    assert_eq!(
+        lines[1],
+        "miniproxy: draining 2 connections (drain_timeout 10s)"
+    );
+    assert_eq!(lines[2], "miniproxy: drained in 3000 ms");
+    // Then the report, counting what the drain did.
+    assert!(lines[3].starts_with("miniproxy: proxy "), "{lines:?}");
+    let waits = r.waits.borrow();
+    assert!(waits[3..].iter().all(|w| !w.0.xenstore));
+}
+
+#[test]
+fn shutdown_resets_what_is_left_at_drain_timeout_and_returns_within_the_bound() {
+    for timeout_s in [0u64, 1, 5] {
+        let mut r = rig();
+        r.rt.drain_timeout = core::time::Duration::from_secs(timeout_s);
+        let mut nic = FakeNic {
+            release_after: u32::MAX, // the slowest backend: release times out
+            ..Default::default()
+        };
+        // A connection that never ends; its RSTs take 3 polls to leave.
+        let mut proxy = FakeProxy {
+            active: 1,
+            rst_polls: 3,
+            delay: Some(Duration::from_millis(400)),
+            ..Default::default()
+        };
+        let (exit, asked) = stop_while_serving(&mut r, &mut nic, &mut proxy);
+        assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+        assert_eq!(proxy.resets, 1, "timeout {timeout_s}s");
+        assert_eq!(proxy.rst_polls, 0, "the RSTs were polled out");
+        // xl shutdown returns within drain_timeout plus a bound.
+        let took = r.now.get() - asked;
+        assert!(
+            took <= timeout_s * SEC + drain::RST_FLUSH_NS + drain::NIC_RELEASE_TIMEOUT_NS,
+            "{took} ns"
+        );
+        let lines = console();
+        let drained = lines
+            .iter()
+            .find(|l| l.starts_with("miniproxy: drained in "));
+        // The engine woke exactly at the deadline (no 1 s stats step
+        // overshoot), then 3 ms of RST polls.
+        assert_eq!(
+            drained.map(String::as_str),
+            Some(format!("miniproxy: drained in {} ms", timeout_s * 1000 + 3).as_str()),
+            "{lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_drain_whose_rsts_never_leave_gives_up_at_its_bound() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(2);
+    let mut nic = FakeNic {
+        release_after: 1,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        active: 3,
+        rst_polls: 1,
+        rst_stuck: true,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    let exit = r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Reboot);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Reboot));
+    let lines = console();
+    let gave_up = format!(
+        "miniproxy: drain gave up after {} ms (0 connections left, or RSTs not sent)",
+        (2 * SEC + drain::RST_FLUSH_NS) / MS
+    );
+    assert!(lines.contains(&gave_up), "{lines:?}");
+    // The release wait came after: the NIC is closed, the exit is bounded.
+    assert!(nic.closed);
+    assert!(r.now.get() - start <= 2 * SEC + drain::RST_FLUSH_NS + 20 * MS);
+}
+
+#[test]
+fn a_link_going_down_cuts_the_drain_short() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(10);
+    let mut nic = FakeNic::default();
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendGone));
+    let mut proxy = FakeProxy {
+        active: 1,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Poweroff);
+    assert_eq!(proxy.drain_starts, 1);
+    assert_eq!(r.now.get(), start, "no wait for a link that is gone");
+    assert!(console()
+        .iter()
+        .any(|l| l.starts_with("miniproxy: drain cut short: the link is down")));
+}
+
+#[test]
+fn idle_exit_drains_too() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        disconnected: true,
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        idle_since: Some(r.at()),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, Some(core::time::Duration::from_secs(1)));
+    while r.rt.serve_pass(&mut s, &mut nic, &mut proxy).is_none() {}
+    // Nothing open: no listeners left, no wait, no drain lines.
+    assert_eq!(proxy.drain_starts, 1);
+    assert!(!console().iter().any(|l| l.contains("drain")));
+}
+
+#[test]
+fn a_vif_attached_again_after_a_detach_is_reconnected_and_announced() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    // The watch is on our vif directories.
+    let watched = r
+        .srv
+        .borrow()
+        .log
+        .iter()
+        .any(|(ty, _, p)| *ty == MsgType::Watch as u32 && p.starts_with(b"device/vif\0"));
+    assert!(watched);
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    let vif_event = |r: &Rig| {
+        r.srv
+            .borrow_mut()
+            .send_raw(&watch_event("device/vif/0", "vif-backend"))
+    };
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy); // the watches' first events
+                                                   // `xl network-detach`: netfront reports the link down and is released.
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendClosing));
+    nic.events.push_back(Event::Released { leaked_pages: 0 });
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert!(nic.disconnected);
+    assert_eq!(nic.reconnects, 0, "released, and no vif yet");
+    // The directories go away (a watch event): no vif, nothing to do.
+    vif_event(&r);
+    for _ in 0..3 {
+        assert_eq!(r.rt.serve_pass(&mut s, &mut nic, &mut proxy), None);
+    }
+    assert_eq!(nic.reconnects, 0);
+    assert!(proxy.link_ups.is_empty());
+    // Without a watch event nothing looks, even with a vif there.
+    let mac = [0, 0x16, 0x3e, 9, 8, 7];
+    nic.attached = Some(mac);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 0);
+    // `xl network-attach`: the watch fires, netfront reconnects, and on
+    // Connected the engine gets the MAC to announce the address again.
+    vif_event(&r);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    let at = r.at();
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(proxy.link_ups, [(mac, at)]);
+    // Connected again: further vif events do not reconnect.
+    vif_event(&r);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    assert_eq!(proxy.link_ups.len(), 1);
+    // And the instance serves and stops as before.
+    r.request("poweroff");
+    assert_eq!(
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy),
+        Some(Exit::Shutdown(ShutdownReason::Poweroff))
+    );
+}
+
+#[test]
+fn a_vif_attached_while_netfront_is_still_closing_is_not_missed() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    let mac = [0, 0x16, 0x3e, 1, 1, 1];
+    let mut nic = FakeNic::default();
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    nic.events
+        .push_back(Event::Disconnected(Reason::BackendClosing));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    // The new vif appears (its watch event comes) while netfront is still
+    // closing: nothing can start yet.
+    nic.attached = Some(mac);
+    r.srv
+        .borrow_mut()
+        .send_raw(&watch_event("device/vif/0", "vif-backend"));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 0);
+    // Released, with no further watch event: the vif is found all the same.
+    nic.events.push_back(Event::Released { leaked_pages: 0 });
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(proxy.link_ups.len(), 1);
+    assert_eq!(proxy.link_ups[0].0, mac);
+}
+
+#[test]
+fn a_reconnect_that_fails_is_retried_only_on_the_next_vif_change() {
+    let mut r = rig();
+    r.rt.toolstack.watch_vifs().unwrap();
+    let mut nic = FakeNic {
+        disconnected: true,
+        attached: Some([0, 0x16, 0x3e, 2, 2, 2]),
+        reconnect_fails: true,
+        delay_ms: Some(0),
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy::default();
+    let mut s = Serve::new(0, None);
+    // The watch's first event: one attempt, which fails.
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 1);
+    for _ in 0..50 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    assert_eq!(nic.reconnects, 1, "retried in a loop");
+    r.srv
+        .borrow_mut()
+        .send_raw(&watch_event("device/vif/0", "vif-backend"));
+    r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    assert_eq!(nic.reconnects, 2);
+    assert!(proxy.link_ups.is_empty());
+}
+
+#[test]
+fn the_drain_waits_for_the_backend_to_take_the_last_frames() {
+    let mut r = rig();
+    r.rt.drain_timeout = core::time::Duration::from_secs(1);
+    let mut nic = FakeNic {
+        release_after: 0,
+        delay_ms: Some(1),
+        ..Default::default()
+    };
+    // At the deadline the engine resets the connection and hands its RSTs
+    // (four frames) to the NIC; the backend takes one per poll.
+    let mut proxy = FakeProxy {
+        active: 1,
+        rst_frames: 4,
+        ..Default::default()
+    };
+    let start = r.now.get();
+    let exit = r.rt.drain(&mut nic, &mut proxy, ShutdownReason::Poweroff);
+    assert_eq!(exit, Exit::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(proxy.resets, 1);
+    assert_eq!(nic.tx_in_flight, 0, "closed with frames still in the ring");
+    assert!(nic.closed);
+    let lines = console();
+    assert!(
+        lines.contains(&"miniproxy: drained in 1004 ms".to_string()),
+        "{lines:?}"
+    );
+    assert!(r.now.get() - start <= SEC + drain::RST_FLUSH_NS);
 }

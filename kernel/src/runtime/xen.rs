@@ -2,6 +2,7 @@
 //! netfront and the proxy engine behind the runtime's traits, and the boot
 //! phase that reads the configuration and runs the phases in order.
 
+use super::budget::{engine_budget, Budget};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::control::{Control, Request};
 use crate::net::XenPlatform;
@@ -18,9 +19,8 @@ use proxy::engine::Engine;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 
-/// Heap kept back from the engine's budget for everything else (xenstore
-/// strings, smoltcp's interface, netfront's bookkeeping, the log).
-pub const HEAP_RESERVE: usize = 192 * 1024;
+/// Where our vifs' frontend directories are (relative to the domain's home).
+const VIFS_PATH: &str = "device/vif";
 
 /// pvclock time and the vCPU runstate.
 pub struct XenClock;
@@ -80,6 +80,13 @@ impl<P: SharedPage, E: Events> XsToolstack<P, E> {
         self.control
             .watch_backend(&mut self.xs.borrow_mut(), state_path)
     }
+
+    /// Watch our vif directories too (`device/vif`: a vif detached or
+    /// attached), reported the same way: the serve loop then re-checks the
+    /// backend and, once disconnected, looks for a vif attached again.
+    pub fn watch_vifs(&mut self) -> Result<(), XsError> {
+        self.watch_backend(VIFS_PATH)
+    }
 }
 
 impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
@@ -122,6 +129,12 @@ impl Nic for Netfront<XenPlatform> {
     fn is_disconnected(&self) -> bool {
         self.state() == netfront::State::Disconnected
     }
+    fn tx_in_flight(&self) -> usize {
+        Netfront::tx_in_flight(self)
+    }
+    fn reconnect_if_attached(&mut self) -> bool {
+        Netfront::reconnect_if_attached(self)
+    }
 }
 
 impl Proxy<Netfront<XenPlatform>> for Engine {
@@ -136,6 +149,23 @@ impl Proxy<Netfront<XenPlatform>> for Engine {
     }
     fn stats(&self) -> String {
         Engine::stats(self).to_string()
+    }
+    fn active(&self) -> usize {
+        Engine::stats(self).active
+    }
+    fn start_drain(&mut self, now: Instant, timeout: Duration) {
+        Engine::start_drain(self, now, timeout)
+    }
+    fn drained(&self) -> bool {
+        Engine::drained(self)
+    }
+    fn link_up(&mut self, mac: [u8; 6], now: Instant) {
+        if let Err(e) = Engine::link_up(self, EthernetAddress(mac), now) {
+            log::warn!(
+                "engine: the link came back with MAC {}: {e}",
+                EthernetAddress(mac)
+            );
+        }
     }
     fn start_dhcp(&mut self) {
         Engine::start_dhcp(self)
@@ -171,10 +201,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         k.memory.heap_size / 1024,
         k.start_info.magic_str()
     );
-    let line = k
-        .start_info
-        .cmdline()
-        .map_err(|e| fatal(format!("config: the command line is not UTF-8 ({e})")))?;
+    let line = k.start_info.cmdline().map_err(fatal)?;
     let cfg = Config::parse(line).map_err(fatal)?;
     log::set_max_level(cfg.loglevel);
     crate::println!("miniproxy: config: {cfg}");
@@ -196,6 +223,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         crate::heap_usage,
         console_line,
     );
+    rt.drain_timeout = cfg.drain_timeout;
 
     // Only "no such node" means no vif; any other xenstore failure is
     // reported as what it is.
@@ -243,6 +271,9 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     rt.toolstack
         .watch_backend(&state_path)
         .map_err(|e| fatal(format!("net: cannot watch {state_path}: {e}")))?;
+    rt.toolstack
+        .watch_vifs()
+        .map_err(|e| fatal(format!("net: cannot watch {VIFS_PATH}: {e}")))?;
     let mem = nf.memory();
     log::info!(
         "netfront: {} pages ({} KiB) for rings and buffers",
@@ -252,7 +283,17 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
 
     // The proxy engine, sized to what is left of the heap.
     let (used, size) = crate::heap_usage();
-    let budget = size.saturating_sub(used).saturating_sub(HEAP_RESERVE);
+    let budget = match engine_budget(cfg.mem, used, size).map_err(fatal)? {
+        Budget::CutToHeap { asked, budget } => {
+            log::warn!(
+                "engine: mem={} KiB is more than the heap leaves; the budget is {} KiB",
+                asked / 1024,
+                budget / 1024
+            );
+            budget
+        }
+        b => b.bytes(),
+    };
     let hw = HardwareAddress::Ethernet(EthernetAddress(mac));
     let mut engine =
         Engine::new(&cfg, hw, time::entropy(), budget, &mut nf, rt.now()).map_err(fatal)?;

@@ -108,6 +108,39 @@ impl<P: Platform> Netfront<P> {
         self.write_front("state", s.as_str())
     }
 
+    /// After a disconnect: if our device directory names a backend that is
+    /// setting up (Initialising or InitWait: the vif was attached again,
+    /// e.g. by `xl network-attach`), start a new handshake with it
+    /// ([`reconnect`](Self::reconnect)). Returns whether one was started.
+    /// Anything else (no device, the old backend still tearing down, a
+    /// xenstore error) leaves the driver Disconnected: the caller asks again
+    /// when the device directory changes.
+    pub fn reconnect_if_attached(&mut self) -> bool {
+        if self.phase != Phase::Disconnected {
+            return false;
+        }
+        let Ok(backend) = self.read_front("backend") else {
+            return false;
+        };
+        let path = format!("{}/state", crate::xenbus::clean(&backend));
+        let state = self
+            .platform
+            .xs_read(&path)
+            .ok()
+            .and_then(|v| parse_u32(&v))
+            .and_then(XenbusState::from_u32);
+        match state {
+            Some(XenbusState::Initialising | XenbusState::InitWait) => {
+                log::info!(
+                    "netfront: vif{}: attached again: reconnecting",
+                    self.cfg.vif
+                );
+                self.reconnect()
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn step_start(&mut self) {
         self.handshake_start = self.now;
         let backend = match self.read_front("backend") {

@@ -541,3 +541,42 @@ fn unreadable_feature_keys() {
     assert!(h.step_until(200, |h| h.nf.is_connected()), "{:?}", h.events);
     assert!(!h.nf.backend_features().sg && h.nf.backend_features().gso_tcpv4);
 }
+
+#[test]
+fn detach_then_attach_reconnects_only_to_the_new_backend() {
+    let mut h = H::legacy_connected();
+    h.events.clear();
+    // Connected: nothing to do.
+    assert!(!h.nf.reconnect_if_attached());
+    h.be.detach();
+    // Closing: still not.
+    h.step();
+    assert!(!h.nf.reconnect_if_attached());
+    assert!(h.step_until(2000, |h| h.nf.state() == State::Disconnected));
+    h.assert_all_released();
+    // Both directories gone: no device to reconnect to.
+    assert!(!h.nf.reconnect_if_attached());
+    assert_eq!(h.nf.state(), State::Disconnected);
+    // A backend directory left in Closed (the old one, not yet removed)
+    // is no new vif either.
+    h.world.xs_set(&format!("{FRONT}/backend"), BACK);
+    h.world.xs_set(&format!("{BACK}/state"), "6");
+    assert!(!h.nf.reconnect_if_attached());
+    h.world.xs_rm_tree(FRONT);
+    h.world.xs_rm_tree(BACK);
+    // `xl network-attach`: a new vif, the same device id.
+    h.be = FakeNetback::new(&h.world, BackendSetup::default());
+    assert!(h.nf.reconnect_if_attached());
+    assert!(!h.nf.reconnect_if_attached(), "only from Disconnected");
+    assert!(h.step_until(200, |h| h.nf.is_connected() && h.be.is_connected()));
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { .. })));
+    // Frames flow both ways again, byte for byte.
+    assert!(h.be.send_frame(&test_frame(8, 300)));
+    h.be.push_rx();
+    assert_eq!(h.rx_all(), vec![test_frame(8, 300)]);
+    assert!(h.tx(&test_frame(9, 120)));
+    assert_eq!(h.be.service_tx(), vec![test_frame(9, 120)]);
+}

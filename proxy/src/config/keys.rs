@@ -7,8 +7,9 @@
 use core::fmt;
 
 use super::values::{
-    level_name, parse_level, parse_nonzero_duration, parse_opt_duration, parse_rule, parse_size,
-    parse_switch, parse_uint, parse_unicast, switch_name, Dur, OptDur, Size,
+    level_name, parse_duration, parse_level, parse_nonzero_duration, parse_opt_duration,
+    parse_rule, parse_size, parse_switch, parse_uint, parse_unicast, switch_name, Dur, OptDur,
+    Size,
 };
 use super::{Config, CongestionControl, IpSetting, MAX_BUF, MAX_RULES, MIN_BUF};
 
@@ -148,6 +149,15 @@ pub(super) static KEYS: &[Key] = &[
         repeatable: false,
         parse: |c, v| set(&mut c.idle_exit, parse_opt_duration(v)),
         show: |c, t| t.put(OptDur(c.idle_exit)),
+    },
+    Key {
+        name: "drain_timeout",
+        doc: "duration: on `xl shutdown` or `idle_exit`, how long open connections may finish before both sides are reset (`0s`: at once)",
+        expected: "a duration like 10s",
+        default_note: "",
+        repeatable: false,
+        parse: |c, v| set(&mut c.drain_timeout, parse_duration(v)),
+        show: |c, t| t.put(Dur(c.drain_timeout)),
     },
     Key {
         name: "rx_bufs",

@@ -84,7 +84,7 @@ fn offload_on_off() {
 #[test]
 fn full_line() {
     let c = Config::parse(
-        "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 \
+        "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s rx_bufs=128 \
          tx_bufs=16 offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
          buf_min=8k idle_timeout=60s connect_timeout=500ms keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m  ",
     )
@@ -100,6 +100,7 @@ fn full_line() {
     assert_eq!(c.gw, Some(Ipv4Addr::new(10, 0, 0, 1)));
     assert_eq!(c.dhcp_timeout, Duration::from_secs(3));
     assert_eq!(c.idle_exit, Some(Duration::from_secs(120)));
+    assert_eq!(c.drain_timeout, Duration::ZERO);
     assert_eq!(c.rx_bufs, 128);
     assert_eq!(c.tx_bufs, 16);
     assert_eq!(
@@ -132,7 +133,7 @@ fn full_line() {
     assert_eq!(c.mem, Some(12 << 20));
     assert_eq!(
         c.summary(),
-        "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m rx_bufs=128 tx_bufs=16 \
+        "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s rx_bufs=128 tx_bufs=16 \
          offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
          buf_min=8k idle_timeout=1m connect_timeout=500ms syn_timeout=3s keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m"
     );
@@ -144,7 +145,7 @@ fn default_summary_round_trips() {
     let c = Config::default();
     assert_eq!(
         c.summary(),
-        "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off rx_bufs=64 tx_bufs=64 offload=on \
+        "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off drain_timeout=10s rx_bufs=64 tx_bufs=64 offload=on \
          max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
@@ -370,7 +371,7 @@ fn gen_value(rng: &mut Rng, key: &str) -> String {
         "ip" if rng.chance(0.3) => "dhcp".into(),
         "ip" => format!("{}/{}", gen_unicast(rng), 1 + rng.below(32)),
         "gw" => gen_unicast(rng),
-        "dhcp_timeout" | "connect_timeout" | "syn_timeout" => gen_duration(rng),
+        "dhcp_timeout" | "connect_timeout" | "syn_timeout" | "drain_timeout" => gen_duration(rng),
         "idle_exit" | "idle_timeout" | "keepalive" | "ack_delay" => gen_opt_duration(rng),
         "rx_bufs" | "tx_bufs" => format!("{}", 1 + rng.below(256)),
         "offload" => pick(rng, &["on", "off"]).into(),

@@ -128,6 +128,17 @@ impl Address {
         Ok(changed)
     }
 
+    /// The link came back with `mac` (which may be new): announce the
+    /// address again from `now`, as when it was set.
+    pub(super) fn relink(&mut self, mac: EthernetAddress, now: Instant) {
+        self.mac = mac;
+        if self.own.is_some() {
+            self.garp_left = GARP_COUNT;
+            self.garp_at = now;
+            self.garp_retry = false;
+        }
+    }
+
     /// Remove the address and default route from `iface`.
     pub(super) fn clear(&mut self, iface: &mut Interface) {
         iface.update_ip_addrs(|addrs| addrs.clear());

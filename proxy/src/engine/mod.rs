@@ -40,17 +40,21 @@
 //! | `halfopen` | half-open clients: `syn_timeout`, eviction at `max_conns` |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
+//! | `drain` | before a stop: listeners closed, grace time, resets |
+//! | `relink` | the link back after a detach: new MAC, address announced again |
 //! | `ports` | ephemeral ports |
 //! | `tuning` | per-socket TCP settings |
 //! | `stats` | counters and their log line |
 
 mod address;
 mod connections;
+mod drain;
 mod halfopen;
 mod ledger;
 mod listeners;
 mod plan;
 mod ports;
+mod relink;
 mod sizing;
 mod sockets;
 mod splice;
@@ -67,6 +71,7 @@ use smoltcp::phy::{Device, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
+pub use drain::RST_FLUSH_BOUND;
 pub use plan::{EngineError, MemoryPlan};
 pub use ports::EPHEMERAL_FIRST;
 pub use stats::Stats;
@@ -111,6 +116,8 @@ pub struct Engine {
     idle_since: Instant,
     /// The time of the latest poll.
     now: Instant,
+    /// Draining (see `drain`): when what is left gets reset.
+    drain_deadline: Option<Instant>,
 }
 
 impl fmt::Debug for Engine {
@@ -201,6 +208,7 @@ impl Engine {
             fruitless_polls: 0,
             idle_since: now,
             now,
+            drain_deadline: None,
         };
         for r in &cfg.rules {
             engine.ports.set(r.listen_port, true);
@@ -402,6 +410,7 @@ impl Engine {
     fn poll_inner<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         self.now = now;
         self.iface.poll_maintenance(now);
+        self.drain_expired(now);
         let mut activity = self.announce(now, device);
         self.more_work = true;
         for _ in 0..MAX_ROUNDS {
@@ -482,6 +491,9 @@ impl Engine {
             earliest(r);
         }
         if let Some(t) = self.addr.announce_at() {
+            earliest(t);
+        }
+        if let Some(t) = self.drain_at() {
             earliest(t);
         }
         at.map(|t| {

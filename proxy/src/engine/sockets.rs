@@ -31,7 +31,7 @@ use super::ledger::Ledger;
 use super::sizing::{size_ladder, Role};
 
 /// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
-const RST_GRACE: Duration = Duration::from_millis(1000);
+pub(super) const RST_GRACE: Duration = Duration::from_millis(1000);
 /// How long a dying socket's RST must have been stuck (its peer's address
 /// unresolved) before the pool, at capacity, may reclaim the socket.
 const RST_STUCK: Duration = Duration::from_millis(100);

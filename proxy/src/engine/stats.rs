@@ -35,6 +35,8 @@ pub struct Stats {
     pub buf_peak: usize,
     /// Gratuitous ARP announcements sent (three each time an address is set).
     pub garp: u64,
+    /// Connections reset by a drain at its `drain_timeout` (see `Engine::start_drain`).
+    pub drain_resets: u64,
 }
 
 impl Stats {
@@ -52,7 +54,8 @@ impl fmt::Display for Stats {
             f,
             "px_accepted={} px_active={} px_refused={} px_upstream_fail={} px_resets={} \
              px_client_resets={} px_upstream_resets={} px_timeouts={} px_completed={} \
-             px_bytes_up={} px_bytes_down={} px_buf_bytes={} px_buf_peak={} px_garp={}",
+             px_bytes_up={} px_bytes_down={} px_buf_bytes={} px_buf_peak={} px_garp={} \
+             px_drain_resets={}",
             self.accepted,
             self.active,
             self.refused,
@@ -66,7 +69,8 @@ impl fmt::Display for Stats {
             self.bytes_down,
             self.buf_bytes,
             self.buf_peak,
-            self.garp
+            self.garp,
+            self.drain_resets
         )
     }
 }

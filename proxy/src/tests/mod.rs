@@ -13,6 +13,7 @@ use crate::sim::{mac, pattern, Close, Host, Link, Net, Serve, World};
 mod accel;
 mod buffers;
 mod connections;
+mod drain;
 mod garp;
 mod hostile;
 mod lifecycle;
