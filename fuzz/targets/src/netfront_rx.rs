@@ -50,6 +50,12 @@ fn data(inp: &mut Input, n: usize) -> Vec<u8> {
     d
 }
 
+/// A page of backend data (for slots whose claimed range is not ours to
+/// choose: an extra-info slot read as data is still data the backend wrote).
+fn whole_page() -> Vec<u8> {
+    (0..PAGE_SIZE).map(|i| clean((i * 131 + 7) as u8)).collect()
+}
+
 /// A well-formed TCP frame for the guest, in as many slots as it needs.
 fn good_frame(h: &mut H, inp: &mut Input) {
     let len = usize::from(inp.u16()) % 9000;
@@ -87,7 +93,7 @@ fn good_frame(h: &mut H, inp: &mut Input) {
             .encode(),
         );
         if let (0, Some(mss)) = (i, gso) {
-            let _ = take_and_fill(h, 0, &[]);
+            let _ = take_and_fill(h, 0, &whole_page());
             h.be.put_rx_raw(GsoExtra::tcpv4(mss).encode());
         }
     }
@@ -154,8 +160,10 @@ pub fn run(data_in: &[u8]) {
                 }
             }
             2 => {
+                // Raw slots may claim any range of the page: the backend
+                // writes all of it, so whatever they claim it granted.
                 let raw: [u8; 8] = core::array::from_fn(|_| inp.u8());
-                if take_and_fill(&mut h, 0, &[]).is_some() {
+                if take_and_fill(&mut h, 0, &whole_page()).is_some() {
                     h.be.put_rx_raw(raw);
                 }
             }
@@ -165,7 +173,7 @@ pub fn run(data_in: &[u8]) {
                 x.ty = inp.u8() % 7;
                 x.flags = inp.u8() & 1;
                 x.gso_type = inp.u8() % 4;
-                if take_and_fill(&mut h, 0, &[]).is_some() {
+                if take_and_fill(&mut h, 0, &whole_page()).is_some() {
                     h.be.put_rx_raw(x.encode());
                 }
             }
