@@ -28,37 +28,37 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "config",
         run: proxy_config::run,
-        check_inputs: 20_000,
+        check_inputs: 50_000,
         max_len: 200,
     },
     Target {
         name: "xenstore",
         run: xenstore::run,
-        check_inputs: 5_000,
+        check_inputs: 20_000,
         max_len: 400,
     },
     Target {
         name: "netfront_rx",
         run: netfront_rx::run,
-        check_inputs: 1_000,
+        check_inputs: 5_000,
         max_len: 2_000,
     },
     Target {
         name: "netfront_tx",
         run: netfront_tx::run,
-        check_inputs: 1_000,
+        check_inputs: 5_000,
         max_len: 400,
     },
     Target {
         name: "csum",
         run: csum::run,
-        check_inputs: 20_000,
+        check_inputs: 50_000,
         max_len: 300,
     },
     Target {
         name: "engine",
         run: engine::run,
-        check_inputs: 150,
+        check_inputs: 1_000,
         max_len: 600,
     },
 ];

@@ -1,10 +1,11 @@
 //! Runs the fuzz targets without AFL: every file of each target's corpus,
 //! then fresh inputs from a seeded PRNG (random bytes, and corpus files with
-//! random bytes changed, cut or appended). Prints one line per target and
-//! `fuzz: N passed, M failed`; exits non-zero on any failure, leaving each
-//! failing input in the output folder for `fuzz-check --replay`.
+//! random bytes changed, cut or appended). Prints `fuzz: N passed, M
+//! failed` (and, on stderr, a line per target with `-v` or when it failed);
+//! exits non-zero on any failure, leaving each failing input in the output
+//! folder for `fuzz-check --replay`.
 //!
-//! Usage: fuzz-check [--corpus DIR] [--out DIR] [--seed S] [--scale F]
+//! Usage: fuzz-check [-v] [--corpus DIR] [--out DIR] [--seed S] [--scale F]
 //!                   [--target NAME]... | --replay TARGET FILE...
 
 use std::panic;
@@ -84,8 +85,14 @@ fn main() {
     let mut seed = 1u64;
     let mut scale = 1.0f64;
     let mut only: Vec<String> = Vec::new();
+    let mut verbose = false;
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "-v" || args[i] == "--verbose" {
+            verbose = true;
+            i += 1;
+            continue;
+        }
         let val = |i: usize| {
             args.get(i + 1)
                 .cloned()
@@ -184,15 +191,17 @@ fn main() {
                 }
             }
         }
-        println!(
-            "fuzz {:<12} {} corpus files + {} fresh inputs: {} passed, {} failed ({:.1} s)",
-            t.name,
-            seeds.len(),
-            fresh,
-            ok,
-            bad,
-            t0.elapsed().as_secs_f64()
-        );
+        if verbose || bad > 0 {
+            eprintln!(
+                "fuzz {:<12} {} corpus files + {} fresh inputs: {} passed, {} failed ({:.1} s)",
+                t.name,
+                seeds.len(),
+                fresh,
+                ok,
+                bad,
+                t0.elapsed().as_secs_f64()
+            );
+        }
         passed += ok;
         failed += bad;
     }
