@@ -5,7 +5,10 @@
 //! The library builds for the host too, so the parts that do not need Xen
 //! (wire formats, ring arithmetic, parsers, the runtime's phases over fakes)
 //! run as ordinary unit tests; the boot code and the mem*/panic runtime are
-//! only linked into the unikernel binaries. See README.md.
+//! only linked into the unikernel binaries. See README.md. The `hosted`
+//! feature builds the library the same way for a std program outside the
+//! crate (the fuzz targets in `fuzz/`): no boot code, runtime or global
+//! allocator, and `xenstore::fake` exposed.
 //!
 //! Unsafe policy: `unsafe` is denied crate-wide and allowed only in the
 //! modules marked `#[allow(unsafe_code)]` below, the ones that talk to the
@@ -20,7 +23,7 @@
 extern crate alloc;
 
 /// `_start`, the ELF notes, and the Rust entry that brings the kernel up.
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 #[allow(unsafe_code)]
 pub mod boot;
 /// Boot-once cells for memory handed to Xen (replacing `static mut`).
@@ -50,7 +53,7 @@ pub mod mm;
 pub mod net;
 pub mod profile;
 /// mem* for the compiler, the panic handler.
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 #[allow(unsafe_code)]
 mod rt;
 pub mod runtime;
@@ -68,7 +71,7 @@ pub mod xenstore;
 pub use events::ShutdownReason;
 pub use start_info::StartInfo;
 
-#[cfg(not(test))]
+#[cfg(not(any(test, feature = "hosted")))]
 #[global_allocator]
 pub(crate) static HEAP: heap::KernelHeap = heap::KernelHeap::empty();
 
@@ -147,11 +150,11 @@ impl Kernel {
     }
 }
 
-/// The kernel heap's (used, size) in bytes ((0, 0) in host tests).
+/// The kernel heap's (used, size) in bytes ((0, 0) in host tests and `hosted`).
 pub fn heap_usage() -> (usize, usize) {
-    #[cfg(not(test))]
+    #[cfg(not(any(test, feature = "hosted")))]
     return HEAP.stats();
-    #[cfg(test)]
+    #[cfg(any(test, feature = "hosted"))]
     return (0, 0);
 }
 

@@ -97,7 +97,7 @@ extern "C" fn trap_handler(f: &TrapFrame) -> ! {
     crate::println!("r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}", f.r8, f.r9, f.r10, f.r11);
     crate::println!("r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}", f.r12, f.r13, f.r14, f.r15);
     crate::println!("cs={:#x} ss={:#x} rflags={:#x}", f.cs, f.ss, f.rflags);
-    #[cfg(not(test))]
+    #[cfg(not(any(test, feature = "hosted")))]
     {
         let (lo, hi) = crate::boot::stack_bounds();
         if f.rsp < lo as u64 + 4096 || f.rsp > hi as u64 {

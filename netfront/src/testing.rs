@@ -11,6 +11,7 @@
 //!   fake netback, generic over how dom0's side sends ([`smoltcp_peer::PeerLink`]).
 //! - [`rx_assembly`]: the driver's pure RX reassembly state machine, for
 //!   feeding it slots directly.
+//! - [`csum`]: the driver's IPv4 TCP/UDP checksum functions.
 
 pub mod harness;
 pub mod netback;
@@ -20,6 +21,12 @@ pub mod xen;
 pub use harness::*;
 pub use netback::*;
 pub use xen::*;
+
+/// The driver's checksum code (for the fuzz target that compares it with a
+/// reference implementation).
+pub mod csum {
+    pub use crate::csum::*;
+}
 
 /// The driver's RX reassembly state machine (no ring, no pages: slots in,
 /// packets or drop reasons out).

@@ -17,8 +17,9 @@ pub mod client;
 pub mod ring;
 pub mod wire;
 
-#[cfg(test)]
-pub(crate) mod fake;
+/// The fake xenstored of the tests, also for the fuzz targets (`hosted`).
+#[cfg(any(test, feature = "hosted"))]
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

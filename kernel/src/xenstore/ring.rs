@@ -149,8 +149,8 @@ fn copy_out<P: SharedPage + ?Sized>(page: &P, ring: Ring, idx: u32, buf: &mut [u
     }
 }
 
-/// A [`SharedPage`] over ordinary memory, for host tests.
-#[cfg(test)]
+/// A [`SharedPage`] over ordinary memory, for host tests (and `hosted`).
+#[cfg(any(test, feature = "hosted"))]
 pub mod testpage {
     use super::SharedPage;
     use alloc::rc::Rc;
