@@ -55,36 +55,8 @@ pub const TSO_MAX_FRAME: usize = 0xFFFF;
 /// Ethernet MTU of every port (frame without FCS).
 pub const MTU_FRAME: usize = 1514;
 
-/// A small, fast, seeded PRNG (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    /// True with probability `p` (0.0..=1.0).
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let r = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-    }
-}
+/// The project's one seeded PRNG (SplitMix64, crate `rng/`).
+pub use miniproxy_rng::Rng;
 
 /// `len` pseudo-random bytes from `seed`: the content of a test stream.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {

@@ -13,23 +13,9 @@ use super::xen::{FakePlatform, World, MAC};
 use crate::csum;
 use crate::{Config, Event, Netfront, State};
 
-/// xorshift64*, deterministic: the one pseudo-random generator of the
-/// netfront tests (garbage for the hostile-backend tests, frame contents).
-pub struct Rng(pub u64);
-impl Rng {
-    /// A generator for a small seed (any seed, 0 included: the state is
-    /// never 0, where xorshift would stay).
-    pub fn from_seed(seed: u32) -> Rng {
-        Rng((u64::from(seed) << 1 | 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+/// The project's one seeded PRNG (crate `rng/`): garbage for the
+/// hostile-backend tests, frame contents.
+pub use miniproxy_rng::Rng;
 
 pub struct H {
     pub world: World,
@@ -182,7 +168,7 @@ pub fn test_frame(seed: u32, len: usize) -> Vec<u8> {
     f.extend_from_slice(&MAC);
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
-    let mut rng = Rng::from_seed(seed);
+    let mut rng = Rng::new(u64::from(seed));
     while f.len() < len {
         let take = (len - f.len()).min(8);
         f.extend_from_slice(&rng.next_u64().to_le_bytes()[..take]);

@@ -345,7 +345,7 @@ fn csum_blank_frames_are_completed_or_dropped() {
 
 #[test]
 fn random_garbage_responses_never_panic_or_leak_buffers() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let mut h = H::legacy_connected();
     for round in 0..3000 {
         // Answer a random number of RX requests with random bytes (or a

@@ -848,7 +848,7 @@ fn a_chain_that_stops_or_never_ends() {
 
 #[test]
 fn random_garbage_in_offload_mode_never_panics_or_leaks() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let mut h = H::offload_with(Config {
         tx_buffers: 64,
         ..Default::default()

@@ -66,26 +66,8 @@ pub struct Counters {
     pub queue_dropped: u64,
 }
 
-/// SplitMix64: small, fast, and good enough for Bernoulli loss.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// True with probability `p`: a uniform draw in [0, 1) below `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
+/// The project's one seeded PRNG (SplitMix64, crate `rng/`): loss decisions.
+pub use miniproxy_rng::Rng;
 
 /// Whether a frame is subject to random loss: IPv4 or IPv6 (by EtherType).
 pub fn subject_to_loss(frame: &[u8]) -> bool {

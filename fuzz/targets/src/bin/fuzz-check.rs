@@ -14,18 +14,15 @@ use std::time::Instant;
 
 use miniproxy_fuzz_targets::{target, Target, TARGETS};
 
-/// SplitMix64, the check's own generator (deterministic per seed).
-struct Rng(u64);
+/// The project's one PRNG (crate `rng/`), deterministic per seed, with the
+/// index-sized draws the check uses.
+struct Rng(miniproxy_rng::Rng);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.below(n.max(1) as u64) as usize
     }
 }
 
@@ -145,10 +142,12 @@ fn main() {
             .iter()
             .map(|f| std::fs::read(f).expect("read corpus file"))
             .collect();
-        let mut rng = Rng(seed
-            ^ t.name
+        let mut rng = Rng(miniproxy_rng::Rng::new(
+            seed ^ t
+                .name
                 .bytes()
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))),
+        ));
         let fresh = (f64::from(t.check_inputs) * scale) as usize;
         let (mut ok, mut bad) = (0u64, 0u64);
         for n in 0..seeds.len() + fresh {
