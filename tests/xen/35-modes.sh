@@ -167,7 +167,9 @@ ip rule | grep -q '^0:.*lookup local' || fail "transparent: cleanup" "dom0's loc
 
 # ---- a chain: client -> md-a (10.0.0.3) -> md-b (10.0.0.4) -> dom0 ----------------------
 head -c 1048576 /dev/urandom > "$MD/f1m"
-socat -t 30 TCP-LISTEN:8091,bind=10.0.0.1,reuseaddr,fork OPEN:"$MD/f1m",rdonly & MD_PIDS+=($!)
+head -c 10485760 /dev/urandom > "$MD/f10m"
+ln -sfn "$MD/f1m" "$MD/cur"   # what the download server sends (opened per connection)
+socat -t 30 TCP-LISTEN:8091,bind=10.0.0.1,reuseaddr,fork OPEN:"$MD/cur",rdonly & MD_PIDS+=($!)
 socat -t 30 TCP-LISTEN:8092,bind=10.0.0.1,reuseaddr,fork SYSTEM:sha256sum & MD_PIDS+=($!)
 "$MP" spawn --name md-b --mode reverse --listen 80 --upstream 10.0.0.1:8091 --extra rule=reverse:81:10.0.0.1:8092 --ip 10.0.0.4/24 > "$MD/b.out" 2>&1 & pb=$!
 "$MP" spawn --name md-a --mode reverse --listen 80 --upstream 10.0.0.4:80 --extra rule=reverse:81:10.0.0.4:81 --ip 10.0.0.3/24 > "$MD/a.out" 2>&1 & pa=$!
@@ -196,6 +198,35 @@ if [ $ra = 0 ] && [ $rb = 0 ]; then
     else
         fail "chain: stats" "md-a: $sa / md-b: $sb"
     fi
+    # Under loss: netem on both instances' vifs (dom0's side), so any segment
+    # to either instance, from dom0 or from the other one, may be lost or
+    # reordered. Two smoltcp stacks then face each other across lossy links
+    # (md-a's upstream socket and md-b's client socket): 10 MB each way.
+    modprobe sch_netem 2>/dev/null
+    vifs=""
+    for n in md-a md-b; do
+        v="vif$(domid "$n").0"
+        tc qdisc add dev "$v" root netem delay 2ms 1ms loss 1% && vifs="$vifs $v"
+    done
+    if [ "$(echo $vifs | wc -w)" = 2 ]; then
+        ln -sfn "$MD/f10m" "$MD/cur"
+        md_t0=$(now_ms)
+        got=$(timeout 300 socat -u TCP:10.0.0.3:80,connect-timeout=10 - 2>/dev/null | sha256sum | cut -c1-64)
+        ms=$(( $(now_ms) - md_t0 ))
+        [ "$got" = "$(md_sha "$MD/f10m")" ] && pass "chain under 1% loss: 10 MB download through two instances byte-exact ($ms ms)" \
+            || fail "chain under 1% loss: download" "sha $got after $ms ms"
+        md_t0=$(now_ms)
+        got=$(timeout 300 socat -t 120 - TCP:10.0.0.3:81,connect-timeout=10 < "$MD/f10m" 2>/dev/null | cut -c1-64)
+        ms=$(( $(now_ms) - md_t0 ))
+        [ "$got" = "$(md_sha "$MD/f10m")" ] && pass "chain under 1% loss: 10 MB upload through two instances byte-exact ($ms ms)" \
+            || fail "chain under 1% loss: upload" "server saw sha '$got' after $ms ms"
+        for v in $vifs; do tc -s qdisc show dev "$v" | grep -oE 'dropped [0-9]+' | sed "s/^/$v netem: /"; done
+        echo "md-a: $(md_stats md-a)"; echo "md-b: $(md_stats md-b)"
+    else
+        fail "chain under loss: netem on the vifs" "got only '$vifs'"
+    fi
+    for v in $vifs; do tc qdisc del dev "$v" root 2>/dev/null; done
+    ln -sfn "$MD/f1m" "$MD/cur"
 else
     fail "chain: spawn" "md-a rc $ra, md-b rc $rb"
 fi
