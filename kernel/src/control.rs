@@ -2,9 +2,12 @@
 //! toolstack writes `control/shutdown`, the guest acknowledges by clearing
 //! it and stops), and the ready key a host script waits for.
 
+use crate::boottime::{BootReport, Mark, TIMELINE};
 use crate::xenstore::{Events, Xenstore, XsError};
-use crate::{Kernel, ShutdownReason};
+use crate::{time, Kernel, ShutdownReason};
 use alloc::format;
+#[cfg(test)]
+use alloc::string::String;
 use netfront::SharedPage;
 
 const SHUTDOWN_PATH: &str = "control/shutdown";
@@ -18,6 +21,9 @@ const STATS_TOKEN: &str = "stats";
 /// (a synchronous read every few hundred ms would stall the guest for as
 /// long as a busy dom0's xenstored takes to answer).
 const BACKEND_TOKEN: &str = "vif-backend";
+/// The boot timeline, written once after `data/ready` (format in
+/// `boottime.rs`).
+const BOOT_PATH: &str = "data/boot";
 
 /// What the toolstack asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +81,19 @@ impl Control {
         core::mem::take(&mut self.backend_changed)
     }
 
-    /// Publish `data/ready` = microseconds from our first instruction.
+    /// Publish `data/ready` = microseconds from our first instruction, then
+    /// the boot timeline: `data/boot` and a console line. The ready key goes
+    /// first (it is what the host waits for); the timeline, taken at the
+    /// same instant, follows one round trip later.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
-        let us = k.uptime_ns() / 1000;
-        k.xenstore
-            .borrow_mut()
-            .write("data/ready", &format!("{us}"))?;
+        let now = time::now_ns();
+        TIMELINE.mark_at(Mark::Ready, now);
+        let cpu = time::cpu_since_start();
+        let us = now.saturating_sub(k.boot_ns) / 1000;
+        let mut xs = k.xenstore.borrow_mut();
+        xs.write("data/ready", &format!("{us}"))?;
+        let report = BootReport::new(&TIMELINE, k.boot_ns, cpu);
+        publish_boot(&mut xs, &report, |line| crate::println!("{line}"))?;
         Ok(us)
     }
 
@@ -144,9 +157,78 @@ impl Control {
     }
 }
 
+/// Write the boot timeline to `data/boot` and, as `boot: …`, to `console`
+/// (one line per call); marks out of boot order are reported there too.
+pub fn publish_boot<P: SharedPage, E: Events>(
+    xs: &mut Xenstore<P, E>,
+    report: &BootReport,
+    console: fn(core::fmt::Arguments),
+) -> Result<(), XsError> {
+    if let Some((a, b)) = report.out_of_order() {
+        console(format_args!(
+            "boot: mark {} is before {}: the timeline is wrong",
+            b.name(),
+            a.name()
+        ));
+    }
+    console(format_args!("boot: {report}"));
+    xs.write(BOOT_PATH, &format!("{report}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boottime::Timeline;
+    use crate::time::Cpu;
+    use crate::xenstore::fake;
+
+    #[test]
+    fn the_timeline_is_one_key() {
+        let (mut xs, srv) = fake::setup();
+        let t = Timeline::new();
+        t.mark_at(Mark::Mem, 1_002_000);
+        t.mark_at(Mark::Ready, 1_050_000);
+        let cpu = Cpu {
+            running: 30_000,
+            runnable: 0,
+            blocked: 18_000,
+        };
+        publish_boot(&mut xs, &BootReport::new(&t, 1_000_000, Some(cpu)), capture).unwrap();
+        let line = "mem_us=2 ready_us=50 run_us=30 steal_us=0 blocked_us=18";
+        assert_eq!(
+            srv.borrow().tree.get("data/boot").map(String::as_str),
+            Some(line)
+        );
+        assert_eq!(lines(), [format!("boot: {line}")]);
+    }
+
+    #[test]
+    fn a_timeline_out_of_order_says_so() {
+        let (mut xs, _srv) = fake::setup();
+        let t = Timeline::new();
+        t.mark_at(Mark::Heap, 1_002_000);
+        t.mark_at(Mark::Cfg, 1_001_000);
+        publish_boot(&mut xs, &BootReport::new(&t, 1_000_000, None), capture).unwrap();
+        assert_eq!(
+            lines(),
+            [
+                "boot: mark cfg is before heap: the timeline is wrong",
+                "boot: heap_us=2 cfg_us=1"
+            ]
+        );
+    }
+
+    std::thread_local! {
+        static LINES: core::cell::RefCell<alloc::vec::Vec<String>> = const { core::cell::RefCell::new(alloc::vec::Vec::new()) };
+    }
+
+    fn capture(line: core::fmt::Arguments) {
+        LINES.with(|l| l.borrow_mut().push(format!("{line}")));
+    }
+
+    fn lines() -> alloc::vec::Vec<String> {
+        LINES.with(|l| l.borrow().clone())
+    }
     #[test]
     fn requests() {
         assert_eq!(parse_request(""), Ok(None));

@@ -2,12 +2,13 @@
 //! xenstore behind netfront's `Platform` trait, so the driver itself stays
 //! free of `unsafe` and runs in host tests against a fake backend.
 
+use crate::boottime::{Mark, TIMELINE};
 use crate::grant::{GrantError, GrantTable};
 use crate::mm::SharedPage;
 use crate::xenstore::Errno;
 use crate::{events, XenstoreHandle};
 use alloc::string::String;
-use netfront::{Error, GrantRef, Platform, Port};
+use netfront::{Error, GrantRef, HandshakeStep, Platform, Port};
 
 impl netfront::SharedPage for SharedPage {
     fn read(&self, off: usize, buf: &mut [u8]) {
@@ -129,5 +130,14 @@ impl Platform for XenPlatform {
             log::warn!("netfront: {e}");
             Error::Xenstore
         })
+    }
+
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        TIMELINE.mark(match step {
+            HandshakeStep::DeviceRead => Mark::NfFront,
+            HandshakeStep::BackendInitWait => Mark::NfInitWait,
+            HandshakeStep::KeysWritten => Mark::NfKeys,
+            HandshakeStep::BackendConnected => Mark::NfConn,
+        });
     }
 }

@@ -49,6 +49,9 @@ pub struct Netfront<P: Platform> {
     phase: Phase,
     now: u64,
     handshake_start: u64,
+    /// This handshake told the platform about the backend's InitWait
+    /// (`publish` may run more than once: it retries an unreadable key).
+    initwait_seen: bool,
     next_check: u64,
     next_retry: u64,
     datapath: Option<Datapath<P>>,
@@ -88,6 +91,7 @@ impl<P: Platform> Netfront<P> {
             phase: Phase::Start,
             now: 0,
             handshake_start: 0,
+            initwait_seen: false,
             next_check: 0,
             next_retry: 0,
             datapath: None,

@@ -92,6 +92,27 @@ pub trait Platform {
     fn xs_read(&mut self, path: &str) -> Result<String, Error>;
     /// Write (create or overwrite) a xenstore node.
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), Error>;
+
+    /// The handshake just passed `step` (for the kernel's boot timeline);
+    /// called once per step and connection, right after the step's xenstore
+    /// work. Nothing by default.
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        let _ = step;
+    }
+}
+
+/// The points of the xenbus handshake [`Platform::handshake_step`] reports,
+/// in the order a connection passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeStep {
+    /// Our device's keys (backend, mac, mtu) read, Initialising written.
+    DeviceRead,
+    /// The backend is in InitWait (its hotplug is done).
+    BackendInitWait,
+    /// Our rings, event channel, features and Connected written.
+    KeysWritten,
+    /// The backend is Connected.
+    BackendConnected,
 }
 
 /// Errors from the platform and from the driver itself.

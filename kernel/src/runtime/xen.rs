@@ -4,6 +4,7 @@
 
 use super::budget::{engine_budget, Budget};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
+use crate::boottime::{Mark, TIMELINE};
 use crate::control::{Control, Request};
 use crate::net::XenPlatform;
 use crate::time::{self, Cpu};
@@ -203,6 +204,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     );
     let line = k.start_info.cmdline().map_err(fatal)?;
     let cfg = Config::parse(line).map_err(fatal)?;
+    TIMELINE.mark(Mark::Cfg);
     log::set_max_level(cfg.loglevel);
     crate::println!("miniproxy: config: {cfg}");
     log::debug!(
@@ -213,6 +215,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         k.memory.unmapped_pages
     );
     let toolstack = XsToolstack::init(k.xenstore.clone()).map_err(fatal)?;
+    TIMELINE.mark(Mark::Xs);
     let sleeper = XenSleeper {
         xenstore_port: k.xenstore_port(),
     };
@@ -307,6 +310,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     );
 
     rt.address(&mut nf, &mut engine, &cfg)?;
+    TIMELINE.mark(Mark::Addr);
     let us = Control::ready(k).map_err(fatal)?;
     log::info!("ready after {us} us");
     Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit))

@@ -14,7 +14,7 @@ use core::fmt;
 use super::{Netfront, Phase};
 use crate::datapath::{Datapath, Shared};
 use crate::layout::{Layout, MAX_MTU, MAX_RX_FRAME, MIN_MTU, RX_BUFFERS_FOR_OFFLOAD, TX_BUF_SIZE};
-use crate::platform::{Error, Platform, PAGE_SIZE};
+use crate::platform::{Error, HandshakeStep, Platform, PAGE_SIZE};
 use crate::types::{BackendFeatures, Event, Offload, OffloadOff, Reason};
 use crate::xenbus::{parse_flag, parse_mac, parse_u32, XenbusState};
 
@@ -143,6 +143,7 @@ impl<P: Platform> Netfront<P> {
 
     pub(super) fn step_start(&mut self) {
         self.handshake_start = self.now;
+        self.initwait_seen = false;
         let backend = match self.read_front("backend") {
             Ok(b) => b,
             Err(Error::XsNotFound) => return self.fail(Error::NoDevice),
@@ -189,6 +190,7 @@ impl<P: Platform> Netfront<P> {
         if let Err(e) = self.set_state(XenbusState::Initialising) {
             return self.fail(e);
         }
+        self.platform.handshake_step(HandshakeStep::DeviceRead);
         log::info!(
             "netfront: vif{} backend {} (dom{}), mac {}, mtu {}",
             self.cfg.vif,
@@ -252,6 +254,10 @@ impl<P: Platform> Netfront<P> {
     /// switch to Connected (netback connects on frontend Connected; it
     /// ignores Initialised).
     fn publish(&mut self) {
+        if !self.initwait_seen {
+            self.initwait_seen = true;
+            self.platform.handshake_step(HandshakeStep::BackendInitWait);
+        }
         // The one feature we need: absent is a clear error, unreadable (a
         // transient xenstore failure) is retried on the next poll.
         let path = format!("{}/feature-rx-copy", self.backend);
@@ -289,6 +295,7 @@ impl<P: Platform> Netfront<P> {
         if let Err(e) = self.write_keys() {
             return self.fail(e);
         }
+        self.platform.handshake_step(HandshakeStep::KeysWritten);
         self.phase = Phase::WaitConnected;
         self.step_wait_connected();
     }
@@ -383,6 +390,8 @@ impl<P: Platform> Netfront<P> {
     pub(super) fn step_wait_connected(&mut self) {
         match self.backend_state() {
             Ok(Some(XenbusState::Connected)) => {
+                self.platform
+                    .handshake_step(HandshakeStep::BackendConnected);
                 self.phase = Phase::Connected;
                 self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
                 self.rx_budget = self.cfg.rx_budget;

@@ -10,7 +10,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
 
-use crate::platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
+use crate::platform::{Error, GrantRef, HandshakeStep, Platform, Port, SharedPage, PAGE_SIZE};
 use crate::xenbus::{parse_u32, XenbusState};
 
 pub const FRONT_DOMID: u16 = 7;
@@ -54,6 +54,8 @@ pub struct WorldInner {
     /// Reads of paths containing `.0` fail `.1` more times.
     pub xs_fail_path: Option<(String, u32)>,
     pub xs_writes: Vec<(String, String)>,
+    /// Every `handshake_step` call, in order.
+    pub handshake_steps: Vec<HandshakeStep>,
 }
 
 /// Shared handle to the fake hypervisor state.
@@ -312,5 +314,9 @@ impl Platform for FakePlatform {
         w.xs_writes.push((p.clone(), value.to_string()));
         w.xs.insert(p, value.to_string());
         Ok(())
+    }
+
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        self.world.0.borrow_mut().handshake_steps.push(step);
     }
 }

@@ -580,3 +580,33 @@ fn detach_then_attach_reconnects_only_to_the_new_backend() {
     assert!(h.tx(&test_frame(9, 120)));
     assert_eq!(h.be.service_tx(), vec![test_frame(9, 120)]);
 }
+
+#[test]
+fn handshake_steps_are_reported_once_each_in_order() {
+    use crate::HandshakeStep::*;
+    // The required feature key unreadable twice: publish runs three times,
+    // InitWait is still reported once.
+    let setup = BackendSetup {
+        hotplug_delay: 5,
+        ..Default::default()
+    };
+    let mut h = H::new(setup, Config::default());
+    h.world.inner().xs_fail_path = Some((String::from("feature-rx-copy"), 2));
+    h.step();
+    assert_eq!(h.world.inner().handshake_steps, [DeviceRead]);
+    assert!(h.step_until(200, |h| h.nf.is_connected()), "{:?}", h.events);
+    let all = [DeviceRead, BackendInitWait, KeysWritten, BackendConnected];
+    assert_eq!(h.world.inner().handshake_steps, all);
+    // Our keys were all written when KeysWritten was reported: Connected
+    // was the last write before it.
+    assert_eq!(
+        h.world.inner().xs_writes.last().unwrap(),
+        &(format!("{FRONT}/state"), String::from("4"))
+    );
+    // A new connection reports its own steps.
+    h.nf.close();
+    assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
+    assert!(h.nf.reconnect());
+    assert!(h.step_until(100, |h| h.nf.is_connected()));
+    assert_eq!(h.world.inner().handshake_steps[4..], all);
+}
