@@ -3,7 +3,7 @@
 //! it and stops), and the ready key a host script waits for.
 
 use crate::boottime::{BootReport, Mark, TIMELINE};
-use crate::xenstore::{Events, Xenstore, XsError};
+use crate::xenstore::{Events, Req, TxId, Xenstore, XsError};
 use crate::{time, Kernel, ShutdownReason};
 use alloc::format;
 #[cfg(test)]
@@ -51,14 +51,23 @@ pub struct Control {
 }
 
 impl Control {
-    /// Advertise what we support and watch `control/shutdown`.
+    /// Advertise what we support and watch `control/shutdown` and the
+    /// stats key: one pipelined batch, a single round trip at boot.
     pub fn init<P: SharedPage, E: Events>(xs: &mut Xenstore<P, E>) -> Result<Control, XsError> {
-        xs.write("control/feature-poweroff", "1")?;
-        xs.write("control/feature-reboot", "1")?;
-        xs.watch(SHUTDOWN_PATH, TOKEN)?;
-        // We create the node, so it is ours and dom0 may write it.
-        xs.write(STATS_PATH, "")?;
-        xs.watch(STATS_PATH, STATS_TOKEN)?;
+        xs.batch(
+            TxId::NONE,
+            &[
+                Req::Write("control/feature-poweroff", "1"),
+                Req::Write("control/feature-reboot", "1"),
+                Req::Watch(SHUTDOWN_PATH, TOKEN),
+                // We create the node, so it is ours and dom0 may write it
+                // (before the watch: its first event finds it empty).
+                Req::Write(STATS_PATH, ""),
+                Req::Watch(STATS_PATH, STATS_TOKEN),
+            ],
+        )?
+        .into_iter()
+        .try_for_each(|r| r.map(drop))?;
         Ok(Control {
             pending_check: true,
             stats_check: false,
@@ -74,6 +83,22 @@ impl Control {
         state_path: &str,
     ) -> Result<(), XsError> {
         xs.watch(state_path, BACKEND_TOKEN)
+    }
+
+    /// [`watch_backend`](Self::watch_backend) for several paths, in one
+    /// round trip.
+    pub fn watch_backends<P: SharedPage, E: Events>(
+        &mut self,
+        xs: &mut Xenstore<P, E>,
+        paths: &[&str],
+    ) -> Result<(), XsError> {
+        let reqs: alloc::vec::Vec<Req<'_>> = paths
+            .iter()
+            .map(|&p| Req::Watch(p, BACKEND_TOKEN))
+            .collect();
+        xs.batch(TxId::NONE, &reqs)?
+            .into_iter()
+            .try_for_each(|r| r.map(drop))
     }
 
     /// Whether the watched backend state may have changed since the last call.
@@ -200,6 +225,36 @@ mod tests {
             Some(line)
         );
         assert_eq!(lines(), [format!("boot: {line}")]);
+    }
+
+    #[test]
+    fn init_and_the_backend_watches_are_a_round_trip_each() {
+        let (mut xs, srv) = fake::setup();
+        let mut c = Control::init(&mut xs).unwrap();
+        assert_eq!(srv.borrow().waits, 1);
+        {
+            let s = srv.borrow();
+            assert_eq!(s.tree["control/feature-poweroff"], "1");
+            assert_eq!(s.tree["control/feature-reboot"], "1");
+            assert_eq!(s.tree[STATS_PATH], "");
+        }
+        c.watch_backends(&mut xs, &["backend/vif/1/0/state", "device/vif"])
+            .unwrap();
+        assert_eq!(srv.borrow().waits, 2);
+        // Each watch fires once when set: shutdown is checked, the stats key
+        // read (empty: no request), the backend flagged as changed.
+        assert_eq!(c.poll(&mut xs), Ok(None));
+        assert!(c.take_backend_changed());
+        // A request written later arrives through the watch.
+        srv.borrow_mut()
+            .tree
+            .insert(SHUTDOWN_PATH.into(), "reboot".into());
+        srv.borrow_mut()
+            .send_raw(&fake::watch_event(SHUTDOWN_PATH, TOKEN));
+        assert_eq!(
+            c.poll(&mut xs),
+            Ok(Some(Request::Stop(ShutdownReason::Reboot)))
+        );
     }
 
     #[test]

@@ -88,6 +88,12 @@ impl<P: SharedPage, E: Events> XsToolstack<P, E> {
     pub fn watch_vifs(&mut self) -> Result<(), XsError> {
         self.watch_backend(VIFS_PATH)
     }
+
+    /// Both of the above in one round trip.
+    pub fn watch_backend_and_vifs(&mut self, state_path: &str) -> Result<(), XsError> {
+        self.control
+            .watch_backends(&mut self.xs.borrow_mut(), &[state_path, VIFS_PATH])
+    }
 }
 
 impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
@@ -270,13 +276,6 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
     let mut nf = Netfront::new(platform, nf_cfg).map_err(|e| fatal(format!("netfront: {e}")))?;
     let mac = rt.handshake(&mut nf)?;
-    let state_path = format!("{}/state", nf.backend_path());
-    rt.toolstack
-        .watch_backend(&state_path)
-        .map_err(|e| fatal(format!("net: cannot watch {state_path}: {e}")))?;
-    rt.toolstack
-        .watch_vifs()
-        .map_err(|e| fatal(format!("net: cannot watch {VIFS_PATH}: {e}")))?;
     let mem = nf.memory();
     log::info!(
         "netfront: {} pages ({} KiB) for rings and buffers",
@@ -313,5 +312,15 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     TIMELINE.mark(Mark::Addr);
     let us = Control::ready(k).map_err(fatal)?;
     log::info!("ready after {us} us");
+    // After ready, which they do not need: a watch fires once when set, so
+    // a change before this is not missed, only seen a moment later.
+    let state_path = format!("{}/state", nf.backend_path());
+    rt.toolstack
+        .watch_backend_and_vifs(&state_path)
+        .map_err(|e| {
+            fatal(format!(
+                "net: cannot watch {state_path} and {VIFS_PATH}: {e}"
+            ))
+        })?;
     Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit))
 }

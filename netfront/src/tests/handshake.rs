@@ -610,3 +610,46 @@ fn handshake_steps_are_reported_once_each_in_order() {
     assert!(h.step_until(100, |h| h.nf.is_connected()));
     assert_eq!(h.world.inner().handshake_steps[4..], all);
 }
+
+#[test]
+fn handshake_reads_and_writes_in_batches() {
+    let mut h = H::legacy_connected();
+    let w = h.world.inner();
+    // Our device keys, then the backend's features: a batch each.
+    assert_eq!(w.xs_read_batches, 2);
+    // Rings, event channel, the 7 features and Connected: one batch.
+    assert_eq!(
+        w.xs_write_batches,
+        [3 + crate::FRONTEND_FEATURES.len() + 1],
+        "{:?}",
+        w.xs_writes
+    );
+    // Besides the batch only Initialising was written on its own.
+    assert_eq!(
+        w.xs_writes.len(),
+        1 + 3 + crate::FRONTEND_FEATURES.len() + 1
+    );
+    drop(w);
+    h.step();
+}
+
+#[test]
+fn a_failed_key_batch_fails_the_handshake_and_releases_everything() {
+    let mut h = H::new(BackendSetup::default(), Config::default());
+    h.world.inner().xs_fail_write_all = 1;
+    assert!(h.step_until(2000, |h| h.nf.state() == State::Disconnected));
+    assert_eq!(
+        h.events[..1],
+        [Event::Disconnected(Reason::Failed(Error::Xenstore))]
+    );
+    // Nothing of the batch was written: the backend never saw Connected
+    // nor a ring reference.
+    assert_eq!(h.world.xs_get(&format!("{FRONT}/tx-ring-ref")), None);
+    assert!(!h.be.is_connected());
+    assert!(!h
+        .world
+        .inner()
+        .handshake_steps
+        .contains(&crate::HandshakeStep::KeysWritten));
+    h.assert_all_released();
+}
