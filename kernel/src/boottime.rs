@@ -11,6 +11,7 @@
 //! ```text
 //! mem_us=… heap_us=… cfg_us=… xs_us=… nf_front_us=… nf_initwait_us=…
 //! nf_keys_us=… nf_conn_us=… addr_us=… ready_us=… run_us=… steal_us=… blocked_us=…
+//! mem_run_us=… heap_run_us=… … ready_run_us=…
 //! ```
 //!
 //! (one line; marks a boot does not reach, e.g. netfront's without a vif,
@@ -18,7 +19,9 @@
 //! runnable-but-not-running and blocked time from the runstate area's
 //! registration (a few µs after the first instruction) to ready: the
 //! guest's own CPU time apart from the time it waited for dom0 (xenstored,
-//! the backend's hotplug) or for a physical CPU.
+//! the backend's hotplug) or for a physical CPU. `KEY_run_us` is the
+//! running time at each mark, so a phase's own CPU time is the difference
+//! between its mark's and the one before.
 
 use crate::time::Cpu;
 use core::fmt;
@@ -87,6 +90,8 @@ const UNSET: u64 = u64::MAX;
 /// The marks of one boot.
 pub struct Timeline {
     at: [AtomicU64; MARKS],
+    /// The vCPU's running time (runstate total) at each mark, if known.
+    run_at: [AtomicU64; MARKS],
 }
 
 /// The unikernel's timeline, marked by the boot code, the runtime's Xen
@@ -97,27 +102,41 @@ impl Timeline {
     pub const fn new() -> Timeline {
         Timeline {
             at: [const { AtomicU64::new(UNSET) }; MARKS],
+            run_at: [const { AtomicU64::new(UNSET) }; MARKS],
         }
     }
 
-    /// Record `m` at Xen system time `now_ns`, unless it was recorded before.
-    pub fn mark_at(&self, m: Mark, now_ns: u64) {
-        let _ = self.at[m as usize].compare_exchange(
-            UNSET,
-            now_ns.min(UNSET - 1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+    /// Record `m` at Xen system time `now_ns`, with the vCPU's running
+    /// total `run_ns` if known, unless `m` was recorded before.
+    pub fn mark_at(&self, m: Mark, now_ns: u64, run_ns: Option<u64>) {
+        let first = self.at[m as usize]
+            .compare_exchange(
+                UNSET,
+                now_ns.min(UNSET - 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if let Some(run) = run_ns.filter(|_| first) {
+            self.run_at[m as usize].store(run.min(UNSET - 1), Ordering::Relaxed);
+        }
     }
 
-    /// Record `m` now.
+    /// Record `m` now, with the vCPU's running time since the runstate's
+    /// registration.
     pub fn mark(&self, m: Mark) {
-        self.mark_at(m, crate::time::now_ns());
+        let run = crate::time::cpu_since_start().map(|c| c.running);
+        self.mark_at(m, crate::time::now_ns(), run);
     }
 
     /// When `m` was recorded (Xen system time), if it was.
     pub fn get(&self, m: Mark) -> Option<u64> {
         Some(self.at[m as usize].load(Ordering::Relaxed)).filter(|&t| t != UNSET)
+    }
+
+    /// The vCPU's running time when `m` was recorded, if known.
+    pub fn run_at(&self, m: Mark) -> Option<u64> {
+        Some(self.run_at[m as usize].load(Ordering::Relaxed)).filter(|&t| t != UNSET)
     }
 }
 
@@ -133,6 +152,9 @@ impl Default for Timeline {
 pub struct BootReport {
     /// Indexed by `Mark as usize`; `None` for marks not reached.
     pub offsets_ns: [Option<u64>; MARKS],
+    /// The vCPU's running time at each mark (from the runstate's
+    /// registration), `None` where not known.
+    pub run_ns: [Option<u64>; MARKS],
     /// Running / runnable / blocked from the runstate's registration to
     /// ready; `None` without a runstate area.
     pub cpu: Option<Cpu>,
@@ -144,10 +166,16 @@ impl BootReport {
     /// counts as 0).
     pub fn new(t: &Timeline, boot_ns: u64, cpu: Option<Cpu>) -> BootReport {
         let mut offsets_ns = [None; MARKS];
+        let mut run_ns = [None; MARKS];
         for m in ORDER {
             offsets_ns[m as usize] = t.get(m).map(|at| at.saturating_sub(boot_ns));
+            run_ns[m as usize] = t.run_at(m);
         }
-        BootReport { offsets_ns, cpu }
+        BootReport {
+            offsets_ns,
+            run_ns,
+            cpu,
+        }
     }
 
     pub fn offset_ns(&self, m: Mark) -> Option<u64> {
@@ -190,6 +218,13 @@ impl fmt::Display for BootReport {
                 c.runnable / 1000,
                 c.blocked / 1000
             )?;
+            sep = " ";
+        }
+        for m in ORDER {
+            if let Some(ns) = self.run_ns[m as usize] {
+                write!(f, "{sep}{}_run_us={}", m.name(), ns / 1000)?;
+                sep = " ";
+            }
         }
         Ok(())
     }
@@ -206,16 +241,16 @@ mod tests {
     fn offsets_from_the_first_instruction_in_boot_order() {
         let t = Timeline::new();
         // Marked out of code order on purpose: the line is in boot order.
-        t.mark_at(Mark::Ready, BOOT + 90_000_000);
-        t.mark_at(Mark::Mem, BOOT + 1_500);
-        t.mark_at(Mark::Heap, BOOT + 2_999);
-        t.mark_at(Mark::Cfg, BOOT + 40_000);
-        t.mark_at(Mark::Xs, BOOT + 3_000_000);
-        t.mark_at(Mark::NfFront, BOOT + 5_000_000);
-        t.mark_at(Mark::NfInitWait, BOOT + 60_000_000);
-        t.mark_at(Mark::NfKeys, BOOT + 70_000_000);
-        t.mark_at(Mark::NfConn, BOOT + 80_000_000);
-        t.mark_at(Mark::Addr, BOOT + 85_000_000);
+        t.mark_at(Mark::Ready, BOOT + 90_000_000, None);
+        t.mark_at(Mark::Mem, BOOT + 1_500, None);
+        t.mark_at(Mark::Heap, BOOT + 2_999, None);
+        t.mark_at(Mark::Cfg, BOOT + 40_000, None);
+        t.mark_at(Mark::Xs, BOOT + 3_000_000, None);
+        t.mark_at(Mark::NfFront, BOOT + 5_000_000, None);
+        t.mark_at(Mark::NfInitWait, BOOT + 60_000_000, None);
+        t.mark_at(Mark::NfKeys, BOOT + 70_000_000, None);
+        t.mark_at(Mark::NfConn, BOOT + 80_000_000, None);
+        t.mark_at(Mark::Addr, BOOT + 85_000_000, None);
         let cpu = Cpu {
             running: 12_345_678,
             runnable: 1_000_999,
@@ -235,9 +270,9 @@ mod tests {
     fn marks_not_reached_are_left_out() {
         // A boot without a vif: no netfront marks, no address; no runstate.
         let t = Timeline::new();
-        t.mark_at(Mark::Mem, BOOT + 1_000);
-        t.mark_at(Mark::Heap, BOOT + 2_000);
-        t.mark_at(Mark::Ready, BOOT + 9_000);
+        t.mark_at(Mark::Mem, BOOT + 1_000, None);
+        t.mark_at(Mark::Heap, BOOT + 2_000, None);
+        t.mark_at(Mark::Ready, BOOT + 9_000, None);
         let r = BootReport::new(&t, BOOT, None);
         assert_eq!(r.to_string(), "mem_us=1 heap_us=2 ready_us=9");
         assert_eq!(r.offset_ns(Mark::NfConn), None);
@@ -248,11 +283,35 @@ mod tests {
     }
 
     #[test]
+    fn running_time_at_each_mark_follows_the_offsets() {
+        let t = Timeline::new();
+        t.mark_at(Mark::Mem, BOOT + 1_000_000, Some(900_000));
+        t.mark_at(Mark::Xs, BOOT + 9_000_000, Some(2_000_000));
+        // A mark without a runstate reading has no run key.
+        t.mark_at(Mark::Cfg, BOOT + 2_000_000, None);
+        t.mark_at(Mark::Ready, BOOT + 20_000_000, Some(5_500_999));
+        let cpu = Cpu {
+            running: 5_500_999,
+            runnable: 1_000,
+            blocked: 13_000_000,
+        };
+        assert_eq!(
+            BootReport::new(&t, BOOT, Some(cpu)).to_string(),
+            "mem_us=1000 cfg_us=2000 xs_us=9000 ready_us=20000 \
+             run_us=5500 steal_us=1 blocked_us=13000 \
+             mem_run_us=900 xs_run_us=2000 ready_run_us=5500"
+        );
+        // Only the first mark's running time counts, like its time.
+        t.mark_at(Mark::Mem, BOOT + 7_000_000, Some(1));
+        assert_eq!(t.run_at(Mark::Mem), Some(900_000));
+    }
+
+    #[test]
     fn the_first_mark_stays() {
         // A reconnect after a detach passes the netfront marks again.
         let t = Timeline::new();
-        t.mark_at(Mark::NfConn, BOOT + 10);
-        t.mark_at(Mark::NfConn, BOOT + 99_000);
+        t.mark_at(Mark::NfConn, BOOT + 10, None);
+        t.mark_at(Mark::NfConn, BOOT + 99_000, None);
         assert_eq!(t.get(Mark::NfConn), Some(BOOT + 10));
         assert_eq!(t.get(Mark::NfKeys), None);
     }
@@ -260,7 +319,7 @@ mod tests {
     #[test]
     fn a_mark_before_the_first_instruction_counts_as_zero() {
         let t = Timeline::new();
-        t.mark_at(Mark::Mem, BOOT - 5);
+        t.mark_at(Mark::Mem, BOOT - 5, None);
         assert_eq!(
             BootReport::new(&t, BOOT, None).offset_ns(Mark::Mem),
             Some(0)
@@ -270,17 +329,17 @@ mod tests {
     #[test]
     fn reports_the_first_pair_out_of_order() {
         let t = Timeline::new();
-        t.mark_at(Mark::Mem, BOOT + 10);
-        t.mark_at(Mark::Heap, BOOT + 20);
+        t.mark_at(Mark::Mem, BOOT + 10, None);
+        t.mark_at(Mark::Heap, BOOT + 20, None);
         // Cfg skipped: ordering looks across gaps.
-        t.mark_at(Mark::Xs, BOOT + 15);
-        t.mark_at(Mark::NfFront, BOOT + 5);
+        t.mark_at(Mark::Xs, BOOT + 15, None);
+        t.mark_at(Mark::NfFront, BOOT + 5, None);
         let r = BootReport::new(&t, BOOT, None);
         assert_eq!(r.out_of_order(), Some((Mark::Heap, Mark::Xs)));
         // Equal times are in order (two marks in one clock tick).
         let t = Timeline::new();
-        t.mark_at(Mark::Mem, BOOT + 10);
-        t.mark_at(Mark::Heap, BOOT + 10);
+        t.mark_at(Mark::Mem, BOOT + 10, None);
+        t.mark_at(Mark::Heap, BOOT + 10, None);
         assert_eq!(BootReport::new(&t, BOOT, None).out_of_order(), None);
     }
 

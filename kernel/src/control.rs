@@ -112,8 +112,8 @@ impl Control {
     /// same instant, follows one round trip later.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
         let now = time::now_ns();
-        TIMELINE.mark_at(Mark::Ready, now);
         let cpu = time::cpu_since_start();
+        TIMELINE.mark_at(Mark::Ready, now, cpu.map(|c| c.running));
         let us = now.saturating_sub(k.boot_ns) / 1000;
         let mut xs = k.xenstore.borrow_mut();
         xs.write("data/ready", &format!("{us}"))?;
@@ -211,8 +211,8 @@ mod tests {
     fn the_timeline_is_one_key() {
         let (mut xs, srv) = fake::setup();
         let t = Timeline::new();
-        t.mark_at(Mark::Mem, 1_002_000);
-        t.mark_at(Mark::Ready, 1_050_000);
+        t.mark_at(Mark::Mem, 1_002_000, None);
+        t.mark_at(Mark::Ready, 1_050_000, None);
         let cpu = Cpu {
             running: 30_000,
             runnable: 0,
@@ -261,8 +261,8 @@ mod tests {
     fn a_timeline_out_of_order_says_so() {
         let (mut xs, _srv) = fake::setup();
         let t = Timeline::new();
-        t.mark_at(Mark::Heap, 1_002_000);
-        t.mark_at(Mark::Cfg, 1_001_000);
+        t.mark_at(Mark::Heap, 1_002_000, None);
+        t.mark_at(Mark::Cfg, 1_001_000, None);
         publish_boot(&mut xs, &BootReport::new(&t, 1_000_000, None), capture).unwrap();
         assert_eq!(
             lines(),
