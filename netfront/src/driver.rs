@@ -222,12 +222,15 @@ impl<P: Platform> Netfront<P> {
     }
 
     /// Re-read the backend's state on the next [`poll`](Self::poll), e.g.
-    /// because a xenstore watch on it fired. Between such calls the driver
-    /// re-reads it only every `state_check_ms`: each read is a synchronous
-    /// xenstore round trip, which stalls the guest for as long as a busy
-    /// dom0 takes to answer.
+    /// because a xenstore watch on it fired; in the handshake and while
+    /// closing too, without waiting for `retry_ms`. Between such calls the
+    /// driver re-reads it only every `state_check_ms` (`retry_ms` while
+    /// waiting on the backend): each read is a synchronous xenstore round
+    /// trip, which stalls the guest for as long as a busy dom0 takes to
+    /// answer.
     pub fn check_backend_soon(&mut self) {
         self.next_check = 0;
+        self.next_retry = 0;
     }
 
     pub fn backend_features(&self) -> &BackendFeatures {

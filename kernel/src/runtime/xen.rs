@@ -13,6 +13,7 @@ use crate::{events, Kernel};
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use netfront::{Event, Netfront, SharedPage};
 use proxy::config::Config;
@@ -67,19 +68,20 @@ impl Sleeper for XenSleeper {
 pub struct XsToolstack<P: SharedPage, E: Events> {
     pub xs: Rc<RefCell<Xenstore<P, E>>>,
     pub control: Control,
+    /// The paths watched with the backend token (xenstored refuses the same
+    /// watch twice).
+    watched: Vec<String>,
 }
 
 impl<P: SharedPage, E: Events> XsToolstack<P, E> {
     /// Advertise shutdown support and watch the control keys.
     pub fn init(xs: Rc<RefCell<Xenstore<P, E>>>) -> Result<Self, XsError> {
         let control = Control::init(&mut xs.borrow_mut())?;
-        Ok(XsToolstack { xs, control })
-    }
-
-    /// Watch the vif backend's state node (`take_backend_changed` reports it).
-    pub fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError> {
-        self.control
-            .watch_backend(&mut self.xs.borrow_mut(), state_path)
+        Ok(XsToolstack {
+            xs,
+            control,
+            watched: Vec::new(),
+        })
     }
 
     /// Watch our vif directories too (`device/vif`: a vif detached or
@@ -89,10 +91,16 @@ impl<P: SharedPage, E: Events> XsToolstack<P, E> {
         self.watch_backend(VIFS_PATH)
     }
 
-    /// Both of the above in one round trip.
+    /// Both of the above in one round trip (the ones not watched yet).
     pub fn watch_backend_and_vifs(&mut self, state_path: &str) -> Result<(), XsError> {
+        let new: Vec<&str> = [state_path, VIFS_PATH]
+            .into_iter()
+            .filter(|p| !self.watched.iter().any(|w| w == p))
+            .collect();
         self.control
-            .watch_backends(&mut self.xs.borrow_mut(), &[state_path, VIFS_PATH])
+            .watch_backends(&mut self.xs.borrow_mut(), &new)?;
+        self.watched.extend(new.into_iter().map(String::from));
+        Ok(())
     }
 }
 
@@ -102,6 +110,15 @@ impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
     }
     fn take_backend_changed(&mut self) -> bool {
         self.control.take_backend_changed()
+    }
+    fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError> {
+        if self.watched.iter().any(|w| w == state_path) {
+            return Ok(());
+        }
+        self.control
+            .watch_backend(&mut self.xs.borrow_mut(), state_path)?;
+        self.watched.push(state_path.into());
+        Ok(())
     }
     fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
         self.xs.borrow_mut().write(path, value)
@@ -120,6 +137,10 @@ impl Nic for Netfront<XenPlatform> {
     }
     fn check_backend_soon(&mut self) {
         Netfront::check_backend_soon(self)
+    }
+    fn backend_state_path(&self) -> Option<String> {
+        let backend = self.backend_path();
+        (!backend.is_empty()).then(|| format!("{backend}/state"))
     }
     fn offload(&self) -> String {
         Netfront::offload(self).to_string()
@@ -271,6 +292,10 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         // A watch on the backend's state wakes the check (serve); this is
         // only the fallback should a watch event be lost.
         state_check_ms: 10_000,
+        // The same watch, set in the handshake, wakes netfront when the
+        // backend moves; polling its state every 10 ms (the default) only
+        // kept dom0's xenstored busy while dom0 connects the backend.
+        retry_ms: 50,
         ..netfront::Config::default()
     };
     let platform = XenPlatform::new(k.xenstore.clone(), grants);

@@ -653,3 +653,39 @@ fn a_failed_key_batch_fails_the_handshake_and_releases_everything() {
         .contains(&crate::HandshakeStep::KeysWritten));
     h.assert_all_released();
 }
+
+#[test]
+fn a_backend_watch_skips_the_retry_wait() {
+    let setup = BackendSetup {
+        hotplug_delay: 3,
+        ..Default::default()
+    };
+    let cfg = Config {
+        retry_ms: 1000,
+        ..Default::default()
+    };
+    let mut h = H::new(setup, cfg);
+    h.step(); // device keys read; the backend is not in InitWait yet
+    for _ in 0..5 {
+        h.step();
+    }
+    // Polled every ms, but xenstore is read only every retry_ms.
+    let reads = h.world.inner().xs_reads;
+    h.step();
+    assert_eq!(h.world.inner().xs_reads, reads);
+    assert!(h.nf.poll_delay(h.now).is_some_and(|d| d > 900));
+    // The toolstack's watch fired: the next poll reads the state now and
+    // goes on with the handshake.
+    h.nf.check_backend_soon();
+    assert_eq!(h.nf.poll_delay(h.now), Some(0));
+    h.step();
+    assert!(h.world.inner().xs_reads > reads);
+    assert!(
+        h.world
+            .inner()
+            .handshake_steps
+            .contains(&crate::HandshakeStep::KeysWritten),
+        "{:?}",
+        h.world.inner().handshake_steps
+    );
+}
