@@ -43,9 +43,19 @@ one() {   # one KIND KERNEL N
 echo "BENCHINFO accel=${TESTBED_ACCEL:-unknown} runs=$RUNS memory=4 vif=vif-fast"
 # One untimed warm-up of each, so the first measured run does not pay for
 # cold caches in dom0 (xl's libraries, the kernel files).
+# An alternative Miniproxy image (scripts/bench-boot --alt) runs as kind
+# "alt" in every round, so A and B see the same dom0 and host load.
+ALT=''
+[ -f miniproxy-alt ] && ALT=miniproxy-alt
 one miniproxy miniproxy 0 >/dev/null
+[ -z "$ALT" ] || one alt "$ALT" 0 >/dev/null
 one floor floor 0 >/dev/null
 for n in $(seq 1 "$RUNS"); do
-    one miniproxy miniproxy "$n"
+    # Which Miniproxy goes first alternates, so neither always follows the floor.
+    if [ -n "$ALT" ] && [ $((n % 2)) = 0 ]; then
+        one alt "$ALT" "$n"; one miniproxy miniproxy "$n"
+    else
+        one miniproxy miniproxy "$n"; [ -z "$ALT" ] || one alt "$ALT" "$n"
+    fi
     one floor floor "$n"
 done
