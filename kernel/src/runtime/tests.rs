@@ -460,6 +460,9 @@ fn idle_exit_fires_after_exactly_the_configured_idle_time() {
     // The exit drains netfront: closed, and waited on (NIC port only) until Released.
     assert!(nic.closed);
     assert_eq!(nic.polls_after_close, 3);
+    // Netfront was told to read the backend's state on each of those
+    // polls: its own retry interval is longer than this wait.
+    assert_eq!(nic.backend_checks, 3);
     assert_eq!(
         r.waits.borrow().last().unwrap().0,
         WakeOn {
