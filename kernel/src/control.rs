@@ -6,7 +6,6 @@ use crate::boottime::{BootReport, Mark, TIMELINE};
 use crate::xenstore::{Events, Req, TxId, Xenstore, XsError};
 use crate::{time, Kernel, ShutdownReason};
 use alloc::format;
-#[cfg(test)]
 use alloc::string::String;
 use netfront::SharedPage;
 
@@ -54,25 +53,36 @@ impl Control {
     /// Advertise what we support and watch `control/shutdown` and the
     /// stats key: one pipelined batch, a single round trip at boot.
     pub fn init<P: SharedPage, E: Events>(xs: &mut Xenstore<P, E>) -> Result<Control, XsError> {
-        xs.batch(
-            TxId::NONE,
-            &[
-                Req::Write("control/feature-poweroff", "1"),
-                Req::Write("control/feature-reboot", "1"),
-                Req::Watch(SHUTDOWN_PATH, TOKEN),
-                // We create the node, so it is ours and dom0 may write it
-                // (before the watch: its first event finds it empty).
-                Req::Write(STATS_PATH, ""),
-                Req::Watch(STATS_PATH, STATS_TOKEN),
-            ],
-        )?
-        .into_iter()
-        .try_for_each(|r| r.map(drop))?;
-        Ok(Control {
+        Ok(Control::init_reading(xs, &[])?.0)
+    }
+
+    /// [`init`](Self::init), and the nodes `reads` read in the same round
+    /// trip: the boot's other questions to xenstore (whether there is a
+    /// vif) ride along. Their results come back as they are, in order.
+    pub fn init_reading<P: SharedPage, E: Events>(
+        xs: &mut Xenstore<P, E>,
+        reads: &[&str],
+    ) -> Result<(Control, alloc::vec::Vec<Result<String, XsError>>), XsError> {
+        let mut reqs = alloc::vec![
+            Req::Write("control/feature-poweroff", "1"),
+            Req::Write("control/feature-reboot", "1"),
+            Req::Watch(SHUTDOWN_PATH, TOKEN),
+            // We create the node, so it is ours and dom0 may write it
+            // (before the watch: its first event finds it empty).
+            Req::Write(STATS_PATH, ""),
+            Req::Watch(STATS_PATH, STATS_TOKEN),
+        ];
+        let own = reqs.len();
+        reqs.extend(reads.iter().map(|&p| Req::Read(p)));
+        let mut results = xs.batch(TxId::NONE, &reqs)?;
+        let read = results.split_off(own);
+        results.into_iter().try_for_each(|r| r.map(drop))?;
+        let control = Control {
             pending_check: true,
             stats_check: false,
             backend_changed: false,
-        })
+        };
+        Ok((control, read))
     }
 
     /// Watch a backend's state node (e.g. `<backend>/state`); a change shows
@@ -205,7 +215,7 @@ mod tests {
     use super::*;
     use crate::boottime::Timeline;
     use crate::time::Cpu;
-    use crate::xenstore::fake;
+    use crate::xenstore::{fake, Errno};
 
     #[test]
     fn the_timeline_is_one_key() {
@@ -230,8 +240,16 @@ mod tests {
     #[test]
     fn init_and_the_backend_watches_are_a_round_trip_each() {
         let (mut xs, srv) = fake::setup();
-        let mut c = Control::init(&mut xs).unwrap();
+        srv.borrow_mut()
+            .tree
+            .insert("device/vif/0/backend".into(), "/b/vif/1/0".into());
+        let (mut c, read) =
+            Control::init_reading(&mut xs, &["device/vif/0/backend", "device/vif/1/backend"])
+                .unwrap();
         assert_eq!(srv.borrow().waits, 1);
+        assert_eq!(read[0], Ok(String::from("/b/vif/1/0")));
+        assert_eq!(read[1].as_ref().unwrap_err().errno(), Some(&Errno::ENOENT));
+        assert_eq!(read.len(), 2);
         {
             let s = srv.borrow();
             assert_eq!(s.tree["control/feature-poweroff"], "1");

@@ -23,6 +23,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 
 /// Where our vifs' frontend directories are (relative to the domain's home).
 const VIFS_PATH: &str = "device/vif";
+/// The first vif's backend node: there is a vif iff it exists.
+const VIF_BACKEND_PATH: &str = "device/vif/0/backend";
 
 /// pvclock time and the vCPU runstate.
 pub struct XenClock;
@@ -76,12 +78,22 @@ pub struct XsToolstack<P: SharedPage, E: Events> {
 impl<P: SharedPage, E: Events> XsToolstack<P, E> {
     /// Advertise shutdown support and watch the control keys.
     pub fn init(xs: Rc<RefCell<Xenstore<P, E>>>) -> Result<Self, XsError> {
-        let control = Control::init(&mut xs.borrow_mut())?;
-        Ok(XsToolstack {
+        Ok(Self::init_reading(xs, &[])?.0)
+    }
+
+    /// [`init`](Self::init), reading `reads` in the same round trip
+    /// ([`Control::init_reading`]).
+    pub fn init_reading(
+        xs: Rc<RefCell<Xenstore<P, E>>>,
+        reads: &[&str],
+    ) -> Result<(Self, Vec<Result<String, XsError>>), XsError> {
+        let (control, read) = Control::init_reading(&mut xs.borrow_mut(), reads)?;
+        let toolstack = XsToolstack {
             xs,
             control,
             watched: Vec::new(),
-        })
+        };
+        Ok((toolstack, read))
     }
 
     /// Watch our vif directories too (`device/vif`: a vif detached or
@@ -241,8 +253,15 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         k.memory.image_end,
         k.memory.unmapped_pages
     );
-    let toolstack = XsToolstack::init(k.xenstore.clone()).map_err(fatal)?;
+    // Whether there is a vif rides along with the control keys: one round
+    // trip for both.
+    let (toolstack, read) =
+        XsToolstack::init_reading(k.xenstore.clone(), &[VIF_BACKEND_PATH]).map_err(fatal)?;
     TIMELINE.mark(Mark::Xs);
+    let vif_backend = read
+        .into_iter()
+        .next()
+        .ok_or_else(|| fatal("xenstore: no reply"))?;
     let sleeper = XenSleeper {
         xenstore_port: k.xenstore_port(),
     };
@@ -257,7 +276,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
 
     // Only "no such node" means no vif; any other xenstore failure is
     // reported as what it is.
-    let has_vif = match k.xenstore.borrow_mut().read("device/vif/0/backend") {
+    let has_vif = match vif_backend {
         Ok(_) => true,
         Err(e) if e.errno() == Some(&Errno::ENOENT) => false,
         Err(e) => {
