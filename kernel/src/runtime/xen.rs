@@ -312,8 +312,9 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         // only the fallback should a watch event be lost.
         state_check_ms: 10_000,
         // The same watch, set in the handshake, wakes netfront when the
-        // backend moves; polling its state every 10 ms (the default) only
-        // kept dom0's xenstored busy while dom0 connects the backend.
+        // backend moves; polling is only the fallback (the default, 10 ms,
+        // is a xenstore round trip every 10 ms while dom0 connects the
+        // backend).
         retry_ms: 50,
         ..netfront::Config::default()
     };
