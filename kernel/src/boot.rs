@@ -70,7 +70,7 @@ boot_stack_top:
     options(att_syntax)
 );
 
-use crate::{console, crash, events, grant, hypercall, mm, time, traps, xenstore};
+use crate::{boottime, console, crash, events, grant, hypercall, mm, time, traps, xenstore};
 use crate::{Kernel, MemoryReport, ShutdownReason, StartInfo, XsEvents, XENSTORE_TIMEOUT_NS};
 
 extern "C" {
@@ -167,11 +167,13 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
         Ok(e) => end = e,
         Err(rc) => log::warn!("could not map memory beyond {} KiB: {rc}", initial_end * 4),
     }
+    boottime::TIMELINE.mark(boottime::Mark::Mem);
     let heap_start = (first_free as usize) * mm::PAGE_SIZE;
     let heap_size = ((end - first_free) as usize) * mm::PAGE_SIZE;
     // SAFETY: [heap_start, heap_start + heap_size) is mapped, writable and
     // unused (past everything Xen placed and the tables map_rest took).
     unsafe { crate::HEAP.init(heap_start, heap_size) };
+    boottime::TIMELINE.mark(boottime::Mark::Heap);
 
     let memory = MemoryReport {
         total_pages: info.nr_pages,

@@ -2,9 +2,11 @@
 //! toolstack writes `control/shutdown`, the guest acknowledges by clearing
 //! it and stops), and the ready key a host script waits for.
 
-use crate::xenstore::{Events, Xenstore, XsError};
-use crate::{Kernel, ShutdownReason};
+use crate::boottime::{BootReport, Mark, TIMELINE};
+use crate::xenstore::{Events, Req, TxId, Xenstore, XsError};
+use crate::{time, Kernel, ShutdownReason};
 use alloc::format;
+use alloc::string::String;
 use netfront::SharedPage;
 
 const SHUTDOWN_PATH: &str = "control/shutdown";
@@ -18,6 +20,9 @@ const STATS_TOKEN: &str = "stats";
 /// (a synchronous read every few hundred ms would stall the guest for as
 /// long as a busy dom0's xenstored takes to answer).
 const BACKEND_TOKEN: &str = "vif-backend";
+/// The boot timeline, written once after `data/ready` (format in
+/// `boottime.rs`).
+const BOOT_PATH: &str = "data/boot";
 
 /// What the toolstack asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,19 +50,39 @@ pub struct Control {
 }
 
 impl Control {
-    /// Advertise what we support and watch `control/shutdown`.
+    /// Advertise what we support and watch `control/shutdown` and the
+    /// stats key: one pipelined batch, a single round trip at boot.
     pub fn init<P: SharedPage, E: Events>(xs: &mut Xenstore<P, E>) -> Result<Control, XsError> {
-        xs.write("control/feature-poweroff", "1")?;
-        xs.write("control/feature-reboot", "1")?;
-        xs.watch(SHUTDOWN_PATH, TOKEN)?;
-        // We create the node, so it is ours and dom0 may write it.
-        xs.write(STATS_PATH, "")?;
-        xs.watch(STATS_PATH, STATS_TOKEN)?;
-        Ok(Control {
+        Ok(Control::init_reading(xs, &[])?.0)
+    }
+
+    /// [`init`](Self::init), and the nodes `reads` read in the same round
+    /// trip: the boot's other questions to xenstore (whether there is a
+    /// vif) ride along. Their results come back as they are, in order.
+    pub fn init_reading<P: SharedPage, E: Events>(
+        xs: &mut Xenstore<P, E>,
+        reads: &[&str],
+    ) -> Result<(Control, alloc::vec::Vec<Result<String, XsError>>), XsError> {
+        let mut reqs = alloc::vec![
+            Req::Write("control/feature-poweroff", "1"),
+            Req::Write("control/feature-reboot", "1"),
+            Req::Watch(SHUTDOWN_PATH, TOKEN),
+            // We create the node, so it is ours and dom0 may write it
+            // (before the watch: its first event finds it empty).
+            Req::Write(STATS_PATH, ""),
+            Req::Watch(STATS_PATH, STATS_TOKEN),
+        ];
+        let own = reqs.len();
+        reqs.extend(reads.iter().map(|&p| Req::Read(p)));
+        let mut results = xs.batch(TxId::NONE, &reqs)?;
+        let read = results.split_off(own);
+        results.into_iter().try_for_each(|r| r.map(drop))?;
+        let control = Control {
             pending_check: true,
             stats_check: false,
             backend_changed: false,
-        })
+        };
+        Ok((control, read))
     }
 
     /// Watch a backend's state node (e.g. `<backend>/state`); a change shows
@@ -70,17 +95,40 @@ impl Control {
         xs.watch(state_path, BACKEND_TOKEN)
     }
 
+    /// [`watch_backend`](Self::watch_backend) for several paths, in one
+    /// round trip.
+    pub fn watch_backends<P: SharedPage, E: Events>(
+        &mut self,
+        xs: &mut Xenstore<P, E>,
+        paths: &[&str],
+    ) -> Result<(), XsError> {
+        let reqs: alloc::vec::Vec<Req<'_>> = paths
+            .iter()
+            .map(|&p| Req::Watch(p, BACKEND_TOKEN))
+            .collect();
+        xs.batch(TxId::NONE, &reqs)?
+            .into_iter()
+            .try_for_each(|r| r.map(drop))
+    }
+
     /// Whether the watched backend state may have changed since the last call.
     pub fn take_backend_changed(&mut self) -> bool {
         core::mem::take(&mut self.backend_changed)
     }
 
-    /// Publish `data/ready` = microseconds from our first instruction.
+    /// Publish `data/ready` = microseconds from our first instruction, then
+    /// the boot timeline: `data/boot` and a console line. The ready key goes
+    /// first (it is what the host waits for); the timeline, taken at the
+    /// same instant, follows one round trip later.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
-        let us = k.uptime_ns() / 1000;
-        k.xenstore
-            .borrow_mut()
-            .write("data/ready", &format!("{us}"))?;
+        let now = time::now_ns();
+        let cpu = time::cpu_since_start();
+        TIMELINE.mark_at(Mark::Ready, now, cpu.map(|c| c.running));
+        let us = now.saturating_sub(k.boot_ns) / 1000;
+        let mut xs = k.xenstore.borrow_mut();
+        xs.write("data/ready", &format!("{us}"))?;
+        let report = BootReport::new(&TIMELINE, k.boot_ns, cpu);
+        publish_boot(&mut xs, &report, |line| crate::println!("{line}"))?;
         Ok(us)
     }
 
@@ -144,9 +192,116 @@ impl Control {
     }
 }
 
+/// Write the boot timeline to `data/boot` and, as `boot: …`, to `console`
+/// (one line per call); marks out of boot order are reported there too.
+pub fn publish_boot<P: SharedPage, E: Events>(
+    xs: &mut Xenstore<P, E>,
+    report: &BootReport,
+    console: fn(core::fmt::Arguments),
+) -> Result<(), XsError> {
+    if let Some((a, b)) = report.out_of_order() {
+        console(format_args!(
+            "boot: mark {} is before {}: the timeline is wrong",
+            b.name(),
+            a.name()
+        ));
+    }
+    console(format_args!("boot: {report}"));
+    xs.write(BOOT_PATH, &format!("{report}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boottime::Timeline;
+    use crate::time::Cpu;
+    use crate::xenstore::{fake, Errno};
+
+    #[test]
+    fn the_timeline_is_one_key() {
+        let (mut xs, srv) = fake::setup();
+        let t = Timeline::new();
+        t.mark_at(Mark::Mem, 1_002_000, None);
+        t.mark_at(Mark::Ready, 1_050_000, None);
+        let cpu = Cpu {
+            running: 30_000,
+            runnable: 0,
+            blocked: 18_000,
+        };
+        publish_boot(&mut xs, &BootReport::new(&t, 1_000_000, Some(cpu)), capture).unwrap();
+        let line = "mem_us=2 ready_us=50 run_us=30 steal_us=0 blocked_us=18";
+        assert_eq!(
+            srv.borrow().tree.get("data/boot").map(String::as_str),
+            Some(line)
+        );
+        assert_eq!(lines(), [format!("boot: {line}")]);
+    }
+
+    #[test]
+    fn init_and_the_backend_watches_are_a_round_trip_each() {
+        let (mut xs, srv) = fake::setup();
+        srv.borrow_mut()
+            .tree
+            .insert("device/vif/0/backend".into(), "/b/vif/1/0".into());
+        let (mut c, read) =
+            Control::init_reading(&mut xs, &["device/vif/0/backend", "device/vif/1/backend"])
+                .unwrap();
+        assert_eq!(srv.borrow().waits, 1);
+        assert_eq!(read[0], Ok(String::from("/b/vif/1/0")));
+        assert_eq!(read[1].as_ref().unwrap_err().errno(), Some(&Errno::ENOENT));
+        assert_eq!(read.len(), 2);
+        {
+            let s = srv.borrow();
+            assert_eq!(s.tree["control/feature-poweroff"], "1");
+            assert_eq!(s.tree["control/feature-reboot"], "1");
+            assert_eq!(s.tree[STATS_PATH], "");
+        }
+        c.watch_backends(&mut xs, &["backend/vif/1/0/state", "device/vif"])
+            .unwrap();
+        assert_eq!(srv.borrow().waits, 2);
+        // Each watch fires once when set: shutdown is checked, the stats key
+        // read (empty: no request), the backend flagged as changed.
+        assert_eq!(c.poll(&mut xs), Ok(None));
+        assert!(c.take_backend_changed());
+        // A request written later arrives through the watch.
+        srv.borrow_mut()
+            .tree
+            .insert(SHUTDOWN_PATH.into(), "reboot".into());
+        srv.borrow_mut()
+            .send_raw(&fake::watch_event(SHUTDOWN_PATH, TOKEN));
+        assert_eq!(
+            c.poll(&mut xs),
+            Ok(Some(Request::Stop(ShutdownReason::Reboot)))
+        );
+    }
+
+    #[test]
+    fn a_timeline_out_of_order_says_so() {
+        let (mut xs, _srv) = fake::setup();
+        let t = Timeline::new();
+        t.mark_at(Mark::Heap, 1_002_000, None);
+        t.mark_at(Mark::Cfg, 1_001_000, None);
+        publish_boot(&mut xs, &BootReport::new(&t, 1_000_000, None), capture).unwrap();
+        assert_eq!(
+            lines(),
+            [
+                "boot: mark cfg is before heap: the timeline is wrong",
+                "boot: heap_us=2 cfg_us=1"
+            ]
+        );
+    }
+
+    std::thread_local! {
+        static LINES: core::cell::RefCell<alloc::vec::Vec<String>> = const { core::cell::RefCell::new(alloc::vec::Vec::new()) };
+    }
+
+    fn capture(line: core::fmt::Arguments) {
+        LINES.with(|l| l.borrow_mut().push(format!("{line}")));
+    }
+
+    fn lines() -> alloc::vec::Vec<String> {
+        LINES.with(|l| l.borrow().clone())
+    }
     #[test]
     fn requests() {
         assert_eq!(parse_request(""), Ok(None));

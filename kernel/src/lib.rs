@@ -26,6 +26,7 @@ extern crate alloc;
 #[cfg(not(any(test, feature = "hosted")))]
 #[allow(unsafe_code)]
 pub mod boot;
+pub mod boottime;
 /// Boot-once cells for memory handed to Xen (replacing `static mut`).
 #[allow(unsafe_code)]
 pub mod cells;

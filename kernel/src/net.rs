@@ -2,12 +2,14 @@
 //! xenstore behind netfront's `Platform` trait, so the driver itself stays
 //! free of `unsafe` and runs in host tests against a fake backend.
 
+use crate::boottime::{Mark, TIMELINE};
 use crate::grant::{GrantError, GrantTable};
 use crate::mm::SharedPage;
-use crate::xenstore::Errno;
+use crate::xenstore::{Errno, XsError};
 use crate::{events, XenstoreHandle};
 use alloc::string::String;
-use netfront::{Error, GrantRef, Platform, Port};
+use alloc::vec::Vec;
+use netfront::{Error, GrantRef, HandshakeStep, Platform, Port};
 
 impl netfront::SharedPage for SharedPage {
     fn read(&self, off: usize, buf: &mut [u8]) {
@@ -114,14 +116,8 @@ impl Platform for XenPlatform {
     }
 
     fn xs_read(&mut self, path: &str) -> Result<String, Error> {
-        match self.xs.borrow_mut().read(path) {
-            Ok(v) => Ok(v),
-            Err(e) if e.errno() == Some(&Errno::ENOENT) => Err(Error::XsNotFound),
-            Err(e) => {
-                log::warn!("netfront: {e}");
-                Err(Error::Xenstore)
-            }
-        }
+        let result = self.xs.borrow_mut().read(path);
+        read_result(result)
     }
 
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), Error> {
@@ -129,5 +125,41 @@ impl Platform for XenPlatform {
             log::warn!("netfront: {e}");
             Error::Xenstore
         })
+    }
+
+    /// Pipelined: one round trip for the lot (`Xenstore::read_all`).
+    fn xs_read_all(&mut self, paths: &[&str]) -> Vec<Result<String, Error>> {
+        let results = self.xs.borrow_mut().read_all(paths);
+        results.into_iter().map(read_result).collect()
+    }
+
+    /// One transaction, the writes pipelined (`Xenstore::write_all`).
+    fn xs_write_all(&mut self, writes: &[(&str, &str)]) -> Result<(), Error> {
+        self.xs.borrow_mut().write_all(writes).map_err(|e| {
+            log::warn!("netfront: {e}");
+            Error::Xenstore
+        })
+    }
+
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        TIMELINE.mark(match step {
+            HandshakeStep::DeviceRead => Mark::NfFront,
+            HandshakeStep::BackendInitWait => Mark::NfInitWait,
+            HandshakeStep::KeysWritten => Mark::NfKeys,
+            HandshakeStep::BackendConnected => Mark::NfConn,
+        });
+    }
+}
+
+/// A xenstore read as netfront wants it: ENOENT is "not found", any other
+/// failure is logged (netfront only learns that the read failed).
+fn read_result(r: Result<String, XsError>) -> Result<String, Error> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.errno() == Some(&Errno::ENOENT) => Err(Error::XsNotFound),
+        Err(e) => {
+            log::warn!("netfront: {e}");
+            Err(Error::Xenstore)
+        }
     }
 }

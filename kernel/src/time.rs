@@ -152,7 +152,34 @@ pub fn init_runstate() -> Result<(), i64> {
         return Err(rc);
     }
     RUNSTATE_ON.store(true, Ordering::Release);
+    if let Some(c) = cpu() {
+        for (at, v) in RUNSTATE_AT_START
+            .iter()
+            .zip([c.running, c.runnable, c.blocked])
+        {
+            at.store(v, Ordering::Relaxed);
+        }
+    }
     Ok(())
+}
+
+/// The runstate totals when [`init_runstate`] registered the area: Xen
+/// counts from the vCPU's creation, which includes time before our first
+/// instruction.
+static RUNSTATE_AT_START: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// Where our vCPU's time went since the runstate area was registered (a few
+/// µs after the first instruction): the boot timeline's CPU part.
+pub fn cpu_since_start() -> Option<Cpu> {
+    let now = cpu()?;
+    let [r, q, b] = RUNSTATE_AT_START
+        .each_ref()
+        .map(|a| a.load(Ordering::Relaxed));
+    Some(Cpu {
+        running: now.running.saturating_sub(r),
+        runnable: now.runnable.saturating_sub(q),
+        blocked: now.blocked.saturating_sub(b),
+    })
 }
 
 /// vCPU 0's time so far, in ns: running, runnable (steal) and blocked.

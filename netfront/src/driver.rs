@@ -49,6 +49,9 @@ pub struct Netfront<P: Platform> {
     phase: Phase,
     now: u64,
     handshake_start: u64,
+    /// This handshake told the platform about the backend's InitWait
+    /// (`publish` may run more than once: it retries an unreadable key).
+    initwait_seen: bool,
     next_check: u64,
     next_retry: u64,
     datapath: Option<Datapath<P>>,
@@ -88,6 +91,7 @@ impl<P: Platform> Netfront<P> {
             phase: Phase::Start,
             now: 0,
             handshake_start: 0,
+            initwait_seen: false,
             next_check: 0,
             next_retry: 0,
             datapath: None,
@@ -218,12 +222,15 @@ impl<P: Platform> Netfront<P> {
     }
 
     /// Re-read the backend's state on the next [`poll`](Self::poll), e.g.
-    /// because a xenstore watch on it fired. Between such calls the driver
-    /// re-reads it only every `state_check_ms`: each read is a synchronous
-    /// xenstore round trip, which stalls the guest for as long as a busy
-    /// dom0 takes to answer.
+    /// because a xenstore watch on it fired; in the handshake and while
+    /// closing too, without waiting for `retry_ms`. Between such calls the
+    /// driver re-reads it only every `state_check_ms` (`retry_ms` while
+    /// waiting on the backend): each read is a synchronous xenstore round
+    /// trip, which stalls the guest for as long as a busy dom0 takes to
+    /// answer.
     pub fn check_backend_soon(&mut self) {
         self.next_check = 0;
+        self.next_retry = 0;
     }
 
     pub fn backend_features(&self) -> &BackendFeatures {

@@ -209,7 +209,7 @@ pub use layout::{
     Layout, MemoryUse, MAX_MTU, MAX_RX_FRAME, MIN_MTU, RX_BUFFERS_FOR_OFFLOAD, RX_MAX_DATA_SLOTS,
     TSO_MAX_PAGES, TX_BUF_SIZE,
 };
-pub use platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
+pub use platform::{Error, GrantRef, HandshakeStep, Platform, Port, SharedPage, PAGE_SIZE};
 pub use stats::Stats;
 pub use types::{BackendFeatures, Event, Misbehavior, Offload, OffloadOff, Reason, State};
 pub use xenbus::XenbusState;

@@ -7,6 +7,7 @@
 //! trip the kernel may spin on; that is the kernel's business.)
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 /// Size of a Xen page and of every page the driver shares.
@@ -92,6 +93,43 @@ pub trait Platform {
     fn xs_read(&mut self, path: &str) -> Result<String, Error>;
     /// Write (create or overwrite) a xenstore node.
     fn xs_write(&mut self, path: &str, value: &str) -> Result<(), Error>;
+
+    /// Read several nodes: one result each, in order, as
+    /// [`xs_read`](Platform::xs_read) gives them. A kernel that can send
+    /// them all before waiting (one round trip instead of one each) should;
+    /// by default they are read one by one.
+    fn xs_read_all(&mut self, paths: &[&str]) -> Vec<Result<String, Error>> {
+        paths.iter().map(|p| self.xs_read(p)).collect()
+    }
+
+    /// Write several nodes, in order, all or none: a kernel should use one
+    /// xenstore transaction (retried while xenstored reports a conflict)
+    /// and send the writes without waiting for each. By default they are
+    /// written one by one, stopping at the first failure.
+    fn xs_write_all(&mut self, writes: &[(&str, &str)]) -> Result<(), Error> {
+        writes.iter().try_for_each(|(p, v)| self.xs_write(p, v))
+    }
+
+    /// The handshake just passed `step` (for the kernel's boot timeline);
+    /// called once per step and connection, right after the step's xenstore
+    /// work. Nothing by default.
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        let _ = step;
+    }
+}
+
+/// The points of the xenbus handshake [`Platform::handshake_step`] reports,
+/// in the order a connection passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeStep {
+    /// Our device's keys (backend, mac, mtu) read, Initialising written.
+    DeviceRead,
+    /// The backend is in InitWait (its hotplug is done).
+    BackendInitWait,
+    /// Our rings, event channel, features and Connected written.
+    KeysWritten,
+    /// The backend is Connected.
+    BackendConnected,
 }
 
 /// Errors from the platform and from the driver itself.

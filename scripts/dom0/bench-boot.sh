@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs inside the testbed's dom0 (scripts/bench-boot puts it there): start
 # the Miniproxy kernel and the floor kernel RUNS times each, interleaved,
-# with the same xl config, and print one BENCH line per run. A benchmark: it
+# with the same xl config, and print one BENCH line per run (ending with the
+# guest's data/boot timeline). A benchmark: it
 # measures and prints, it does not pass or fail on time.
 . /root/lib.sh
 cd /root/payload
@@ -25,18 +26,36 @@ one() {   # one KIND KERNEL N
     done
     ready_ms=$(( $(now_ms) - t0 ))
     guest_us=$(xenstore-read "/local/domain/$id/data/ready")
+    # The guest's boot timeline (KEY_us=… offsets, run/steal/blocked) comes
+    # one xenstore round trip after the ready key.
+    local t2 boot=''
+    t2=$(now_ms)
+    until boot=$(xenstore-read "/local/domain/$id/data/boot" 2>/dev/null); do
+        [ $(( $(now_ms) - t2 )) -gt 5000 ] && { echo "BENCHERR $kind $n: no data/boot key"; break; }
+        sleep 0.01
+    done
     t1=$(now_ms)
     xl_destroy "$name" >/dev/null || { echo "BENCHERR $kind $n: xl destroy failed"; return 1; }
     destroy_ms=$(( $(now_ms) - t1 ))
-    echo "BENCH kind=$kind run=$n create_ms=$create_ms ready_ms=$ready_ms guest_us=$guest_us destroy_ms=$destroy_ms"
+    echo "BENCH kind=$kind run=$n create_ms=$create_ms ready_ms=$ready_ms guest_us=$guest_us destroy_ms=$destroy_ms $boot"
 }
 
 echo "BENCHINFO accel=${TESTBED_ACCEL:-unknown} runs=$RUNS memory=4 vif=vif-fast"
 # One untimed warm-up of each, so the first measured run does not pay for
 # cold caches in dom0 (xl's libraries, the kernel files).
+# An alternative Miniproxy image (scripts/bench-boot --alt) runs as kind
+# "alt" in every round, so A and B see the same dom0 and host load.
+ALT=''
+[ -f miniproxy-alt ] && ALT=miniproxy-alt
 one miniproxy miniproxy 0 >/dev/null
+[ -z "$ALT" ] || one alt "$ALT" 0 >/dev/null
 one floor floor 0 >/dev/null
 for n in $(seq 1 "$RUNS"); do
-    one miniproxy miniproxy "$n"
+    # Which Miniproxy goes first alternates, so neither always follows the floor.
+    if [ -n "$ALT" ] && [ $((n % 2)) = 0 ]; then
+        one alt "$ALT" "$n"; one miniproxy miniproxy "$n"
+    else
+        one miniproxy miniproxy "$n"; [ -z "$ALT" ] || one alt "$ALT" "$n"
+    fi
     one floor floor "$n"
 done

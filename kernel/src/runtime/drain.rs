@@ -131,6 +131,10 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         nic.close();
         let deadline = self.clock.now_ns() + NIC_RELEASE_TIMEOUT_NS;
         while !already_down && self.clock.now_ns() < deadline {
+            // Read the backend's state on every pass (at most every 10 ms,
+            // below), not only at netfront's retry interval: nothing else
+            // wakes this wait when the backend moves.
+            nic.check_backend_soon();
             if let Some(Event::Released { leaked_pages }) = nic.poll(self.now_ms()) {
                 if leaked_pages > 0 {
                     log::warn!(

@@ -90,6 +90,10 @@ pub trait Toolstack {
     fn poll_request(&mut self) -> Result<Option<Request>, XsError>;
     /// Whether the watched backend state may have changed since the last call.
     fn take_backend_changed(&mut self) -> bool;
+    /// Watch a backend's state node; its changes show in
+    /// [`take_backend_changed`](Self::take_backend_changed). Watching a path
+    /// already watched does nothing.
+    fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError>;
     fn write(&mut self, path: &str, value: &str) -> Result<(), XsError>;
 }
 
@@ -103,6 +107,9 @@ pub trait Nic {
     fn port(&self) -> Option<u32>;
     /// Re-read the backend's state soon (its watch fired).
     fn check_backend_soon(&mut self);
+    /// The backend's state node, once the handshake has read where the
+    /// backend is.
+    fn backend_state_path(&self) -> Option<String>;
     /// The offload mode, for the log.
     fn offload(&self) -> String;
     /// The driver's counters, one line.

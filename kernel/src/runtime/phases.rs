@@ -37,7 +37,13 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
 
     /// Poll netfront until the backend is Connected; its MAC. Netfront times
     /// the handshake out by itself (a `Disconnected` event, fatal here).
+    ///
+    /// The backend's state is watched as soon as netfront knows where the
+    /// backend is: each change then wakes the sleep and netfront reads it
+    /// at once, rather than at its next retry (a xenstore round trip each,
+    /// which a dom0 busy connecting the backend would answer late anyway).
     pub fn handshake<N: Nic>(&mut self, nic: &mut N) -> Result<[u8; 6], Exit> {
+        let mut watching = false;
         loop {
             for _ in 0..NIC_EVENTS_PER_PASS {
                 match nic.poll(self.now_ms()) {
@@ -56,8 +62,21 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
                     None => break,
                 }
             }
+            if !watching {
+                if let Some(path) = nic.backend_state_path() {
+                    // Without the watch netfront still polls: not fatal.
+                    if let Err(e) = self.toolstack.watch_backend(&path) {
+                        log::warn!("netfront: cannot watch {path}: {e}");
+                    }
+                    watching = true;
+                }
+            }
             if let Some(exit) = self.check_control_bare() {
                 return Err(exit);
+            }
+            if self.toolstack.take_backend_changed() {
+                nic.check_backend_soon();
+                continue;
             }
             let wait = nic
                 .poll_delay(self.now_ms())

@@ -90,6 +90,8 @@ struct FakeNic {
     release_after: u32,
     polls_after_close: u32,
     backend_checks: u32,
+    /// Where the backend is, once the handshake "read" it.
+    backend: Option<String>,
     /// Connected with this MAC on this poll (counting from 1).
     connect_on_poll: Option<(u32, [u8; 6])>,
     polls: u32,
@@ -138,6 +140,9 @@ impl Nic for FakeNic {
     }
     fn check_backend_soon(&mut self) {
         self.backend_checks += 1;
+    }
+    fn backend_state_path(&self) -> Option<String> {
+        self.backend.as_ref().map(|b| format!("{b}/state"))
     }
     fn offload(&self) -> String {
         "off".into()
@@ -455,6 +460,9 @@ fn idle_exit_fires_after_exactly_the_configured_idle_time() {
     // The exit drains netfront: closed, and waited on (NIC port only) until Released.
     assert!(nic.closed);
     assert_eq!(nic.polls_after_close, 3);
+    // Netfront was told to read the backend's state on each of those
+    // polls: its own retry interval is longer than this wait.
+    assert_eq!(nic.backend_checks, 3);
     assert_eq!(
         r.waits.borrow().last().unwrap().0,
         WakeOn {
@@ -723,6 +731,69 @@ fn handshake_returns_the_mac_once_connected() {
     // 3 nothing (sleep 30 ms), 4 Connected.
     assert_eq!(r.now.get(), T0 + 60 * MS);
     assert_eq!(r.waits.borrow().len(), 2);
+}
+
+#[test]
+fn handshake_watches_the_backend_and_polls_netfront_when_it_changes() {
+    let mut r = rig();
+    let mac = [0, 0x16, 0x3e, 1, 2, 3];
+    let backend = "/local/domain/0/backend/vif/1/0";
+    let state = format!("{backend}/state");
+    let mut nic = FakeNic {
+        delay_ms: Some(50),
+        connect_on_poll: Some((4, mac)),
+        backend: Some(backend.into()),
+        ..Default::default()
+    };
+    let srv = r.srv.clone();
+    let ev_path = state.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        if n == 1 {
+            // The backend moves on while the guest sleeps.
+            srv.borrow_mut()
+                .send_raw(&watch_event(&ev_path, "vif-backend"));
+        }
+    });
+    assert_eq!(r.rt.handshake(&mut nic), Ok(mac));
+    // Poll 1, the watch set (its first event: check now, no sleep), poll 2,
+    // sleep; the watch fires: poll 3 at once, poll 4 Connected.
+    assert_eq!(nic.backend_checks, 2);
+    assert_eq!(r.waits.borrow().len(), 1);
+    assert_eq!(r.now.get(), T0 + 50 * MS);
+    let count = r
+        .srv
+        .borrow()
+        .log
+        .iter()
+        .filter(|(t, _, p)| *t == MsgType::Watch as u32 && p.starts_with(state.as_bytes()))
+        .count();
+    assert_eq!(count, 1);
+    // After ready the backend is not watched twice (xenstored would refuse
+    // it), the vifs are.
+    r.rt.toolstack.watch_backend_and_vifs(&state).unwrap();
+    r.rt.toolstack.watch_backend(&state).unwrap();
+    let s = r.srv.borrow();
+    let watched: Vec<_> = s
+        .log
+        .iter()
+        .filter(|(t, _, _)| *t == MsgType::Watch as u32)
+        .map(|(_, _, p)| {
+            String::from_utf8_lossy(p)
+                .split('\0')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        watched,
+        [
+            "control/shutdown",
+            "data/stats-dump",
+            state.as_str(),
+            "device/vif"
+        ]
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use super::budget::{engine_budget, Budget};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
+use crate::boottime::{Mark, TIMELINE};
 use crate::control::{Control, Request};
 use crate::net::XenPlatform;
 use crate::time::{self, Cpu};
@@ -12,6 +13,7 @@ use crate::{events, Kernel};
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use netfront::{Event, Netfront, SharedPage};
 use proxy::config::Config;
@@ -21,6 +23,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 
 /// Where our vifs' frontend directories are (relative to the domain's home).
 const VIFS_PATH: &str = "device/vif";
+/// The first vif's backend node: there is a vif iff it exists.
+const VIF_BACKEND_PATH: &str = "device/vif/0/backend";
 
 /// pvclock time and the vCPU runstate.
 pub struct XenClock;
@@ -66,19 +70,30 @@ impl Sleeper for XenSleeper {
 pub struct XsToolstack<P: SharedPage, E: Events> {
     pub xs: Rc<RefCell<Xenstore<P, E>>>,
     pub control: Control,
+    /// The paths watched with the backend token (xenstored refuses the same
+    /// watch twice).
+    watched: Vec<String>,
 }
 
 impl<P: SharedPage, E: Events> XsToolstack<P, E> {
     /// Advertise shutdown support and watch the control keys.
     pub fn init(xs: Rc<RefCell<Xenstore<P, E>>>) -> Result<Self, XsError> {
-        let control = Control::init(&mut xs.borrow_mut())?;
-        Ok(XsToolstack { xs, control })
+        Ok(Self::init_reading(xs, &[])?.0)
     }
 
-    /// Watch the vif backend's state node (`take_backend_changed` reports it).
-    pub fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError> {
-        self.control
-            .watch_backend(&mut self.xs.borrow_mut(), state_path)
+    /// [`init`](Self::init), reading `reads` in the same round trip
+    /// ([`Control::init_reading`]).
+    pub fn init_reading(
+        xs: Rc<RefCell<Xenstore<P, E>>>,
+        reads: &[&str],
+    ) -> Result<(Self, Vec<Result<String, XsError>>), XsError> {
+        let (control, read) = Control::init_reading(&mut xs.borrow_mut(), reads)?;
+        let toolstack = XsToolstack {
+            xs,
+            control,
+            watched: Vec::new(),
+        };
+        Ok((toolstack, read))
     }
 
     /// Watch our vif directories too (`device/vif`: a vif detached or
@@ -86,6 +101,18 @@ impl<P: SharedPage, E: Events> XsToolstack<P, E> {
     /// backend and, once disconnected, looks for a vif attached again.
     pub fn watch_vifs(&mut self) -> Result<(), XsError> {
         self.watch_backend(VIFS_PATH)
+    }
+
+    /// Both of the above in one round trip (the ones not watched yet).
+    pub fn watch_backend_and_vifs(&mut self, state_path: &str) -> Result<(), XsError> {
+        let new: Vec<&str> = [state_path, VIFS_PATH]
+            .into_iter()
+            .filter(|p| !self.watched.iter().any(|w| w == p))
+            .collect();
+        self.control
+            .watch_backends(&mut self.xs.borrow_mut(), &new)?;
+        self.watched.extend(new.into_iter().map(String::from));
+        Ok(())
     }
 }
 
@@ -95,6 +122,15 @@ impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
     }
     fn take_backend_changed(&mut self) -> bool {
         self.control.take_backend_changed()
+    }
+    fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError> {
+        if self.watched.iter().any(|w| w == state_path) {
+            return Ok(());
+        }
+        self.control
+            .watch_backend(&mut self.xs.borrow_mut(), state_path)?;
+        self.watched.push(state_path.into());
+        Ok(())
     }
     fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
         self.xs.borrow_mut().write(path, value)
@@ -113,6 +149,10 @@ impl Nic for Netfront<XenPlatform> {
     }
     fn check_backend_soon(&mut self) {
         Netfront::check_backend_soon(self)
+    }
+    fn backend_state_path(&self) -> Option<String> {
+        let backend = self.backend_path();
+        (!backend.is_empty()).then(|| format!("{backend}/state"))
     }
     fn offload(&self) -> String {
         Netfront::offload(self).to_string()
@@ -203,6 +243,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     );
     let line = k.start_info.cmdline().map_err(fatal)?;
     let cfg = Config::parse(line).map_err(fatal)?;
+    TIMELINE.mark(Mark::Cfg);
     log::set_max_level(cfg.loglevel);
     crate::println!("miniproxy: config: {cfg}");
     log::debug!(
@@ -212,7 +253,15 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         k.memory.image_end,
         k.memory.unmapped_pages
     );
-    let toolstack = XsToolstack::init(k.xenstore.clone()).map_err(fatal)?;
+    // Whether there is a vif rides along with the control keys: one round
+    // trip for both.
+    let (toolstack, read) =
+        XsToolstack::init_reading(k.xenstore.clone(), &[VIF_BACKEND_PATH]).map_err(fatal)?;
+    TIMELINE.mark(Mark::Xs);
+    let vif_backend = read
+        .into_iter()
+        .next()
+        .ok_or_else(|| fatal("xenstore: no reply"))?;
     let sleeper = XenSleeper {
         xenstore_port: k.xenstore_port(),
     };
@@ -227,7 +276,7 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
 
     // Only "no such node" means no vif; any other xenstore failure is
     // reported as what it is.
-    let has_vif = match k.xenstore.borrow_mut().read("device/vif/0/backend") {
+    let has_vif = match vif_backend {
         Ok(_) => true,
         Err(e) if e.errno() == Some(&Errno::ENOENT) => false,
         Err(e) => {
@@ -262,18 +311,16 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         // A watch on the backend's state wakes the check (serve); this is
         // only the fallback should a watch event be lost.
         state_check_ms: 10_000,
+        // The same watch, set in the handshake, wakes netfront when the
+        // backend moves; polling is only the fallback (the default, 10 ms,
+        // is a xenstore round trip every 10 ms while dom0 connects the
+        // backend).
+        retry_ms: 50,
         ..netfront::Config::default()
     };
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
     let mut nf = Netfront::new(platform, nf_cfg).map_err(|e| fatal(format!("netfront: {e}")))?;
     let mac = rt.handshake(&mut nf)?;
-    let state_path = format!("{}/state", nf.backend_path());
-    rt.toolstack
-        .watch_backend(&state_path)
-        .map_err(|e| fatal(format!("net: cannot watch {state_path}: {e}")))?;
-    rt.toolstack
-        .watch_vifs()
-        .map_err(|e| fatal(format!("net: cannot watch {VIFS_PATH}: {e}")))?;
     let mem = nf.memory();
     log::info!(
         "netfront: {} pages ({} KiB) for rings and buffers",
@@ -307,7 +354,18 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     );
 
     rt.address(&mut nf, &mut engine, &cfg)?;
+    TIMELINE.mark(Mark::Addr);
     let us = Control::ready(k).map_err(fatal)?;
     log::info!("ready after {us} us");
+    // After ready, which they do not need: a watch fires once when set, so
+    // a change before this is not missed, only seen a moment later.
+    let state_path = format!("{}/state", nf.backend_path());
+    rt.toolstack
+        .watch_backend_and_vifs(&state_path)
+        .map_err(|e| {
+            fatal(format!(
+                "net: cannot watch {state_path} and {VIFS_PATH}: {e}"
+            ))
+        })?;
     Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit))
 }

@@ -4,7 +4,9 @@
 //! The client is synchronous on purpose. The guest talks to xenstore at boot
 //! (read config, write the ready key) and then only listens for watch events,
 //! which [`Xenstore::poll_watch`] collects without blocking. One outstanding
-//! request keeps reply matching trivial and every wait bounded by a deadline.
+//! request keeps reply matching trivial and every wait bounded by a deadline;
+//! the one exception, [`Xenstore::batch`] (`batch.rs`), sends several at once
+//! where a round trip each would add up (netfront's handshake).
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -13,6 +15,10 @@ use core::fmt;
 
 use super::ring::{self, Corrupt, SharedPage};
 use super::wire::{self, Errno, Header, MsgType, WatchEvent, WireError, HEADER_LEN};
+
+#[path = "batch.rs"]
+mod batch;
+pub use batch::{Req, MAX_BATCH};
 
 /// The xenstore event channel and the clock, as the client needs them.
 pub trait Events {

@@ -5,7 +5,7 @@
 //! - [`ring`]: the shared page and its two byte rings, behind
 //!   [`netfront::SharedPage`] (the workspace's one shared-page trait).
 //! - [`client`]: [`Xenstore`], requests with deadlines, transactions with
-//!   retry, watch events.
+//!   retry, watch events; pipelined batches (`batch.rs`).
 //!
 //! The kernel supplies the page (its `mm::SharedPage` over the mapped
 //! `start_info.store_mfn` page) and the event channel and clock (an
@@ -17,6 +17,8 @@ pub mod client;
 pub mod ring;
 pub mod wire;
 
+#[cfg(test)]
+mod batch_tests;
 /// The fake xenstored of the tests, also for the fuzz targets (`hosted`).
 #[cfg(any(test, feature = "hosted"))]
 pub mod fake;
@@ -24,7 +26,7 @@ pub mod fake;
 mod tests;
 
 pub use client::{
-    Broken, Events, Op, Tx, TxId, Xenstore, XsError, DEFAULT_TIMEOUT_NS, MAX_QUEUED_EVENTS,
-    MAX_TX_ATTEMPTS,
+    Broken, Events, Op, Req, Tx, TxId, Xenstore, XsError, DEFAULT_TIMEOUT_NS, MAX_BATCH,
+    MAX_QUEUED_EVENTS, MAX_TX_ATTEMPTS,
 };
 pub use wire::{Errno, WatchEvent, WireError};

@@ -9,12 +9,13 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use super::{Netfront, Phase};
 use crate::datapath::{Datapath, Shared};
 use crate::layout::{Layout, MAX_MTU, MAX_RX_FRAME, MIN_MTU, RX_BUFFERS_FOR_OFFLOAD, TX_BUF_SIZE};
-use crate::platform::{Error, Platform, PAGE_SIZE};
+use crate::platform::{Error, HandshakeStep, Platform, PAGE_SIZE};
 use crate::types::{BackendFeatures, Event, Offload, OffloadOff, Reason};
 use crate::xenbus::{parse_flag, parse_mac, parse_u32, XenbusState};
 
@@ -65,28 +66,23 @@ impl<P: Platform> Netfront<P> {
         self.platform.xs_read(&path)
     }
 
-    /// A node of our device directory that the protocol needs, parsed: the
-    /// error says whether it is missing, unreadable or unparsable.
-    fn read_front_value<T>(
+    /// Several nodes of `dir` read at once (one xenstore round trip where
+    /// the platform pipelines them), a result per key in order.
+    fn read_all<const N: usize>(
         &mut self,
-        key: &'static str,
-        parse: impl FnOnce(&str) -> Option<T>,
-    ) -> Result<T, Error> {
-        match self.read_front(key) {
-            Ok(v) => parse(&v).ok_or(Error::BadXenstoreValue(key)),
-            Err(Error::XsNotFound) => Err(Error::MissingXenstoreValue(key)),
-            Err(_) => Err(Error::XenstoreRead(key)),
-        }
+        dir: &str,
+        keys: [&str; N],
+    ) -> [Result<String, Error>; N] {
+        let paths = keys.map(|k| format!("{dir}/{k}"));
+        let refs = paths.each_ref().map(String::as_str);
+        let mut got = self.platform.xs_read_all(&refs).into_iter();
+        // A platform that answered fewer than asked: the rest is unreadable.
+        core::array::from_fn(|_| got.next().unwrap_or(Err(Error::Xenstore)))
     }
 
     fn write_front(&mut self, key: &str, value: &str) -> Result<(), Error> {
         let path = format!("{}/{key}", self.front);
         self.platform.xs_write(&path, value)
-    }
-
-    fn read_back(&mut self, key: &str) -> Option<String> {
-        let path = format!("{}/{key}", self.backend);
-        self.platform.xs_read(&path).ok()
     }
 
     /// The backend's `state` node: `Ok(None)` when it does not exist (the
@@ -143,7 +139,11 @@ impl<P: Platform> Netfront<P> {
 
     pub(super) fn step_start(&mut self) {
         self.handshake_start = self.now;
-        let backend = match self.read_front("backend") {
+        self.initwait_seen = false;
+        let front = self.front.clone();
+        let [backend, backend_id, mac, mtu] =
+            self.read_all(&front, ["backend", "backend-id", "mac", "mtu"]);
+        let backend = match backend {
             Ok(b) => b,
             Err(Error::XsNotFound) => return self.fail(Error::NoDevice),
             Err(_) => return self.fail(Error::XenstoreRead("backend")),
@@ -152,17 +152,17 @@ impl<P: Platform> Netfront<P> {
         if self.backend.is_empty() {
             return self.fail(Error::BadXenstoreValue("backend"));
         }
-        self.backend_id = match self.read_front_value("backend-id", |v| {
+        self.backend_id = match front_value("backend-id", backend_id, |v| {
             parse_u32(v).and_then(|v| u16::try_from(v).ok())
         }) {
             Ok(v) => v,
             Err(e) => return self.fail(e),
         };
-        self.mac = match self.read_front_value("mac", parse_mac) {
+        self.mac = match front_value("mac", mac, parse_mac) {
             Ok(m) => m,
             Err(e) => return self.fail(e),
         };
-        self.mtu = match self.read_front("mtu") {
+        self.mtu = match mtu {
             Err(Error::XsNotFound) => 1500, // netif.h: absent means 1500
             Err(_) => {
                 log::warn!("netfront: xenstore error reading mtu: using 1500");
@@ -189,6 +189,7 @@ impl<P: Platform> Netfront<P> {
         if let Err(e) = self.set_state(XenbusState::Initialising) {
             return self.fail(e);
         }
+        self.platform.handshake_step(HandshakeStep::DeviceRead);
         log::info!(
             "netfront: vif{} backend {} (dom{}), mac {}, mtu {}",
             self.cfg.vif,
@@ -225,43 +226,63 @@ impl<P: Platform> Netfront<P> {
         }
     }
 
-    fn read_features(&mut self) -> BackendFeatures {
-        let mut flag = |key: &str| parse_flag(self.read_back(key).as_deref());
-        let mut f = BackendFeatures {
-            rx_copy: false, // read by the caller
-            rx_flip: flag("feature-rx-flip"),
-            sg: flag("feature-sg"),
-            gso_tcpv4: flag("feature-gso-tcpv4"),
-            gso_tcpv6: flag("feature-gso-tcpv6"),
-            ipv6_csum_offload: flag("feature-ipv6-csum-offload"),
-            split_event_channels: flag("feature-split-event-channels"),
-            multi_queue_max_queues: 0,
-            ctrl_ring: flag("feature-ctrl-ring"),
-            multicast_control: flag("feature-multicast-control"),
-            dynamic_multicast_control: flag("feature-dynamic-multicast-control"),
+    /// The backend's features, read in one batch: `Err` when the one we
+    /// need, `feature-rx-copy`, could not be read (absent reads as off; an
+    /// optional one unreadable reads as absent).
+    fn read_features(&mut self) -> Result<BackendFeatures, ()> {
+        let backend = self.backend.clone();
+        let [rx_copy, rx_flip, sg, gso4, gso6, csum6, split, ctrl, mc, dmc, queues] = self
+            .read_all(
+                &backend,
+                [
+                    "feature-rx-copy",
+                    "feature-rx-flip",
+                    "feature-sg",
+                    "feature-gso-tcpv4",
+                    "feature-gso-tcpv6",
+                    "feature-ipv6-csum-offload",
+                    "feature-split-event-channels",
+                    "feature-ctrl-ring",
+                    "feature-multicast-control",
+                    "feature-dynamic-multicast-control",
+                    "multi-queue-max-queues",
+                ],
+            );
+        let rx_copy = match rx_copy {
+            Ok(v) => parse_flag(Some(&v)),
+            Err(Error::XsNotFound) => false,
+            Err(_) => return Err(()),
         };
-        f.multi_queue_max_queues = self
-            .read_back("multi-queue-max-queues")
-            .as_deref()
-            .and_then(parse_u32)
-            .unwrap_or(1);
-        f
+        let flag = |r: Result<String, Error>| parse_flag(r.ok().as_deref());
+        Ok(BackendFeatures {
+            rx_copy,
+            rx_flip: flag(rx_flip),
+            sg: flag(sg),
+            gso_tcpv4: flag(gso4),
+            gso_tcpv6: flag(gso6),
+            ipv6_csum_offload: flag(csum6),
+            split_event_channels: flag(split),
+            multi_queue_max_queues: queues.ok().as_deref().and_then(parse_u32).unwrap_or(1),
+            ctrl_ring: flag(ctrl),
+            multicast_control: flag(mc),
+            dynamic_multicast_control: flag(dmc),
+        })
     }
 
     /// Backend is InitWait: allocate and grant everything, write our keys,
     /// switch to Connected (netback connects on frontend Connected; it
     /// ignores Initialised).
     fn publish(&mut self) {
+        if !self.initwait_seen {
+            self.initwait_seen = true;
+            self.platform.handshake_step(HandshakeStep::BackendInitWait);
+        }
         // The one feature we need: absent is a clear error, unreadable (a
         // transient xenstore failure) is retried on the next poll.
-        let path = format!("{}/feature-rx-copy", self.backend);
-        let rx_copy = match self.platform.xs_read(&path) {
-            Ok(v) => parse_flag(Some(&v)),
-            Err(Error::XsNotFound) => false,
-            Err(_) => return,
+        self.features = match self.read_features() {
+            Ok(f) => f,
+            Err(()) => return,
         };
-        self.features = self.read_features();
-        self.features.rx_copy = rx_copy;
         log::info!(
             "netfront: vif{} backend features: {}",
             self.cfg.vif,
@@ -289,6 +310,7 @@ impl<P: Platform> Netfront<P> {
         if let Err(e) = self.write_keys() {
             return self.fail(e);
         }
+        self.platform.handshake_step(HandshakeStep::KeysWritten);
         self.phase = Phase::WaitConnected;
         self.step_wait_connected();
     }
@@ -361,28 +383,36 @@ impl<P: Platform> Netfront<P> {
         Ok(())
     }
 
+    /// Our keys and Connected, all at once (one transaction where the
+    /// platform has them): the backend never sees a half-written set.
     fn write_keys(&mut self) -> Result<(), Error> {
         let datapath = self.datapath.as_ref().ok_or(Error::Xenstore)?;
         let (tx, rx) = (datapath.tx_ring_ref().0, datapath.rx_ring_ref().0);
         let port = datapath.port.map_or(0, |p| p.0);
-        self.write_front("tx-ring-ref", &format!("{tx}"))?;
-        self.write_front("rx-ring-ref", &format!("{rx}"))?;
-        self.write_front("event-channel", &format!("{port}"))?;
-        let keys = if self.offload.is_on() {
+        let features = if self.offload.is_on() {
             FRONTEND_FEATURES_OFFLOAD
         } else {
             FRONTEND_FEATURES
         };
-        for (k, v) in keys {
-            self.write_front(k, v)?;
-        }
-        // Last, so the backend sees every key when it reacts to the state.
-        self.set_state(XenbusState::Connected)
+        let values = [format!("{tx}"), format!("{rx}"), format!("{port}")];
+        let keys = ["tx-ring-ref", "rx-ring-ref", "event-channel"]
+            .into_iter()
+            .zip(values.iter().map(String::as_str))
+            .chain(features.iter().copied())
+            // Last, so the backend sees every key when it reacts to the state.
+            .chain([("state", XenbusState::Connected.as_str())]);
+        let paths: Vec<(String, &str)> = keys
+            .map(|(k, v)| (format!("{}/{k}", self.front), v))
+            .collect();
+        let writes: Vec<(&str, &str)> = paths.iter().map(|(p, v)| (p.as_str(), *v)).collect();
+        self.platform.xs_write_all(&writes)
     }
 
     pub(super) fn step_wait_connected(&mut self) {
         match self.backend_state() {
             Ok(Some(XenbusState::Connected)) => {
+                self.platform
+                    .handshake_step(HandshakeStep::BackendConnected);
                 self.phase = Phase::Connected;
                 self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
                 self.rx_budget = self.cfg.rx_budget;
@@ -411,6 +441,20 @@ impl<P: Platform> Netfront<P> {
                 }
             }
         }
+    }
+}
+
+/// A node of our device directory that the protocol needs, parsed: the
+/// error says whether it is missing, unreadable or unparsable.
+fn front_value<T>(
+    key: &'static str,
+    read: Result<String, Error>,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, Error> {
+    match read {
+        Ok(v) => parse(&v).ok_or(Error::BadXenstoreValue(key)),
+        Err(Error::XsNotFound) => Err(Error::MissingXenstoreValue(key)),
+        Err(_) => Err(Error::XenstoreRead(key)),
     }
 }
 

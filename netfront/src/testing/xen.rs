@@ -10,7 +10,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
 
-use crate::platform::{Error, GrantRef, Platform, Port, SharedPage, PAGE_SIZE};
+use crate::platform::{Error, GrantRef, HandshakeStep, Platform, Port, SharedPage, PAGE_SIZE};
 use crate::xenbus::{parse_u32, XenbusState};
 
 pub const FRONT_DOMID: u16 = 7;
@@ -54,6 +54,14 @@ pub struct WorldInner {
     /// Reads of paths containing `.0` fail `.1` more times.
     pub xs_fail_path: Option<(String, u32)>,
     pub xs_writes: Vec<(String, String)>,
+    /// Every `handshake_step` call, in order.
+    pub handshake_steps: Vec<HandshakeStep>,
+    /// `xs_read_all` calls, and `xs_write_all` calls with their sizes.
+    pub xs_read_batches: u32,
+    pub xs_write_batches: Vec<usize>,
+    /// The next this-many `xs_write_all` calls fail, writing nothing (a
+    /// transaction that could not commit).
+    pub xs_fail_write_all: u32,
 }
 
 /// Shared handle to the fake hypervisor state.
@@ -312,5 +320,26 @@ impl Platform for FakePlatform {
         w.xs_writes.push((p.clone(), value.to_string()));
         w.xs.insert(p, value.to_string());
         Ok(())
+    }
+
+    fn xs_read_all(&mut self, paths: &[&str]) -> Vec<Result<String, Error>> {
+        self.world.0.borrow_mut().xs_read_batches += 1;
+        paths.iter().map(|p| self.xs_read(p)).collect()
+    }
+
+    fn xs_write_all(&mut self, writes: &[(&str, &str)]) -> Result<(), Error> {
+        {
+            let mut w = self.world.0.borrow_mut();
+            w.xs_write_batches.push(writes.len());
+            if w.xs_fail_write_all > 0 {
+                w.xs_fail_write_all -= 1;
+                return Err(Error::Xenstore);
+            }
+        }
+        writes.iter().try_for_each(|(p, v)| self.xs_write(p, v))
+    }
+
+    fn handshake_step(&mut self, step: HandshakeStep) {
+        self.world.0.borrow_mut().handshake_steps.push(step);
     }
 }

@@ -580,3 +580,112 @@ fn detach_then_attach_reconnects_only_to_the_new_backend() {
     assert!(h.tx(&test_frame(9, 120)));
     assert_eq!(h.be.service_tx(), vec![test_frame(9, 120)]);
 }
+
+#[test]
+fn handshake_steps_are_reported_once_each_in_order() {
+    use crate::HandshakeStep::*;
+    // The required feature key unreadable twice: publish runs three times,
+    // InitWait is still reported once.
+    let setup = BackendSetup {
+        hotplug_delay: 5,
+        ..Default::default()
+    };
+    let mut h = H::new(setup, Config::default());
+    h.world.inner().xs_fail_path = Some((String::from("feature-rx-copy"), 2));
+    h.step();
+    assert_eq!(h.world.inner().handshake_steps, [DeviceRead]);
+    assert!(h.step_until(200, |h| h.nf.is_connected()), "{:?}", h.events);
+    let all = [DeviceRead, BackendInitWait, KeysWritten, BackendConnected];
+    assert_eq!(h.world.inner().handshake_steps, all);
+    // Our keys were all written when KeysWritten was reported: Connected
+    // was the last write before it.
+    assert_eq!(
+        h.world.inner().xs_writes.last().unwrap(),
+        &(format!("{FRONT}/state"), String::from("4"))
+    );
+    // A new connection reports its own steps.
+    h.nf.close();
+    assert!(h.step_until(100, |h| h.nf.state() == State::Disconnected));
+    assert!(h.nf.reconnect());
+    assert!(h.step_until(100, |h| h.nf.is_connected()));
+    assert_eq!(h.world.inner().handshake_steps[4..], all);
+}
+
+#[test]
+fn handshake_reads_and_writes_in_batches() {
+    let mut h = H::legacy_connected();
+    let w = h.world.inner();
+    // Our device keys, then the backend's features: a batch each.
+    assert_eq!(w.xs_read_batches, 2);
+    // Rings, event channel, the 7 features and Connected: one batch.
+    assert_eq!(
+        w.xs_write_batches,
+        [3 + crate::FRONTEND_FEATURES.len() + 1],
+        "{:?}",
+        w.xs_writes
+    );
+    // Besides the batch only Initialising was written on its own.
+    assert_eq!(
+        w.xs_writes.len(),
+        1 + 3 + crate::FRONTEND_FEATURES.len() + 1
+    );
+    drop(w);
+    h.step();
+}
+
+#[test]
+fn a_failed_key_batch_fails_the_handshake_and_releases_everything() {
+    let mut h = H::new(BackendSetup::default(), Config::default());
+    h.world.inner().xs_fail_write_all = 1;
+    assert!(h.step_until(2000, |h| h.nf.state() == State::Disconnected));
+    assert_eq!(
+        h.events[..1],
+        [Event::Disconnected(Reason::Failed(Error::Xenstore))]
+    );
+    // Nothing of the batch was written: the backend never saw Connected
+    // nor a ring reference.
+    assert_eq!(h.world.xs_get(&format!("{FRONT}/tx-ring-ref")), None);
+    assert!(!h.be.is_connected());
+    assert!(!h
+        .world
+        .inner()
+        .handshake_steps
+        .contains(&crate::HandshakeStep::KeysWritten));
+    h.assert_all_released();
+}
+
+#[test]
+fn a_backend_watch_skips_the_retry_wait() {
+    let setup = BackendSetup {
+        hotplug_delay: 3,
+        ..Default::default()
+    };
+    let cfg = Config {
+        retry_ms: 1000,
+        ..Default::default()
+    };
+    let mut h = H::new(setup, cfg);
+    h.step(); // device keys read; the backend is not in InitWait yet
+    for _ in 0..5 {
+        h.step();
+    }
+    // Polled every ms, but xenstore is read only every retry_ms.
+    let reads = h.world.inner().xs_reads;
+    h.step();
+    assert_eq!(h.world.inner().xs_reads, reads);
+    assert!(h.nf.poll_delay(h.now).is_some_and(|d| d > 900));
+    // The toolstack's watch fired: the next poll reads the state now and
+    // goes on with the handshake.
+    h.nf.check_backend_soon();
+    assert_eq!(h.nf.poll_delay(h.now), Some(0));
+    h.step();
+    assert!(h.world.inner().xs_reads > reads);
+    assert!(
+        h.world
+            .inner()
+            .handshake_steps
+            .contains(&crate::HandshakeStep::KeysWritten),
+        "{:?}",
+        h.world.inner().handshake_steps
+    );
+}
