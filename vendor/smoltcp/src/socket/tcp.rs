@@ -2261,12 +2261,15 @@ impl<'a> Socket<'a> {
                     // Clear the remote endpoint, or we'll send an RST there.
                     self.set_state(State::Closed);
                     self.tuple = None;
-                } else if ack_len == 0 {
-                    // Duplicate ACK; our FIN has not been acknowledged.
+                } else if ack_len == 0 && self.tx_buffer.is_empty() {
+                    // Duplicate ACK while only our FIN is outstanding.
                     // Per RFC 9293 (3.10.7.4), send a challenge ACK.
                     return self.challenge_ack_reply(cx, ip_repr, repr);
                 }
-                // Partial ACK: fall through to advance SND.UNA normally.
+                // Partial ACK, or an ACK of nothing new while data before our FIN is
+                // still unacknowledged or unsent (`close` enters LAST-ACK at once):
+                // fall through, as in CLOSE-WAIT, to advance SND.UNA and to take the
+                // window update, SACK blocks and duplicate ACK count it carries.
             }
 
             _ => {
@@ -6335,6 +6338,73 @@ mod test {
         assert_eq!(s.state, State::LastAck);
         // SND.UNA has advanced to the partial ACK number.
         assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 1);
+    }
+
+    // `close` with data still to send enters LAST-ACK at once. The peer's window
+    // update (an ACK of nothing new) must still open the window: before, it was
+    // answered with a challenge ACK and dropped, and the rest of the data waited
+    // for ever behind a zero window (two smoltcp peers, one in LAST-ACK, stalled so).
+    #[test]
+    fn test_last_ack_window_update_reopens_the_window() {
+        let mut s = socket_close_wait();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 3,
+                ..SEND_TEMPL
+            }
+        );
+        s.send_slice(b"abcdef").unwrap();
+        s.close();
+        assert_eq!(s.state, State::LastAck);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                payload: &b"abc"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer takes "abc" and closes its window.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.remote_win_len, 0);
+        recv_nothing!(s, time 10);
+        // Its window update acknowledges nothing new: no challenge ACK, and the
+        // rest of the data and the FIN go out at once.
+        send!(
+            s,
+            time 20,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 6,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.remote_win_len, 6);
+        recv!(
+            s,
+            time 20,
+            [TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                payload: &b"def"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.state, State::LastAck);
     }
 
     #[test]
