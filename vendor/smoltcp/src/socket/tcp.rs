@@ -2803,7 +2803,16 @@ impl<'a> Socket<'a> {
         } else if self.timer.should_close(cx.now()) {
             // If we have spent enough time in the TIME-WAIT state, close the socket.
             tcp_trace!("TIME-WAIT timer expired");
-            self.reset();
+            if self.rx_buffer.is_empty() {
+                self.reset();
+            } else {
+                // Data the application has not read yet stays readable, followed by
+                // the end of stream, as after LAST-ACK: `reset` would drop it, and a
+                // reader would see the stream end short of what was acknowledged.
+                self.set_state(State::Closed);
+                self.tuple = None;
+                self.timer.set_for_idle(cx.now(), None);
+            }
             return Ok(());
         } else {
             return Ok(());
@@ -6150,6 +6159,42 @@ mod test {
         assert_eq!(s.state, State::TimeWait);
         recv_nothing!(s, time 60_000);
         assert_eq!(s.state, State::Closed);
+    }
+
+    // Data received before the FIN that the application has not read when the
+    // TIME-WAIT timer expires stays readable, then the stream ends; before, the
+    // timer reset the socket and dropped it, acknowledged data lost unseen.
+    #[test]
+    fn test_time_wait_timeout_keeps_unread_data() {
+        let mut s = socket_fin_wait_2();
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::TimeWait);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        recv_nothing!(s, time 60_000);
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.remote_endpoint(), None);
+        let mut buf = [0; 64];
+        assert_eq!(s.recv_slice(&mut buf), Ok(6));
+        assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
     }
 
     // =========================================================================================//
