@@ -2077,6 +2077,19 @@ impl<'a> Socket<'a> {
         let mut control = repr.control;
         control = control.quash_psh();
 
+        // RFC 9293 (3.10.7.4): a segment is trimmed to the receive window, its FIN
+        // included. If the window cut off the end of the data, the FIN that follows it
+        // lies beyond the window too: taking it would end the stream short of the
+        // octets just dropped, which the peer then never resends.
+        if control == TcpControl::Fin && segment_end > window_end {
+            tcp_trace!(
+                "ignoring FIN beyond the receive window. segment_end={} window_end={}",
+                segment_end,
+                window_end
+            );
+            control = TcpControl::None;
+        }
+
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
         if control == TcpControl::Fin && window_start < segment_start {
@@ -6194,6 +6207,65 @@ mod test {
         let mut buf = [0; 64];
         assert_eq!(s.recv_slice(&mut buf), Ok(6));
         assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
+    }
+
+    // A segment that carries a FIN and more data than the window holds is cut at
+    // the window's edge: the FIN goes with the octets cut off, to be taken when the
+    // peer resends them. Before, the FIN was taken and the stream ended one octet
+    // short, with that octet acknowledged (the FIN's sequence number stood in for it).
+    #[test]
+    fn test_fin_beyond_the_window_is_not_taken() {
+        let mut s = socket_established();
+        let data: Vec<u8> = (0..65).collect();
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data,
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.recv_queue(), 64);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 64),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        let mut buf = [0; 80];
+        assert_eq!(s.recv_slice(&mut buf), Ok(64));
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 64),
+                window_len: 64,
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer resends the last octet with its FIN.
+        send(
+            &mut s,
+            Instant::from_millis(10),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 64,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[64..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::CloseWait);
+        assert_eq!(s.recv_slice(&mut buf[64..]), Ok(1));
+        assert_eq!(&buf[..65], &data[..]);
         assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
     }
 
