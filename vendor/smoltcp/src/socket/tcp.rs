@@ -2472,7 +2472,16 @@ impl<'a> Socket<'a> {
         }
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            if self.remote_last_seq > self.local_seq_no {
+                // Data sent before the window closed is still unacknowledged (it may
+                // lie beyond the edge of the closed window and have been dropped), so
+                // the retransmission timer runs again (RFC 6298 (5.1)); idle, nothing
+                // would resend it if nothing new is left to send.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
         }
 
         let payload_len = payload.len();
@@ -9257,6 +9266,57 @@ mod test {
         );
 
         assert!(!s.timer.is_zero_window_probe());
+    }
+
+    // Data sent before the window closed, then cut off by it, is resent once the
+    // window reopens even when nothing new is left to send: before, stopping the
+    // probe timer left the socket idle with the data unacknowledged, for ever.
+    #[test]
+    fn test_zero_window_probe_exit_restarts_retransmission() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer takes "abc" and closes its window: "def" was dropped.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_zero_window_probe());
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 6,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_retransmit());
+        recv_nothing!(s, time 20);
+        recv!(
+            s,
+            time 5_000,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"def"[..],
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]
