@@ -2077,6 +2077,19 @@ impl<'a> Socket<'a> {
         let mut control = repr.control;
         control = control.quash_psh();
 
+        // RFC 9293 (3.10.7.4): a segment is trimmed to the receive window, its FIN
+        // included. If the window cut off the end of the data, the FIN that follows it
+        // lies beyond the window too: taking it would end the stream short of the
+        // octets just dropped, which the peer then never resends.
+        if control == TcpControl::Fin && segment_end > window_end {
+            tcp_trace!(
+                "ignoring FIN beyond the receive window. segment_end={} window_end={}",
+                segment_end,
+                window_end
+            );
+            control = TcpControl::None;
+        }
+
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
         if control == TcpControl::Fin && window_start < segment_start {
@@ -2261,12 +2274,15 @@ impl<'a> Socket<'a> {
                     // Clear the remote endpoint, or we'll send an RST there.
                     self.set_state(State::Closed);
                     self.tuple = None;
-                } else if ack_len == 0 {
-                    // Duplicate ACK; our FIN has not been acknowledged.
+                } else if ack_len == 0 && self.tx_buffer.is_empty() {
+                    // Duplicate ACK while only our FIN is outstanding.
                     // Per RFC 9293 (3.10.7.4), send a challenge ACK.
                     return self.challenge_ack_reply(cx, ip_repr, repr);
                 }
-                // Partial ACK: fall through to advance SND.UNA normally.
+                // Partial ACK, or an ACK of nothing new while data before our FIN is
+                // still unacknowledged or unsent (`close` enters LAST-ACK at once):
+                // fall through, as in CLOSE-WAIT, to advance SND.UNA and to take the
+                // window update, SACK blocks and duplicate ACK count it carries.
             }
 
             _ => {
@@ -2456,7 +2472,16 @@ impl<'a> Socket<'a> {
         }
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            if self.remote_last_seq > self.local_seq_no {
+                // Data sent before the window closed is still unacknowledged (it may
+                // lie beyond the edge of the closed window and have been dropped), so
+                // the retransmission timer runs again (RFC 6298 (5.1)); idle, nothing
+                // would resend it if nothing new is left to send.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
         }
 
         let payload_len = payload.len();
@@ -2800,7 +2825,16 @@ impl<'a> Socket<'a> {
         } else if self.timer.should_close(cx.now()) {
             // If we have spent enough time in the TIME-WAIT state, close the socket.
             tcp_trace!("TIME-WAIT timer expired");
-            self.reset();
+            if self.rx_buffer.is_empty() {
+                self.reset();
+            } else {
+                // Data the application has not read yet stays readable, followed by
+                // the end of stream, as after LAST-ACK: `reset` would drop it, and a
+                // reader would see the stream end short of what was acknowledged.
+                self.set_state(State::Closed);
+                self.tuple = None;
+                self.timer.set_for_idle(cx.now(), None);
+            }
             return Ok(());
         } else {
             return Ok(());
@@ -6149,6 +6183,101 @@ mod test {
         assert_eq!(s.state, State::Closed);
     }
 
+    // Data received before the FIN that the application has not read when the
+    // TIME-WAIT timer expires stays readable, then the stream ends; before, the
+    // timer reset the socket and dropped it, acknowledged data lost unseen.
+    #[test]
+    fn test_time_wait_timeout_keeps_unread_data() {
+        let mut s = socket_fin_wait_2();
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::TimeWait);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+                window_len: 58,
+                ..RECV_TEMPL
+            }]
+        );
+        recv_nothing!(s, time 60_000);
+        assert_eq!(s.state, State::Closed);
+        assert_eq!(s.remote_endpoint(), None);
+        let mut buf = [0; 64];
+        assert_eq!(s.recv_slice(&mut buf), Ok(6));
+        assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
+    }
+
+    // A segment that carries a FIN and more data than the window holds is cut at
+    // the window's edge: the FIN goes with the octets cut off, to be taken when the
+    // peer resends them. Before, the FIN was taken and the stream ended one octet
+    // short, with that octet acknowledged (the FIN's sequence number stood in for it).
+    #[test]
+    fn test_fin_beyond_the_window_is_not_taken() {
+        let mut s = socket_established();
+        let data: Vec<u8> = (0..65).collect();
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data,
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.recv_queue(), 64);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 64),
+                window_len: 0,
+                ..RECV_TEMPL
+            }]
+        );
+        let mut buf = [0; 80];
+        assert_eq!(s.recv_slice(&mut buf), Ok(64));
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 64),
+                window_len: 64,
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer resends the last octet with its FIN.
+        send(
+            &mut s,
+            Instant::from_millis(10),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1 + 64,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[64..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::CloseWait);
+        assert_eq!(s.recv_slice(&mut buf[64..]), Ok(1));
+        assert_eq!(&buf[..65], &data[..]);
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
+    }
+
     // =========================================================================================//
     // Tests for the CLOSE-WAIT state.
     // =========================================================================================//
@@ -6335,6 +6464,73 @@ mod test {
         assert_eq!(s.state, State::LastAck);
         // SND.UNA has advanced to the partial ACK number.
         assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 1);
+    }
+
+    // `close` with data still to send enters LAST-ACK at once. The peer's window
+    // update (an ACK of nothing new) must still open the window: before, it was
+    // answered with a challenge ACK and dropped, and the rest of the data waited
+    // for ever behind a zero window (two smoltcp peers, one in LAST-ACK, stalled so).
+    #[test]
+    fn test_last_ack_window_update_reopens_the_window() {
+        let mut s = socket_close_wait();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 3,
+                ..SEND_TEMPL
+            }
+        );
+        s.send_slice(b"abcdef").unwrap();
+        s.close();
+        assert_eq!(s.state, State::LastAck);
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                payload: &b"abc"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer takes "abc" and closes its window.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.remote_win_len, 0);
+        recv_nothing!(s, time 10);
+        // Its window update acknowledges nothing new: no challenge ACK, and the
+        // rest of the data and the FIN go out at once.
+        send!(
+            s,
+            time 20,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 6,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.remote_win_len, 6);
+        recv!(
+            s,
+            time 20,
+            [TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
+                payload: &b"def"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        assert_eq!(s.state, State::LastAck);
     }
 
     #[test]
@@ -9070,6 +9266,57 @@ mod test {
         );
 
         assert!(!s.timer.is_zero_window_probe());
+    }
+
+    // Data sent before the window closed, then cut off by it, is resent once the
+    // window reopens even when nothing new is left to send: before, stopping the
+    // probe timer left the socket idle with the data unacknowledged, for ever.
+    #[test]
+    fn test_zero_window_probe_exit_restarts_retransmission() {
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        // The peer takes "abc" and closes its window: "def" was dropped.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_zero_window_probe());
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 6,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_retransmit());
+        recv_nothing!(s, time 20);
+        recv!(
+            s,
+            time 5_000,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"def"[..],
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]
