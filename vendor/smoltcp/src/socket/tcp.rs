@@ -3052,7 +3052,12 @@ impl<'a> Socket<'a> {
         // couldn't fill the sequence space with anything.
         let is_keep_alive;
         if self.timer.should_keep_alive(cx.now()) && repr.is_empty() {
-            repr.seq_number = repr.seq_number - 1;
+            // SND.UNA - 1, an octet the peer has acknowledged already, so the
+            // garbage octet can never be taken as data. (RFC 9293 3.8.4 says
+            // SND.NXT - 1, which is the same octet only when nothing is
+            // outstanding; with data or a FIN unacknowledged, SND.NXT - 1 is
+            // an octet the peer may not have yet.)
+            repr.seq_number = self.local_seq_no - 1;
             repr.payload = b"\x00"; // RFC 1122 says we should do this
             is_keep_alive = true;
         } else {
@@ -9802,6 +9807,31 @@ mod test {
                 ..RECV_TEMPL
             })
         );
+    }
+
+    #[test]
+    fn test_keep_alive_with_data_outstanding_is_sent_at_snd_una() {
+        // A keep-alive due while data is unacknowledged goes out at SND.UNA - 1,
+        // never at SND.MAX - 1: that octet is unacknowledged, and a peer that
+        // lacks it would take the garbage octet as data (patch 15).
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        recv!(s, time 0, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"abcdef"[..],
+            ..RECV_TEMPL
+        }));
+        s.keep_alive = Some(Duration::from_millis(100));
+        s.timer = Timer::Idle {
+            keep_alive_at: Some(Instant::from_millis(0)),
+        };
+        recv!(s, time 10, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &[0],
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]
