@@ -245,8 +245,9 @@ impl Chain {
 }
 
 /// One echo of 256 KiB through the chain: `Ok` if byte-exact on both ends,
-/// else what went wrong.
-fn chain_echo(seed: u64, link: Link) -> Result<(), alloc::string::String> {
+/// else whether what did arrive is intact (a prefix of what was sent, at
+/// both ends) and what went wrong.
+fn chain_echo(seed: u64, link: Link) -> Result<(), (bool, alloc::string::String)> {
     let mut c = Chain::new(seed, link);
     let data = pattern(900 + seed, 256 << 10);
     let now = c.net.now();
@@ -267,16 +268,24 @@ fn chain_echo(seed: u64, link: Link) -> Result<(), alloc::string::String> {
         && cf.received == data
         && sf.is_some_and(|s| s.received == data && s.fin && !s.reset);
     if !ok {
-        return Err(format!(
-            "finished {finished} client {:?} server {:?} engines [{}] [{}]",
-            flow_summary(&c.hosts[0], f),
-            c.hosts[1]
+        let intact = data.starts_with(&cf.received)
+            && c.hosts[1]
                 .flows
                 .iter()
-                .map(|f| (f.received_len, f.sent, f.fin, f.reset, f.done))
-                .collect::<Vec<_>>(),
-            c.engines[0].0.stats(),
-            c.engines[1].0.stats()
+                .all(|s| data.starts_with(&s.received));
+        return Err((
+            intact,
+            format!(
+                "finished {finished} intact {intact} client {:?} server {:?} engines [{}] [{}]",
+                flow_summary(&c.hosts[0], f),
+                c.hosts[1]
+                    .flows
+                    .iter()
+                    .map(|f| (f.received_len, f.sent, f.fin, f.reset, f.done))
+                    .collect::<Vec<_>>(),
+                c.engines[0].0.stats(),
+                c.engines[1].0.stats()
+            ),
         ));
     }
     assert!(
@@ -297,7 +306,7 @@ fn two_engines_in_a_row_stay_byte_exact_under_loss_and_reordering() {
     };
     let mut failed = Vec::new();
     for seed in 0..400 {
-        if let Err(e) = chain_echo(seed, lossy) {
+        if let Err((_, e)) = chain_echo(seed, lossy) {
             std::println!("seed {seed}: {e}");
             failed.push(seed);
         }
@@ -309,4 +318,34 @@ fn two_engines_in_a_row_stay_byte_exact_under_loss_and_reordering() {
     // answered B's window updates and SACKs of its probes with challenge ACKs
     // and dropped them, probing a closed window until B timed out.
     assert!(failed.is_empty(), "seeds that failed: {failed:?}");
+}
+
+/// A witness of what the 400 seeds above do not reach. Over seeds 400..2000,
+/// 8 chains still fail (585, 792, 957, 1028, 1355, 1530, 1541 and 1751 when
+/// this was written): engine A's upstream connect to B fails, the client
+/// never connects, or all data arrives and the close ends in a reset and a
+/// timeout on B. Not yet diagnosed. None of them may lose or corrupt a byte
+/// on the way: whatever arrived is a prefix of what was sent (seed 957 once
+/// delivered an extra octet, a keep-alive's, fixed by vendored patch 15).
+/// When the failures are fixed this fails: assert that `failed` is empty.
+#[test]
+fn two_engines_over_more_seeds_fail_only_by_resets_never_by_corruption() {
+    let lossy = Link {
+        delay: Duration::from_millis(2),
+        jitter: Duration::from_millis(3),
+        loss: 0.01,
+        ..Link::default()
+    };
+    let mut failed = Vec::new();
+    for seed in 400..2000 {
+        if let Err((intact, e)) = chain_echo(seed, lossy) {
+            std::println!("seed {seed}: {e}");
+            assert!(intact, "seed {seed}: data lost or corrupted: {e}");
+            failed.push(seed);
+        }
+    }
+    assert!(
+        !failed.is_empty() && failed.len() <= 16,
+        "seeds that failed: {failed:?}"
+    );
 }
