@@ -5,78 +5,10 @@
 //! so, when promtool is not installed: Debian's `prometheus` package has it),
 //! and `--textfile` writes the same text atomically.
 
-use std::path::{Path, PathBuf};
+mod rig;
+
+use rig::{err, out, Rig};
 use std::process::{Command, Output, Stdio};
-
-struct Rig {
-    dir: PathBuf,
-}
-
-impl Rig {
-    fn new(tag: &str) -> Rig {
-        let dir = std::env::temp_dir().join(format!("miniproxy-mt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for d in ["xs/local/domain/0", "run", "console", "prom"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::fs::write(dir.join("xs/local/domain/0/name"), "Domain-0").unwrap();
-        std::fs::write(dir.join("kernel"), "ELF").unwrap();
-        std::fs::write(dir.join("log"), "").unwrap();
-        Rig { dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakexen");
-        let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
-        Command::new(env!("CARGO_BIN_EXE_miniproxy-operator"))
-            .args(args)
-            .env(
-                "PATH",
-                format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
-            )
-            .env("FAKE_XS", self.dir.join("xs"))
-            .env("FAKE_LOG", self.dir.join("log"))
-            .env("MINIPROXY_RUN_DIR", self.dir.join("run"))
-            .env("MINIPROXY_CONSOLE_DIR", self.dir.join("console"))
-            .env("MINIPROXY_KERNEL", self.dir.join("kernel"))
-            .env("MINIPROXY_TEMPLATE", template)
-            .env("MINIPROXY_VIF_SCRIPT", "vif-bridge")
-            .env_remove("MINIPROXY_PARALLEL")
-            .output()
-            .unwrap()
-    }
-
-    fn spawn(&self, name: &str, ip: &str) {
-        let o = self.run(&[
-            "spawn",
-            "--name",
-            name,
-            "--mode",
-            "reverse",
-            "--listen",
-            "80",
-            "--upstream",
-            "10.0.0.1:8080",
-            "--ip",
-            ip,
-        ]);
-        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Every counter the engine and netfront write, a profile line, and a key
 /// no guest writes yet.
@@ -128,7 +60,7 @@ fn metrics_of_two_instances_pass_promtool_and_the_textfile_matches() {
     let r = Rig::new("two");
     r.spawn("a", "10.0.0.5/24");
     r.spawn("b", "10.0.0.6/24");
-    std::fs::write(r.dir.join("xs/local/domain/1/data/stats"), full_line()).unwrap();
+    r.set_stats(1, &full_line());
 
     let o = r.run(&["metrics"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
@@ -168,6 +100,7 @@ fn metrics_of_two_instances_pass_promtool_and_the_textfile_matches() {
     }
 
     let prom = r.dir.join("prom");
+    std::fs::create_dir_all(&prom).unwrap();
     let o = r.run(&["metrics", "--textfile", prom.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert_eq!(out(&o), "");
