@@ -12,6 +12,7 @@
 
 use crate::env::{self, Env};
 use crate::list::{rows, Row};
+use crate::stats::Counters;
 use crate::{bad, fail, Outcome};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -265,9 +266,10 @@ pub fn render(rows: &[Row]) -> String {
         INSTANCES.help,
     );
     let _ = writeln!(out, "{} {}", INSTANCES.name, rows.len());
-    let with_stats: Vec<(&Row, u32)> = rows
+    // Only instances with a domain and a stats line have samples.
+    let with_stats: Vec<(&Row, u32, &Counters)> = rows
         .iter()
-        .filter_map(|r| Some((r, r.domid?)).filter(|_| r.stats.is_some()))
+        .filter_map(|r| Some((r, r.domid?, r.stats.as_ref()?)))
         .collect();
     let base = |r: &Row, id: u32| format!("instance=\"{}\",domid=\"{id}\"", escape_label(&r.name));
     let mut done: Vec<&str> = Vec::new();
@@ -280,8 +282,7 @@ pub fn render(rows: &[Row]) -> String {
         }
         done.push(family.name);
         let mut samples = String::new();
-        for (r, id) in &with_stats {
-            let stats = r.stats.as_ref().expect("filtered");
+        for (r, id, stats) in &with_stats {
             for (key, v) in &stats.0 {
                 let Some(Map::To {
                     family: f,
@@ -312,8 +313,8 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     let mut unmapped = String::new();
-    for (r, id) in &with_stats {
-        for (key, v) in &r.stats.as_ref().expect("filtered").0 {
+    for (r, id, stats) in &with_stats {
+        for (key, v) in &stats.0 {
             if map_of(key).is_none() {
                 let _ = writeln!(
                     unmapped,
