@@ -23,17 +23,17 @@ Records of instances that are gone (idle_exit, xl destroy) are dropped.
 A NAME that is not a running instance is an error (exit 1) after the others.
 ";
 
-/// What `list` says about one instance.
-struct Row {
-    name: String,
-    domid: Option<u32>,
-    state: String,
-    ip: String,
-    mode: String,
-    memory: String,
-    stats: Option<Counters>,
+/// What `list` (and `metrics`) says about one instance.
+pub struct Row {
+    pub name: String,
+    pub domid: Option<u32>,
+    pub state: String,
+    pub ip: String,
+    pub mode: String,
+    pub memory: String,
+    pub stats: Option<Counters>,
     /// The stats key was there but did not parse: why.
-    malformed: Option<String>,
+    pub malformed: Option<String>,
 }
 
 impl Row {
@@ -102,12 +102,29 @@ pub fn run(argv: &[String]) -> Outcome {
     let explicit = !names.is_empty();
     env::need_root()?;
     let env = Env::load();
-    let records = records(&env);
+    let (rows, failed) = rows(&env, names, explicit, "list");
+    for row in &rows {
+        println!("{}", if json { row.json() } else { row.text() });
+    }
+    if failed {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+/// The instances NAMES (all recorded ones unless `explicit`), sorted by name
+/// as the records are; records of instances that are gone are dropped. Warnings
+/// go to stderr as `miniproxy CMD: ...`; `true` with the rows when an explicit
+/// NAME is not an instance.
+pub fn rows(env: &Env, mut names: Vec<String>, explicit: bool, cmd: &str) -> (Vec<Row>, bool) {
+    let records = records(env);
     if !explicit {
         names = records.iter().map(|(n, _)| n.clone()).collect();
     }
+    let mut out = Vec::new();
     if names.is_empty() {
-        return Ok(());
+        return (out, false);
     }
     // Every domain's name and state from one xl list.
     let domains = xen::xl_list();
@@ -125,7 +142,7 @@ pub fn run(argv: &[String]) -> Outcome {
         let live = id.and_then(|id| domains.iter().find(|(dn, did, _)| *did == id && dn == n));
         let has_record = env.path(&format!("{n}.cfg")).is_file();
         let Some((_, id, letters)) = live else {
-            if has_record && spawning(&env, n) {
+            if has_record && spawning(env, n) {
                 let row = Row {
                     name: n.clone(),
                     domid: id,
@@ -136,7 +153,7 @@ pub fn run(argv: &[String]) -> Outcome {
                     stats: None,
                     malformed: None,
                 };
-                println!("{}", if json { row.json() } else { row.text() });
+                out.push(row);
                 continue;
             }
             // Gone (idle_exit, xl destroy...): drop the record, unless a
@@ -144,13 +161,13 @@ pub fn run(argv: &[String]) -> Outcome {
             if has_record {
                 if let Ok(Some(_g)) = lock::take_within(&env.path(".lock"), Duration::from_secs(10))
                 {
-                    if !spawning(&env, n) && domain_of(&env, n).is_none() {
-                        forget(&env, n);
+                    if !spawning(env, n) && domain_of(env, n).is_none() {
+                        forget(env, n);
                     }
                 }
             }
             if explicit {
-                eprintln!("miniproxy list: no instance named '{n}'");
+                eprintln!("miniproxy {cmd}: no instance named '{n}'");
                 failed = true;
             }
             continue;
@@ -175,7 +192,7 @@ pub fn run(argv: &[String]) -> Outcome {
         let (stats, malformed) = match stats_line.as_deref().map(Counters::parse) {
             Some(Ok(c)) => (Some(c), None),
             Some(Err(why)) => {
-                eprintln!("miniproxy list: {n}: data/stats does not parse: {why}");
+                eprintln!("miniproxy {cmd}: {n}: data/stats does not parse: {why}");
                 (None, Some(why))
             }
             None => (None, None),
@@ -190,11 +207,7 @@ pub fn run(argv: &[String]) -> Outcome {
             stats,
             malformed,
         };
-        println!("{}", if json { row.json() } else { row.text() });
+        out.push(row);
     }
-    if failed {
-        Err(Failure::Reported)
-    } else {
-        Ok(())
-    }
+    (out, failed)
 }

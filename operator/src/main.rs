@@ -9,6 +9,7 @@ mod env;
 mod json;
 mod list;
 mod lock;
+mod metrics;
 mod render;
 mod spawn;
 mod stats;
@@ -45,6 +46,7 @@ const USAGE: &str =
   spawn   start one instance from the template and wait until it serves
   list    one line per running instance, with its stats
   stop    stop instances (xl shutdown, destroy if it does not go)
+  metrics every instance's counters for Prometheus (text format 0.0.4)
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
 an operation failed, 2 for a bad invocation; errors go to stderr.
 Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
@@ -69,10 +71,13 @@ fn main() -> ExitCode {
         "spawn" => ("spawn", spawn::run(rest)),
         "list" => ("list", list::run(rest)),
         "stop" => ("stop", stop::run(rest)),
+        "metrics" => ("metrics", metrics::run(rest)),
         "-h" | "--help" | "help" => ("", help(rest)),
         other => (
             "",
-            bad(format!("unknown command '{other}' (spawn, list, stop)")),
+            bad(format!(
+                "unknown command '{other}' (spawn, list, stop, metrics)"
+            )),
         ),
     };
     let prefix = if name.is_empty() {
@@ -106,6 +111,7 @@ fn help(rest: &[String]) -> Outcome {
         Some("spawn") => print!("{}", spawn::usage()),
         Some("list") => print!("{}", list::USAGE),
         Some("stop") => print!("{}", stop::USAGE),
+        Some("metrics") => print!("{}", metrics::USAGE),
         Some(other) => return bad(format!("no command '{other}'")),
     }
     Ok(())
