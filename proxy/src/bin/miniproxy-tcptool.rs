@@ -7,7 +7,11 @@
 //! miniproxy-tcptool client ADDR:PORT --op echo|get|put|who [--len N] [--seed S]
 //!                   [--conns N] [--parallel P] [--expect reset|ADDR]
 //! miniproxy-tcptool delayline TAP_A TAP_B MILLISECONDS
+//! miniproxy-tcptool flood IFACE DST_MAC DST_IP:PORT [--syn-rate N] [--junk-rate N] [--secs S] [--src A.B.C.FIRST-LAST]
 //! ```
+//!
+//! `flood` sends a spoofed SYN flood and junk frames raw on an interface
+//! (`tcptool/flood.rs`).
 //!
 //! `delayline` joins two TAP devices and delays every frame by the given time in
 //! each direction (a WAN emulator for kernels without `netem`).
@@ -32,6 +36,9 @@ use std::time::{Duration, Instant};
 use hostnet::wait_until_up;
 use proxy::config::parse_size;
 use proxy::sim::{pattern_rng, Rng};
+
+#[path = "tcptool/flood.rs"]
+mod flood;
 
 const BLOCK: usize = 64 * 1024;
 
@@ -410,7 +417,8 @@ fn main() -> ExitCode {
         Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("8080")),
         Some("delayline") if args.len() == 4 => delayline(&args[1], &args[2], &args[3]),
         Some("client") => parse_client(&args[1..]).and_then(client),
-        _ => Err("usage: miniproxy-tcptool serve [ADDR:]PORT | client ADDR:PORT --op echo|get|put|who [--len N] [--seed S] [--conns N] [--parallel P] [--expect reset|ADDR] [--timeout SECS] | delayline TAP_A TAP_B MS".into()),
+        Some("flood") => flood::flood(&args[1..]),
+        _ => Err("usage: miniproxy-tcptool serve [ADDR:]PORT | client ADDR:PORT --op echo|get|put|who [--len N] [--seed S] [--conns N] [--parallel P] [--expect reset|ADDR] [--timeout SECS] | delayline TAP_A TAP_B MS | flood IFACE DST_MAC DST_IP:PORT [--syn-rate N] [--junk-rate N] [--secs S] [--src A.B.C.FIRST-LAST]".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

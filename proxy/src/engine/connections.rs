@@ -5,7 +5,8 @@
 //! * **Accept.** When a pool socket receives a SYN it leaves the pool, the
 //!   pool is refilled at once (after every ingress packet that changed a
 //!   socket), and the upstream connection is opened in the same poll, in
-//!   parallel with the client handshake. At `max_conns` the oldest
+//!   parallel with the client handshake, or under a SYN flood once that
+//!   handshake completes (`halfopen`). At `max_conns` the oldest
 //!   half-open connection makes room (`halfopen`); if there is none the SYN is
 //!   refused with an RST (counted in `refused`) and the existing connections
 //!   are not disturbed; so is a SYN no upstream socket or port can be found
@@ -66,25 +67,19 @@ impl Engine {
             // Reset before we looked: nothing to do.
             return self.sockets.make_spare(client);
         };
-        let dest = match rule.kind {
-            RuleKind::Reverse {
-                upstream,
-                upstream_port,
-            } => IpEndpoint::new(IpAddress::Ipv4(upstream), upstream_port),
-            RuleKind::Transparent => {
-                if Some(local.addr) == self.addr.own().map(IpAddress::Ipv4) {
-                    log::debug!("proxy: transparent connection to the instance itself, refusing");
-                    return self.refuse(client, now);
-                }
-                // smoltcp is built with IPv6 (for segmentation offload) and any-ip
-                // takes every destination; upstream connections are IPv4 only.
-                if !matches!(local.addr, IpAddress::Ipv4(_)) {
-                    log::debug!("proxy: transparent connection over IPv6, refusing");
-                    return self.refuse(client, now);
-                }
-                local
+        if let RuleKind::Transparent = rule.kind {
+            if Some(local.addr) == self.addr.own().map(IpAddress::Ipv4) {
+                log::debug!("proxy: transparent connection to the instance itself, refusing");
+                return self.refuse(client, now);
             }
-        };
+            // smoltcp is built with IPv6 (for segmentation offload) and any-ip
+            // takes every destination; upstream connections are IPv4 only.
+            if !matches!(local.addr, IpAddress::Ipv4(_)) {
+                log::debug!("proxy: transparent connection over IPv6, refusing");
+                return self.refuse(client, now);
+            }
+        }
+        let dest = upstream_dest(&rule.kind, local);
         let Some(port) = self.ports.alloc() else {
             log::warn!("proxy: no ephemeral port left, refusing");
             return self.refuse(client, now);
@@ -96,23 +91,64 @@ impl Engine {
             self.ports.set(port, false);
             return self.refuse(client, now);
         };
+        self.stats.accepted += 1;
+        let defer = self.defer_upstream();
+        self.conns
+            .push(Conn::new(rule_idx, client, up, port, false, now));
+        log::debug!(
+            "proxy: rule {} accepted {:?} -> {dest}{}",
+            rule_idx,
+            self.sockets.tcp(client).remote_endpoint(),
+            if defer {
+                " (once the client's handshake is done)"
+            } else {
+                ""
+            }
+        );
+        if !defer {
+            self.open_upstream(self.conns.len() - 1, dest, now);
+        }
+    }
+
+    /// Connect the upstream side of connection `idx` to `dest`; if that
+    /// fails at once, the connection ends (the client is reset).
+    fn open_upstream(&mut self, idx: usize, dest: IpEndpoint, now: Instant) -> bool {
+        let c = &mut self.conns[idx];
+        c.upstream_open = true;
+        let (up, port) = (c.upstream, c.local_port);
         let s = self.sockets.set.get_mut::<tcp::Socket>(up);
         self.tune.apply(s);
         if let Err(e) = s.connect(self.iface.context(), dest, port) {
             log::debug!("proxy: connect to {dest} failed: {e}");
-            self.ports.set(port, false);
-            self.sockets.make_spare(up);
-            self.stats.upstream_failures += 1;
-            self.sockets.abort(client, now);
-            return;
+            self.end_conn(idx, End::UpstreamFailed, now);
+            return false;
         }
-        self.stats.accepted += 1;
-        self.conns.push(Conn::new(rule_idx, client, up, port, now));
-        log::debug!(
-            "proxy: rule {} accepted {:?} -> {dest}",
-            rule_idx,
-            self.sockets.tcp(client).remote_endpoint()
-        );
+        true
+    }
+
+    /// Connect the upstream side of the connections that waited for their
+    /// client's handshake (`halfopen`) and whose client has now completed
+    /// it. Returns whether any was.
+    pub(super) fn open_deferred(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        let mut i = self.conns.len();
+        while i > 0 {
+            i -= 1;
+            let c = self.conns[i];
+            if c.upstream_open || !splice::handshake_done(self.sockets.tcp(c.client).state()) {
+                continue;
+            }
+            any = true;
+            let rule = self.listeners.rule(usize::from(c.rule));
+            match self.sockets.tcp(c.client).local_endpoint() {
+                Some(local) => {
+                    let dest = upstream_dest(&rule.kind, local);
+                    self.open_upstream(i, dest, now);
+                }
+                None => self.end_conn(i, End::ClientReset, now),
+            }
+        }
+        any
     }
 
     /// End connection `idx` (counted as `end`): free its port and retire
@@ -149,6 +185,7 @@ impl Engine {
         let mut worked = self.dhcp_event();
         worked |= self.expire_half_open(now);
         worked |= self.accept(now);
+        worked |= self.open_deferred(now);
         worked |= self.sockets.reap(now);
         if self.sockets.retry_at.is_some_and(|t| now >= t) {
             self.sockets.retry_at = None;
@@ -181,5 +218,16 @@ impl Engine {
                 .upgrade(&mut self.sockets, &self.tune, &self.addr, now);
         }
         worked
+    }
+}
+
+/// Where a connection of a rule of `kind` whose client reached us at `local` goes.
+fn upstream_dest(kind: &RuleKind, local: IpEndpoint) -> IpEndpoint {
+    match *kind {
+        RuleKind::Reverse {
+            upstream,
+            upstream_port,
+        } => IpEndpoint::new(IpAddress::Ipv4(upstream), upstream_port),
+        RuleKind::Transparent => local,
     }
 }

@@ -9,14 +9,27 @@
 //!   half-open connection is dropped to make room, so a flood cannot lock
 //!   real clients out: it can only push out its own SYNs.
 //!
+//! * Under pressure, i.e. with [`DEFER_FRACTION`]ths of `max_conns` or more
+//!   half-open clients (8 of the default 64; always below 8 slots), a new
+//!   connection's upstream side is opened only once its client has
+//!   completed the handshake, so spoofed SYNs cannot make the backend open
+//!   connections: at most that many at a time, and none once a flood fills
+//!   the slots. Without pressure both handshakes overlap, which saves a
+//!   new connection's first exchange at least the shorter of its two legs'
+//!   round trips, at most `min(client RTT, 2 x upstream RTT)` (measured in
+//!   the simulator: `tests/flood.rs`), worth keeping when nothing attacks.
+//!
 //! The sockets of a half-open connection that timed out go back to the pool
 //! like any other's (`sockets`: dying until their RST is sent, reclaimed if
 //! it is stuck and the pool needs them); those of an evicted one become
 //! spares at once, since the new SYN needs them now.
 //!
-//! Not done: SYN cookies (smoltcp's listening socket has no stateless
-//! SYN-ACK path to build them on), and opening the upstream side only once
-//! the client's handshake completes.
+//! Not done: SYN cookies. smoltcp's listening socket answers a SYN by
+//! becoming that connection's socket (state, buffers and all); a stateless
+//! SYN-ACK would need a new path in `tcp::Socket::process` and the
+//! interface (encode MSS/window scale in the ISS, check the returning ACK,
+//! rebuild the connection from it on a free socket), a few hundred lines in
+//! the vendored crate, not a small patch.
 
 use smoltcp::socket::tcp::State;
 use smoltcp::time::{Duration, Instant};
@@ -24,10 +37,16 @@ use smoltcp::time::{Duration, Instant};
 use super::splice::{Conn, End};
 use super::Engine;
 
+/// Pressure starts at `max_conns / DEFER_FRACTION` half-open clients.
+pub(super) const DEFER_FRACTION: usize = 8;
+
 /// The half-open policy's settings.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct HalfOpen {
     pub(super) syn_timeout: Duration,
+    /// Half-open clients from which new connections wait for their client's
+    /// handshake before opening upstream.
+    pub(super) defer_from: usize,
 }
 
 impl HalfOpen {
@@ -45,6 +64,13 @@ impl Engine {
                 self.sockets.tcp(c.client).state(),
                 State::SynReceived | State::Listen
             )
+    }
+
+    /// Whether a connection accepted now should wait for its client's
+    /// handshake before opening its upstream side (see the module docs).
+    pub(super) fn defer_upstream(&self) -> bool {
+        let half_open = self.conns.iter().filter(|c| !c.client_ready).count();
+        half_open >= self.half_open_cfg.defer_from
     }
 
     /// Drop the connections whose client did not complete its handshake
@@ -81,10 +107,13 @@ impl Engine {
         // their RSTs sent only if a poll gets to them before they are reused
         // (the client's most likely goes to a spoofed address).
         let c = self.end_conn_keep_sockets(i, End::Timeout);
-        for h in [c.client, c.upstream] {
-            self.sockets.tcp(h).abort();
-            self.sockets.make_spare(h);
+        self.sockets.tcp(c.client).abort();
+        // An upstream socket never opened is still the spare it was.
+        if c.upstream_open {
+            self.sockets.tcp(c.upstream).abort();
         }
+        self.sockets.make_spare(c.client);
+        self.sockets.make_spare(c.upstream);
         true
     }
 }

@@ -37,7 +37,7 @@
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
 //! | `connections` | accept, open upstream, end connections |
-//! | `halfopen` | half-open clients: `syn_timeout`, eviction at `max_conns` |
+//! | `halfopen` | half-open clients: `syn_timeout`, eviction at `max_conns`, deferred upstream |
 //! | `splice` | one connection's life: splice, FINs, resets, timeouts |
 //! | `address` | own address: static, DHCP, gratuitous ARP, ARP guard |
 //! | `drain` | before a stop: listeners closed, grace time, resets |
@@ -201,6 +201,7 @@ impl Engine {
             tune: Tuning::from_config(cfg),
             half_open_cfg: HalfOpen {
                 syn_timeout: tuning::dur(cfg.syn_timeout),
+                defer_from: cfg.max_conns / halfopen::DEFER_FRACTION,
             },
             plan,
             stats: Stats::default(),

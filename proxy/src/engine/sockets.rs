@@ -120,7 +120,8 @@ impl Sockets {
             }
         }
         if let Some((i, _)) = fit {
-            return Some(self.ledger.take_spare(i));
+            let h = self.ledger.take_spare(i);
+            return Some(self.reseat(h));
         }
         while let Some(last) = self.ledger.spares().len().checked_sub(1) {
             let h = self.ledger.take_spare(last);
@@ -141,6 +142,19 @@ impl Sockets {
         // Nothing to reclaim: the pool shrinks, and smoltcp itself answers
         // further SYNs with RST.
         None
+    }
+
+    /// The spare `h` in a fresh slot of the socket set (the same one, most
+    /// likely: it was just freed), buffers and settings kept. smoltcp keeps
+    /// per-slot neighbour state across `listen`/`connect`: a socket whose
+    /// last peer's address did not resolve (a spoofed SYN's) stays silenced
+    /// for up to a second, and its next connection, to a peer whose address
+    /// resolves, would send nothing until then; under a SYN flood that
+    /// reuses sockets every few hundred milliseconds a real client's SYN-ACK
+    /// never left (test `flood`).
+    fn reseat(&mut self, h: SocketHandle) -> SocketHandle {
+        let s = self.set.remove(h);
+        self.set.add(s)
     }
 
     /// Give up the RST of the dying socket whose deadline comes first, if

@@ -41,6 +41,9 @@ pub(super) struct Conn {
     pub(super) client_ready: bool,
     /// The upstream handshake completed.
     pub(super) upstream_ready: bool,
+    /// The upstream socket was told to connect (see `halfopen`: under a SYN
+    /// flood it waits until the client's handshake completes).
+    pub(super) upstream_open: bool,
     /// A FIN was received from the client / from upstream.
     pub(super) client_fin: bool,
     pub(super) upstream_fin: bool,
@@ -61,12 +64,13 @@ pub(super) enum End {
 
 impl Conn {
     /// A connection of rule `rule` just accepted on `client`, connecting
-    /// `upstream` from `local_port`.
+    /// `upstream` from `local_port` (already, if `upstream_open`).
     pub(super) fn new(
         rule: usize,
         client: SocketHandle,
         upstream: SocketHandle,
         local_port: u16,
+        upstream_open: bool,
         now: Instant,
     ) -> Conn {
         Conn {
@@ -78,6 +82,7 @@ impl Conn {
             last_active: now,
             client_ready: false,
             upstream_ready: false,
+            upstream_open,
             client_fin: false,
             upstream_fin: false,
             fin_to_upstream: false,
@@ -153,15 +158,22 @@ fn step_conn(
 ) -> Option<End> {
     let (cst, ust) = (cs.state(), us.state());
     c.client_ready |= handshake_done(cst);
-    c.upstream_ready |= handshake_done(ust);
     c.client_fin |= fin_received(cst);
-    c.upstream_fin |= fin_received(ust);
+    // Until it is opened the upstream socket is whatever spare it was
+    // (TIME-WAIT, say): its state says nothing about this connection.
+    if c.upstream_open {
+        c.upstream_ready |= handshake_done(ust);
+        c.upstream_fin |= fin_received(ust);
+    }
 
+    let opened = c.upstream_open;
     let abort_both = |cs: &mut tcp::Socket<'static>, us: &mut tcp::Socket<'static>| {
-        for s in [cs, us] {
-            if s.is_active() {
-                s.abort();
-            }
+        if cs.is_active() {
+            cs.abort();
+        }
+        // An upstream socket never opened has no peer of this connection's.
+        if opened && us.is_active() {
+            us.abort();
         }
     };
 
@@ -174,6 +186,11 @@ fn step_conn(
     if cst == State::Closed && !(c.client_fin && c.fin_to_client) {
         abort_both(cs, us);
         return Some(End::ClientReset);
+    }
+    if !c.upstream_open {
+        // The upstream side waits for the client's handshake (`halfopen`),
+        // which `syn_timeout` bounds; the engine connects it once done.
+        return None;
     }
     if ust == State::Closed && !(c.upstream_fin && c.fin_to_upstream) {
         abort_both(cs, us);
@@ -243,7 +260,7 @@ fn fin_received(s: State) -> bool {
     )
 }
 
-fn handshake_done(s: State) -> bool {
+pub(super) fn handshake_done(s: State) -> bool {
     !matches!(
         s,
         State::Closed | State::Listen | State::SynSent | State::SynReceived

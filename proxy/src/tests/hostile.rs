@@ -1,27 +1,36 @@
 //! Hostile input and faults: the engine must not spin when peers vanish,
-//! must not let junk from unused addresses starve ARP, and must keep serving
-//! real clients through a SYN flood.
+//! and must not let junk from unused addresses starve ARP (SYN floods:
+//! `flood`).
 
 use super::*;
 
-/// Run the world for `d`, polling the proxy the way the unikernel's main loop
-/// does (sleep for `poll_delay`, at least a microsecond), and return the
-/// longest run of consecutive polls that found nothing to receive and were
-/// told to poll again at once.
-fn longest_zero_delay_run(w: &mut World, d: Duration) -> u64 {
-    longest_zero_delay_run_bounded(w, d, u64::MAX)
-}
-
-/// [`longest_zero_delay_run`], giving up after `max_polls` polls.
-fn longest_zero_delay_run_bounded(w: &mut World, d: Duration, max_polls: u64) -> u64 {
+/// Run the world for `d` (at most `max_polls` polls), polling the proxy the
+/// way the unikernel's main loop does (sleep for `poll_delay`, at least a
+/// microsecond), and return the longest run of consecutive polls that found
+/// nothing to receive and were told to poll again at once, and the
+/// longest run of consecutive polls after which smoltcp's own
+/// `Interface::poll_at` was still more than a millisecond in the past (a
+/// deadline a poll cannot act on; the engine's backoff would hide it).
+fn longest_runs(w: &mut World, d: Duration, max_polls: u64) -> (u64, u64) {
     let end = w.now() + d;
     let (mut run, mut longest) = (0u64, 0u64);
+    let (mut stale, mut longest_stale) = (0u64, 0u64);
     let mut polls = 0;
     while w.now() < end && polls < max_polls {
         polls += 1;
         let had_rx = w.net.has_rx(w.proxy_port);
         w.step();
         let now = w.now();
+        let (iface, set) = w.proxy.interface_and_sockets();
+        if iface
+            .poll_at(now, set)
+            .is_some_and(|t| t + Duration::from_millis(1) < now)
+        {
+            stale += 1;
+            longest_stale = longest_stale.max(stale);
+        } else {
+            stale = 0;
+        }
         let delay = w.proxy.poll_delay(now);
         if delay == Some(Duration::ZERO) && !had_rx && !w.net.has_rx(w.proxy_port) {
             run += 1;
@@ -40,33 +49,59 @@ fn longest_zero_delay_run_bounded(w: &mut World, d: Duration, max_polls: u64) ->
         }
         w.net.advance(next.min(end));
     }
-    longest
+    (longest, longest_stale)
 }
 
 /// Finding 3: a spliced connection whose client half-closed (client side in
 /// CLOSE-WAIT, upstream in FIN-WAIT-2) and whose two peers then fell silent
-/// until their ARP entries expired must not make the engine poll in a loop.
+/// until their ARP entries expired must not make the engine poll in a loop,
+/// nor leave smoltcp's `poll_at` in the past (the engine's backoff would
+/// hide that: the finding saw it 18.5 s in the past for 8 574 polls).
+/// Variants: the peers vanish at once, or after 30 s and 59 s (keep-alive,
+/// user timeout and ARP expiry fall in other orders), and the server sends
+/// 100 kB the vanished client never acknowledges (CLOSE-WAIT with data in
+/// flight). None of them reproduces the finding (see the report of issue
+/// 13); each would fail if a socket's deadline stayed in the past.
 #[test]
 fn silent_peers_with_expired_arp_do_not_busy_loop() {
-    let mut w = reverse_world(Setup {
-        serve: Serve::Silent,
-        ..Setup::default()
-    });
-    let f = client_connect(&mut w, b"hello".to_vec(), Close::AfterSend);
-    assert!(w.run_until(secs(5), |w| w.hosts[1].flows.first().is_some_and(|s| s.fin)));
-    assert!(!w.hosts[0].flows[f].reset);
-    // Both peers vanish: nothing they send or are sent arrives any more.
-    let gone = Link {
-        loss: 1.0,
-        ..Link::default()
-    };
-    w.net.set_link(1, gone);
-    w.net.set_link(2, gone);
-    let longest = longest_zero_delay_run(&mut w, secs(200));
-    assert!(
-        longest < 100,
-        "{longest} polls in a row with nothing to receive were told to poll again at once"
-    );
+    for (after, serve) in [
+        (0, Serve::Silent),
+        (30, Serve::Silent),
+        (59, Serve::Silent),
+        (
+            0,
+            Serve::Source {
+                len: 100_000,
+                seed: 3,
+            },
+        ),
+    ] {
+        let mut w = reverse_world(Setup {
+            serve: serve.clone(),
+            ..Setup::default()
+        });
+        let f = client_connect(&mut w, b"hello".to_vec(), Close::AfterSend);
+        assert!(w.run_until(secs(5), |w| w.hosts[1].flows.first().is_some_and(|s| s.fin)));
+        assert!(!w.hosts[0].flows[f].reset);
+        w.run_for(secs(after));
+        // Both peers vanish: nothing they send or are sent arrives any more.
+        let gone = Link {
+            loss: 1.0,
+            ..Link::default()
+        };
+        w.net.set_link(1, gone);
+        w.net.set_link(2, gone);
+        let (longest, stale) = longest_runs(&mut w, secs(200), u64::MAX);
+        assert!(
+            longest < 100,
+            "{after} s, {serve:?}: {longest} polls in a row with nothing to receive were told to poll again at once"
+        );
+        assert!(
+            stale <= 2,
+            "{after} s, {serve:?}: smoltcp's poll_at stayed in the past for {stale} polls"
+        );
+        assert_eq!(w.proxy.stats().active, 0, "{after} s, {serve:?}: not ended");
+    }
 }
 
 /// Finding 3, the engine's side: whatever keeps smoltcp's `poll_at` in the
@@ -83,7 +118,9 @@ fn polls_that_do_nothing_back_off() {
     w.net.set_tx_blocked(w.proxy_port, true);
     // Let what is in flight arrive and be handled.
     w.run_for(Duration::from_millis(50));
-    let longest = longest_zero_delay_run_bounded(&mut w, secs(2), 100_000);
+    let (longest, stale) = longest_runs(&mut w, secs(2), 100_000);
+    // The detector of the test above sees this one.
+    assert!(stale > 20, "poll_at stale for only {stale} polls");
     assert!(
         longest < 20,
         "{longest} polls in a row that did nothing were told to poll again at once"
@@ -207,66 +244,6 @@ fn new_connections_complete_during_junk_from_unused_addresses() {
     junk.run_until(&mut w, secs(65), |_| false);
     echo_flows_through_junk(&mut w, &mut junk, 10, 20_000, Duration::from_millis(500));
     assert!(junk.n >= 600, "only {} junk frames sent", junk.n);
-}
-
-/// Finding 5: a spoofed SYN flood from unused on-link addresses (their
-/// SYN-ACKs can never be delivered) at 64 SYN/s, ten times what fills the 64
-/// default slots with `connect_timeout`, while five real clients connect one
-/// after another: every real client is served byte for byte.
-#[test]
-fn real_clients_are_served_during_a_spoofed_syn_flood() {
-    let mut w = reverse_world(Setup {
-        server_backlog: 64,
-        ..Setup::default()
-    });
-    let port = w.net.add_spoof_port();
-    let every = Duration::from_micros(1_000_000 / 64);
-    let mut next = w.now();
-    let mut n: u32 = 0;
-    let mut flood = |w: &mut World, until: Instant| {
-        while next <= until {
-            let host = 100 + (n % 150) as u8;
-            let frame = crate::sim::tcp_frame(
-                smoltcp::wire::EthernetAddress([0x02, 0xee, 0, 0, 0, host]),
-                mac(2),
-                (Ipv4Address::new(10, 0, 0, host), 1024 + (n % 60000) as u16),
-                (PROXY, 80),
-                crate::sim::Spoof::Syn,
-                n.wrapping_mul(2_654_435_761),
-            );
-            w.net.advance(next.max(w.now()));
-            w.net.inject(port, frame);
-            w.step();
-            n += 1;
-            next += every;
-        }
-    };
-    // Let the flood fill what it can first.
-    let t = w.now() + secs(10);
-    while w.now() < t {
-        let until = w.now() + Duration::from_millis(10);
-        flood(&mut w, until);
-        w.run_until(until - w.now(), |_| false);
-    }
-    for i in 0..5u64 {
-        let data = pattern(200 + i, 30_000);
-        let f = client_connect(&mut w, data.clone(), Close::AfterSend);
-        let end = w.now() + secs(10);
-        while w.now() < end && !w.hosts[0].flows[f].done {
-            let until = w.now() + Duration::from_millis(10);
-            flood(&mut w, until);
-            w.run_until(until - w.now(), |w| w.hosts[0].flows[f].done);
-        }
-        let c = &w.hosts[0].flows[f];
-        assert!(
-            c.done && !c.reset && c.fin,
-            "real client {i} not served during the flood: {:?}, stats {}",
-            flow_summary(&w.hosts[0], f),
-            w.proxy.stats()
-        );
-        assert_bytes(&c.received, &data, "client received");
-    }
-    assert!(n >= 64 * 10, "only {n} spoofed SYNs");
 }
 
 /// Once a connection to peers that vanished has ended (keep-alive and user

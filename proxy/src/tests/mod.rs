@@ -14,6 +14,7 @@ mod accel;
 mod buffers;
 mod connections;
 mod drain;
+mod flood;
 mod garp;
 mod hostile;
 mod lifecycle;
