@@ -133,7 +133,7 @@ $V destroy miniproxy >/dev/null 2>&1
 
 # ---- 3. a bad command line --------------------------------------------------------
 sed -e 's|<name>miniproxy</name>|<name>lv-bad</name>|' -e 's|00:16:3e:00:00:10|00:16:3e:00:60:ee|' \
-    -e 's|<cmdline>.*</cmdline>|<cmdline>ip=10.0.0.3/24 rule=reverse:80:10.0.0.1</cmdline>|' \
+    -e 's|<cmdline>.*</cmdline>|<cmdline>ip=10.0.0.3/24 buf=16q</cmdline>|' \
     "$MP_XML" > "$LV/bad.xml"
 if $V create "$LV/bad.xml" >/dev/null; then
     st=""
@@ -142,8 +142,8 @@ if $V create "$LV/bad.xml" >/dev/null; then
         case "$st" in *c*) break ;; esac
         sleep 0.1
     done
-    if wait_console lv-bad 'config: .*rule=reverse:80:10.0.0.1' 20 >/dev/null && [[ $st == *c* ]]; then
-        pass "libvirt: a bad command line: '$(grep -a -m1 'config:' "$(console_log lv-bad)")', xl state $st"
+    if wait_console lv-bad "config: .*'buf'.*'16q'" 20 >/dev/null && [[ $st == *c* ]]; then
+        pass "libvirt: a bad command line: '$(grep -a -m1 "config: .*'buf'" "$(console_log lv-bad)")', xl state $st"
     else
         fail "libvirt: bad command line" "xl state '$st': $(tail -n 3 "$(console_log lv-bad)" | tr '\n' ' ')"
     fi
