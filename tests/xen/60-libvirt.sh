@@ -27,6 +27,7 @@ if ! $V uri >/dev/null 2>&1; then
     return 1 2>/dev/null || exit 1
 fi
 log "virsh version"; $V version 2>&1
+echo "MEASURE libvirtd_rss_kb=$(ps -o rss= -C libvirtd | head -n1 | tr -d ' ')"
 
 # Servers on dom0's bridge address: 8080 a 640 KiB file, slowly (10 chunks of
 # 64 KiB, 0.15 s apart: a transfer in flight for 1.5 s); 7000 echo.
