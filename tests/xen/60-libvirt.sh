@@ -178,7 +178,7 @@ t0=$(now_ms)
 pids=()
 for i in $(seq 0 9); do
     "$MP" spawn --via libvirt --name "lv$i" --mode reverse --listen 80 --upstream 10.0.0.1:7000 \
-        --ip "10.0.0.$((120 + i))/24" --memory 4 --timeout 300 > "$LV/spawn.$i" 2>&1 &
+        --ip "10.0.0.$((120 + i))/24" --memory 4 --timeout 120 > "$LV/spawn.$i" 2>&1 &
     pids+=($!)
 done
 ok=0
@@ -190,8 +190,14 @@ wall=$(( $(now_ms) - t0 ))
 cat "$LV"/spawn.*
 med=$(cat "$LV"/spawn.* | field ready_ms | median)
 echo "MEASURE libvirt_parallel10_ready_ms_median=${med:-?} wall_ms=$wall"
-[ $ok = 10 ] && pass "libvirt: 10 parallel spawns --via libvirt all ready (median $med ms, all in $wall ms)" \
-             || fail "libvirt: 10 parallel spawns" "$ok of 10 ready"
+if [ $ok = 10 ]; then
+    pass "libvirt: 10 parallel spawns --via libvirt all ready (median $med ms, all in $wall ms)"
+else
+    fail "libvirt: 10 parallel spawns" "$ok of 10 ready"
+    $V list --all; xl list
+    echo "--- libvirtd.log:"; tail -n 30 /var/log/libvirt/libvirtd.log
+    for f in /var/log/libvirt/libxl/lv*.log; do echo "--- $f:"; tail -n 6 "$f"; done
+fi
 ls /run/miniproxy/lv0.* 2>&1
 lv_echo() {
     local f=$LV/in.$1
