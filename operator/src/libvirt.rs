@@ -12,6 +12,7 @@ use crate::render::{self, Values};
 use crate::{bad, fail, Failure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Which toolstack creates (and so stops) an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +190,10 @@ pub fn virsh_ok(command: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `virsh create XML`, its output appended to `log`; the exit code.
-pub fn virsh_create(xml: &str, log: &Path) -> Option<i32> {
+/// `virsh create XML`, its output appended to `log`; the exit code. Killed
+/// (`None`, and a line in `log` saying so) if it has not returned within
+/// `limit`.
+pub fn virsh_create(xml: &str, log: &Path, limit: Duration) -> Option<i32> {
     let mut cmd = Command::new("virsh");
     cmd.args(virsh_args(&uri(), "create", &[xml]))
         .stdin(Stdio::null());
@@ -203,7 +206,27 @@ pub fn virsh_create(xml: &str, log: &Path) -> Option<i32> {
             cmd.stdout(f).stderr(f2);
         }
     }
-    cmd.status().ok().and_then(|s| s.code())
+    let mut child = cmd.spawn().ok()?;
+    let end = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+                    use std::io::Write;
+                    let _ = writeln!(
+                        f,
+                        "virsh create did not return within {} ms: killed",
+                        limit.as_millis()
+                    );
+                }
+                return None;
+            }
+        }
+    }
 }
 
 /// What in virsh's output says the XML itself is wrong (no retry then).

@@ -251,7 +251,7 @@ pub fn run(argv: &[String]) -> Outcome {
 
     let con0 = console_size(&env, name);
     let c0 = env.ms();
-    let id = create(&env, name, via)?;
+    let id = create(&env, name, via, deadline_ms)?;
     let create_ms = env.ms() - c0;
     let _ = std::fs::write(env.path(&format!("{name}.domid")), format!("{id}\n"));
     env.trace(&format!("create done: domain {id}"));
@@ -434,7 +434,7 @@ fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs
 /// xl (virsh) create; rc 134 with the domain present counts as created
 /// (xl's abort at exit); any other failure is retried once after clearing
 /// a half-made domain, unless the tool said the config is bad.
-fn create(env: &Env, name: &str, via: Via) -> Result<u32, Failure> {
+fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
     let log = env.path(&format!("{name}.{}", via.log_suffix()));
     let cfg = env
         .path(&format!("{name}.{}", via.suffix()))
@@ -448,7 +448,13 @@ fn create(env: &Env, name: &str, via: Via) -> Result<u32, Failure> {
     for attempt in 1..=2 {
         let rc = match via {
             Via::Xl => xen::xl_create(&cfg, &log),
-            Via::Libvirt => libvirt::virsh_create(&cfg, &log),
+            // libvirtd can stall (it serialises its work): virsh create is
+            // bounded by --timeout, as the wait for ready is.
+            Via::Libvirt => libvirt::virsh_create(
+                &cfg,
+                &log,
+                Duration::from_millis(deadline_ms.saturating_sub(env.ms()).max(1)),
+            ),
         };
         let created = matches!(rc, Some(0) | Some(134));
         // A busy xenstore (other domains appearing or going at the same
@@ -474,6 +480,9 @@ fn create(env: &Env, name: &str, via: Via) -> Result<u32, Failure> {
                 "miniproxy spawn: {name}: {tool} create failed (attempt {attempt}, rc {rc_text})\n"
             ),
         );
+        if env.ms() >= deadline_ms {
+            break; // --timeout is up: no second attempt
+        }
         let out = std::fs::read_to_string(&log).unwrap_or_default();
         if ["parsing error", "Failed to parse", "unknown"]
             .iter()

@@ -464,6 +464,28 @@ fn a_libvirt_spawn_that_fails_or_never_gets_ready_is_cleared_through_virsh() {
         err(&o)
     );
     assert!(!r.xl_calls().contains("xl create"));
+
+    // A libvirtd that never answers: virsh create is killed at --timeout,
+    // not retried, and the spawn fails promptly.
+    let t0 = Instant::now();
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
+        &[("FAKE_VIRSH_HANG", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        err(&o).contains("virsh create did not return within")
+            && err(&o).contains("virsh create failed (attempt 1, rc none)"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        r.xl_calls()
+            .matches("virsh -c xen:///system create")
+            .count(),
+        4
+    );
 }
 
 #[test]
