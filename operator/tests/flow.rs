@@ -486,6 +486,28 @@ fn a_libvirt_spawn_that_fails_or_never_gets_ready_is_cleared_through_virsh() {
             .count(),
         4
     );
+
+    // One virsh create at a time: another holding .virsh.lock past
+    // --timeout ends this spawn without running virsh.
+    let mut holder = hold_lock(&r.dir.join("run/.virsh.lock"), "3");
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
+        &[],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("another virsh create held .virsh.lock until --timeout"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        r.xl_calls()
+            .matches("virsh -c xen:///system create")
+            .count(),
+        4
+    );
 }
 
 #[test]
