@@ -2,6 +2,7 @@
 //! configuration line they make, validated by the guest's own parser
 //! (`proxy::config::Config::parse`) before anything is created.
 
+use crate::libvirt::Via;
 use crate::{bad, Failure};
 use std::net::Ipv4Addr;
 
@@ -47,6 +48,8 @@ pub struct Spawn {
     pub timeout_ms: u64,
     pub timeout_text: String,
     pub json: bool,
+    /// --via; `None`: MINIPROXY_VIA or xl (crate::libvirt::via_from_env).
+    pub via: Option<Via>,
     /// The guest's whole configuration line (the template's @EXTRA@).
     pub cfgline: String,
 }
@@ -174,7 +177,7 @@ pub fn parse_spawn(argv: &[String]) -> Result<Option<Spawn>, Failure> {
             "-h" | "--help" => return Ok(None),
             "--json" if inline.is_none() => json = true,
             "--name" | "--mode" | "--listen" | "--upstream" | "--ip" | "--gw" | "--memory"
-            | "--profile" | "--mac" | "--extra" | "--kernel" | "--timeout" => {
+            | "--profile" | "--mac" | "--extra" | "--kernel" | "--timeout" | "--via" => {
                 let value = match inline {
                     Some(v) => v,
                     None if i < argv.len() => {
@@ -282,6 +285,14 @@ pub fn parse_spawn(argv: &[String]) -> Result<Option<Spawn>, Failure> {
         ));
     };
 
+    let via = match opt.get("via") {
+        None => None,
+        Some(v) => match Via::parse(v) {
+            Some(via) => Some(via),
+            None => return bad(format!("bad --via '{v}': expected xl or libvirt")),
+        },
+    };
+
     let cfgline = config_line(
         &ip,
         gw.as_deref(),
@@ -305,6 +316,7 @@ pub fn parse_spawn(argv: &[String]) -> Result<Option<Spawn>, Failure> {
         timeout_ms,
         timeout_text,
         json,
+        via,
         cfgline,
     }))
 }

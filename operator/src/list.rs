@@ -4,7 +4,7 @@ use crate::args::check_name;
 use crate::env::{self, Env};
 use crate::json::Object;
 use crate::render::meta_get;
-use crate::spawn::{domain_of, forget, records, spawning};
+use crate::spawn::{domain_of, forget, records, spawning, via_of};
 use crate::stats::Counters;
 use crate::{bad, lock, xen, Failure, Outcome};
 use std::time::Duration;
@@ -19,6 +19,7 @@ at most once a second; format in README.md, \"The stats line\"), e.g.
 px_accepted=3 px_active=1 ... nf_rx_frames=.. cpu_busy_ms=..; `none` when
 there are none yet, `malformed` (and a warning) when they do not parse.
 --json: one object per line, the counters as an object (null if none).
+Instances created either way (spawn --via xl or libvirt) are listed alike.
 Records of instances that are gone (idle_exit, xl destroy) are dropped.
 A NAME that is not a running instance is an error (exit 1) after the others.
 ";
@@ -140,7 +141,7 @@ pub fn rows(env: &Env, mut names: Vec<String>, explicit: bool, cmd: &str) -> (Ve
             .ok()
             .and_then(|t| t.trim().parse().ok());
         let live = id.and_then(|id| domains.iter().find(|(dn, did, _)| *did == id && dn == n));
-        let has_record = env.path(&format!("{n}.cfg")).is_file();
+        let has_record = via_of(env, n).is_some();
         let Some((_, id, letters)) = live else {
             if has_record && spawning(env, n) {
                 let row = Row {

@@ -4,6 +4,7 @@
 //! config in place. `RUN_DIR/NAME.lock`: held by a spawn of NAME for its
 //! whole run (a second spawn of NAME fails at once; `list` shows NAME as
 //! starting). `RUN_DIR/.slot.N`: the create slots (MINIPROXY_PARALLEL).
+//! `RUN_DIR/.virsh.lock`: held around each virsh create (one at a time).
 //! Our descriptors are close-on-exec, so xl's daemon never keeps a lock.
 
 use std::fs::{File, OpenOptions, TryLockError};

@@ -7,6 +7,7 @@
 mod args;
 mod env;
 mod json;
+mod libvirt;
 mod list;
 mod lock;
 mod metrics;
@@ -44,8 +45,9 @@ pub fn fail<T>(msg: impl Into<String>) -> Result<T, Failure> {
 const USAGE: &str =
     "Usage: miniproxy COMMAND [OPTIONS]     (as root in dom0; needs xl and xenstore-*)
   spawn   start one instance from the template and wait until it serves
+          (xl create, or virsh create with --via libvirt)
   list    one line per running instance, with its stats
-  stop    stop instances (xl shutdown, destroy if it does not go)
+  stop    stop instances (xl/virsh shutdown, destroy if it does not go)
   metrics every instance's counters for Prometheus (text format 0.0.4)
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
 an operation failed, 2 for a bad invocation; errors go to stderr.
@@ -53,8 +55,11 @@ Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
 repository/payload, or /etc/miniproxy/template.cfg), the kernel
 (MINIPROXY_KERNEL, or PAYLOAD/miniproxy, or REPO/target/release/miniproxy), and
 per instance in MINIPROXY_RUN_DIR (default /run/miniproxy): NAME.cfg (the
-rendered xl config), NAME.domid, NAME.xl.log, NAME.lock; and .lock, .slot.N,
-.ticket. Env: MINIPROXY_BRIDGE (default xenbr0), MINIPROXY_VIF_SCRIPT (default
+rendered xl config) or NAME.xml (the domain XML, spawned --via libvirt:
+its template MINIPROXY_TEMPLATE_XML or xl-configs/template.xml), NAME.domid,
+NAME.xl.log or NAME.virsh.log, NAME.lock; and .lock, .slot.N, .ticket. Env:
+MINIPROXY_VIA (spawn's default --via: xl), MINIPROXY_LIBVIRT_URI (default
+xen:///system), MINIPROXY_BRIDGE (default xenbr0), MINIPROXY_VIF_SCRIPT (default
 vif-fast if /etc/xen/scripts/vif-fast exists, else vif-bridge),
 MINIPROXY_CONSOLE_DIR (default /var/log/xen/console), MINIPROXY_PARALLEL
 (spawns creating and booting, or stops, at once: default dom0's CPUs, at

@@ -15,9 +15,14 @@ pub struct Values<'a> {
 /// The record line: the instance's settings, read back by `list`, by the
 /// address/MAC clash check and by scripts.
 pub fn meta_line(v: &Values) -> String {
+    format!("# miniproxy: {}", meta_pairs(v))
+}
+
+/// The record line's `key=value` pairs.
+pub fn meta_pairs(v: &Values) -> String {
     let s = v.spawn;
     format!(
-        "# miniproxy: name={} mode={} listen={} upstream={} ip={} gw={} memory={} profile={} mac={}",
+        "name={} mode={} listen={} upstream={} ip={} gw={} memory={} profile={} mac={}",
         s.name,
         s.mode.name(),
         s.listen,
@@ -43,16 +48,7 @@ pub fn render(
         "# Rendered by miniproxy spawn at {when} from {template_path}\n{}\n",
         meta_line(v)
     );
-    let memory = v.spawn.memory.to_string();
-    let subs: [(&str, &str); 7] = [
-        ("@NAME@", &v.spawn.name),
-        ("@KERNEL@", v.kernel),
-        ("@MEMORY@", &memory),
-        ("@BRIDGE@", v.bridge),
-        ("@MAC@", v.mac),
-        ("@VIF_SCRIPT@", v.vif_script),
-        ("@EXTRA@", &v.spawn.cfgline),
-    ];
+    let subs = substitutions(v);
     for line in template.lines() {
         let is_comment = line.trim_start().starts_with('#');
         // One pass over the template's own text: a value is never rescanned.
@@ -86,8 +82,21 @@ pub fn render(
     Ok(out)
 }
 
+/// Every placeholder a template may hold, with its value.
+pub fn substitutions(v: &Values) -> [(&'static str, String); 7] {
+    [
+        ("@NAME@", v.spawn.name.clone()),
+        ("@KERNEL@", v.kernel.into()),
+        ("@MEMORY@", v.spawn.memory.to_string()),
+        ("@BRIDGE@", v.bridge.into()),
+        ("@MAC@", v.mac.into()),
+        ("@VIF_SCRIPT@", v.vif_script.into()),
+        ("@EXTRA@", v.spawn.cfgline.clone()),
+    ]
+}
+
 /// `@NAME_LIKE@` at the start of `s`, if there is one.
-fn placeholder_at(s: &str) -> Option<&str> {
+pub fn placeholder_at(s: &str) -> Option<&str> {
     let body = &s[1..];
     let end = body.find('@')?;
     let name = &body[..end];
@@ -95,9 +104,16 @@ fn placeholder_at(s: &str) -> Option<&str> {
         .then(|| &s[..end + 2])
 }
 
-/// The `key=value` pairs of a config's record line (its second line).
+/// The `key=value` pairs of a config's record line (its second line):
+/// `# miniproxy: ...` in an xl config, `<?miniproxy ...?>` in a libvirt
+/// domain XML (crate::libvirt).
 pub fn read_meta(cfg_text: &str) -> Option<Vec<(String, String)>> {
-    let line = cfg_text.lines().nth(1)?.strip_prefix("# miniproxy: ")?;
+    let second = cfg_text.lines().nth(1)?;
+    let line = second.strip_prefix("# miniproxy: ").or_else(|| {
+        second
+            .strip_prefix("<?miniproxy ")
+            .and_then(|l| l.strip_suffix("?>"))
+    })?;
     Some(
         line.split_whitespace()
             .filter_map(|kv| kv.split_once('='))

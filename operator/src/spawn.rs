@@ -1,9 +1,11 @@
 //! `miniproxy spawn`: check everything, render the config, queue for a
-//! create slot, xl create, wait for the guest's data/ready.
+//! create slot, xl create (or virsh create: crate::libvirt), wait for the
+//! guest's data/ready.
 
 use crate::args::{self, Spawn};
 use crate::env::{self, Env};
 use crate::json::Object;
+use crate::libvirt::{self, Via};
 use crate::render::{self, Values};
 use crate::{fail, lock, xen, Failure, Outcome};
 use std::path::{Path, PathBuf};
@@ -19,7 +21,8 @@ pub fn usage() -> String {
         "Usage: miniproxy spawn --name NAME --mode reverse|transparent --listen PORT
                  [--upstream IP:PORT] --ip A.B.C.D/LEN|dhcp [--gw IP]
                  [--memory MB] [--profile default|small] [--mac MAC]
-                 [--extra 'key=value ...'] [--kernel PATH] [--timeout S] [--json]
+                 [--extra 'key=value ...'] [--kernel PATH] [--timeout S]
+                 [--via xl|libvirt] [--json]
 Start one Miniproxy instance and wait until it serves (its data/ready key).
   --name NAME      domain name (letters, digits, _ . -); must not be in use
   --mode MODE      reverse: splice connections to the instance's PORT to
@@ -42,6 +45,12 @@ Start one Miniproxy instance and wait until it serves (its data/ready key).
                    xl create starts: the half-started domain is destroyed and
                    its console shown (time queued for a create slot, below,
                    is not counted; MINIPROXY_QUEUE_TIMEOUT bounds it, 600 s)
+  --via TOOL       xl (default, or MINIPROXY_VIA): render the xl template,
+                   xl create; libvirt: render the domain XML template
+                   (MINIPROXY_TEMPLATE_XML, or xl-configs/template.xml) into
+                   {run}/NAME.xml and virsh create it (libvirtd's Xen driver,
+                   MINIPROXY_LIBVIRT_URI, default xen:///system). The same
+                   guest either way; stop uses the same tool again
   --json           print the result as one JSON object
 The whole configuration line is checked with the guest's own parser, and
 must be at most {max} bytes (what the guest takes of Xen's command line), before anything
@@ -49,7 +58,7 @@ is created. Renders the template into {run}/NAME.cfg, runs xl create,
 waits, and prints one line:
   spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US
 ready_ms: from this command's start to the ready key; of that, wait_ms
-waiting for a create slot and create_ms in xl create; guest_us: the guest's
+waiting for a create slot and create_ms in xl (virsh) create; guest_us: the guest's
 own time from its first instruction to ready.
 Safe to run many at once: at most MINIPROXY_PARALLEL (default: dom0's CPUs,
 at least 2) create and boot at the same time, the others queue.
@@ -61,9 +70,27 @@ at least 2) create and boot at the same time, the others queue.
 
 /// Remove an instance's record files.
 pub fn forget(env: &Env, name: &str) {
-    for suffix in ["cfg", "domid", "xl.log"] {
+    for suffix in ["cfg", "xml", "domid", "xl.log", "virsh.log"] {
         let _ = std::fs::remove_file(env.path(&format!("{name}.{suffix}")));
     }
+}
+
+/// How instance NAME was created: its record is NAME.xml (libvirt) or
+/// NAME.cfg (xl); `None` if there is no record.
+pub fn via_of(env: &Env, name: &str) -> Option<Via> {
+    [Via::Libvirt, Via::Xl]
+        .into_iter()
+        .find(|v| env.path(&format!("{name}.{}", v.suffix())).is_file())
+}
+
+/// Ask the toolstack that made instance NAME to destroy it; `xl destroy
+/// XL_TARGET` (the name or the domid) when that fails (libvirtd gone, or
+/// it no longer knows the domain).
+pub fn destroy(env: &Env, name: &str, xl_target: &str) {
+    if via_of(env, name) == Some(Via::Libvirt) && libvirt::virsh_ok("destroy", &[name]) {
+        return;
+    }
+    xen::xl_ok(&["destroy", xl_target]);
 }
 
 /// The live domid of instance NAME (from its record), if it still exists.
@@ -154,15 +181,27 @@ pub fn run(argv: &[String]) -> Outcome {
             "kernel path '{kernel}' has a quote or newline in it"
         ));
     }
-    let Some(template_path) = env.default_template() else {
-        return fail("no template found: set MINIPROXY_TEMPLATE (xl-configs/template.cfg)");
+    let via = match s.via {
+        Some(v) => v,
+        None => libvirt::via_from_env()?,
     };
+    let template_path = match via {
+        Via::Xl => env
+            .default_template()
+            .ok_or("no template found: set MINIPROXY_TEMPLATE (xl-configs/template.cfg)"),
+        Via::Libvirt => libvirt::default_template(&env)
+            .ok_or("no template found: set MINIPROXY_TEMPLATE_XML (xl-configs/template.xml)"),
+    }
+    .or_else(fail)?;
     let template = std::fs::read_to_string(&template_path)
         .or_else(|e| fail(format!("cannot read {}: {e}", template_path.display())))?;
     let (queue_ms, queue_text) = env::queue_timeout()?;
     let parallel = env::parallel()?;
 
     env::need_root()?;
+    if via == Via::Libvirt {
+        libvirt::need_virsh()?;
+    }
     std::fs::create_dir_all(&env.run_dir)
         .or_else(|e| fail(format!("cannot create {}: {e}", env.run_dir.display())))?;
     env.trace("checked the arguments");
@@ -188,10 +227,11 @@ pub fn run(argv: &[String]) -> Outcome {
     }
     env.trace("name is free");
 
-    let (mac, ticket) = place_config(&env, &s, &kernel, &template, &template_path)?;
+    let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;
     env.trace(&format!(
-        "config {}/{name}.cfg in place",
-        env.run_dir.display()
+        "config {}/{name}.{} in place",
+        env.run_dir.display(),
+        via.suffix()
     ));
 
     // At most MINIPROXY_PARALLEL spawns create and boot at once: twenty xl
@@ -211,10 +251,10 @@ pub fn run(argv: &[String]) -> Outcome {
 
     let con0 = console_size(&env, name);
     let c0 = env.ms();
-    let id = create(&env, name)?;
+    let id = create(&env, name, via, deadline_ms)?;
     let create_ms = env.ms() - c0;
     let _ = std::fs::write(env.path(&format!("{name}.domid")), format!("{id}\n"));
-    env.trace(&format!("xl create done: domain {id}"));
+    env.trace(&format!("create done: domain {id}"));
 
     let ready = match wait_ready(&env, &s, id, con0, deadline_ms) {
         Ok(r) => r,
@@ -224,7 +264,7 @@ pub fn run(argv: &[String]) -> Outcome {
             for l in console_since(&env, name, con0, 20).lines() {
                 eprintln!("  | {l}");
             }
-            xen::xl_ok(&["destroy", name]);
+            destroy(&env, name, name);
             forget(&env, name);
             return Err(Failure::Reported);
         }
@@ -263,6 +303,7 @@ pub fn run(argv: &[String]) -> Outcome {
 fn place_config(
     env: &Env,
     s: &Spawn,
+    via: Via,
     kernel: &str,
     template: &str,
     template_path: &Path,
@@ -279,7 +320,10 @@ fn place_config(
             mac,
             vif_script: &env.vif_script,
         };
-        render::render(template, &tpath, &when, &v)
+        match via {
+            Via::Xl => render::render(template, &tpath, &when, &v),
+            Via::Libvirt => libvirt::render(template, &tpath, &when, &v),
+        }
     };
     let mut text = render_for(&mac).or_else(fail)?;
     let wait = Duration::from_millis(s.timeout_ms.saturating_sub(env.ms()).max(1000));
@@ -329,14 +373,16 @@ fn place_config(
         }
         break;
     }
-    let cfg = env.path(&format!("{name}.cfg"));
-    let tmp = env.path(&format!(".{name}.cfg.{}", std::process::id()));
+    // A stale record of the other kind (a spawn that died) must not say
+    // how this instance is stopped.
+    forget(env, name);
+    let cfg = env.path(&format!("{name}.{}", via.suffix()));
+    let tmp = env.path(&format!(".{name}.{}.{}", via.suffix(), std::process::id()));
     std::fs::write(&tmp, text).or_else(|e| fail(format!("cannot write {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, &cfg).or_else(|e| {
         let _ = std::fs::remove_file(&tmp);
         fail(format!("cannot write {}: {e}", cfg.display()))
     })?;
-    let _ = std::fs::remove_file(env.path(&format!("{name}.domid")));
     let ticket_file = env.path(".ticket");
     let ticket: u64 = std::fs::read_to_string(&ticket_file)
         .ok()
@@ -353,7 +399,10 @@ pub fn records(env: &Env) -> Vec<(String, Vec<(String, String)>)> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let file = e.file_name().to_string_lossy().into_owned();
-                    let name = file.strip_suffix(".cfg")?.to_string();
+                    let name = file
+                        .strip_suffix(".cfg")
+                        .or_else(|| file.strip_suffix(".xml"))?
+                        .to_string();
                     if name.starts_with('.') {
                         return None;
                     }
@@ -382,15 +431,41 @@ fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs
         .flatten()
 }
 
-/// xl create; rc 134 with the domain present counts as created; any other
-/// failure is retried once after clearing a half-made domain, unless xl
-/// said the config is bad.
-fn create(env: &Env, name: &str) -> Result<u32, Failure> {
-    let log = env.path(&format!("{name}.xl.log"));
-    let cfg = env.path(&format!("{name}.cfg")).display().to_string();
+/// xl (virsh) create; rc 134 with the domain present counts as created
+/// (xl's abort at exit); any other failure is retried once after clearing
+/// a half-made domain, unless the tool said the config is bad.
+fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
+    let log = env.path(&format!("{name}.{}", via.log_suffix()));
+    let cfg = env
+        .path(&format!("{name}.{}", via.suffix()))
+        .display()
+        .to_string();
+    let tool = match via {
+        Via::Xl => "xl",
+        Via::Libvirt => "virsh",
+    };
     let _ = std::fs::write(&log, "");
     for attempt in 1..=2 {
-        let rc = xen::xl_create(&cfg, &log);
+        let rc = match via {
+            Via::Xl => xen::xl_create(&cfg, &log),
+            // One virsh create at a time (RUN_DIR/.virsh.lock): with two at
+            // once libvirtd 9.0's Xen driver hung for good in the testbed
+            // (tests/xen/60-libvirt.sh), the domains' boots still overlap.
+            // Bounded by --timeout, as the wait for ready is.
+            Via::Libvirt => {
+                let left = || Duration::from_millis(deadline_ms.saturating_sub(env.ms()).max(1));
+                match lock::take_within(&env.path(".virsh.lock"), left()) {
+                    Ok(Some(_one)) => libvirt::virsh_create(&cfg, &log, left()),
+                    _ => {
+                        append(
+                            &log,
+                            "another virsh create held .virsh.lock until --timeout\n",
+                        );
+                        None
+                    }
+                }
+            }
+        };
         let created = matches!(rc, Some(0) | Some(134));
         // A busy xenstore (other domains appearing or going at the same
         // moment) can fail one lookup: when xl said it created the domain,
@@ -405,27 +480,29 @@ fn create(env: &Env, name: &str) -> Result<u32, Failure> {
         }
         match id {
             Some(id) if created => return Ok(id),
-            Some(_) => {
-                xen::xl_ok(&["destroy", name]);
-            }
+            Some(_) => destroy(env, name, name),
             None => {}
         }
         let rc_text = rc.map_or("none".into(), |c| c.to_string());
         append(
             &log,
             &format!(
-                "miniproxy spawn: {name}: xl create failed (attempt {attempt}, rc {rc_text})\n"
+                "miniproxy spawn: {name}: {tool} create failed (attempt {attempt}, rc {rc_text})\n"
             ),
         );
+        if env.ms() >= deadline_ms {
+            break; // --timeout is up: no second attempt
+        }
         let out = std::fs::read_to_string(&log).unwrap_or_default();
         if ["parsing error", "Failed to parse", "unknown"]
             .iter()
+            .chain(libvirt::BAD_CONFIG_WORDS.iter())
             .any(|w| out.contains(w))
         {
             break; // a bad config: no retry
         }
     }
-    eprintln!("miniproxy spawn: {name}: xl create failed; its output:");
+    eprintln!("miniproxy spawn: {name}: {tool} create failed; its output:");
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     let lines: Vec<&str> = out.lines().collect();
     for l in &lines[lines.len().saturating_sub(15)..] {

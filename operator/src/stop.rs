@@ -3,7 +3,8 @@
 use crate::args::{check_name, parse_secs};
 use crate::env::{self, Env};
 use crate::json::Object;
-use crate::spawn::{domain_of, forget, records};
+use crate::libvirt::{self, Via};
+use crate::spawn::{destroy, domain_of, forget, records, via_of};
 use crate::{bad, fail, xen, Failure, Outcome};
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -13,9 +14,11 @@ pub const USAGE: &str = "Usage: miniproxy stop NAME... | --all   [--timeout S] [
 Stop instances started by 'miniproxy spawn' (all of them with --all), at most
 MINIPROXY_PARALLEL at once (default: dom0's CPUs, at least 2; twenty
 shutdowns at once swamp xenstored with xl's per-domain watchers): ask each
-to shut down (control/shutdown=poweroff, as xl shutdown does), wait until
-xl has reaped the domain (up to S seconds, default 60), and xl destroy it if
-it does not acknowledge within 10 s or is not gone in time.
+to shut down (control/shutdown=poweroff, as xl shutdown does; virsh shutdown
+for an instance spawned --via libvirt), wait until the toolstack has reaped
+the domain (up to S seconds, default 60), and destroy it (xl destroy; virsh
+destroy for a libvirt one) if it does not acknowledge within 10 s or is not
+gone in time.
 One line per instance (--json: one object per line):
   stopped name=NAME domid=ID ms=MS how=shutdown|destroy|gone
 (gone: it had already ended, e.g. by idle_exit). --all with no instances
@@ -63,11 +66,20 @@ fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, String> {
     let ctl = format!("{xs}/control/shutdown");
     let name_key = format!("{xs}/name");
     let mut how = "shutdown";
+    let via = via_of(env, name);
+    // libvirtd created it and reaps it (on_poweroff destroy): libvirt
+    // asks the guest (the same control/shutdown write) so that its view
+    // of the domain follows.
+    let asked = if via == Some(Via::Libvirt) {
+        libvirt::virsh_ok("shutdown", &[name])
+    } else {
+        xen::write(&ctl, "poweroff")
+    };
     // What xl shutdown does for a PV guest, without a libxl process per
     // instance: the kernel acknowledges by clearing the node, stops, and
     // xl's daemon reaps the domain (on_poweroff="destroy"). No
     // acknowledgement within 10 s (crashed, paused, hung): destroy at once.
-    if xen::write(&ctl, "poweroff") {
+    if asked {
         let ack_limit = limit.min(Duration::from_secs(10));
         while xen::read(&ctl).is_some_and(|v| !v.is_empty()) {
             if t0.elapsed() >= ack_limit {
@@ -76,7 +88,7 @@ fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, String> {
             }
             xen::wait_event(&ctl, Duration::from_secs(1));
         }
-    } else if !xen::xl_ok(&["shutdown", &id.to_string()]) {
+    } else if via == Some(Via::Libvirt) || !xen::xl_ok(&["shutdown", &id.to_string()]) {
         how = "destroy";
     }
     if how == "shutdown" {
@@ -89,7 +101,7 @@ fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, String> {
         }
     }
     if how == "destroy" {
-        xen::xl_ok(&["destroy", &id.to_string()]);
+        destroy(env, name, &id.to_string());
         let t1 = Instant::now();
         while xen::read(&name_key).is_some() {
             if t1.elapsed() >= Duration::from_secs(15) {
@@ -156,7 +168,7 @@ pub fn run(argv: &[String]) -> Outcome {
         names = records(&env).into_iter().map(|(n, _)| n).collect();
     } else {
         for n in &names {
-            if env.path(&format!("{n}.cfg")).is_file() {
+            if via_of(&env, n).is_some() {
                 continue;
             }
             if xen::domid_of(n).is_some() {

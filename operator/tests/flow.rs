@@ -27,6 +27,7 @@ impl Rig {
     fn cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakexen");
         let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
+        let template_xml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.xml");
         let mut c = Command::new(env!("CARGO_BIN_EXE_miniproxy-operator"));
         c.args(args)
             .env(
@@ -39,6 +40,9 @@ impl Rig {
             .env("MINIPROXY_CONSOLE_DIR", self.dir.join("console"))
             .env("MINIPROXY_KERNEL", self.dir.join("kernel"))
             .env("MINIPROXY_TEMPLATE", template)
+            .env("MINIPROXY_TEMPLATE_XML", template_xml)
+            .env_remove("MINIPROXY_VIA")
+            .env_remove("MINIPROXY_LIBVIRT_URI")
             .env("MINIPROXY_VIF_SCRIPT", "vif-bridge")
             .env_remove("MINIPROXY_PARALLEL")
             .env_remove("MINIPROXY_TRACE");
@@ -281,6 +285,229 @@ fn spawn_list_stop_flow() {
     assert!(!r.dir.join("run/a.cfg").exists() && !r.dir.join("run/b.cfg").exists());
     let o = r.run(&["list"], &[]);
     assert_eq!((o.status.code(), out(&o)), (Some(0), String::new()));
+}
+
+#[test]
+fn instances_spawned_via_libvirt_are_listed_and_stopped_through_virsh() {
+    let r = Rig::new("libvirt");
+    let o = r.run(
+        &spawn_args(
+            "a",
+            "10.0.0.5/24",
+            &["--via", "libvirt", "--extra", "idle_exit=10m"],
+        ),
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let line = out(&o);
+    assert!(
+        line.starts_with("spawned name=a domid=1 ready_ms=")
+            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:")
+            && line.trim_end().ends_with(" guest_us=4321"),
+        "{line}"
+    );
+    let run = r.dir.join("run");
+    let xml = std::fs::read_to_string(run.join("a.xml")).unwrap();
+    assert!(xml.lines().nth(1).unwrap().starts_with(
+        "<?miniproxy name=a mode=reverse listen=80 upstream=10.0.0.1:8080 ip=10.0.0.5/24 gw=- memory=6 profile=default mac=00:16:3e:"
+    ), "{xml}");
+    assert!(xml.contains(
+        "<cmdline>ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 rx_bufs=64 max_conns=64 idle_exit=10m</cmdline>"
+    ), "{xml}");
+    assert!(xml.contains(&format!(
+        "<kernel>{}</kernel>",
+        r.dir.join("kernel").display()
+    )));
+    assert!(!run.join("a.cfg").exists());
+    let log = std::fs::read_to_string(run.join("a.virsh.log")).unwrap();
+    assert!(log.contains("Domain 'a' created from"), "{log}");
+    let calls = r.xl_calls();
+    assert!(
+        calls.contains(&format!(
+            "virsh -c xen:///system create {}\n",
+            run.join("a.xml").display()
+        )),
+        "{calls}"
+    );
+    assert!(!calls.contains("xl create"), "{calls}");
+
+    // One by xl, one by MINIPROXY_VIA; addresses are checked across both kinds.
+    let o = r.run(&spawn_args("b", "10.0.0.6/24", &[]), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(run.join("b.cfg").exists() && !run.join("b.xml").exists());
+    let o = r.run(
+        &spawn_args("c", "10.0.0.7/24", &["--json"]),
+        &[("MINIPROXY_VIA", "libvirt")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        out(&o).starts_with(r#"{"result":"spawned","name":"c","domid":3,"ready_ms":"#),
+        "{}",
+        out(&o)
+    );
+    assert!(run.join("c.xml").exists());
+    let o = r.run(
+        &spawn_args("d", "10.0.0.5/24", &[]),
+        &[("MINIPROXY_VIA", "libvirt")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("address 10.0.0.5 is in use by instance 'a'"),
+        "{}",
+        err(&o)
+    );
+    let o = r.run(
+        &spawn_args("d", "10.0.0.8/24", &[]),
+        &[("MINIPROXY_VIA", "lbivirt")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err(&o).contains("MINIPROXY_VIA must be xl or libvirt, not 'lbivirt'"),
+        "{}",
+        err(&o)
+    );
+
+    let o = r.run(&["list"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let listed = out(&o);
+    let names: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>())
+        .map(|f| if f[2] == "state=running" { f[0] } else { "?" })
+        .collect();
+    assert_eq!(names, ["name=a", "name=b", "name=c"], "{}", out(&o));
+
+    // Stop: a by virsh shutdown; then b (xl) and c (libvirt) ignore the
+    // request and are destroyed, each by its own tool.
+    let o = r.run(&["stop", "a"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        out(&o).starts_with("stopped name=a domid=1 ms=") && out(&o).ends_with(" how=shutdown\n"),
+        "{}",
+        out(&o)
+    );
+    let o = r.run(
+        &["stop", "--all", "--timeout", "0.5"],
+        &[("FAKE_SHUTDOWN", "ignore")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(
+        out(&o)
+            .lines()
+            .filter(|l| l.ends_with(" how=destroy"))
+            .count(),
+        2,
+        "{}",
+        out(&o)
+    );
+    let calls = r.xl_calls();
+    for want in [
+        "virsh -c xen:///system shutdown a\n",
+        "virsh -c xen:///system shutdown c\n",
+        "virsh -c xen:///system destroy c\n",
+        "xenstore-write /local/domain/2/control/shutdown poweroff\n",
+        "xl destroy 2\n",
+    ] {
+        assert!(calls.contains(want), "{want}: {calls}");
+    }
+    for never in [
+        "xenstore-write /local/domain/1/",
+        "xenstore-write /local/domain/3/",
+        "xl destroy 3",
+        "virsh -c xen:///system shutdown b",
+    ] {
+        assert!(!calls.contains(never), "{never}: {calls}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&run)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".xml") || n.ends_with(".cfg") || n.ends_with(".log")
+            })
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_libvirt_spawn_that_fails_or_never_gets_ready_is_cleared_through_virsh() {
+    let r = Rig::new("libvirt-fail");
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
+        &[("FAKE_GUEST", "silent")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("a (domain 1): not ready after 1 s; destroying it"),
+        "{}",
+        err(&o)
+    );
+    assert!(r.xl_calls().contains("virsh -c xen:///system destroy a\n"));
+    assert!(!r.dir.join("xs/local/domain/1").exists());
+    assert!(!r.dir.join("run/a.xml").exists());
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt"]),
+        &[("FAKE_CREATE_EXIT", "3")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        r.xl_calls()
+            .matches("virsh -c xen:///system create")
+            .count(),
+        3
+    );
+    assert!(
+        err(&o).contains("virsh create failed (attempt 2, rc 3)"),
+        "{}",
+        err(&o)
+    );
+    assert!(!r.xl_calls().contains("xl create"));
+
+    // A libvirtd that never answers: virsh create is killed at --timeout,
+    // not retried, and the spawn fails promptly.
+    let t0 = Instant::now();
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
+        &[("FAKE_VIRSH_HANG", "1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        err(&o).contains("virsh create did not return within")
+            && err(&o).contains("virsh create failed (attempt 1, rc none)"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        r.xl_calls()
+            .matches("virsh -c xen:///system create")
+            .count(),
+        4
+    );
+
+    // One virsh create at a time: another holding .virsh.lock past
+    // --timeout ends this spawn without running virsh.
+    let mut holder = hold_lock(&r.dir.join("run/.virsh.lock"), "3");
+    let o = r.run(
+        &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
+        &[],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("another virsh create held .virsh.lock until --timeout"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(
+        r.xl_calls()
+            .matches("virsh -c xen:///system create")
+            .count(),
+        4
+    );
 }
 
 #[test]

@@ -100,6 +100,18 @@ fn the_config_line_puts_extra_keys_over_the_profile() {
 }
 
 #[test]
+fn via_is_xl_or_libvirt_and_unset_by_default() {
+    assert_eq!(spawn(&[]).unwrap().unwrap().via, None);
+    assert_eq!(
+        spawn(&["--via", "libvirt"]).unwrap().unwrap().via,
+        Some(Via::Libvirt)
+    );
+    assert_eq!(spawn(&["--via=xl"]).unwrap().unwrap().via, Some(Via::Xl));
+    let m = refusal(spawn(&["--via", "virsh"]));
+    assert_eq!(m, "bad --via 'virsh': expected xl or libvirt");
+}
+
+#[test]
 fn the_guests_parser_refuses_what_the_guest_would() {
     for (extra, says) in [
         ("buf=16q", "bad value for key 'buf'"),
