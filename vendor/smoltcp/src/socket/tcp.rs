@@ -17,6 +17,7 @@ use crate::wire::{
     IpAddress, IpEndpoint, IpListenEndpoint, IpProtocol, IpRepr, TCP_HEADER_LEN, TcpControl,
     TcpRepr, TcpSeqNumber, TcpTimestampGenerator, TcpTimestampRepr,
 };
+use managed::ManagedSlice;
 
 mod congestion;
 #[cfg(all(test, feature = "medium-ip", feature = "proto-ipv4"))]
@@ -1379,6 +1380,70 @@ impl<'a> Socket<'a> {
     #[inline]
     pub fn send_capacity(&self) -> usize {
         self.tx_buffer.capacity()
+    }
+
+    /// The receive buffer's extent the peer may already fill: the data held and
+    /// the rest of the window last advertised (whose right edge must not move left).
+    fn recv_extent(&self) -> usize {
+        let held = self.rx_buffer.len();
+        let Some(last_ack) = self.remote_last_ack else {
+            return held;
+        };
+        let right_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+        let held_end = self.remote_seq_no + held;
+        if right_edge > held_end {
+            right_edge - self.remote_seq_no
+        } else {
+            held
+        }
+    }
+
+    /// Give the socket new receive storage of any capacity, keeping the data it
+    /// holds, in order and out of order, and its sequence state. Returns the old
+    /// storage.
+    ///
+    /// This lets an application grow the receive buffer of an open connection while
+    /// the window is what limits it, or shrink it when memory is short. The new
+    /// capacity must cover what the peer may already send: the data held and the
+    /// rest of the window last advertised, whose right edge a receiver must not move
+    /// left (RFC 9293 §3.8.6, RFC 7323 §2.4). A smaller one, or one above 1 GiB, is
+    /// refused and `storage` given back unchanged. After a resize the socket
+    /// advertises the new buffer's free space, and sends a window update at once if
+    /// that at least doubles the last window advertised.
+    ///
+    /// The window scale is agreed at the handshake (from the receive buffer's
+    /// capacity then); a socket that is to grow beyond it should be created with a
+    /// larger scale, see [set_rx_capacity_hint](#method.set_rx_capacity_hint).
+    pub fn replace_recv_storage<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        let storage = storage.into();
+        let extent = self.recv_extent();
+        if storage.len() < extent || storage.len() > (1 << 30) {
+            return Err(storage);
+        }
+        let keep = extent.min(self.rx_buffer.capacity());
+        self.rx_buffer.replace_storage(storage, keep)
+    }
+
+    /// Give the socket new transmit storage of any capacity, keeping the data it
+    /// holds (sent and not acknowledged, and not yet sent) and its sequence state.
+    /// Returns the old storage.
+    ///
+    /// A capacity below the data held is refused and `storage` given back unchanged.
+    pub fn replace_send_storage<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        let keep = self.tx_buffer.len();
+        self.tx_buffer.replace_storage(storage, keep)
     }
 
     /// Check whether the receive buffer is not empty.
@@ -4805,6 +4870,176 @@ mod test {
             }]
         );
         assert_eq!(s.rx_buffer.dequeue_many(6), &b"abcdef"[..]);
+    }
+
+    /// The payloads of the segments `dispatch` sends at `time_ms` (none: empty).
+    fn dispatched(s: &mut TestSocket, time_ms: i64) -> Vec<(TcpSeqNumber, Vec<u8>, u16)> {
+        let mut out = Vec::new();
+        s.cx.set_now(Instant::from_millis(time_ms));
+        loop {
+            let mut got = None;
+            let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                got = Some((repr.seq_number, repr.payload.to_vec(), repr.window_len));
+                Ok::<(), ()>(())
+            });
+            match got {
+                Some(g) => out.push(g),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn test_replace_recv_storage_keeps_data_and_opens_the_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        let data: Vec<u8> = (0..60u8).collect();
+        // 40 bytes in order, acknowledged with the 24 left: the right edge is at 64.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[..40],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 40),
+                window_len: 24,
+                ..RECV_TEMPL
+            }]
+        );
+        // 10 bytes out of order (50..60), a hole at 40..50.
+        let ooo = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 50,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[50..60],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(ooo.map(|r| r.ack_number), Some(Some(REMOTE_SEQ + 1 + 40)));
+        // Less than the data held, or than the window advertised: refused,
+        // the storage given back.
+        assert_eq!(s.replace_recv_storage(vec![0; 32]).unwrap_err().len(), 32);
+        assert_eq!(s.replace_recv_storage(vec![0; 63]).unwrap_err().len(), 63);
+        assert_eq!(s.recv_capacity(), 64);
+        let old = s.replace_recv_storage(vec![0; 256]).unwrap();
+        assert_eq!(
+            (old.len(), s.recv_capacity(), s.recv_queue()),
+            (64, 256, 40)
+        );
+        // The larger window is announced at once (it more than doubles).
+        assert_eq!(
+            dispatched(&mut s, 0),
+            vec![(LOCAL_SEQ + 1, vec![], 256 - 40)]
+        );
+        // The hole is filled: the out-of-order bytes kept across the resize
+        // are acknowledged and delivered with it.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 40,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[40..50],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 60),
+                window_len: 256 - 60,
+                ..RECV_TEMPL
+            })
+        );
+        let mut got = [0u8; 60];
+        assert_eq!(s.recv_slice(&mut got), Ok(60));
+        assert_eq!(&got[..], &data[..]);
+    }
+
+    #[test]
+    fn test_replace_recv_storage_never_retracts_the_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[7; 16],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(dispatched(&mut s, 0), vec![(LOCAL_SEQ + 1, vec![], 48)]);
+        // Read, not yet acknowledged: the peer may still send 48 bytes, up to 64.
+        let mut got = [0u8; 16];
+        assert_eq!(s.recv_slice(&mut got), Ok(16));
+        assert_eq!(s.replace_recv_storage(vec![0; 47]).unwrap_err().len(), 47);
+        s.replace_recv_storage(vec![0; 48]).unwrap();
+        // The next window ends where the last one did.
+        assert_eq!(dispatched(&mut s, 0), vec![]);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 16,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[8; 48],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.recv_queue(), 48);
+        assert_eq!(dispatched(&mut s, 0), vec![(LOCAL_SEQ + 1, vec![], 0)]);
+        // Nothing held and nothing promised beyond: any size goes.
+        assert_eq!(s.recv_slice(&mut [0u8; 48]), Ok(48));
+        assert_eq!(s.replace_recv_storage(vec![0; 8]).unwrap().len(), 48);
+        assert_eq!(
+            s.replace_recv_storage(vec![0; (1 << 30) + 1])
+                .unwrap_err()
+                .len(),
+            (1 << 30) + 1
+        );
+    }
+
+    #[test]
+    fn test_replace_send_storage_keeps_unacked_and_unsent_data() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 32;
+        let data: Vec<u8> = (0..160u8).collect();
+        assert_eq!(s.send_slice(&data[..64]), Ok(64));
+        // The first 32 are sent; then the tx buffer is full and a resize below
+        // what it holds is refused.
+        let first = dispatched(&mut s, 0);
+        assert_eq!(first[0], (LOCAL_SEQ + 1, data[..32].to_vec(), 64));
+        assert_eq!(s.replace_send_storage(vec![0; 63]).unwrap_err().len(), 63);
+        let old = s.replace_send_storage(vec![0; 128]).unwrap();
+        assert_eq!(
+            (old.len(), s.send_capacity(), s.send_queue()),
+            (64, 128, 64)
+        );
+        assert_eq!(s.send_slice(&data[64..160]), Ok(64));
+        // The peer acknowledges 32: the rest goes out in order, unchanged.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 32),
+                window_len: 1024,
+                ..SEND_TEMPL
+            }
+        );
+        let mut sent: Vec<u8> = first.iter().flat_map(|f| f.1.clone()).collect();
+        for (seq, payload, _) in dispatched(&mut s, 10) {
+            assert_eq!(seq, LOCAL_SEQ + 1 + sent.len());
+            sent.extend(payload);
+        }
+        assert_eq!(sent, data[..128].to_vec());
+        // A retransmission timeout resends from the last ACK, from the new storage.
+        let again = dispatched(&mut s, 2000);
+        assert_eq!(again[0].0, LOCAL_SEQ + 1 + 32);
+        assert_eq!(again[0].1, data[32..64].to_vec());
     }
 
     #[test]
