@@ -618,6 +618,9 @@ pub struct Socket<'a> {
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
+    /// The receive capacity the window scale is chosen for, if larger than the
+    /// receive buffer's (see `set_rx_capacity_hint`); 0 if none.
+    rx_capacity_hint: usize,
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
@@ -679,6 +682,13 @@ pub struct Socket<'a> {
 
 const DEFAULT_MSS: usize = 536;
 
+/// The window scale (RFC 7323) for a receive capacity: the smallest shift with
+/// which the whole capacity can be advertised in 16 bits, at most 14 (RFC 7323 §2.3).
+fn win_shift_for(capacity: usize) -> u8 {
+    let log2 = mem::size_of::<usize>() * 8 - capacity.leading_zeros() as usize;
+    log2.saturating_sub(16).min(14) as u8
+}
+
 /// Minimum MSS we accept from the remote, same value as Linux's `TCP_MIN_SND_MSS`.
 /// Without it, a peer advertising a tiny MSS could force segments to carry little
 /// or no payload once the TCP options length is subtracted from the effective MSS,
@@ -706,7 +716,6 @@ impl<'a> Socket<'a> {
         if rx_capacity > (1 << 30) {
             panic!("receiving buffer too large, cannot exceed 1 GiB")
         }
-        let rx_cap_log2 = mem::size_of::<usize>() * 8 - rx_capacity.leading_zeros() as usize;
 
         Socket {
             state: State::Closed,
@@ -728,7 +737,8 @@ impl<'a> Socket<'a> {
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
-            remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
+            remote_win_shift: win_shift_for(rx_capacity),
+            rx_capacity_hint: 0,
             remote_win_scale: None,
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
@@ -934,6 +944,35 @@ impl<'a> Socket<'a> {
         self.rtte.set_min_rto(duration)
     }
 
+    /// Set the receive capacity the window scale is chosen for, if it is larger
+    /// than the receive buffer's.
+    ///
+    /// The window scale (RFC 7323) is agreed in the handshake and fixed for the
+    /// connection; by default it is the smallest one that can advertise the
+    /// whole receive buffer. A socket created with a small buffer that it may
+    /// later grow with [replace_recv_storage](#method.replace_recv_storage)
+    /// should announce the scale for the largest size instead, or its window
+    /// stays capped at 64 KiB. The hint is clamped to 1 GiB and, like the RTO
+    /// floor, kept across `listen`/`connect`; it applies to the next handshake
+    /// (at once if the socket is closed or listening). 0 removes it.
+    pub fn set_rx_capacity_hint(&mut self, capacity: usize) {
+        self.rx_capacity_hint = capacity.min(1 << 30);
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.remote_win_shift = self.own_win_shift();
+        }
+    }
+
+    /// Return the receive capacity hint, see
+    /// [set_rx_capacity_hint](#method.set_rx_capacity_hint).
+    pub fn rx_capacity_hint(&self) -> usize {
+        self.rx_capacity_hint
+    }
+
+    /// The window scale this socket announces in a handshake.
+    fn own_win_shift(&self) -> u8 {
+        win_shift_for(self.rx_capacity_hint.max(self.rx_buffer.capacity()))
+    }
+
     /// Return the lower bound of the retransmission timeout.
     ///
     /// See also the [set_rto_min](#method.set_rto_min) method.
@@ -1044,9 +1083,6 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
-
         self.state = State::Closed;
         self.timer = Timer::new();
         // The RTO floor is a setting, like the keep-alive interval: it outlives a connection.
@@ -1068,7 +1104,7 @@ impl<'a> Socket<'a> {
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
-        self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
+        self.remote_win_shift = self.own_win_shift();
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
         self.local_rx_last_ack = None;
@@ -1412,8 +1448,9 @@ impl<'a> Socket<'a> {
     /// that at least doubles the last window advertised.
     ///
     /// The window scale is agreed at the handshake (from the receive buffer's
-    /// capacity then); a socket that is to grow beyond it should be created with a
-    /// larger scale, see [set_rx_capacity_hint](#method.set_rx_capacity_hint).
+    /// capacity then, or a larger hint); a socket that is to grow should announce
+    /// the scale for its largest size, see
+    /// [set_rx_capacity_hint](#method.set_rx_capacity_hint).
     pub fn replace_recv_storage<S>(
         &mut self,
         storage: S,
@@ -1427,7 +1464,11 @@ impl<'a> Socket<'a> {
             return Err(storage);
         }
         let keep = extent.min(self.rx_buffer.capacity());
-        self.rx_buffer.replace_storage(storage, keep)
+        let old = self.rx_buffer.replace_storage(storage, keep)?;
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.remote_win_shift = self.own_win_shift();
+        }
+        Ok(old)
     }
 
     /// Give the socket new transmit storage of any capacity, keeping the data it
@@ -4773,6 +4814,71 @@ mod test {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn test_win_scale_from_capacity_hint() {
+        // Listening with a 4 KiB buffer and a hint of 1 MiB: the SYN|ACK offers
+        // the scale for 1 MiB and the window the buffer has.
+        let mut s = socket_with_buffer_sizes(64, 4096);
+        assert_eq!(s.remote_win_shift, 0);
+        s.set_rx_capacity_hint(1 << 20);
+        assert_eq!(s.rx_capacity_hint(), 1 << 20);
+        s.socket.listen(LISTEN_END).unwrap();
+        assert_eq!(s.remote_win_shift, 5);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                window_scale: Some(0),
+                ..SEND_TEMPL
+            }
+        );
+        let mut synack = None;
+        recv(&mut s, Instant::from_millis(0), |r| {
+            synack = r.ok().map(|r| (r.window_scale, r.window_len))
+        });
+        assert_eq!(synack, Some((Some(5), 4096)));
+        // Established, it advertises 4096 >> 5; grown to 1 MiB, the whole of it.
+        let iss = s.local_seq_no;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(iss + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.scaled_window(), 4096 >> 5);
+        s.replace_recv_storage(vec![0; 1 << 20]).unwrap();
+        assert_eq!(s.remote_win_shift, 5);
+        assert_eq!(s.scaled_window(), ((1 << 20) >> 5) as u16);
+
+        // The hint survives reset; connecting announces it too, and a hint
+        // below the buffer's capacity does not lower the scale.
+        let mut s = socket_with_buffer_sizes(64, 4096);
+        s.set_rx_capacity_hint(256 * 1024);
+        s.local_seq_no = LOCAL_SEQ;
+        s.socket.connect(&mut s.cx, REMOTE_END, LOCAL_END).unwrap();
+        let mut syn = None;
+        recv(&mut s, Instant::from_millis(0), |r| {
+            syn = r.ok().map(|r| r.window_scale)
+        });
+        assert_eq!(syn, Some(Some(3)));
+        // Once the SYN is out, a new hint waits for the next connection.
+        s.set_rx_capacity_hint(1 << 20);
+        assert_eq!(s.remote_win_shift, 3);
+        s.abort();
+        let mut s = socket_with_buffer_sizes(64, 131072);
+        s.set_rx_capacity_hint(1024);
+        assert_eq!(s.remote_win_shift, 2);
+        s.set_rx_capacity_hint(usize::MAX);
+        assert_eq!((s.rx_capacity_hint(), s.remote_win_shift), (1 << 30, 14));
+        s.set_rx_capacity_hint(0);
+        assert_eq!(s.remote_win_shift, 2);
     }
 
     #[test]
