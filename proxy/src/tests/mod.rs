@@ -15,6 +15,7 @@ mod buffers;
 mod connections;
 mod drain;
 mod garp;
+mod growth;
 mod hostile;
 mod lifecycle;
 mod offload;
