@@ -18,14 +18,17 @@
 //! The ledger also keeps the reservation of the module `sizing`,
 //! `held + (max_sockets - sockets) * 2 * buf_min <= buffer budget`:
 //! [`Ledger::fits`] says whether a new socket of a given size keeps it, and
-//! the socket pool only asks [`Ledger::add`] for sizes that fit.
+//! the socket pool only asks [`Ledger::add`] for sizes that fit. A connected
+//! socket's buffers change size only through [`Ledger::resize`], which
+//! counts the difference and grows nothing beyond the reservation and the
+//! pledges ([`Ledger::fits_growth`]).
 
 use alloc::vec::Vec;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
-use super::sizing::BufferState;
+use super::sizing::{BufferState, Role};
 
 /// Counts of the engine's socket buffers. See the module documentation.
 #[derive(Debug)]
@@ -97,6 +100,80 @@ impl Ledger {
         }
         let reserve = (self.max_sockets - self.sockets - 1).saturating_mul(2 * self.buf_min);
         self.held.saturating_add(2 * size).saturating_add(reserve) <= self.budget
+    }
+
+    /// What the buffer budget has beyond the reservation of `buf_min` for
+    /// every socket that may still come, pledges not deducted.
+    fn unpledged(&self) -> usize {
+        let reserve = (self.max_sockets - self.sockets).saturating_mul(2 * self.buf_min);
+        self.budget
+            .saturating_sub(self.held)
+            .saturating_sub(reserve)
+    }
+
+    /// Whether a socket's buffers may grow from `from` to `to` bytes per
+    /// direction: the reservation and the listening sockets' pledges are kept
+    /// (a grown connection never takes what a new one is promised), and
+    /// memory is not short afterwards.
+    pub(super) fn fits_growth(&self, from: usize, to: usize) -> bool {
+        if to <= from {
+            return true;
+        }
+        if to > self.buf
+            || self.unpledged().saturating_add(2 * from) < (2 * to).saturating_add(self.pledged)
+        {
+            return false;
+        }
+        // Growth never makes memory short (see `short`): what it would shrink
+        // again at once is not taken.
+        let mut after = self.state(true);
+        after.held += 2 * (to - from);
+        after.size_for(Role::Listen) > self.buf_min
+    }
+
+    /// Whether memory is short: a listening socket made now would get no
+    /// more than `buf_min` (the budget beyond the reservation is spent), so
+    /// the next connections get the least. Grown buffers then shrink and
+    /// stop growing.
+    pub(super) fn short(&self) -> bool {
+        self.buf > self.buf_min && self.state(true).size_for(Role::Listen) <= self.buf_min
+    }
+
+    /// Give connected socket `h` the buffers `rx` and `tx` (of one size),
+    /// keeping its data, and free the old ones; growth only if
+    /// [`Ledger::fits_growth`]. Refused (false, nothing changed) for a
+    /// listening socket or a spare (their sizes are on record), or if the
+    /// socket holds more than the new size takes.
+    pub(super) fn resize(
+        &mut self,
+        set: &mut SocketSet<'static>,
+        h: SocketHandle,
+        rx: Vec<u8>,
+        tx: Vec<u8>,
+    ) -> bool {
+        let (old, size) = (Self::size_of(set, h), rx.len());
+        if size != tx.len() || (size > old && !self.fits_growth(old, size)) {
+            return false;
+        }
+        if self.spares.iter().any(|&(s, _)| s == h) {
+            return false;
+        }
+        let s = set.get_mut::<tcp::Socket>(h);
+        if s.state() == tcp::State::Listen {
+            return false;
+        }
+        let Ok(old_rx) = s.replace_recv_storage(rx) else {
+            return false;
+        };
+        if s.replace_send_storage(tx).is_err() {
+            // The old storage takes back what it held a moment ago.
+            let restored = s.replace_recv_storage(old_rx);
+            debug_assert!(restored.is_ok());
+            return false;
+        }
+        self.held = self.held - 2 * old + 2 * size;
+        self.peak = self.peak.max(self.held);
+        true
     }
 
     /// Put a new socket into the set, counting its buffers. The caller has
@@ -330,6 +407,32 @@ mod unit {
         assert!(l.listeners_at_buf());
         l.remove(&mut set, big);
         assert_eq!(l.recount(&set, core::iter::empty()), 2 * (1024 + 4096));
+    }
+
+    #[test]
+    fn resize_counts_the_difference_and_keeps_the_reservation_and_pledges() {
+        let (mut l, mut set) = ledger(24 * 1024);
+        let a = l.add(&mut set, socket(2048));
+        let listening = l.add(&mut set, socket(4096));
+        set.get_mut::<tcp::Socket>(listening).listen(80).unwrap();
+        l.pledge(&set, listening);
+        // 2 * 2k + 2 * 4k held, 2 * 2 * 1k reserved, 2 * 3k pledged: 10k of
+        // the 32k budget left, so 2k may grow to 4k (+4k), not to 8k (+12k).
+        assert!(l.fits_growth(2048, 4096) && !l.fits_growth(2048, 8192));
+        assert!(!l.resize(&mut set, a, vec![0; 8192], vec![0; 8192]));
+        assert!(l.resize(&mut set, a, vec![0; 4096], vec![0; 4096]));
+        assert_eq!(l.held(), 2 * (4096 + 4096));
+        assert_eq!(l.recount(&set, [listening].into_iter()), l.held());
+        // Listening sockets (their pledges are on record) and unequal
+        // directions are refused; shrinking is always paid for.
+        assert!(!l.resize(&mut set, listening, vec![0; 1024], vec![0; 1024]));
+        assert!(!l.resize(&mut set, a, vec![0; 1024], vec![0; 2048]));
+        assert!(l.resize(&mut set, a, vec![0; 1024], vec![0; 1024]));
+        assert_eq!(l.held(), 2 * (1024 + 4096));
+        assert_eq!(l.peak(), 2 * (4096 + 4096));
+        assert_eq!(l.recount(&set, [listening].into_iter()), l.held());
+        // Beyond buf nothing grows, whatever the budget.
+        assert!(!l.fits_growth(8192, 16384));
     }
 
     #[test]

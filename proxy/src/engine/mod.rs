@@ -33,6 +33,7 @@
 //! |---|---|
 //! | `plan` | memory plan, admission, [`EngineError`] |
 //! | `sizing` | the adaptive buffer policy: how large a new socket's buffers are |
+//! | `growth` | connections' buffers grown while they limit it, shrunk when memory is short |
 //! | `ledger` | buffer accounting: held, spare and pledged bytes |
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
@@ -49,6 +50,7 @@
 mod address;
 mod connections;
 mod drain;
+mod growth;
 mod halfopen;
 mod ledger;
 mod listeners;
@@ -432,7 +434,8 @@ impl Engine {
                     }
                 }
             }
-            let worked = self.service(now);
+            let mut worked = self.service(now);
+            worked |= self.resize_buffers();
             let mut egress_changed = false;
             for _ in 0..MAX_ROUNDS {
                 match self.iface.poll_egress(now, device, &mut self.sockets.set) {

@@ -1,7 +1,8 @@
 //! How large a new socket's buffers are: the adaptive buffer policy.
 //!
-//! A socket's buffers are sized once, when the socket is created (smoltcp
-//! cannot resize them, and the window scale is fixed by the handshake). The
+//! A socket's buffers are sized here when the socket is created; a
+//! connection's may later grow or shrink (module `growth`, through the
+//! ledger). The
 //! [`Ledger`](super::ledger::Ledger) counts the bytes the engine's sockets'
 //! buffers hold (`held`) and keeps, at all times,
 //!

@@ -10,7 +10,8 @@
 //!
 //! **Spares** keep their buffers and are a cache: a socket is taken from the
 //! smallest spare at least as large as what the budget would afford with every
-//! spare freed; if none is, the spares (all smaller: sized when memory was
+//! spare freed (and at most twice that: a connection's grown buffers are not
+//! handed to a socket whose share is smaller); if none is, the spares (all smaller: sized when memory was
 //! short) are freed and a new socket of that size is made. Beyond the small
 //! reserve of spares, the smallest is freed. Every buffer is allocated
 //! fallibly: if an allocation fails (a fragmented heap), the next smaller size
@@ -113,8 +114,10 @@ impl Sockets {
             _ => None,
         };
         if fit.is_none() {
+            // A spare more than twice the ideal (grown by its connection,
+            // module `growth`) would give this socket more than its share.
             for (i, &(_, size)) in spares.iter().enumerate() {
-                if size >= ideal && fit.is_none_or(|(_, b)| size <= b) {
+                if size >= ideal && size / 2 <= ideal && fit.is_none_or(|(_, b)| size <= b) {
                     fit = Some((i, size));
                 }
             }
@@ -224,6 +227,28 @@ impl Sockets {
         log::warn!("proxy: out of memory for a socket");
         self.retry_at = Some(now + ALLOC_RETRY);
         None
+    }
+
+    /// Give connected socket `h` buffers of `size` bytes each, keeping its
+    /// data (see [`Ledger::resize`]). False if refused or out of memory.
+    pub(super) fn resize(&mut self, h: SocketHandle, size: usize) -> bool {
+        // Spares are a cache: they give way to a connection's growth.
+        let from = self.size_of(h);
+        while size > from && !self.ledger.fits_growth(from, size) {
+            let Some(last) = self.ledger.spares().len().checked_sub(1) else {
+                return false;
+            };
+            let spare = self.ledger.take_spare(last);
+            self.free(spare);
+        }
+        #[cfg(test)]
+        if size > self.alloc_limit {
+            return false;
+        }
+        let (Some(rx), Some(tx)) = (try_buffer(size), try_buffer(size)) else {
+            return false;
+        };
+        self.ledger.resize(&mut self.set, h, rx, tx)
     }
 
     /// Remove one of our sockets from the set and free its buffers.

@@ -50,6 +50,12 @@ pub(super) struct Conn {
     /// We forwarded a FIN to upstream / to the client.
     pub(super) fin_to_upstream: bool,
     pub(super) fin_to_client: bool,
+    /// In its last step a buffer was about to limit it: a transmit buffer was
+    /// half full or more after the splice (unacknowledged data fills it when
+    /// the window is what limits the sender), or a receive buffer had filled
+    /// to half or more since the step before. The `growth` module grows its
+    /// buffers then.
+    pub(super) pressed: bool,
 }
 
 /// How a connection ended.
@@ -87,6 +93,7 @@ impl Conn {
             upstream_fin: false,
             fin_to_upstream: false,
             fin_to_client: false,
+            pressed: false,
         }
     }
 
@@ -215,8 +222,12 @@ fn step_conn(
         }
     }
 
+    let filled = |s: &tcp::Socket<'static>| 2 * s.recv_queue() >= s.recv_capacity();
+    let rx_filled = filled(cs) || filled(us);
     let up = pump(cs, us);
     let down = pump(us, cs);
+    let tx_filled = |s: &tcp::Socket<'static>| 2 * s.send_queue() >= s.send_capacity();
+    c.pressed = rx_filled || tx_filled(cs) || tx_filled(us);
     if up + down > 0 {
         stats.bytes_up += up as u64;
         stats.bytes_down += down as u64;

@@ -24,6 +24,9 @@ pub(super) struct Tuning {
     pub(super) ack_delay: Option<Duration>,
     pub(super) cc: tcp::CongestionControl,
     pub(super) rto_min: Duration,
+    /// `buf=`: the size a connection's buffers may grow to (the window scale
+    /// is chosen for it at the handshake).
+    pub(super) buf: usize,
 }
 
 pub(super) fn dur(d: core::time::Duration) -> Duration {
@@ -41,6 +44,7 @@ impl Tuning {
             user_timeout: keepalive.map(|k| k * 3).unwrap_or(DEFAULT_USER_TIMEOUT),
             ack_delay: cfg.ack_delay.map(dur),
             rto_min: dur(cfg.rto_min),
+            buf: cfg.buf,
             cc: match cfg.cc {
                 CongestionControl::None => tcp::CongestionControl::None,
                 CongestionControl::Reno => tcp::CongestionControl::Reno,
@@ -59,5 +63,6 @@ impl Tuning {
         s.set_timeout(Some(self.user_timeout));
         s.set_congestion_control(self.cc);
         s.set_rto_min(self.rto_min);
+        s.set_rx_capacity_hint(self.buf);
     }
 }

@@ -381,12 +381,16 @@ fn every_rule_gets_the_same_listener_and_window_size() {
 
     // A window-bound download (a 20 ms round trip to the server) through the
     // first rule and through the last one: the same window, the same time
-    // (after one through a middle rule, which resolves the addresses).
+    // (after one through a middle rule, which resolves the addresses). The
+    // client side starts at the fair size (the first download grows while
+    // its window limits it, module `growth`; the upstream side of the later
+    // ones is a grown spare of it, and growing further would leave the
+    // listening sockets only buf_min), the same way through every rule.
     w.hosts[0].keep = true;
-    assert_eq!(download(&mut w, 84, len, 900).1, [(8192, 8192)]);
+    assert_eq!(download(&mut w, 84, len, 900).1[0], (8192, 8192));
     assert_eq!(listeners_per_rule(&w.proxy), fair);
     let (t_first, first) = download(&mut w, 80, len, 900);
-    assert_eq!(first, [(8192, 8192)]);
+    assert_eq!(first[0].0, 8192);
     assert_eq!(listeners_per_rule(&w.proxy), fair);
     let (t_last, last) = download(&mut w, 8000, len, 900);
     assert_eq!(last, first, "the last rule's window");

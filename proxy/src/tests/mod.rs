@@ -16,6 +16,7 @@ mod connections;
 mod drain;
 mod flood;
 mod garp;
+mod growth;
 mod hostile;
 mod lifecycle;
 mod offload;

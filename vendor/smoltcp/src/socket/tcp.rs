@@ -17,6 +17,7 @@ use crate::wire::{
     IpAddress, IpEndpoint, IpListenEndpoint, IpProtocol, IpRepr, TCP_HEADER_LEN, TcpControl,
     TcpRepr, TcpSeqNumber, TcpTimestampGenerator, TcpTimestampRepr,
 };
+use managed::ManagedSlice;
 
 mod congestion;
 #[cfg(all(test, feature = "medium-ip", feature = "proto-ipv4"))]
@@ -617,6 +618,9 @@ pub struct Socket<'a> {
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
+    /// The receive capacity the window scale is chosen for, if larger than the
+    /// receive buffer's (see `set_rx_capacity_hint`); 0 if none.
+    rx_capacity_hint: usize,
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
@@ -678,6 +682,13 @@ pub struct Socket<'a> {
 
 const DEFAULT_MSS: usize = 536;
 
+/// The window scale (RFC 7323) for a receive capacity: the smallest shift with
+/// which the whole capacity can be advertised in 16 bits, at most 14 (RFC 7323 §2.3).
+fn win_shift_for(capacity: usize) -> u8 {
+    let log2 = mem::size_of::<usize>() * 8 - capacity.leading_zeros() as usize;
+    log2.saturating_sub(16).min(14) as u8
+}
+
 /// Minimum MSS we accept from the remote, same value as Linux's `TCP_MIN_SND_MSS`.
 /// Without it, a peer advertising a tiny MSS could force segments to carry little
 /// or no payload once the TCP options length is subtracted from the effective MSS,
@@ -705,7 +716,6 @@ impl<'a> Socket<'a> {
         if rx_capacity > (1 << 30) {
             panic!("receiving buffer too large, cannot exceed 1 GiB")
         }
-        let rx_cap_log2 = mem::size_of::<usize>() * 8 - rx_capacity.leading_zeros() as usize;
 
         Socket {
             state: State::Closed,
@@ -727,7 +737,8 @@ impl<'a> Socket<'a> {
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
-            remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
+            remote_win_shift: win_shift_for(rx_capacity),
+            rx_capacity_hint: 0,
             remote_win_scale: None,
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
@@ -933,6 +944,35 @@ impl<'a> Socket<'a> {
         self.rtte.set_min_rto(duration)
     }
 
+    /// Set the receive capacity the window scale is chosen for, if it is larger
+    /// than the receive buffer's.
+    ///
+    /// The window scale (RFC 7323) is agreed in the handshake and fixed for the
+    /// connection; by default it is the smallest one that can advertise the
+    /// whole receive buffer. A socket created with a small buffer that it may
+    /// later grow with [replace_recv_storage](#method.replace_recv_storage)
+    /// should announce the scale for the largest size instead, or its window
+    /// stays capped at 64 KiB. The hint is clamped to 1 GiB and, like the RTO
+    /// floor, kept across `listen`/`connect`; it applies to the next handshake
+    /// (at once if the socket is closed or listening). 0 removes it.
+    pub fn set_rx_capacity_hint(&mut self, capacity: usize) {
+        self.rx_capacity_hint = capacity.min(1 << 30);
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.remote_win_shift = self.own_win_shift();
+        }
+    }
+
+    /// Return the receive capacity hint, see
+    /// [set_rx_capacity_hint](#method.set_rx_capacity_hint).
+    pub fn rx_capacity_hint(&self) -> usize {
+        self.rx_capacity_hint
+    }
+
+    /// The window scale this socket announces in a handshake.
+    fn own_win_shift(&self) -> u8 {
+        win_shift_for(self.rx_capacity_hint.max(self.rx_buffer.capacity()))
+    }
+
     /// Return the lower bound of the retransmission timeout.
     ///
     /// See also the [set_rto_min](#method.set_rto_min) method.
@@ -1043,9 +1083,6 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
-
         self.state = State::Closed;
         self.timer = Timer::new();
         // The RTO floor is a setting, like the keep-alive interval: it outlives a connection.
@@ -1067,7 +1104,7 @@ impl<'a> Socket<'a> {
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
-        self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
+        self.remote_win_shift = self.own_win_shift();
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
         self.local_rx_last_ack = None;
@@ -1379,6 +1416,75 @@ impl<'a> Socket<'a> {
     #[inline]
     pub fn send_capacity(&self) -> usize {
         self.tx_buffer.capacity()
+    }
+
+    /// The receive buffer's extent the peer may already fill: the data held and
+    /// the rest of the window last advertised (whose right edge must not move left).
+    fn recv_extent(&self) -> usize {
+        let held = self.rx_buffer.len();
+        let Some(last_ack) = self.remote_last_ack else {
+            return held;
+        };
+        let right_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+        let held_end = self.remote_seq_no + held;
+        if right_edge > held_end {
+            right_edge - self.remote_seq_no
+        } else {
+            held
+        }
+    }
+
+    /// Give the socket new receive storage of any capacity, keeping the data it
+    /// holds, in order and out of order, and its sequence state. Returns the old
+    /// storage.
+    ///
+    /// This lets an application grow the receive buffer of an open connection while
+    /// the window is what limits it, or shrink it when memory is short. The new
+    /// capacity must cover what the peer may already send: the data held and the
+    /// rest of the window last advertised, whose right edge a receiver must not move
+    /// left (RFC 9293 §3.8.6, RFC 7323 §2.4). A smaller one, or one above 1 GiB, is
+    /// refused and `storage` given back unchanged. After a resize the socket
+    /// advertises the new buffer's free space, and sends a window update at once if
+    /// that at least doubles the last window advertised.
+    ///
+    /// The window scale is agreed at the handshake (from the receive buffer's
+    /// capacity then, or a larger hint); a socket that is to grow should announce
+    /// the scale for its largest size, see
+    /// [set_rx_capacity_hint](#method.set_rx_capacity_hint).
+    pub fn replace_recv_storage<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        let storage = storage.into();
+        let extent = self.recv_extent();
+        if storage.len() < extent || storage.len() > (1 << 30) {
+            return Err(storage);
+        }
+        let keep = extent.min(self.rx_buffer.capacity());
+        let old = self.rx_buffer.replace_storage(storage, keep)?;
+        if matches!(self.state, State::Closed | State::Listen) {
+            self.remote_win_shift = self.own_win_shift();
+        }
+        Ok(old)
+    }
+
+    /// Give the socket new transmit storage of any capacity, keeping the data it
+    /// holds (sent and not acknowledged, and not yet sent) and its sequence state.
+    /// Returns the old storage.
+    ///
+    /// A capacity below the data held is refused and `storage` given back unchanged.
+    pub fn replace_send_storage<S>(
+        &mut self,
+        storage: S,
+    ) -> Result<ManagedSlice<'a, u8>, ManagedSlice<'a, u8>>
+    where
+        S: Into<ManagedSlice<'a, u8>>,
+    {
+        let keep = self.tx_buffer.len();
+        self.tx_buffer.replace_storage(storage, keep)
     }
 
     /// Check whether the receive buffer is not empty.
@@ -4750,6 +4856,71 @@ mod test {
     }
 
     #[test]
+    fn test_win_scale_from_capacity_hint() {
+        // Listening with a 4 KiB buffer and a hint of 1 MiB: the SYN|ACK offers
+        // the scale for 1 MiB and the window the buffer has.
+        let mut s = socket_with_buffer_sizes(64, 4096);
+        assert_eq!(s.remote_win_shift, 0);
+        s.set_rx_capacity_hint(1 << 20);
+        assert_eq!(s.rx_capacity_hint(), 1 << 20);
+        s.socket.listen(LISTEN_END).unwrap();
+        assert_eq!(s.remote_win_shift, 5);
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                window_scale: Some(0),
+                ..SEND_TEMPL
+            }
+        );
+        let mut synack = None;
+        recv(&mut s, Instant::from_millis(0), |r| {
+            synack = r.ok().map(|r| (r.window_scale, r.window_len))
+        });
+        assert_eq!(synack, Some((Some(5), 4096)));
+        // Established, it advertises 4096 >> 5; grown to 1 MiB, the whole of it.
+        let iss = s.local_seq_no;
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(iss + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.scaled_window(), 4096 >> 5);
+        s.replace_recv_storage(vec![0; 1 << 20]).unwrap();
+        assert_eq!(s.remote_win_shift, 5);
+        assert_eq!(s.scaled_window(), ((1 << 20) >> 5) as u16);
+
+        // The hint survives reset; connecting announces it too, and a hint
+        // below the buffer's capacity does not lower the scale.
+        let mut s = socket_with_buffer_sizes(64, 4096);
+        s.set_rx_capacity_hint(256 * 1024);
+        s.local_seq_no = LOCAL_SEQ;
+        s.socket.connect(&mut s.cx, REMOTE_END, LOCAL_END).unwrap();
+        let mut syn = None;
+        recv(&mut s, Instant::from_millis(0), |r| {
+            syn = r.ok().map(|r| r.window_scale)
+        });
+        assert_eq!(syn, Some(Some(3)));
+        // Once the SYN is out, a new hint waits for the next connection.
+        s.set_rx_capacity_hint(1 << 20);
+        assert_eq!(s.remote_win_shift, 3);
+        s.abort();
+        let mut s = socket_with_buffer_sizes(64, 131072);
+        s.set_rx_capacity_hint(1024);
+        assert_eq!(s.remote_win_shift, 2);
+        s.set_rx_capacity_hint(usize::MAX);
+        assert_eq!((s.rx_capacity_hint(), s.remote_win_shift), (1 << 30, 14));
+        s.set_rx_capacity_hint(0);
+        assert_eq!(s.remote_win_shift, 2);
+    }
+
+    #[test]
     fn test_syn_sent_syn_ack_no_window_scaling() {
         let mut s = socket_syn_sent_with_buffer_sizes(1048576, 1048576);
         recv!(
@@ -4844,6 +5015,176 @@ mod test {
             }]
         );
         assert_eq!(s.rx_buffer.dequeue_many(6), &b"abcdef"[..]);
+    }
+
+    /// The payloads of the segments `dispatch` sends at `time_ms` (none: empty).
+    fn dispatched(s: &mut TestSocket, time_ms: i64) -> Vec<(TcpSeqNumber, Vec<u8>, u16)> {
+        let mut out = Vec::new();
+        s.cx.set_now(Instant::from_millis(time_ms));
+        loop {
+            let mut got = None;
+            let _ = s.socket.dispatch(&mut s.cx, |_, _, (_, repr)| {
+                got = Some((repr.seq_number, repr.payload.to_vec(), repr.window_len));
+                Ok::<(), ()>(())
+            });
+            match got {
+                Some(g) => out.push(g),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn test_replace_recv_storage_keeps_data_and_opens_the_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        let data: Vec<u8> = (0..60u8).collect();
+        // 40 bytes in order, acknowledged with the 24 left: the right edge is at 64.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[..40],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 40),
+                window_len: 24,
+                ..RECV_TEMPL
+            }]
+        );
+        // 10 bytes out of order (50..60), a hole at 40..50.
+        let ooo = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 50,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[50..60],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(ooo.map(|r| r.ack_number), Some(Some(REMOTE_SEQ + 1 + 40)));
+        // Less than the data held, or than the window advertised: refused,
+        // the storage given back.
+        assert_eq!(s.replace_recv_storage(vec![0; 32]).unwrap_err().len(), 32);
+        assert_eq!(s.replace_recv_storage(vec![0; 63]).unwrap_err().len(), 63);
+        assert_eq!(s.recv_capacity(), 64);
+        let old = s.replace_recv_storage(vec![0; 256]).unwrap();
+        assert_eq!(
+            (old.len(), s.recv_capacity(), s.recv_queue()),
+            (64, 256, 40)
+        );
+        // The larger window is announced at once (it more than doubles).
+        assert_eq!(
+            dispatched(&mut s, 0),
+            vec![(LOCAL_SEQ + 1, vec![], 256 - 40)]
+        );
+        // The hole is filled: the out-of-order bytes kept across the resize
+        // are acknowledged and delivered with it.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 40,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[40..50],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 60),
+                window_len: 256 - 60,
+                ..RECV_TEMPL
+            })
+        );
+        let mut got = [0u8; 60];
+        assert_eq!(s.recv_slice(&mut got), Ok(60));
+        assert_eq!(&got[..], &data[..]);
+    }
+
+    #[test]
+    fn test_replace_recv_storage_never_retracts_the_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[7; 16],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(dispatched(&mut s, 0), vec![(LOCAL_SEQ + 1, vec![], 48)]);
+        // Read, not yet acknowledged: the peer may still send 48 bytes, up to 64.
+        let mut got = [0u8; 16];
+        assert_eq!(s.recv_slice(&mut got), Ok(16));
+        assert_eq!(s.replace_recv_storage(vec![0; 47]).unwrap_err().len(), 47);
+        s.replace_recv_storage(vec![0; 48]).unwrap();
+        // The next window ends where the last one did.
+        assert_eq!(dispatched(&mut s, 0), vec![]);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 16,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[8; 48],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.recv_queue(), 48);
+        assert_eq!(dispatched(&mut s, 0), vec![(LOCAL_SEQ + 1, vec![], 0)]);
+        // Nothing held and nothing promised beyond: any size goes.
+        assert_eq!(s.recv_slice(&mut [0u8; 48]), Ok(48));
+        assert_eq!(s.replace_recv_storage(vec![0; 8]).unwrap().len(), 48);
+        assert_eq!(
+            s.replace_recv_storage(vec![0; (1 << 30) + 1])
+                .unwrap_err()
+                .len(),
+            (1 << 30) + 1
+        );
+    }
+
+    #[test]
+    fn test_replace_send_storage_keeps_unacked_and_unsent_data() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 32;
+        let data: Vec<u8> = (0..160u8).collect();
+        assert_eq!(s.send_slice(&data[..64]), Ok(64));
+        // The first 32 are sent; then the tx buffer is full and a resize below
+        // what it holds is refused.
+        let first = dispatched(&mut s, 0);
+        assert_eq!(first[0], (LOCAL_SEQ + 1, data[..32].to_vec(), 64));
+        assert_eq!(s.replace_send_storage(vec![0; 63]).unwrap_err().len(), 63);
+        let old = s.replace_send_storage(vec![0; 128]).unwrap();
+        assert_eq!(
+            (old.len(), s.send_capacity(), s.send_queue()),
+            (64, 128, 64)
+        );
+        assert_eq!(s.send_slice(&data[64..160]), Ok(64));
+        // The peer acknowledges 32: the rest goes out in order, unchanged.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 32),
+                window_len: 1024,
+                ..SEND_TEMPL
+            }
+        );
+        let mut sent: Vec<u8> = first.iter().flat_map(|f| f.1.clone()).collect();
+        for (seq, payload, _) in dispatched(&mut s, 10) {
+            assert_eq!(seq, LOCAL_SEQ + 1 + sent.len());
+            sent.extend(payload);
+        }
+        assert_eq!(sent, data[..128].to_vec());
+        // A retransmission timeout resends from the last ACK, from the new storage.
+        let again = dispatched(&mut s, 2000);
+        assert_eq!(again[0].0, LOCAL_SEQ + 1 + 32);
+        assert_eq!(again[0].1, data[32..64].to_vec());
     }
 
     #[test]

@@ -45,6 +45,36 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         }
     }
 
+    /// Replace the buffer's storage with `storage`, of any capacity, keeping
+    /// the first `keep` elements from the read position (the allocated ones
+    /// and, beyond them, unallocated ones written with
+    /// [`write_unallocated`](#method.write_unallocated)) at the same offsets.
+    /// Returns the old storage (its contents unspecified).
+    ///
+    /// Fails and gives `storage` back if `keep` is less than [`len`](#method.len)
+    /// or more than either capacity.
+    pub fn replace_storage<S>(
+        &mut self,
+        storage: S,
+        keep: usize,
+    ) -> Result<ManagedSlice<'a, T>, ManagedSlice<'a, T>>
+    where
+        S: Into<ManagedSlice<'a, T>>,
+        T: Copy,
+    {
+        let mut storage = storage.into();
+        if keep < self.length || keep > self.capacity() || keep > storage.len() {
+            return Err(storage);
+        }
+        // The kept elements, in order, are at most two runs of the old storage:
+        // from the read position to the end, then from the start.
+        let first = keep.min(self.capacity() - self.read_at);
+        storage[..first].copy_from_slice(&self.storage[self.read_at..self.read_at + first]);
+        storage[first..keep].copy_from_slice(&self.storage[..keep - first]);
+        self.read_at = 0;
+        Ok(core::mem::replace(&mut self.storage, storage))
+    }
+
     /// Clear the ring buffer.
     pub fn clear(&mut self) {
         self.read_at = 0;
@@ -410,6 +440,47 @@ impl<'a, T: 'a> From<ManagedSlice<'a, T>> for RingBuffer<'a, T> {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn test_replace_storage_keeps_wrapped_content_and_unallocated() {
+        let mut ring = RingBuffer::new(vec![0u8; 8]);
+        // Wrap around: read position 6, four elements 1..=4 at 6, 7, 0, 1.
+        assert_eq!(ring.enqueue_slice(&[9, 9, 9, 9, 9, 9, 1, 2]), 8);
+        assert_eq!(ring.dequeue_many(6).len(), 6);
+        assert_eq!(ring.enqueue_slice(&[3, 4]), 2);
+        // Out of order data one past the allocated part, a hole before it
+        // (5 from the read position, at index 3).
+        assert_eq!(ring.write_unallocated(1, &[6]), 1);
+        let old = ring.replace_storage(vec![0u8; 16], 6).unwrap();
+        assert_eq!(old.len(), 8);
+        assert_eq!((ring.capacity(), ring.len(), ring.window()), (16, 4, 12));
+        // The hole is filled after the move: both end up in order.
+        assert_eq!(ring.write_unallocated(0, &[5]), 1);
+        ring.enqueue_unallocated(2);
+        let mut out = [0u8; 6];
+        assert_eq!(ring.dequeue_slice(&mut out), 6);
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+        // The new storage is a ring too: it wraps at its own capacity.
+        assert_eq!(ring.enqueue_slice(&[7; 16]), 16);
+        assert!(ring.is_full());
+    }
+
+    #[test]
+    fn test_replace_storage_shrinks_to_what_is_kept_only() {
+        let mut ring = RingBuffer::new(vec![0u8; 16]);
+        assert_eq!(ring.enqueue_slice(b"abcdef"), 6);
+        // Fewer kept than held, or more than the new storage takes: refused, unchanged.
+        let back = ring.replace_storage(vec![0u8; 4], 6).unwrap_err();
+        assert_eq!(back.len(), 4);
+        assert!(ring.replace_storage(vec![0u8; 8], 5).is_err());
+        assert!(ring.replace_storage(vec![0u8; 32], 17).is_err());
+        assert_eq!((ring.capacity(), ring.len()), (16, 6));
+        ring.replace_storage(vec![0u8; 6], 6).unwrap();
+        assert!(ring.is_full());
+        let mut out = [0u8; 6];
+        assert_eq!(ring.dequeue_slice(&mut out), 6);
+        assert_eq!(&out, b"abcdef");
+    }
 
     #[test]
     fn test_buffer_length_changes() {
