@@ -119,7 +119,9 @@ if mp_create rbdrain 6 "ip=10.0.0.51/24 drain_timeout=4s rule=reverse:81:10.0.0.
     else
         fail "drain: xl shutdown" "rbdrain still there 15 s after xl shutdown"; xl_destroy rbdrain
     fi
-    grep -q 'miniproxy: draining 2 connections (drain_timeout 4s)' "$(console_log rbdrain)" \
+    # 2 connections, or 1 if the engine had passed the short transfer's
+    # last octets on (its end is then the client socket's to finish).
+    grep -qE 'miniproxy: draining [12] connections \(drain_timeout 4s\)' "$(console_log rbdrain)" \
         && grep -q 'drain_resets=1' "$(console_log rbdrain)" \
         && pass "drain: console reports the drain and drain_resets=1" \
         || fail "drain: console" "$(grep -a 'drain' "$(console_log rbdrain)" | tr '\n' ' ')"
