@@ -131,7 +131,7 @@ pub fn render(
             }
             let open = rest.find("<!--");
             let text = &rest[..open.unwrap_or(rest.len())];
-            substitute(text, &subs, template_path, &mut out)?;
+            render::substitute(text, &subs, template_path, &mut out)?;
             let Some(open) = open else {
                 break;
             };
@@ -142,34 +142,6 @@ pub fn render(
         out.push('\n');
     }
     Ok(out)
-}
-
-/// `text` (outside comments) with its placeholders replaced, onto `out`.
-fn substitute(
-    text: &str,
-    subs: &[(&str, String)],
-    template_path: &str,
-    out: &mut String,
-) -> Result<(), String> {
-    let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        if let Some((p, value)) = subs.iter().find(|(p, _)| rest.starts_with(p)) {
-            out.push_str(value);
-            rest = &rest[p.len()..];
-            continue;
-        }
-        if let Some(unknown) = render::placeholder_at(rest) {
-            return Err(format!(
-                "template {template_path} has a placeholder this tool does not know: {unknown}"
-            ));
-        }
-        out.push('@');
-        rest = &rest[1..];
-    }
-    out.push_str(rest);
-    Ok(())
 }
 
 /// `virsh -c URI COMMAND ARGS...` as an argument vector.

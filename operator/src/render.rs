@@ -50,36 +50,45 @@ pub fn render(
     );
     let subs = substitutions(v);
     for line in template.lines() {
-        let is_comment = line.trim_start().starts_with('#');
-        // One pass over the template's own text: a value is never rescanned.
-        let mut rendered = String::new();
-        let mut rest = line;
-        while let Some(at) = rest.find('@') {
-            rendered.push_str(&rest[..at]);
-            rest = &rest[at..];
-            match subs.iter().find(|(p, _)| rest.starts_with(p)) {
-                Some((p, value)) if !is_comment => {
-                    rendered.push_str(value);
-                    rest = &rest[p.len()..];
-                }
-                _ => {
-                    if !is_comment {
-                        if let Some(unknown) = placeholder_at(rest) {
-                            return Err(format!(
-                                "template {template_path} has a placeholder this tool does not know: {unknown}"
-                            ));
-                        }
-                    }
-                    rendered.push('@');
-                    rest = &rest[1..];
-                }
-            }
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            substitute(line, &subs, template_path, &mut out)?;
         }
-        rendered.push_str(rest);
-        out.push_str(&rendered);
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `text` (outside comments) with its placeholders replaced, onto `out`, in
+/// one pass over the template's own text (a value is never rescanned); a
+/// placeholder this tool does not know is an error naming it. Both the xl
+/// and the libvirt templates go through here.
+pub fn substitute(
+    text: &str,
+    subs: &[(&str, String)],
+    template_path: &str,
+    out: &mut String,
+) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some((p, value)) = subs.iter().find(|(p, _)| rest.starts_with(p)) {
+            out.push_str(value);
+            rest = &rest[p.len()..];
+            continue;
+        }
+        if let Some(unknown) = placeholder_at(rest) {
+            return Err(format!(
+                "template {template_path} has a placeholder this tool does not know: {unknown}"
+            ));
+        }
+        out.push('@');
+        rest = &rest[1..];
+    }
+    out.push_str(rest);
+    Ok(())
 }
 
 /// Every placeholder a template may hold, with its value.
