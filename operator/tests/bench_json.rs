@@ -41,16 +41,22 @@ for f in sys.argv[2:]:
         print(("REFUSED " if errors(m) else "ACCEPTED ") + name)
 "#;
 
-fn have_jsonschema() -> bool {
-    Command::new("python3")
-        .args(["-c", "import jsonschema"])
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The first Python that can import jsonschema: `python3` on PATH (which may
+/// be a pyenv or venv one), else Debian's own, where `apt-get install
+/// python3-jsonschema` (what scripts/test does) puts it.
+fn python_with_jsonschema() -> Option<&'static str> {
+    ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import jsonschema"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 fn check(files: &[&Path]) -> String {
     let schema = repo().join("scripts/bench.schema.json");
-    let mut c = Command::new("python3");
+    let py = python_with_jsonschema().expect("checked by the caller");
+    let mut c = Command::new(py);
     c.args(["-c", CHECK]).arg(&schema).args(files);
     let o = c.output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -97,7 +103,7 @@ const LOG: &str = "\
 
 #[test]
 fn bench_and_accel_json_match_the_schema() {
-    if !have_jsonschema() {
+    if python_with_jsonschema().is_none() {
         println!("SKIP bench JSON schema check: python3's jsonschema is not installed (apt-get install python3-jsonschema)");
         return;
     }
