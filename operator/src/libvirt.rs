@@ -12,7 +12,7 @@ use crate::render::{self, Values};
 use crate::{bad, fail, Failure};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Which toolstack creates (and so stops) an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,38 +167,8 @@ pub fn virsh_ok(command: &str, args: &[&str]) -> bool {
 /// `limit`.
 pub fn virsh_create(xml: &str, log: &Path, limit: Duration) -> Option<i32> {
     let mut cmd = Command::new("virsh");
-    cmd.args(virsh_args(&uri(), "create", &[xml]))
-        .stdin(Stdio::null());
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-    {
-        if let Ok(f2) = f.try_clone() {
-            cmd.stdout(f).stderr(f2);
-        }
-    }
-    let mut child = cmd.spawn().ok()?;
-    let end = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.code(),
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-                    use std::io::Write;
-                    let _ = writeln!(
-                        f,
-                        "virsh create did not return within {} ms: killed",
-                        limit.as_millis()
-                    );
-                }
-                return None;
-            }
-        }
-    }
+    cmd.args(virsh_args(&uri(), "create", &[xml]));
+    crate::xen::run_logged_within(cmd, "virsh create", log, limit)
 }
 
 /// What in virsh's output says the XML itself is wrong (no retry then).

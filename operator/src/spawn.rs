@@ -445,26 +445,24 @@ fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Fail
         Via::Libvirt => "virsh",
     };
     let _ = std::fs::write(&log, "");
+    // Bounded by --timeout, as the wait for ready is.
+    let left = || Duration::from_millis(deadline_ms.saturating_sub(env.ms()).max(1));
     for attempt in 1..=2 {
         let rc = match via {
-            Via::Xl => xen::xl_create(&cfg, &log),
+            Via::Xl => xen::xl_create(&cfg, &log, left()),
             // One virsh create at a time (RUN_DIR/.virsh.lock): with two at
             // once libvirtd 9.0's Xen driver hung for good in the testbed
             // (tests/xen/60-libvirt.sh), the domains' boots still overlap.
-            // Bounded by --timeout, as the wait for ready is.
-            Via::Libvirt => {
-                let left = || Duration::from_millis(deadline_ms.saturating_sub(env.ms()).max(1));
-                match lock::take_within(&env.path(".virsh.lock"), left()) {
-                    Ok(Some(_one)) => libvirt::virsh_create(&cfg, &log, left()),
-                    _ => {
-                        append(
-                            &log,
-                            "another virsh create held .virsh.lock until --timeout\n",
-                        );
-                        None
-                    }
+            Via::Libvirt => match lock::take_within(&env.path(".virsh.lock"), left()) {
+                Ok(Some(_one)) => libvirt::virsh_create(&cfg, &log, left()),
+                _ => {
+                    append(
+                        &log,
+                        "another virsh create held .virsh.lock until --timeout\n",
+                    );
+                    None
                 }
-            }
+            },
         };
         let created = matches!(rc, Some(0) | Some(134));
         // A busy xenstore (other domains appearing or going at the same

@@ -27,19 +27,53 @@ pub fn xl_ok(args: &[&str]) -> bool {
 }
 
 /// `xl create CFG`, its output appended to `log`; the exit code.
-pub fn xl_create(cfg: &str, log: &std::path::Path) -> Option<i32> {
+pub fn xl_create(cfg: &str, log: &std::path::Path, limit: Duration) -> Option<i32> {
+    let mut cmd = Command::new("xl");
+    cmd.args(["create", cfg]);
+    run_logged_within(cmd, "xl create", log, limit)
+}
+
+/// Run `cmd` with its output appended to `log`; its exit code, or None if it
+/// could not start or did not end within `limit` (then it is killed and the
+/// log says so). Under TCG an `xl create` has been seen never to return, with
+/// dom0 otherwise idle: a spawn must end by its --timeout all the same.
+pub fn run_logged_within(
+    mut cmd: Command,
+    what: &str,
+    log: &std::path::Path,
+    limit: Duration,
+) -> Option<i32> {
+    cmd.stdin(Stdio::null());
     let out = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(log);
-    let mut cmd = Command::new("xl");
-    cmd.args(["create", cfg]).stdin(Stdio::null());
     if let Ok(f) = out {
         if let Ok(f2) = f.try_clone() {
             cmd.stdout(f).stderr(f2);
         }
     }
-    cmd.status().ok().and_then(|s| s.code())
+    let mut child = cmd.spawn().ok()?;
+    let end = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+                    use std::io::Write;
+                    let _ = writeln!(
+                        f,
+                        "{what} did not return within {} ms: killed",
+                        limit.as_millis()
+                    );
+                }
+                return None;
+            }
+        }
+    }
 }
 
 /// `xl domid NAME`, asked again after an rc-134 abort (three times at most).
@@ -156,5 +190,46 @@ pub fn wait_event(path: &str, wait: Duration) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(test: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("mp-{test}-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn a_command_that_ends_gives_its_exit_code_and_output() {
+        let l = log("run-ends");
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo made; exit 3"]);
+        assert_eq!(
+            run_logged_within(c, "sh", &l, Duration::from_secs(20)),
+            Some(3)
+        );
+        assert_eq!(std::fs::read_to_string(&l).unwrap(), "made\n");
+    }
+
+    #[test]
+    fn a_command_that_hangs_is_killed_at_its_limit_and_the_log_says_so() {
+        let l = log("run-hangs");
+        let t0 = Instant::now();
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        assert_eq!(
+            run_logged_within(c, "xl create", &l, Duration::from_millis(300)),
+            None
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let text = std::fs::read_to_string(&l).unwrap();
+        assert!(
+            text.contains("xl create did not return within 300 ms: killed"),
+            "{text}"
+        );
     }
 }

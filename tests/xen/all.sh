@@ -6,8 +6,35 @@
 cd /root/payload
 # Each file may end with its own `summary` (so it also runs alone); here only
 # the batch's final count is printed.
-eval "$(declare -f summary | sed '1s/^summary/batch_summary/')"
+eval "$(declare -f summary | sed '1s/^summary/kill "$STALL_PID" 2>/dev/null
+batch_summary; rc=$?
+# Every line through tee before the harness prints its end marker.
+exec >&7 2>&7
+wait "$TEE_PID" 2>/dev/null
+exit "$rc"/')"
 summary() { return 0; }
+# Under TCG, dom0 has been seen idle for minutes while every test process
+# waited (an xl create that never returned): when the tests print nothing for
+# XEN_STALL_S seconds (default 150), print what each process waits on, so the
+# log shows where. (The host's scripts/testbed-run asks Xen itself later.)
+exec 7>&1
+exec > >(tee /tmp/xen-tests.out >&7) 2>&1
+TEE_PID=$!
+(
+    last=-1; idle=0; n=0
+    while sleep 15 </dev/null >/dev/null 2>&1; do
+        size=$(stat -c %s /tmp/xen-tests.out 2>/dev/null || echo 0)
+        if [ "$size" != "$last" ]; then last=$size; idle=0; continue; fi
+        idle=$((idle + 15))
+        if [ "$idle" -ge "${XEN_STALL_S:-150}" ] && [ "$n" -lt 4 ]; then
+            echo "== stall: no test output for ${idle}s; processes (pid ppid state age wchan args):"
+            ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
+            echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
+            n=$((n + 1)); idle=0; last=$(stat -c %s /tmp/xen-tests.out)
+        fi
+    done
+) &
+STALL_PID=$!
 for t in tests/xen/[0-9][0-9]-*.sh; do
     case " ${XEN_TESTS:-} " in "  ") ;; *" $(basename "$t" .sh) "*) ;; *) continue ;; esac
     log "running $t"
@@ -17,4 +44,9 @@ for t in tests/xen/[0-9][0-9]-*.sh; do
     # Leave nothing behind for the next file.
     for d in $(xl list 2>/dev/null | awk 'NR>2 {print $1}'); do xl_destroy "$d" >/dev/null; done
 done
-batch_summary
+kill "$STALL_PID" 2>/dev/null
+batch_summary; rc=$?
+# Every line through tee before the harness prints its end marker.
+exec >&7 2>&7
+wait "$TEE_PID" 2>/dev/null
+exit "$rc"
