@@ -126,6 +126,7 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
     time::init(entry_tsc);
     // Without it the profile falls back to wall time (see profile.rs).
     let runstate = time::init_runstate();
+    let periodic = time::stop_periodic_timer();
 
     let console_va = (mm::mfn_to_pfn(info.console_mfn) as usize) * mm::PAGE_SIZE;
     // SAFETY: the console ring page Xen placed in our initial mapping; only
@@ -136,6 +137,9 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
     log::set_max_level(log::LevelFilter::Info);
     if let Err(rc) = runstate {
         log::warn!("no vCPU runstate area (VCPUOP rc {rc}): the profile counts wall time");
+    }
+    if let Err(rc) = periodic {
+        log::warn!("could not stop the periodic timer (VCPUOP rc {rc})");
     }
 
     if let Err(rc) = traps::init() {

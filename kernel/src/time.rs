@@ -116,6 +116,7 @@ const _: () = assert!(core::mem::offset_of!(RunstateInfo, state_entry_time) == 8
 const _: () = assert!(core::mem::offset_of!(RunstateInfo, time) == 16);
 
 const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+const VCPUOP_STOP_PERIODIC_TIMER: u64 = 7;
 const RUNSTATE_RUNNING: usize = 0;
 const RUNSTATE_RUNNABLE: usize = 1;
 const RUNSTATE_BLOCKED: usize = 2;
@@ -159,6 +160,23 @@ pub fn init_runstate() -> Result<(), i64> {
         {
             at.store(v, Ordering::Relaxed);
         }
+    }
+    Ok(())
+}
+
+/// Stop vCPU 0's periodic timer. Xen starts every PV vCPU with a 100 Hz
+/// VIRQ_TIMER (seen in `xl debug-keys q`: "100 Hz periodic timer"); we never
+/// bind that VIRQ, sleep in `SCHEDOP_poll` with our own deadlines, so the
+/// ticks only cost Xen work (and, under emulation, dom0's CPU) while we run.
+/// Linux and Mini-OS stop it the same way.
+pub fn stop_periodic_timer() -> Result<(), i64> {
+    // SAFETY: VCPUOP_stop_periodic_timer takes no argument (NULL) and only
+    // changes Xen's timer state for our own vCPU 0.
+    let rc = unsafe {
+        crate::hypercall::hypercall3(crate::hypercall::VCPU_OP, VCPUOP_STOP_PERIODIC_TIMER, 0, 0)
+    };
+    if rc != 0 {
+        return Err(rc);
     }
     Ok(())
 }

@@ -23,6 +23,17 @@ wait_console boot4 'config: .*rule=reverse:80:10.0.0.1:8080' 5 \
 wait_console boot4 'loglevel=debug' 1 \
     && pass "boot4: console shows loglevel" || fail "boot4: loglevel not on the console"
 
+# Xen starts a PV vCPU with a 100 Hz periodic timer; the guest stops it at
+# boot (it never binds VIRQ_TIMER). Xen's 'q' dump says so per domain.
+id=$(xl domid boot4 2>/dev/null)
+xl debug-keys q >/dev/null 2>&1; sleep 1
+per=$(xl dmesg 2>/dev/null | awk -v d="General information for domain $id:" \
+    'index($0, "General information for domain") { on = index($0, d) > 0 } on && /periodic timer/ { l = $0 } END { print l }')
+case $per in
+*"No periodic timer"*) pass "boot4: periodic timer stopped (xl debug-keys q: '${per##*) }')" ;;
+*) fail "boot4: periodic timer" "xl debug-keys q says '${per:-nothing for domain $id}'" ;;
+esac
+
 # An idle guest sleeps in SCHEDOP_poll: its CPU time hardly moves in 3 s.
 cpu0=$(xl list boot4 | awk 'NR==2 {print $6}')
 sleep 3
