@@ -489,7 +489,7 @@ fn a_libvirt_spawn_that_fails_or_never_gets_ready_is_cleared_through_virsh() {
 
     // One virsh create at a time: another holding .virsh.lock past
     // --timeout ends this spawn without running virsh.
-    let mut holder = hold_lock(&r.dir.join("run/.virsh.lock"), "3");
+    let mut holder = hold_lock(&r.dir.join("run/.virsh.lock"), "60");
     let o = r.run(
         &spawn_args("a", "10.0.0.5/24", &["--via", "libvirt", "--timeout", "1"]),
         &[],
@@ -599,7 +599,8 @@ fn a_failed_create_is_retried_once_then_reported() {
     assert!(!r.dir.join("run/a.cfg").exists());
 }
 
-/// Another process holds `path`'s flock for `secs`.
+/// Another process holds `path`'s flock for `secs` (tests that kill it
+/// themselves give it 60 s, so that a loaded machine cannot end it early).
 #[allow(clippy::zombie_processes)] // the caller waits; a panic ends the test anyway
 fn hold_lock(path: &Path, secs: &str) -> std::process::Child {
     let c = Command::new("flock")
@@ -633,7 +634,7 @@ fn a_name_being_spawned_elsewhere_is_refused_and_listed_as_starting() {
         "# x\n# miniproxy: name=c mode=transparent ip=10.0.0.7/24 memory=6\n",
     )
     .unwrap();
-    let mut holder = hold_lock(&r.dir.join("run/c.lock"), "3");
+    let mut holder = hold_lock(&r.dir.join("run/c.lock"), "60");
     let o = r.run(&spawn_args("c", "10.0.0.8/24", &[]), &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -686,7 +687,7 @@ fn queued_time_does_not_count_against_the_timeout() {
     // Queued longer than --timeout, and still spawned.
     assert!(wait_ms > 1000, "{}", out(&o));
     // And the queue's own bound holds.
-    let mut holder = hold_lock(&r.dir.join("run/.slot.0"), "3");
+    let mut holder = hold_lock(&r.dir.join("run/.slot.0"), "60");
     let o = r.run(
         &spawn_args("b", "10.0.0.6/24", &[]),
         &[
