@@ -11,7 +11,7 @@ use super::*;
 /// longest run of consecutive polls after which smoltcp's own
 /// `Interface::poll_at` was still more than a millisecond in the past (a
 /// deadline a poll cannot act on; the engine's backoff would hide it).
-fn longest_runs(w: &mut World, d: Duration, max_polls: u64) -> (u64, u64) {
+pub(super) fn longest_runs(w: &mut World, d: Duration, max_polls: u64) -> (u64, u64) {
     let end = w.now() + d;
     let (mut run, mut longest) = (0u64, 0u64);
     let (mut stale, mut longest_stale) = (0u64, 0u64);

@@ -18,6 +18,7 @@ mod flood;
 mod garp;
 mod growth;
 mod hostile;
+mod hostile_peer;
 mod lifecycle;
 mod offload;
 
