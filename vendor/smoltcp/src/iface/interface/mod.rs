@@ -640,6 +640,55 @@ impl Interface {
         }
     }
 
+    /// When the neighbor cache entry for the next hop toward `addr` (`addr`
+    /// itself if it is on-link, else its router) expires, if the cache holds
+    /// one that has not expired at `timestamp`. Receiving from the neighbor
+    /// extends an entry; nothing else does but a new answer to a request.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn neighbor_expires_at(&self, timestamp: Instant, addr: &IpAddress) -> Option<Instant> {
+        let next_hop = self.inner.route(addr, timestamp)?;
+        self.inner.neighbor_cache.expires_at(&next_hop, timestamp)
+    }
+
+    /// Send a neighbor discovery request (ARP request or Neighbor
+    /// Solicitation) for the next hop toward `addr` now, whether or not the
+    /// cache holds an entry for it: an entry in use can so be refreshed before
+    /// it expires (the answer fills the cache like any other), and the next
+    /// packet to the neighbor does not wait for discovery. Requests are
+    /// rate-limited per destination as the ones `poll` sends. Returns whether
+    /// a request was sent: not when rate-limited, without a route or a source
+    /// address, or when `device` has no room.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn request_neighbor(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        addr: &IpAddress,
+    ) -> bool {
+        self.inner.now = timestamp;
+        #[cfg(feature = "medium-ip")]
+        if matches!(self.inner.caps.medium, Medium::Ip) {
+            return false;
+        }
+        if !addr.is_unicast() {
+            return false;
+        }
+        let Some(next_hop) = self.inner.route(addr, timestamp) else {
+            return false;
+        };
+        if self.inner.is_broadcast(&next_hop)
+            || self.inner.neighbor_cache.is_hushed(&next_hop, timestamp)
+        {
+            return false;
+        }
+        let Some(tx_token) = device.transmit(timestamp) else {
+            return false;
+        };
+        self.inner
+            .solicit_neighbor(tx_token, next_hop, &mut self.fragmenter)
+            .is_ok()
+    }
+
     fn socket_ingress(
         &mut self,
         device: &mut (impl Device + ?Sized),
@@ -1134,6 +1183,23 @@ impl InterfaceInner {
             _ => (), // XXX
         }
 
+        self.solicit_neighbor(tx_token, dst_addr, fragmenter)?;
+        Err(DispatchError::NeighborPending)
+    }
+
+    /// Send a discovery request (ARP request or Neighbor Solicitation) for
+    /// `dst_addr`, an on-link address, and rate-limit further requests for
+    /// it. `Err(NeighborPending)` if it could not be sent.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    fn solicit_neighbor<Tx>(
+        &mut self,
+        tx_token: Tx,
+        dst_addr: IpAddress,
+        fragmenter: &mut Fragmenter,
+    ) -> Result<(), DispatchError>
+    where
+        Tx: TxToken,
+    {
         match dst_addr {
             #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
             IpAddress::Ipv4(dst_addr) if matches!(self.caps.medium, Medium::Ethernet) => {
@@ -1203,7 +1269,7 @@ impl InterfaceInner {
 
         // The request got dispatched, limit the rate on the cache.
         self.neighbor_cache.limit_rate(dst_addr, self.now);
-        Err(DispatchError::NeighborPending)
+        Ok(())
     }
 
     fn flush_neighbor_cache(&mut self) {

@@ -1548,3 +1548,59 @@ fn test_ipv4_fragment_size() {
         );
     }
 }
+
+#[rstest]
+#[case(Medium::Ethernet)]
+#[cfg(feature = "medium-ethernet")]
+fn test_request_neighbor_refreshes_an_entry(#[case] medium: Medium) {
+    let (mut iface, _sockets, mut device) = setup(medium);
+    let remote_ip = Ipv4Address::new(192, 168, 1, 2);
+    let remote_hw = EthernetAddress([0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
+    let remote = IpAddress::Ipv4(remote_ip);
+    let at = Instant::from_secs;
+
+    // Nothing cached, nothing routed.
+    assert_eq!(iface.neighbor_expires_at(at(0), &remote), None);
+    assert!(!iface.request_neighbor(at(0), &mut device, &IpAddress::v4(10, 9, 9, 9)));
+    assert!(device.tx_queue.is_empty());
+
+    iface
+        .inner
+        .neighbor_cache
+        .fill(remote, remote_hw.into(), at(0));
+    assert_eq!(iface.neighbor_expires_at(at(0), &remote), Some(at(60)));
+
+    // A request while the entry is still valid: one ARP request for it.
+    assert!(iface.request_neighbor(at(50), &mut device, &remote));
+    let frame = device.tx_queue.pop_front().expect("an ARP request");
+    assert!(device.tx_queue.is_empty());
+    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+    assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+    assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+    assert_eq!(
+        arp,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress([0x02, 0x02, 0x02, 0x02, 0x02, 0x02]),
+            source_protocol_addr: Ipv4Address::new(192, 168, 1, 1),
+            target_hardware_addr: EthernetAddress::BROADCAST,
+            target_protocol_addr: remote_ip,
+        }
+    );
+
+    // Rate-limited per destination like any other request.
+    assert!(!iface.request_neighbor(at(50) + Duration::from_millis(999), &mut device, &remote));
+    assert!(device.tx_queue.is_empty());
+    assert!(iface.request_neighbor(at(51), &mut device, &remote));
+    assert_eq!(device.tx_queue.len(), 1);
+
+    // The entry stays usable meanwhile, and the answer extends it.
+    assert_eq!(iface.neighbor_expires_at(at(55), &remote), Some(at(60)));
+    iface
+        .inner
+        .neighbor_cache
+        .fill(remote, remote_hw.into(), at(52));
+    assert_eq!(iface.neighbor_expires_at(at(61), &remote), Some(at(112)));
+    assert_eq!(iface.neighbor_expires_at(at(112), &remote), None);
+}
