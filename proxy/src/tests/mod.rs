@@ -20,6 +20,7 @@ mod growth;
 mod hostile;
 mod hostile_peer;
 mod lifecycle;
+mod neighbours;
 mod offload;
 
 pub const PROXY: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
