@@ -132,6 +132,12 @@ pub struct InterfaceInner {
 
     #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
     neighbor_cache: NeighborCache,
+    /// While a response to a received Ethernet frame is dispatched: the
+    /// frame's source IP address and source MAC, where a response to that
+    /// address goes when the cache has no entry for it (see
+    /// `lookup_hardware_addr`).
+    #[cfg(feature = "medium-ethernet")]
+    reply_to: Option<(IpAddress, EthernetAddress)>,
     hardware_addr: HardwareAddress,
     #[cfg(feature = "medium-ieee802154")]
     sequence_no: u8,
@@ -278,6 +284,8 @@ impl Interface {
                 routes: Routes::new(),
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
+                #[cfg(feature = "medium-ethernet")]
+                reply_to: None,
                 #[cfg(feature = "multicast")]
                 multicast: multicast::State::new(),
                 #[cfg(feature = "medium-ieee802154")]
@@ -710,10 +718,13 @@ impl Interface {
                     if let Some(packet) =
                         self.inner
                             .process_ethernet(sockets, rx_meta, frame, &mut self.fragments)
-                        && let Err(err) =
-                            self.inner.dispatch(tx_token, packet, &mut self.fragmenter)
                     {
-                        net_debug!("Failed to send response: {:?}", err);
+                        self.inner.reply_to = reply_address(frame);
+                        let sent = self.inner.dispatch(tx_token, packet, &mut self.fragmenter);
+                        self.inner.reply_to = None;
+                        if let Err(err) = sent {
+                            net_debug!("Failed to send response: {:?}", err);
+                        }
                     }
                 }
                 #[cfg(feature = "medium-ip")]
@@ -1173,12 +1184,28 @@ impl InterfaceInner {
             return Ok((hardware_addr, tx_token));
         }
 
+        let original_dst = dst_addr;
         let dst_addr = self
             .route(dst_addr, self.now)
             .ok_or(DispatchError::NoRoute)?;
 
-        match self.neighbor_cache.lookup(&dst_addr, self.now) {
-            NeighborAnswer::Found(hardware_addr) => return Ok((hardware_addr, tx_token)),
+        let answer = self.neighbor_cache.lookup(&dst_addr, self.now);
+        if let NeighborAnswer::Found(hardware_addr) = answer {
+            return Ok((hardware_addr, tx_token));
+        }
+        // A response to a frame whose sender is not in the cache goes back
+        // to the MAC the frame came from, without a discovery request: an
+        // RST or ICMP error for junk from an unused address would otherwise
+        // cost a broadcast each (and the response would be lost), and a
+        // peer answered this way needs no entry. The cache is not filled
+        // from it (frames are not trusted as ARP answers are).
+        #[cfg(feature = "medium-ethernet")]
+        if let Some((addr, mac)) = self.reply_to
+            && addr == *original_dst
+        {
+            return Ok((HardwareAddress::Ethernet(mac), tx_token));
+        }
+        match answer {
             NeighborAnswer::RateLimited => return Err(DispatchError::NeighborPending),
             _ => (), // XXX
         }
@@ -1502,4 +1529,27 @@ enum DispatchError {
     /// the neighbor for it yet. Discovery has been initiated, dispatch
     /// should be retried later.
     NeighborPending,
+}
+
+/// The source IP address and MAC of a received Ethernet frame carrying an
+/// IPv4 or IPv6 packet, for a response to it (`InterfaceInner::reply_to`).
+#[cfg(feature = "medium-ethernet")]
+fn reply_address(frame: &[u8]) -> Option<(IpAddress, EthernetAddress)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let mac = eth.src_addr();
+    if !mac.is_unicast() {
+        return None;
+    }
+    let addr = match eth.ethertype() {
+        #[cfg(feature = "proto-ipv4")]
+        EthernetProtocol::Ipv4 => {
+            IpAddress::Ipv4(Ipv4Packet::new_checked(eth.payload()).ok()?.src_addr())
+        }
+        #[cfg(feature = "proto-ipv6")]
+        EthernetProtocol::Ipv6 => {
+            IpAddress::Ipv6(Ipv6Packet::new_checked(eth.payload()).ok()?.src_addr())
+        }
+        _ => return None,
+    };
+    addr.is_unicast().then_some((addr, mac))
 }
