@@ -60,8 +60,11 @@ pub(super) fn longest_runs(w: &mut World, d: Duration, max_polls: u64) -> (u64, 
 /// Variants: the peers vanish at once, or after 30 s and 59 s (keep-alive,
 /// user timeout and ARP expiry fall in other orders), and the server sends
 /// 100 kB the vanished client never acknowledges (CLOSE-WAIT with data in
-/// flight). None of them reproduces the finding (see the report of issue
-/// 13); each would fail if a socket's deadline stayed in the past.
+/// flight). None of them reproduces the finding, with or without vendored
+/// patch 10 (a socket whose neighbour is missing waits in smoltcp's own
+/// one-second silence either way); each would fail if a socket's deadline
+/// stayed in the past. The cause was the zero-window probe timer of a
+/// FIN-WAIT-2 upstream (patch 18): `hostile_peer.rs` reproduces it.
 #[test]
 fn silent_peers_with_expired_arp_do_not_busy_loop() {
     for (after, serve) in [
