@@ -54,6 +54,7 @@ mod growth;
 mod halfopen;
 mod ledger;
 mod listeners;
+mod neighbours;
 mod plan;
 mod ports;
 mod relink;
@@ -83,6 +84,7 @@ use address::{Address, ArpGuard, Lease};
 use halfopen::HalfOpen;
 use ledger::Ledger;
 use listeners::Listeners;
+use neighbours::Neighbours;
 use plan::{buf_range, try_vec};
 use ports::PortMap;
 use sizing::Role;
@@ -106,6 +108,8 @@ pub struct Engine {
     conns: Vec<Conn>,
     ports: PortMap,
     addr: Address,
+    /// The upstreams whose ARP entries are kept fresh.
+    neighbours: Neighbours,
     tune: Tuning,
     half_open_cfg: HalfOpen,
     plan: MemoryPlan,
@@ -200,6 +204,7 @@ impl Engine {
             conns,
             ports: PortMap::new(seed),
             addr: Address::new(any_ip, mac, now),
+            neighbours: Neighbours::new(&cfg.rules)?,
             tune: Tuning::from_config(cfg),
             half_open_cfg: HalfOpen {
                 syn_timeout: tuning::dur(cfg.syn_timeout),
@@ -398,6 +403,8 @@ impl Engine {
     /// whoever had the address before (an instance restarted under another
     /// name) update their ARP entries at once. The deadlines are part of
     /// [`Engine::poll_delay`]; if the device has no TX room, the next poll retries.
+    /// Polls also refresh the ARP entries of upstreams in use before they
+    /// expire (see `neighbours`), with deadlines in [`Engine::poll_delay`] too.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         if self.addr.any_ip() {
             let mut guard = ArpGuard {
@@ -451,6 +458,9 @@ impl Engine {
         }
         // An address leased in this poll is announced at once.
         activity |= self.announce(now, device);
+        self.neighbours
+            .note_use(self.conns.iter().map(|c| c.rule), now);
+        activity |= self.neighbours.refresh(&mut self.iface, device, now);
         self.fruitless_polls = if activity {
             0
         } else {
@@ -495,6 +505,9 @@ impl Engine {
             earliest(r);
         }
         if let Some(t) = self.addr.announce_at() {
+            earliest(t);
+        }
+        if let Some(t) = self.neighbours.refresh_at(&self.iface, now) {
             earliest(t);
         }
         if let Some(t) = self.drain_at() {

@@ -18,7 +18,9 @@ mod flood;
 mod garp;
 mod growth;
 mod hostile;
+mod hostile_peer;
 mod lifecycle;
+mod neighbours;
 mod offload;
 
 pub const PROXY: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);

@@ -168,6 +168,27 @@ impl Cache {
         }
     }
 
+    /// When the entry for `protocol_addr` expires, if the cache holds one
+    /// that has not expired at `timestamp`.
+    pub(crate) fn expires_at(
+        &self,
+        protocol_addr: &IpAddress,
+        timestamp: Instant,
+    ) -> Option<Instant> {
+        self.storage
+            .get(protocol_addr)
+            .map(|n| n.expires_at)
+            .filter(|&t| timestamp < t)
+    }
+
+    /// Whether a discovery request for `protocol_addr` was sent less than
+    /// `SILENT_TIME` before `timestamp` (whether or not an entry exists).
+    pub(crate) fn is_hushed(&self, protocol_addr: &IpAddress, timestamp: Instant) -> bool {
+        self.hushed
+            .get(protocol_addr)
+            .is_some_and(|&until| timestamp < until)
+    }
+
     /// A discovery request for `protocol_addr` was sent at `timestamp`: no
     /// other for it until `SILENT_TIME` has passed. Records that expired are
     /// dropped; if the table is still full, the one that expires first goes.

@@ -2589,6 +2589,22 @@ impl<'a> Socket<'a> {
                 self.timer.set_for_idle(cx.now(), self.keep_alive);
             }
         }
+        // A zero-window probe needs something to probe with: data not yet
+        // acknowledged, or a FIN (FIN-WAIT-1, CLOSING, LAST-ACK). Once an ACK
+        // has taken everything, the timer stops even if the window is still
+        // zero; otherwise, in FIN-WAIT-2, `dispatch` sends an empty ACK for
+        // it on every poll without rewinding it, and `poll_at` stays at the
+        // expired deadline for good.
+        if self.timer.is_zero_window_probe()
+            && self.tx_buffer.is_empty()
+            && !matches!(
+                self.state,
+                State::FinWait1 | State::Closing | State::LastAck
+            )
+        {
+            tcp_trace!("stopping zero-window-probe timer: nothing left to probe with");
+            self.timer.set_for_idle(cx.now(), self.keep_alive);
+        }
 
         let payload_len = payload.len();
         if payload_len == 0 {
@@ -9663,6 +9679,55 @@ mod test {
                 ..RECV_TEMPL
             }]
         );
+    }
+
+    #[test]
+    fn test_zero_window_probe_stops_when_everything_is_acknowledged() {
+        // The peer takes part of the data with a zero window (the probe timer
+        // starts), then acknowledges the rest and the FIN, still with a zero
+        // window: FIN-WAIT-2, nothing left to send. Before, the probe timer
+        // stayed armed: every dispatch after its deadline sent an empty ACK
+        // without rewinding it, and poll_at stayed at the expired deadline.
+        let mut s = socket_established();
+        s.send_slice(b"abcdef").unwrap();
+        s.close();
+        recv!(
+            s,
+            [TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            }]
+        );
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s.timer.is_zero_window_probe());
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6 + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::FinWait2);
+        assert!(!s.timer.is_zero_window_probe());
+        for t in [1_000, 1_001, 5_000, 60_000] {
+            recv_nothing!(s, time t);
+            s.cx.set_now(Instant::from_millis(t));
+            assert_eq!(s.socket.poll_at(&mut s.cx), PollAt::Ingress, "at {t} ms");
+        }
     }
 
     #[test]

@@ -132,6 +132,12 @@ pub struct InterfaceInner {
 
     #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
     neighbor_cache: NeighborCache,
+    /// While a response to a received Ethernet frame is dispatched: the
+    /// frame's source IP address and source MAC, where a response to that
+    /// address goes when the cache has no entry for it (see
+    /// `lookup_hardware_addr`).
+    #[cfg(feature = "medium-ethernet")]
+    reply_to: Option<(IpAddress, EthernetAddress)>,
     hardware_addr: HardwareAddress,
     #[cfg(feature = "medium-ieee802154")]
     sequence_no: u8,
@@ -278,6 +284,8 @@ impl Interface {
                 routes: Routes::new(),
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
+                #[cfg(feature = "medium-ethernet")]
+                reply_to: None,
                 #[cfg(feature = "multicast")]
                 multicast: multicast::State::new(),
                 #[cfg(feature = "medium-ieee802154")]
@@ -640,6 +648,55 @@ impl Interface {
         }
     }
 
+    /// When the neighbor cache entry for the next hop toward `addr` (`addr`
+    /// itself if it is on-link, else its router) expires, if the cache holds
+    /// one that has not expired at `timestamp`. Receiving from the neighbor
+    /// extends an entry; nothing else does but a new answer to a request.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn neighbor_expires_at(&self, timestamp: Instant, addr: &IpAddress) -> Option<Instant> {
+        let next_hop = self.inner.route(addr, timestamp)?;
+        self.inner.neighbor_cache.expires_at(&next_hop, timestamp)
+    }
+
+    /// Send a neighbor discovery request (ARP request or Neighbor
+    /// Solicitation) for the next hop toward `addr` now, whether or not the
+    /// cache holds an entry for it: an entry in use can so be refreshed before
+    /// it expires (the answer fills the cache like any other), and the next
+    /// packet to the neighbor does not wait for discovery. Requests are
+    /// rate-limited per destination as the ones `poll` sends. Returns whether
+    /// a request was sent: not when rate-limited, without a route or a source
+    /// address, or when `device` has no room.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    pub fn request_neighbor(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        addr: &IpAddress,
+    ) -> bool {
+        self.inner.now = timestamp;
+        #[cfg(feature = "medium-ip")]
+        if matches!(self.inner.caps.medium, Medium::Ip) {
+            return false;
+        }
+        if !addr.is_unicast() {
+            return false;
+        }
+        let Some(next_hop) = self.inner.route(addr, timestamp) else {
+            return false;
+        };
+        if self.inner.is_broadcast(&next_hop)
+            || self.inner.neighbor_cache.is_hushed(&next_hop, timestamp)
+        {
+            return false;
+        }
+        let Some(tx_token) = device.transmit(timestamp) else {
+            return false;
+        };
+        self.inner
+            .solicit_neighbor(tx_token, next_hop, &mut self.fragmenter)
+            .is_ok()
+    }
+
     fn socket_ingress(
         &mut self,
         device: &mut (impl Device + ?Sized),
@@ -661,10 +718,13 @@ impl Interface {
                     if let Some(packet) =
                         self.inner
                             .process_ethernet(sockets, rx_meta, frame, &mut self.fragments)
-                        && let Err(err) =
-                            self.inner.dispatch(tx_token, packet, &mut self.fragmenter)
                     {
-                        net_debug!("Failed to send response: {:?}", err);
+                        self.inner.reply_to = reply_address(frame);
+                        let sent = self.inner.dispatch(tx_token, packet, &mut self.fragmenter);
+                        self.inner.reply_to = None;
+                        if let Err(err) = sent {
+                            net_debug!("Failed to send response: {:?}", err);
+                        }
                     }
                 }
                 #[cfg(feature = "medium-ip")]
@@ -1124,16 +1184,49 @@ impl InterfaceInner {
             return Ok((hardware_addr, tx_token));
         }
 
+        let original_dst = dst_addr;
         let dst_addr = self
             .route(dst_addr, self.now)
             .ok_or(DispatchError::NoRoute)?;
 
-        match self.neighbor_cache.lookup(&dst_addr, self.now) {
-            NeighborAnswer::Found(hardware_addr) => return Ok((hardware_addr, tx_token)),
+        let answer = self.neighbor_cache.lookup(&dst_addr, self.now);
+        if let NeighborAnswer::Found(hardware_addr) = answer {
+            return Ok((hardware_addr, tx_token));
+        }
+        // A response to a frame whose sender is not in the cache goes back
+        // to the MAC the frame came from, without a discovery request: an
+        // RST or ICMP error for junk from an unused address would otherwise
+        // cost a broadcast each (and the response would be lost), and a
+        // peer answered this way needs no entry. The cache is not filled
+        // from it (frames are not trusted as ARP answers are).
+        #[cfg(feature = "medium-ethernet")]
+        if let Some((addr, mac)) = self.reply_to
+            && addr == *original_dst
+        {
+            return Ok((HardwareAddress::Ethernet(mac), tx_token));
+        }
+        match answer {
             NeighborAnswer::RateLimited => return Err(DispatchError::NeighborPending),
             _ => (), // XXX
         }
 
+        self.solicit_neighbor(tx_token, dst_addr, fragmenter)?;
+        Err(DispatchError::NeighborPending)
+    }
+
+    /// Send a discovery request (ARP request or Neighbor Solicitation) for
+    /// `dst_addr`, an on-link address, and rate-limit further requests for
+    /// it. `Err(NeighborPending)` if it could not be sent.
+    #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
+    fn solicit_neighbor<Tx>(
+        &mut self,
+        tx_token: Tx,
+        dst_addr: IpAddress,
+        fragmenter: &mut Fragmenter,
+    ) -> Result<(), DispatchError>
+    where
+        Tx: TxToken,
+    {
         match dst_addr {
             #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
             IpAddress::Ipv4(dst_addr) if matches!(self.caps.medium, Medium::Ethernet) => {
@@ -1203,7 +1296,7 @@ impl InterfaceInner {
 
         // The request got dispatched, limit the rate on the cache.
         self.neighbor_cache.limit_rate(dst_addr, self.now);
-        Err(DispatchError::NeighborPending)
+        Ok(())
     }
 
     fn flush_neighbor_cache(&mut self) {
@@ -1436,4 +1529,27 @@ enum DispatchError {
     /// the neighbor for it yet. Discovery has been initiated, dispatch
     /// should be retried later.
     NeighborPending,
+}
+
+/// The source IP address and MAC of a received Ethernet frame carrying an
+/// IPv4 or IPv6 packet, for a response to it (`InterfaceInner::reply_to`).
+#[cfg(feature = "medium-ethernet")]
+fn reply_address(frame: &[u8]) -> Option<(IpAddress, EthernetAddress)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let mac = eth.src_addr();
+    if !mac.is_unicast() {
+        return None;
+    }
+    let addr = match eth.ethertype() {
+        #[cfg(feature = "proto-ipv4")]
+        EthernetProtocol::Ipv4 => {
+            IpAddress::Ipv4(Ipv4Packet::new_checked(eth.payload()).ok()?.src_addr())
+        }
+        #[cfg(feature = "proto-ipv6")]
+        EthernetProtocol::Ipv6 => {
+            IpAddress::Ipv6(Ipv6Packet::new_checked(eth.payload()).ok()?.src_addr())
+        }
+        _ => return None,
+    };
+    addr.is_unicast().then_some((addr, mac))
 }

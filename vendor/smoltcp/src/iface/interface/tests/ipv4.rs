@@ -1548,3 +1548,148 @@ fn test_ipv4_fragment_size() {
         );
     }
 }
+
+#[rstest]
+#[case(Medium::Ethernet)]
+#[cfg(feature = "medium-ethernet")]
+fn test_request_neighbor_refreshes_an_entry(#[case] medium: Medium) {
+    let (mut iface, _sockets, mut device) = setup(medium);
+    let remote_ip = Ipv4Address::new(192, 168, 1, 2);
+    let remote_hw = EthernetAddress([0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
+    let remote = IpAddress::Ipv4(remote_ip);
+    let at = Instant::from_secs;
+
+    // Nothing cached, nothing routed.
+    assert_eq!(iface.neighbor_expires_at(at(0), &remote), None);
+    assert!(!iface.request_neighbor(at(0), &mut device, &IpAddress::v4(10, 9, 9, 9)));
+    assert!(device.tx_queue.is_empty());
+
+    iface
+        .inner
+        .neighbor_cache
+        .fill(remote, remote_hw.into(), at(0));
+    assert_eq!(iface.neighbor_expires_at(at(0), &remote), Some(at(60)));
+
+    // A request while the entry is still valid: one ARP request for it.
+    assert!(iface.request_neighbor(at(50), &mut device, &remote));
+    let frame = device.tx_queue.pop_front().expect("an ARP request");
+    assert!(device.tx_queue.is_empty());
+    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+    assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+    assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+    assert_eq!(
+        arp,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress([0x02, 0x02, 0x02, 0x02, 0x02, 0x02]),
+            source_protocol_addr: Ipv4Address::new(192, 168, 1, 1),
+            target_hardware_addr: EthernetAddress::BROADCAST,
+            target_protocol_addr: remote_ip,
+        }
+    );
+
+    // Rate-limited per destination like any other request.
+    assert!(!iface.request_neighbor(at(50) + Duration::from_millis(999), &mut device, &remote));
+    assert!(device.tx_queue.is_empty());
+    assert!(iface.request_neighbor(at(51), &mut device, &remote));
+    assert_eq!(device.tx_queue.len(), 1);
+
+    // The entry stays usable meanwhile, and the answer extends it.
+    assert_eq!(iface.neighbor_expires_at(at(55), &remote), Some(at(60)));
+    iface
+        .inner
+        .neighbor_cache
+        .fill(remote, remote_hw.into(), at(52));
+    assert_eq!(iface.neighbor_expires_at(at(61), &remote), Some(at(112)));
+    assert_eq!(iface.neighbor_expires_at(at(112), &remote), None);
+}
+
+#[rstest]
+#[case(Medium::Ethernet)]
+#[cfg(all(feature = "medium-ethernet", feature = "socket-tcp"))]
+fn test_reply_to_unknown_sender_goes_to_its_mac_without_arp(#[case] medium: Medium) {
+    use crate::wire::{TcpPacket, TcpRepr};
+
+    let (mut iface, mut sockets, mut device) = setup(medium);
+    let local_mac = EthernetAddress([0x02, 0x02, 0x02, 0x02, 0x02, 0x02]);
+    let local_ip = Ipv4Address::new(192, 168, 1, 1);
+    // Junk from an on-link address nobody holds, not in the cache.
+    let junk_mac = EthernetAddress([0x02, 0xee, 0, 0, 0, 7]);
+    let junk_ip = Ipv4Address::new(192, 168, 1, 7);
+    let syn = TcpRepr {
+        src_port: 4242,
+        dst_port: 4243,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(-10001),
+        ack_number: None,
+        window_len: 256,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: junk_ip,
+        dst_addr: local_ip,
+        next_header: IpProtocol::Tcp,
+        payload_len: syn.buffer_len(),
+        hop_limit: 64,
+    };
+    let caps = ChecksumCapabilities::default();
+    let mut bytes = vec![0u8; 14 + ip.buffer_len() + syn.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut bytes);
+    frame.set_src_addr(junk_mac);
+    frame.set_dst_addr(local_mac);
+    frame.set_ethertype(EthernetProtocol::Ipv4);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &caps);
+    syn.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &junk_ip.into(),
+        &local_ip.into(),
+        &caps,
+    );
+    device.rx_queue.push_back(frame.as_ref().to_vec());
+
+    iface.poll(Instant::from_millis(0), &mut device, &mut sockets);
+
+    // One frame: the RST, to the junk's MAC; no ARP request, no entry.
+    // (IPv6 multicast reports of the set-up aside.)
+    let v4 = |frames: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        frames
+            .into_iter()
+            .filter(|f| f[12..14] == [0x08, 0x00] || f[12..14] == [0x08, 0x06])
+            .collect()
+    };
+    let sent = v4(recv_all(&mut device, Instant::from_millis(0)));
+    assert_eq!(sent.len(), 1, "frames sent: {sent:?}");
+    let eth = EthernetFrame::new_checked(&sent[0][..]).unwrap();
+    assert_eq!(eth.dst_addr(), junk_mac);
+    assert_eq!(eth.ethertype(), EthernetProtocol::Ipv4);
+    let ipp = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert_eq!(ipp.dst_addr(), junk_ip);
+    let tcp = TcpPacket::new_checked(ipp.payload()).unwrap();
+    assert!(tcp.rst());
+    assert_eq!(
+        iface.neighbor_expires_at(Instant::from_millis(0), &junk_ip.into()),
+        None
+    );
+
+    // A known neighbour is still answered at its cached MAC.
+    let known_mac = EthernetAddress([0x52, 0x54, 0, 0, 0, 8]);
+    iface
+        .inner
+        .neighbor_cache
+        .fill(junk_ip.into(), known_mac.into(), Instant::from_millis(0));
+    device.rx_queue.push_back(frame.into_inner().clone());
+    iface.poll(Instant::from_millis(1), &mut device, &mut sockets);
+    let sent = v4(recv_all(&mut device, Instant::from_millis(1)));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        EthernetFrame::new_checked(&sent[0][..]).unwrap().dst_addr(),
+        known_mac
+    );
+}
