@@ -27,12 +27,14 @@ CLK_TCK=$(getconf CLK_TCK)
 socat -t 60 TCP-LISTEN:7010,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & SC_PIDS+=($!)
 sleep 0.5
 
-# Instance i is 10.0.0.(20 + i) on dom0's /24 (the libvirt ones .230 up).
-[ "$SC_N" -le 200 ] || { fail "scale: SCALE_N=$SC_N" "at most 200 (one /24)"; SC_N=200; }
-sc_ip() { echo "10.0.0.$((20 + $1))"; }
+# Instance i is 10.0.0.(SCALE_IP_BASE + i) on dom0's /24 (the libvirt ones
+# .230 up; scripts/bench has its own guests and namespaces below .120).
+SC_BASE=${SCALE_IP_BASE:-20}
+[ $((SC_BASE + SC_N)) -le 230 ] || { fail "scale: SCALE_N=$SC_N" "addresses from .$SC_BASE past .229"; SC_N=$((230 - SC_BASE)); }
+sc_ip() { echo "10.0.0.$((SC_BASE + $1))"; }
 sc_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 # What dom0 holds now, one line of key=value: xl processes and their RSS and
-# PSS (KiB), all processes, memory in use (MemTotal - MemAvailable, KiB),
+# PSS (KiB), all processes, xenstore's domain directories, memory in use (MemTotal - MemAvailable, KiB),
 # xenstored's RSS, libvirtd's RSS, Xen's free memory (MB).
 sc_dom0() {
     local xl_pids p rss=0 pss=0 v
@@ -42,6 +44,7 @@ sc_dom0() {
         v=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null); pss=$((pss + ${v:-0}))
     done
     echo "xl_procs=$(echo $xl_pids | wc -w) xl_rss_kb=$rss xl_pss_kb=$pss procs=$(ls -d /proc/[0-9]* | wc -l)" \
+         "xs_domains=$(xenstore-list /local/domain 2>/dev/null | wc -l)" \
          "used_kb=$(awk '/^MemTotal:/ { t = $2 } /^MemAvailable:/ { a = $2 } END { print t - a }' /proc/meminfo)" \
          "xenstored_rss_kb=$(ps -o rss= -p "$(cat /run/xenstore.pid)" | tr -d ' ')" \
          "libvirtd_rss_kb=$(ps -o rss= -C libvirtd | head -n1 | tr -d ' ')" \
@@ -49,6 +52,13 @@ sc_dom0() {
          "vifs=$(ls /sys/class/net 2>/dev/null | grep -c '^vif')"
 }
 sc_of() { stat_of "$1" "$2"; }
+# measure WHAT KEY=VALUE...: a MEASURE line (and, for scripts/bench, the
+# same as a BENCH line).
+measure() {
+    local what=$1; shift
+    echo "MEASURE $what $*"
+    [ -z "${SCALE_BENCH:-}" ] || echo "BENCH test=$what target=mp $*"
+}
 # xenstored's CPU time so far (utime + stime), in ms.
 sc_xs_cpu_ms() { awk -v t="$CLK_TCK" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$(cat /run/xenstore.pid)/stat"; }
 # sc_run_bounded K CMD...: runs "CMD i" for i in 0..N-1 (N=$SC_RUN_N), K at a time.
@@ -98,7 +108,7 @@ for i in $(seq 0 $((SC_N - 1))); do
 done
 rate=$(awk -v n="$ok" -v ms="$wall" 'BEGIN { printf "%.2f", ms ? n * 1000 / ms : 0 }')
 med=$(cat "$SC"/spawn.* | sc_field ready_ms | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }')
-echo "MEASURE scale_spawns_per_s=$rate n=$ok wall_ms=$wall parallel=$SC_PAR ready_ms_median=${med:-?}"
+measure scale_spawn "spawns_per_s=$rate n=$ok wall_ms=$wall parallel=$SC_PAR ready_ms_median=${med:-?}"
 [ "$ok" = "$SC_N" ] && pass "scale: $SC_N spawns at memory=4 all ready in $wall ms ($rate spawns/s, $SC_PAR at a time)" \
                    || fail "scale: $SC_N spawns" "$ok of $SC_N ready in $wall ms"
 
@@ -107,7 +117,7 @@ log "dom0 with $ok instances: $after"
 if [ "$ok" -gt 0 ]; then
     per() { awk -v a="$(sc_of "$1" "$after")" -v b="$(sc_of "$1" "$before")" -v n="$ok" -v d="$2" \
         'BEGIN { printf "%.*f", d, (a - b) / n }'; }
-    echo "MEASURE scale_dom0_per_instance n=$ok dom0_used_kb=$(per used_kb 0) xl_procs=$(per xl_procs 2)" \
+    measure scale_dom0_per_instance "n=$ok dom0_used_kb=$(per used_kb 0) xl_procs=$(per xl_procs 2)" \
          "xl_rss_kb=$(per xl_rss_kb 0) xl_pss_kb=$(per xl_pss_kb 0) procs=$(per procs 2)" \
          "xenstored_rss_kb=$(per xenstored_rss_kb 1) xen_mb=$(awk -v a="$(sc_of xen_free_mb "$before")" \
          -v b="$(sc_of xen_free_mb "$after")" -v n="$ok" 'BEGIN { printf "%.2f", (a - b) / n }')"
@@ -166,7 +176,7 @@ if [ -n "$XS_TRACE" ]; then
 else
     reqs="?"; echo "xenstored trace not available: $(head -n 2 "$SC/xsctl" | tr '\n' ' ')"
 fi
-echo "MEASURE scale_idle n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0))" \
+measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0))" \
      "xenstored_requests=$reqs xenstored_req_per_s=$(awk -v r="$reqs" -v s="$secs" 'BEGIN { if (r == "?") print "?"; else printf "%.2f", r / s }')" \
      "guest_writes=$guest_writes all_writes=$all_writes"
 if [ "$ok" -gt 0 ] && [ "$guest_writes" = 0 ]; then
@@ -191,7 +201,7 @@ if [ "$SC_LV_N" -gt 0 ] && virsh -c xen:///system uri >/dev/null 2>&1; then
     if [ "$lv_ok" -gt 0 ]; then
         lper() { awk -v a="$(sc_of "$1" "$lv_after")" -v b="$(sc_of "$1" "$lv_before")" -v n="$lv_ok" \
             'BEGIN { printf "%.2f", (a - b) / n }'; }
-        echo "MEASURE scale_libvirt_per_instance n=$lv_ok wall_ms=$lv_wall dom0_used_kb=$(lper used_kb)" \
+        measure scale_libvirt_per_instance "n=$lv_ok wall_ms=$lv_wall dom0_used_kb=$(lper used_kb)" \
              "xl_procs=$(lper xl_procs) procs=$(lper procs) libvirtd_rss_kb=$(lper libvirtd_rss_kb)"
     fi
     [ "$lv_ok" = "$SC_LV_N" ] && [ "$(sc_of xl_procs "$lv_after")" = "$(sc_of xl_procs "$lv_before")" ] \
@@ -207,8 +217,8 @@ n=$(grep -c '^stopped name=s[cl][0-9]' "$SC/stop")
 sleep 2   # the xl monitors exit once their domain is reaped
 end=$(sc_dom0)
 left=$(xl list 2>/dev/null | awk 'NR > 1 && $1 ~ /^s[cl][0-9]+$/' | wc -l)
-xs_left=$(xenstore-list /local/domain 2>/dev/null | grep -vx 0 | wc -l)
-echo "MEASURE scale_stop_all_ms=$ms n=$n"
+xs_left=$(( $(sc_of xs_domains "$end") - $(sc_of xs_domains "$before") ))
+measure scale_stop_all "ms=$ms n=$n"
 log "dom0 after stop --all: $end"
 if [ $rc = 0 ] && [ "$n" = $((ok + ${lv_ok:-0})) ] && [ "$left" = 0 ] && [ -z "$("$MP" list)" ] \
    && [ "$xs_left" = 0 ] && [ "$(sc_of vifs "$end")" = "$(sc_of vifs "$before")" ] \
@@ -219,7 +229,7 @@ else
  vifs $(sc_of vifs "$before") before, $(sc_of vifs "$end") now; xl processes $(sc_of xl_procs "$before") before,\
  $(sc_of xl_procs "$end") now; $(grep -v '^stopped' "$SC/stop" | head -n 3 | tr '\n' ' ')"
 fi
-echo "MEASURE scale_dom0_after_stop_delta used_kb=$(( $(sc_of used_kb "$end") - $(sc_of used_kb "$before") ))" \
+measure scale_dom0_after_stop_delta "used_kb=$(( $(sc_of used_kb "$end") - $(sc_of used_kb "$before") ))" \
      "procs=$(( $(sc_of procs "$end") - $(sc_of procs "$before") ))"
 
 # ---- clean up ----------------------------------------------------------------------
