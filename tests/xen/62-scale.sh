@@ -6,7 +6,7 @@
 # guests make (none allowed), the per-domain `xl` processes and dom0's
 # memory; each serves one request byte-exact; `stop --all` leaves nothing
 # behind (no domain, no xl process, no xenstore directory, no vif).
-# SCALE_LIBVIRT_N (default 5) more go through libvirt (spawn --via libvirt),
+# SCALE_LIBVIRT_N (default 3) more go through libvirt (spawn --via libvirt),
 # to compare what each way leaves running in dom0 per instance.
 # scripts/bench runs it with SCALE_N=100 (SCALE_BENCH=1: BENCH lines too).
 . /root/lib.sh
@@ -17,7 +17,8 @@ rm -rf "$SC"; mkdir -p "$SC"
 SC_N=${SCALE_N:-50}
 SC_PAR=${SCALE_PAR:-4}
 SC_IDLE_S=${SCALE_IDLE_S:-30}
-SC_LV_N=${SCALE_LIBVIRT_N:-5}
+SC_LV_N=${SCALE_LIBVIRT_N:-3}
+SC_BUDGET_S=${SCALE_SPAWN_BUDGET_S:-180}   # no spawn is started after this
 SC_PIDS=()
 export MINIPROXY_PARALLEL=$SC_PAR
 CLK_TCK=$(getconf CLK_TCK)
@@ -27,10 +28,10 @@ CLK_TCK=$(getconf CLK_TCK)
 socat -t 60 TCP-LISTEN:7010,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & SC_PIDS+=($!)
 sleep 0.5
 
-# Instance i is 10.0.0.(SCALE_IP_BASE + i) on dom0's /24 (the libvirt ones
-# .230 up; scripts/bench has its own guests and namespaces below .120).
+# Instance i is 10.0.0.(SCALE_IP_BASE + i) on dom0's /24 (.229 is the
+# `xl create -e` one, the libvirt ones .230 up; scripts/bench has its own guests and namespaces below .120).
 SC_BASE=${SCALE_IP_BASE:-20}
-[ $((SC_BASE + SC_N)) -le 230 ] || { fail "scale: SCALE_N=$SC_N" "addresses from .$SC_BASE past .229"; SC_N=$((230 - SC_BASE)); }
+[ $((SC_BASE + SC_N)) -le 229 ] || { fail "scale: SCALE_N=$SC_N" "addresses from .$SC_BASE past .228"; SC_N=$((229 - SC_BASE)); }
 sc_ip() { echo "10.0.0.$((SC_BASE + $1))"; }
 sc_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 # What dom0 holds now, one line of key=value: xl processes and their RSS and
@@ -61,8 +62,9 @@ measure() {
 }
 # xenstored's CPU time so far (utime + stime), in ms.
 sc_xs_cpu_ms() { awk -v t="$CLK_TCK" '{ print int(($14 + $15) * 1000 / t) }' "/proc/$(cat /run/xenstore.pid)/stat"; }
-# sc_run_bounded K CMD...: runs "CMD i" for i in 0..N-1 (N=$SC_RUN_N), K at a time.
-# (Its own children only: the shell also runs the echo server.)
+# sc_run_bounded K CMD...: runs "CMD i" for i in 0..N-1 (N=$SC_RUN_N), K at a
+# time, launching none after SC_RUN_UNTIL (now_ms; empty: no limit). Its own
+# children only: the shell also runs the echo server.
 sc_run_bounded() {
     local k=$1 i p pids=() live; shift
     for i in $(seq 0 $((SC_RUN_N - 1))); do
@@ -73,17 +75,25 @@ sc_run_bounded() {
             [ ${#pids[@]} -lt "$k" ] && break
             sleep 0.1
         done
+        if [ -n "${SC_RUN_UNTIL:-}" ] && [ "$(now_ms)" -gt "$SC_RUN_UNTIL" ]; then
+            echo "time is up: $i of $SC_RUN_N launched"; break
+        fi
         "$@" "$i" & pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
 }
+# sc_spawn i: instance i through the operator tool; one line when done
+# (a run cut short still shows how far it got).
 sc_spawn() {
+    local rc=0
     "$MP" spawn --name "sc$1" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
-        --ip "$(sc_ip "$1")/24" --memory 4 --timeout 120 > "$SC/spawn.$1" 2>&1
+        --ip "$(sc_ip "$1")/24" --memory 4 --timeout 120 > "$SC/spawn.$1" 2>&1 || rc=$?
+    echo "sc$1: rc $rc at +$(( $(now_ms) - SC_T0 )) ms: $(tail -n 1 "$SC/spawn.$1" | cut -c1-110)"
 }
 # sc_echo i: i's instance sends 2000 + 7 i random bytes back byte-exact?
 sc_echo() {
     local ip; ip=$(sc_ip "$1")
+    grep -q '^spawned' "$SC/spawn.$1" 2>/dev/null || return 0   # not up: counted as not served
     head -c $((2000 + 7 * $1)) /dev/urandom > "$SC/in.$1"
     timeout 120 socat -t 60 - "TCP:$ip:80,connect-timeout=20" < "$SC/in.$1" > "$SC/out.$1" 2> "$SC/err.$1"
     cmp -s "$SC/in.$1" "$SC/out.$1" && touch "$SC/ok.$1" \
@@ -94,15 +104,16 @@ before=$(sc_dom0)
 log "dom0 before: $before"
 
 # ---- N spawns, SC_PAR at a time ----------------------------------------------------
-log "spawning sc0..sc$((SC_N - 1)) (memory=4), $SC_PAR at a time"
-t0=$(now_ms)
-SC_RUN_N=$SC_N sc_run_bounded "$SC_PAR" sc_spawn
+log "spawning sc0..sc$((SC_N - 1)) (memory=4), $SC_PAR at a time, none started after $SC_BUDGET_S s"
+lockups0=$(dmesg | grep -c 'soft lockup')
+t0=$(now_ms); SC_T0=$t0
+SC_RUN_N=$SC_N SC_RUN_UNTIL=$((t0 + SC_BUDGET_S * 1000)) sc_run_bounded "$SC_PAR" sc_spawn
 wall=$(( $(now_ms) - t0 ))
 ok=0; IDS=()
 for i in $(seq 0 $((SC_N - 1))); do
-    if grep -q "^spawned name=sc$i " "$SC/spawn.$i"; then
+    if grep -q "^spawned name=sc$i " "$SC/spawn.$i" 2>/dev/null; then
         ok=$((ok + 1)); IDS+=("$(sc_field domid < "$SC/spawn.$i")")
-    else
+    elif [ -f "$SC/spawn.$i" ]; then
         echo "sc$i: $(tail -n 4 "$SC/spawn.$i" | tr '\n' ' ')"
     fi
 done
@@ -185,6 +196,37 @@ else
     fail "scale: idle instances and xenstore" "$guest_writes writes by $ok idle guests in $secs s"
 fi
 
+# ---- xl create -e: no monitor, and then no one reaps the domain -------------------------
+# The xl left per domain is what carries out on_poweroff=destroy: it waits
+# for the domain's death and destroys it (devices, hotplug, xenstore).
+# Without it (-e) an instance that powers off (xl shutdown, idle_exit)
+# stays a shutdown domain holding its memory until something destroys it:
+# one reaper for all of them (libvirtd, below, or the operator tool) would
+# replace the N monitors.
+xl_n=$(pgrep -x xl | wc -l)
+if xl create -e "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="sc-e"' memory=4 \
+        "vif=['bridge=xenbr0,mac=00:16:3e:00:0e:01,script=/etc/xen/scripts/vif-fast']" \
+        'extra="ip=10.0.0.229/24 rule=reverse:80:10.0.0.1:7010 rx_bufs=32 max_conns=64"' > "$SC/xe" 2>&1 \
+   && e_id=$(domid sc-e) && wait_xs "/local/domain/$e_id/data/ready" 60 >/dev/null; then
+    sleep 1
+    e_n=$(pgrep -x xl | wc -l)
+    xl shutdown sc-e >/dev/null 2>&1
+    for _ in $(seq 30); do   # until it has shut down (state s), up to 30 s
+        sleep 1
+        e_state=$(xl list sc-e 2>/dev/null | awk 'NR == 2 { print $5 }')
+        [[ $e_state == *s* ]] && break
+    done
+    sleep 3                  # and still there 3 s later
+    e_state=$(xl list sc-e 2>/dev/null | awk 'NR == 2 { print $5 }')
+    echo "xl create -e: xl processes $xl_n -> $e_n; after xl shutdown: state '${e_state:-gone}'"
+    [ "$e_n" = "$xl_n" ] && [[ $e_state == *s* ]] \
+        && pass "scale: xl create -e leaves no xl process, and the powered-off domain stays (state $e_state) until destroyed" \
+        || fail "scale: xl create -e" "xl processes $xl_n -> $e_n, state after shutdown '${e_state:-gone}'"
+else
+    fail "scale: xl create -e" "$(tail -n 3 "$SC/xe" | tr '\n' ' ')"
+fi
+domid sc-e >/dev/null 2>&1 && xl_destroy sc-e >/dev/null
+
 # ---- the libvirt way: one libvirtd instead of one xl per domain ----------------------
 if [ "$SC_LV_N" -gt 0 ] && virsh -c xen:///system uri >/dev/null 2>&1; then
     lv_before=$(sc_dom0)
@@ -229,6 +271,7 @@ else
  vifs $(sc_of vifs "$before") before, $(sc_of vifs "$end") now; xl processes $(sc_of xl_procs "$before") before,\
  $(sc_of xl_procs "$end") now; $(grep -v '^stopped' "$SC/stop" | head -n 3 | tr '\n' ' ')"
 fi
+echo "dom0 soft lockups (kernel watchdog) during the test: $(( $(dmesg | grep -c 'soft lockup') - lockups0 ))"
 measure scale_dom0_after_stop_delta "used_kb=$(( $(sc_of used_kb "$end") - $(sc_of used_kb "$before") ))" \
      "procs=$(( $(sc_of procs "$end") - $(sc_of procs "$before") ))"
 
