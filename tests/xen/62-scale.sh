@@ -102,13 +102,21 @@ sc_echo() {
 
 before=$(sc_dom0)
 log "dom0 before: $before"
+# dom0's CPU time (all of it, from /proc/stat) and xenstored's, in ms.
+sc_dom0_cpu_ms() { awk -v t="$CLK_TCK" '$1 == "cpu" { print int(($2 + $3 + $4 + $6 + $7 + $8) * 1000 / t) }' /proc/stat; }
+# The same 10 s with no instance: what xenstored and dom0 use anyway.
+b_cpu0=$(sc_xs_cpu_ms); b_dom0=$(sc_dom0_cpu_ms); b_t0=$(now_ms)
+sleep 10
+b_ms=$(( $(now_ms) - b_t0 ))
+measure scale_baseline "secs=$(awk -v ms=$b_ms 'BEGIN { printf "%.1f", ms / 1000 }')" \
+    "xenstored_cpu_ms=$(( $(sc_xs_cpu_ms) - b_cpu0 )) dom0_cpu_ms=$(( $(sc_dom0_cpu_ms) - b_dom0 ))"
 
 # ---- N spawns, SC_PAR at a time ----------------------------------------------------
 log "spawning sc0..sc$((SC_N - 1)) (memory=4), $SC_PAR at a time, none started after $SC_BUDGET_S s"
 lockups0=$(dmesg | grep -c 'soft lockup')
-t0=$(now_ms); SC_T0=$t0
-SC_RUN_N=$SC_N SC_RUN_UNTIL=$((t0 + SC_BUDGET_S * 1000)) sc_run_bounded "$SC_PAR" sc_spawn
-wall=$(( $(now_ms) - t0 ))
+sc_t0=$(now_ms); SC_T0=$sc_t0
+SC_RUN_N=$SC_N SC_RUN_UNTIL=$((sc_t0 + SC_BUDGET_S * 1000)) sc_run_bounded "$SC_PAR" sc_spawn
+wall=$(( $(now_ms) - sc_t0 ))
 ok=0; IDS=()
 for i in $(seq 0 $((SC_N - 1))); do
     if grep -q "^spawned name=sc$i " "$SC/spawn.$i" 2>/dev/null; then
@@ -138,10 +146,10 @@ if [ "$ok" -gt 0 ]; then
 fi
 
 # ---- each serves one request byte-exact, SC_PAR at a time ----------------------------
-t0=$(now_ms)
+sc_t0=$(now_ms)
 SC_RUN_N=$SC_N sc_run_bounded "$SC_PAR" sc_echo
 n_ok=$(ls "$SC"/ok.* 2>/dev/null | wc -l)
-[ "$n_ok" = "$SC_N" ] && pass "scale: each of the $SC_N serves a request byte-exact ($(( $(now_ms) - t0 )) ms, $SC_PAR at a time)" \
+[ "$n_ok" = "$SC_N" ] && pass "scale: each of the $SC_N serves a request byte-exact ($(( $(now_ms) - sc_t0 )) ms, $SC_PAR at a time)" \
                       || fail "scale: requests" "$n_ok of $SC_N byte-exact: $(cat "$SC"/bad.* 2>/dev/null | head -n 3 | tr '\n' ' ')"
 
 # ---- idle: what dom0 pays for N instances doing nothing --------------------------------
@@ -152,7 +160,18 @@ n_ok=$(ls "$SC"/ok.* 2>/dev/null | wc -l)
 # - every request xenstored receives, from its trace log (xenstore-control
 #   logfile: one "IN" line per request, any client), by type;
 # - xenstored's CPU time.
-sleep 3
+# Idle means no connection left, closing ones included (their end changes
+# px_active and px_completed, which are then published): wait for
+# px_active=0 in every instance's stats, then 2 s for the last publish.
+sc_active() {   # how many instances still hold a connection
+    local id n=0
+    for id in "${IDS[@]}"; do [ "$(mp_stats "$id" | stat_of px_active)" = 0 ] || n=$((n + 1)); done
+    echo $n
+}
+for _ in $(seq 60); do [ "$(sc_active)" = 0 ] && break; sleep 1; done
+echo "instances still holding a connection: $(sc_active)"
+sleep 2
+for id in "${IDS[@]}"; do mp_stats "$id" > "$SC/stats0.$id"; done
 xenstore-control logfile "$SC/xs.trace" > "$SC/xsctl" 2>&1 && XS_TRACE=1 || XS_TRACE=""
 # The trace must show requests (io tracing on): a read by dom0 shows up.
 if [ -n "$XS_TRACE" ]; then
@@ -165,18 +184,22 @@ fi
 stdbuf -oL xenstore-watch /local/domain > "$SC/watch" 2>&1 & W=$!
 sleep 1
 w0=$(wc -l < "$SC/watch"); tr0=$(wc -l < "$SC/xs.trace" 2>/dev/null || echo 0)
-cpu0=$(sc_xs_cpu_ms); t0=$(now_ms)
+cpu0=$(sc_xs_cpu_ms); d0=$(sc_dom0_cpu_ms); sc_t0=$(now_ms)
 sleep "$SC_IDLE_S"
-cpu1=$(sc_xs_cpu_ms); t1=$(now_ms)
+cpu1=$(sc_xs_cpu_ms); d1=$(sc_dom0_cpu_ms); sc_t1=$(now_ms)
 tail -n +"$((tr0 + 1))" "$SC/xs.trace" 2>/dev/null > "$SC/xs.window"
 tail -n +"$((w0 + 1))" "$SC/watch" > "$SC/watch.window"
 kill "$W" 2>/dev/null; wait "$W" 2>/dev/null
 [ -n "$XS_TRACE" ] && { xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1; }
-secs=$(awk -v ms=$((t1 - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
+secs=$(awk -v ms=$((sc_t1 - sc_t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
 guest_writes=0
 for id in "${IDS[@]}"; do
     n=$(grep -c "^/local/domain/$id/" "$SC/watch.window")
-    [ "$n" = 0 ] || { guest_writes=$((guest_writes + n)); echo "domain $id: $n writes: $(grep "^/local/domain/$id/" "$SC/watch.window" | sort | uniq -c | head -n 3 | tr '\n' ' ')"; }
+    [ "$n" = 0 ] && continue
+    guest_writes=$((guest_writes + n))
+    # What changed in its stats (the cpu_ and xen_ keys ride along).
+    echo "domain $id: $n writes: $(grep "^/local/domain/$id/" "$SC/watch.window" | sort | uniq -c | head -n 3 | tr '\n' ' ');" \
+         "changed: $(mp_stats "$id" | tr ' ' '\n' | grep -vE '^(cpu|xen)_' | grep -vxF -f <(tr ' ' '\n' < "$SC/stats0.$id") | head -n 8 | tr '\n' ' ')"
 done
 all_writes=$(grep -c '^/local/domain/' "$SC/watch.window")
 if [ -n "$XS_TRACE" ]; then
@@ -187,7 +210,7 @@ if [ -n "$XS_TRACE" ]; then
 else
     reqs="?"; echo "xenstored trace not available: $(head -n 2 "$SC/xsctl" | tr '\n' ' ')"
 fi
-measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0))" \
+measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0)) dom0_cpu_ms=$((d1 - d0))" \
      "xenstored_requests=$reqs xenstored_req_per_s=$(awk -v r="$reqs" -v s="$secs" 'BEGIN { if (r == "?") print "?"; else printf "%.2f", r / s }')" \
      "guest_writes=$guest_writes all_writes=$all_writes"
 if [ "$ok" -gt 0 ] && [ "$guest_writes" = 0 ]; then
@@ -204,10 +227,12 @@ fi
 # one reaper for all of them (libvirtd, below, or the operator tool) would
 # replace the N monitors.
 xl_n=$(pgrep -x xl | wc -l)
-if xl create -e "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="sc-e"' memory=4 \
+xl create -e "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="sc-e"' memory=4 \
         "vif=['bridge=xenbr0,mac=00:16:3e:00:0e:01,script=/etc/xen/scripts/vif-fast']" \
-        'extra="ip=10.0.0.229/24 rule=reverse:80:10.0.0.1:7010 rx_bufs=32 max_conns=64"' > "$SC/xe" 2>&1 \
-   && e_id=$(domid sc-e) && wait_xs "/local/domain/$e_id/data/ready" 60 >/dev/null; then
+        'extra="ip=10.0.0.229/24 rule=reverse:80:10.0.0.1:7010 rx_bufs=32 max_conns=64"' > "$SC/xe" 2>&1
+e_rc=$?
+# (Its exit status is looked at only when the domain is not there.)
+if e_id=$(domid sc-e) && wait_xs "/local/domain/$e_id/data/ready" 60 >/dev/null; then
     sleep 1
     e_n=$(pgrep -x xl | wc -l)
     xl shutdown sc-e >/dev/null 2>&1
@@ -223,7 +248,8 @@ if xl create -e "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="sc-e"' memory=4 \
         && pass "scale: xl create -e leaves no xl process, and the powered-off domain stays (state $e_state) until destroyed" \
         || fail "scale: xl create -e" "xl processes $xl_n -> $e_n, state after shutdown '${e_state:-gone}'"
 else
-    fail "scale: xl create -e" "$(tail -n 3 "$SC/xe" | tr '\n' ' ')"
+    fail "scale: xl create -e" "rc $e_rc, domain ${e_id:-absent}: $(tail -n 5 "$SC/xe" | tr '\n' ' ')"
+    xl list 2>&1 | tail -n 3
 fi
 domid sc-e >/dev/null 2>&1 && xl_destroy sc-e >/dev/null
 
@@ -234,9 +260,9 @@ if [ "$SC_LV_N" -gt 0 ] && virsh -c xen:///system uri >/dev/null 2>&1; then
         "$MP" spawn --via libvirt --name "sl$1" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
             --ip "10.0.0.$((230 + $1))/24" --memory 4 --timeout 120 > "$SC/lspawn.$1" 2>&1
     }
-    t0=$(now_ms)
+    sc_t0=$(now_ms)
     SC_RUN_N=$SC_LV_N sc_run_bounded "$SC_PAR" lv_spawn
-    lv_wall=$(( $(now_ms) - t0 ))
+    lv_wall=$(( $(now_ms) - sc_t0 ))
     lv_ok=$(grep -l '^spawned name=sl' "$SC"/lspawn.* 2>/dev/null | wc -l)
     lv_after=$(sc_dom0)
     log "dom0 with $lv_ok more through libvirt: $lv_after"
@@ -252,9 +278,9 @@ if [ "$SC_LV_N" -gt 0 ] && virsh -c xen:///system uri >/dev/null 2>&1; then
 fi
 
 # ---- stop --all leaves nothing behind ---------------------------------------------------
-t0=$(now_ms)
+sc_t0=$(now_ms)
 "$MP" stop --all > "$SC/stop" 2>&1; rc=$?
-ms=$(( $(now_ms) - t0 ))
+ms=$(( $(now_ms) - sc_t0 ))
 n=$(grep -c '^stopped name=s[cl][0-9]' "$SC/stop")
 sleep 2   # the xl monitors exit once their domain is reaped
 end=$(sc_dom0)
