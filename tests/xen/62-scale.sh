@@ -88,7 +88,7 @@ sc_spawn() {
     local rc=0
     "$MP" spawn --name "sc$1" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
         --ip "$(sc_ip "$1")/24" --memory 4 --timeout 120 > "$SC/spawn.$1" 2>&1 || rc=$?
-    echo "sc$1: rc $rc at +$(( $(now_ms) - SC_T0 )) ms: $(tail -n 1 "$SC/spawn.$1" | cut -c1-110)"
+    echo "sc$1: rc $rc at +$(( $(now_ms) - SC_T0 )) ms: $(tail -n 1 "$SC/spawn.$1" | cut -c1-300)"
 }
 # sc_echo i: i's instance sends 2000 + 7 i random bytes back byte-exact?
 sc_echo() {
@@ -170,7 +170,19 @@ sc_active() {   # how many instances still hold a connection
 }
 for _ in $(seq 60); do [ "$(sc_active)" = 0 ] && break; sleep 1; done
 echo "instances still holding a connection: $(sc_active)"
-sleep 2
+# And until no instance has rewritten its stats for 3 s: a counter can move
+# late (a TX completion that a slow dom0's netback returns seconds after
+# the frame is taken at the guest's next pass), which is a change, not
+# idleness.
+sc_all_stats() { local id; for id in "${IDS[@]}"; do echo "$id $(mp_stats "$id")"; done; }
+prev=$(sc_all_stats)
+for settle in $(seq 20); do
+    sleep 3
+    cur=$(sc_all_stats)
+    [ "$cur" = "$prev" ] && break
+    prev=$cur
+done
+echo "stats unchanged for 3 s after $((settle * 3)) s"
 for id in "${IDS[@]}"; do mp_stats "$id" > "$SC/stats0.$id"; done
 xenstore-control logfile "$SC/xs.trace" > "$SC/xsctl" 2>&1 && XS_TRACE=1 || XS_TRACE=""
 # The trace must show requests (io tracing on): a read by dom0 shows up.
