@@ -11,6 +11,14 @@
 # scripts/bench runs it with SCALE_N=100 (SCALE_BENCH=1: BENCH lines too).
 . /root/lib.sh
 . /root/payload/tests/xen/common.sh
+# Only when asked for by name (XEN_TESTS="62-scale") or by scripts/bench: in
+# this testbed under TCG xenstored has stalled after 10-13 instances
+# (soft lockups, then dom0's xenwatch blocked for minutes, every xl call
+# with it), and a stalled dom0 would take the rest of the suite down.
+case " ${XEN_TESTS:-} " in
+*" 62-scale "*) ;;
+*) [ -n "${SCALE_BENCH:-}" ] || { echo "TEST SKIP scale: not named in XEN_TESTS (see the top of tests/xen/62-scale.sh)"; return 0 2>/dev/null || exit 0; } ;;
+esac
 MP=$P/scripts/miniproxy
 SC=/tmp/scale
 rm -rf "$SC"; mkdir -p "$SC"
