@@ -97,6 +97,8 @@ const LOG: &str = "\
 [   4.0] BENCH test=tput target=mp rep=1 flows=1 dir=up mbps=800 sender_retr=3
 [   4.1] BENCH test=tput target=lx rep=1 flows=1 dir=up mbps=700 sender_retr=-
 [   4.2] BENCH test=accel target=mp split=25+25 size=102400 rep=1 ms=320
+[   4.25] BENCH test=scale_spawn target=mp spawns_per_s=0.85 n=100 wall_ms=117647 parallel=4 ready_ms_median=4200
+[   4.26] BENCH test=scale_idle target=mp n=100 secs=30.0 xenstored_cpu_ms=10 xenstored_requests=0 xenstored_req_per_s=0.00 guest_writes=0 all_writes=0
 [   4.3] BENCHERR lat lx: wrk said \"no\"
 [   4.4] BENCHSTAT target=mp label=final px_accepted=5
 ";

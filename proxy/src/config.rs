@@ -121,6 +121,10 @@ pub struct Config {
     /// On a stop (`xl shutdown`, idle_exit): how long open connections may
     /// finish after the listeners close, before both sides are reset.
     pub drain_timeout: Duration,
+    /// The guest's `data/stats` is rewritten at most this often (and only
+    /// when a counter changed): the operator bounds the xenstore writes of
+    /// a busy instance with it.
+    pub stats_period: Duration,
     /// Netfront RX buffers to post.
     pub rx_bufs: u16,
     /// Netfront TX buffers (frames in flight to the backend).
@@ -165,6 +169,7 @@ impl Default for Config {
             dhcp_timeout: Duration::from_secs(10),
             idle_exit: None,
             drain_timeout: Duration::from_secs(10),
+            stats_period: Duration::from_secs(1),
             rx_bufs: 64,
             tx_bufs: 64,
             offload: true,

@@ -21,7 +21,7 @@
 P=/root/payload
 cd "$P" || exit 1
 
-PHASES="mem inst perf accel"
+PHASES="mem inst perf accel scale"
 INST_REPS=3          # instantiation: create/ready/destroy of each kind
 PERF_REPS=2          # connections/s, latency, throughput
 ACCEL_REPS=3         # transfers over the netem paths
@@ -51,6 +51,9 @@ MPALT=''             # e.g. "tx_bufs=256 rx_bufs=256": perf also runs Miniproxy 
 MPALT_MEM=16
 PERF_TARGETS="direct mp lx"   # (+ mpalt when MPALT is set)
 SIZES="10240 102400 1048576"
+SCALE_N=100          # scale: this many Miniproxy instances at memory=4 (tests/xen/62-scale.sh)
+SCALE_PAR=4          # ...spawned this many at a time,
+SCALE_BUDGET_S=480   # none started after this many seconds (the CI test: 50 in 180 s)
 for a in "$@"; do
     case $a in
     *=*) eval "${a%%=*}=\"\${a#*=}\"" ;;
@@ -546,6 +549,16 @@ phase_accel() {
     return 0
 }
 
+# ---- scale: SCALE_N instances at memory=4 -------------------------------------------------
+# tests/xen/62-scale.sh (the CI test runs 50) with its MEASURE lines also as
+# BENCH lines: cold spawns/s through the operator tool, dom0's memory, xl
+# processes and xenstored per instance, xenstore traffic while they idle.
+# Addresses from 10.0.0.120 (the namespaces are .101 and .102).
+phase_scale() {
+    ( SCALE_N=$SCALE_N SCALE_PAR=$SCALE_PAR SCALE_SPAWN_BUDGET_S=$SCALE_BUDGET_S SCALE_IP_BASE=120 SCALE_LIBVIRT_N=0 SCALE_BENCH=1 TB_PASSED=0 TB_FAILED=0
+      . "$P/tests/xen/62-scale.sh" ) 2>&1 | sed 's/^TEST FAIL /BENCHERR scale: /'
+}
+
 # ---- run ---------------------------------------------------------------------------
 echo "BENCHINFO accel=${TESTBED_ACCEL:-unknown} phases=\"$PHASES\" inst_reps=$INST_REPS perf_reps=$PERF_REPS accel_reps=$ACCEL_REPS dur_s=$DUR"
 echo "BENCHINFO xen=$(xl info 2>/dev/null | awk '$1 == "xen_version" { print $3 }') dom0_kernel=$(uname -r)" \
@@ -562,6 +575,7 @@ for ph in $PHASES; do
     case $ph in
     inst) phase_inst ;;
     mem) phase_mem ;;
+    scale) phase_scale ;;
     perf|accel)
         [ -n "${PERF_STARTED:-}" ] || { start_perf_guests; PERF_STARTED=1; }
         phase_$ph ;;

@@ -149,14 +149,16 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
         Ok(())
     }
 
-    /// Serve until stopped (`xl shutdown`, or idle_exit).
+    /// Serve until stopped (`xl shutdown`, or idle_exit); `data/stats` at
+    /// most once per `stats_period`.
     pub fn serve<N: Nic, P: Proxy<N>>(
         &mut self,
         nic: &mut N,
         proxy: &mut P,
         idle_exit: Option<core::time::Duration>,
+        stats_period: core::time::Duration,
     ) -> Exit {
-        let mut serve = Serve::new(self.clock.cpu_ns(), idle_exit);
+        let mut serve = Serve::new(self.clock.cpu_ns(), idle_exit).stats_period(stats_period);
         loop {
             if let Some(exit) = self.serve_pass(&mut serve, nic, proxy) {
                 return exit;
@@ -289,5 +291,11 @@ impl Serve {
             stats: StatsPublisher::new(),
             idle_exit,
         }
+    }
+
+    /// Publish `data/stats` at most once per `period` (default 1 s).
+    pub fn stats_period(mut self, period: core::time::Duration) -> Serve {
+        self.stats = StatsPublisher::every(period);
+        self
     }
 }

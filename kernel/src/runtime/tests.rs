@@ -697,6 +697,87 @@ fn stats_publisher_rate_and_change_rules() {
 }
 
 #[test]
+fn stats_publisher_takes_the_operators_period() {
+    // stats_period=250ms: a look every 250 ms, the first at once.
+    let mut p = StatsPublisher::every(core::time::Duration::from_millis(250));
+    let t = 50 * SEC;
+    assert_eq!(p.check(t, || "a".into()), Some("a"));
+    assert_eq!(
+        p.check(t + 250 * MS - 1, || panic!("looked too soon")),
+        None
+    );
+    assert_eq!(p.check(t + 250 * MS, || "b".into()), Some("b"));
+    // stats_period=1h: the first look at once (the operator's `list` has
+    // a line from the start), the next an hour later.
+    let mut p = StatsPublisher::every(core::time::Duration::from_secs(3600));
+    assert_eq!(p.check(t, || "a".into()), Some("a"));
+    assert_eq!(
+        p.check(t + 3600 * SEC - 1, || panic!("looked too soon")),
+        None
+    );
+    assert_eq!(p.check(t + 3600 * SEC, || "b".into()), Some("b"));
+}
+
+#[test]
+fn busy_counters_are_written_at_the_operators_rate_and_idle_ones_never() {
+    let mut r = rig();
+    let mut nic = FakeNic {
+        stats: "rx 1 frames".into(),
+        ..Default::default()
+    };
+    let mut proxy = FakeProxy {
+        delay: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let mut s = Serve::new(0, None).stats_period(core::time::Duration::from_secs(3));
+    // Counters change on every pass (every 100 ms) for 20 s: a write at
+    // the start and then one every 3 s, never more often.
+    let mut written_at = Vec::new();
+    let start = r.now.get();
+    let mut pass = 0;
+    while r.now.get() < start + 20 * SEC {
+        pass += 1;
+        proxy.stats = format!("accepted={pass}");
+        let before = r.writes("data/stats").len();
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+        if r.writes("data/stats").len() > before {
+            written_at.push(r.now.get());
+        }
+    }
+    assert!(pass >= 190, "{pass} passes");
+    assert!((6..=8).contains(&written_at.len()), "{written_at:?}");
+    for w in written_at.windows(2) {
+        assert!(
+            w[1] - w[0] >= 3 * SEC,
+            "two writes {} ns apart",
+            w[1] - w[0]
+        );
+    }
+    // Then idle for 10 minutes (the engine wakes the loop every 100 ms,
+    // the profile changes on every pass): after the last change is out,
+    // no xenstore request at all, read or write.
+    for _ in 0..40 {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    let requests = r.srv.borrow().log.len();
+    let idle_from = r.now.get();
+    while r.now.get() < idle_from + 600 * SEC {
+        r.rt.serve_pass(&mut s, &mut nic, &mut proxy);
+    }
+    let srv = r.srv.borrow();
+    assert_eq!(
+        srv.log.len(),
+        requests,
+        "requests while idle: {:?}",
+        srv.log[requests..]
+            .iter()
+            .take(3)
+            .map(|(ty, _, p)| (ty, String::from_utf8_lossy(p).into_owned()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn backend_watch_makes_netfront_check_the_backend() {
     let mut r = rig();
     let (mut nic, mut proxy) = (FakeNic::default(), FakeProxy::default());

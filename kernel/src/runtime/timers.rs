@@ -4,8 +4,8 @@
 use alloc::string::String;
 use smoltcp::time::{Duration, Instant};
 
-/// The stats are looked at (and `data/stats` rewritten if they changed) at
-/// most this often; the serve loop also never sleeps longer than this.
+/// The serve loop never sleeps longer than this (it looks at the stats
+/// then: a look at unchanged counters costs no xenstore request).
 pub const STATS_PERIOD_NS: u64 = 1_000_000_000;
 
 /// What the serve loop's next wake-up is the earliest of, as delays from
@@ -36,28 +36,53 @@ pub fn serve_deadline(now_ns: u64, t: Timers) -> u64 {
     deadline
 }
 
-/// `data/stats`: rewritten at most once per [`STATS_PERIOD_NS`], and only
-/// when the counters changed (the profile that rides along changes on every
-/// pass, even idle ones, so it does not count).
-#[derive(Debug, Default)]
+/// `data/stats`: rewritten at most once per period (the `stats_period=`
+/// key, default 1 s), and only when the counters changed (the profile that
+/// rides along changes on every pass, even idle ones, so it does not
+/// count): an idle instance writes nothing, and a busy one at most once a
+/// period, whatever its traffic.
+#[derive(Debug)]
 pub struct StatsPublisher {
     last_line: String,
-    last_ns: u64,
+    /// When the counters were last looked at (`None`: never; the first
+    /// look is at once).
+    last_ns: Option<u64>,
+    period_ns: u64,
+}
+
+impl Default for StatsPublisher {
+    fn default() -> StatsPublisher {
+        StatsPublisher::new()
+    }
 }
 
 impl StatsPublisher {
+    /// Once a second (the key's default).
     pub fn new() -> StatsPublisher {
-        StatsPublisher::default()
+        StatsPublisher::every(core::time::Duration::from_nanos(STATS_PERIOD_NS))
+    }
+
+    /// Looks at the counters at most once per `period` (at least 1 ms;
+    /// the config key bounds it to 100 ms..=1 h).
+    pub fn every(period: core::time::Duration) -> StatsPublisher {
+        StatsPublisher {
+            last_line: String::new(),
+            last_ns: None,
+            period_ns: (period.as_nanos() as u64).max(1_000_000),
+        }
     }
 
     /// At `now_ns`: if a period passed since the last look, take the
     /// counters' line from `line` and return it when it differs from the
     /// last one published (the caller writes it); `None` otherwise.
     pub fn check(&mut self, now_ns: u64, line: impl FnOnce() -> String) -> Option<&str> {
-        if now_ns.saturating_sub(self.last_ns) < STATS_PERIOD_NS {
+        if self
+            .last_ns
+            .is_some_and(|last| now_ns.saturating_sub(last) < self.period_ns)
+        {
             return None;
         }
-        self.last_ns = now_ns;
+        self.last_ns = Some(now_ns);
         let line = line();
         if line == self.last_line {
             return None;

@@ -367,5 +367,5 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
                 "net: cannot watch {state_path} and {VIFS_PATH}: {e}"
             ))
         })?;
-    Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit))
+    Ok(rt.serve(&mut nf, &mut engine, cfg.idle_exit, cfg.stats_period))
 }

@@ -91,6 +91,12 @@ fn parse_cc(s: &str) -> Option<CongestionControl> {
     }
 }
 
+/// `data/stats` every 100 ms at the most (xenstored serves every instance
+/// of the host), every hour at the least (the operator's `list` reads it).
+fn parse_stats_period(s: &str) -> Option<core::time::Duration> {
+    parse_duration(s).filter(|d| d.as_millis() >= 100 && d.as_secs() <= 3600)
+}
+
 /// smoltcp clamps the floor to 1 ms..=60 s; outside that is refused, not clamped.
 fn parse_rto_min(s: &str) -> Option<core::time::Duration> {
     parse_nonzero_duration(s).filter(|d| d.as_millis() >= 1 && d.as_secs() <= 60)
@@ -158,6 +164,15 @@ pub(super) static KEYS: &[Key] = &[
         repeatable: false,
         parse: |c, v| set(&mut c.drain_timeout, parse_duration(v)),
         show: |c, t| t.put(Dur(c.drain_timeout)),
+    },
+    Key {
+        name: "stats_period",
+        doc: "duration, `100ms`..=`1h`: `data/stats` is rewritten at most this often, and only when a counter changed (an idle instance writes nothing)",
+        expected: "a duration like 1s, from 100ms to 1h",
+        default_note: "",
+        repeatable: false,
+        parse: |c, v| set(&mut c.stats_period, parse_stats_period(v)),
+        show: |c, t| t.put(Dur(c.stats_period)),
     },
     Key {
         name: "rx_bufs",

@@ -84,7 +84,7 @@ fn offload_on_off() {
 #[test]
 fn full_line() {
     let c = Config::parse(
-        "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s rx_bufs=128 \
+        "  loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s stats_period=250ms rx_bufs=128 \
          tx_bufs=16 offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
          buf_min=8k idle_timeout=60s connect_timeout=500ms keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m  ",
     )
@@ -101,6 +101,7 @@ fn full_line() {
     assert_eq!(c.dhcp_timeout, Duration::from_secs(3));
     assert_eq!(c.idle_exit, Some(Duration::from_secs(120)));
     assert_eq!(c.drain_timeout, Duration::ZERO);
+    assert_eq!(c.stats_period, Duration::from_millis(250));
     assert_eq!(c.rx_bufs, 128);
     assert_eq!(c.tx_bufs, 16);
     assert_eq!(
@@ -133,7 +134,7 @@ fn full_line() {
     assert_eq!(c.mem, Some(12 << 20));
     assert_eq!(
         c.summary(),
-        "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s rx_bufs=128 tx_bufs=16 \
+        "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s stats_period=250ms rx_bufs=128 tx_bufs=16 \
          offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
          buf_min=8k idle_timeout=1m connect_timeout=500ms syn_timeout=3s keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m"
     );
@@ -145,7 +146,7 @@ fn default_summary_round_trips() {
     let c = Config::default();
     assert_eq!(
         c.summary(),
-        "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off drain_timeout=10s rx_bufs=64 tx_bufs=64 offload=on \
+        "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off drain_timeout=10s stats_period=1s rx_bufs=64 tx_bufs=64 offload=on \
          max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
@@ -207,6 +208,9 @@ fn every_bad_value_names_key_and_value() {
         ("dhcp_timeout=10", "config: bad value for key 'dhcp_timeout': '10' (expected a non-zero duration like 10s)"),
         ("dhcp_timeout=0s", "config: bad value for key 'dhcp_timeout': '0s' (expected a non-zero duration like 10s)"),
         ("idle_exit=never", "config: bad value for key 'idle_exit': 'never' (expected a non-zero duration like 60s, or off)"),
+        ("stats_period=99ms", "config: bad value for key 'stats_period': '99ms' (expected a duration like 1s, from 100ms to 1h)"),
+        ("stats_period=61m", "config: bad value for key 'stats_period': '61m' (expected a duration like 1s, from 100ms to 1h)"),
+        ("stats_period=off", "config: bad value for key 'stats_period': 'off' (expected a duration like 1s, from 100ms to 1h)"),
         ("rx_bufs=0", "config: bad value for key 'rx_bufs': '0' (expected a number from 1 to 256)"),
         ("rx_bufs=257", "config: bad value for key 'rx_bufs': '257' (expected a number from 1 to 256)"),
         ("tx_bufs=0", "config: bad value for key 'tx_bufs': '0' (expected a number from 1 to 256)"),
@@ -387,6 +391,7 @@ fn gen_value(rng: &mut Rng, key: &str) -> String {
         "buf" | "buf_min" => gen_size(rng, MIN_BUF, MAX_BUF),
         "cc" => pick(rng, &["cubic", "reno", "none"]).into(),
         "rto_min" => format!("{}ms", 1 + rng.below(60_000)),
+        "stats_period" => format!("{}ms", 100 + rng.below(3_600_000 - 99)),
         "mem" => gen_size(rng, 4096, 1 << 40),
         _ => panic!("no generator for key {key}: add one"),
     }
