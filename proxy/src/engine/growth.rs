@@ -10,6 +10,14 @@
 //! `buf_min` for every socket that may still come or the listening sockets'
 //! pledges (spares are freed for it), and memory is not short.
 //!
+//! A socket whose receive buffer delivered more than half of itself in one
+//! round trip of its leg (module `rightsize`: the sender is at the window)
+//! grows on the same terms, that socket alone, straight to the ladder size
+//! it asked for (the largest the ledger affords between that and the next
+//! size up): the other socket carries the same data but grows only if it
+//! fills in its turn (a transmit buffer holding a round trip's worth of
+//! unacknowledged data on a long other leg).
+//!
 //! Memory is short when a listening socket made now would get only
 //! `buf_min`; then the connections that are not limited halve their
 //! buffers, one step per poll, down to `buf_min` and never below the data
@@ -33,8 +41,26 @@ impl Engine {
                 continue;
             }
             let short = self.sockets.ledger.short();
-            for h in [c.client, c.upstream] {
+            for (side, h) in [c.client, c.upstream].into_iter().enumerate() {
                 let size = self.sockets.size_of(h);
+                let asked = self.conns[i].rcv[side].take_want(size, buf_min, buf);
+                if let (Some(asked), false) = (asked, short) {
+                    // The largest size from `asked` down the ladder that the
+                    // ledger (and the heap) affords.
+                    let mut to = asked;
+                    let mut grown = false;
+                    while to > size && !grown {
+                        grown = self.sockets.resize(h, to);
+                        to = size_ladder(buf_min, buf)
+                            .take_while(|&s| s < to)
+                            .last()
+                            .unwrap_or(0);
+                    }
+                    if grown {
+                        changed = true;
+                        continue;
+                    }
+                }
                 let to = if c.pressed && !short {
                     size_ladder(buf_min, buf).find(|&s| s > size)
                 } else if short && !c.pressed {

@@ -25,6 +25,7 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::socket::AnySocket;
 use smoltcp::time::Instant;
 
+use super::rightsize::RcvSpace;
 use super::stats::Stats;
 use super::tuning::Tuning;
 
@@ -56,6 +57,9 @@ pub(super) struct Conn {
     /// to half or more since the step before. The `growth` module grows its
     /// buffers then.
     pub(super) pressed: bool,
+    /// What each socket's receive buffer delivered per round trip (client
+    /// side, upstream side): module `rightsize`.
+    pub(super) rcv: [RcvSpace; 2],
 }
 
 /// How a connection ended.
@@ -94,6 +98,7 @@ impl Conn {
             fin_to_upstream: false,
             fin_to_client: false,
             pressed: false,
+            rcv: [RcvSpace::default(); 2],
         }
     }
 
@@ -228,6 +233,8 @@ fn step_conn(
     let down = pump(us, cs);
     let tx_filled = |s: &tcp::Socket<'static>| 2 * s.send_queue() >= s.send_capacity();
     c.pressed = rx_filled || tx_filled(cs) || tx_filled(us);
+    c.rcv[0].account(now, up, cs.rtt(), cs.recv_capacity());
+    c.rcv[1].account(now, down, us.rtt(), us.recv_capacity());
     if up + down > 0 {
         stats.bytes_up += up as u64;
         stats.bytes_down += down as u64;
