@@ -474,3 +474,58 @@ fn asymmetric_legs_grow_the_long_legs_window_to_buf() {
         }
     }
 }
+
+/// 100 KB over 25+25 ms legs takes five leg round trips from the client's
+/// SYN once the proxy knows the server's address, as the split path allows:
+/// the client's handshake (1), its request reaching the server through the
+/// upstream connection opened in parallel with that handshake (+0.5: the
+/// upstream SYN leaves when the client's SYN arrives, so its handshake is
+/// done when the request arrives), and 100 000 bytes in three flights from
+/// RFC 6928's ten segments, 14600 + 29200 + 58400 (each leg's slow start
+/// overlaps the other's: a flight the proxy receives leaves at once in a
+/// window the client leg has already opened), reaching the client 3.5 round
+/// trips later. End to end over one 50 ms round trip the same takes 4 of
+/// its round trips (8 of a leg's), so the split path's floor is 5/8 = 0.63
+/// of end to end. An upstream opened only after the client's handshake, or
+/// a smaller first flight on either leg, costs a round trip more.
+///
+/// The first connection pays one more round trip of the server's leg: the
+/// proxy resolves the server's address (ARP) only when the first SYN
+/// asks for it.
+#[test]
+fn a_100kb_download_over_25_25_ms_takes_five_leg_round_trips() {
+    let len = 100_000;
+    let mut w = reverse_world(Setup {
+        serve: Serve::Source { len, seed: 5 },
+        client_link: leg(LEG_RTT_MS),
+        server_link: leg(LEG_RTT_MS),
+        host_buf: 4 << 20,
+        budget: MEM,
+        ..Setup::default()
+    });
+    let rtt = Duration::from_millis(LEG_RTT_MS);
+    // Serialization at 1 Gbit/s: 100 KB is 0.8 ms on each leg, and under
+    // 0.5 ms of any one flight.
+    let slack = Duration::from_millis(2);
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let f = client_connect(&mut w, b"GET".to_vec(), Close::AfterSend);
+        assert!(w.run_until(secs(10), |w| all_done(w) && w.proxy.stats().active == 0));
+        let c = &w.hosts[0].flows[f];
+        assert!(!c.reset && c.fin);
+        assert_bytes(&c.received, &pattern(5, len), "client received");
+        // The first SYN's own ARP (the client resolving the proxy) is
+        // before the flow's start counts.
+        times.push(c.t_fin.unwrap() - c.t_established.unwrap() + rtt);
+    }
+    let (cold, warm) = (times[0], times[1]);
+    assert!(
+        warm >= rtt * 5 && warm <= rtt * 5 + slack,
+        "warm {warm}, five round trips {}",
+        rtt * 5
+    );
+    assert!(
+        cold >= rtt * 6 && cold <= rtt * 6 + slack,
+        "cold {cold}: one round trip for ARP"
+    );
+}
