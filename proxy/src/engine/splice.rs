@@ -51,12 +51,13 @@ pub(super) struct Conn {
     /// We forwarded a FIN to upstream / to the client.
     pub(super) fin_to_upstream: bool,
     pub(super) fin_to_client: bool,
-    /// In its last step a buffer was about to limit it: a transmit buffer was
-    /// half full or more after the splice (unacknowledged data fills it when
-    /// the window is what limits the sender), or a receive buffer had filled
-    /// to half or more since the step before. The `growth` module grows its
-    /// buffers then.
-    pub(super) pressed: bool,
+    /// In its last step a buffer of that socket (client side, upstream
+    /// side) was about to limit the connection: its transmit buffer was half
+    /// full or more after the splice (unacknowledged data fills it when the
+    /// window is what limits the sender), or its receive buffer had filled
+    /// to half or more since the step before. The `growth` module grows that
+    /// socket's buffers then.
+    pub(super) pressed: [bool; 2],
     /// What each socket's receive buffer delivered per round trip (client
     /// side, upstream side): module `rightsize`.
     pub(super) rcv: [RcvSpace; 2],
@@ -97,7 +98,7 @@ impl Conn {
             upstream_fin: false,
             fin_to_upstream: false,
             fin_to_client: false,
-            pressed: false,
+            pressed: [false; 2],
             rcv: [RcvSpace::default(); 2],
         }
     }
@@ -227,12 +228,15 @@ fn step_conn(
         }
     }
 
-    let filled = |s: &tcp::Socket<'static>| 2 * s.recv_queue() >= s.recv_capacity();
-    let rx_filled = filled(cs) || filled(us);
+    let rx_filled = |s: &tcp::Socket<'static>| 2 * s.recv_queue() >= s.recv_capacity();
+    let rx_pressed = [rx_filled(cs), rx_filled(us)];
     let up = pump(cs, us);
     let down = pump(us, cs);
     let tx_filled = |s: &tcp::Socket<'static>| 2 * s.send_queue() >= s.send_capacity();
-    c.pressed = rx_filled || tx_filled(cs) || tx_filled(us);
+    c.pressed = [
+        rx_pressed[0] || tx_filled(cs),
+        rx_pressed[1] || tx_filled(us),
+    ];
     c.rcv[0].account(now, up, cs.rtt(), cs.recv_capacity());
     c.rcv[1].account(now, down, us.rtt(), us.recv_capacity());
     if up + down > 0 {
