@@ -3,16 +3,19 @@
 //!
 //! A connection's sockets are made at the size the `sizing` policy affords
 //! then (with the window scale for `buf`, so they can grow). After each
-//! splice step, a socket whose buffer was about to limit its connection
-//! (`Conn::pressed`: its transmit buffer half full, or its receive buffer
-//! half full since the last step) has its buffers doubled, up to `buf`,
+//! splice step, a socket whose buffer limited its connection
+//! (`Conn::pressed`: its transmit buffer full with the other socket's data
+//! waiting, or its receive buffer half full since the last step and then
+//! emptied) has its buffers doubled, up to `buf`,
 //! while the ledger can pay for it without touching the reservation of
 //! `buf_min` for every socket that may still come or the listening sockets'
 //! pledges (spares are freed for it), and memory is not short. Only that
 //! socket grows: the other one carries the same data but grows when it
 //! fills in its turn, so the memory goes where the window is short (on
 //! 45+5 ms legs the long leg's sender, not the short leg's receiver, which
-//! took it first when both grew and memory afforded only one).
+//! took it first when both grew and memory afforded only one; on 5+45 the
+//! long leg's receiver, not the short leg's sender, whose transmit buffer
+//! holds that leg's bandwidth-delay product without being short).
 //!
 //! A socket whose receive buffer delivered more than half of itself in one
 //! round trip of its leg (module `rightsize`: the sender is at the window)

@@ -531,26 +531,37 @@ fn a_100kb_download_over_25_25_ms_takes_five_leg_round_trips() {
 }
 
 /// When memory affords only one socket of a connection at `buf`, the one
-/// whose window is short gets it. At 16 MiB with `buf=2m`, a 10 MB download
-/// over 45+5 ms legs: the client side, the proxy's sender on the 45 ms leg,
-/// grows to 2m (its transmit buffer holds a round trip of unacknowledged
-/// data) and the upstream side, receiving over 5 ms, stays at 1m; it
-/// finishes within 10 % of a connection with 2m both sides from the start
-/// (64 MiB; the bound as in the asymmetric test above). When a pressed
-/// connection grew both its sockets, the upstream side took the 2m first
-/// and the client side stayed at 1m: 0.899 s against 0.801 s.
+/// whose window is short gets it. At 16 MiB with `buf=2m`, 10 MB downloads:
+/// over 45+5 ms legs the client side, the proxy's sender on the 45 ms leg,
+/// grows to 2m (its transmit buffer is full with the upstream side's data
+/// waiting) and the upstream side, receiving over 5 ms, stays at 1m; over
+/// 5+45 the upstream side, receiving over the 45 ms leg, grows to 2m
+/// (right-sizing) and the client side, whose transmit buffer holds the 5 ms
+/// leg's 625 KB in flight without filling, stays at 1m. Each finishes
+/// within 10 % of a connection with 2m both sides from the start (64 MiB;
+/// the bound as in the asymmetric test above). When a pressed connection
+/// grew both its sockets, 45+5 gave the upstream side the 2m (0.899 s
+/// against 0.801 s); when a transmit buffer half full counted as short,
+/// 5+45 gave it to the client side (0.825 s against 0.644 s).
 #[test]
 fn the_socket_whose_window_is_short_gets_the_memory() {
     let mib = 1 << 20;
     let len = 10 << 20;
-    let (t, sizes) = transfer("buf=2m", MEM, (45, 5), 125_000_000, len, Dir::Down);
-    let (t_full, full) = transfer("buf=2m", 4 * MEM, (45, 5), 125_000_000, len, Dir::Down);
-    assert_eq!(full, [(2 * mib, 2 * mib)]);
-    let (client, upstream) = *sizes.last().unwrap();
-    assert_eq!(client, 2 * mib, "{sizes:?}");
-    assert!(upstream <= mib, "{sizes:?}");
-    assert!(
-        t * 10 <= t_full * 11,
-        "grown {t}, 2m from the start {t_full} ({sizes:?})"
-    );
+    for legs in [(45, 5), (5, 45)] {
+        let (t, sizes) = transfer("buf=2m", MEM, legs, 125_000_000, len, Dir::Down);
+        let (t_full, full) = transfer("buf=2m", 4 * MEM, legs, 125_000_000, len, Dir::Down);
+        assert_eq!(full, [(2 * mib, 2 * mib)]);
+        let (client, upstream) = *sizes.last().unwrap();
+        let (long, short) = if legs.0 > legs.1 {
+            (client, upstream)
+        } else {
+            (upstream, client)
+        };
+        assert_eq!(long, 2 * mib, "{legs:?}: {sizes:?}");
+        assert!(short <= mib, "{legs:?}: {sizes:?}");
+        assert!(
+            t * 10 <= t_full * 11,
+            "{legs:?}: grown {t}, 2m from the start {t_full} ({sizes:?})"
+        );
+    }
 }
