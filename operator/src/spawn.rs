@@ -7,7 +7,7 @@ use crate::env::{self, Env};
 use crate::json::Object;
 use crate::libvirt::{self, Via};
 use crate::render::{self, Values};
-use crate::{fail, lock, xen, Failure, Outcome};
+use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,10 +56,19 @@ The whole configuration line is checked with the guest's own parser, and
 must be at most {max} bytes (what the guest takes of Xen's command line), before anything
 is created. Renders the template into {run}/NAME.cfg, runs xl create,
 waits, and prints one line:
-  spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US
+  spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US how=cold|warm
 ready_ms: from this command's start to the ready key; of that, wait_ms
 waiting for a create slot and create_ms in xl (virsh) create; guest_us: the guest's
 own time from its first instruction to ready.
+Warm pool ('miniproxy pool --help'): when a member booted by 'pool fill'
+waits with this --memory and the line's boot-time keys (rx_bufs, tx_bufs,
+offload), and there is no --mac, --kernel or --via libvirt, spawn takes it
+instead of creating a domain: it writes the line to the member's
+/local/domain/ID/miniproxy/config, renames it to NAME, waits for ready and
+starts a background 'pool fill --refill' (how=warm; wait_ms is then the wait
+for the global lock, create_ms the hand-over, guest_us the member's own time
+from its configuration to ready). Otherwise, or with an empty pool, how=cold.
+--via libvirt is always cold.
 Safe to run many at once: at most MINIPROXY_PARALLEL (default: dom0's CPUs,
 at least 2) create and boot at the same time, the others queue.
 ",
@@ -227,6 +236,14 @@ pub fn run(argv: &[String]) -> Outcome {
     }
     env.trace("name is free");
 
+    // A waiting pool member that fits: hand it the configuration.
+    if pool::cold_reason(&s, via).is_none() {
+        if let Some(done) = warm(&env, &s, &kernel, &template, &template_path)? {
+            return done;
+        }
+        env.trace("no pool member fits: cold");
+    }
+
     let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;
     env.trace(&format!(
         "config {}/{name}.{} in place",
@@ -256,7 +273,7 @@ pub fn run(argv: &[String]) -> Outcome {
     let _ = std::fs::write(env.path(&format!("{name}.domid")), format!("{id}\n"));
     env.trace(&format!("create done: domain {id}"));
 
-    let ready = match wait_ready(&env, &s, id, con0, deadline_ms) {
+    let ready = match wait_ready(&env, &s, name, id, con0, deadline_ms) {
         Ok(r) => r,
         Err(why) => {
             eprintln!("miniproxy spawn: {name} (domain {id}): {why}; destroying it. Its console:");
@@ -269,9 +286,33 @@ pub fn run(argv: &[String]) -> Outcome {
             return Err(Failure::Reported);
         }
     };
-    let ms = env.ms();
     env.trace("ready");
+    print_spawned(
+        &env,
+        &s,
+        id,
+        &mac,
+        [wait_ms, create_ms],
+        ready.trim().parse().ok(),
+        "cold",
+    );
+    Ok(())
+}
+
+/// The result line (or object): `how` is warm (a pool member) or cold.
+fn print_spawned(
+    env: &Env,
+    s: &Spawn,
+    id: u32,
+    mac: &str,
+    [wait_ms, create_ms]: [u64; 2],
+    guest_us: Option<u64>,
+    how: &str,
+) {
+    let ms = env.ms();
+    let name = &s.name;
     let addr = xen::read(&format!("/local/domain/{id}/data/ip")).unwrap_or_else(|| s.ip.clone());
+    let ready = guest_us.map_or("-".into(), |u| u.to_string());
     if s.json {
         let o = Object::default()
             .str("result", "spawned")
@@ -279,21 +320,146 @@ pub fn run(argv: &[String]) -> Outcome {
             .num("domid", id.into())
             .num("ready_ms", ms)
             .str("ip", &addr)
-            .str("mac", &mac)
+            .str("mac", mac)
             .num("memory", s.memory.into())
             .str("mode", s.mode.name())
             .num("wait_ms", wait_ms)
             .num("create_ms", create_ms)
-            .opt_num("guest_us", ready.trim().parse().ok());
+            .opt_num("guest_us", guest_us)
+            .str("how", how);
         println!("{}", o.finish());
     } else {
         println!(
-            "spawned name={name} domid={id} ready_ms={ms} ip={addr} mac={mac} memory={} mode={} wait_ms={wait_ms} create_ms={create_ms} guest_us={ready}",
+            "spawned name={name} domid={id} ready_ms={ms} ip={addr} mac={mac} memory={} mode={} wait_ms={wait_ms} create_ms={create_ms} guest_us={ready} how={how}",
             s.memory,
             s.mode.name()
         );
     }
-    Ok(())
+}
+
+/// The warm path: take a waiting pool member (under the global lock, with
+/// the same address check as a cold spawn), write its configuration key,
+/// rename it to NAME meanwhile, wait for ready. `None`: no member fits (the
+/// caller goes cold). The pool refills in the background.
+fn warm(
+    env: &Env,
+    s: &Spawn,
+    kernel: &str,
+    template: &str,
+    template_path: &Path,
+) -> Result<Option<Outcome>, Failure> {
+    let name = &s.name;
+    if !pool::pool_env(env).run_dir.is_dir() {
+        return Ok(None);
+    }
+    let cfg = proxy::config::Config::parse(&s.cfgline)
+        .or_else(|e| fail(format!("the configuration does not parse: {e}")))?;
+    let w0 = env.ms();
+    let global = env.path(".lock");
+    let taken = {
+        let _global = match lock::take_within(&global, Duration::from_millis(s.timeout_ms)) {
+            Ok(Some(f)) => f,
+            _ => return fail(format!("could not take {} (--timeout)", global.display())),
+        };
+        let records = records(env);
+        if let Some(other) = ip_in_use(env, s, &records) {
+            let addr = s.ip.split('/').next().unwrap_or("");
+            return fail(format!("address {addr} is in use by instance '{other}'"));
+        }
+        let Some(t) = pool::take(env, s, &cfg) else {
+            return Ok(None);
+        };
+        // NAME's record, as a cold spawn writes it (the member's MAC).
+        let v = Values {
+            spawn: s,
+            kernel,
+            bridge: &env.bridge,
+            mac: &t.member.mac,
+            vif_script: &env.vif_script,
+        };
+        let when = format!("{} (warm: pool member {})", utc_now(), t.member.name);
+        let text = render::render(template, &template_path.display().to_string(), &when, &v)
+            .or_else(fail)?;
+        forget(env, name);
+        std::fs::write(env.path(&format!("{name}.cfg")), text)
+            .or_else(|e| fail(format!("cannot write {name}.cfg: {e}")))?;
+        let _ = std::fs::write(
+            env.path(&format!("{name}.domid")),
+            format!("{}\n", t.member.domid),
+        );
+        t.member
+    };
+    let wait_ms = env.ms() - w0;
+    let (id, member) = (taken.domid, &taken.name);
+    env.trace(&format!("took pool member {member} (domain {id})"));
+    let deadline_ms = env.ms() + s.timeout_ms;
+    let con0 = console_size(env, member);
+    let h0 = env.ms();
+    let key = format!("/local/domain/{id}/miniproxy/config");
+    let handed = xen::write(&key, &s.cfgline);
+    env.trace("configuration written");
+    // The rename and the permissions while the guest gets to work: the
+    // node already is dom0's and read-only for the guest (it inherits the
+    // domain home's permissions); chmod says so explicitly.
+    let rename = xen::start(&["xl", "rename", member, name]);
+    let chmod = xen::start(&["xenstore-chmod", &key, "n0", &format!("r{id}")]);
+    let handoff_ms = env.ms() - h0;
+    let ready = if handed {
+        wait_ready(env, s, member, id, con0, deadline_ms)
+    } else {
+        Err(format!("cannot write {key}"))
+    };
+    let renamed = xen::finish(rename);
+    let _ = xen::finish(chmod);
+    env.trace(&format!("ready; renamed: {renamed}"));
+    let result = match (ready, renamed) {
+        (Ok(_), true) => Ok(()),
+        (Ok(_), false) => Err(format!("xl rename {member} {name} failed")),
+        (Err(why), _) => Err(why),
+    };
+    if let Err(why) = result {
+        eprintln!(
+            "miniproxy spawn: {name} (pool member {member}, domain {id}): {why}; destroying it. Its console:"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        for l in console_since(env, member, con0, 20).lines() {
+            eprintln!("  | {l}");
+        }
+        destroy(env, name, &id.to_string());
+        forget(env, name);
+        pool::refill_in_background(env);
+        return Ok(Some(Err(Failure::Reported)));
+    }
+    // The member's own time from its configuration to ready.
+    let guest_us = xen::read(&format!("/local/domain/{id}/data/pool"))
+        .and_then(|v| v.strip_prefix("taken us=")?.trim().parse().ok());
+    print_spawned(
+        env,
+        s,
+        id,
+        &taken.mac,
+        [wait_ms, handoff_ms],
+        guest_us,
+        "warm",
+    );
+    pool::refill_in_background(env);
+    Ok(Some(Ok(())))
+}
+
+/// The live instance (other than NAME) that has `s`'s static address.
+fn ip_in_use(env: &Env, s: &Spawn, records: &[(String, Vec<(String, String)>)]) -> Option<String> {
+    records
+        .iter()
+        .filter(|(other, meta)| other != &s.name && ip_clash(s, meta))
+        .find(|(other, _)| domain_of(env, other).is_some() || spawning(env, other))
+        .map(|(other, _)| other.clone())
+}
+
+/// `s` asks for the static address of the record `meta`.
+fn ip_clash(s: &Spawn, meta: &[(String, String)]) -> bool {
+    s.ip != "dhcp"
+        && render::meta_get(meta, "ip").map(|v| v.split('/').next() == s.ip.split('/').next())
+            == Some(true)
 }
 
 /// Render NAME.cfg and, under the global lock, check that no live instance
@@ -346,10 +512,7 @@ fn place_config(
             if other == name {
                 continue;
             }
-            let ip_clash = s.ip != "dhcp"
-                && render::meta_get(meta, "ip")
-                    .map(|v| v.split('/').next() == s.ip.split('/').next())
-                    == Some(true);
+            let ip_clash = ip_clash(s, meta);
             let mac_clash = render::meta_get(meta, "mac") == Some(mac.as_str());
             if !ip_clash && !mac_clash {
                 continue;
@@ -418,7 +581,7 @@ pub fn records(env: &Env) -> Vec<(String, Vec<(String, String)>)> {
 
 /// One of the create slots (`RUN_DIR/.slot.N`): a free one if there is one,
 /// else wait (blocked) for slot TICKET % N.
-fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs::File> {
+pub fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs::File> {
     for i in 0..n as u64 {
         let k = (i + ticket) % n as u64;
         if let Ok(Some(f)) = lock::try_take(&env.path(&format!(".slot.{k}"))) {
@@ -434,7 +597,7 @@ fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs
 /// xl (virsh) create; rc 134 with the domain present counts as created
 /// (xl's abort at exit); any other failure is retried once after clearing
 /// a half-made domain, unless the tool said the config is bad.
-fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
+pub fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
     let log = env.path(&format!("{name}.{}", via.log_suffix()));
     let cfg = env
         .path(&format!("{name}.{}", via.suffix()))
@@ -526,6 +689,7 @@ fn append(path: &Path, text: &str) {
 fn wait_ready(
     env: &Env,
     s: &Spawn,
+    console_name: &str,
     id: u32,
     con0: u64,
     deadline_ms: u64,
@@ -536,7 +700,8 @@ fn wait_ready(
         if let Some(ready) = xen::read(&ready_key) {
             return Ok(ready);
         }
-        if i % 2 == 1 && console_since(env, &s.name, con0, usize::MAX).contains("miniproxy: fatal:")
+        if i % 2 == 1
+            && console_since(env, console_name, con0, usize::MAX).contains("miniproxy: fatal:")
         {
             return Err("the guest stopped with a fatal error".into());
         }

@@ -158,3 +158,23 @@ pub fn wait_event(path: &str, wait: Duration) {
         }
     }
 }
+
+/// Start `argv` without waiting (its output thrown away): run alongside
+/// other work, then [`finish`].
+pub fn start(argv: &[&str]) -> Option<std::process::Child> {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// Wait for a command [`start`] started: whether it succeeded (rc 134,
+/// xl's abort at exit after the work, counts as success).
+pub fn finish(child: Option<std::process::Child>) -> bool {
+    child
+        .and_then(|mut c| c.wait().ok())
+        .is_some_and(|s| matches!(s.code(), Some(0) | Some(134)))
+}
