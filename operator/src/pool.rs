@@ -37,7 +37,9 @@ no CPU and no xenstore traffic.
              a detached 'pool fill --refill' brings the pool back to it.
   --memory MB  the members' memory (default 6; spawn takes a member only
              with the same --memory)
-  status     one line: target=N memory=MB waiting=W starting=S
+  status     one line: target=N memory=MB waiting=W starting=S crashed=C
+             (crashed: members that crashed or stopped, e.g. handed a bad
+             configuration by hand; the next fill destroys them)
   drain      set the target to 0 and shut every member down
 A spawn takes a waiting member when it is spawned --via xl without --mac and
 --kernel, with the member's --memory, and its line has the member's
@@ -87,8 +89,11 @@ pub struct Member {
     pub domid: u32,
     pub memory: u32,
     pub mac: String,
-    /// Its data/pool is `waiting`.
+    /// Its data/pool is `waiting` and it is neither crashed nor shut down.
     pub waiting: bool,
+    /// Crashed (a member that failed at boot, or was handed a bad
+    /// configuration by hand): kept for a post-mortem until a fill or drain.
+    pub crashed: bool,
 }
 
 /// Why a spawn cannot take a pool member at all (it goes cold); `None`:
@@ -142,6 +147,7 @@ fn write_target(pool: &Env, n: usize, memory: u32) -> Result<(), Failure> {
 /// records of members that are gone are dropped.
 pub fn members(pool: &Env) -> Vec<Member> {
     let mut out = Vec::new();
+    let states = xen::xl_list();
     for (name, meta) in records(pool) {
         let Some(domid) = spawn::domain_of(pool, &name) else {
             if !spawn::spawning(pool, &name) {
@@ -151,12 +157,18 @@ pub fn members(pool: &Env) -> Vec<Member> {
         };
         let field = |k: &str| render::meta_get(&meta, k).unwrap_or("").to_string();
         let state = xen::read(&format!("/local/domain/{domid}/data/pool"));
+        let letters = states
+            .iter()
+            .find(|(_, id, _)| *id == domid)
+            .map_or("", |(_, _, l)| l.as_str());
+        let crashed = letters.contains(['c', 's', 'd']);
         out.push(Member {
             name,
             domid,
             memory: field("memory").parse().unwrap_or(0),
             mac: field("mac"),
-            waiting: state.as_deref() == Some("waiting"),
+            waiting: state.as_deref() == Some("waiting") && !crashed,
+            crashed,
         });
     }
     out
@@ -229,14 +241,16 @@ pub fn run(argv: &[String]) -> Outcome {
 
 fn print_status(what: &str, m: &[Member], target: usize, memory: u32, ms: Option<u64>, json: bool) {
     let waiting = m.iter().filter(|m| m.waiting).count();
-    let starting = m.len() - waiting;
+    let crashed = m.iter().filter(|m| m.crashed).count();
+    let starting = m.len() - waiting - crashed;
     if json {
         let o = Object::default()
             .str("result", what)
             .num("target", target as u64)
             .num("memory", memory.into())
             .num("waiting", waiting as u64)
-            .num("starting", starting as u64);
+            .num("starting", starting as u64)
+            .num("crashed", crashed as u64);
         let o = match ms {
             Some(ms) => o.num("ms", ms),
             None => o,
@@ -245,7 +259,7 @@ fn print_status(what: &str, m: &[Member], target: usize, memory: u32, ms: Option
     } else {
         let ms = ms.map(|ms| format!(" ms={ms}")).unwrap_or_default();
         println!(
-            "{what} target={target} memory={memory} waiting={waiting} starting={starting}{ms}"
+            "{what} target={target} memory={memory} waiting={waiting} starting={starting} crashed={crashed}{ms}"
         );
     }
 }
@@ -312,6 +326,15 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
         .display()
         .to_string();
     let mut failed = false;
+    // Members that crashed or stopped are of no use: make room for new ones.
+    for m in members(&pool).iter().filter(|m| m.crashed) {
+        eprintln!(
+            "miniproxy pool: {} (domain {}) has crashed or stopped; destroying it",
+            m.name, m.domid
+        );
+        spawn::destroy(&pool, &m.name, &m.domid.to_string());
+        forget(&pool, &m.name);
+    }
     loop {
         // The target as it is now: a drain or a new fill may have changed it.
         let (target, mem_now) = read_target(&pool);
@@ -335,7 +358,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
             break;
         }
         if let Some(s) = m.iter().find(|m| !m.waiting) {
-            if xen::xl_state(s.domid).is_some_and(|st| st.contains('c')) {
+            if s.crashed {
                 eprintln!(
                     "miniproxy pool: {} (domain {}) crashed while booting; destroying it",
                     s.name, s.domid

@@ -47,13 +47,13 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     let line = out(&o);
     assert!(
-        line.starts_with("pool target=2 memory=4 waiting=2 starting=0 ms="),
+        line.starts_with("pool target=2 memory=4 waiting=2 starting=0 crashed=0 ms="),
         "{line}"
     );
     let cfg = std::fs::read_to_string(r.dir.join("run/pool/mp-pool-1.cfg")).unwrap();
     assert!(cfg.contains("extra   = \"pool=on rx_bufs=32\""), "{cfg}");
     assert!(cfg.contains("memory  = 4\n"), "{cfg}");
-    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0");
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
     // Pool members are not instances.
     assert_eq!(out(&r.run(&["list"])), "");
 
@@ -81,7 +81,7 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
     assert_eq!(calls.matches("xl create").count(), 2, "{calls}");
     // It is an instance now, under its name; the pool refills to 2.
     assert!(out(&r.run(&["list"])).starts_with("name=a domid=1 state=running ip=10.0.0.5/24"));
-    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0");
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
     assert_eq!(r.xl_calls().matches("xl create").count(), 3);
 
     // Another memory, a --mac or libvirt: cold, and the pool is untouched.
@@ -102,13 +102,13 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         "{}",
         err(&o)
     );
-    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0");
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
 
     // stop --all stops the instances and leaves the pool alone.
     let o = r.run(&["stop", "--all"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert_eq!(out(&o).lines().count(), 3, "{}", out(&o));
-    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0");
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
 
     let o = r.run(&["pool", "drain"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
@@ -117,7 +117,7 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         "{}",
         out(&o)
     );
-    status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0");
+    status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0 crashed=0");
     // An empty pool: cold.
     let o = spawn(&r, "e", "10.0.0.8/24", &["--memory", "4"]);
     assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));

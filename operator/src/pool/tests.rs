@@ -7,6 +7,7 @@ fn member(name: &str, memory: u32, waiting: bool) -> Member {
         memory,
         mac: "00:16:3e:00:00:01".into(),
         waiting,
+        crashed: false,
     }
 }
 
