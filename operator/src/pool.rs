@@ -59,9 +59,7 @@ pub const PREFIX: &str = "mp-pool-";
 
 /// The pool's own environment: its records in RUN_DIR/pool.
 pub fn pool_env(env: &Env) -> Env {
-    let mut e = Env::load();
-    e.run_dir = env.run_dir.join("pool");
-    e
+    env.under(env.run_dir.join("pool"))
 }
 
 /// A pool member's command line for `memory` MB: `pool=on` and the
