@@ -142,19 +142,68 @@ fn write_target(pool: &Env, n: usize, memory: u32) -> Result<(), Failure> {
 }
 
 /// The live members (records whose domain still has the member's name);
-/// records of members that are gone are dropped.
-pub fn members(pool: &Env) -> Vec<Member> {
+/// records of members that are gone are dropped. With `with_states`, one
+/// `xl list` also tells which crashed; a spawn does without it (an `xl`
+/// process costs a second in a busy dom0 under TCG; a crashed member it
+/// took shows as a spawn that fails, and the next fill clears it).
+pub fn members(pool: &Env, with_states: bool) -> Vec<Member> {
+    let recs = records(pool);
+    if recs.is_empty() {
+        return Vec::new();
+    }
+    let ids: Vec<Option<u32>> = recs
+        .iter()
+        .map(|(name, _)| {
+            std::fs::read_to_string(pool.path(&format!("{name}.domid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    // Every member's name and data/pool in one xenstore-read; one by one
+    // when a node is missing (a member still booting, or gone).
+    let paths: Vec<String> = ids
+        .iter()
+        .flatten()
+        .flat_map(|id| {
+            [
+                format!("/local/domain/{id}/name"),
+                format!("/local/domain/{id}/data/pool"),
+            ]
+        })
+        .collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let all = xen::read_all(&refs);
+    let states = if with_states {
+        xen::xl_list()
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::new();
-    let states = xen::xl_list();
-    for (name, meta) in records(pool) {
-        let Some(domid) = spawn::domain_of(pool, &name) else {
-            if !spawn::spawning(pool, &name) {
-                forget(pool, &name);
+    let mut k = 0;
+    for ((name, meta), id) in recs.into_iter().zip(ids) {
+        let looked_up = id.map(|id| {
+            let (dom_name, state) = match &all {
+                Some(v) => (Some(v[2 * k].clone()), Some(v[2 * k + 1].clone())),
+                None => (
+                    xen::read(&format!("/local/domain/{id}/name")),
+                    xen::read(&format!("/local/domain/{id}/data/pool")),
+                ),
+            };
+            k += 1;
+            (id, dom_name, state)
+        });
+        let (domid, state) = match looked_up {
+            Some((id, Some(n), state)) if n == name => (id, state),
+            _ => {
+                if !spawn::spawning(pool, &name) {
+                    forget(pool, &name);
+                }
+                continue;
             }
-            continue;
         };
         let field = |k: &str| render::meta_get(&meta, k).unwrap_or("").to_string();
-        let state = xen::read(&format!("/local/domain/{domid}/data/pool"));
         let letters = states
             .iter()
             .find(|(_, id, _)| *id == domid)
@@ -224,7 +273,7 @@ pub fn run(argv: &[String]) -> Outcome {
             let env = Env::load();
             let pool = pool_env(&env);
             let (target, memory) = read_target(&pool);
-            print_status("pool", &members(&pool), target, memory, None, json);
+            print_status("pool", &members(&pool, true), target, memory, None, json);
             Ok(())
         }
         "drain" => {
@@ -325,7 +374,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
         .to_string();
     let mut failed = false;
     // Members that crashed or stopped are of no use: make room for new ones.
-    for m in members(&pool).iter().filter(|m| m.crashed) {
+    for m in members(&pool, true).iter().filter(|m| m.crashed) {
         eprintln!(
             "miniproxy pool: {} (domain {}) has crashed or stopped; destroying it",
             m.name, m.domid
@@ -336,7 +385,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
     loop {
         // The target as it is now: a drain or a new fill may have changed it.
         let (target, mem_now) = read_target(&pool);
-        let live = members(&pool);
+        let live = members(&pool, false);
         if live.len() >= target || mem_now != memory {
             break;
         }
@@ -351,7 +400,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
     // Every member waiting, or 60 s.
     let t0 = env.ms();
     loop {
-        let m = members(&pool);
+        let m = members(&pool, true);
         if m.iter().all(|m| m.waiting) || env.ms() - t0 > 60_000 {
             break;
         }
@@ -376,7 +425,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
     if !refill {
         print_status(
             "pool",
-            &members(&pool),
+            &members(&pool, true),
             target,
             memory,
             Some(env.ms()),
@@ -402,6 +451,10 @@ fn create_member(
 ) -> Result<(), Failure> {
     let global = env.path(".lock");
     let name;
+    // Held from before its record exists until its domid is recorded: a
+    // concurrent `members` (status, a spawn) keeps a record without a domid
+    // only while this lock says it is being created.
+    let _creating;
     {
         let _g = match lock::take_within(&global, Duration::from_secs(60)) {
             Ok(Some(f)) => f,
@@ -412,6 +465,7 @@ fn create_member(
             .map(|k| format!("{PREFIX}{k}"))
             .find(|n| !taken.contains(n) && xen::domid_of(n).is_none())
             .expect("an unbounded range has a free name");
+        _creating = lock::try_take(&pool.path(&format!("{name}.lock")));
         let in_use: Vec<String> = records(env)
             .into_iter()
             .chain(records(pool))
@@ -440,8 +494,6 @@ fn create_member(
         std::fs::write(pool.path(&format!("{name}.cfg")), text)
             .or_else(|e| fail(format!("cannot write {name}.cfg: {e}")))?;
     }
-    // Held until created: a concurrent fill's `members` keeps the record.
-    let _creating = lock::try_take(&pool.path(&format!("{name}.lock")));
     let parallel = env::parallel()?;
     let _slot = spawn::take_slot(env, 0, parallel, Duration::from_secs(600));
     let id = spawn::create(pool, &name, Via::Xl, env.ms() + 60_000)?;
@@ -459,7 +511,7 @@ fn drain(json: bool) -> Outcome {
     }
     // A running fill stops before its next member; wait for it.
     let _one = lock::take_within(&pool.path(".fill.lock"), Duration::from_secs(120));
-    let m = members(&pool);
+    let m = members(&pool, true);
     let mut failed = false;
     for member in &m {
         if let Err(e) = crate::stop::stop_one(&pool, &member.name, Duration::from_secs(30)) {
@@ -467,7 +519,7 @@ fn drain(json: bool) -> Outcome {
             failed = true;
         }
     }
-    let left = members(&pool);
+    let left = members(&pool, true);
     if json {
         let o = Object::default()
             .str("result", "drained")
@@ -502,7 +554,7 @@ pub fn take(env: &Env, s: &Spawn, cfg: &Config) -> Option<Taken> {
     if !pool.run_dir.is_dir() {
         return None;
     }
-    let m = members(&pool);
+    let m = members(&pool, false);
     let i = choose(&m, s.memory, cfg)?;
     let member = m[i].clone();
     forget(&pool, &member.name);

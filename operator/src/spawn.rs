@@ -396,6 +396,10 @@ fn warm(
     let con0 = console_size(env, member);
     let h0 = env.ms();
     let key = format!("/local/domain/{id}/miniproxy/config");
+    // Watching data/ready before the guest can write it: its event ends
+    // the wait without polling (each xenstore-read is a process).
+    let ready_key = format!("/local/domain/{id}/data/ready");
+    let watch = xen::start(&["xenstore-watch", "-n", "2", &ready_key]);
     let handed = xen::write(&key, &s.cfgline);
     env.trace("configuration written");
     // The rename and the permissions while the guest gets to work: the
@@ -405,13 +409,16 @@ fn warm(
     let chmod = xen::start(&["xenstore-chmod", &key, "n0", &format!("r{id}")]);
     let handoff_ms = env.ms() - h0;
     let ready = if handed {
+        await_watch(env, watch, member, con0, deadline_ms);
+        env.trace("the ready watch fired");
         wait_ready(env, s, member, id, con0, deadline_ms)
     } else {
         Err(format!("cannot write {key}"))
     };
+    env.trace("ready");
     let renamed = xen::finish(rename);
+    env.trace(&format!("renamed: {renamed}"));
     let _ = xen::finish(chmod);
-    env.trace(&format!("ready; renamed: {renamed}"));
     let result = match (ready, renamed) {
         (Ok(_), true) => Ok(()),
         (Ok(_), false) => Err(format!("xl rename {member} {name} failed")),
@@ -444,6 +451,37 @@ fn warm(
     );
     pool::refill_in_background(env);
     Ok(Some(Ok(())))
+}
+
+/// Until the `xenstore-watch` child `watch` exits (its second event: the
+/// watched node written), the guest prints a fatal line on `console`'s log,
+/// or the deadline; the caller then reads what happened.
+fn await_watch(
+    env: &Env,
+    watch: Option<std::process::Child>,
+    console: &str,
+    con0: u64,
+    deadline_ms: u64,
+) {
+    let Some(mut child) = watch else {
+        return;
+    };
+    let mut next_look = env.ms() + 1000;
+    while let Ok(None) = child.try_wait() {
+        let now = env.ms();
+        if now >= deadline_ms {
+            break;
+        }
+        if now >= next_look {
+            next_look = now + 1000;
+            if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The live instance (other than NAME) that has `s`'s static address.

@@ -35,7 +35,12 @@ fn status_becomes(r: &Rig, want: &str) {
         if line.trim_end() == want {
             return;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "status: {line}");
+        let refill = std::fs::read_to_string(r.dir.join("run/pool/refill.log")).unwrap_or_default();
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "status: {line} (want {want}); refill.log: {refill}; calls:\n{}",
+            r.xl_calls()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
