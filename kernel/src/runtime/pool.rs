@@ -23,6 +23,12 @@
 //! member a configuration whose boot-time keys match (else it starts a
 //! cold instance). Everything else, `mem=` and `loglevel=` included, is
 //! applied at takeover, as a cold boot applies it after netfront is up.
+//!
+//! Timing keys: `data/ready` and the `data/boot` timeline count from the
+//! member's first instruction, so they include its time in the pool (its
+//! `cfg` mark is the `pool=on` line's); `data/pool` becomes `taken us=N`
+//! just before `data/ready`, N being the member's own time from reading its
+//! configuration to ready.
 
 use super::{Clock, Exit, Nic, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::xenstore::Errno;
