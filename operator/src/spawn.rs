@@ -290,7 +290,7 @@ pub fn run(argv: &[String]) -> Outcome {
     print_spawned(
         &env,
         &s,
-        id,
+        (id, None),
         &mac,
         [wait_ms, create_ms],
         ready.trim().parse().ok(),
@@ -303,7 +303,7 @@ pub fn run(argv: &[String]) -> Outcome {
 fn print_spawned(
     env: &Env,
     s: &Spawn,
-    id: u32,
+    (id, addr): (u32, Option<String>),
     mac: &str,
     [wait_ms, create_ms]: [u64; 2],
     guest_us: Option<u64>,
@@ -311,7 +311,9 @@ fn print_spawned(
 ) {
     let ms = env.ms();
     let name = &s.name;
-    let addr = xen::read(&format!("/local/domain/{id}/data/ip")).unwrap_or_else(|| s.ip.clone());
+    let addr = addr
+        .or_else(|| xen::read(&format!("/local/domain/{id}/data/ip")))
+        .unwrap_or_else(|| s.ip.clone());
     let ready = guest_us.map_or("-".into(), |u| u.to_string());
     if s.json {
         let o = Object::default()
@@ -399,7 +401,8 @@ fn warm(
     // Watching data/ready before the guest can write it: its event ends
     // the wait without polling (each xenstore-read is a process).
     let ready_key = format!("/local/domain/{id}/data/ready");
-    let watch = xen::start(&["xenstore-watch", "-n", "2", &ready_key]);
+    let watch = xen::watch_registered(&ready_key);
+    env.trace("watching data/ready");
     let handed = xen::write(&key, &s.cfgline);
     env.trace("configuration written");
     // The rename and the permissions while the guest gets to work: the
@@ -408,10 +411,23 @@ fn warm(
     let rename = xen::start(&["xl", "rename", member, name]);
     let chmod = xen::start(&["xenstore-chmod", &key, "n0", &format!("r{id}")]);
     let handoff_ms = env.ms() - h0;
+    let xs = format!("/local/domain/{id}");
+    let keys = [
+        ready_key.clone(),
+        format!("{xs}/data/pool"),
+        format!("{xs}/data/ip"),
+    ];
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    // ready, data/pool and data/ip, in one process once ready is there.
+    let mut after: Option<Vec<String>> = None;
     let ready = if handed {
-        await_watch(env, watch, member, con0, deadline_ms);
+        await_watch(env, watch, &ready_key, member, con0, deadline_ms);
         env.trace("the ready watch fired");
-        wait_ready(env, s, member, id, con0, deadline_ms)
+        after = xen::read_all(&key_refs);
+        match &after {
+            Some(v) => Ok(v[0].clone()),
+            None => wait_ready(env, s, member, id, con0, deadline_ms),
+        }
     } else {
         Err(format!("cannot write {key}"))
     };
@@ -437,13 +453,19 @@ fn warm(
         pool::refill_in_background(env);
         return Ok(Some(Err(Failure::Reported)));
     }
+    let after = after.unwrap_or_else(|| {
+        let read = |k: &str| xen::read(k).unwrap_or_default();
+        vec![String::new(), read(key_refs[1]), read(key_refs[2])]
+    });
     // The member's own time from its configuration to ready.
-    let guest_us = xen::read(&format!("/local/domain/{id}/data/pool"))
-        .and_then(|v| v.strip_prefix("taken us=")?.trim().parse().ok());
+    let guest_us = after[1]
+        .strip_prefix("taken us=")
+        .and_then(|v| v.trim().parse().ok());
+    let addr = Some(after[2].clone()).filter(|a| !a.is_empty());
     print_spawned(
         env,
         s,
-        id,
+        (id, addr),
         &taken.mac,
         [wait_ms, handoff_ms],
         guest_us,
@@ -455,10 +477,12 @@ fn warm(
 
 /// Until the `xenstore-watch` child `watch` exits (its second event: the
 /// watched node written), the guest prints a fatal line on `console`'s log,
-/// or the deadline; the caller then reads what happened.
+/// `key` is there (looked at once a second, should an event be lost) or
+/// the deadline; the caller then reads what happened.
 fn await_watch(
     env: &Env,
     watch: Option<std::process::Child>,
+    key: &str,
     console: &str,
     con0: u64,
     deadline_ms: u64,
@@ -474,7 +498,9 @@ fn await_watch(
         }
         if now >= next_look {
             next_look = now + 1000;
-            if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:") {
+            if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:")
+                || xen::read(key).is_some()
+            {
                 break;
             }
         }
