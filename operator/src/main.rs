@@ -16,6 +16,7 @@ mod render;
 mod spawn;
 mod stats;
 mod stop;
+mod warm;
 mod xen;
 
 use std::process::ExitCode;

@@ -197,8 +197,13 @@ pub fn members(pool: &Env, with_states: bool) -> Vec<Member> {
         let (domid, state) = match looked_up {
             Some((id, Some(n), state)) if n == name => (id, state),
             _ => {
-                if !spawn::spawning(pool, &name) {
-                    forget(pool, &name);
+                // What was read may be stale (a fill that was creating it
+                // has finished since): look again holding its name lock,
+                // which a creator holds until its domid is recorded.
+                if let Ok(Some(_creating)) = lock::try_take(&pool.path(&format!("{name}.lock"))) {
+                    if spawn::domain_of(pool, &name).is_none() {
+                        forget(pool, &name);
+                    }
                 }
                 continue;
             }
@@ -465,7 +470,13 @@ fn create_member(
             .map(|k| format!("{PREFIX}{k}"))
             .find(|n| !taken.contains(n) && xen::domid_of(n).is_none())
             .expect("an unbounded range has a free name");
-        _creating = lock::try_take(&pool.path(&format!("{name}.lock")));
+        // Waited for, not tried: a `members` elsewhere holds it for a
+        // moment when it asks whether it is held.
+        _creating =
+            match lock::take_within(&pool.path(&format!("{name}.lock")), Duration::from_secs(10)) {
+                Ok(Some(f)) => f,
+                _ => return fail(format!("could not lock {name}.lock")),
+            };
         let in_use: Vec<String> = records(env)
             .into_iter()
             .chain(records(pool))

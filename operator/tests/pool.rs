@@ -38,7 +38,13 @@ fn status_becomes(r: &Rig, want: &str) {
         let refill = std::fs::read_to_string(r.dir.join("run/pool/refill.log")).unwrap_or_default();
         assert!(
             t0.elapsed() < Duration::from_secs(20),
-            "status: {line} (want {want}); refill.log: {refill}; calls:\n{}",
+            "status: {line} (want {want}); refill.log: {refill}; records: {:?}; calls:\n{}",
+            std::fs::read_dir(r.dir.join("run/pool"))
+                .map(|d| d
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>())
+                .unwrap_or_default(),
             r.xl_calls()
         );
         std::thread::sleep(Duration::from_millis(100));
