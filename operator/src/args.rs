@@ -160,6 +160,38 @@ fn check_mac(v: &str) -> Result<String, Failure> {
     Ok(v.to_ascii_lowercase())
 }
 
+/// `--memory`: MB, at least 4.
+pub fn parse_memory(memory_s: &str) -> Result<u32, Failure> {
+    let memory = match memory_s.parse::<u32>() {
+        Ok(m) if !memory_s.starts_with(['0', '+']) && memory_s.len() <= 5 => m,
+        _ => return bad(format!("bad memory '{memory_s}': expected MB (e.g. 6)")),
+    };
+    if memory < 4 {
+        return bad(format!(
+            "memory {memory} MB is below 4 MB, the smallest PV guest xl builds"
+        ));
+    }
+    Ok(memory)
+}
+
+/// The profile a spawn of `memory` MB gets without --profile.
+pub fn profile_name(memory: u32) -> &'static str {
+    if memory < 6 {
+        "small"
+    } else {
+        "default"
+    }
+}
+
+/// That profile's extra= tokens.
+pub fn profile_tokens(memory: u32) -> &'static str {
+    if memory < 6 {
+        PROFILE_SMALL
+    } else {
+        PROFILE_DEFAULT
+    }
+}
+
 /// Parse and check `spawn`'s arguments; `Ok(None)` for --help.
 pub fn parse_spawn(argv: &[String]) -> Result<Option<Spawn>, Failure> {
     let mut opt = std::collections::HashMap::<&str, String>::new();
@@ -258,19 +290,10 @@ pub fn parse_spawn(argv: &[String]) -> Result<Option<Spawn>, Failure> {
             return bad(format!("gateway {g} is the instance's own address"));
         }
     }
-    let memory_s = opt.get("memory").cloned().unwrap_or_else(|| "6".into());
-    let memory = match memory_s.parse::<u32>() {
-        Ok(m) if !memory_s.starts_with(['0', '+']) && memory_s.len() <= 5 => m,
-        _ => return bad(format!("bad memory '{memory_s}': expected MB (e.g. 6)")),
-    };
-    if memory < 4 {
-        return bad(format!(
-            "memory {memory} MB is below 4 MB, the smallest PV guest xl builds"
-        ));
-    }
+    let memory = parse_memory(&opt.get("memory").cloned().unwrap_or_else(|| "6".into()))?;
     let (profile, profile_tokens) = match opt.get("profile").map(String::as_str) {
-        None if memory < 6 => ("small", PROFILE_SMALL),
-        None | Some("default") => ("default", PROFILE_DEFAULT),
+        None => (profile_name(memory), profile_tokens(memory)),
+        Some("default") => ("default", PROFILE_DEFAULT),
         Some("small") => ("small", PROFILE_SMALL),
         Some(p) => return bad(format!("bad profile '{p}': expected default or small")),
     };

@@ -54,6 +54,20 @@ impl Env {
         }
     }
 
+    /// The same settings and clock over another run directory (the warm
+    /// pool's records, crate::pool).
+    pub fn under(&self, run_dir: PathBuf) -> Env {
+        Env {
+            run_dir,
+            bridge: self.bridge.clone(),
+            console_dir: self.console_dir.clone(),
+            vif_script: self.vif_script.clone(),
+            repo_dir: self.repo_dir.clone(),
+            trace: self.trace,
+            t0: self.t0,
+        }
+    }
+
     /// Milliseconds since the command started.
     pub fn ms(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64

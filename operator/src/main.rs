@@ -11,10 +11,12 @@ mod libvirt;
 mod list;
 mod lock;
 mod metrics;
+mod pool;
 mod render;
 mod spawn;
 mod stats;
 mod stop;
+mod warm;
 mod xen;
 
 use std::process::ExitCode;
@@ -49,6 +51,8 @@ const USAGE: &str =
   list    one line per running instance, with its stats
   stop    stop instances (xl/virsh shutdown, destroy if it does not go)
   metrics every instance's counters for Prometheus (text format 0.0.4)
+  pool    the warm pool: fill N, status, drain (instances booted ahead
+          that spawn hands a configuration: how=warm)
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
 an operation failed, 2 for a bad invocation; errors go to stderr.
 Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
@@ -77,11 +81,12 @@ fn main() -> ExitCode {
         "list" => ("list", list::run(rest)),
         "stop" => ("stop", stop::run(rest)),
         "metrics" => ("metrics", metrics::run(rest)),
+        "pool" => ("pool", pool::run(rest)),
         "-h" | "--help" | "help" => ("", help(rest)),
         other => (
             "",
             bad(format!(
-                "unknown command '{other}' (spawn, list, stop, metrics)"
+                "unknown command '{other}' (spawn, list, stop, metrics, pool)"
             )),
         ),
     };
@@ -117,6 +122,7 @@ fn help(rest: &[String]) -> Outcome {
         Some("list") => print!("{}", list::USAGE),
         Some("stop") => print!("{}", stop::USAGE),
         Some("metrics") => print!("{}", metrics::USAGE),
+        Some("pool") => print!("{}", pool::USAGE),
         Some(other) => return bad(format!("no command '{other}'")),
     }
     Ok(())

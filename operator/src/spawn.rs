@@ -7,7 +7,7 @@ use crate::env::{self, Env};
 use crate::json::Object;
 use crate::libvirt::{self, Via};
 use crate::render::{self, Values};
-use crate::{fail, lock, xen, Failure, Outcome};
+use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,10 +56,19 @@ The whole configuration line is checked with the guest's own parser, and
 must be at most {max} bytes (what the guest takes of Xen's command line), before anything
 is created. Renders the template into {run}/NAME.cfg, runs xl create,
 waits, and prints one line:
-  spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US
+  spawned name=NAME domid=ID ready_ms=MS ip=CIDR mac=MAC memory=MB mode=MODE wait_ms=MS create_ms=MS guest_us=US how=cold|warm
 ready_ms: from this command's start to the ready key; of that, wait_ms
 waiting for a create slot and create_ms in xl (virsh) create; guest_us: the guest's
 own time from its first instruction to ready.
+Warm pool ('miniproxy pool --help'): when a member booted by 'pool fill'
+waits with this --memory and the line's boot-time keys (rx_bufs, tx_bufs,
+offload), and there is no --mac, --kernel or --via libvirt, spawn takes it
+instead of creating a domain: it writes the line to the member's
+/local/domain/ID/miniproxy/config, renames it to NAME, waits for ready and
+starts a background 'pool fill --refill' (how=warm; wait_ms is then the wait
+for the global lock, create_ms the hand-over, guest_us the member's own time
+from its configuration to ready). Otherwise, or with an empty pool, how=cold.
+--via libvirt is always cold.
 Safe to run many at once: at most MINIPROXY_PARALLEL (default: dom0's CPUs,
 at least 2) create and boot at the same time, the others queue.
 ",
@@ -107,14 +116,14 @@ pub fn spawning(env: &Env, name: &str) -> bool {
     lock::is_held(&env.path(&format!("{name}.lock")))
 }
 
-fn console_size(env: &Env, name: &str) -> u64 {
+pub(crate) fn console_size(env: &Env, name: &str) -> u64 {
     std::fs::metadata(env.console_file(name))
         .map(|m| m.len())
         .unwrap_or(0)
 }
 
 /// The last `lines` lines of NAME's console written since `offset`.
-fn console_since(env: &Env, name: &str, offset: u64, lines: usize) -> String {
+pub(crate) fn console_since(env: &Env, name: &str, offset: u64, lines: usize) -> String {
     let f = env.console_file(name);
     let Ok(bytes) = std::fs::read(&f) else {
         return format!("(no console log at {})", f.display());
@@ -129,7 +138,7 @@ fn console_since(env: &Env, name: &str, offset: u64, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -227,6 +236,14 @@ pub fn run(argv: &[String]) -> Outcome {
     }
     env.trace("name is free");
 
+    // A waiting pool member that fits: hand it the configuration.
+    if pool::cold_reason(&s, via).is_none() {
+        if let Some(done) = crate::warm::warm(&env, &s, &kernel, &template, &template_path)? {
+            return done;
+        }
+        env.trace("no pool member fits: cold");
+    }
+
     let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;
     env.trace(&format!(
         "config {}/{name}.{} in place",
@@ -256,7 +273,7 @@ pub fn run(argv: &[String]) -> Outcome {
     let _ = std::fs::write(env.path(&format!("{name}.domid")), format!("{id}\n"));
     env.trace(&format!("create done: domain {id}"));
 
-    let ready = match wait_ready(&env, &s, id, con0, deadline_ms) {
+    let ready = match wait_ready(&env, &s, name, id, con0, deadline_ms) {
         Ok(r) => r,
         Err(why) => {
             eprintln!("miniproxy spawn: {name} (domain {id}): {why}; destroying it. Its console:");
@@ -269,9 +286,35 @@ pub fn run(argv: &[String]) -> Outcome {
             return Err(Failure::Reported);
         }
     };
-    let ms = env.ms();
     env.trace("ready");
-    let addr = xen::read(&format!("/local/domain/{id}/data/ip")).unwrap_or_else(|| s.ip.clone());
+    print_spawned(
+        &env,
+        &s,
+        (id, None),
+        &mac,
+        [wait_ms, create_ms],
+        ready.trim().parse().ok(),
+        "cold",
+    );
+    Ok(())
+}
+
+/// The result line (or object): `how` is warm (a pool member) or cold.
+pub(crate) fn print_spawned(
+    env: &Env,
+    s: &Spawn,
+    (id, addr): (u32, Option<String>),
+    mac: &str,
+    [wait_ms, create_ms]: [u64; 2],
+    guest_us: Option<u64>,
+    how: &str,
+) {
+    let ms = env.ms();
+    let name = &s.name;
+    let addr = addr
+        .or_else(|| xen::read(&format!("/local/domain/{id}/data/ip")))
+        .unwrap_or_else(|| s.ip.clone());
+    let ready = guest_us.map_or("-".into(), |u| u.to_string());
     if s.json {
         let o = Object::default()
             .str("result", "spawned")
@@ -279,21 +322,41 @@ pub fn run(argv: &[String]) -> Outcome {
             .num("domid", id.into())
             .num("ready_ms", ms)
             .str("ip", &addr)
-            .str("mac", &mac)
+            .str("mac", mac)
             .num("memory", s.memory.into())
             .str("mode", s.mode.name())
             .num("wait_ms", wait_ms)
             .num("create_ms", create_ms)
-            .opt_num("guest_us", ready.trim().parse().ok());
+            .opt_num("guest_us", guest_us)
+            .str("how", how);
         println!("{}", o.finish());
     } else {
         println!(
-            "spawned name={name} domid={id} ready_ms={ms} ip={addr} mac={mac} memory={} mode={} wait_ms={wait_ms} create_ms={create_ms} guest_us={ready}",
+            "spawned name={name} domid={id} ready_ms={ms} ip={addr} mac={mac} memory={} mode={} wait_ms={wait_ms} create_ms={create_ms} guest_us={ready} how={how}",
             s.memory,
             s.mode.name()
         );
     }
-    Ok(())
+}
+
+/// The live instance (other than NAME) that has `s`'s static address.
+pub(crate) fn ip_in_use(
+    env: &Env,
+    s: &Spawn,
+    records: &[(String, Vec<(String, String)>)],
+) -> Option<String> {
+    records
+        .iter()
+        .filter(|(other, meta)| other != &s.name && ip_clash(s, meta))
+        .find(|(other, _)| domain_of(env, other).is_some() || spawning(env, other))
+        .map(|(other, _)| other.clone())
+}
+
+/// `s` asks for the static address of the record `meta`.
+fn ip_clash(s: &Spawn, meta: &[(String, String)]) -> bool {
+    s.ip != "dhcp"
+        && render::meta_get(meta, "ip").map(|v| v.split('/').next() == s.ip.split('/').next())
+            == Some(true)
 }
 
 /// Render NAME.cfg and, under the global lock, check that no live instance
@@ -346,10 +409,7 @@ fn place_config(
             if other == name {
                 continue;
             }
-            let ip_clash = s.ip != "dhcp"
-                && render::meta_get(meta, "ip")
-                    .map(|v| v.split('/').next() == s.ip.split('/').next())
-                    == Some(true);
+            let ip_clash = ip_clash(s, meta);
             let mac_clash = render::meta_get(meta, "mac") == Some(mac.as_str());
             if !ip_clash && !mac_clash {
                 continue;
@@ -418,7 +478,7 @@ pub fn records(env: &Env) -> Vec<(String, Vec<(String, String)>)> {
 
 /// One of the create slots (`RUN_DIR/.slot.N`): a free one if there is one,
 /// else wait (blocked) for slot TICKET % N.
-fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs::File> {
+pub fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs::File> {
     for i in 0..n as u64 {
         let k = (i + ticket) % n as u64;
         if let Ok(Some(f)) = lock::try_take(&env.path(&format!(".slot.{k}"))) {
@@ -434,7 +494,7 @@ fn take_slot(env: &Env, ticket: u64, n: usize, wait: Duration) -> Option<std::fs
 /// xl (virsh) create; rc 134 with the domain present counts as created
 /// (xl's abort at exit); any other failure is retried once after clearing
 /// a half-made domain, unless the tool said the config is bad.
-fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
+pub fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, Failure> {
     let log = env.path(&format!("{name}.{}", via.log_suffix()));
     let cfg = env
         .path(&format!("{name}.{}", via.suffix()))
@@ -521,9 +581,10 @@ fn append(path: &Path, text: &str) {
 /// guest's µs to ready). A xenstore watch wakes us when it is written; at
 /// least every 2 s we also look for a crash (the kernel's "fatal:" console
 /// line) or a vanished domain.
-fn wait_ready(
+pub(crate) fn wait_ready(
     env: &Env,
     s: &Spawn,
+    console_name: &str,
     id: u32,
     con0: u64,
     deadline_ms: u64,
@@ -534,7 +595,8 @@ fn wait_ready(
         if let Some(ready) = xen::read(&ready_key) {
             return Ok(ready);
         }
-        if i % 2 == 1 && console_since(env, &s.name, con0, usize::MAX).contains("miniproxy: fatal:")
+        if i % 2 == 1
+            && console_since(env, console_name, con0, usize::MAX).contains("miniproxy: fatal:")
         {
             return Err("the guest stopped with a fatal error".into());
         }

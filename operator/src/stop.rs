@@ -25,7 +25,7 @@ One line per instance (--json: one object per line):
 does nothing. A NAME that is not an instance is an error (exit 1).
 ";
 
-struct Stopped {
+pub struct Stopped {
     name: String,
     domid: Option<u32>,
     ms: u64,
@@ -50,7 +50,7 @@ fn print(s: &Stopped, json: bool) {
     }
 }
 
-fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, String> {
+pub fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, String> {
     let t0 = Instant::now();
     // Not from our record: maybe crashed-and-preserved, or the record is stale.
     let Some(id) = domain_of(env, name).or_else(|| xen::domid_of(name)) else {

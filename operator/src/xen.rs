@@ -193,6 +193,53 @@ pub fn wait_event(path: &str, wait: Duration) {
     }
 }
 
+/// Start `argv` without waiting (its output thrown away): run alongside
+/// other work, then [`finish`].
+pub fn start(argv: &[&str]) -> Option<std::process::Child> {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// Wait for a command [`start`] started: whether it succeeded (rc 134,
+/// xl's abort at exit after the work, counts as success).
+pub fn finish(child: Option<std::process::Child>) -> bool {
+    child
+        .and_then(|mut c| c.wait().ok())
+        .is_some_and(|s| matches!(s.code(), Some(0) | Some(134)))
+}
+
+/// A `xenstore-watch -n 2 PATH` whose watch is in place: its first event
+/// (the one xenstored sends when a watch is set) has been read. It exits at
+/// the second event, the node written. `None` if it did not start or said
+/// nothing (the caller then polls).
+pub fn watch_registered(path: &str) -> Option<std::process::Child> {
+    use std::io::BufRead;
+    let mut child = Command::new("xenstore-watch")
+        .args(["-n", "2", path])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut first = String::new();
+    let got = child
+        .stdout
+        .take()
+        .map(|out| std::io::BufReader::new(out).read_line(&mut first));
+    if matches!(got, Some(Ok(n)) if n > 0) {
+        Some(child)
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,7 +198,7 @@ fn spawn_list_stop_flow() {
     let re_ok = line.starts_with("spawned name=a domid=1 ready_ms=")
         && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:")
         && line.contains(" memory=4 mode=reverse wait_ms=")
-        && line.trim_end().ends_with(" guest_us=4321");
+        && line.trim_end().ends_with(" guest_us=4321 how=cold");
     assert!(re_ok, "{line}");
     let cfg = std::fs::read_to_string(r.dir.join("run/a.cfg")).unwrap();
     assert!(cfg.contains(
@@ -303,7 +303,7 @@ fn instances_spawned_via_libvirt_are_listed_and_stopped_through_virsh() {
     assert!(
         line.starts_with("spawned name=a domid=1 ready_ms=")
             && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:")
-            && line.trim_end().ends_with(" guest_us=4321"),
+            && line.trim_end().ends_with(" guest_us=4321 how=cold"),
         "{line}"
     );
     let run = r.dir.join("run");

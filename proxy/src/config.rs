@@ -34,6 +34,12 @@ mod values;
 use keys::{Refusal, Tokens, KEYS};
 pub use values::{parse_duration, parse_size};
 
+/// The keys that set up netfront, which a warm-pool member does before it
+/// has its configuration: its command line fixes them, and the
+/// configuration it is handed later must agree (see
+/// [`Config::boot_time_mismatch`]).
+pub const BOOT_TIME_KEYS: [&str; 3] = ["rx_bufs", "tx_bufs", "offload"];
+
 /// Most rules one instance accepts.
 pub const MAX_RULES: usize = 16;
 /// Default of `buf=`.
@@ -158,6 +164,9 @@ pub struct Config {
     pub ack_delay: Option<Duration>,
     /// Memory budget for the engine in bytes; `None` = decided by the caller.
     pub mem: Option<usize>,
+    /// A warm-pool member (`pool=on`): boot, connect the vif, then wait for
+    /// the real configuration in the xenstore key `miniproxy/config`.
+    pub pool: bool,
 }
 
 impl Default for Config {
@@ -186,6 +195,7 @@ impl Default for Config {
             rto_min: Duration::from_millis(200),
             ack_delay: None,
             mem: None,
+            pool: false,
         }
     }
 }
@@ -302,7 +312,39 @@ impl Config {
             // Not given: the default, but never above buf.
             None => cfg.buf_min = DEFAULT_BUF_MIN.min(cfg.buf),
         }
+        if cfg.pool {
+            // Only what a waiting member uses; the rest would be silently
+            // ignored (it comes with the configuration key), so it is refused.
+            // Compared by value, not by presence: the printed line of a pool
+            // config (every key, at its default) parses again.
+            let defaults = Config::default();
+            for key in KEYS.iter().filter(|k| !keys::allowed_with_pool(k.name)) {
+                let v = keys::shown(key, &cfg);
+                if v != keys::shown(key, &defaults) {
+                    let value = v.split_once('=').map_or("", |(_, v)| v);
+                    return Err(ConfigError::Conflict {
+                        key: key.name.into(),
+                        value: value.into(),
+                        reason: "a pool member (pool=on) takes only loglevel, rx_bufs, tx_bufs and offload on its command line; the rest comes in its configuration key",
+                    });
+                }
+            }
+        }
         Ok(cfg)
+    }
+
+    /// The first boot-time key ([`BOOT_TIME_KEYS`]) whose value here differs
+    /// from `boot`'s (the pool member's command line), as
+    /// (key, this value, boot's value): a configuration a pool member
+    /// cannot take, since its netfront is already set up.
+    pub fn boot_time_mismatch(&self, boot: &Config) -> Option<(&'static str, String, String)> {
+        KEYS.iter()
+            .filter(|k| BOOT_TIME_KEYS.contains(&k.name))
+            .find_map(|k| {
+                let (mine, theirs) = (keys::shown(k, self), keys::shown(k, boot));
+                let value = |s: &str| s.split_once('=').map_or("", |(_, v)| v).into();
+                (mine != theirs).then(|| (k.name, value(&mine), value(&theirs)))
+            })
     }
 
     /// One line describing the parsed configuration. It is itself a valid

@@ -2,7 +2,9 @@
 # Runs inside the testbed's dom0 (scripts/bench-boot puts it there): start
 # the Miniproxy kernel and the floor kernel RUNS times each, interleaved,
 # with the same xl config, and print one BENCH line per run (ending with the
-# guest's data/boot timeline). A benchmark: it
+# guest's data/boot timeline); then RUNS warm spawns (kind=warm): `miniproxy
+# spawn` from a filled pool (`pool fill RUNS`) to ready, the pool refilled
+# before each. A benchmark: it
 # measures and prints, it does not pass or fail on time.
 . /root/lib.sh
 cd /root/payload
@@ -59,3 +61,45 @@ for n in $(seq 1 "$RUNS"); do
     fi
     one floor floor "$n"
 done
+
+# Warm spawns: `miniproxy spawn` -> ready from a filled pool (issue 12). Each
+# run starts with the pool full again (the refill a spawn starts in the
+# background is waited for), so each spawn sees what an operator who keeps
+# a pool sees; each instance is stopped after.
+MP=/root/payload/scripts/miniproxy
+pool_full() {
+    local t0; t0=$(now_ms)
+    until "$MP" pool status 2>/dev/null | grep -q " waiting=$RUNS starting=0 "; do
+        [ $(( $(now_ms) - t0 )) -gt 90000 ] && return 1
+        sleep 0.1
+    done
+}
+warm() {   # warm N
+    local n=$1 name="bench-warm-$1" t0 out ms t1 destroy_ms trace
+    pool_full || { echo "BENCHERR warm $n: the pool did not refill: $("$MP" pool status 2>&1)"; return 1; }
+    trace=$(mktemp)
+    t0=$(now_ms)
+    out=$(MINIPROXY_TRACE=1 "$MP" spawn --name "$name" --mode reverse --listen 80 --upstream 10.0.0.1:7 \
+          --ip 10.0.0.3/24 --memory 4 2> "$trace")
+    ms=$(( $(now_ms) - t0 ))
+    case $out in
+        *how=warm*) ;;
+        *) echo "BENCHERR warm $n: not a warm spawn: $out $(tail -n 3 "$trace" | tr '\n' ' ')"; rm -f "$trace"; return 1 ;;
+    esac
+    t1=$(now_ms)
+    "$MP" stop "$name" >/dev/null 2>&1 || echo "BENCHERR warm $n: stop failed"
+    destroy_ms=$(( $(now_ms) - t1 ))
+    field() { echo "$out" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+    # The operator's own steps (MINIPROXY_TRACE): ms from its start.
+    echo "BENCHWARM run=$n $(grep -o 'trace +[0-9]* ms .*' "$trace" | sed 's/^trace +\([0-9]*\) ms \(.*\)$/\1ms:\2/; s/ /_/g' | tr '\n' ' ')"
+    echo "BENCH kind=warm run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms)"
+    rm -f "$trace"
+}
+if out=$("$MP" pool fill "$RUNS" --memory 4 2>&1); then
+    echo "BENCHINFO pool: $out"
+    warm 0 >/dev/null
+    for n in $(seq 1 "$RUNS"); do warm "$n"; done
+else
+    echo "BENCHERR pool fill $RUNS failed: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
+fi
+"$MP" pool drain >/dev/null 2>&1 || echo "BENCHERR pool drain failed"

@@ -28,12 +28,14 @@
 //! - [`phases`]: handshake, address, serve, no-network idle.
 //! - [`budget`]: the engine's memory budget (`mem=` or the heap).
 //! - [`drain`]: the stop: connections drained, report, netfront closed.
+//! - [`pool`]: a warm-pool member's wait for its configuration (`pool=on`).
 //! - [`xen`]: the kernel's implementations and the boot sequence that runs
 //!   the phases (the unikernel's main).
 
 pub mod budget;
 pub mod drain;
 pub mod phases;
+pub mod pool;
 pub mod timers;
 pub mod xen;
 
@@ -95,6 +97,12 @@ pub trait Toolstack {
     /// already watched does nothing.
     fn watch_backend(&mut self, state_path: &str) -> Result<(), XsError>;
     fn write(&mut self, path: &str, value: &str) -> Result<(), XsError>;
+    /// Read a node (a warm-pool member's configuration key).
+    fn read(&mut self, path: &str) -> Result<String, XsError>;
+    /// Watch a node that dom0 writes (the pool's configuration key); its
+    /// events show in [`take_backend_changed`](Self::take_backend_changed),
+    /// the one "a watched node changed" flag.
+    fn watch_config(&mut self, path: &str) -> Result<(), XsError>;
 }
 
 /// The NIC (netfront), as the runtime drives it.

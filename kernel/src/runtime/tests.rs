@@ -1354,3 +1354,173 @@ fn the_drain_waits_for_the_backend_to_take_the_last_frames() {
     );
     assert!(r.now.get() - start <= SEC + drain::RST_FLUSH_NS);
 }
+
+// The warm pool: a member waits for its configuration key (runtime/pool.rs).
+
+const POOL_CFG: &str = super::pool::CONFIG_PATH;
+
+/// dom0 writes the pool member's configuration key; its watch fires.
+fn hand_config(srv: &RefCell<Server>, line: &str) {
+    let mut srv = srv.borrow_mut();
+    srv.tree.insert(POOL_CFG.into(), line.into());
+    srv.send_raw(&watch_event(POOL_CFG, "vif-backend"));
+}
+
+#[test]
+fn a_pool_member_waits_without_a_deadline_and_without_xenstore_requests() {
+    let mut r = rig();
+    let srv = r.srv.clone();
+    // The xenstore requests taken by the time of each wait.
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let seen2 = seen.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        seen2.borrow_mut().push(srv.borrow().log.len());
+        if n == 20 {
+            hand_config(&srv, "ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080");
+        }
+    });
+    let mut nic = FakeNic {
+        delay_ms: Some(5),
+        ..Default::default()
+    };
+    let line = r.rt.wait_for_config(&mut nic).unwrap();
+    assert_eq!(line, "ip=10.0.0.2/24 rule=reverse:80:10.0.0.1:8080");
+    assert_eq!(
+        r.tree(super::pool::POOL_STATE_PATH).as_deref(),
+        Some("waiting")
+    );
+    // Every wait: the xenstore port only (not the NIC's), no deadline (not
+    // netfront's 5 ms), and the clock never moved.
+    let waits = r.waits.borrow();
+    assert_eq!(waits.len(), 20);
+    let bare = (
+        WakeOn {
+            xenstore: true,
+            nic: None,
+        },
+        None,
+    );
+    assert!(waits.iter().all(|w| *w == bare), "{waits:?}");
+    assert_eq!(r.now.get(), T0);
+    assert_eq!(nic.polls, 0, "netfront is not polled while waiting");
+    // Not one request while waiting: each wake only looked at the ring.
+    let seen = seen.borrow();
+    assert!(seen.iter().all(|&n| n == seen[0]), "{seen:?}");
+    // The one after the config's watch event: its read.
+    let srv = r.srv.borrow();
+    let after: Vec<u32> = srv.log[seen[0]..].iter().map(|(ty, _, _)| *ty).collect();
+    assert_eq!(after, [MsgType::Read as u32]);
+    // The watch was set before `waiting` was written.
+    let watch = srv
+        .log
+        .iter()
+        .position(|(ty, _, p)| *ty == MsgType::Watch as u32 && p.starts_with(POOL_CFG.as_bytes()))
+        .expect("the config key is watched");
+    let waiting = srv
+        .log
+        .iter()
+        .position(|(ty, _, p)| *ty == MsgType::Write as u32 && p.starts_with(b"data/pool\0"))
+        .unwrap();
+    assert!(watch < waiting);
+}
+
+#[test]
+fn a_pool_member_reads_the_key_only_when_a_watch_fires_and_waits_on_if_absent() {
+    let mut r = rig();
+    let srv = r.srv.clone();
+    r.rt.sleeper.hook = Box::new(move |n| match n {
+        // The backend's state changed: the same flag, the key is not there.
+        2 => srv
+            .borrow_mut()
+            .send_raw(&watch_event("backend/vif/1/0/state", "vif-backend")),
+        4 => hand_config(&srv, "ip=dhcp"),
+        _ => {}
+    });
+    let mut nic = FakeNic::default();
+    assert_eq!(r.rt.wait_for_config(&mut nic).unwrap(), "ip=dhcp");
+    assert_eq!(r.waits.borrow().len(), 4);
+    let reads = r
+        .srv
+        .borrow()
+        .log
+        .iter()
+        .filter(|(ty, _, p)| *ty == MsgType::Read as u32 && p.starts_with(POOL_CFG.as_bytes()))
+        .count();
+    // The watch's first event, the backend's change, the config's.
+    assert_eq!(reads, 3);
+    assert_eq!(nic.backend_checks, 3);
+}
+
+#[test]
+fn shutdown_while_in_the_pool_stops_at_once() {
+    let mut r = rig();
+    let srv = r.srv.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        if n == 3 {
+            let mut srv = srv.borrow_mut();
+            srv.tree
+                .insert("control/shutdown".into(), "poweroff".into());
+            srv.send_raw(&watch_event("control/shutdown", "shutdown"));
+        }
+    });
+    let mut nic = FakeNic::default();
+    assert_eq!(
+        r.rt.wait_for_config(&mut nic),
+        Err(Exit::Shutdown(ShutdownReason::Poweroff))
+    );
+    assert_eq!(r.waits.borrow().len(), 3);
+    assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+    assert_eq!(console(), ["miniproxy: stopping (Poweroff)"]);
+}
+
+#[test]
+fn a_xenstore_failure_while_in_the_pool_is_fatal() {
+    let mut r = rig();
+    let srv = r.srv.clone();
+    r.rt.sleeper.hook = Box::new(move |n| {
+        if n == 2 {
+            srv.borrow_mut()
+                .send_raw(b"garbage that is no xenstore header!!");
+        }
+    });
+    match r.rt.wait_for_config(&mut FakeNic::default()) {
+        Err(Exit::Fatal(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_handed_config_is_parsed_as_extra_is_and_checked_against_the_boot() {
+    use super::pool::take_config;
+    let boot = Config::parse("pool=on rx_bufs=32").unwrap();
+    let c = take_config(
+        "ip=10.0.0.2/24 rx_bufs=32 mem=2m rule=transparent:80",
+        &boot,
+    )
+    .unwrap();
+    assert_eq!(c.rules.len(), 1);
+    assert_eq!(c.mem, Some(2 << 20));
+    let fatal = |line: &str| match take_config(line, &boot) {
+        Err(Exit::Fatal(why)) => why,
+        other => panic!("{line}: {other:?}"),
+    };
+    assert_eq!(
+        fatal("ip=10.0.0.2/24 rx_bufs=32 buf=16q"),
+        "pool: miniproxy/config: config: bad value for key 'buf': '16q' (expected a size like 16k, from 1k to 16m)"
+    );
+    assert_eq!(
+        fatal("ip=10.0.0.2/24"),
+        "pool: miniproxy/config: rx_bufs=64, but this pool member booted with rx_bufs=32 \
+         (the boot-time keys [\"rx_bufs\", \"tx_bufs\", \"offload\"] are fixed when a member boots)"
+    );
+    assert!(fatal("pool=on rx_bufs=32").contains("cannot make it wait again"));
+    assert!(fatal("nosuch=1").contains("unknown key 'nosuch'"));
+    // Longer than Xen's command line takes: fine here.
+    let mut long = String::from("ip=10.0.0.2/24 rx_bufs=32");
+    for p in 1..=16 {
+        long += &format!(" rule=reverse:{p}:10.0.0.1:{}", 60000 + p);
+    }
+    long += &" ".repeat(1200);
+    assert!(long.len() > 1022);
+    assert_eq!(take_config(&long, &boot).unwrap().rules.len(), 16);
+}

@@ -3,6 +3,7 @@
 //! phase that reads the configuration and runs the phases in order.
 
 use super::budget::{engine_budget, Budget};
+use super::pool;
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::boottime::{Mark, TIMELINE};
 use crate::control::{Control, Request};
@@ -135,6 +136,12 @@ impl<P: SharedPage, E: Events> Toolstack for XsToolstack<P, E> {
     fn write(&mut self, path: &str, value: &str) -> Result<(), XsError> {
         self.xs.borrow_mut().write(path, value)
     }
+    fn read(&mut self, path: &str) -> Result<String, XsError> {
+        self.xs.borrow_mut().read(path)
+    }
+    fn watch_config(&mut self, path: &str) -> Result<(), XsError> {
+        self.watch_backend(path)
+    }
 }
 
 impl Nic for Netfront<XenPlatform> {
@@ -234,6 +241,26 @@ fn fatal(what: impl core::fmt::Display) -> Exit {
     Exit::Fatal(format!("{what}"))
 }
 
+/// A pool member's takeover: wait for its configuration (see [`pool`]),
+/// then apply what a cold boot applies when it has parsed its command line.
+fn take_over(
+    rt: &mut XenRuntime,
+    nf: &mut Netfront<XenPlatform>,
+    boot: &Config,
+) -> Result<Config, Exit> {
+    let t0 = time::now_ns();
+    let line = rt.wait_for_config(nf)?;
+    let cfg = pool::take_config(&line, boot)?;
+    log::set_max_level(cfg.loglevel);
+    crate::println!(
+        "miniproxy: config (from {}, after {} ms in the pool): {cfg}",
+        pool::CONFIG_PATH,
+        time::now_ns().saturating_sub(t0) / 1_000_000
+    );
+    rt.drain_timeout = cfg.drain_timeout;
+    Ok(cfg)
+}
+
 fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     crate::println!(
         "miniproxy: memory {} KiB, heap {} KiB, {}",
@@ -286,6 +313,11 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         }
     };
     if !has_vif {
+        if cfg.pool {
+            return Err(fatal(
+                "pool: pool=on needs a vif (a pool member waits with its vif connected)",
+            ));
+        }
         if !cfg.rules.is_empty() {
             return Err(fatal("net: rules are configured but the domain has no vif (add vif=[...] to the xl config)"));
         }
@@ -321,6 +353,13 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
     let platform = XenPlatform::new(k.xenstore.clone(), grants);
     let mut nf = Netfront::new(platform, nf_cfg).map_err(|e| fatal(format!("netfront: {e}")))?;
     let mac = rt.handshake(&mut nf)?;
+    // A pool member: wait here, vif connected, for the real configuration.
+    let taken_ns = cfg.pool.then(time::now_ns);
+    let cfg = match taken_ns {
+        Some(_) => take_over(&mut rt, &mut nf, &cfg)?,
+        None => cfg,
+    };
+    let taken_ns = taken_ns.map(|_| time::now_ns());
     let mem = nf.memory();
     log::info!(
         "netfront: {} pages ({} KiB) for rings and buffers",
@@ -355,6 +394,14 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
 
     rt.address(&mut nf, &mut engine, &cfg)?;
     TIMELINE.mark(Mark::Addr);
+    if let Some(t) = taken_ns {
+        // Before ready, so that whoever waits for ready finds it: the
+        // member's own time from its configuration to ready.
+        let us = time::now_ns().saturating_sub(t) / 1000;
+        rt.toolstack
+            .write(pool::POOL_STATE_PATH, &format!("taken us={us}"))
+            .map_err(fatal)?;
+    }
     let us = Control::ready(k).map_err(fatal)?;
     log::info!("ready after {us} us");
     // After ready, which they do not need: a watch fires once when set, so

@@ -68,6 +68,12 @@ impl Rig {
         assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     }
 
+    /// Every fake xl and xenstore call so far, one per line.
+    #[allow(dead_code)] // not every test file reads it
+    pub fn xl_calls(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap()
+    }
+
     /// Domain ID's data/stats, as its guest would write it.
     pub fn set_stats(&self, id: u32, line: &str) {
         std::fs::write(

@@ -335,7 +335,39 @@ pub(super) static KEYS: &[Key] = &[
         parse: |c, v| set(&mut c.mem, parse_size(v).filter(|s| *s >= 4096).map(Some)),
         show: |c, t| show_opt(t, c.mem.map(Size)),
     },
+    Key {
+        name: "pool",
+        doc: "`on` `off`: `on` boots a warm-pool member that waits, vif connected, for its configuration in the xenstore key `miniproxy/config` (README, \"The warm pool\"); with `on` only `loglevel` and the boot-time keys `rx_bufs` `tx_bufs` `offload` may be set",
+        expected: "on or off",
+        default_note: "",
+        repeatable: false,
+        parse: |c, v| set(&mut c.pool, parse_switch(v)),
+        show: |c, t| t.put(switch_name(c.pool)),
+    },
 ];
+
+/// The keys a warm-pool member's command line (`pool=on`) may set: the
+/// boot-time ones ([`super::BOOT_TIME_KEYS`]), `loglevel` and `pool`.
+pub(super) fn allowed_with_pool(name: &str) -> bool {
+    name == "loglevel" || name == "pool" || super::BOOT_TIME_KEYS.contains(&name)
+}
+
+/// What `key` shows for `cfg` (its `key=value` tokens), to compare a key's
+/// value between two configs without a second copy of its printer.
+pub(super) fn shown(key: &Key, cfg: &Config) -> alloc::string::String {
+    struct Shown<'a>(&'a Key, &'a Config);
+    impl fmt::Display for Shown<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let mut t = Tokens {
+                f,
+                key: self.0.name,
+                first: true,
+            };
+            (self.0.show)(self.1, &mut t)
+        }
+    }
+    alloc::format!("{}", Shown(key, cfg))
+}
 
 /// The key named `name`, with its index in [`KEYS`].
 pub(super) fn find(name: &str) -> Option<(usize, &'static Key)> {

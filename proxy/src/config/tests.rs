@@ -136,7 +136,7 @@ fn full_line() {
         c.summary(),
         "loglevel=debug ip=10.0.0.2/24 gw=10.0.0.1 dhcp_timeout=3s idle_exit=2m drain_timeout=0s stats_period=250ms rx_bufs=128 tx_bufs=16 \
          offload=off rule=reverse:80:10.0.0.1:8080 rule=transparent:443 max_conns=256 backlog=8 buf=64k \
-         buf_min=8k idle_timeout=1m connect_timeout=500ms syn_timeout=3s keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m"
+         buf_min=8k idle_timeout=1m connect_timeout=500ms syn_timeout=3s keepalive=off cc=none rto_min=50ms ack_delay=10ms mem=12m pool=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
 }
@@ -147,7 +147,7 @@ fn default_summary_round_trips() {
     assert_eq!(
         c.summary(),
         "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off drain_timeout=10s stats_period=1s rx_bufs=64 tx_bufs=64 offload=on \
-         max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off"
+         max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off pool=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
 }
@@ -378,7 +378,7 @@ fn gen_value(rng: &mut Rng, key: &str) -> String {
         "dhcp_timeout" | "connect_timeout" | "syn_timeout" | "drain_timeout" => gen_duration(rng),
         "idle_exit" | "idle_timeout" | "keepalive" | "ack_delay" => gen_opt_duration(rng),
         "rx_bufs" | "tx_bufs" => format!("{}", 1 + rng.below(256)),
-        "offload" => pick(rng, &["on", "off"]).into(),
+        "offload" | "pool" => pick(rng, &["on", "off"]).into(),
         "rule" if rng.chance(0.5) => format!("transparent:{}", 1 + rng.below(65535)),
         "rule" => format!(
             "reverse:{}:{}:{}",
@@ -542,4 +542,54 @@ fn cc_and_rto_min_parse() {
         .unwrap()
         .summary()
         .contains(" rto_min=1500ms "));
+}
+
+#[test]
+fn a_pool_line_takes_only_the_boot_time_keys() {
+    let c = Config::parse("pool=on").unwrap();
+    assert!(c.pool);
+    assert_eq!(
+        Config {
+            pool: false,
+            ..c.clone()
+        },
+        Config::default()
+    );
+    let c = Config::parse("pool=on rx_bufs=32 tx_bufs=16 offload=off loglevel=debug").unwrap();
+    assert_eq!((c.rx_bufs, c.tx_bufs, c.offload), (32, 16, false));
+    assert_eq!(c.loglevel, LevelFilter::Debug);
+    // Its printed line (every key at its default) is a pool line again.
+    assert_eq!(Config::parse(&c.summary()).unwrap(), c);
+    assert!(c.summary().ends_with(" pool=on"), "{}", c.summary());
+    // Anything else would be ignored by a waiting member: refused, named.
+    assert_eq!(
+        err("pool=on rule=reverse:80:10.0.0.1:8080"),
+        "config: key 'rule' with value 'reverse:80:10.0.0.1:8080': a pool member (pool=on) takes only \
+         loglevel, rx_bufs, tx_bufs and offload on its command line; the rest comes in its configuration key"
+    );
+    assert!(err("ip=10.0.0.2/24 pool=on")
+        .starts_with("config: key 'ip' with value '10.0.0.2/24': a pool member"));
+    assert!(err("pool=on mem=2m").starts_with("config: key 'mem' with value '2m': a pool member"));
+    assert_eq!(
+        err("pool=yes"),
+        "config: bad value for key 'pool': 'yes' (expected on or off)"
+    );
+    assert!(!Config::parse("pool=off ip=10.0.0.2/24").unwrap().pool);
+}
+
+#[test]
+fn boot_time_mismatch_names_the_key() {
+    let boot = Config::parse("pool=on rx_bufs=32").unwrap();
+    let same = Config::parse("rx_bufs=32 ip=10.0.0.2/24 mem=2m rule=transparent:80").unwrap();
+    assert_eq!(same.boot_time_mismatch(&boot), None);
+    let other = Config::parse("ip=10.0.0.2/24").unwrap();
+    assert_eq!(
+        other.boot_time_mismatch(&boot),
+        Some(("rx_bufs", "64".into(), "32".into()))
+    );
+    let off = Config::parse("rx_bufs=32 offload=off").unwrap();
+    assert_eq!(
+        off.boot_time_mismatch(&boot),
+        Some(("offload", "off".into(), "on".into()))
+    );
 }

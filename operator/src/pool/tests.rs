@@ -1,0 +1,140 @@
+use super::*;
+
+fn member(name: &str, memory: u32, waiting: bool) -> Member {
+    Member {
+        name: name.into(),
+        domid: 7,
+        memory,
+        mac: "00:16:3e:00:00:01".into(),
+        waiting,
+        crashed: false,
+    }
+}
+
+fn spawn_of(extra: &[&str]) -> Spawn {
+    let mut a: Vec<String> = [
+        "--name",
+        "w1",
+        "--mode",
+        "reverse",
+        "--listen",
+        "80",
+        "--upstream",
+        "10.0.0.1:8080",
+        "--ip",
+        "10.0.0.9/24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    args::parse_spawn(&a).unwrap().unwrap()
+}
+
+fn cfg(s: &Spawn) -> Config {
+    Config::parse(&s.cfgline).unwrap()
+}
+
+#[test]
+fn a_members_line_is_pool_on_with_its_profiles_boot_time_keys() {
+    assert_eq!(boot_line(4), "pool=on rx_bufs=32");
+    assert_eq!(boot_line(6), "pool=on rx_bufs=64");
+    assert_eq!(boot_line(64), "pool=on rx_bufs=64");
+    // The guest's parser takes it.
+    assert!(Config::parse(&boot_line(4)).unwrap().pool);
+}
+
+#[test]
+fn the_first_waiting_member_with_the_same_memory_is_taken() {
+    let s = spawn_of(&["--memory", "4"]);
+    let m = [
+        member("mp-pool-1", 6, true),
+        member("mp-pool-2", 4, false),
+        member("mp-pool-3", 4, true),
+        member("mp-pool-4", 4, true),
+    ];
+    assert_eq!(choose(&m, 4, &cfg(&s)), Some(2));
+    let s6 = spawn_of(&[]);
+    assert_eq!(choose(&m, 6, &cfg(&s6)), Some(0));
+    assert_eq!(choose(&m, 8, &cfg(&s6)), None);
+    assert_eq!(choose(&m[1..2], 4, &cfg(&s)), None, "starting: not taken");
+    assert_eq!(choose(&[], 4, &cfg(&s)), None);
+}
+
+#[test]
+fn a_member_is_taken_only_with_its_boot_time_keys() {
+    let m = [member("mp-pool-1", 4, true)];
+    // The small profile's rx_bufs=32 is the member's: taken, whatever else
+    // the line sets (mem=, buffers, rules).
+    let s = spawn_of(&["--memory", "4", "--extra", "mem=2m buf=64k idle_exit=1m"]);
+    assert_eq!(choose(&m, 4, &cfg(&s)), Some(0));
+    for extra in ["rx_bufs=16", "tx_bufs=8", "offload=off"] {
+        let s = spawn_of(&["--memory", "4", "--extra", extra]);
+        assert_eq!(choose(&m, 4, &cfg(&s)), None, "{extra}");
+    }
+    // --profile default at 4 MB: rx_bufs=64, not the member's 32.
+    let s = spawn_of(&["--memory", "4", "--profile", "default"]);
+    assert_eq!(choose(&m, 4, &cfg(&s)), None);
+}
+
+#[test]
+fn mac_kernel_and_libvirt_spawns_are_cold() {
+    assert_eq!(cold_reason(&spawn_of(&[]), Via::Xl), None);
+    assert_eq!(
+        cold_reason(&spawn_of(&["--mac", "00:16:3e:aa:bb:cc"]), Via::Xl),
+        Some("--mac")
+    );
+    assert_eq!(
+        cold_reason(&spawn_of(&["--kernel", "/k"]), Via::Xl),
+        Some("--kernel")
+    );
+    assert_eq!(
+        cold_reason(&spawn_of(&[]), Via::Libvirt),
+        Some("--via libvirt")
+    );
+}
+
+#[test]
+fn the_target_file() {
+    assert_eq!(parse_target("3 memory=4\n"), Some((3, 4)));
+    assert_eq!(parse_target("0 memory=6"), Some((0, 6)));
+    assert_eq!(parse_target(""), None);
+    assert_eq!(parse_target("3"), None);
+    assert_eq!(parse_target("x memory=4"), None);
+}
+
+fn refused(argv: &[&str]) -> String {
+    let a: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    match run(&a) {
+        Err(Failure::Bad(m)) => m,
+        other => panic!("{argv:?} not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn bad_pool_invocations_are_refused_before_anything_runs() {
+    assert_eq!(refused(&[]), "which? fill N, status or drain");
+    assert_eq!(refused(&["fill"]), "fill needs the pool's size N");
+    assert_eq!(
+        refused(&["fill", "x"]),
+        "bad pool size 'x': expected 0..1000"
+    );
+    assert_eq!(
+        refused(&["fill", "1001"]),
+        "bad pool size '1001': expected 0..1000"
+    );
+    assert_eq!(
+        refused(&["fill", "3", "--memory", "2"]),
+        "memory 2 MB is below 4 MB, the smallest PV guest xl builds"
+    );
+    assert_eq!(refused(&["fill", "3", "4"]), "unexpected argument '4'");
+    assert_eq!(
+        refused(&["status", "--memory", "4"]),
+        "unknown option '--memory'"
+    );
+    assert_eq!(refused(&["drain", "3"]), "unexpected argument '3'");
+    assert_eq!(
+        refused(&["empty"]),
+        "unknown pool command 'empty' (fill, status, drain)"
+    );
+}

@@ -1,0 +1,136 @@
+//! The warm pool end to end on the host, with the fake `xl` and
+//! `xenstore-*` of tests/fakexen/: a member created with `pool=on` says
+//! `data/pool=waiting`; writing its `miniproxy/config` makes it ready.
+
+#[allow(dead_code)] // the rig's other helpers serve the other files
+mod rig;
+
+use rig::{err, out, Rig};
+use std::time::{Duration, Instant};
+
+fn spawn(r: &Rig, name: &str, ip: &str, more: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "spawn",
+        "--name",
+        name,
+        "--mode",
+        "reverse",
+        "--listen",
+        "80",
+        "--upstream",
+        "10.0.0.1:8080",
+        "--ip",
+        ip,
+    ];
+    a.extend_from_slice(more);
+    r.run(&a)
+}
+
+/// `pool status` until it prints `want`, within 10 s.
+fn status_becomes(r: &Rig, want: &str) {
+    let t0 = Instant::now();
+    loop {
+        let o = r.run(&["pool", "status"]);
+        let line = out(&o);
+        if line.trim_end() == want {
+            return;
+        }
+        let refill = std::fs::read_to_string(r.dir.join("run/pool/refill.log")).unwrap_or_default();
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "status: {line} (want {want}); refill.log: {refill}; records: {:?}; calls:\n{}",
+            std::fs::read_dir(r.dir.join("run/pool"))
+                .map(|d| d
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>())
+                .unwrap_or_default(),
+            r.xl_calls()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn fill_take_refill_cold_fallbacks_and_drain() {
+    let r = Rig::new("pool");
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let line = out(&o);
+    assert!(
+        line.starts_with("pool target=2 memory=4 waiting=2 starting=0 crashed=0 ms="),
+        "{line}"
+    );
+    let cfg = std::fs::read_to_string(r.dir.join("run/pool/mp-pool-1.cfg")).unwrap();
+    assert!(cfg.contains("extra   = \"pool=on rx_bufs=32\""), "{cfg}");
+    assert!(cfg.contains("memory  = 4\n"), "{cfg}");
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+    // Pool members are not instances.
+    assert_eq!(out(&r.run(&["list"])), "");
+
+    let o = spawn(&r, "a", "10.0.0.5/24", &["--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let line = out(&o);
+    assert!(
+        line.starts_with("spawned name=a domid=1 ready_ms=")
+            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:")
+            && line.contains(" memory=4 mode=reverse wait_ms=")
+            && line.trim_end().ends_with(" guest_us=555 how=warm"),
+        "{line}"
+    );
+    let calls = r.xl_calls();
+    assert!(calls.contains("xl rename mp-pool-1 a\n"), "{calls}");
+    assert!(
+        calls.contains("xenstore-chmod /local/domain/1/miniproxy/config n0 r1\n"),
+        "{calls}"
+    );
+    let key = std::fs::read_to_string(r.dir.join("xs/local/domain/1/miniproxy/config")).unwrap();
+    assert_eq!(
+        key,
+        "ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 rx_bufs=32 max_conns=64"
+    );
+    assert_eq!(calls.matches("xl create").count(), 2, "{calls}");
+    // It is an instance now, under its name; the pool refills to 2.
+    assert!(out(&r.run(&["list"])).starts_with("name=a domid=1 state=running ip=10.0.0.5/24"));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+    assert_eq!(r.xl_calls().matches("xl create").count(), 3);
+
+    // Another memory, a --mac or libvirt: cold, and the pool is untouched.
+    let o = spawn(&r, "b", "10.0.0.6/24", &["--memory", "6"]);
+    assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
+    let o = spawn(
+        &r,
+        "c",
+        "10.0.0.7/24",
+        &["--memory", "4", "--mac", "00:16:3e:01:02:03"],
+    );
+    assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
+    // An address in use is refused before a member is taken.
+    let o = spawn(&r, "d", "10.0.0.5/24", &["--memory", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("address 10.0.0.5 is in use by instance 'a'"),
+        "{}",
+        err(&o)
+    );
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+
+    // stop --all stops the instances and leaves the pool alone.
+    let o = r.run(&["stop", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o).lines().count(), 3, "{}", out(&o));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+
+    let o = r.run(&["pool", "drain"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        out(&o).starts_with("drained stopped=2 left=0 ms="),
+        "{}",
+        out(&o)
+    );
+    status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0 crashed=0");
+    // An empty pool: cold.
+    let o = spawn(&r, "e", "10.0.0.8/24", &["--memory", "4"]);
+    assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
+    assert_eq!(r.xl_calls().matches("xl create").count(), 6);
+}
