@@ -2,6 +2,7 @@
 # Runs inside dom0 (scripts/testbed-run installs it as /root/test.sh): every
 # tests/xen/NN-*.sh in order, in this one shell so the pass/fail counts add
 # up, then one summary line. The testbed boots once for the whole batch.
+self=$(readlink -f "$0")
 . /root/lib.sh
 cd /root/payload
 # Each file may end with its own `summary` (so it also runs alone); here only
@@ -12,24 +13,30 @@ summary() { return 0; }
 # waited (an xl create that never returned): when the tests print nothing for
 # XEN_STALL_S seconds (default 150), print what each process waits on, so the
 # log shows where. (The host's scripts/testbed-run asks Xen itself later.)
-exec 7>&1
-exec > >(tee /tmp/xen-tests.out >&7) 2>&1
-TEE_PID=$!
-(
-    last=-1; idle=0; n=0
-    while sleep 15 </dev/null >/dev/null 2>&1; do
-        size=$(stat -c %s /tmp/xen-tests.out 2>/dev/null || echo 0)
-        if [ "$size" != "$last" ]; then last=$size; idle=0; continue; fi
-        idle=$((idle + 15))
-        if [ "$idle" -ge "${XEN_STALL_S:-150}" ] && [ "$n" -lt 4 ]; then
-            echo "== stall: no test output for ${idle}s; processes (pid ppid state age wchan args):"
-            ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
-            echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
-            n=$((n + 1)); idle=0; last=$(stat -c %s /tmp/xen-tests.out)
-        fi
-    done
-) &
-STALL_PID=$!
+# The watcher and tee belong to an outer shell: the tests run in an inner one
+# of their own, where a bare `wait` (00-smoke has one) waits for the test's
+# own jobs only.
+if [ -z "${XEN_ALL_INNER:-}" ]; then
+    (
+        last=-1; idle=0; n=0
+        while sleep 15 </dev/null >/dev/null 2>&1; do
+            size=$(stat -c %s /tmp/xen-tests.out 2>/dev/null || echo 0)
+            if [ "$size" != "$last" ]; then last=$size; idle=0; continue; fi
+            idle=$((idle + 15))
+            if [ "$idle" -ge "${XEN_STALL_S:-150}" ] && [ "$n" -lt 4 ]; then
+                echo "== stall: no test output for ${idle}s; processes (pid ppid state age wchan args):"
+                ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
+                echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
+                n=$((n + 1)); idle=0; last=$(stat -c %s /tmp/xen-tests.out)
+            fi
+        done
+    ) &
+    watcher=$!
+    XEN_ALL_INNER=1 bash "$self" "$@" 2>&1 | tee /tmp/xen-tests.out
+    rc=${PIPESTATUS[0]}
+    kill "$watcher" 2>/dev/null
+    exit "$rc"
+fi
 for t in tests/xen/[0-9][0-9]-*.sh; do
     case " ${XEN_TESTS:-} " in "  ") ;; *" $(basename "$t" .sh) "*) ;; *) continue ;; esac
     log "running $t"
@@ -39,9 +46,4 @@ for t in tests/xen/[0-9][0-9]-*.sh; do
     # Leave nothing behind for the next file.
     for d in $(xl list 2>/dev/null | awk 'NR>2 {print $1}'); do xl_destroy "$d" >/dev/null; done
 done
-kill "$STALL_PID" 2>/dev/null
-batch_summary; rc=$?
-# Every line through tee before the harness prints its end marker.
-exec >&7 2>&7
-wait "$TEE_PID" 2>/dev/null
-exit "$rc"
+batch_summary
