@@ -1450,11 +1450,23 @@ impl<'a> Socket<'a> {
         };
         let right_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
         let held_end = self.remote_seq_no + held;
-        if right_edge > held_end {
+        let window_extent = if right_edge > held_end {
             right_edge - self.remote_seq_no
         } else {
             held
-        }
+        };
+        // Out-of-order data sits in the buffer past `held`, at the assembler's
+        // offsets. It was inside the window when it arrived, but the window
+        // advertised since may end before it: a scaled window is rounded down,
+        // so its right edge can move left by up to 2^shift - 1 octets. Keep it
+        // all, or a resize would drop octets the assembler still counts as
+        // received (and later hand out whatever the new storage held there).
+        let ooo_end = self
+            .assembler
+            .iter_data()
+            .last()
+            .map_or(0, |(_, right)| right);
+        window_extent.max(held + ooo_end)
     }
 
     /// Give the socket new receive storage of any capacity, keeping the data it
@@ -5139,6 +5151,66 @@ mod test {
                 window_len: 256 - 60,
                 ..RECV_TEMPL
             })
+        );
+        let mut got = [0u8; 60];
+        assert_eq!(s.recv_slice(&mut got), Ok(60));
+        assert_eq!(&got[..], &data[..]);
+    }
+
+    #[test]
+    fn test_replace_recv_storage_keeps_out_of_order_data_past_the_last_window() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        let data: Vec<u8> = (100..160u8).collect();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[..40],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 40),
+                window_len: 24,
+                ..RECV_TEMPL
+            }]
+        );
+        // 10 bytes out of order at 50..60, a hole at 40..50.
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 50,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[50..60],
+                ..SEND_TEMPL
+            },
+        );
+        // The window last advertised now ends at 45, before the out-of-order
+        // bytes (what rounding a scaled window down can do).
+        s.remote_last_win = 5;
+        // Storage that holds the window but not the out-of-order bytes is
+        // refused; larger storage keeps them.
+        assert_eq!(s.replace_recv_storage(vec![0; 48]).unwrap_err().len(), 48);
+        s.replace_recv_storage(vec![0; 256]).unwrap();
+        // The larger window goes out, then the hole is filled.
+        assert_eq!(
+            dispatched(&mut s, 0),
+            vec![(LOCAL_SEQ + 1, vec![], 256 - 40)]
+        );
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 40,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &data[40..50],
+                ..SEND_TEMPL
+            },
         );
         let mut got = [0u8; 60];
         assert_eq!(s.recv_slice(&mut got), Ok(60));
