@@ -39,7 +39,9 @@ LAST_MS=0
 XEN_CONSOLE_DIR=/var/log/xen/console
 
 now_ms() { date +%s%3N; }
-log() { echo "== $*"; }
+# Every log/pass/fail line marks progress for tests/xen/all.sh's stall watcher.
+alive() { : > /tmp/xen-tests.alive 2>/dev/null; }
+log() { alive; echo "== $*"; }
 quiet() { "$@" >/dev/null 2>&1; }
 _ms() { awk -v s="$1" 'BEGIN { printf "%d", s * 1000 }'; }
 
@@ -142,8 +144,8 @@ wait_console() {
     return 1
 }
 
-pass() { TB_PASSED=$((TB_PASSED + 1)); echo "TEST PASS $1"; }
-fail() { TB_FAILED=$((TB_FAILED + 1)); echo "TEST FAIL $1: ${2:-failed}"; return 1; }
+pass() { alive; TB_PASSED=$((TB_PASSED + 1)); echo "TEST PASS $1"; }
+fail() { alive; TB_FAILED=$((TB_FAILED + 1)); echo "TEST FAIL $1: ${2:-failed}"; return 1; }
 check() {
     local name=$1 rc=0
     shift

@@ -10,30 +10,30 @@ cd /root/payload
 eval "$(declare -f summary | sed '1s/^summary/batch_summary/')"
 summary() { return 0; }
 # Under TCG, dom0 has been seen idle for minutes while every test process
-# waited (an xl create that never returned): when the tests print nothing for
-# XEN_STALL_S seconds (default 150), print what each process waits on, so the
-# log shows where. (The host's scripts/testbed-run asks Xen itself later.)
-# The watcher and tee belong to an outer shell: the tests run in an inner one
-# of their own, where a bare `wait` (00-smoke has one) waits for the test's
-# own jobs only.
+# waited (an xl create that never returned): when no test has logged, passed
+# or failed anything for XEN_STALL_S seconds (default 150; lib.sh's `alive`
+# marks each), print what each process waits on, so the log shows where. (The
+# host's scripts/testbed-run asks Xen itself later.) The watcher belongs to an
+# outer shell; the tests run in an inner one, in the foreground with the
+# console as their output, where a bare `wait` (00-smoke has one) waits for
+# the test's own jobs only.
 if [ -z "${XEN_ALL_INNER:-}" ]; then
+    alive
     (
-        last=-1; idle=0; n=0
+        n=0
         while sleep 15 </dev/null >/dev/null 2>&1; do
-            size=$(stat -c %s /tmp/xen-tests.out 2>/dev/null || echo 0)
-            if [ "$size" != "$last" ]; then last=$size; idle=0; continue; fi
-            idle=$((idle + 15))
+            idle=$(( $(date +%s) - $(stat -c %Y /tmp/xen-tests.alive 2>/dev/null || date +%s) ))
             if [ "$idle" -ge "${XEN_STALL_S:-150}" ] && [ "$n" -lt 4 ]; then
-                echo "== stall: no test output for ${idle}s; processes (pid ppid state age wchan args):"
+                echo "== stall: nothing logged for ${idle}s; processes (pid ppid state age wchan args):"
                 ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
                 echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
-                n=$((n + 1)); idle=0; last=$(stat -c %s /tmp/xen-tests.out)
+                n=$((n + 1)); : > /tmp/xen-tests.alive
             fi
         done
     ) &
     watcher=$!
-    XEN_ALL_INNER=1 bash "$self" "$@" 2>&1 | tee /tmp/xen-tests.out
-    rc=${PIPESTATUS[0]}
+    XEN_ALL_INNER=1 bash "$self" "$@"
+    rc=$?
     kill "$watcher" 2>/dev/null
     exit "$rc"
 fi
