@@ -25,7 +25,8 @@ op_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 # op_echo IP N: send N random bytes to IP:80 and get them back; byte-exact?
 # On a mismatch it says how many bytes came back, after how long, what socat
 # said, and what the instance itself counted (so a stall under TCG is told
-# apart from lost data). -t 60 as in 30-proxy: dom0 under TCG has been seen
+# apart from lost data; those lookups are bounded, since a hung xenstored
+# has been seen here). -t 60 as in 30-proxy: dom0 under TCG has been seen
 # frozen ~30 s after 20 parallel spawns, and socat closes at -t.
 op_echo() {
     local f=$OP/in.$1 t0 ms dom
@@ -34,10 +35,10 @@ op_echo() {
     timeout 120 socat -t 60 - "TCP:$1:80,connect-timeout=10" < "$f" > "$OP/out.$1" 2> "$OP/err.$1"
     ms=$(( $(now_ms) - t0 ))
     cmp -s "$f" "$OP/out.$1" && return 0
-    dom=$("$MP" list 2>/dev/null | awk -v ip="ip=$1/24" '$4 == ip { sub(/^domid=/, "", $2); print $2 }')
+    dom=$(timeout 10 "$MP" list 2>/dev/null | awk -v ip="ip=$1/24" '$4 == ip { sub(/^domid=/, "", $2); print $2 }')
     echo "echo via $1: sent $2 B, got $(stat -c %s "$OP/out.$1") B in $ms ms;" \
         "socat: '$(tail -n1 "$OP/err.$1")'; guest stats:" \
-        "$(xenstore-read "/local/domain/$dom/data/stats" 2>/dev/null | grep -oE 'px_(bytes_up|bytes_down|client_resets|upstream_resets|timeouts|completed)=[0-9]+' | tr '\n' ' ')" \
+        "$(timeout 5 xenstore-read "/local/domain/$dom/data/stats" 2>/dev/null | grep -oE 'px_(bytes_up|bytes_down|client_resets|upstream_resets|timeouts|completed)=[0-9]+' | tr '\n' ' ')" \
         | tee -a "$OP/echo-failures"
     return 1
 }
