@@ -34,6 +34,7 @@
 //! | `plan` | memory plan, admission, [`EngineError`] |
 //! | `sizing` | the adaptive buffer policy: how large a new socket's buffers are |
 //! | `growth` | connections' buffers grown while they limit it, shrunk when memory is short |
+//! | `rightsize` | receive buffers sized from what each round trip delivers |
 //! | `ledger` | buffer accounting: held, spare and pledged bytes |
 //! | `sockets` | the socket pool: spares, dying sockets, allocation |
 //! | `listeners` | the listen pools of the rules |
@@ -58,6 +59,7 @@ mod neighbours;
 mod plan;
 mod ports;
 mod relink;
+mod rightsize;
 mod sizing;
 mod sockets;
 mod splice;

@@ -25,6 +25,7 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::socket::AnySocket;
 use smoltcp::time::Instant;
 
+use super::rightsize::RcvSpace;
 use super::stats::Stats;
 use super::tuning::Tuning;
 
@@ -50,12 +51,18 @@ pub(super) struct Conn {
     /// We forwarded a FIN to upstream / to the client.
     pub(super) fin_to_upstream: bool,
     pub(super) fin_to_client: bool,
-    /// In its last step a buffer was about to limit it: a transmit buffer was
-    /// half full or more after the splice (unacknowledged data fills it when
-    /// the window is what limits the sender), or a receive buffer had filled
-    /// to half or more since the step before. The `growth` module grows its
-    /// buffers then.
-    pub(super) pressed: bool,
+    /// In its last step a buffer of that socket (client side, upstream
+    /// side) limited the connection: its transmit buffer was full with the
+    /// other socket's data left waiting after the splice (unacknowledged
+    /// data fills it when the window is what limits the sender), or its
+    /// receive buffer had filled to half or more since the step before and
+    /// the splice emptied it (a burst the engine took late; a receive buffer
+    /// that stays full waits on the other socket, whose turn it is). The
+    /// `growth` module grows that socket's buffers then.
+    pub(super) pressed: [bool; 2],
+    /// What each socket's receive buffer delivered per round trip (client
+    /// side, upstream side): module `rightsize`.
+    pub(super) rcv: [RcvSpace; 2],
 }
 
 /// How a connection ended.
@@ -93,7 +100,8 @@ impl Conn {
             upstream_fin: false,
             fin_to_upstream: false,
             fin_to_client: false,
-            pressed: false,
+            pressed: [false; 2],
+            rcv: [RcvSpace::default(); 2],
         }
     }
 
@@ -222,12 +230,20 @@ fn step_conn(
         }
     }
 
-    let filled = |s: &tcp::Socket<'static>| 2 * s.recv_queue() >= s.recv_capacity();
-    let rx_filled = filled(cs) || filled(us);
+    let rx_filled = |s: &tcp::Socket<'static>| 2 * s.recv_queue() >= s.recv_capacity();
+    let rx_pressed = [rx_filled(cs), rx_filled(us)];
     let up = pump(cs, us);
     let down = pump(us, cs);
-    let tx_filled = |s: &tcp::Socket<'static>| 2 * s.send_queue() >= s.send_capacity();
-    c.pressed = rx_filled || tx_filled(cs) || tx_filled(us);
+    // A receive buffer that filled to half between steps and was emptied
+    // (a burst the engine was slow to take), or a transmit buffer that left
+    // the other socket's data waiting (it is full: the window is short).
+    let (c_left, u_left) = (cs.recv_queue() > 0, us.recv_queue() > 0);
+    c.pressed = [
+        (rx_pressed[0] && !c_left) || u_left,
+        (rx_pressed[1] && !u_left) || c_left,
+    ];
+    c.rcv[0].account(now, up, cs.rtt(), cs.recv_capacity());
+    c.rcv[1].account(now, down, us.rtt(), us.recv_capacity());
     if up + down > 0 {
         stats.bytes_up += up as u64;
         stats.bytes_down += down as u64;

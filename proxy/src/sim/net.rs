@@ -315,7 +315,9 @@ impl Net {
         let mut t = self.now;
         if let Some(ser) = (len * 1_000_000).checked_div(up.bandwidth) {
             let start = self.ports[src].up_busy.max(t);
-            if (start - t) > ser * up.queue_limit as u64 {
+            // A frame shorter than a microsecond of the link (an ACK at 1
+            // Gbit/s) still takes a place in the queue.
+            if (start - t) > ser.max(1) * up.queue_limit as u64 {
                 self.stats.overflowed += 1;
                 return;
             }
@@ -332,7 +334,7 @@ impl Net {
             let mut td = t;
             if let Some(ser) = (len * 1_000_000).checked_div(down.bandwidth) {
                 let start = self.ports[d].down_busy.max(td);
-                if (start - td) > ser * down.queue_limit as u64 {
+                if (start - td) > ser.max(1) * down.queue_limit as u64 {
                     self.stats.overflowed += 1;
                     continue;
                 }

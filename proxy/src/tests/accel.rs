@@ -26,9 +26,14 @@ const LEG_RTT_MS: u64 = 25;
 /// A link that makes its leg's round trip `rtt_ms` (the proxy's own link has
 /// no delay), at 1 Gbit/s without drops.
 fn leg(rtt_ms: u64) -> Link {
+    leg_at(rtt_ms, 125_000_000)
+}
+
+/// A leg of `rtt_ms` round trip at `bandwidth` bytes per second.
+fn leg_at(rtt_ms: u64, bandwidth: u64) -> Link {
     Link {
         delay: Duration::from_micros(rtt_ms * 500),
-        bandwidth: 125_000_000,
+        bandwidth,
         queue_limit: 100_000,
         ..Link::default()
     }
@@ -410,4 +415,214 @@ fn two_engines_download_10_mb_byte_exact_with_growing_buffers_under_loss() {
         }
     }
     assert!(failed.is_empty(), "seeds that failed: {failed:?}");
+}
+
+/// Which way a transfer's data flows through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Server to client (leg B, then leg A).
+    Down,
+    /// Client to server (leg A, then leg B).
+    Up,
+}
+
+/// `len` bytes one way over legs of `legs` ms round trip (client - proxy,
+/// proxy - server) with `extra` config and `mem` bytes: the time from the
+/// client's connect to the receiver's seeing the FIN after the last byte, and
+/// every buffer size the connection's sockets had (client side, upstream
+/// side), in the order they came. Byte-exact; the accounting checked at every
+/// step.
+fn transfer(
+    extra: &str,
+    mem: usize,
+    legs: (u64, u64),
+    bandwidth: u64,
+    len: usize,
+    dir: Dir,
+) -> (Duration, Vec<(usize, usize)>) {
+    let (serve, data) = match dir {
+        Dir::Down => (Serve::Source { len, seed: 78 }, b"GET".to_vec()),
+        Dir::Up => (Serve::Sink, pattern(78, len)),
+    };
+    let mut w = reverse_world(Setup {
+        extra,
+        serve,
+        client_link: leg_at(legs.0, bandwidth),
+        server_link: leg_at(legs.1, bandwidth),
+        host_buf: 4 << 20,
+        budget: mem,
+        ..Setup::default()
+    });
+    let f = client_connect(&mut w, data, Close::AfterSend);
+    let mut sizes: Vec<(usize, usize)> = Vec::new();
+    assert!(w.run_until(secs(60), |w| {
+        check_memory(&w.proxy);
+        for s in w.proxy.connection_buffers() {
+            if sizes.last() != Some(&s) {
+                sizes.push(s);
+            }
+        }
+        all_done(w) && w.proxy.stats().active == 0
+    }));
+    let c = &w.hosts[0].flows[f];
+    let s = w.hosts[1]
+        .flows
+        .last()
+        .expect("the server saw the connection");
+    let receiver = match dir {
+        Dir::Down => c,
+        Dir::Up => s,
+    };
+    assert!(!c.reset && !s.reset && receiver.fin, "{extra:?} {dir:?}");
+    assert_bytes(&receiver.received, &pattern(78, len), "received");
+    (receiver.t_fin.unwrap() - c.t_start, sizes)
+}
+
+/// Asymmetric legs (5+45 and 45+5 ms), data both ways, 10 MB: a
+/// connection that starts at half of `buf` (16 MiB: the listening sockets'
+/// share) grows the socket on the long leg to `buf` and finishes within 10 %
+/// of one that has `buf` from the start (32 MiB).
+///
+/// The bound, from physics: the long leg's window is what limits a lone
+/// connection here (1 MiB per 45 ms round trip is 23 MB/s, at or below the
+/// links' rate), and a window of 512k costs about half a round trip's worth
+/// of data per round trip it lasts. Growth is asked for after the first
+/// round trip that delivers more than half the buffer and granted in the
+/// next poll, so at most about two round trips of the long leg (90 ms,
+/// ~45 ms lost) run at the smaller window: ~6 % of the ~0.8 s transfer.
+///
+/// At 1 Gbit/s the short leg's bandwidth-delay product (625 KB at 5 ms)
+/// fills half of a 512k transmit buffer, so the fill rule of `growth` grows
+/// both sockets anyway. At 200 Mbit/s (125 KB) nothing fills: the receiving
+/// socket on the long leg hands its data at once to the short one, and only
+/// right-sizing (engine module `rightsize`) sees that its window is the
+/// limit; it grows that socket alone. Without it (its requests ignored)
+/// 5+45 down took 1.231 s and 45+5 up 1.201 s, against 0.831 s and 0.801 s
+/// at `buf`: 48 % and 50 % longer.
+#[test]
+fn asymmetric_legs_grow_the_long_legs_window_to_buf() {
+    let buf = Config::default().buf;
+    let len = 10 << 20;
+    for bandwidth in [125_000_000, 25_000_000] {
+        for dir in [Dir::Down, Dir::Up] {
+            for legs in [(5, 45), (45, 5)] {
+                let case = format!("{legs:?} {dir:?} at {bandwidth} B/s");
+                let (t, sizes) = transfer("", MEM, legs, bandwidth, len, dir);
+                let (t_buf, sizes_buf) = transfer("", 2 * MEM, legs, bandwidth, len, dir);
+                assert_eq!(sizes_buf, [(buf, buf)], "{case}");
+                assert_eq!(sizes[0], (buf / 2, buf / 2), "{case}");
+                // The socket on the long leg (client side if leg A is the
+                // long one) ends at buf.
+                let (client, upstream) = *sizes.last().unwrap();
+                let (long, short) = if legs.0 > legs.1 {
+                    (client, upstream)
+                } else {
+                    (upstream, client)
+                };
+                assert_eq!(long, buf, "{case}: {sizes:?}");
+                // Where right-sizing alone grows it (the long leg receives:
+                // 5+45 down, 45+5 up) at 200 Mbit/s, the short leg's socket,
+                // never limited, keeps what it had.
+                let receives_on_long_leg = (dir == Dir::Down) == (legs.1 > legs.0);
+                if bandwidth == 25_000_000 && receives_on_long_leg {
+                    assert_eq!(short, buf / 2, "{case}: {sizes:?}");
+                }
+                assert!(
+                    t * 10 <= t_buf * 11,
+                    "{case}: grown {t}, at buf from the start {t_buf} ({sizes:?})"
+                );
+            }
+        }
+    }
+}
+
+/// 100 KB over 25+25 ms legs takes five leg round trips from the client's
+/// SYN once the proxy knows the server's address, as the split path allows:
+/// the client's handshake (1), its request reaching the server through the
+/// upstream connection opened in parallel with that handshake (+0.5: the
+/// upstream SYN leaves when the client's SYN arrives, so its handshake is
+/// done when the request arrives), and 100 000 bytes in three flights from
+/// RFC 6928's ten segments, 14600 + 29200 + 58400 (each leg's slow start
+/// overlaps the other's: a flight the proxy receives leaves at once in a
+/// window the client leg has already opened), reaching the client 3.5 round
+/// trips later. End to end over one 50 ms round trip the same takes 4 of
+/// its round trips (8 of a leg's), so the split path's floor is 5/8 = 0.63
+/// of end to end. An upstream opened only after the client's handshake, or
+/// a smaller first flight on either leg, costs a round trip more.
+///
+/// The first connection pays one more round trip of the server's leg: the
+/// proxy resolves the server's address (ARP) only when the first SYN
+/// asks for it.
+#[test]
+fn a_100kb_download_over_25_25_ms_takes_five_leg_round_trips() {
+    let len = 100_000;
+    let mut w = reverse_world(Setup {
+        serve: Serve::Source { len, seed: 5 },
+        client_link: leg(LEG_RTT_MS),
+        server_link: leg(LEG_RTT_MS),
+        host_buf: 4 << 20,
+        budget: MEM,
+        ..Setup::default()
+    });
+    let rtt = Duration::from_millis(LEG_RTT_MS);
+    // Serialization at 1 Gbit/s: 100 KB is 0.8 ms on each leg, and under
+    // 0.5 ms of any one flight.
+    let slack = Duration::from_millis(2);
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let f = client_connect(&mut w, b"GET".to_vec(), Close::AfterSend);
+        assert!(w.run_until(secs(10), |w| all_done(w) && w.proxy.stats().active == 0));
+        let c = &w.hosts[0].flows[f];
+        assert!(!c.reset && c.fin);
+        assert_bytes(&c.received, &pattern(5, len), "client received");
+        // The first SYN's own ARP (the client resolving the proxy) is
+        // before the flow's start counts.
+        times.push(c.t_fin.unwrap() - c.t_established.unwrap() + rtt);
+    }
+    let (cold, warm) = (times[0], times[1]);
+    assert!(
+        warm >= rtt * 5 && warm <= rtt * 5 + slack,
+        "warm {warm}, five round trips {}",
+        rtt * 5
+    );
+    assert!(
+        cold >= rtt * 6 && cold <= rtt * 6 + slack,
+        "cold {cold}: one round trip for ARP"
+    );
+}
+
+/// When memory affords only one socket of a connection at `buf`, the one
+/// whose window is short gets it. At 16 MiB with `buf=2m`, 10 MB downloads:
+/// over 45+5 ms legs the client side, the proxy's sender on the 45 ms leg,
+/// grows to 2m (its transmit buffer is full with the upstream side's data
+/// waiting) and the upstream side, receiving over 5 ms, stays at 1m; over
+/// 5+45 the upstream side, receiving over the 45 ms leg, grows to 2m
+/// (right-sizing) and the client side, whose transmit buffer holds the 5 ms
+/// leg's 625 KB in flight without filling, stays at 1m. Each finishes
+/// within 10 % of a connection with 2m both sides from the start (64 MiB;
+/// the bound as in the asymmetric test above). When a pressed connection
+/// grew both its sockets, 45+5 gave the upstream side the 2m (0.899 s
+/// against 0.801 s); when a transmit buffer half full counted as short,
+/// 5+45 gave it to the client side (0.825 s against 0.644 s).
+#[test]
+fn the_socket_whose_window_is_short_gets_the_memory() {
+    let mib = 1 << 20;
+    let len = 10 << 20;
+    for legs in [(45, 5), (5, 45)] {
+        let (t, sizes) = transfer("buf=2m", MEM, legs, 125_000_000, len, Dir::Down);
+        let (t_full, full) = transfer("buf=2m", 4 * MEM, legs, 125_000_000, len, Dir::Down);
+        assert_eq!(full, [(2 * mib, 2 * mib)]);
+        let (client, upstream) = *sizes.last().unwrap();
+        let (long, short) = if legs.0 > legs.1 {
+            (client, upstream)
+        } else {
+            (upstream, client)
+        };
+        assert_eq!(long, 2 * mib, "{legs:?}: {sizes:?}");
+        assert!(short <= mib, "{legs:?}: {sizes:?}");
+        assert!(
+            t * 10 <= t_full * 11,
+            "{legs:?}: grown {t}, 2m from the start {t_full} ({sizes:?})"
+        );
+    }
 }

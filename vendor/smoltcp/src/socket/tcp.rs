@@ -209,6 +209,12 @@ impl RttEstimator {
         if self.have_measurement { self.srtt } else { 0 }
     }
 
+    /// The smoothed round-trip time, if a sample has been taken.
+    fn srtt(&self) -> Option<Duration> {
+        self.have_measurement
+            .then(|| Duration::from_millis(self.srtt as u64))
+    }
+
     fn sample(&mut self, new_rtt: u32) {
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
@@ -971,6 +977,23 @@ impl<'a> Socket<'a> {
     /// The window scale this socket announces in a handshake.
     fn own_win_shift(&self) -> u8 {
         win_shift_for(self.rx_capacity_hint.max(self.rx_buffer.capacity()))
+    }
+
+    /// Return the smoothed round-trip time (SRTT, RFC 6298 (2)) of the connection,
+    /// in milliseconds, or `None` before the first sample.
+    ///
+    /// Samples are taken as the retransmission timer takes them: from a segment
+    /// that occupies sequence space (data, SYN or FIN) to the ACK that covers it,
+    /// never from a retransmitted one (Karn). So a connection has an estimate once
+    /// its handshake completes, in either direction (the SYN or SYN|ACK sent is
+    /// the sample), even if it never sends data. It is cleared by `listen`,
+    /// `connect` and `reset`, and after three consecutive timeouts.
+    ///
+    /// A receiver can use it to pace receive-window decisions by round trip,
+    /// e.g. to grow its buffer when one round trip delivered about a window
+    /// (dynamic right-sizing).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtte.srtt()
     }
 
     /// Return the lower bound of the retransmission timeout.
@@ -11323,6 +11346,103 @@ mod test {
         recv!(s, time 3040, Ok(mno));
         recv_nothing!(s, time 3040 + 199);
         recv!(s, time 3040 + 200, Ok(mno));
+    }
+
+    #[test]
+    fn test_rtt_from_the_handshake_either_way() {
+        // Active open: the SYN sent at 0, its SYN|ACK at 30 ms.
+        let mut s = socket_syn_sent();
+        assert_eq!(s.rtt(), None);
+        recv!(
+            s,
+            time 0,
+            Ok(TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: None,
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                sack_permitted: true,
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rtt(), None);
+        send!(
+            s,
+            time 30,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: Some(LOCAL_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                window_scale: Some(0),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.rtt(), Some(Duration::from_millis(30)));
+        // Cleared by reset.
+        s.reset();
+        assert_eq!(s.rtt(), None);
+
+        // Passive open: the SYN|ACK sent at 5 ms, the ACK at 45 ms; then
+        // data acknowledged 20 ms after it is sent smooths it (RFC 6298
+        // (2.3): 7/8 * 40 + 1/8 * 20, rounded up).
+        let mut s = socket_listen();
+        send!(
+            s,
+            time 0,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            time 5,
+            Ok(TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: LOCAL_SEQ,
+                ack_number: Some(REMOTE_SEQ + 1),
+                max_seg_size: Some(BASE_MSS),
+                ..RECV_TEMPL
+            })
+        );
+        assert_eq!(s.rtt(), None);
+        send!(
+            s,
+            time 45,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.state, State::Established);
+        assert_eq!(s.rtt(), Some(Duration::from_millis(40)));
+        s.send_slice(b"abc").unwrap();
+        recv!(
+            s,
+            time 50,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abc"[..],
+                ..RECV_TEMPL
+            })
+        );
+        send!(
+            s,
+            time 70,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rtt(), Some(Duration::from_millis(38)));
     }
 
     #[test]
