@@ -217,7 +217,7 @@ if [ $ra = 0 ] && [ $rb = 0 ]; then
         if cmp -s "$MD/f10m" "$MD/chain.down"; then
             pass "chain under 1% loss: 10 MB download through two instances byte-exact ($ms ms)"
         else
-            fail "chain under loss: download" "got $(stat -c %s "$MD/chain.down") of $(stat -c %s "$MD/f10m") B after $ms ms; $(cmp "$MD/f10m" "$MD/chain.down" 2>&1 | head -n1); $(cmp -l "$MD/f10m" "$MD/chain.down" 2>/dev/null | wc -l) bytes differ; socat: '$(tail -n1 "$MD/chain.err")'"
+            fail "chain under 1% loss: download" "got $(stat -c %s "$MD/chain.down") of $(stat -c %s "$MD/f10m") B after $ms ms; $(cmp "$MD/f10m" "$MD/chain.down" 2>&1 | head -n1); $(cmp -l "$MD/f10m" "$MD/chain.down" 2>/dev/null | wc -l) bytes differ; socat: '$(tail -n1 "$MD/chain.err")'"
         fi
         rm -f "$MD/chain.down"
         md_t0=$(now_ms)
