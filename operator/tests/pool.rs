@@ -5,25 +5,11 @@
 #[allow(dead_code)] // the rig's other helpers serve the other files
 mod rig;
 
-use rig::{err, out, Rig};
+use rig::{err, out, spawn_args, Rig};
 use std::time::{Duration, Instant};
 
 fn spawn(r: &Rig, name: &str, ip: &str, more: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "spawn",
-        "--name",
-        name,
-        "--mode",
-        "reverse",
-        "--listen",
-        "80",
-        "--upstream",
-        "10.0.0.1:8080",
-        "--ip",
-        ip,
-    ];
-    a.extend_from_slice(more);
-    r.run(&a)
+    r.run(&spawn_args(name, ip, more))
 }
 
 /// `pool status` until it prints `want`, within 10 s.

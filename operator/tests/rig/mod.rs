@@ -52,19 +52,7 @@ impl Rig {
 
     /// A reverse instance NAME at IP (A.B.C.D/LEN); asserts it was spawned.
     pub fn spawn(&self, name: &str, ip: &str) {
-        let o = self.run(&[
-            "spawn",
-            "--name",
-            name,
-            "--mode",
-            "reverse",
-            "--listen",
-            "80",
-            "--upstream",
-            "10.0.0.1:8080",
-            "--ip",
-            ip,
-        ]);
+        let o = self.run(&spawn_args(name, ip, &[]));
         assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     }
 
@@ -96,4 +84,24 @@ pub fn out(o: &Output) -> String {
 
 pub fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `spawn` of a reverse instance NAME at IP (to the fake upstream
+/// 10.0.0.1:8080), with `more` arguments after.
+pub fn spawn_args<'a>(name: &'a str, ip: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "spawn",
+        "--name",
+        name,
+        "--mode",
+        "reverse",
+        "--listen",
+        "80",
+        "--upstream",
+        "10.0.0.1:8080",
+        "--ip",
+        ip,
+    ];
+    a.extend_from_slice(more);
+    a
 }
