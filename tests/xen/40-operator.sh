@@ -12,7 +12,7 @@ OP_PIDS=()
 
 # Servers on dom0's bridge address: 7000 echo (forks), 7001 an endless stream
 # of zeros to one client (for the busy instance).
-socat -t 60 TCP-LISTEN:7000,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & OP_PIDS+=($!)
+socat -t 30 TCP-LISTEN:7000,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & OP_PIDS+=($!)
 socat -t 5 TCP-LISTEN:7001,bind=10.0.0.1,reuseaddr OPEN:/dev/zero,rdonly & OP_PIDS+=($!)
 sleep 0.5
 
@@ -26,13 +26,12 @@ op_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 # On a mismatch it says how many bytes came back, after how long, what socat
 # said, and what the instance itself counted (so a stall under TCG is told
 # apart from lost data; those lookups are bounded, since a hung xenstored
-# has been seen here). -t 60 as in 30-proxy: dom0 under TCG has been seen
-# frozen ~30 s after 20 parallel spawns, and socat closes at -t.
+# has been seen here).
 op_echo() {
     local f=$OP/in.$1 t0 ms dom
     head -c "$2" /dev/urandom > "$f"
     t0=$(now_ms)
-    timeout 120 socat -t 60 - "TCP:$1:80,connect-timeout=10" < "$f" > "$OP/out.$1" 2> "$OP/err.$1"
+    timeout 60 socat -t 30 - "TCP:$1:80,connect-timeout=10" < "$f" > "$OP/out.$1" 2> "$OP/err.$1"
     ms=$(( $(now_ms) - t0 ))
     cmp -s "$f" "$OP/out.$1" && return 0
     dom=$(timeout 10 "$MP" list 2>/dev/null | awk -v ip="ip=$1/24" '$4 == ip { sub(/^domid=/, "", $2); print $2 }')
