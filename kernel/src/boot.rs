@@ -60,8 +60,12 @@ _start:
     jmp 1b
     .popsection
 
+    /* A guard page (unmapped once we run: an overflow faults instead of
+       overwriting the .data below), then the stack. */
     .pushsection .bss.boot_stack, "aw", @nobits
     .balign 4096
+boot_stack_guard:
+    .skip 4096
 boot_stack:
     .skip 128 * 1024
 boot_stack_top:
@@ -74,8 +78,44 @@ use crate::{boottime, console, crash, events, grant, hypercall, mm, time, traps,
 use crate::{Kernel, MemoryReport, ShutdownReason, StartInfo, XsEvents, XENSTORE_TIMEOUT_NS};
 
 extern "C" {
+    static boot_stack_guard: u8;
     static boot_stack: u8;
     static boot_stack_top: u8;
+}
+
+/// What an unused stack byte holds (see [`paint_stack`]).
+const STACK_PAINT: u8 = 0xA5;
+/// Bytes below the stack pointer left unpainted (the red zone and more).
+const PAINT_MARGIN: usize = 1024;
+
+/// Fill the stack below the current frame with [`STACK_PAINT`], so that
+/// [`stack_peak`] can later tell how deep it went. Once, at entry.
+#[inline(never)]
+fn paint_stack() {
+    let (lo, _) = stack_bounds();
+    let sp: usize;
+    // SAFETY: reads the stack pointer; no memory access.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
+    let end = sp.saturating_sub(PAINT_MARGIN);
+    if end > lo {
+        // SAFETY: [lo, end) is our own stack below every live frame (end is
+        // PAINT_MARGIN below the stack pointer), and nothing else uses it.
+        unsafe { core::ptr::write_bytes(lo as *mut u8, STACK_PAINT, end - lo) };
+    }
+}
+
+/// The deepest the stack has been since boot, in bytes from its top (as far
+/// as painting can tell: a frame that left the paint value in place is not
+/// seen), and its size.
+pub fn stack_peak() -> (usize, usize) {
+    let (lo, hi) = stack_bounds();
+    let mut a = lo;
+    // SAFETY: [lo, hi) is our stack, mapped; bytes below the current frame
+    // are read, never written.
+    while a < hi && unsafe { core::ptr::read_volatile(a as *const u8) } == STACK_PAINT {
+        a += 1;
+    }
+    (hi - a, hi - lo)
 }
 
 /// The boot stack's bounds, for the register dump and the memory report.
@@ -107,6 +147,7 @@ extern "C" {
 /// pointer Xen passed in `%rsi`.
 #[no_mangle]
 unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64) -> ! {
+    paint_stack();
     // SAFETY: `si` is the start_info page Xen passed us (our contract).
     let info = unsafe { StartInfo::read(si) };
     // SAFETY: start_info's p2m list and L4 table, mapped for our lifetime.
@@ -147,6 +188,13 @@ unsafe extern "C" fn kernel_entry(si: *const xen_sys::start_info, entry_tsc: u64
     }
     if let Err(rc) = mm::unmap(0) {
         log::warn!("could not unmap the guard page: {rc}");
+    }
+    // Below the stack: an overflow then faults (and the domain crashes, as
+    // the fault cannot be delivered on that stack) instead of silently
+    // overwriting .data.
+    let guard = core::ptr::addr_of!(boot_stack_guard) as usize;
+    if let Err(rc) = mm::unmap(guard) {
+        log::warn!("could not unmap the stack's guard page: {rc}");
     }
 
     // Free memory: everything after our image and the pages Xen placed after

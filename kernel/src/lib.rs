@@ -146,6 +146,8 @@ impl Kernel {
 
     /// Stop the domain, after letting the console drain.
     pub fn shutdown(&self, reason: ShutdownReason) -> ! {
+        let (peak, size) = stack_peak();
+        println!("miniproxy: stack: deepest {peak} of {size} bytes");
         console::flush(1_000_000_000);
         events::shutdown(reason)
     }
@@ -155,6 +157,14 @@ impl Kernel {
 pub fn heap_usage() -> (usize, usize) {
     #[cfg(not(any(test, feature = "hosted")))]
     return HEAP.stats();
+    #[cfg(any(test, feature = "hosted"))]
+    return (0, 0);
+}
+
+/// The boot stack's deepest use and size in bytes ((0, 0) in host tests).
+pub fn stack_peak() -> (usize, usize) {
+    #[cfg(not(any(test, feature = "hosted")))]
+    return boot::stack_peak();
     #[cfg(any(test, feature = "hosted"))]
     return (0, 0);
 }
