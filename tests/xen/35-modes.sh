@@ -193,7 +193,7 @@ wait $pb; rb=$?; wait $pa; ra=$?
 cat "$MD/a.out" "$MD/b.out"
 if [ $ra = 0 ] && [ $rb = 0 ]; then
     pass "chain: md-a and md-b spawned together"
-    for md_i in $(seq 1 "${MD_CHAIN_N:-3}"); do
+    for _ in $(seq 1 "${MD_CHAIN_N:-3}"); do
         md_t0=$(now_ms)
         timeout 120 socat -u TCP:10.0.0.3:80,connect-timeout=10 - > "$MD/chain.down" 2>"$MD/chain.err"
         ms=$(( $(now_ms) - md_t0 ))
