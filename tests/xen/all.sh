@@ -27,6 +27,16 @@ if [ -z "${XEN_ALL_INNER:-}" ]; then
                 echo "== stall: nothing logged for ${idle}s; processes (pid ppid state age wchan args):"
                 ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
                 echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
+                # A process running (R) for over a minute: where it spins, in
+                # the kernel (its stack, its syscall) or in user space (its
+                # instruction pointer from a backtrace of the running CPU).
+                for pid in $(ps -eo pid=,stat=,etimes= | awk '$2 ~ /^R/ && $3 > 60 { print $1 }'); do
+                    [ "$pid" = "$$" ] && continue
+                    echo "== stall: pid $pid running for $(ps -o etimes= -p "$pid")s: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
+                    echo "   syscall: $(cat "/proc/$pid/syscall" 2>/dev/null); minflt/majflt: $(awk '{ print $10 "/" $12 }' "/proc/$pid/stat" 2>/dev/null)"
+                    sed 's/^/   stack: /' "/proc/$pid/stack" 2>/dev/null | head -n 12
+                done
+                echo l > /proc/sysrq-trigger 2>/dev/null && dmesg | tail -n 40 | sed 's/^/   sysrq-l: /'
                 n=$((n + 1)); : > /tmp/xen-tests.alive
             fi
         done
