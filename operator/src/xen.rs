@@ -2,6 +2,7 @@
 //! retry rules they need: xl's rare abort at exit (rc 134, after the work)
 //! counts as success, and a xenstore mid-change is asked again.
 
+use crate::xenstore::{Xs, NO_TX};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,9 +118,20 @@ pub fn xl_state(id: u32) -> Option<String> {
         .map(String::from)
 }
 
-/// xenstore-read of one or more paths: one value per path, or None if any
-/// is missing.
+/// One or more paths' values, or None if any is missing: asked of
+/// xenstored itself (crate::xenstore), or with xenstore-read if that
+/// cannot be reached or fails.
 pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
+    if let Ok(mut xs) = Xs::open() {
+        let got: Result<Option<Vec<String>>, _> = paths
+            .iter()
+            .map(|p| xs.read(NO_TX, p))
+            .collect::<Result<Vec<Option<String>>, _>>()
+            .map(|v| v.into_iter().collect());
+        if let Ok(values) = got {
+            return values;
+        }
+    }
     match run("xenstore-read", paths) {
         (Some(0), out) => {
             let mut v: Vec<String> = out.lines().map(String::from).collect();
@@ -136,12 +148,23 @@ pub fn read(path: &str) -> Option<String> {
 }
 
 pub fn write(path: &str, value: &str) -> bool {
+    if let Ok(mut xs) = Xs::open() {
+        if xs.write(NO_TX, path, value).is_ok() {
+            return true;
+        }
+    }
     run("xenstore-write", &[path, value]).0 == Some(0)
 }
 
-/// NAME's domid from xenstore (two small processes instead of an xl); asks
-/// xl when xenstore is mid-change (a domain without a name yet).
+/// NAME's domid from xenstore: asked of xenstored itself, else with two
+/// small processes (instead of an xl); asks xl when xenstore is mid-change
+/// (a domain without a name yet).
 pub fn domid_of(name: &str) -> Option<u32> {
+    if let Ok(mut xs) = Xs::open() {
+        if let Ok(id) = crate::xenstore::domid_of(&mut xs, NO_TX, name) {
+            return id;
+        }
+    }
     let (rc, out) = run("xenstore-list", &["/local/domain"]);
     let ids: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
     if rc != Some(0) || ids.is_empty() {
@@ -190,53 +213,6 @@ pub fn wait_event(path: &str, wait: Duration) {
                 return;
             }
         }
-    }
-}
-
-/// Start `argv` without waiting (its output thrown away): run alongside
-/// other work, then [`finish`].
-pub fn start(argv: &[&str]) -> Option<std::process::Child> {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
-/// Wait for a command [`start`] started: whether it succeeded (rc 134,
-/// xl's abort at exit after the work, counts as success).
-pub fn finish(child: Option<std::process::Child>) -> bool {
-    child
-        .and_then(|mut c| c.wait().ok())
-        .is_some_and(|s| matches!(s.code(), Some(0) | Some(134)))
-}
-
-/// A `xenstore-watch -n 2 PATH` whose watch is in place: its first event
-/// (the one xenstored sends when a watch is set) has been read. It exits at
-/// the second event, the node written. `None` if it did not start or said
-/// nothing (the caller then polls).
-pub fn watch_registered(path: &str) -> Option<std::process::Child> {
-    use std::io::BufRead;
-    let mut child = Command::new("xenstore-watch")
-        .args(["-n", "2", path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut first = String::new();
-    let got = child
-        .stdout
-        .take()
-        .map(|out| std::io::BufReader::new(out).read_line(&mut first));
-    if matches!(got, Some(Ok(n)) if n > 0) {
-        Some(child)
-    } else {
-        let _ = child.kill();
-        let _ = child.wait();
-        None
     }
 }
 

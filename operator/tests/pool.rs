@@ -65,12 +65,22 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         "{line}"
     );
     let calls = r.xl_calls();
-    assert!(calls.contains("xl rename mp-pool-1 a\n"), "{calls}");
+    // Renamed as `xl rename` does it (libxl: both name nodes, in the
+    // transaction that also writes the key), without running xl.
+    assert!(
+        calls.contains(
+            "xenstore-write /local/domain/1/name a\nxenstore-write /vm/00000000-0000-0000-0000-000000000001/name a\n"
+        ) && !calls.contains("xl rename"),
+        "{calls}"
+    );
+    let xs = |p: &str| std::fs::read_to_string(r.dir.join("xs").join(p)).unwrap();
+    assert_eq!(xs("local/domain/1/name"), "a");
+    assert_eq!(xs("vm/00000000-0000-0000-0000-000000000001/name"), "a");
     assert!(
         calls.contains("xenstore-chmod /local/domain/1/miniproxy/config n0 r1\n"),
         "{calls}"
     );
-    let key = std::fs::read_to_string(r.dir.join("xs/local/domain/1/miniproxy/config")).unwrap();
+    let key = xs("local/domain/1/miniproxy/config");
     assert_eq!(
         key,
         "ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 rx_bufs=32 max_conns=64"
