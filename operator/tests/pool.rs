@@ -130,3 +130,34 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
     assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
     assert_eq!(r.xl_calls().matches("xl create").count(), 6);
 }
+
+#[test]
+fn a_member_that_refuses_its_configuration_is_destroyed_and_replaced() {
+    let r = Rig::new("pool-fatal");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    // The fake guest prints a fatal line instead of getting ready.
+    std::fs::write(r.dir.join("xs/.pool-fatal"), "").unwrap();
+    let t0 = Instant::now();
+    let o = spawn(
+        &r,
+        "a",
+        "10.0.0.5/24",
+        &["--memory", "4", "--timeout", "30"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("a (pool member mp-pool-1, domain 1): the guest stopped with a fatal error; destroying it")
+            && e.contains("  | miniproxy: fatal: pool: miniproxy/config: refused"),
+        "{e}"
+    );
+    // Found by the once-a-second look at the console, not the --timeout.
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(r.xl_calls().contains("xl destroy 1\n"), "{}", r.xl_calls());
+    assert!(!r.dir.join("run/a.cfg").exists());
+    std::fs::remove_file(r.dir.join("xs/.pool-fatal")).unwrap();
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    assert_eq!(r.xl_calls().matches("xl create").count(), 2);
+}
