@@ -125,7 +125,9 @@ pub fn warm(
         guest_us,
         "warm",
     );
+    env.trace("printed");
     pool::refill_in_background(env);
+    env.trace("refill started");
     Ok(Some(Ok(())))
 }
 
