@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-pub trait Link {
+pub trait Link: Send {
     fn send(&mut self, msg: &[u8]) -> io::Result<()>;
     /// Some bytes into `buf` (Ok(0): the other end closed), or an error of
     /// kind TimedOut if none came by `deadline`.
