@@ -319,16 +319,6 @@ impl Xs {
         self.acked(wire::XS_WATCH, NO_TX, &wire::strings(&[path, token]), &what)
     }
 
-    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        let what = format!("unwatch {path}");
-        self.acked(
-            wire::XS_UNWATCH,
-            NO_TX,
-            &wire::strings(&[path, token]),
-            &what,
-        )
-    }
-
     /// The path of the next event of TOKEN's watch; `None` if none came by
     /// `until`.
     pub fn wait_watch(&mut self, token: &str, until: Instant) -> Result<Option<String>, XsError> {

@@ -195,10 +195,6 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                     &wire::strings(&[&path, &parts[1]]),
                 );
             }
-            wire::XS_UNWATCH => {
-                st.watches.retain(|(w, t)| !(w == &path && t == &parts[1]));
-                ok(&mut s);
-            }
             wire::XS_TRANSACTION_START => {
                 st.next_tx += 1;
                 let id = st.next_tx;
