@@ -73,6 +73,15 @@ impl Env {
         self.t0.elapsed().as_millis() as u64
     }
 
+    /// With MINIPROXY_TRACE set, once: how long the process ran before this
+    /// clock started (exec, loading; 10 ms resolution), from /proc.
+    pub fn trace_start(&self) {
+        if self.trace {
+            let age = process_age_ms().map_or("?".into(), |ms| ms.to_string());
+            self.trace(&format!("this process started {age} ms before +0"));
+        }
+    }
+
     /// With MINIPROXY_TRACE set: the time since the command started, on stderr.
     pub fn trace(&self, what: &str) {
         if self.trace {
@@ -116,6 +125,19 @@ impl Env {
     pub fn console_file(&self, name: &str) -> PathBuf {
         self.console_dir.join(format!("guest-{name}.log"))
     }
+}
+
+/// Milliseconds since this process started: /proc/uptime less the start
+/// time in /proc/self/stat (field 22, clock ticks: 100 a second on Linux).
+fn process_age_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let up_s: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let up_ms = (up_s * 1000.0) as u64;
+    Some(up_ms.saturating_sub(ticks * 10))
 }
 
 /// MINIPROXY_PARALLEL: spawns creating and booting, or stops, at once

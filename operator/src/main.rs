@@ -18,6 +18,7 @@ mod stats;
 mod stop;
 mod warm;
 mod xen;
+mod xenstore;
 
 use std::process::ExitCode;
 

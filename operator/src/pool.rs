@@ -47,10 +47,11 @@ boot-time keys (rx_bufs, tx_bufs, offload: netfront is up before the
 configuration arrives); otherwise, or with an empty pool, it creates a
 domain as always (how=cold). --via libvirt is always cold. The
 configuration goes to /local/domain/ID/miniproxy/config (written by dom0,
-read-only for the guest: xenstore-chmod n0 rID); it is the same line as
+read-only for the guest: permissions n0 rID); it is the same line as
 extra= and checked by the same parser, but it does not pass through Xen's
 command line, so the 1022-byte limit does not apply (xenstore's 4 KiB does).
-The member is renamed (xl rename) to the spawn's --name. 'stop --all' and
+In the same xenstore transaction the member is renamed to the spawn's
+--name as xl rename does. 'stop --all' and
 'list' leave the pool alone: 'pool drain' empties it.
 ";
 

@@ -164,6 +164,7 @@ pub(crate) fn utc_now() -> String {
 
 pub fn run(argv: &[String]) -> Outcome {
     let env = Env::load();
+    env.trace_start();
     let Some(s) = args::parse_spawn(argv)? else {
         print!("{}", usage());
         return Ok(());

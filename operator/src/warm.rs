@@ -7,15 +7,15 @@ use crate::env::Env;
 use crate::render::{self, Values};
 use crate::spawn::{
     console_since, console_size, destroy, forget, ip_in_use, print_spawned, records, utc_now,
-    wait_ready,
 };
+use crate::xenstore::{self, Xs, NO_TX};
 use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The warm path: take a waiting pool member (under the global lock, with
-/// the same address check as a cold spawn), write its configuration key,
-/// rename it to NAME meanwhile, wait for ready. `None`: no member fits (the
+/// the same address check as a cold spawn), write its configuration key
+/// and rename it to NAME (one xenstore transaction), wait for ready. `None`: no member fits (the
 /// caller goes cold). The pool refills in the background.
 pub fn warm(
     env: &Env,
@@ -30,6 +30,14 @@ pub fn warm(
     }
     let cfg = proxy::config::Config::parse(&s.cfgline)
         .or_else(|e| fail(format!("the configuration does not parse: {e}")))?;
+    // The hand-over talks to xenstored itself; without it, go cold.
+    let mut xs = match Xs::open() {
+        Ok(xs) => xs,
+        Err(e) => {
+            env.trace(&format!("{e}: no warm spawn"));
+            return Ok(None);
+        }
+    };
     let w0 = env.ms();
     let global = env.path(".lock");
     let taken = {
@@ -71,71 +79,43 @@ pub fn warm(
     let deadline_ms = env.ms() + s.timeout_ms;
     let con0 = console_size(env, member);
     let h0 = env.ms();
-    let key = format!("/local/domain/{id}/miniproxy/config");
-    // Watching data/ready before the guest can write it: its event ends
-    // the wait without polling (each xenstore-read is a process).
-    let ready_key = format!("/local/domain/{id}/data/ready");
-    let watch = xen::watch_registered(&ready_key);
-    env.trace("watching data/ready");
-    let handed = xen::write(&key, &s.cfgline);
-    env.trace("configuration written");
-    // The rename and the permissions while the guest gets to work: the
-    // node already is dom0's and read-only for the guest (it inherits the
-    // domain home's permissions); chmod says so explicitly.
-    let rename = xen::start(&["xl", "rename", member, name]);
-    let chmod = xen::start(&["xenstore-chmod", &key, "n0", &format!("r{id}")]);
+    let home = format!("/local/domain/{id}");
+    let handed = hand_over(env, &mut xs, s, id, member);
     let handoff_ms = env.ms() - h0;
-    let xs = format!("/local/domain/{id}");
-    let keys = [
-        ready_key.clone(),
-        format!("{xs}/data/pool"),
-        format!("{xs}/data/ip"),
-    ];
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    // ready, data/pool and data/ip, in one process once ready is there.
-    let mut after: Option<Vec<String>> = None;
-    let ready = if handed {
-        await_watch(env, watch, &ready_key, member, con0, deadline_ms);
-        env.trace("the ready watch fired");
-        after = xen::read_all(&key_refs);
-        match &after {
-            Some(v) => Ok(v[0].clone()),
-            None => wait_ready(env, s, member, id, con0, deadline_ms),
-        }
-    } else {
-        Err(format!("cannot write {key}"))
-    };
-    env.trace("ready");
-    let renamed = xen::finish(rename);
-    env.trace(&format!("renamed: {renamed}"));
-    let _ = xen::finish(chmod);
-    let result = match (ready, renamed) {
-        (Ok(_), true) => Ok(()),
-        (Ok(_), false) => Err(format!("xl rename {member} {name} failed")),
-        (Err(why), _) => Err(why),
-    };
-    if let Err(why) = result {
-        eprintln!(
-            "miniproxy spawn: {name} (pool member {member}, domain {id}): {why}; destroying it. Its console:"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        for l in console_since(env, member, con0, 20).lines() {
-            eprintln!("  | {l}");
-        }
-        destroy(env, name, &id.to_string());
-        forget(env, name);
-        pool::refill_in_background(env);
-        return Ok(Some(Err(Failure::Reported)));
-    }
-    let after = after.unwrap_or_else(|| {
-        let read = |k: &str| xen::read(k).unwrap_or_default();
-        vec![String::new(), read(key_refs[1]), read(key_refs[2])]
+    let ready = handed.and_then(|()| {
+        let r = await_ready(env, &mut xs, s, id, (member, con0), deadline_ms);
+        env.trace("ready");
+        r
     });
+    // data/pool and data/ip, once ready is there.
+    let after = ready.and_then(|_| {
+        let pool = xs.read(NO_TX, &format!("{home}/data/pool"))?;
+        let ip = xs.read(NO_TX, &format!("{home}/data/ip"))?;
+        // No unwatch: xenstored drops the watch with the connection, at
+        // exit, and a request costs ~10 ms while the guest starts serving.
+        Ok((pool.unwrap_or_default(), ip.unwrap_or_default()))
+    });
+    let (pool_said, ip) = match after {
+        Ok(v) => v,
+        Err(why) => {
+            eprintln!(
+                "miniproxy spawn: {name} (pool member {member}, domain {id}): {why}; destroying it. Its console:"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            for l in console_since(env, member, con0, 20).lines() {
+                eprintln!("  | {l}");
+            }
+            destroy(env, name, &id.to_string());
+            forget(env, name);
+            pool::refill_in_background(env);
+            return Ok(Some(Err(Failure::Reported)));
+        }
+    };
     // The member's own time from its configuration to ready.
-    let guest_us = after[1]
+    let guest_us = pool_said
         .strip_prefix("taken us=")
         .and_then(|v| v.trim().parse().ok());
-    let addr = Some(after[2].clone()).filter(|a| !a.is_empty());
+    let addr = Some(ip).filter(|a| !a.is_empty());
     print_spawned(
         env,
         s,
@@ -145,41 +125,80 @@ pub fn warm(
         guest_us,
         "warm",
     );
+    env.trace("printed");
     pool::refill_in_background(env);
+    env.trace("refill started");
     Ok(Some(Ok(())))
 }
 
-/// Until the `xenstore-watch` child `watch` exits (its second event: the
-/// watched node written), the guest prints a fatal line on `console`'s log,
-/// `key` is there (looked at once a second, should an event be lost) or
-/// the deadline; the caller then reads what happened.
-fn await_watch(
+/// The token of the data/ready watch.
+const READY_TOKEN: &str = "miniproxy-ready";
+
+/// Watch the member's data/ready (before the guest can write it: its event
+/// ends the wait without polling), then in one transaction write its
+/// configuration key (dom0's, read-only for the guest: "n0 rID") and
+/// rename it from MEMBER to the spawn's name as `xl rename` does. All on
+/// one xenstored connection: no process.
+fn hand_over(env: &Env, xs: &mut Xs, s: &Spawn, id: u32, member: &str) -> Result<(), String> {
+    let home = format!("/local/domain/{id}");
+    xs.watch(&format!("{home}/data/ready"), READY_TOKEN)?;
+    env.trace("watching data/ready");
+    let key = format!("{home}/miniproxy/config");
+    let reader = format!("r{id}");
+    xs.transaction(5, |xs, tx| -> Result<(), String> {
+        xs.write(tx, &key, &s.cfgline)?;
+        xs.set_perms(tx, &key, &["n0", &reader])?;
+        xenstore::rename(xs, tx, id, member, &s.name)
+    })
+    .map_err(|why| format!("handing over the configuration: {why}"))?;
+    env.trace(&format!("configuration written, renamed to {}", s.name));
+    Ok(())
+}
+
+/// Until data/ready is there (its value), the guest prints a fatal line on
+/// its console (`console`: the log's name and the size it had before), the
+/// domain goes or crashes, or the deadline. Besides each watch event,
+/// ready is read once a second should an event be lost.
+fn await_ready(
     env: &Env,
-    watch: Option<std::process::Child>,
-    key: &str,
-    console: &str,
-    con0: u64,
+    xs: &mut Xs,
+    s: &Spawn,
+    id: u32,
+    (console, con0): (&str, u64),
     deadline_ms: u64,
-) {
-    let Some(mut child) = watch else {
-        return;
-    };
-    let mut next_look = env.ms() + 1000;
-    while let Ok(None) = child.try_wait() {
-        let now = env.ms();
-        if now >= deadline_ms {
-            break;
-        }
-        if now >= next_look {
-            next_look = now + 1000;
-            if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:")
-                || xen::read(key).is_some()
-            {
-                break;
+) -> Result<String, String> {
+    let home = format!("/local/domain/{id}");
+    let ready_key = format!("{home}/data/ready");
+    for tick in 1u64.. {
+        let left = deadline_ms.saturating_sub(env.ms());
+        let until = Instant::now() + Duration::from_millis(left.min(1000));
+        // The event xenstored sends when the watch is set comes first: each
+        // event is only a reason to look.
+        while let Some(_path) = xs.wait_watch(READY_TOKEN, until)? {
+            if let Some(v) = xs.read(NO_TX, &ready_key)? {
+                env.trace("the ready watch fired");
+                return Ok(v);
             }
         }
-        std::thread::sleep(Duration::from_millis(5));
+        if let Some(v) = xs.read(NO_TX, &ready_key)? {
+            return Ok(v);
+        }
+        if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:") {
+            return Err("the guest stopped with a fatal error".into());
+        }
+        if xs.read(NO_TX, &format!("{home}/name"))?.is_none() {
+            return Err("the domain went away".into());
+        }
+        if tick % 5 == 0 {
+            // A backstop for a crash that printed nothing (an xl process).
+            let state = xen::xl_state(id).unwrap_or_default();
+            if state.contains(['c', 's']) {
+                return Err(format!("the domain crashed or shut down ({state})"));
+            }
+        }
+        if env.ms() >= deadline_ms {
+            return Err(format!("not ready after {} s", s.timeout_text));
+        }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    unreachable!("the loop returns")
 }

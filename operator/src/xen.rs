@@ -2,7 +2,9 @@
 //! retry rules they need: xl's rare abort at exit (rc 134, after the work)
 //! counts as success, and a xenstore mid-change is asked again.
 
+use crate::xenstore::{Xs, XsError, NO_TX};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Run `prog args`; its exit code (None: killed or not started) and stdout.
@@ -117,9 +119,40 @@ pub fn xl_state(id: u32) -> Option<String> {
         .map(String::from)
 }
 
-/// xenstore-read of one or more paths: one value per path, or None if any
-/// is missing.
+/// `f` on this process's one connection to xenstored (made at first use,
+/// made again after an error broke it); `None` if xenstored cannot be
+/// reached or `f` failed: the caller then runs the xenstore-* command.
+/// One connection, not one per call: over the xenbus device each keeps a
+/// reader thread until the process ends.
+fn with_xenstored<T>(f: impl FnOnce(&mut Xs) -> Result<T, XsError>) -> Option<T> {
+    static CONN: Mutex<Option<Xs>> = Mutex::new(None);
+    let mut conn = CONN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if conn.is_none() {
+        *conn = Xs::open().ok();
+    }
+    match f(conn.as_mut()?) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if !matches!(e, XsError::Refused { .. }) {
+                *conn = None;
+            }
+            None
+        }
+    }
+}
+
+/// One or more paths' values, or None if any is missing: asked of
+/// xenstored itself (crate::xenstore), or with xenstore-read if that
+/// cannot be reached or fails.
 pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
+    let direct = with_xenstored(|xs| {
+        let values: Result<Vec<Option<String>>, _> =
+            paths.iter().map(|p| xs.read(NO_TX, p)).collect();
+        values.map(|v| v.into_iter().collect::<Option<Vec<String>>>())
+    });
+    if let Some(values) = direct {
+        return values;
+    }
     match run("xenstore-read", paths) {
         (Some(0), out) => {
             let mut v: Vec<String> = out.lines().map(String::from).collect();
@@ -136,12 +169,19 @@ pub fn read(path: &str) -> Option<String> {
 }
 
 pub fn write(path: &str, value: &str) -> bool {
+    if with_xenstored(|xs| xs.write(NO_TX, path, value)).is_some() {
+        return true;
+    }
     run("xenstore-write", &[path, value]).0 == Some(0)
 }
 
-/// NAME's domid from xenstore (two small processes instead of an xl); asks
-/// xl when xenstore is mid-change (a domain without a name yet).
+/// NAME's domid from xenstore: asked of xenstored itself, else with two
+/// small processes (instead of an xl); asks xl when xenstore is mid-change
+/// (a domain without a name yet).
 pub fn domid_of(name: &str) -> Option<u32> {
+    if let Some(id) = with_xenstored(|xs| crate::xenstore::domid_of(xs, NO_TX, name)) {
+        return id;
+    }
     let (rc, out) = run("xenstore-list", &["/local/domain"]);
     let ids: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
     if rc != Some(0) || ids.is_empty() {
@@ -193,53 +233,6 @@ pub fn wait_event(path: &str, wait: Duration) {
     }
 }
 
-/// Start `argv` without waiting (its output thrown away): run alongside
-/// other work, then [`finish`].
-pub fn start(argv: &[&str]) -> Option<std::process::Child> {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
-/// Wait for a command [`start`] started: whether it succeeded (rc 134,
-/// xl's abort at exit after the work, counts as success).
-pub fn finish(child: Option<std::process::Child>) -> bool {
-    child
-        .and_then(|mut c| c.wait().ok())
-        .is_some_and(|s| matches!(s.code(), Some(0) | Some(134)))
-}
-
-/// A `xenstore-watch -n 2 PATH` whose watch is in place: its first event
-/// (the one xenstored sends when a watch is set) has been read. It exits at
-/// the second event, the node written. `None` if it did not start or said
-/// nothing (the caller then polls).
-pub fn watch_registered(path: &str) -> Option<std::process::Child> {
-    use std::io::BufRead;
-    let mut child = Command::new("xenstore-watch")
-        .args(["-n", "2", path])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut first = String::new();
-    let got = child
-        .stdout
-        .take()
-        .map(|out| std::io::BufReader::new(out).read_line(&mut first));
-    if matches!(got, Some(Ok(n)) if n > 0) {
-        Some(child)
-    } else {
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +241,50 @@ mod tests {
         let p = std::env::temp_dir().join(format!("mp-{test}-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    /// The one shared xenstored connection: used again while it works,
+    /// dropped when it breaks (that call falls back to the xenstore-read
+    /// process, absent here), made again at the next call.
+    #[test]
+    fn the_shared_xenstored_connection_is_reused_and_remade_after_a_break() {
+        use crate::xenstore::wire;
+        use std::io::{Read, Write};
+        let sock = std::env::temp_dir().join(format!("mp-xenstored-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        // Answer `reads` reads with "v", then close.
+        fn answer(mut s: std::os::unix::net::UnixStream, reads: usize) {
+            for _ in 0..reads {
+                let mut h = [0u8; 16];
+                if s.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let len = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+                let mut p = vec![0u8; len];
+                s.read_exact(&mut p).unwrap();
+                let req = u32::from_le_bytes(h[4..8].try_into().unwrap());
+                s.write_all(&wire::encode(wire::XS_READ, req, 0, b"v").unwrap())
+                    .unwrap();
+            }
+        }
+        let server = std::thread::spawn(move || {
+            let (first, _) = listener.accept().unwrap();
+            answer(first, 2);
+            let (second, _) = listener.accept().unwrap();
+            answer(second, 1);
+        });
+        // (The host has no xenstore-read for the fallback; PATH is left
+        // alone: the other tests run commands meanwhile.)
+        std::env::set_var("XENSTORED_PATH", &sock);
+        assert_eq!(read_all(&["/a", "/b"]), Some(vec!["v".into(), "v".into()]));
+        // The first connection is closed now: this read fails over to
+        // xenstore-read (not on PATH)...
+        assert_eq!(read("/c"), None);
+        // ...and the next one connects again.
+        assert_eq!(read("/d").as_deref(), Some("v"));
+        server.join().unwrap();
+        let _ = std::fs::remove_file(&sock);
     }
 
     #[test]

@@ -36,6 +36,9 @@ impl Rig {
             )
             .env("FAKE_XS", self.dir.join("xs"))
             .env("FAKE_LOG", self.dir.join("log"))
+            // No xenstored to talk to (never a real one): these tests
+            // drive the fake xenstore-* processes, the tool's fallback.
+            .env("XENSTORED_PATH", self.dir.join("no-xenstored.sock"))
             .env("MINIPROXY_RUN_DIR", self.dir.join("run"))
             .env("MINIPROXY_CONSOLE_DIR", self.dir.join("console"))
             .env("MINIPROXY_KERNEL", self.dir.join("kernel"))

@@ -65,12 +65,22 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         "{line}"
     );
     let calls = r.xl_calls();
-    assert!(calls.contains("xl rename mp-pool-1 a\n"), "{calls}");
+    // Renamed as `xl rename` does it (libxl: both name nodes, in the
+    // transaction that also writes the key), without running xl.
+    assert!(
+        calls.contains(
+            "xenstore-write /local/domain/1/name a\nxenstore-write /vm/00000000-0000-0000-0000-000000000001/name a\n"
+        ) && !calls.contains("xl rename"),
+        "{calls}"
+    );
+    let xs = |p: &str| std::fs::read_to_string(r.dir.join("xs").join(p)).unwrap();
+    assert_eq!(xs("local/domain/1/name"), "a");
+    assert_eq!(xs("vm/00000000-0000-0000-0000-000000000001/name"), "a");
     assert!(
         calls.contains("xenstore-chmod /local/domain/1/miniproxy/config n0 r1\n"),
         "{calls}"
     );
-    let key = std::fs::read_to_string(r.dir.join("xs/local/domain/1/miniproxy/config")).unwrap();
+    let key = xs("local/domain/1/miniproxy/config");
     assert_eq!(
         key,
         "ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 rx_bufs=32 max_conns=64"
@@ -119,4 +129,35 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
     let o = spawn(&r, "e", "10.0.0.8/24", &["--memory", "4"]);
     assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
     assert_eq!(r.xl_calls().matches("xl create").count(), 6);
+}
+
+#[test]
+fn a_member_that_refuses_its_configuration_is_destroyed_and_replaced() {
+    let r = Rig::new("pool-fatal");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    // The fake guest prints a fatal line instead of getting ready.
+    std::fs::write(r.dir.join("xs/.pool-fatal"), "").unwrap();
+    let t0 = Instant::now();
+    let o = spawn(
+        &r,
+        "a",
+        "10.0.0.5/24",
+        &["--memory", "4", "--timeout", "30"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("a (pool member mp-pool-1, domain 1): the guest stopped with a fatal error; destroying it")
+            && e.contains("  | miniproxy: fatal: pool: miniproxy/config: refused"),
+        "{e}"
+    );
+    // Found by the once-a-second look at the console, not the --timeout.
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(r.xl_calls().contains("xl destroy 1\n"), "{}", r.xl_calls());
+    assert!(!r.dir.join("run/a.cfg").exists());
+    std::fs::remove_file(r.dir.join("xs/.pool-fatal")).unwrap();
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    assert_eq!(r.xl_calls().matches("xl create").count(), 2);
 }

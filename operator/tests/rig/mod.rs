@@ -2,6 +2,8 @@
 //! call it): the fake `xl` and `xenstore-*` of tests/fakexen/ first on PATH,
 //! their xenstore, the tool's run and console directories in a temp dir.
 
+mod xenstored;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -19,26 +21,18 @@ impl Rig {
         std::fs::write(dir.join("xs/local/domain/0/name"), "Domain-0").unwrap();
         std::fs::write(dir.join("kernel"), "ELF").unwrap();
         std::fs::write(dir.join("log"), "").unwrap();
+        // The tool talks to xenstored itself: the fake one serves xs/.
+        let d = dir.clone();
+        xenstored::start(dir.join("xenstored.sock"), dir.join("xs"), move |p| {
+            fake_dom0(&d, p)
+        });
         Rig { dir }
     }
 
     /// `program` in the fake dom0's environment.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakexen");
-        let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
-        let mut c = Command::new(program);
-        c.env(
-            "PATH",
-            format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("FAKE_XS", self.dir.join("xs"))
-        .env("FAKE_LOG", self.dir.join("log"))
-        .env("MINIPROXY_RUN_DIR", self.dir.join("run"))
-        .env("MINIPROXY_CONSOLE_DIR", self.dir.join("console"))
-        .env("MINIPROXY_KERNEL", self.dir.join("kernel"))
-        .env("MINIPROXY_TEMPLATE", template)
-        .env("MINIPROXY_VIF_SCRIPT", "vif-bridge")
-        .env_remove("MINIPROXY_PARALLEL");
+        let mut c = fake_dom0(&self.dir, program);
+        c.env("XENSTORED_PATH", self.dir.join("xenstored.sock"));
         c
     }
 
@@ -76,6 +70,26 @@ impl Drop for Rig {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `program` with the fake scripts first on PATH and their settings.
+fn fake_dom0(dir: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakexen");
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
+    let mut c = Command::new(program);
+    c.env(
+        "PATH",
+        format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
+    )
+    .env("FAKE_XS", dir.join("xs"))
+    .env("FAKE_LOG", dir.join("log"))
+    .env("MINIPROXY_RUN_DIR", dir.join("run"))
+    .env("MINIPROXY_CONSOLE_DIR", dir.join("console"))
+    .env("MINIPROXY_KERNEL", dir.join("kernel"))
+    .env("MINIPROXY_TEMPLATE", template)
+    .env("MINIPROXY_VIF_SCRIPT", "vif-bridge")
+    .env_remove("MINIPROXY_PARALLEL");
+    c
 }
 
 pub fn out(o: &Output) -> String {

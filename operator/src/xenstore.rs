@@ -1,0 +1,381 @@
+//! A xenstore client that talks to xenstored itself (its unix socket, or
+//! the xenbus device: the same protocol) instead of running `xenstore-*`
+//! and `xl` processes: under TCG each process costs tens to hundreds of
+//! milliseconds, a request on an open connection about one. One request at
+//! a time; every wait has a deadline, and a reply that is short, too long,
+//! out of order or not what was asked is an error ([`XsError`]), never a
+//! hang or a panic. After a protocol error or a timeout mid-message the
+//! connection is unusable and says so.
+
+mod domain;
+mod link;
+pub mod wire;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use domain::{domid_of, rename};
+
+use link::Link;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+use wire::{Header, HEADER_LEN};
+
+/// Where dom0's xenstored listens (XEN_RUN_STORED/socket), then the device
+/// the kernel relays the same messages through.
+const SOCKETS: [&str; 2] = ["/run/xenstored/socket", "/var/run/xenstored/socket"];
+const DEVICE: &str = "/dev/xen/xenbus";
+
+/// How long one request may wait for its reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A transaction's id (0 is "none").
+pub type Tx = u32;
+pub const NO_TX: Tx = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XsError {
+    /// xenstored refused a request: `err` is its errno name (ENOENT, EAGAIN...).
+    Refused { what: String, err: String },
+    /// No connection, or it broke or timed out.
+    Io(String),
+    /// xenstored sent something that is not a reply to what was asked.
+    Protocol(String),
+}
+
+impl XsError {
+    pub fn is(&self, errno: &str) -> bool {
+        matches!(self, XsError::Refused { err, .. } if err == errno)
+    }
+}
+
+impl fmt::Display for XsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            XsError::Refused { what, err } => write!(f, "xenstore {what}: {err}"),
+            XsError::Io(why) => write!(f, "xenstore: {why}"),
+            XsError::Protocol(why) => write!(f, "xenstore: bad reply: {why}"),
+        }
+    }
+}
+
+impl From<wire::WireError> for XsError {
+    fn from(e: wire::WireError) -> XsError {
+        XsError::Protocol(e.to_string())
+    }
+}
+
+/// One connection to xenstored.
+pub struct Xs {
+    link: Box<dyn Link>,
+    next_req: u32,
+    /// Watch events that arrived while a reply was awaited: (path, token).
+    events: VecDeque<(String, String)>,
+    timeout: Duration,
+    /// Why the connection can no longer be used.
+    broken: Option<String>,
+}
+
+impl Xs {
+    /// Connect to dom0's xenstored: XENSTORED_PATH (as libxenstore reads
+    /// it: a socket, or the device) if set, else its usual places.
+    pub fn open() -> Result<Xs, XsError> {
+        if let Some(p) = std::env::var_os("XENSTORED_PATH").filter(|p| !p.is_empty()) {
+            let p = std::path::PathBuf::from(p);
+            return match std::os::unix::net::UnixStream::connect(&p) {
+                Ok(sock) => Ok(Xs::over(Box::new(sock), REPLY_TIMEOUT)),
+                Err(_) if p.to_str() == Some(DEVICE) => link::Device::open(DEVICE)
+                    .map(|d| Xs::over(Box::new(d), REPLY_TIMEOUT))
+                    .map_err(|e| XsError::Io(format!("cannot open {DEVICE}: {e}"))),
+                Err(e) => Err(XsError::Io(format!(
+                    "cannot reach xenstored at {} (XENSTORED_PATH): {e}",
+                    p.display()
+                ))),
+            };
+        }
+        let mut why = Vec::new();
+        for s in SOCKETS {
+            match std::os::unix::net::UnixStream::connect(s) {
+                Ok(sock) => return Ok(Xs::over(Box::new(sock), REPLY_TIMEOUT)),
+                Err(e) => why.push(format!("{s}: {e}")),
+            }
+        }
+        match link::Device::open(DEVICE) {
+            Ok(dev) => Ok(Xs::over(Box::new(dev), REPLY_TIMEOUT)),
+            Err(e) => {
+                why.push(format!("{DEVICE}: {e}"));
+                Err(XsError::Io(format!(
+                    "cannot reach xenstored ({})",
+                    why.join("; ")
+                )))
+            }
+        }
+    }
+
+    fn over(link: Box<dyn Link>, timeout: Duration) -> Xs {
+        Xs {
+            link,
+            next_req: 1,
+            events: VecDeque::new(),
+            timeout,
+            broken: None,
+        }
+    }
+
+    /// `e`, after marking the connection unusable unless xenstored merely
+    /// refused (then the stream is still in step).
+    fn broke(&mut self, e: XsError) -> XsError {
+        if !matches!(e, XsError::Refused { .. }) {
+            self.broken = Some(e.to_string());
+        }
+        e
+    }
+
+    fn fail<T>(&mut self, e: XsError) -> Result<T, XsError> {
+        Err(self.broke(e))
+    }
+
+    /// Exactly `buf.len()` bytes. Waits until `first` for the first byte,
+    /// then `self.timeout` for the rest: `Ok(false)` if nothing came by
+    /// `first` (the stream is still whole).
+    fn fill(&mut self, buf: &mut [u8], first: Instant) -> Result<bool, XsError> {
+        let mut got = 0;
+        let mut deadline = first;
+        while got < buf.len() {
+            match self.link.recv(&mut buf[got..], deadline) {
+                Ok(0) => return Err(XsError::Io("xenstored closed the connection".into())),
+                Ok(n) => {
+                    if got == 0 {
+                        deadline = deadline.max(Instant::now() + self.timeout);
+                    }
+                    got += n;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && got == 0 => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(XsError::Io(format!(
+                        "a message cut short: {got} of {} bytes, then nothing for {} ms",
+                        buf.len(),
+                        self.timeout.as_millis()
+                    )))
+                }
+                Err(e) => return Err(XsError::Io(format!("reading: {e}"))),
+            }
+        }
+        Ok(true)
+    }
+
+    /// The next message, if one starts by `until`.
+    fn next_msg(&mut self, until: Instant) -> Result<Option<(Header, Vec<u8>)>, XsError> {
+        if let Some(why) = &self.broken {
+            return Err(XsError::Io(format!("connection unusable: {why}")));
+        }
+        let mut h = [0u8; HEADER_LEN];
+        let got = match self.fill(&mut h, until) {
+            Ok(got) => got,
+            Err(e) => return self.fail(e),
+        };
+        if !got {
+            return Ok(None);
+        }
+        let header = match Header::decode(&h) {
+            Ok(h) => h,
+            Err(e) => return self.fail(e.into()),
+        };
+        let mut payload = vec![0u8; header.len as usize];
+        let now = Instant::now();
+        match self.fill(&mut payload, now + self.timeout) {
+            Ok(true) => Ok(Some((header, payload))),
+            Ok(false) => {
+                let e = XsError::Io(format!(
+                    "a header promised {} bytes, none came in {} ms",
+                    header.len,
+                    self.timeout.as_millis()
+                ));
+                self.fail(e)
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Send one request and wait for its reply's payload; watch events
+    /// that arrive meanwhile are kept for [`Xs::wait_watch`].
+    fn request(&mut self, ty: u32, tx: Tx, payload: &[u8], what: &str) -> Result<Vec<u8>, XsError> {
+        if let Some(why) = &self.broken {
+            return Err(XsError::Io(format!("connection unusable: {why}")));
+        }
+        let req_id = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        let msg = wire::encode(ty, req_id, tx, payload)
+            .map_err(|e| XsError::Protocol(format!("{what}: {e}")))?;
+        if let Err(e) = self.link.send(&msg) {
+            return self.fail(XsError::Io(format!("{what}: sending: {e}")));
+        }
+        let until = Instant::now() + self.timeout;
+        loop {
+            let Some((h, p)) = self.next_msg(until)? else {
+                let e = XsError::Io(format!(
+                    "{what}: no reply in {} ms",
+                    self.timeout.as_millis()
+                ));
+                return self.fail(e);
+            };
+            if h.ty == wire::XS_WATCH_EVENT {
+                match wire::watch_event(&p) {
+                    Ok(ev) => self.events.push_back(ev),
+                    Err(e) => return self.fail(e.into()),
+                }
+                continue;
+            }
+            if h.req_id != req_id {
+                let e = XsError::Protocol(format!(
+                    "{what}: a reply to request {} (this was {req_id})",
+                    h.req_id
+                ));
+                return self.fail(e);
+            }
+            if h.ty == wire::XS_ERROR {
+                return match wire::error_name(&p) {
+                    Ok(err) => Err(XsError::Refused {
+                        what: what.into(),
+                        err,
+                    }),
+                    Err(e) => self.fail(e.into()),
+                };
+            }
+            if h.ty != ty {
+                let e = XsError::Protocol(format!(
+                    "{what}: a reply of type {} to a request of type {ty}",
+                    h.ty
+                ));
+                return self.fail(e);
+            }
+            return Ok(p);
+        }
+    }
+
+    fn acked(&mut self, ty: u32, tx: Tx, payload: &[u8], what: &str) -> Result<(), XsError> {
+        let p = self.request(ty, tx, payload, what)?;
+        match wire::expect_ok(&p) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(XsError::Protocol(format!("{what}: {e}"))),
+        }
+    }
+
+    /// PATH's value; `None` if there is no such node.
+    pub fn read(&mut self, tx: Tx, path: &str) -> Result<Option<String>, XsError> {
+        match self.request(
+            wire::XS_READ,
+            tx,
+            &wire::strings(&[path]),
+            &format!("read {path}"),
+        ) {
+            Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            Err(e) if e.is("ENOENT") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// PATH's children's names.
+    pub fn directory(&mut self, tx: Tx, path: &str) -> Result<Vec<String>, XsError> {
+        let what = format!("directory {path}");
+        let p = self.request(wire::XS_DIRECTORY, tx, &wire::strings(&[path]), &what)?;
+        match wire::split_strings(&p) {
+            Ok(v) => Ok(v),
+            Err(e) => self.fail(XsError::Protocol(format!("{what}: {e}"))),
+        }
+    }
+
+    pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
+        let what = format!("write {path}");
+        self.acked(wire::XS_WRITE, tx, &wire::write_payload(path, value), &what)
+    }
+
+    /// PATH's permissions as xenstore-chmod spells them: the owner first
+    /// ("n0": dom0, nobody else by default), then grants ("r5").
+    pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[&str]) -> Result<(), XsError> {
+        let ok = !perms.is_empty()
+            && perms.iter().all(|p| {
+                let (kind, id) = p.split_at(p.len().min(1));
+                matches!(kind, "n" | "r" | "w" | "b")
+                    && !id.is_empty()
+                    && id.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !ok {
+            return Err(XsError::Protocol(format!("bad permissions {perms:?}")));
+        }
+        let mut parts = vec![path];
+        parts.extend_from_slice(perms);
+        let what = format!("set permissions of {path}");
+        self.acked(wire::XS_SET_PERMS, tx, &wire::strings(&parts), &what)
+    }
+
+    /// Watch PATH (and below): its events carry TOKEN. xenstored also
+    /// sends one event at once, so a waiter looks at the node after each.
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        let what = format!("watch {path}");
+        self.acked(wire::XS_WATCH, NO_TX, &wire::strings(&[path, token]), &what)
+    }
+
+    /// The path of the next event of TOKEN's watch; `None` if none came by
+    /// `until`.
+    pub fn wait_watch(&mut self, token: &str, until: Instant) -> Result<Option<String>, XsError> {
+        loop {
+            if let Some(i) = self.events.iter().position(|(_, t)| t == token) {
+                return Ok(self.events.remove(i).map(|(path, _)| path));
+            }
+            let Some((h, p)) = self.next_msg(until)? else {
+                return Ok(None);
+            };
+            if h.ty != wire::XS_WATCH_EVENT {
+                let e = XsError::Protocol(format!(
+                    "a message of type {} (request {}) while no request was waiting",
+                    h.ty, h.req_id
+                ));
+                return self.fail(e);
+            }
+            match wire::watch_event(&p) {
+                Ok(ev) => self.events.push_back(ev),
+                Err(e) => return self.fail(e.into()),
+            }
+        }
+    }
+
+    /// Run `body` in a transaction and commit it; when the commit meets a
+    /// concurrent change (EAGAIN) run it again, `attempts` times at most.
+    /// A failing `body` aborts the transaction and gives its error.
+    pub fn transaction<T, E: From<XsError>>(
+        &mut self,
+        attempts: u32,
+        mut body: impl FnMut(&mut Xs, Tx) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut left = attempts.max(1);
+        loop {
+            let p = self.request(
+                wire::XS_TRANSACTION_START,
+                NO_TX,
+                b"\0",
+                "start a transaction",
+            )?;
+            let tx = match wire::transaction_id(&p) {
+                Ok(tx) => tx,
+                Err(e) => return Err(E::from(self.broke(e.into()))),
+            };
+            let value = match body(self, tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    // Best effort: the error to report is the body's.
+                    let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
+                    return Err(e);
+                }
+            };
+            match self.acked(wire::XS_TRANSACTION_END, tx, b"T\0", "commit a transaction") {
+                Ok(()) => return Ok(value),
+                Err(e) if e.is("EAGAIN") && left > 1 => left -= 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! A small xenstored for the tests: an in-memory tree served over one end
+//! of a socket pair, with transactions (applied at commit, or refused with
+//! EAGAIN a set number of times), watches (and their first event at once)
+//! and a "guest" that writes nodes when a node it waits for is written.
+
+use super::wire::{self, Header, HEADER_LEN};
+use super::Xs;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A change a transaction holds until its commit: (path, value, permissions).
+type Change = (String, Option<String>, Option<Vec<String>>);
+
+#[derive(Default, Debug, Clone)]
+pub struct State {
+    /// path -> (value, permissions)
+    pub nodes: BTreeMap<String, (String, Vec<String>)>,
+    /// Commits to refuse with EAGAIN before accepting one.
+    pub eagain_commits: u32,
+    /// When the key is written (committed), these nodes are written too.
+    pub guest: Option<(String, Vec<(String, String)>)>,
+    /// Every request: (type, first string of its payload, tx id).
+    pub log: Vec<(u32, String, u32)>,
+    watches: Vec<(String, String)>,
+    txs: BTreeMap<u32, Vec<Change>>,
+    next_tx: u32,
+}
+
+impl State {
+    pub fn with(nodes: &[(&str, &str)]) -> State {
+        let mut s = State::default();
+        for (p, v) in nodes {
+            s.nodes
+                .insert(p.to_string(), (v.to_string(), vec!["n0".into()]));
+        }
+        s
+    }
+
+    pub fn value(&self, path: &str) -> Option<&str> {
+        self.nodes.get(path).map(|(v, _)| v.as_str())
+    }
+}
+
+/// A client connected to a fake xenstored over `state`; joining the
+/// handle (after dropping the client) gives the final state.
+pub fn serve(state: State) -> (Xs, JoinHandle<State>) {
+    let (client, server) = UnixStream::pair().unwrap();
+    let h = std::thread::spawn(move || run(server, state));
+    (Xs::over(Box::new(client), Duration::from_millis(500)), h)
+}
+
+/// A client whose xenstored is `script` (raw bytes, for hostile replies).
+pub fn scripted(script: impl FnOnce(UnixStream) + Send + 'static) -> (Xs, JoinHandle<()>) {
+    let (client, server) = UnixStream::pair().unwrap();
+    let h = std::thread::spawn(move || script(server));
+    (Xs::over(Box::new(client), Duration::from_millis(300)), h)
+}
+
+/// Read one request from the client end (None: it closed).
+pub fn read_request(s: &mut UnixStream) -> Option<(Header, Vec<u8>)> {
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).ok()?;
+    let h = Header::decode(&h).ok()?;
+    let mut p = vec![0u8; h.len as usize];
+    s.read_exact(&mut p).ok()?;
+    Some((h, p))
+}
+
+pub fn send(s: &mut UnixStream, ty: u32, req_id: u32, tx: u32, payload: &[u8]) {
+    let _ = s.write_all(&wire::encode(ty, req_id, tx, payload).unwrap());
+}
+
+fn fire(s: &mut UnixStream, st: &State, path: &str) {
+    for (w, token) in &st.watches {
+        let under = path == w
+            || path
+                .strip_prefix(w.as_str())
+                .is_some_and(|r| r.starts_with('/'));
+        if under {
+            send(
+                s,
+                wire::XS_WATCH_EVENT,
+                0,
+                0,
+                &wire::strings(&[path, token]),
+            );
+        }
+    }
+}
+
+fn commit(s: &mut UnixStream, st: &mut State, changes: Vec<Change>) {
+    for (path, value, perms) in changes {
+        let e = st
+            .nodes
+            .entry(path.clone())
+            .or_insert((String::new(), vec!["n0".into()]));
+        if let Some(v) = value {
+            e.0 = v;
+        }
+        if let Some(p) = perms {
+            e.1 = p;
+        }
+        fire(s, st, &path);
+        if let Some((key, writes)) = st.guest.clone() {
+            if key == path {
+                st.guest = None;
+                commit(
+                    s,
+                    st,
+                    writes
+                        .into_iter()
+                        .map(|(p, v)| (p, Some(v), None))
+                        .collect(),
+                );
+            }
+        }
+    }
+}
+
+fn run(mut s: UnixStream, mut st: State) -> State {
+    while let Some((h, p)) = read_request(&mut s) {
+        let parts: Vec<String> = p
+            .split(|b| *b == 0)
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .collect();
+        let path = parts[0].clone();
+        st.log.push((h.ty, path.clone(), h.tx_id));
+        let overlay = st.txs.get(&h.tx_id).cloned().unwrap_or_default();
+        let lookup = |st: &State, p: &str| -> Option<String> {
+            overlay
+                .iter()
+                .rev()
+                .find(|(q, v, _)| q == p && v.is_some())
+                .and_then(|(_, v, _)| v.clone())
+                .or_else(|| st.value(p).map(String::from))
+        };
+        let err = |s: &mut UnixStream, e: &str| {
+            send(s, wire::XS_ERROR, h.req_id, h.tx_id, &wire::strings(&[e]))
+        };
+        let ok = |s: &mut UnixStream| send(s, h.ty, h.req_id, h.tx_id, b"OK\0");
+        match h.ty {
+            wire::XS_READ => match lookup(&st, &path) {
+                Some(v) => send(&mut s, h.ty, h.req_id, h.tx_id, v.as_bytes()),
+                None => err(&mut s, "ENOENT"),
+            },
+            wire::XS_DIRECTORY => {
+                let prefix = format!("{path}/");
+                let mut names: Vec<String> = st
+                    .nodes
+                    .keys()
+                    .cloned()
+                    .chain(overlay.iter().map(|(q, _, _)| q.clone()))
+                    .filter_map(|k| Some(k.strip_prefix(&prefix)?.split('/').next()?.to_string()))
+                    .collect();
+                names.sort();
+                names.dedup();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                send(&mut s, h.ty, h.req_id, h.tx_id, &wire::strings(&refs));
+            }
+            wire::XS_WRITE => {
+                let value = String::from_utf8_lossy(&p[path.len() + 1..]).into_owned();
+                match st.txs.get_mut(&h.tx_id) {
+                    Some(t) => t.push((path, Some(value), None)),
+                    None => commit(&mut s, &mut st, vec![(path, Some(value), None)]),
+                }
+                ok(&mut s);
+            }
+            wire::XS_SET_PERMS => {
+                if lookup(&st, &path).is_none() {
+                    err(&mut s, "ENOENT");
+                    continue;
+                }
+                let perms: Vec<String> = parts[1..]
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .cloned()
+                    .collect();
+                match st.txs.get_mut(&h.tx_id) {
+                    Some(t) => t.push((path, None, Some(perms))),
+                    None => commit(&mut s, &mut st, vec![(path, None, Some(perms))]),
+                }
+                ok(&mut s);
+            }
+            wire::XS_WATCH => {
+                st.watches.push((path.clone(), parts[1].clone()));
+                ok(&mut s);
+                send(
+                    &mut s,
+                    wire::XS_WATCH_EVENT,
+                    0,
+                    0,
+                    &wire::strings(&[&path, &parts[1]]),
+                );
+            }
+            wire::XS_TRANSACTION_START => {
+                st.next_tx += 1;
+                let id = st.next_tx;
+                st.txs.insert(id, Vec::new());
+                send(&mut s, h.ty, h.req_id, 0, format!("{id}\0").as_bytes());
+            }
+            wire::XS_TRANSACTION_END => {
+                let Some(changes) = st.txs.remove(&h.tx_id) else {
+                    err(&mut s, "ENOENT");
+                    continue;
+                };
+                if path == "T" && st.eagain_commits > 0 {
+                    st.eagain_commits -= 1;
+                    err(&mut s, "EAGAIN");
+                    continue;
+                }
+                ok(&mut s);
+                if path == "T" {
+                    commit(&mut s, &mut st, changes);
+                }
+            }
+            _ => err(&mut s, "ENOSYS"),
+        }
+    }
+    st
+}

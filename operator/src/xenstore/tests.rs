@@ -1,0 +1,469 @@
+use super::fake::{self, read_request, send, State};
+use super::wire::{self, Header, WireError};
+use super::*;
+use std::time::{Duration, Instant};
+
+// ---- the wire format --------------------------------------------------------
+
+#[test]
+fn a_message_is_four_little_endian_words_then_the_payload() {
+    let m = wire::encode(wire::XS_WRITE, 7, 3, b"/a\0v").unwrap();
+    assert_eq!(
+        m,
+        [11, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, b'/', b'a', 0, b'v']
+    );
+    let h = Header::decode(m[..16].try_into().unwrap()).unwrap();
+    assert_eq!(
+        h,
+        Header {
+            ty: 11,
+            req_id: 7,
+            tx_id: 3,
+            len: 4
+        }
+    );
+}
+
+#[test]
+fn the_message_type_numbers_are_xs_wire_h_s() {
+    // enum xsd_sockmsg_type counts from XS_CONTROL = 0.
+    let got = [
+        wire::XS_DIRECTORY,
+        wire::XS_READ,
+        wire::XS_WATCH,
+        wire::XS_TRANSACTION_START,
+        wire::XS_TRANSACTION_END,
+        wire::XS_WRITE,
+        wire::XS_SET_PERMS,
+        wire::XS_WATCH_EVENT,
+        wire::XS_ERROR,
+    ];
+    assert_eq!(got, [1, 2, 4, 6, 7, 11, 14, 15, 16]);
+}
+
+#[test]
+fn lengths_over_the_payload_limit_are_refused_both_ways() {
+    let mut h = [0u8; 16];
+    h[12..].copy_from_slice(&4097u32.to_le_bytes());
+    assert_eq!(Header::decode(&h), Err(WireError::TooLong(4097)));
+    h[12..].copy_from_slice(&4096u32.to_le_bytes());
+    assert!(Header::decode(&h).is_ok());
+    assert!(wire::encode(wire::XS_WRITE, 1, 0, &[b'x'; 4097]).is_err());
+}
+
+#[test]
+fn payload_strings_are_checked() {
+    assert_eq!(wire::split_strings(b"a\0bc\0").unwrap(), ["a", "bc"]);
+    assert!(wire::split_strings(b"").unwrap().is_empty());
+    assert!(wire::split_strings(b"a\0b").is_err(), "no final nul");
+    assert!(wire::split_strings(b"\xff\0").is_err(), "not UTF-8");
+    assert_eq!(wire::error_name(b"ENOENT\0").unwrap(), "ENOENT");
+    for bad in [
+        &b""[..],
+        b"\0",
+        b"no such thing\0",
+        b"EAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\0",
+    ] {
+        assert!(wire::error_name(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(wire::transaction_id(b"42\0").unwrap(), 42);
+    for bad in [&b"0\0"[..], b"\0", b"-1\0", b"4x\0", b"99999999999\0"] {
+        assert!(wire::transaction_id(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        wire::watch_event(b"/a/b\0tok\0").unwrap(),
+        ("/a/b".to_string(), "tok".to_string())
+    );
+    assert!(wire::watch_event(b"/a/b\0").is_err(), "no token");
+    assert!(wire::expect_ok(b"OK\0").is_ok());
+    assert!(wire::expect_ok(b"NO\0").is_err());
+}
+
+// ---- against the fake xenstored ----------------------------------------------
+
+#[test]
+fn read_write_and_directory() {
+    let (mut xs, h) = fake::serve(State::with(&[("/local/domain/0/name", "Domain-0")]));
+    assert_eq!(
+        xs.read(NO_TX, "/local/domain/0/name").unwrap().as_deref(),
+        Some("Domain-0")
+    );
+    assert_eq!(xs.read(NO_TX, "/local/domain/9/name").unwrap(), None);
+    xs.write(NO_TX, "/local/domain/5/name", "a b\nc").unwrap();
+    xs.write(NO_TX, "/local/domain/5/data/ready", "").unwrap();
+    assert_eq!(
+        xs.read(NO_TX, "/local/domain/5/data/ready")
+            .unwrap()
+            .as_deref(),
+        Some("")
+    );
+    assert_eq!(xs.directory(NO_TX, "/local/domain").unwrap(), ["0", "5"]);
+    assert_eq!(domid_of(&mut xs, NO_TX, "a b\nc").unwrap(), Some(5));
+    assert_eq!(domid_of(&mut xs, NO_TX, "nobody").unwrap(), None);
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.value("/local/domain/5/name"), Some("a b\nc"));
+}
+
+#[test]
+fn permissions_are_sent_as_given_and_bad_ones_never_leave() {
+    let (mut xs, h) = fake::serve(State::with(&[("/k", "v")]));
+    xs.set_perms(NO_TX, "/k", &["n0", "r5"]).unwrap();
+    for bad in [&[][..], &["x5"], &["n"], &["r5 "]] {
+        assert!(xs.set_perms(NO_TX, "/k", bad).is_err(), "{bad:?}");
+    }
+    assert!(xs
+        .set_perms(NO_TX, "/missing", &["n0"])
+        .unwrap_err()
+        .is("ENOENT"));
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.nodes["/k"].1, ["n0", "r5"]);
+    assert_eq!(st.log.len(), 2, "the bad ones were not sent: {:?}", st.log);
+}
+
+#[test]
+fn a_transaction_is_applied_at_commit_and_run_again_after_eagain() {
+    let mut st = State::with(&[("/a", "0")]);
+    st.eagain_commits = 2;
+    let (mut xs, h) = fake::serve(st);
+    let mut runs = 0;
+    xs.transaction(5, |xs, tx| -> Result<(), XsError> {
+        runs += 1;
+        xs.write(tx, "/a", "1")?;
+        xs.write(tx, "/b", "2")?;
+        // Not visible outside the transaction before the commit.
+        assert_eq!(xs.read(NO_TX, "/a")?.as_deref(), Some("0"));
+        assert_eq!(xs.read(tx, "/a")?.as_deref(), Some("1"));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(runs, 3);
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!((st.value("/a"), st.value("/b")), (Some("1"), Some("2")));
+}
+
+#[test]
+fn a_transaction_gives_up_after_its_attempts_and_a_failing_body_aborts() {
+    let mut st = State::with(&[("/a", "0")]);
+    st.eagain_commits = 9;
+    let (mut xs, h) = fake::serve(st);
+    let e = xs
+        .transaction(2, |xs, tx| xs.write(tx, "/a", "1"))
+        .unwrap_err();
+    assert!(e.is("EAGAIN"), "{e}");
+    let e = xs
+        .transaction(5, |xs, tx| -> Result<(), String> {
+            xs.write(tx, "/a", "2")?;
+            Err("no".into())
+        })
+        .unwrap_err();
+    assert_eq!(e, "no");
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.value("/a"), Some("0"));
+    let ends: Vec<_> = st
+        .log
+        .iter()
+        .filter(|l| l.0 == wire::XS_TRANSACTION_END)
+        .collect();
+    assert_eq!(ends.len(), 3, "two commits and one abort: {ends:?}");
+    assert_eq!(ends[2].1, "F");
+}
+
+#[test]
+fn a_watch_sees_what_another_writer_does_after_a_commit() {
+    let mut st = State::with(&[("/local/domain/5/name", "p")]);
+    st.guest = Some((
+        "/local/domain/5/miniproxy/config".into(),
+        vec![("/local/domain/5/data/ready".into(), "9427".into())],
+    ));
+    let (mut xs, h) = fake::serve(st);
+    xs.watch("/local/domain/5/data/ready", "r").unwrap();
+    // The event xenstored sends when a watch is set.
+    let until = Instant::now() + Duration::from_secs(2);
+    assert_eq!(
+        xs.wait_watch("r", until).unwrap().as_deref(),
+        Some("/local/domain/5/data/ready")
+    );
+    assert_eq!(xs.read(NO_TX, "/local/domain/5/data/ready").unwrap(), None);
+    xs.transaction(3, |xs, tx| {
+        xs.write(tx, "/local/domain/5/miniproxy/config", "ip=10.0.0.2/24")
+    })
+    .unwrap();
+    assert_eq!(
+        xs.wait_watch("r", until).unwrap().as_deref(),
+        Some("/local/domain/5/data/ready")
+    );
+    assert_eq!(
+        xs.read(NO_TX, "/local/domain/5/data/ready")
+            .unwrap()
+            .as_deref(),
+        Some("9427")
+    );
+    // Nothing more: the wait ends at its deadline.
+    let t0 = Instant::now();
+    assert_eq!(
+        xs.wait_watch("r", t0 + Duration::from_millis(200)).unwrap(),
+        None
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    drop(xs);
+    h.join().unwrap();
+}
+
+fn domains() -> State {
+    State::with(&[
+        ("/local/domain/0/name", "Domain-0"),
+        ("/local/domain/3/name", "mp-pool-1"),
+        ("/local/domain/3/vm", "/vm/0b1c-3"),
+        ("/vm/0b1c-3/name", "mp-pool-1"),
+        ("/local/domain/4/name", "taken"),
+        ("/local/domain/4/vm", "/vm/0b1c-4"),
+    ])
+}
+
+#[test]
+fn rename_writes_both_names_in_one_transaction() {
+    let (mut xs, h) = fake::serve(domains());
+    xs.transaction(3, |xs, tx| rename(xs, tx, 3, "mp-pool-1", "pw1"))
+        .unwrap();
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
+    assert_eq!(st.value("/vm/0b1c-3/name"), Some("pw1"));
+    let writes: Vec<_> = st.log.iter().filter(|l| l.0 == wire::XS_WRITE).collect();
+    assert!(
+        writes.iter().all(|w| w.2 != 0),
+        "all within the transaction: {writes:?}"
+    );
+}
+
+#[test]
+fn rename_refuses_a_used_name_a_changed_old_name_and_a_missing_vm() {
+    let mut st = domains();
+    st.nodes.remove("/local/domain/4/vm");
+    st.nodes
+        .insert("/local/domain/6/name".into(), ("novm".into(), vec![]));
+    let (mut xs, h) = fake::serve(st);
+    let mut try_rename = |id, old: &str, new: &str| {
+        xs.transaction(3, |xs, tx| rename(xs, tx, id, old, new))
+            .unwrap_err()
+    };
+    assert_eq!(
+        try_rename(3, "mp-pool-1", "taken"),
+        "domain 4 is already named 'taken'"
+    );
+    assert_eq!(
+        try_rename(3, "mp-pool-2", "pw1"),
+        "domain 3 is named 'mp-pool-1', not 'mp-pool-2'"
+    );
+    assert_eq!(
+        try_rename(9, "x", "pw1"),
+        "domain 9 has no name (is it gone?)"
+    );
+    assert!(try_rename(6, "novm", "pw1").contains("/local/domain/6/vm is None"));
+    assert_eq!(try_rename(3, "mp-pool-1", ""), "the new name is empty");
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.value("/local/domain/3/name"), Some("mp-pool-1"));
+    assert_eq!(st.value("/vm/0b1c-3/name"), Some("mp-pool-1"));
+    assert_eq!(st.value("/local/domain/6/name"), Some("novm"));
+}
+
+// ---- hostile or broken xenstoreds -------------------------------------------
+
+/// The error a read gets from a xenstored that answers with `reply`
+/// (given the request's header), and how long it took.
+fn reply_with(
+    reply: impl FnOnce(&mut std::os::unix::net::UnixStream, Header) + Send + 'static,
+) -> (XsError, Duration, Xs) {
+    let (mut xs, h) = fake::scripted(move |mut s| {
+        if let Some((req, _)) = read_request(&mut s) {
+            reply(&mut s, req);
+        }
+        // Keep the connection open (silent) until the client is gone.
+        while read_request(&mut s).is_some() {}
+    });
+    let t0 = Instant::now();
+    let e = xs.read(NO_TX, "/x").unwrap_err();
+    let took = t0.elapsed();
+    let _ = h;
+    (e, took, xs)
+}
+
+fn assert_bounded(took: Duration) {
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn silence_is_a_timeout_not_a_hang() {
+    let (e, took, _) = reply_with(|_, _| {});
+    assert!(
+        matches!(&e, XsError::Io(w) if w.contains("no reply in 300 ms")),
+        "{e}"
+    );
+    assert_bounded(took);
+}
+
+#[test]
+fn a_closed_connection_is_an_error() {
+    let (mut xs, h) = fake::scripted(drop);
+    h.join().unwrap();
+    let e = xs.read(NO_TX, "/x").unwrap_err();
+    assert!(matches!(e, XsError::Io(_)), "{e}");
+}
+
+#[test]
+fn a_header_cut_short_is_an_error_and_the_connection_is_then_unusable() {
+    let (e, took, mut xs) = reply_with(|s, _| {
+        use std::io::Write;
+        let _ = s.write_all(&[2, 0, 0]);
+    });
+    assert!(
+        matches!(&e, XsError::Io(w) if w.contains("cut short: 3 of 16")),
+        "{e}"
+    );
+    assert_bounded(took);
+    let again = xs.read(NO_TX, "/x").unwrap_err();
+    assert!(again.to_string().contains("connection unusable"), "{again}");
+}
+
+#[test]
+fn a_payload_shorter_than_its_header_says_is_an_error() {
+    let (e, took, _) = reply_with(|s, req| {
+        use std::io::Write;
+        let mut m = wire::encode(wire::XS_READ, req.req_id, 0, b"0123456789").unwrap();
+        m.truncate(16 + 3);
+        let _ = s.write_all(&m);
+    });
+    assert!(matches!(&e, XsError::Io(w) if w.contains("3 of 10")), "{e}");
+    assert_bounded(took);
+}
+
+#[test]
+fn a_huge_length_is_refused_without_reading_it() {
+    let (e, took, _) = reply_with(|s, req| {
+        use std::io::Write;
+        let mut m = wire::encode(wire::XS_READ, req.req_id, 0, b"").unwrap();
+        m[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        let _ = s.write_all(&m);
+    });
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("4294967295")),
+        "{e}"
+    );
+    assert_bounded(took);
+}
+
+#[test]
+fn a_reply_to_another_request_or_of_another_type_is_an_error() {
+    let (e, _, _) = reply_with(|s, req| send(s, wire::XS_READ, req.req_id + 1, 0, b"v"));
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("a reply to request")),
+        "{e}"
+    );
+    let (e, _, _) = reply_with(|s, req| send(s, wire::XS_WRITE, req.req_id, 0, b"OK\0"));
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("type 11")),
+        "{e}"
+    );
+}
+
+#[test]
+fn error_replies_name_the_error_or_are_refused() {
+    let (e, _, _) = reply_with(|s, req| send(s, wire::XS_ERROR, req.req_id, 0, b"EACCES\0"));
+    assert!(e.is("EACCES"), "{e}");
+    assert_eq!(e.to_string(), "xenstore read /x: EACCES");
+    let (e, _, _) = reply_with(|s, req| send(s, wire::XS_ERROR, req.req_id, 0, b"\x01\x02"));
+    assert!(matches!(e, XsError::Protocol(_)), "{e}");
+}
+
+#[test]
+fn a_refusal_leaves_the_connection_usable() {
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_ERROR, r1.req_id, 0, b"EACCES\0");
+        let (r2, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_READ, r2.req_id, 0, b"fine");
+        while read_request(&mut s).is_some() {}
+    });
+    assert!(xs.read(NO_TX, "/x").unwrap_err().is("EACCES"));
+    assert_eq!(xs.read(NO_TX, "/x").unwrap().as_deref(), Some("fine"));
+}
+
+#[test]
+fn bad_acknowledgements_and_transaction_ids_are_errors() {
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_WRITE, r1.req_id, 0, b"NO\0");
+        while read_request(&mut s).is_some() {}
+    });
+    let e = xs.write(NO_TX, "/x", "v").unwrap_err();
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("not OK")),
+        "{e}"
+    );
+
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_TRANSACTION_START, r1.req_id, 0, b"abc\0");
+        while read_request(&mut s).is_some() {}
+    });
+    let mut ran = false;
+    let e = xs
+        .transaction(3, |_, _| -> Result<(), XsError> {
+            ran = true;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("transaction id")),
+        "{e}"
+    );
+    assert!(!ran);
+}
+
+#[test]
+fn a_wait_meets_a_malformed_event_or_an_unasked_reply_with_an_error() {
+    for (ty, payload, says) in [
+        (
+            wire::XS_WATCH_EVENT,
+            &b"/only-a-path\0"[..],
+            "without a path and a token",
+        ),
+        (wire::XS_READ, b"v", "while no request was waiting"),
+    ] {
+        let (mut xs, _h) = fake::scripted(move |mut s| {
+            send(&mut s, ty, 0, 0, payload);
+            while read_request(&mut s).is_some() {}
+        });
+        let e = xs
+            .wait_watch("t", Instant::now() + Duration::from_secs(2))
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+#[test]
+fn events_that_arrive_before_a_reply_are_kept_for_the_wait() {
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_WATCH_EVENT, 0, 0, b"/other\0u\0");
+        send(&mut s, wire::XS_WATCH_EVENT, 0, 0, b"/d/ready\0t\0");
+        send(&mut s, wire::XS_READ, r1.req_id, 0, b"v");
+        while read_request(&mut s).is_some() {}
+    });
+    assert_eq!(xs.read(NO_TX, "/x").unwrap().as_deref(), Some("v"));
+    let until = Instant::now() + Duration::from_millis(100);
+    assert_eq!(
+        xs.wait_watch("t", until).unwrap().as_deref(),
+        Some("/d/ready")
+    );
+    assert_eq!(
+        xs.wait_watch("u", until).unwrap().as_deref(),
+        Some("/other")
+    );
+    assert_eq!(xs.wait_watch("t", until).unwrap(), None);
+}

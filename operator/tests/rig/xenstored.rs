@@ -1,0 +1,250 @@
+//! A fake xenstored for the rig: the operator's own xenstore client
+//! (XENSTORED_PATH) reaches the same fake xenstore as tests/fakexen's
+//! scripts, the file tree under `xs/`. Reads and directory listings read
+//! it; a write or a permission change runs the fake `xenstore-write` or
+//! `xenstore-chmod` (so the fake guests react alike, and the call log shows
+//! it); a transaction keeps them until its commit; watches are noticed by
+//! looking at the watched subtree every 10 ms. The wire format is
+//! xs_wire.h's, written here again on purpose: the tests do not take the
+//! operator's word for it.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const XS_DIRECTORY: u32 = 1;
+const XS_READ: u32 = 2;
+const XS_WATCH: u32 = 4;
+const XS_UNWATCH: u32 = 5;
+const XS_TRANSACTION_START: u32 = 6;
+const XS_TRANSACTION_END: u32 = 7;
+const XS_WRITE: u32 = 11;
+const XS_SET_PERMS: u32 = 14;
+const XS_WATCH_EVENT: u32 = 15;
+const XS_ERROR: u32 = 16;
+
+/// Serve `socket` from a thread for the rest of the test process; `cmd`
+/// makes the fake scripts' commands (their environment).
+pub fn start(
+    socket: PathBuf,
+    root: PathBuf,
+    cmd: impl Fn(&str) -> Command + Send + Sync + 'static,
+) {
+    let listener = UnixListener::bind(&socket).unwrap();
+    let cmd = std::sync::Arc::new(cmd);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let (root, cmd) = (root.clone(), cmd.clone());
+            std::thread::spawn(move || serve(conn, &root, &*cmd));
+        }
+    });
+}
+
+type Op = (u32, Vec<String>);
+
+struct Conn<'a> {
+    s: UnixStream,
+    root: &'a Path,
+    cmd: &'a dyn Fn(&str) -> Command,
+    watches: Vec<(String, String, String)>,
+    /// Transaction id -> its writes and permission changes.
+    txs: std::collections::BTreeMap<u32, Vec<Op>>,
+    next_tx: u32,
+}
+
+fn send(s: &mut UnixStream, ty: u32, req: u32, tx: u32, payload: &[u8]) {
+    let mut m = Vec::new();
+    for v in [ty, req, tx, payload.len() as u32] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    m.extend_from_slice(payload);
+    let _ = s.write_all(&m);
+}
+
+fn nul_joined(parts: &[&str]) -> Vec<u8> {
+    parts.iter().flat_map(|p| p.bytes().chain([0])).collect()
+}
+
+/// What a subtree holds now: every file under it and its contents.
+fn snapshot(root: &Path, path: &str) -> String {
+    fn walk(p: &Path, out: &mut String) {
+        if let Ok(v) = std::fs::read(p) {
+            out.push_str(&format!(
+                "{}={}\n",
+                p.display(),
+                String::from_utf8_lossy(&v)
+            ));
+        } else if let Ok(rd) = std::fs::read_dir(p) {
+            let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            names.sort();
+            for n in names {
+                walk(&n, out);
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&root.join(path.trim_start_matches('/')), &mut out);
+    out
+}
+
+impl Conn<'_> {
+    fn file(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn read(&self, tx: u32, path: &str) -> Option<String> {
+        let pending = self.txs.get(&tx).and_then(|ops| {
+            ops.iter()
+                .rev()
+                .find(|(ty, a)| *ty == XS_WRITE && a[0] == path)
+                .map(|(_, a)| a[1].clone())
+        });
+        pending.or_else(|| std::fs::read_to_string(self.file(path)).ok())
+    }
+
+    /// Run a write or a permission change with the fake scripts.
+    fn apply(&self, (ty, args): &Op) -> bool {
+        let prog = if *ty == XS_WRITE {
+            "xenstore-write"
+        } else {
+            "xenstore-chmod"
+        };
+        (self.cmd)(prog)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn fire_changed(&mut self) {
+        for i in 0..self.watches.len() {
+            let now = snapshot(self.root, &self.watches[i].0);
+            if now != self.watches[i].2 {
+                self.watches[i].2 = now;
+                let (p, t) = (self.watches[i].0.clone(), self.watches[i].1.clone());
+                send(&mut self.s, XS_WATCH_EVENT, 0, 0, &nul_joined(&[&p, &t]));
+            }
+        }
+    }
+
+    fn handle(&mut self, ty: u32, req: u32, tx: u32, payload: &[u8]) {
+        let parts: Vec<String> = payload
+            .split(|b| *b == 0)
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .collect();
+        let path = parts[0].clone();
+        let ok = b"OK\0";
+        let reply: Result<Vec<u8>, &str> = match ty {
+            XS_READ => self.read(tx, &path).map(String::into_bytes).ok_or("ENOENT"),
+            XS_DIRECTORY => match std::fs::read_dir(self.file(&path)) {
+                Ok(rd) => {
+                    let mut names: Vec<String> = rd
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| !n.starts_with('.'))
+                        .collect();
+                    names.sort();
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    Ok(nul_joined(&refs))
+                }
+                Err(_) => Err("ENOENT"),
+            },
+            XS_WRITE | XS_SET_PERMS => {
+                let args: Vec<String> = if ty == XS_WRITE {
+                    let value = &payload[(path.len() + 1).min(payload.len())..];
+                    vec![path, String::from_utf8_lossy(value).into_owned()]
+                } else {
+                    parts.iter().filter(|p| !p.is_empty()).cloned().collect()
+                };
+                let op = (ty, args);
+                if let Some(ops) = self.txs.get_mut(&tx) {
+                    ops.push(op);
+                    Ok(ok.to_vec())
+                } else if self.apply(&op) {
+                    Ok(ok.to_vec())
+                } else {
+                    Err("ENOENT")
+                }
+            }
+            XS_WATCH => {
+                let token = parts.get(1).cloned().unwrap_or_default();
+                self.watches
+                    .push((path.clone(), token.clone(), snapshot(self.root, &path)));
+                send(&mut self.s, ty, req, tx, ok);
+                // The event xenstored sends when a watch is set.
+                send(
+                    &mut self.s,
+                    XS_WATCH_EVENT,
+                    0,
+                    0,
+                    &nul_joined(&[&path, &token]),
+                );
+                return;
+            }
+            XS_UNWATCH => {
+                let token = parts.get(1).cloned().unwrap_or_default();
+                self.watches
+                    .retain(|(p, t, _)| !(p == &path && t == &token));
+                Ok(ok.to_vec())
+            }
+            XS_TRANSACTION_START => {
+                self.next_tx += 1;
+                self.txs.insert(self.next_tx, Vec::new());
+                Ok(format!("{}\0", self.next_tx).into_bytes())
+            }
+            XS_TRANSACTION_END => match self.txs.remove(&tx) {
+                Some(ops) if path == "T" => {
+                    // All or nothing is not needed here: the fake scripts
+                    // do not fail on the nodes a spawn writes.
+                    if ops.iter().all(|op| self.apply(op)) {
+                        Ok(ok.to_vec())
+                    } else {
+                        Err("EINVAL")
+                    }
+                }
+                Some(_) => Ok(ok.to_vec()),
+                None => Err("ENOENT"),
+            },
+            _ => Err("ENOSYS"),
+        };
+        match reply {
+            Ok(p) => send(&mut self.s, ty, req, tx, &p),
+            Err(e) => send(&mut self.s, XS_ERROR, req, tx, &nul_joined(&[e])),
+        }
+    }
+}
+
+fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let mut c = Conn {
+        s,
+        root,
+        cmd,
+        watches: Vec::new(),
+        txs: Default::default(),
+        next_tx: 0,
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match c.s.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+        while buf.len() >= 16 {
+            let w = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
+            let (ty, req, tx, len) = (w(0), w(4), w(8), w(12) as usize);
+            if buf.len() < 16 + len {
+                break;
+            }
+            let payload: Vec<u8> = buf[16..16 + len].to_vec();
+            buf.drain(..16 + len);
+            c.handle(ty, req, tx, &payload);
+        }
+        c.fire_changed();
+    }
+}
