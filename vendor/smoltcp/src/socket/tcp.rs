@@ -2950,7 +2950,16 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            if self.pending_fast_retransmit {
+                // A fast retransmit replaced the retransmission timer, and it may
+                // find nothing to resend (only a FIN outstanding, or every hole
+                // resent already): the timer keeps running while data is
+                // outstanding (RFC 6298 (5.1)), or nothing would ever resend it.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
@@ -8400,6 +8409,40 @@ mod test {
             (LOCAL_SEQ + 1 + from).0 as u32,
             (LOCAL_SEQ + 1 + to).0 as u32,
         ))
+    }
+
+    #[test]
+    fn test_fast_retransmit_with_nothing_to_resend_keeps_the_retransmission_timer() {
+        // Only the FIN is outstanding when the third duplicate ACK arrives (the peer
+        // ignored the FIN behind a hole it has filled since): the fast retransmit has
+        // no data to resend. The retransmission timer must keep running so that the
+        // FIN is resent; before, it was left idle and the FIN never went out again.
+        let mut s = socket_fin_wait_1();
+        recv!(s, time 0, Ok(TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
+        // The first ACK of LOCAL_SEQ + 1 is not a duplicate (none came before).
+        for _ in 0..4 {
+            send!(s, time 10, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        assert_eq!(s.local_rx_dup_acks, 3);
+        recv_nothing!(s, time 10);
+        assert!(s.timer.is_retransmit());
+        // One RTO later (1 s: no RTT sample yet) the FIN goes out again.
+        recv_nothing!(s, time 1000);
+        recv!(s, time 1010, Ok(TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]
