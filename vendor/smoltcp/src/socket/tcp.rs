@@ -2010,6 +2010,19 @@ impl<'a> Socket<'a> {
                 net_debug!("expecting a SYN|ACK");
                 return None;
             }
+            // The peer resent its SYN in SYN-RECEIVED: our SYN|ACK was lost (or is
+            // late). Resend it now, as if its timer had expired; dropping the SYN left
+            // the handshake to our own retransmission timer, whose backoff (1 s, then
+            // 2 s) can outlast the peer's connection timeout.
+            (State::SynReceived, TcpControl::Syn, None)
+                if repr.seq_number + 1 == self.remote_seq_no =>
+            {
+                net_debug!("received a retransmitted SYN, resending SYN|ACK");
+                self.remote_last_seq = self.local_seq_no;
+                // Karn: an ACK after this resend gives no RTT sample.
+                self.rtte.on_retransmit();
+                return None;
+            }
             // Every packet after the initial SYN must be an acknowledgement.
             (_, _, None) => {
                 net_debug!("expecting an ACK");
@@ -4067,6 +4080,44 @@ mod test {
         );
         assert_eq!(s.state, State::Established);
         sanity!(s, socket_established());
+    }
+
+    #[test]
+    fn test_syn_received_resends_syn_ack_for_a_retransmitted_syn() {
+        let mut s = socket_syn_received();
+        let syn_ack = TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            ..RECV_TEMPL
+        };
+        recv!(s, time 0, Ok(syn_ack));
+        // The SYN|ACK is lost; the peer's SYN comes again 300 ms later and is
+        // answered at once (before: dropped, the SYN|ACK resent only at 1 s).
+        send!(s, time 300, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        recv!(s, time 300, Ok(syn_ack));
+        recv_nothing!(s, time 300);
+        // A SYN with another sequence number is not a retransmission: dropped.
+        send!(s, time 400, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ + 7,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 400);
+        // The handshake completes as usual.
+        send!(s, time 410, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Established);
     }
 
     #[cfg(feature = "socket-tcp-pause-synack")]
