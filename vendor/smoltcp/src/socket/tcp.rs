@@ -1736,11 +1736,44 @@ impl<'a> Socket<'a> {
         self.empty_segment_seq() - self.local_seq_no
     }
 
+    /// RFC 6675 (4) "pipe", in fast recovery: the octets sent (up to the send pointer)
+    /// that are estimated to be still in the network. SACKed octets have left it, and
+    /// so have the ones taken as lost (not SACKed, below SACKed data: what `next_hole`
+    /// resends) that this recovery has not resent yet; resent ones are in it again.
+    /// Without SACK information this is the flight size.
+    fn pipe(&self) -> usize {
+        let end = self.remote_last_seq;
+        let mut left_network = 0;
+        let mut lost_from = self.local_seq_no.max(self.rexmit_next);
+        for (left, right) in self.sacked.iter() {
+            if left >= end {
+                break;
+            }
+            let right = right.min(end);
+            left_network += right - left;
+            if lost_from < left {
+                left_network += left - lost_from;
+            }
+            lost_from = lost_from.max(right);
+        }
+        self.flight_size().saturating_sub(left_network)
+    }
+
     fn cwnd_remaining(&self) -> usize {
+        // RFC 6675 (5): in fast recovery the window is compared with the pipe estimate,
+        // not with everything outstanding, so that each ACK reporting SACKed data lets
+        // as much new data go out as left the network. Before, a recovery sent no new
+        // data for a round trip when the peer's ACKs come in bursts (a few ACKs per
+        // flight: duplicate-ACK inflation then opens the window by a segment or two).
+        let in_network = if self.recovery_point.is_some() {
+            self.pipe()
+        } else {
+            self.flight_size()
+        };
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(in_network)
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2524,13 +2557,18 @@ impl<'a> Socket<'a> {
                         net_debug!("started fast retransmit");
                     }
 
-                    // Notify of duplicate ACK
-                    let in_flight = self.flight_size();
-                    self.congestion_controller.inner_mut().on_dup_ack(
-                        cx.now(),
-                        self.remote_mss,
-                        in_flight,
-                    );
+                    // Notify of duplicate ACK. In a recovery with SACK information the
+                    // pipe estimate counts what left the network (RFC 6675 (5): cwnd
+                    // stays at what the loss set), so the controller's window must not
+                    // be inflated per duplicate ACK as well (RFC 5681 (3.2) step 4).
+                    if !(self.remote_has_sack && self.recovery_point.is_some()) {
+                        let in_flight = self.flight_size();
+                        self.congestion_controller.inner_mut().on_dup_ack(
+                            cx.now(),
+                            self.remote_mss,
+                            in_flight,
+                        );
+                    }
                 }
 
                 // No duplicate ACK means we reset the duplicate ACK count
@@ -7644,6 +7682,65 @@ mod test {
                 [1460; 4],
                 "{cc:?}"
             );
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_sack_recovery_sends_new_data_as_the_pipe_drains() {
+        // RFC 6675 (5): in recovery, new data goes out while pipe < cwnd, SACKed octets
+        // having left the network. A peer that acknowledges a flight with a few ACKs
+        // (as Linux receivers behind GRO do) SACKs most of it in one ACK.
+        const M: usize = 1460;
+        for cc in controllers_with_window() {
+            let mut s = socket_after_handshake(cc, Some(M as u16));
+            s.remote_has_sack = true;
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [M; 10]);
+            // The first segment is lost; three duplicate ACKs SACK the next three,
+            // a fourth all the others.
+            let dup_ack = |sacked_to: usize| TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                sack_ranges: [sack_block(M, sacked_to), None, None],
+                ..SEND_TEMPL
+            };
+            for n in 2..=4 {
+                send!(s, time 50, dup_ack(n * M));
+            }
+            send!(s, time 50, dup_ack(10 * M));
+            let sent = dispatched(&mut s, 50);
+            // The hole first, then new data from SND.MAX up to the window less the
+            // pipe: the resent hole is the only segment in the network.
+            assert_eq!((sent[0].0, sent[0].1.len()), (LOCAL_SEQ + 1, M), "{cc:?}");
+            // The window the loss set (ssthresh + 3 segments) is below the 10
+            // segments outstanding: before, nothing new went out until the
+            // cumulative ACK moved.
+            let cwnd = s.congestion_controller.inner().window();
+            assert!(cwnd > M && cwnd <= 10 * M, "{cc:?}: cwnd {cwnd}");
+            let mut next = LOCAL_SEQ + 1 + 10 * M;
+            for (seq, payload, _) in &sent[1..] {
+                assert_eq!(*seq, next, "{cc:?}");
+                next += payload.len();
+            }
+            assert_eq!(next - (LOCAL_SEQ + 1 + 10 * M), cwnd - M, "{cc:?}: {sent:?}");
+            assert_eq!(s.pipe(), cwnd, "{cc:?}");
+            // An ACK SACKing the first new segment lets exactly one more go: the
+            // window is not inflated by the duplicate ACK besides.
+            send!(s, time 75, TcpRepr {
+                sack_ranges: [sack_block(M, 11 * M), None, None],
+                ..dup_ack(0)
+            });
+            let sent = dispatched(&mut s, 75);
+            assert_eq!(sent.len(), 1, "{cc:?}: {sent:?}");
+            assert_eq!((sent[0].0, sent[0].1.len()), (next, M), "{cc:?}");
+            // The hole's ACK ends the recovery at its point (SND.MAX when it began).
+            send!(s, time 100, TcpRepr {
+                ack_number: Some(LOCAL_SEQ + 1 + 11 * M),
+                sack_ranges: [None, None, None],
+                ..dup_ack(0)
+            });
+            assert_eq!(s.recovery_point, None, "{cc:?}");
         }
     }
 
