@@ -405,7 +405,10 @@ fn two_engines_in_a_row_stay_byte_exact_under_loss_and_reordering() {
 /// 8 chains still fail (585, 792, 957, 1028, 1355, 1530, 1541 and 1751 when
 /// this was written): engine A's upstream connect to B fails, the client
 /// never connects, or all data arrives and the close ends in a reset and a
-/// timeout on B. Not yet diagnosed. None of them may lose or corrupt a byte
+/// timeout on B. Since vendored patches 23-25 only 585 fails: engine B's
+/// SYN|ACKs to A (0.042 s, and 1.043 s in answer to A's resent SYN, patch
+/// 24) never reach A's upstream socket, and B's 3 s connect timeout ends it;
+/// lost or dropped on the way, not yet diagnosed. None of them may lose or corrupt a byte
 /// on the way: whatever arrived is a prefix of what was sent (seed 957 once
 /// delivered an extra octet, a keep-alive's, fixed by vendored patch 15).
 /// When the failures are fixed this fails: assert that `failed` is empty.

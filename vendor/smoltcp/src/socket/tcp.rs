@@ -1736,11 +1736,44 @@ impl<'a> Socket<'a> {
         self.empty_segment_seq() - self.local_seq_no
     }
 
+    /// RFC 6675 (4) "pipe", in fast recovery: the octets sent (up to the send pointer)
+    /// that are estimated to be still in the network. SACKed octets have left it, and
+    /// so have the ones taken as lost (not SACKed, below SACKed data: what `next_hole`
+    /// resends) that this recovery has not resent yet; resent ones are in it again.
+    /// Without SACK information this is the flight size.
+    fn pipe(&self) -> usize {
+        let end = self.remote_last_seq;
+        let mut left_network = 0;
+        let mut lost_from = self.local_seq_no.max(self.rexmit_next);
+        for (left, right) in self.sacked.iter() {
+            if left >= end {
+                break;
+            }
+            let right = right.min(end);
+            left_network += right - left;
+            if lost_from < left {
+                left_network += left - lost_from;
+            }
+            lost_from = lost_from.max(right);
+        }
+        self.flight_size().saturating_sub(left_network)
+    }
+
     fn cwnd_remaining(&self) -> usize {
+        // RFC 6675 (5): in fast recovery the window is compared with the pipe estimate,
+        // not with everything outstanding, so that each ACK reporting SACKed data lets
+        // as much new data go out as left the network. Before, a recovery sent no new
+        // data for a round trip when the peer's ACKs come in bursts (a few ACKs per
+        // flight: duplicate-ACK inflation then opens the window by a segment or two).
+        let in_network = if self.recovery_point.is_some() {
+            self.pipe()
+        } else {
+            self.flight_size()
+        };
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(in_network)
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2008,6 +2041,19 @@ impl<'a> Socket<'a> {
             // Anything else in the SYN-SENT state is invalid.
             (State::SynSent, _, _) => {
                 net_debug!("expecting a SYN|ACK");
+                return None;
+            }
+            // The peer resent its SYN in SYN-RECEIVED: our SYN|ACK was lost (or is
+            // late). Resend it now, as if its timer had expired; dropping the SYN left
+            // the handshake to our own retransmission timer, whose backoff (1 s, then
+            // 2 s) can outlast the peer's connection timeout.
+            (State::SynReceived, TcpControl::Syn, None)
+                if repr.seq_number + 1 == self.remote_seq_no =>
+            {
+                net_debug!("received a retransmitted SYN, resending SYN|ACK");
+                self.remote_last_seq = self.local_seq_no;
+                // Karn: an ACK after this resend gives no RTT sample.
+                self.rtte.on_retransmit();
                 return None;
             }
             // Every packet after the initial SYN must be an acknowledgement.
@@ -2511,13 +2557,18 @@ impl<'a> Socket<'a> {
                         net_debug!("started fast retransmit");
                     }
 
-                    // Notify of duplicate ACK
-                    let in_flight = self.flight_size();
-                    self.congestion_controller.inner_mut().on_dup_ack(
-                        cx.now(),
-                        self.remote_mss,
-                        in_flight,
-                    );
+                    // Notify of duplicate ACK. In a recovery with SACK information the
+                    // pipe estimate counts what left the network (RFC 6675 (5): cwnd
+                    // stays at what the loss set), so the controller's window must not
+                    // be inflated per duplicate ACK as well (RFC 5681 (3.2) step 4).
+                    if !(self.remote_has_sack && self.recovery_point.is_some()) {
+                        let in_flight = self.flight_size();
+                        self.congestion_controller.inner_mut().on_dup_ack(
+                            cx.now(),
+                            self.remote_mss,
+                            in_flight,
+                        );
+                    }
                 }
 
                 // No duplicate ACK means we reset the duplicate ACK count
@@ -2950,7 +3001,16 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            if self.pending_fast_retransmit {
+                // A fast retransmit replaced the retransmission timer, and it may
+                // find nothing to resend (only a FIN outstanding, or every hole
+                // resent already): the timer keeps running while data is
+                // outstanding (RFC 6298 (5.1)), or nothing would ever resend it.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(cx.now(), rto);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
@@ -4058,6 +4118,44 @@ mod test {
         );
         assert_eq!(s.state, State::Established);
         sanity!(s, socket_established());
+    }
+
+    #[test]
+    fn test_syn_received_resends_syn_ack_for_a_retransmitted_syn() {
+        let mut s = socket_syn_received();
+        let syn_ack = TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: LOCAL_SEQ,
+            ack_number: Some(REMOTE_SEQ + 1),
+            max_seg_size: Some(BASE_MSS),
+            ..RECV_TEMPL
+        };
+        recv!(s, time 0, Ok(syn_ack));
+        // The SYN|ACK is lost; the peer's SYN comes again 300 ms later and is
+        // answered at once (before: dropped, the SYN|ACK resent only at 1 s).
+        send!(s, time 300, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        recv!(s, time 300, Ok(syn_ack));
+        recv_nothing!(s, time 300);
+        // A SYN with another sequence number is not a retransmission: dropped.
+        send!(s, time 400, TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ + 7,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 400);
+        // The handshake completes as usual.
+        send!(s, time 410, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::Established);
     }
 
     #[cfg(feature = "socket-tcp-pause-synack")]
@@ -7588,6 +7686,65 @@ mod test {
     }
 
     #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_sack_recovery_sends_new_data_as_the_pipe_drains() {
+        // RFC 6675 (5): in recovery, new data goes out while pipe < cwnd, SACKed octets
+        // having left the network. A peer that acknowledges a flight with a few ACKs
+        // (as Linux receivers behind GRO do) SACKs most of it in one ACK.
+        const M: usize = 1460;
+        for cc in controllers_with_window() {
+            let mut s = socket_after_handshake(cc, Some(M as u16));
+            s.remote_has_sack = true;
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [M; 10]);
+            // The first segment is lost; three duplicate ACKs SACK the next three,
+            // a fourth all the others.
+            let dup_ack = |sacked_to: usize| TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                sack_ranges: [sack_block(M, sacked_to), None, None],
+                ..SEND_TEMPL
+            };
+            for n in 2..=4 {
+                send!(s, time 50, dup_ack(n * M));
+            }
+            send!(s, time 50, dup_ack(10 * M));
+            let sent = dispatched(&mut s, 50);
+            // The hole first, then new data from SND.MAX up to the window less the
+            // pipe: the resent hole is the only segment in the network.
+            assert_eq!((sent[0].0, sent[0].1.len()), (LOCAL_SEQ + 1, M), "{cc:?}");
+            // The window the loss set (ssthresh + 3 segments) is below the 10
+            // segments outstanding: before, nothing new went out until the
+            // cumulative ACK moved.
+            let cwnd = s.congestion_controller.inner().window();
+            assert!(cwnd > M && cwnd <= 10 * M, "{cc:?}: cwnd {cwnd}");
+            let mut next = LOCAL_SEQ + 1 + 10 * M;
+            for (seq, payload, _) in &sent[1..] {
+                assert_eq!(*seq, next, "{cc:?}");
+                next += payload.len();
+            }
+            assert_eq!(next - (LOCAL_SEQ + 1 + 10 * M), cwnd - M, "{cc:?}: {sent:?}");
+            assert_eq!(s.pipe(), cwnd, "{cc:?}");
+            // An ACK SACKing the first new segment lets exactly one more go: the
+            // window is not inflated by the duplicate ACK besides.
+            send!(s, time 75, TcpRepr {
+                sack_ranges: [sack_block(M, 11 * M), None, None],
+                ..dup_ack(0)
+            });
+            let sent = dispatched(&mut s, 75);
+            assert_eq!(sent.len(), 1, "{cc:?}: {sent:?}");
+            assert_eq!((sent[0].0, sent[0].1.len()), (next, M), "{cc:?}");
+            // The hole's ACK ends the recovery at its point (SND.MAX when it began).
+            send!(s, time 100, TcpRepr {
+                ack_number: Some(LOCAL_SEQ + 1 + 11 * M),
+                sack_ranges: [None, None, None],
+                ..dup_ack(0)
+            });
+            assert_eq!(s.recovery_point, None, "{cc:?}");
+        }
+    }
+
+    #[test]
     #[cfg(feature = "socket-tcp-reno")]
     fn test_congestion_window_doesnt_limit_fast_retransmit() {
         let mut s = socket_established_with_buffer_sizes(8192, 64);
@@ -8400,6 +8557,40 @@ mod test {
             (LOCAL_SEQ + 1 + from).0 as u32,
             (LOCAL_SEQ + 1 + to).0 as u32,
         ))
+    }
+
+    #[test]
+    fn test_fast_retransmit_with_nothing_to_resend_keeps_the_retransmission_timer() {
+        // Only the FIN is outstanding when the third duplicate ACK arrives (the peer
+        // ignored the FIN behind a hole it has filled since): the fast retransmit has
+        // no data to resend. The retransmission timer must keep running so that the
+        // FIN is resent; before, it was left idle and the FIN never went out again.
+        let mut s = socket_fin_wait_1();
+        recv!(s, time 0, Ok(TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
+        // The first ACK of LOCAL_SEQ + 1 is not a duplicate (none came before).
+        for _ in 0..4 {
+            send!(s, time 10, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            });
+        }
+        assert_eq!(s.local_rx_dup_acks, 3);
+        recv_nothing!(s, time 10);
+        assert!(s.timer.is_retransmit());
+        // One RTO later (1 s: no RTT sample yet) the FIN goes out again.
+        recv_nothing!(s, time 1000);
+        recv!(s, time 1010, Ok(TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }));
     }
 
     #[test]
