@@ -123,6 +123,19 @@ echo "stats: $(mp_stats $MP_ID)"
 t0=$(now_ms)
 mp_stop rev && pass "rev: xl shutdown in $(( $(now_ms) - t0 )) ms"
 tail -n 6 "$(console_log rev)"
+# After 50 MB each way, TSO, 100 concurrent connections and an upstream lost
+# and back: the boot stack (128 KiB over a guard page) kept a quarter free.
+# (xenconsoled may write the guest's last lines a moment after it is gone.)
+for _ in 1 2 3 4 5 6; do
+    read -r deep size < <(grep -a 'miniproxy: stack: deepest' "$(console_log rev)" | tail -n1 | awk '{ print $4, $6 }')
+    [ -n "${deep:-}" ] && break
+    sleep 0.5
+done
+if [ -n "${deep:-}" ] && [ "$deep" -lt $(( ${size:-0} * 3 / 4 )) ]; then
+    pass "rev: the stack went $deep bytes deep of $size"
+else
+    fail "rev: stack" "deepest '${deep:-}' of '${size:-}' bytes ($(grep -a 'stack' "$(console_log rev)" | tail -n1))"
+fi
 
 # offload=off: the driver keeps every frame within the MTU and checksums in
 # software, with the same backend (which offers sg and gso): still byte-exact.
