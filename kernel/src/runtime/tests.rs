@@ -321,6 +321,15 @@ impl Rig {
             .map(|v| String::from_utf8(v.to_vec()).unwrap())
             .collect()
     }
+    /// Requests of type `ty` whose payload starts with `prefix` that the fake
+    /// xenstored has taken so far.
+    fn requests(&self, ty: MsgType, prefix: &str) -> usize {
+        let srv = self.srv.borrow();
+        srv.log
+            .iter()
+            .filter(|(t, _, p)| *t == ty as u32 && p.starts_with(prefix.as_bytes()))
+            .count()
+    }
     /// The toolstack writes `control/shutdown` and the watch fires.
     fn request(&self, what: &str) {
         let mut srv = self.srv.borrow_mut();
@@ -841,14 +850,7 @@ fn handshake_watches_the_backend_and_polls_netfront_when_it_changes() {
     assert_eq!(nic.backend_checks, 2);
     assert_eq!(r.waits.borrow().len(), 1);
     assert_eq!(r.now.get(), T0 + 50 * MS);
-    let count = r
-        .srv
-        .borrow()
-        .log
-        .iter()
-        .filter(|(t, _, p)| *t == MsgType::Watch as u32 && p.starts_with(state.as_bytes()))
-        .count();
-    assert_eq!(count, 1);
+    assert_eq!(r.requests(MsgType::Watch, &state), 1);
     // After ready the backend is not watched twice (xenstored would refuse
     // it), the vifs are.
     r.rt.toolstack.watch_backend_and_vifs(&state).unwrap();
@@ -1439,15 +1441,8 @@ fn a_pool_member_reads_the_key_only_when_a_watch_fires_and_waits_on_if_absent() 
     let mut nic = FakeNic::default();
     assert_eq!(r.rt.wait_for_config(&mut nic).unwrap(), "ip=dhcp");
     assert_eq!(r.waits.borrow().len(), 4);
-    let reads = r
-        .srv
-        .borrow()
-        .log
-        .iter()
-        .filter(|(ty, _, p)| *ty == MsgType::Read as u32 && p.starts_with(POOL_CFG.as_bytes()))
-        .count();
     // The watch's first event, the backend's change, the config's.
-    assert_eq!(reads, 3);
+    assert_eq!(r.requests(MsgType::Read, POOL_CFG), 3);
     assert_eq!(nic.backend_checks, 3);
 }
 
