@@ -213,16 +213,13 @@ impl Stalls {
 
 impl Chain {
     fn new(seed: u64, link: Link) -> Chain {
-        Chain::with(seed, link, "buf=64k", Serve::Echo, 64 << 10)
+        Chain::with(seed, link, "buf=64k", Serve::Echo, 64 << 10, false)
     }
 
     /// A chain whose engines take `opts` on their config line, whose server
-    /// serves `serve`, and whose hosts have `host_buf` socket buffers.
-    fn with(seed: u64, link: Link, opts: &str, serve: Serve, host_buf: usize) -> Chain {
-        Chain::with_offload(seed, link, opts, serve, host_buf, false)
-    }
-
-    fn with_offload(
+    /// serves `serve`, whose hosts have `host_buf` socket buffers, and whose
+    /// engines' ports have segmentation and checksum offload if `offload`.
+    fn with(
         seed: u64,
         link: Link,
         opts: &str,
@@ -445,7 +442,7 @@ fn chain_download_with(
     stalls: bool,
 ) -> Result<(), alloc::string::String> {
     let len = 10 << 20;
-    let mut c = Chain::with_offload(
+    let mut c = Chain::with(
         seed,
         lossy_chain_link(),
         "",
