@@ -26,7 +26,7 @@ if [ -z "${XEN_ALL_INNER:-}" ]; then
             if [ "$idle" -ge "${XEN_STALL_S:-150}" ] && [ "$n" -lt 4 ]; then
                 echo "== stall: nothing logged for ${idle}s; processes (pid ppid state age wchan args):"
                 ps -eo pid=,ppid=,stat=,etimes=,wchan:28=,args= | awk '$2 != 2 && $1 != 2' | cut -c1-200 | tail -n 60
-                echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
+                echo "== stall: xenstored $(ps -o stat=,time= -C xenstored 2>/dev/null), domains: $(timeout 10 xl list 2>/dev/null | awk 'NR > 1 {printf "%s:%s ", $1, $5}')"
                 # A process running (R) for over a minute: where it spins, in
                 # the kernel (its stack, its syscall) or in user space (its
                 # instruction pointer from a backtrace of the running CPU).
