@@ -24,13 +24,17 @@
 //! * `who` — the server answers with the local address the client reached.
 //!
 //! The client prints one line `ok conns=.. bytes_up=.. bytes_down=.. secs=..
-//! conns_per_s=.. mbytes_per_s=..` and exits 0, or prints what failed and exits 1.
+//! last_byte_secs=.. conns_per_s=.. mbytes_per_s=..` and exits 0, or prints what
+//! failed and exits 1. `secs` runs to the end of the last exchange (its end of
+//! stream); `last_byte_secs` to the arrival of the last expected byte (echo,
+//! get; for put and who it is `secs`).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hostnet::wait_until_up;
@@ -77,7 +81,14 @@ fn write_pattern(s: &mut TcpStream, seed: u64, len: usize) -> std::io::Result<()
 }
 
 /// Read to EOF checking against the pattern. `Ok(len)` or `Err(description)`.
-fn check_pattern<R: Read>(r: &mut R, seed: u64, len: usize) -> Result<usize, String> {
+/// `last_byte` is set to when the `len`th byte arrived (the end of stream
+/// may come a round trip later, when the sender's FIN waited for its window).
+fn check_pattern<R: Read>(
+    r: &mut R,
+    seed: u64,
+    len: usize,
+    last_byte: &mut Option<Instant>,
+) -> Result<usize, String> {
     let mut p = Pattern::new(seed, len);
     let mut want = vec![0u8; BLOCK];
     let mut want_len = 0;
@@ -111,6 +122,9 @@ fn check_pattern<R: Read>(r: &mut R, seed: u64, len: usize) -> Result<usize, Str
             want_pos += k;
         }
         total += n;
+        if total == len && last_byte.is_none() {
+            *last_byte = Some(Instant::now());
+        }
     }
     if total != len {
         return Err(format!("got {total} bytes, expected {len}"));
@@ -150,7 +164,7 @@ fn serve_conn(s: TcpStream) -> Result<(), String> {
             return Ok(());
         }
         Some("put") => {
-            let reply = match check_pattern(&mut r, num(2)?, num(1)? as usize) {
+            let reply = match check_pattern(&mut r, num(2)?, num(1)? as usize, &mut None) {
                 Ok(n) => format!("ok {n}\n"),
                 Err(e) => format!("bad {e}\n"),
             };
@@ -199,8 +213,13 @@ struct ClientOpts {
     timeout: Duration,
 }
 
-/// One connection; returns (bytes up, bytes down).
-fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
+/// One connection; returns (bytes up, bytes down), and sets `last_byte` to
+/// when the last expected byte arrived (echo and get).
+fn one(
+    o: &ClientOpts,
+    idx: usize,
+    last_byte: &mut Option<Instant>,
+) -> Result<(usize, usize), String> {
     let seed = o.seed.wrapping_add(idx as u64);
     let reset_expected = o.expect.as_deref() == Some("reset");
     let result = (|| -> Result<(usize, usize), String> {
@@ -219,7 +238,7 @@ fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
                     let _ = w.shutdown(Shutdown::Write);
                     r
                 });
-                let got = check_pattern(&mut s, seed, o.len);
+                let got = check_pattern(&mut s, seed, o.len, last_byte);
                 let wrote = writer.join().map_err(|_| "writer panicked".to_string())?;
                 wrote.map_err(|e| format!("write: {e}"))?;
                 Ok((o.len, got?))
@@ -228,7 +247,7 @@ fn one(o: &ClientOpts, idx: usize) -> Result<(usize, usize), String> {
                 s.write_all(format!("get {} {seed}\n", o.len).as_bytes())
                     .map_err(|e| format!("write: {e}"))?;
                 s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-                Ok((0, check_pattern(&mut s, seed, o.len)?))
+                Ok((0, check_pattern(&mut s, seed, o.len, last_byte)?))
             }
             "put" => {
                 s.write_all(format!("put {} {seed}\n", o.len).as_bytes())
@@ -279,6 +298,8 @@ fn client(o: ClientOpts) -> Result<(), String> {
     let next = AtomicUsize::new(0);
     let up = AtomicUsize::new(0);
     let down = AtomicUsize::new(0);
+    // The latest last-byte arrival of any connection.
+    let last_byte: Mutex<Option<Instant>> = Mutex::new(None);
     let start = Instant::now();
     let errors: Vec<String> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..o.parallel.min(o.conns).max(1))
@@ -290,7 +311,12 @@ fn client(o: ClientOpts) -> Result<(), String> {
                         if i >= o.conns {
                             break;
                         }
-                        match one(&o, i) {
+                        let mut last = None;
+                        let result = one(&o, i, &mut last);
+                        if let (Some(t), Ok(mut latest)) = (last, last_byte.lock()) {
+                            *latest = Some(latest.map_or(t, |l| l.max(t)));
+                        }
+                        match result {
                             Ok((u, d)) => {
                                 up.fetch_add(u, Ordering::SeqCst);
                                 down.fetch_add(d, Ordering::SeqCst);
@@ -319,8 +345,16 @@ fn client(o: ClientOpts) -> Result<(), String> {
         ));
     }
     let (u, d) = (up.load(Ordering::SeqCst), down.load(Ordering::SeqCst));
+    // A download is done when its last byte is in, whether the sender's FIN
+    // came with it or a round trip later (a FIN waits for the congestion window
+    // when the sender's last write left before its shutdown).
+    let last_byte_secs = last_byte
+        .into_inner()
+        .ok()
+        .flatten()
+        .map_or(secs, |t| (t - start).as_secs_f64());
     println!(
-        "ok conns={} bytes_up={u} bytes_down={d} secs={secs:.3} conns_per_s={:.1} mbytes_per_s={:.2}",
+        "ok conns={} bytes_up={u} bytes_down={d} secs={secs:.3} last_byte_secs={last_byte_secs:.3} conns_per_s={:.1} mbytes_per_s={:.2}",
         o.conns,
         o.conns as f64 / secs,
         (u + d) as f64 / secs / 1e6
