@@ -670,6 +670,10 @@ pub struct Socket<'a> {
     /// The congestion control algorithm.
     congestion_controller: congestion::AnyController,
 
+    /// Slow start counts every byte of a stretch ACK
+    /// (`set_slow_start_counts_stretch_acks`); kept across controllers.
+    stretch_acks: bool,
+
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
 
@@ -763,6 +767,7 @@ impl<'a> Socket<'a> {
             tsval_generator: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
+            stretch_acks: false,
 
             #[cfg(feature = "async")]
             rx_waker: WakerRegistration::new(),
@@ -812,7 +817,37 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
-        }
+        };
+        self.congestion_controller
+            .inner_mut()
+            .set_stretch_acks(self.stretch_acks);
+    }
+
+    /// Let slow start count every byte an ACK acknowledges, however many
+    /// segments it covers.
+    ///
+    /// By default slow start grows the congestion window by the bytes an ACK
+    /// acknowledges up to two segments (RFC 3465 §2.2, L = 2 SMSS). Receivers
+    /// acknowledge more than two segments at once often: a Linux receiver
+    /// acknowledges every segment while in quick-ACK mode, then a whole batch
+    /// in one ACK once its budget of quick ACKs ran out or its reader was
+    /// late; GRO and LRO coalesce segments before TCP sees them. Each such
+    /// stretch ACK loses the growth of all but two of its segments, so the
+    /// window falls short of doubling per round trip, and the last few
+    /// segments of a short transfer wait a whole round trip. With this set,
+    /// slow start counts them all, as Linux does (it has had no limit L
+    /// since 2013). The slow start after a retransmission timeout still counts one
+    /// segment per ACK (RFC 3465 §2.3). Off by default; kept across
+    /// `listen`/`connect` and `set_congestion_control`.
+    pub fn set_slow_start_counts_stretch_acks(&mut self, on: bool) {
+        self.stretch_acks = on;
+        self.congestion_controller.inner_mut().set_stretch_acks(on);
+    }
+
+    /// Return whether slow start counts every byte of a stretch ACK, see
+    /// [set_slow_start_counts_stretch_acks](#method.set_slow_start_counts_stretch_acks).
+    pub fn slow_start_counts_stretch_acks(&self) -> bool {
+        self.stretch_acks
     }
 
     /// Return the current congestion control algorithm.
@@ -7687,6 +7722,59 @@ mod test {
 
     #[test]
     #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_stretch_ack_in_slow_start_counts_in_full_when_enabled() {
+        // A Linux receiver out of quick ACKs acknowledges six segments at once.
+        let stretch_ack = |s: &mut TestSocket| {
+            let ack = TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 6 * 1460),
+                window_len: 65535,
+                ..SEND_TEMPL
+            };
+            assert_eq!(send(s, Instant::from_millis(50), &ack), None);
+            dispatch_all(s, Instant::from_millis(50))
+        };
+        for cc in controllers_with_window() {
+            // By default (RFC 3465, L = 2): six leave, the window grows by two.
+            let mut s = socket_after_handshake(cc, Some(1460));
+            assert!(!s.slow_start_counts_stretch_acks());
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [1460; 10]);
+            assert_eq!(stretch_ack(&mut s), [1460; 8], "{cc:?}");
+
+            // Enabled: the window grows by all six, as six ACKs would grow it.
+            let mut s = socket_after_handshake(cc, Some(1460));
+            s.set_slow_start_counts_stretch_acks(true);
+            assert_eq!(dispatch_all(&mut s, Instant::from_millis(0)), [1460; 10]);
+            assert_eq!(stretch_ack(&mut s), [1460; 12], "{cc:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
+    fn test_stretch_ack_setting_survives_a_new_controller_and_reset() {
+        for cc in controllers_with_window() {
+            let mut s = socket_with_buffer_sizes(64, 64);
+            s.set_slow_start_counts_stretch_acks(true);
+            s.set_congestion_control(cc);
+            s.reset();
+            assert!(s.slow_start_counts_stretch_acks(), "{cc:?}");
+            // The new controller has it: an ACK of five segments in slow start
+            // grows the window by five.
+            let ctl = s.congestion_controller.inner_mut();
+            ctl.set_mss(1000);
+            let before = ctl.window();
+            ctl.on_ack(
+                Instant::from_millis(0),
+                5000,
+                10000,
+                &RttEstimator::default(),
+            );
+            assert_eq!(ctl.window() - before, 5000, "{cc:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
     fn test_sack_recovery_sends_new_data_as_the_pipe_drains() {
         // RFC 6675 (5): in recovery, new data goes out while pipe < cwnd, SACKed octets
         // having left the network. A peer that acknowledges a flight with a few ACKs
@@ -7723,7 +7811,11 @@ mod test {
                 assert_eq!(*seq, next, "{cc:?}");
                 next += payload.len();
             }
-            assert_eq!(next - (LOCAL_SEQ + 1 + 10 * M), cwnd - M, "{cc:?}: {sent:?}");
+            assert_eq!(
+                next - (LOCAL_SEQ + 1 + 10 * M),
+                cwnd - M,
+                "{cc:?}: {sent:?}"
+            );
             assert_eq!(s.pipe(), cwnd, "{cc:?}");
             // An ACK SACKing the first new segment lets exactly one more go: the
             // window is not inflated by the duplicate ACK besides.

@@ -27,10 +27,24 @@ pub(super) fn initial_window(mss: usize) -> usize {
 /// two ACKs would. Section 2.3: in the slow start that follows a
 /// retransmission timeout, L = 1 (an ACK then may cover segments that had
 /// left the network long ago, and must not release a burst).
+///
+/// With `stretch_acks` (see `Socket::set_slow_start_counts_stretch_acks`),
+/// outside that post-timeout slow start an ACK grows the window by every byte
+/// it acknowledges, as Linux does: a receiver that acknowledges three or more
+/// segments at once (a Linux receiver whose quick-ACK budget ran out, GRO,
+/// LRO) otherwise leaves the window short of the doubling per round trip that
+/// slow start is for, and the tail of a short transfer waits a round trip.
 #[cfg(any(feature = "socket-tcp-reno", feature = "socket-tcp-cubic"))]
-pub(super) fn slow_start_increase(acked: usize, mss: usize, after_rto: bool) -> usize {
+pub(super) fn slow_start_increase(
+    acked: usize,
+    mss: usize,
+    after_rto: bool,
+    stretch_acks: bool,
+) -> usize {
     let limit = if after_rto {
         mss
+    } else if stretch_acks {
+        usize::MAX
     } else {
         mss.saturating_mul(2)
     };
@@ -65,6 +79,10 @@ pub(super) trait Controller {
     /// sent none), before any data is sent: the controller also starts its
     /// congestion window at the initial window for that MSS (RFC 6928).
     fn set_mss(&mut self, mss: usize) {}
+
+    /// Count every byte a stretch ACK acknowledges in slow start (see
+    /// `slow_start_increase`); off by default (RFC 3465's L = 2 SMSS).
+    fn set_stretch_acks(&mut self, on: bool) {}
 }
 
 #[derive(Debug)]

@@ -54,6 +54,8 @@ pub struct Cubic {
     // Set on RTO, cleared when slow start ends: RFC 3465 section 2.3 limits
     // slow start growth to one SMSS per ACK after a timeout.
     slow_start_after_rto: bool,
+    // Slow start counts every byte of a stretch ACK (Socket::set_slow_start_counts_stretch_acks).
+    stretch_acks: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
@@ -75,6 +77,7 @@ impl Cubic {
             in_fast_recovery: false,
             in_rto_recovery: false,
             slow_start_after_rto: false,
+            stretch_acks: false,
             idle_start: None,
         }
     }
@@ -172,7 +175,8 @@ impl Controller for Cubic {
             return;
         } else if self.cwnd < self.ssthresh {
             // Slow start: grow by the bytes acknowledged, up to 2 SMSS per ACK.
-            let inc = slow_start_increase(len, self.mss, self.slow_start_after_rto);
+            let inc =
+                slow_start_increase(len, self.mss, self.slow_start_after_rto, self.stretch_acks);
             self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
             return;
         }
@@ -289,6 +293,10 @@ impl Controller for Cubic {
         if self.rwnd < remote_window {
             self.rwnd = remote_window;
         }
+    }
+
+    fn set_stretch_acks(&mut self, on: bool) {
+        self.stretch_acks = on;
     }
 }
 
@@ -528,6 +536,27 @@ mod test {
         ack(&mut cubic, MSS, Instant::from_millis(30));
         assert_eq!(cubic.window(), initial_cwnd + MSS);
         assert_eq!(cubic.ssthresh, initial_cwnd + MSS);
+    }
+
+    #[test]
+    fn slow_start_counts_stretch_acks_in_full_when_enabled() {
+        let mut cubic = Cubic::new();
+        cubic.set_stretch_acks(true);
+        cubic.set_mss(MSS);
+        let iw = cubic.window();
+
+        // A stretch ACK covering five segments grows the window by five.
+        ack(&mut cubic, 5 * MSS, Instant::from_millis(1));
+        assert_eq!(cubic.window(), iw + 5 * MSS);
+        ack(&mut cubic, MSS / 2, Instant::from_millis(2));
+        assert_eq!(cubic.window(), iw + 5 * MSS + MSS / 2);
+
+        // After a timeout, slow start still counts one segment per ACK
+        // (RFC 3465 section 2.3).
+        cubic.on_rto(Instant::from_millis(3), 8 * MSS);
+        let w = cubic.window();
+        ack(&mut cubic, 5 * MSS, Instant::from_millis(4));
+        assert_eq!(cubic.window(), w + MSS);
     }
 
     #[test]

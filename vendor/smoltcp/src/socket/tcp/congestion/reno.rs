@@ -20,6 +20,8 @@ pub struct Reno {
     // Set on RTO, cleared when slow start ends: RFC 3465 section 2.3 limits
     // slow start growth to one SMSS per ACK after a timeout.
     slow_start_after_rto: bool,
+    // Slow start counts every byte of a stretch ACK (Socket::set_slow_start_counts_stretch_acks).
+    stretch_acks: bool,
     // RFC 3465 section 2.1: bytes acknowledged in congestion avoidance that
     // have not yet grown the window, as the remainder of SMSS * acked / cwnd.
     ca_carry: usize,
@@ -35,6 +37,7 @@ impl Reno {
             in_fast_recovery: false,
             in_rto_recovery: false,
             slow_start_after_rto: false,
+            stretch_acks: false,
             ca_carry: 0,
         }
     }
@@ -66,7 +69,7 @@ impl Controller for Reno {
 
         let inc = if self.cwnd < self.ssthresh {
             // Slow start: grow by the bytes acknowledged, up to 2 SMSS per ACK.
-            slow_start_increase(len, self.mss, self.slow_start_after_rto)
+            slow_start_increase(len, self.mss, self.slow_start_after_rto, self.stretch_acks)
         } else {
             // Congestion avoidance, RFC 3465 section 2.1: grow by SMSS for
             // every cwnd bytes acknowledged, i.e. SMSS * acked / cwnd per ACK
@@ -128,6 +131,10 @@ impl Controller for Reno {
         if self.rwnd < remote_window {
             self.rwnd = remote_window;
         }
+    }
+
+    fn set_stretch_acks(&mut self, on: bool) {
+        self.stretch_acks = on;
     }
 }
 
@@ -418,6 +425,27 @@ mod test {
         ack(&mut reno, MSS, Instant::from_millis(2));
         reno.on_rto(Instant::from_millis(3), MSS * 4);
         assert_eq!(reno.ssthresh, MSS * 2);
+    }
+
+    #[test]
+    fn slow_start_counts_stretch_acks_in_full_when_enabled() {
+        let mut reno = Reno::new();
+        reno.set_stretch_acks(true);
+        reno.set_mss(MSS);
+        let iw = reno.window();
+
+        // A stretch ACK covering five segments grows the window by five.
+        ack(&mut reno, 5 * MSS, Instant::from_millis(1));
+        assert_eq!(reno.window(), iw + 5 * MSS);
+        ack(&mut reno, MSS / 2, Instant::from_millis(2));
+        assert_eq!(reno.window(), iw + 5 * MSS + MSS / 2);
+
+        // After a timeout, slow start still counts one segment per ACK
+        // (RFC 3465 section 2.3).
+        reno.on_rto(Instant::from_millis(3), 8 * MSS);
+        let w = reno.window();
+        ack(&mut reno, 5 * MSS, Instant::from_millis(4));
+        assert_eq!(reno.window(), w + MSS);
     }
 
     #[test]
