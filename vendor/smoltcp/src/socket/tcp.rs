@@ -2744,7 +2744,14 @@ impl<'a> Socket<'a> {
                 payload_len,
                 payload_offset
             );
-            return None;
+            // The segment is dropped, but it is out of order (one at RCV.NXT
+            // always fits): answer it with a duplicate ACK, as for any
+            // out-of-order segment (RFC 5681 (4.2), RFC 9293 (3.10.7.4)), so
+            // that the sender's duplicate ACK count still sees data leave the
+            // network past a hole. Silence left a sender whose retransmission
+            // and the segments after it crossed (reordered) with nothing to go
+            // on but its retransmission timer.
+            return Some(self.ack_reply(ip_repr, repr));
         };
 
         // Place payload octets into the buffer.
@@ -5644,6 +5651,49 @@ mod test {
                 })
             );
         }
+    }
+
+    #[test]
+    fn test_out_of_order_segment_the_assembler_cannot_hold_is_answered() {
+        use crate::config::ASSEMBLER_MAX_SEGMENT_COUNT as N;
+        let mut s = socket_established_with_buffer_sizes(64, 1024);
+        let ooo = |offset: usize| TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + offset,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"x"[..],
+            ..SEND_TEMPL
+        };
+        let dup_ack = Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            window_len: 1024,
+            ..RECV_TEMPL
+        });
+        // Out-of-order octets at 2, 4, ..., 2N fill the assembler's N ranges;
+        // each is answered with a duplicate ACK (RFC 5681 (4.2)).
+        for i in 1..=N {
+            send!(s, ooo(2 * i), dup_ack);
+        }
+        // One more range does not fit: the octet is dropped, and still
+        // answered with the duplicate ACK (before: nothing).
+        send!(s, ooo(2 * N + 2), dup_ack);
+        assert_eq!(s.assembler.iter_data().count(), N);
+        // The octet at RCV.NXT is taken, with its neighbour at 2 behind it.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"yy"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 3),
+                window_len: 1021,
+                ..RECV_TEMPL
+            })
+        );
     }
 
     #[test]
