@@ -309,6 +309,11 @@ impl Engine {
         &mut self.sockets.set
     }
 
+    /// The socket set, to read (e.g. a socket's TCP state in a test).
+    pub fn sockets(&self) -> &SocketSet<'static> {
+        &self.sockets.set
+    }
+
     /// The interface and the socket set together (e.g. to drive a socket of the caller's).
     pub fn interface_and_sockets(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
         (&mut self.iface, &mut self.sockets.set)

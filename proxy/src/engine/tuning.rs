@@ -62,6 +62,11 @@ impl Tuning {
         s.set_keep_alive(self.keepalive);
         s.set_timeout(Some(self.user_timeout));
         s.set_congestion_control(self.cc);
+        // Linux clients acknowledge in stretch ACKs (six segments at once once
+        // their quick ACKs run out): slow start counts them in full, as Linux
+        // senders do (smoltcp patch 26), or a short download's last segments
+        // wait a round trip of the client's leg.
+        s.set_slow_start_counts_stretch_acks(true);
         s.set_rto_min(self.rto_min);
         s.set_rx_capacity_hint(self.buf);
     }
