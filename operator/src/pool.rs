@@ -272,6 +272,13 @@ pub fn run(argv: &[String]) -> Outcome {
             if n.is_none() && !refill {
                 return bad("fill needs the pool's size N");
             }
+            if refill {
+                // Before any other work: dom0 may have one vCPU, and the
+                // caller of the spawn that started this gets it first (under
+                // TCG even reading the environment costs ms, an xl create
+                // seconds); the pool is back a moment later.
+                std::thread::sleep(REFILL_DELAY);
+            }
             env::need_root()?;
             fill(n, memory, refill, json)
         }
@@ -354,12 +361,6 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
     // One fill at a time; a refill finds one running and leaves it the work
     // (it reads the target before each member it creates).
     let fill_lock = pool.path(".fill.lock");
-    if refill {
-        // dom0 may have one vCPU: the caller of the spawn that started this
-        // gets it first (under TCG an xl create is seconds of CPU), and
-        // the pool is back a moment later.
-        std::thread::sleep(REFILL_DELAY);
-    }
     let _one = if refill {
         match lock::try_take(&fill_lock) {
             Ok(Some(f)) => f,

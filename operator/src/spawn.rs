@@ -7,7 +7,7 @@ use crate::env::{self, Env};
 use crate::json::Object;
 use crate::libvirt::{self, Via};
 use crate::render::{self, Values};
-use crate::xenstore::{self, Xs, NO_TX};
+use crate::xenstore::Xs;
 use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -243,29 +243,23 @@ pub fn run(argv: &[String]) -> Outcome {
             Err(e) => env.trace(&format!("{e}: no warm spawn")),
         }
     }
-    let in_use = match warm_xs.as_mut() {
-        Some(xs) => match xenstore::domid_of(xs, NO_TX, name) {
-            Ok(id) => id,
-            Err(e) => {
-                env.trace(&format!("{e}: no warm spawn"));
-                warm_xs = None;
-                xen::domid_of(name)
+    match warm_xs.as_mut() {
+        // A waiting pool member that fits: hand it the configuration. The
+        // warm path checks the name itself (with the member, one round
+        // trip), also when it then finds none and the spawn goes cold.
+        Some(xs) => {
+            let files = (kernel.as_str(), template.as_str(), template_path.as_path());
+            if let Some(done) = crate::warm::warm(&env, &s, files, xs)? {
+                return done;
             }
-        },
-        None => xen::domid_of(name),
-    };
-    if let Some(id) = in_use {
-        return fail(format!("name '{name}' is in use: domain {id} exists"));
-    }
-    env.trace("name is free");
-
-    // A waiting pool member that fits: hand it the configuration.
-    if let Some(xs) = warm_xs.as_mut() {
-        let files = (kernel.as_str(), template.as_str(), template_path.as_path());
-        if let Some(done) = crate::warm::warm(&env, &s, files, xs)? {
-            return done;
+            env.trace("no pool member fits: cold");
         }
-        env.trace("no pool member fits: cold");
+        None => {
+            if let Some(id) = xen::domid_of(name) {
+                return fail(format!("name '{name}' is in use: domain {id} exists"));
+            }
+            env.trace("name is free");
+        }
     }
 
     let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;

@@ -10,7 +10,6 @@ use crate::spawn::{
 };
 use crate::xenstore::{self, Req, Xs, NO_TX};
 use crate::{fail, lock, pool, xen, Failure, Outcome};
-use proxy::config::Config;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,12 +36,32 @@ pub fn warm(
             Ok(Some(f)) => f,
             _ => return fail(format!("could not take {} (--timeout)", global.display())),
         };
+        let cands = pool::candidates(env, s.memory, &cfg);
+        let looked = match look(xs, name, &cands) {
+            Ok(l) => l,
+            Err(e) => {
+                // Go cold, with the name checked the way a cold spawn does.
+                env.trace(&format!("{e}: no warm spawn"));
+                if let Some(id) = xen::domid_of(name) {
+                    return fail(format!("name '{name}' is in use: domain {id} exists"));
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(id) = looked.in_use {
+            return fail(format!("name '{name}' is in use: domain {id} exists"));
+        }
+        env.trace("name is free");
         let records = records(env);
         if let Some(other) = ip_in_use(env, s, &records) {
             let addr = s.ip.split('/').next().unwrap_or("");
             return fail(format!("address {addr} is in use by instance '{other}'"));
         }
-        let Some(member) = first_waiting(env, xs, s, &cfg) else {
+        let member = match looked.member {
+            Some(m) => Some(m),
+            None => first_waiting(env, xs, cands.get(1..).unwrap_or_default()),
+        };
+        let Some(member) = member else {
             return Ok(None);
         };
         pool::take(env, &member);
@@ -117,34 +136,83 @@ fn ready_token(id: u32) -> String {
     format!("miniproxy-ready-{id}")
 }
 
-/// The first of the pool's candidates ([`pool::candidates`]) that is still
-/// its domain's name and says `data/pool=waiting`, asked one member at a
-/// time. With the same round trip its data/ready is watched (the event of
-/// the guest's write then ends the wait without polling; a member not
-/// taken keeps a watch whose events nobody waits for, until this process
-/// ends). A xenstore failure: none (the spawn goes cold).
-fn first_waiting(env: &Env, xs: &mut Xs, s: &Spawn, cfg: &Config) -> Option<pool::Member> {
-    for m in pool::candidates(env, s.memory, cfg) {
-        let home = format!("/local/domain/{}", m.domid);
-        let (name, state, ready) = (
-            format!("{home}/name"),
-            format!("{home}/data/pool"),
-            format!("{home}/data/ready"),
-        );
-        let token = ready_token(m.domid);
+/// What the spawn finds under the global lock, in one round trip after
+/// the domain list: the domain already named NAME, if any, and whether the
+/// first candidate still is its domain and waits (its data/ready watched
+/// in the same round trip, see [`watch_reqs`]).
+struct Looked {
+    in_use: Option<u32>,
+    member: Option<pool::Member>,
+}
+
+fn look(xs: &mut Xs, name: &str, cands: &[pool::Member]) -> Result<Looked, String> {
+    let ids: Vec<u32> = xs
+        .directory(NO_TX, "/local/domain")?
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|n| format!("/local/domain/{n}/name"))
+        .collect();
+    let mut reqs: Vec<Req<'_>> = paths.iter().map(|p| Req::Read(p)).collect();
+    let keys = cands.first().map(member_keys);
+    if let Some(k) = &keys {
+        reqs.extend(watch_reqs(k));
+    }
+    let got = xs.batch(NO_TX, &reqs)?;
+    let name_of = |id: u32| {
+        ids.iter()
+            .position(|&n| n == id)
+            .and_then(|i| got[i].as_deref())
+    };
+    let in_use = ids
+        .iter()
+        .zip(&got)
+        .find(|(_, n)| n.as_deref() == Some(name))
+        .map(|(&id, _)| id);
+    let member = cands.first().filter(|m| {
+        name_of(m.domid) == Some(m.name.as_str()) && got[ids.len()].as_deref() == Some("waiting")
+    });
+    Ok(Looked {
+        in_use,
+        member: member.cloned(),
+    })
+}
+
+/// A member's name, data/pool and data/ready keys, and its ready watch's
+/// token.
+fn member_keys(m: &pool::Member) -> [String; 4] {
+    let home = format!("/local/domain/{}", m.domid);
+    [
+        format!("{home}/name"),
+        format!("{home}/data/pool"),
+        format!("{home}/data/ready"),
+        ready_token(m.domid),
+    ]
+}
+
+/// Read a member's data/pool and watch its data/ready, in one round trip
+/// (the event of the guest's write then ends the wait without polling; a
+/// member not taken keeps a watch whose events nobody waits for, until
+/// this process ends).
+fn watch_reqs(k: &[String; 4]) -> [Req<'_>; 2] {
+    [Req::Read(&k[1]), Req::Watch(&k[2], &k[3])]
+}
+
+/// The first of `cands` that is still its domain's name and says
+/// `data/pool=waiting`, asked one member at a time, each with its ready
+/// watch. A xenstore failure: none (the spawn goes cold).
+fn first_waiting(env: &Env, xs: &mut Xs, cands: &[pool::Member]) -> Option<pool::Member> {
+    for m in cands {
+        let k = member_keys(m);
+        let [state, watch] = watch_reqs(&k);
         let got = xs
-            .batch(
-                NO_TX,
-                &[
-                    Req::Read(&name),
-                    Req::Read(&state),
-                    Req::Watch(&ready, &token),
-                ],
-            )
+            .batch(NO_TX, &[Req::Read(&k[0]), state, watch])
             .map_err(|e| env.trace(&format!("{e}: no warm spawn")))
             .ok()?;
         if got[0].as_deref() == Some(m.name.as_str()) && got[1].as_deref() == Some("waiting") {
-            return Some(m);
+            return Some(m.clone());
         }
     }
     None
