@@ -31,6 +31,7 @@ pub fn warm(
         .or_else(|e| fail(format!("the configuration does not parse: {e}")))?;
     let w0 = env.ms();
     let global = env.path(".lock");
+    let known: Vec<u32>;
     let taken = {
         let _global = match lock::take_within(&global, Duration::from_millis(s.timeout_ms)) {
             Ok(Some(f)) => f,
@@ -57,6 +58,7 @@ pub fn warm(
             let addr = s.ip.split('/').next().unwrap_or("");
             return fail(format!("address {addr} is in use by instance '{other}'"));
         }
+        known = looked.ids;
         let member = match looked.member {
             Some(m) => Some(m),
             None => first_waiting(env, xs, cands.get(1..).unwrap_or_default()),
@@ -91,7 +93,7 @@ pub fn warm(
     let deadline_ms = env.ms() + s.timeout_ms;
     let con0 = console_size(env, member);
     let h0 = env.ms();
-    let handed = hand_over(env, xs, s, id, member);
+    let handed = hand_over(env, xs, s, (id, member), &known);
     let handoff_ms = env.ms() - h0;
     let ready = handed.and_then(|()| await_ready(env, xs, s, id, (member, con0), deadline_ms));
     let (pool_said, ip) = match ready {
@@ -141,6 +143,8 @@ fn ready_token(id: u32) -> String {
 /// first candidate still is its domain and waits (its data/ready watched
 /// in the same round trip, see [`watch_reqs`]).
 struct Looked {
+    /// The domains listed (the rename's transaction reads their names again).
+    ids: Vec<u32>,
     in_use: Option<u32>,
     member: Option<pool::Member>,
 }
@@ -174,9 +178,11 @@ fn look(xs: &mut Xs, name: &str, cands: &[pool::Member]) -> Result<Looked, Strin
     let member = cands.first().filter(|m| {
         name_of(m.domid) == Some(m.name.as_str()) && got[ids.len()].as_deref() == Some("waiting")
     });
+    let member = member.cloned();
     Ok(Looked {
+        ids,
         in_use,
-        member: member.cloned(),
+        member,
     })
 }
 
@@ -222,13 +228,19 @@ fn first_waiting(env: &Env, xs: &mut Xs, cands: &[pool::Member]) -> Option<pool:
 /// read-only for the guest: "n0 rID") and rename it from MEMBER to the
 /// spawn's name as `xl rename` does. On the spawn's one xenstored
 /// connection: no process.
-fn hand_over(env: &Env, xs: &mut Xs, s: &Spawn, id: u32, member: &str) -> Result<(), String> {
+fn hand_over(
+    env: &Env,
+    xs: &mut Xs,
+    s: &Spawn,
+    (id, member): (u32, &str),
+    known: &[u32],
+) -> Result<(), String> {
     let key = format!("/local/domain/{id}/miniproxy/config");
     let reader = format!("r{id}");
     let perms = ["n0", reader.as_str()];
     xs.transaction(5, |xs, tx| -> Result<(), String> {
         let with = [Req::Write(&key, &s.cfgline), Req::SetPerms(&key, &perms)];
-        xenstore::rename(xs, tx, id, member, &s.name, &with)
+        xenstore::rename(xs, tx, (id, member, &s.name), &with, known)
     })
     .map_err(|why| format!("handing over the configuration: {why}"))?;
     env.trace(&format!("configuration written, renamed to {}", s.name));

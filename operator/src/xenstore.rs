@@ -44,6 +44,9 @@ pub enum Req<'a> {
     /// PATH's permissions as xenstore-chmod spells them: the owner first
     /// ("n0": dom0, nobody else by default), then grants ("r5").
     SetPerms(&'a str, &'a [&'a str]),
+    /// PATH's children's names: in a batch's result, joined by NULs
+    /// ([`entries`] splits them).
+    Directory(&'a str),
     /// Watch PATH (and below), its events carrying TOKEN
     /// ([`Xs::wait_watch`]). xenstored also sends one event at once, so a
     /// waiter looks at the node after each.
@@ -55,6 +58,11 @@ impl Req<'_> {
     fn message(&self) -> Result<(u32, Vec<u8>, String), XsError> {
         Ok(match *self {
             Req::Read(p) => (wire::XS_READ, wire::strings(&[p]), format!("read {p}")),
+            Req::Directory(p) => (
+                wire::XS_DIRECTORY,
+                wire::strings(&[p]),
+                format!("directory {p}"),
+            ),
             Req::Write(p, v) => (
                 wire::XS_WRITE,
                 wire::write_payload(p, v),
@@ -124,6 +132,15 @@ impl From<wire::WireError> for XsError {
     }
 }
 
+/// The names a [`Req::Directory`] gave in a batch.
+pub fn entries(joined: &str) -> Vec<String> {
+    joined
+        .split('\0')
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// One connection to xenstored.
 pub struct Xs {
     link: Box<dyn Link>,
@@ -133,6 +150,8 @@ pub struct Xs {
     timeout: Duration,
     /// Why the connection can no longer be used.
     broken: Option<String>,
+    /// Requests a transaction's body left for its commit ([`Xs::at_commit`]).
+    at_commit: Vec<(u32, Vec<u8>, String)>,
 }
 
 impl Xs {
@@ -178,6 +197,7 @@ impl Xs {
             events: VecDeque::new(),
             timeout,
             broken: None,
+            at_commit: Vec::new(),
         }
     }
 
@@ -370,6 +390,10 @@ impl Xs {
                         out.push(Some(String::from_utf8_lossy(&v).into_owned()))
                     }
                     (Req::Read(_), Err(e)) if e.is("ENOENT") => out.push(None),
+                    (Req::Directory(_), Ok(v)) => match wire::split_strings(&v) {
+                        Ok(names) => out.push(Some(names.join("\0"))),
+                        Err(e) => return self.fail(XsError::Protocol(format!("{what}: {e}"))),
+                    },
                     (_, Ok(p)) => {
                         if let Err(e) = wire::expect_ok(&p) {
                             return self.fail(XsError::Protocol(format!("{what}: {e}")));
@@ -446,7 +470,22 @@ impl Xs {
         }
     }
 
-    /// Run `body` in a transaction and commit it; when the commit meets a
+    /// Within a transaction's body: send `reqs` (writes, permissions) with
+    /// the commit, in its round trip, instead of one round trip of their
+    /// own. A refusal of one of them is the transaction's error, but the
+    /// commit has then applied the others: a caller uses this only where
+    /// it undoes all on an error (the warm hand-over destroys the domain).
+    /// A bad request is refused here, before anything is sent.
+    pub fn at_commit(&mut self, reqs: &[Req<'_>]) -> Result<(), XsError> {
+        for r in reqs {
+            let m = r.message()?;
+            self.at_commit.push(m);
+        }
+        Ok(())
+    }
+
+    /// Run `body` in a transaction and commit it (with what the body left
+    /// for the commit, [`Xs::at_commit`]); when the commit meets a
     /// concurrent change (EAGAIN) run it again, `attempts` times at most.
     /// A failing `body` aborts the transaction and gives its error.
     pub fn transaction<T, E: From<XsError>>(
@@ -456,6 +495,7 @@ impl Xs {
     ) -> Result<T, E> {
         let mut left = attempts.max(1);
         loop {
+            self.at_commit.clear();
             let p = self.request(
                 wire::XS_TRANSACTION_START,
                 NO_TX,
@@ -469,16 +509,47 @@ impl Xs {
             let value = match body(self, tx) {
                 Ok(v) => v,
                 Err(e) => {
+                    self.at_commit.clear();
                     // Best effort: the error to report is the body's.
                     let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
                     return Err(e);
                 }
             };
-            match self.acked(wire::XS_TRANSACTION_END, tx, b"T\0", "commit a transaction") {
-                Ok(()) => return Ok(value),
-                Err(e) if e.is("EAGAIN") && left > 1 => left -= 1,
+            let mut msgs = std::mem::take(&mut self.at_commit);
+            msgs.push((
+                wire::XS_TRANSACTION_END,
+                b"T\0".to_vec(),
+                "commit a transaction".into(),
+            ));
+            let mut replies = self.pipeline(tx, &msgs)?;
+            let commit = replies
+                .pop()
+                .unwrap_or_else(|| Err(XsError::Protocol("commit a transaction: no reply".into())));
+            match commit {
+                Ok(p) => {
+                    if let Err(e) = wire::expect_ok(&p) {
+                        let e = XsError::Protocol(format!("commit a transaction: {e}"));
+                        return Err(E::from(self.broke(e)));
+                    }
+                }
+                Err(e) if e.is("EAGAIN") && left > 1 => {
+                    left -= 1;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
+            for (reply, (_, _, what)) in replies.into_iter().zip(&msgs) {
+                match reply {
+                    Ok(p) => {
+                        if let Err(e) = wire::expect_ok(&p) {
+                            let e = XsError::Protocol(format!("{what}: {e}"));
+                            return Err(E::from(self.broke(e)));
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(value);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the way libxl does: a domain's name is /local/domain/ID/name (what
 //! `xl list`, `xl domid` and `xl shutdown NAME` look up) and /vm/UUID/name.
 
-use super::{Req, Tx, Xs, XsError};
+use super::{entries, Req, Tx, Xs, XsError};
 
 impl From<XsError> for String {
     fn from(e: XsError) -> String {
@@ -34,42 +34,48 @@ pub fn domid_of(xs: &mut Xs, tx: Tx, name: &str) -> Result<Option<u32>, XsError>
 /// Rename domain ID from OLD to NEW within transaction `tx`, as
 /// libxl__domain_rename does (tools/libs/light/libxl_domain.c): NEW must
 /// be unused by any other domain, ID must still be named OLD, then both
-/// name nodes are written, and the requests `with` sent along with those
-/// writes. libxl finds /vm/UUID from the domain's UUID;
-/// /local/domain/ID/vm, which libxl writes at create, holds that path.
-/// (Stub device-model domains, which libxl renames along, are HVM-only.)
-/// Three round trips: the domain list; every name and ID's vm; the writes.
+/// name nodes are written, with the requests `with`, at the commit
+/// ([`Xs::at_commit`]: the caller undoes all if the transaction fails).
+/// libxl finds /vm/UUID from the domain's UUID; /local/domain/ID/vm, which
+/// libxl writes at create, holds that path. (Stub device-model domains,
+/// which libxl renames along, are HVM-only.) One round trip reads the
+/// domain list and the names of the domains `known` (the caller's own
+/// list from just before) and ID's vm; a domain not in `known` costs one
+/// more.
 pub fn rename(
     xs: &mut Xs,
     tx: Tx,
-    id: u32,
-    old: &str,
-    new: &str,
+    (id, old, new): (u32, &str, &str),
     with: &[Req<'_>],
+    known: &[u32],
 ) -> Result<(), String> {
     if new.is_empty() {
         return Err("the new name is empty".into());
     }
-    let ids: Vec<u32> = xs
-        .directory(tx, "/local/domain")?
+    let home = format!("/local/domain/{id}");
+    let name_key = |n: u32| format!("/local/domain/{n}/name");
+    let mut paths: Vec<String> = known.iter().map(|&n| name_key(n)).collect();
+    paths.push(format!("{home}/name"));
+    paths.push(format!("{home}/vm"));
+    let mut reqs = vec![Req::Directory("/local/domain")];
+    reqs.extend(paths.iter().map(|p| Req::Read(p)));
+    let mut got = xs.batch(tx, &reqs)?;
+    let vm = got.pop().flatten();
+    let name = got.pop().flatten();
+    let ids: Vec<u32> = entries(got[0].as_deref().unwrap_or(""))
         .iter()
         .filter_map(|d| d.parse().ok())
         .collect();
-    let home = format!("/local/domain/{id}");
-    let mut paths: Vec<String> = ids
+    let mut names: Vec<(u32, Option<String>)> = known.iter().copied().zip(got.drain(1..)).collect();
+    let unknown: Vec<u32> = ids.iter().copied().filter(|n| !known.contains(n)).collect();
+    if !unknown.is_empty() {
+        let keys: Vec<String> = unknown.iter().map(|&n| name_key(n)).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        names.extend(unknown.iter().copied().zip(xs.read_many(tx, &refs)?));
+    }
+    if let Some((other, _)) = names
         .iter()
-        .map(|n| format!("/local/domain/{n}/name"))
-        .collect();
-    paths.push(format!("{home}/name"));
-    paths.push(format!("{home}/vm"));
-    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let mut values = xs.read_many(tx, &refs)?;
-    let vm = values.pop().flatten();
-    let name = values.pop().flatten();
-    if let Some((other, _)) = ids
-        .iter()
-        .zip(&values)
-        .find(|(n, v)| **n != id && v.as_deref() == Some(new))
+        .find(|(n, v)| *n != id && ids.contains(n) && v.as_deref() == Some(new))
     {
         return Err(format!("domain {other} is already named '{new}'"));
     }
@@ -87,9 +93,9 @@ pub fn rename(
         }
     };
     let (name_key, vm_key) = (format!("{home}/name"), format!("{vm}/name"));
-    let mut reqs = with.to_vec();
-    reqs.push(Req::Write(&name_key, new));
-    reqs.push(Req::Write(&vm_key, new));
-    xs.batch(tx, &reqs)?;
+    let mut writes = with.to_vec();
+    writes.push(Req::Write(&name_key, new));
+    writes.push(Req::Write(&vm_key, new));
+    xs.at_commit(&writes)?;
     Ok(())
 }

@@ -232,8 +232,10 @@ fn domains() -> State {
 #[test]
 fn rename_writes_both_names_in_one_transaction() {
     let (mut xs, h) = fake::serve(domains());
-    xs.transaction(3, |xs, tx| rename(xs, tx, 3, "mp-pool-1", "pw1", &[]))
-        .unwrap();
+    xs.transaction(3, |xs, tx| {
+        rename(xs, tx, (3, "mp-pool-1", "pw1"), &[], &[])
+    })
+    .unwrap();
     drop(xs);
     let st = h.join().unwrap();
     assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
@@ -253,7 +255,7 @@ fn rename_refuses_a_used_name_a_changed_old_name_and_a_missing_vm() {
         .insert("/local/domain/6/name".into(), ("novm".into(), vec![]));
     let (mut xs, h) = fake::serve(st);
     let mut try_rename = |id, old: &str, new: &str| {
-        xs.transaction(3, |xs, tx| rename(xs, tx, id, old, new, &[]))
+        xs.transaction(3, |xs, tx| rename(xs, tx, (id, old, new), &[], &[0, 3]))
             .unwrap_err()
     };
     assert_eq!(
@@ -600,14 +602,14 @@ fn rename_sends_the_requests_it_is_given_with_its_writes_in_the_transaction() {
             Req::Write("/local/domain/3/miniproxy/config", "ip=10.0.0.2/24"),
             Req::SetPerms("/local/domain/3/miniproxy/config", &perms),
         ];
-        rename(xs, tx, 3, "mp-pool-1", "pw1", &with)
+        rename(xs, tx, (3, "mp-pool-1", "pw1"), &with, &[0, 3, 4])
     })
     .unwrap();
     // Refused: nothing of `with` is written.
     let e = xs
         .transaction(3, |xs, tx| {
             let with = [Req::Write("/local/domain/4/miniproxy/config", "x")];
-            rename(xs, tx, 4, "taken", "pw1", &with)
+            rename(xs, tx, (4, "taken", "pw1"), &with, &[0, 3, 4, 9])
         })
         .unwrap_err();
     assert_eq!(e, "domain 3 is already named 'pw1'");
@@ -627,4 +629,88 @@ fn rename_sends_the_requests_it_is_given_with_its_writes_in_the_transaction() {
         .iter()
         .filter(|l| l.0 == wire::XS_WRITE || l.0 == wire::XS_SET_PERMS)
         .all(|l| l.2 != 0));
+}
+
+/// What a transaction's body leaves for the commit goes in the commit's
+/// round trip: this xenstored answers only once it has the writes and the
+/// commit. A refused one is the transaction's error; an EAGAIN commit runs
+/// the body (and queues its requests) again.
+#[test]
+fn requests_left_for_the_commit_go_with_it_in_one_round_trip() {
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let (mut xs, _h) = fake::scripted(move |mut s| {
+        for (tx, refuse, commit) in [
+            (7, None, "OK"),
+            (8, None, "EAGAIN"),
+            (9, Some("EACCES"), "OK"),
+        ] {
+            let (start, _) = read_request(&mut s).unwrap();
+            send(
+                &mut s,
+                wire::XS_TRANSACTION_START,
+                start.req_id,
+                0,
+                format!("{tx}\0").as_bytes(),
+            );
+            let reqs: Vec<_> = (0..3).map(|_| read_request(&mut s).unwrap()).collect();
+            let kinds: Vec<(u32, u32, Vec<u8>)> = reqs
+                .iter()
+                .map(|(h, p)| (h.ty, h.tx_id, p.clone()))
+                .collect();
+            seen_tx.send(kinds).unwrap();
+            for (i, (h, _)) in reqs.iter().enumerate() {
+                match (i, refuse, commit) {
+                    (0, Some(e), _) => send(
+                        &mut s,
+                        wire::XS_ERROR,
+                        h.req_id,
+                        tx,
+                        format!("{e}\0").as_bytes(),
+                    ),
+                    (2, _, "EAGAIN") => send(&mut s, wire::XS_ERROR, h.req_id, tx, b"EAGAIN\0"),
+                    _ => send(&mut s, h.ty, h.req_id, tx, b"OK\0"),
+                }
+            }
+        }
+        while read_request(&mut s).is_some() {}
+    });
+    let mut runs = 0;
+    xs.transaction(1, |xs, _tx| {
+        runs += 1;
+        xs.at_commit(&[Req::Write("/a", "1"), Req::SetPerms("/a", &["n0", "r5"])])
+    })
+    .unwrap();
+    assert_eq!(runs, 1);
+    let kinds = seen.recv().unwrap();
+    assert_eq!(
+        kinds,
+        [
+            (wire::XS_WRITE, 7, b"/a\x001".to_vec()),
+            (wire::XS_SET_PERMS, 7, b"/a\0n0\0r5\0".to_vec()),
+            (wire::XS_TRANSACTION_END, 7, b"T\0".to_vec()),
+        ]
+    );
+    // EAGAIN, then a refused write: its error, after the second body.
+    let e = xs
+        .transaction(2, |xs, _tx| {
+            runs += 1;
+            xs.at_commit(&[Req::Write("/b", "2"), Req::Write("/c", "3")])
+        })
+        .unwrap_err();
+    assert!(e.is("EACCES"), "{e}");
+    assert_eq!(runs, 3);
+    for tx in [8, 9] {
+        let kinds = seen.recv().unwrap();
+        let got: Vec<(u32, u32)> = kinds.iter().map(|k| (k.0, k.1)).collect();
+        assert_eq!(
+            got,
+            [
+                (wire::XS_WRITE, tx),
+                (wire::XS_WRITE, tx),
+                (wire::XS_TRANSACTION_END, tx)
+            ]
+        );
+    }
+    // A bad request is refused before anything is sent.
+    assert!(xs.at_commit(&[Req::SetPerms("/a", &["x1"])]).is_err());
 }
