@@ -23,6 +23,8 @@ const BACKEND_TOKEN: &str = "vif-backend";
 /// The boot timeline, written once after `data/ready` (format in
 /// `boottime.rs`).
 const BOOT_PATH: &str = "data/boot";
+/// What the toolstack waits for: µs from our first instruction to serving.
+const READY_PATH: &str = "data/ready";
 
 /// What the toolstack asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,12 +123,20 @@ impl Control {
     /// first (it is what the host waits for); the timeline, taken at the
     /// same instant, follows one round trip later.
     pub fn ready(k: &mut Kernel) -> Result<u64, XsError> {
+        Control::ready_with(k, &[])
+    }
+
+    /// [`ready`](Self::ready), with the writes `before` sent in the same
+    /// round trip ahead of `data/ready`: xenstored applies one connection's
+    /// requests in order, so whoever sees the ready key finds them there.
+    pub fn ready_with(k: &mut Kernel, before: &[(&str, &str)]) -> Result<u64, XsError> {
         let now = time::now_ns();
         let cpu = time::cpu_since_start();
         TIMELINE.mark_at(Mark::Ready, now, cpu.map(|c| c.running));
         let us = now.saturating_sub(k.boot_ns) / 1000;
         let mut xs = k.xenstore.borrow_mut();
-        xs.write("data/ready", &format!("{us}"))?;
+        let value = format!("{us}");
+        write_before_ready(&mut xs, before, &value)?;
         let report = BootReport::new(&TIMELINE, k.boot_ns, cpu);
         publish_boot(&mut xs, &report, |line| crate::println!("{line}"))?;
         Ok(us)
@@ -194,6 +204,21 @@ impl Control {
 
 /// Write the boot timeline to `data/boot` and, as `boot: …`, to `console`
 /// (one line per call); marks out of boot order are reported there too.
+/// `before`, then `data/ready` = `ready`, in one batch; the first write
+/// that failed is the error.
+pub fn write_before_ready<P: SharedPage, E: Events>(
+    xs: &mut Xenstore<P, E>,
+    before: &[(&str, &str)],
+    ready: &str,
+) -> Result<(), XsError> {
+    let mut reqs: alloc::vec::Vec<Req<'_>> =
+        before.iter().map(|&(p, v)| Req::Write(p, v)).collect();
+    reqs.push(Req::Write(READY_PATH, ready));
+    xs.batch(TxId::NONE, &reqs)?
+        .into_iter()
+        .try_for_each(|r| r.map(drop))
+}
+
 pub fn publish_boot<P: SharedPage, E: Events>(
     xs: &mut Xenstore<P, E>,
     report: &BootReport,
@@ -235,6 +260,37 @@ mod tests {
             Some(line)
         );
         assert_eq!(lines(), [format!("boot: {line}")]);
+    }
+
+    /// data/ip and a pool member's data/pool go in the ready key's round
+    /// trip, ahead of it: a watcher of ready finds them already there.
+    #[test]
+    fn the_keys_before_ready_and_ready_are_one_round_trip_in_that_order() {
+        let (mut xs, srv) = fake::setup();
+        let before = [("data/ip", "10.0.0.2/24"), ("data/pool", "taken us=77")];
+        write_before_ready(&mut xs, &before, "1234").unwrap();
+        let s = srv.borrow();
+        assert_eq!(s.waits, 1);
+        let writes: Vec<&[u8]> = s
+            .log
+            .iter()
+            .filter(|(ty, _, _)| *ty == crate::xenstore::wire::MsgType::Write as u32)
+            .map(|(_, _, p)| p.as_slice())
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                &b"data/ip\x0010.0.0.2/24"[..],
+                b"data/pool\x00taken us=77",
+                b"data/ready\x001234"
+            ]
+        );
+        assert_eq!(s.tree["data/ready"], "1234");
+        drop(s);
+        // Nothing before: only ready.
+        write_before_ready(&mut xs, &[], "5").unwrap();
+        assert_eq!(srv.borrow().waits, 2);
+        assert_eq!(srv.borrow().tree["data/ready"], "5");
     }
 
     #[test]

@@ -33,8 +33,9 @@ impl Env {
                 "vif-bridge".into()
             }
         });
-        // scripts/miniproxy sets MINIPROXY_REPO_DIR; run directly from
-        // PAYLOAD/scripts/, the directory above the binary's.
+        // scripts/miniproxy (a checkout's) sets MINIPROXY_REPO_DIR; the
+        // payload's scripts/miniproxy is this binary: the directory above
+        // its own (symlinks resolved).
         let repo_dir = var("MINIPROXY_REPO_DIR").map(PathBuf::from).or_else(|| {
             let exe = std::env::current_exe().ok()?;
             Some(exe.parent()?.parent()?.to_path_buf())
@@ -143,18 +144,29 @@ fn process_age_ms() -> Option<u64> {
 /// MINIPROXY_PARALLEL: spawns creating and booting, or stops, at once
 /// (default: dom0's CPUs, at least 2).
 pub fn parallel() -> Result<usize, Failure> {
+    Ok(parallel_set()?.unwrap_or_else(default_parallel))
+}
+
+/// MINIPROXY_PARALLEL checked, if it is set.
+pub fn parallel_set() -> Result<Option<usize>, Failure> {
     match std::env::var("MINIPROXY_PARALLEL") {
         Ok(v) if !v.is_empty() => match v.parse::<usize>() {
-            Ok(n) if n >= 1 && !v.starts_with('0') && !v.starts_with('+') => Ok(n),
+            Ok(n) if n >= 1 && !v.starts_with('0') && !v.starts_with('+') => Ok(Some(n)),
             _ => fail(format!(
                 "MINIPROXY_PARALLEL must be a positive number, not '{v}'"
             )),
         },
-        _ => Ok(std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .max(2)),
+        _ => Ok(None),
     }
+}
+
+/// MINIPROXY_PARALLEL's default: dom0's CPUs, at least 2 (std reads the
+/// affinity mask and the cgroup's quota: files a warm spawn need not read).
+pub fn default_parallel() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(2)
 }
 
 /// MINIPROXY_QUEUE_TIMEOUT in ms (default 600 s): how long a spawn may wait

@@ -1,5 +1,7 @@
 //! `miniproxy`: start, list and stop Miniproxy instances (Xen PV guests) from
-//! dom0. `scripts/miniproxy` execs this binary; `miniproxy COMMAND --help`
+//! dom0. It is dom0's `miniproxy` command (`scripts/payload` installs it as
+//! PAYLOAD/scripts/miniproxy; from a checkout `scripts/miniproxy` execs
+//! it); `miniproxy COMMAND --help`
 //! describes each command. Exit status 0 on success, 1 when an operation
 //! failed, 2 for a bad invocation; errors go to stderr. Every result is one
 //! line on stdout (`--json`: one JSON object per line).

@@ -55,6 +55,9 @@ In the same xenstore transaction the member is renamed to the spawn's
 'list' leave the pool alone: 'pool drain' empties it.
 ";
 
+/// How long a refill a spawn started waits before it starts work.
+const REFILL_DELAY: Duration = Duration::from_millis(500);
+
 /// Names of pool members: `mp-pool-1`, `mp-pool-2`, ...
 pub const PREFIX: &str = "mp-pool-";
 
@@ -109,16 +112,14 @@ pub fn cold_reason(s: &Spawn, via: Via) -> Option<&'static str> {
     }
 }
 
-/// The member a spawn of `memory` MB with configuration `cfg` takes: the
-/// first waiting one (in name order) with that memory whose boot-time keys
-/// match `cfg`'s.
-pub fn choose(members: &[Member], memory: u32, cfg: &Config) -> Option<usize> {
-    members.iter().position(|m| {
-        m.waiting
-            && m.memory == memory
-            && Config::parse(&boot_line(m.memory))
-                .is_ok_and(|boot| cfg.boot_time_mismatch(&boot).is_none())
-    })
+/// Whether a spawn of `memory` MB with configuration `cfg` may take
+/// member `m` if it waits: it has that memory and `cfg`'s boot-time keys
+/// are the member's. A spawn takes the first waiting one that fits, in
+/// name order ([`candidates`]).
+pub fn fits(m: &Member, memory: u32, cfg: &Config) -> bool {
+    m.memory == memory
+        && Config::parse(&boot_line(m.memory))
+            .is_ok_and(|boot| cfg.boot_time_mismatch(&boot).is_none())
 }
 
 /// The stored target: (N, memory).
@@ -270,6 +271,13 @@ pub fn run(argv: &[String]) -> Outcome {
         "fill" => {
             if n.is_none() && !refill {
                 return bad("fill needs the pool's size N");
+            }
+            if refill {
+                // Before any other work: dom0 may have one vCPU, and the
+                // caller of the spawn that started this gets it first (under
+                // TCG even reading the environment costs ms, an xl create
+                // seconds); the pool is back a moment later.
+                std::thread::sleep(REFILL_DELAY);
             }
             env::need_root()?;
             fill(n, memory, refill, json)
@@ -554,23 +562,39 @@ fn drain(json: bool) -> Outcome {
     }
 }
 
-/// A member taken out of the pool for a spawn.
-pub struct Taken {
-    pub member: Member,
+/// The members a spawn of `memory` MB with configuration `cfg` may take
+/// ([`fits`]), in the order it tries them (name order), from their records
+/// alone: whether each waits is for the caller to ask xenstore, one member
+/// at a time, so that a spawn looks at the member it takes, not at all of
+/// them. Records without a domid (a member being created) are left out.
+pub fn candidates(env: &Env, memory: u32, cfg: &Config) -> Vec<Member> {
+    let pool = pool_env(env);
+    records(&pool)
+        .into_iter()
+        .filter_map(|(name, meta)| {
+            let field = |k: &str| render::meta_get(&meta, k).unwrap_or("").to_string();
+            let domid = std::fs::read_to_string(pool.path(&format!("{name}.domid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Member {
+                name,
+                domid,
+                memory: field("memory").parse().unwrap_or(0),
+                mac: field("mac"),
+                waiting: false,
+                crashed: false,
+            })
+        })
+        .filter(|m| fits(m, memory, cfg))
+        .collect()
 }
 
-/// Under the global lock (held by the caller): take the first matching
-/// waiting member out of the pool (its records move to the spawn's name).
-pub fn take(env: &Env, s: &Spawn, cfg: &Config) -> Option<Taken> {
-    let pool = pool_env(env);
-    if !pool.run_dir.is_dir() {
-        return None;
-    }
-    let m = members(&pool, false);
-    let i = choose(&m, s.memory, cfg)?;
-    let member = m[i].clone();
-    forget(&pool, &member.name);
-    Some(Taken { member })
+/// Under the global lock (held by the caller): take `member` out of the
+/// pool (its records go; the spawn writes its own under its name).
+pub fn take(env: &Env, member: &Member) {
+    forget(&pool_env(env), &member.name);
 }
 
 /// Start a detached `pool fill --refill` (the spawn does not wait for it);

@@ -7,6 +7,7 @@ use crate::env::{self, Env};
 use crate::json::Object;
 use crate::libvirt::{self, Via};
 use crate::render::{self, Values};
+use crate::xenstore::Xs;
 use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -206,7 +207,7 @@ pub fn run(argv: &[String]) -> Outcome {
     let template = std::fs::read_to_string(&template_path)
         .or_else(|e| fail(format!("cannot read {}: {e}", template_path.display())))?;
     let (queue_ms, queue_text) = env::queue_timeout()?;
-    let parallel = env::parallel()?;
+    let parallel = env::parallel_set()?;
 
     env::need_root()?;
     if via == Via::Libvirt {
@@ -232,17 +233,33 @@ pub fn run(argv: &[String]) -> Outcome {
             ))
         }
     };
-    if let Some(id) = xen::domid_of(name) {
-        return fail(format!("name '{name}' is in use: domain {id} exists"));
-    }
-    env.trace("name is free");
-
-    // A waiting pool member that fits: hand it the configuration.
-    if pool::cold_reason(&s, via).is_none() {
-        if let Some(done) = crate::warm::warm(&env, &s, &kernel, &template, &template_path)? {
-            return done;
+    // A spawn that may take a pool member talks to xenstored itself, on
+    // one connection from here to ready (no xenstore-* or xl process: each
+    // costs tens of ms in a dom0 under TCG); without one it goes cold.
+    let mut warm_xs = None;
+    if pool::cold_reason(&s, via).is_none() && pool::pool_env(&env).run_dir.is_dir() {
+        match Xs::open() {
+            Ok(xs) => warm_xs = Some(xs),
+            Err(e) => env.trace(&format!("{e}: no warm spawn")),
         }
-        env.trace("no pool member fits: cold");
+    }
+    match warm_xs.as_mut() {
+        // A waiting pool member that fits: hand it the configuration. The
+        // warm path checks the name itself (with the member, one round
+        // trip), also when it then finds none and the spawn goes cold.
+        Some(xs) => {
+            let files = (kernel.as_str(), template.as_str(), template_path.as_path());
+            if let Some(done) = crate::warm::warm(&env, &s, files, xs)? {
+                return done;
+            }
+            env.trace("no pool member fits: cold");
+        }
+        None => {
+            if let Some(id) = xen::domid_of(name) {
+                return fail(format!("name '{name}' is in use: domain {id} exists"));
+            }
+            env.trace("name is free");
+        }
     }
 
     let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;
@@ -257,6 +274,7 @@ pub fn run(argv: &[String]) -> Outcome {
     // answer a booting guest too late. The queue has its own bound; --timeout
     // counts from the slot on.
     let w0 = env.ms();
+    let parallel = parallel.unwrap_or_else(env::default_parallel);
     let Some(_slot) = take_slot(&env, ticket, parallel, Duration::from_millis(queue_ms)) else {
         forget(&env, name);
         return fail(format!(

@@ -8,60 +8,74 @@ use crate::render::{self, Values};
 use crate::spawn::{
     console_since, console_size, destroy, forget, ip_in_use, print_spawned, records, utc_now,
 };
-use crate::xenstore::{self, Xs, NO_TX};
+use crate::xenstore::{self, Req, Xs, NO_TX};
 use crate::{fail, lock, pool, xen, Failure, Outcome};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The warm path: take a waiting pool member (under the global lock, with
-/// the same address check as a cold spawn), write its configuration key
-/// and rename it to NAME (one xenstore transaction), wait for ready. `None`: no member fits (the
+/// The warm path, on `xs` (the spawn's connection to xenstored): take a
+/// waiting pool member (under the global lock, with the same address check
+/// as a cold spawn), write its configuration key and rename it to NAME (one
+/// xenstore transaction), wait for ready. `None`: no member fits (the
 /// caller goes cold). The pool refills in the background.
 pub fn warm(
     env: &Env,
     s: &Spawn,
-    kernel: &str,
-    template: &str,
-    template_path: &Path,
+    (kernel, template, template_path): (&str, &str, &Path),
+    xs: &mut Xs,
 ) -> Result<Option<Outcome>, Failure> {
     let name = &s.name;
-    if !pool::pool_env(env).run_dir.is_dir() {
-        return Ok(None);
-    }
+    // parse_spawn checked the line with this parser; its boot-time keys
+    // choose the member.
     let cfg = proxy::config::Config::parse(&s.cfgline)
         .or_else(|e| fail(format!("the configuration does not parse: {e}")))?;
-    // The hand-over talks to xenstored itself; without it, go cold.
-    let mut xs = match Xs::open() {
-        Ok(xs) => xs,
-        Err(e) => {
-            env.trace(&format!("{e}: no warm spawn"));
-            return Ok(None);
-        }
-    };
     let w0 = env.ms();
     let global = env.path(".lock");
+    let known: Vec<u32>;
     let taken = {
         let _global = match lock::take_within(&global, Duration::from_millis(s.timeout_ms)) {
             Ok(Some(f)) => f,
             _ => return fail(format!("could not take {} (--timeout)", global.display())),
         };
+        let cands = pool::candidates(env, s.memory, &cfg);
+        let looked = match look(xs, name, &cands) {
+            Ok(l) => l,
+            Err(e) => {
+                // Go cold, with the name checked the way a cold spawn does.
+                env.trace(&format!("{e}: no warm spawn"));
+                if let Some(id) = xen::domid_of(name) {
+                    return fail(format!("name '{name}' is in use: domain {id} exists"));
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(id) = looked.in_use {
+            return fail(format!("name '{name}' is in use: domain {id} exists"));
+        }
+        env.trace("name is free");
         let records = records(env);
         if let Some(other) = ip_in_use(env, s, &records) {
             let addr = s.ip.split('/').next().unwrap_or("");
             return fail(format!("address {addr} is in use by instance '{other}'"));
         }
-        let Some(t) = pool::take(env, s, &cfg) else {
+        known = looked.ids;
+        let member = match looked.member {
+            Some(m) => Some(m),
+            None => first_waiting(env, xs, cands.get(1..).unwrap_or_default()),
+        };
+        let Some(member) = member else {
             return Ok(None);
         };
+        pool::take(env, &member);
         // NAME's record, as a cold spawn writes it (the member's MAC).
         let v = Values {
             spawn: s,
             kernel,
             bridge: &env.bridge,
-            mac: &t.member.mac,
+            mac: &member.mac,
             vif_script: &env.vif_script,
         };
-        let when = format!("{} (warm: pool member {})", utc_now(), t.member.name);
+        let when = format!("{} (warm: pool member {})", utc_now(), member.name);
         let text = render::render(template, &template_path.display().to_string(), &when, &v)
             .or_else(fail)?;
         forget(env, name);
@@ -69,9 +83,9 @@ pub fn warm(
             .or_else(|e| fail(format!("cannot write {name}.cfg: {e}")))?;
         let _ = std::fs::write(
             env.path(&format!("{name}.domid")),
-            format!("{}\n", t.member.domid),
+            format!("{}\n", member.domid),
         );
-        t.member
+        member
     };
     let wait_ms = env.ms() - w0;
     let (id, member) = (taken.domid, &taken.name);
@@ -79,24 +93,11 @@ pub fn warm(
     let deadline_ms = env.ms() + s.timeout_ms;
     let con0 = console_size(env, member);
     let h0 = env.ms();
-    let home = format!("/local/domain/{id}");
-    let handed = hand_over(env, &mut xs, s, id, member);
+    let handed = hand_over(env, xs, s, (id, member), &known);
     let handoff_ms = env.ms() - h0;
-    let ready = handed.and_then(|()| {
-        let r = await_ready(env, &mut xs, s, id, (member, con0), deadline_ms);
-        env.trace("ready");
-        r
-    });
-    // data/pool and data/ip, once ready is there.
-    let after = ready.and_then(|_| {
-        let pool = xs.read(NO_TX, &format!("{home}/data/pool"))?;
-        let ip = xs.read(NO_TX, &format!("{home}/data/ip"))?;
-        // No unwatch: xenstored drops the watch with the connection, at
-        // exit, and a request costs ~10 ms while the guest starts serving.
-        Ok((pool.unwrap_or_default(), ip.unwrap_or_default()))
-    });
-    let (pool_said, ip) = match after {
-        Ok(v) => v,
+    let ready = handed.and_then(|()| await_ready(env, xs, s, id, (member, con0), deadline_ms));
+    let (pool_said, ip) = match ready {
+        Ok(r) => (r.pool, r.ip),
         Err(why) => {
             eprintln!(
                 "miniproxy spawn: {name} (pool member {member}, domain {id}): {why}; destroying it. Its console:"
@@ -111,6 +112,7 @@ pub fn warm(
             return Ok(Some(Err(Failure::Reported)));
         }
     };
+    env.trace("ready");
     // The member's own time from its configuration to ready.
     let guest_us = pool_said
         .strip_prefix("taken us=")
@@ -131,34 +133,131 @@ pub fn warm(
     Ok(Some(Ok(())))
 }
 
-/// The token of the data/ready watch.
-const READY_TOKEN: &str = "miniproxy-ready";
+/// The token of member ID's data/ready watch.
+fn ready_token(id: u32) -> String {
+    format!("miniproxy-ready-{id}")
+}
 
-/// Watch the member's data/ready (before the guest can write it: its event
-/// ends the wait without polling), then in one transaction write its
-/// configuration key (dom0's, read-only for the guest: "n0 rID") and
-/// rename it from MEMBER to the spawn's name as `xl rename` does. All on
-/// one xenstored connection: no process.
-fn hand_over(env: &Env, xs: &mut Xs, s: &Spawn, id: u32, member: &str) -> Result<(), String> {
-    let home = format!("/local/domain/{id}");
-    xs.watch(&format!("{home}/data/ready"), READY_TOKEN)?;
-    env.trace("watching data/ready");
-    let key = format!("{home}/miniproxy/config");
+/// What the spawn finds under the global lock, in one round trip after
+/// the domain list: the domain already named NAME, if any, and whether the
+/// first candidate still is its domain and waits (its data/ready watched
+/// in the same round trip, see [`watch_reqs`]).
+struct Looked {
+    /// The domains listed (the rename's transaction reads their names again).
+    ids: Vec<u32>,
+    in_use: Option<u32>,
+    member: Option<pool::Member>,
+}
+
+fn look(xs: &mut Xs, name: &str, cands: &[pool::Member]) -> Result<Looked, String> {
+    let ids: Vec<u32> = xs
+        .directory(NO_TX, "/local/domain")?
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|n| format!("/local/domain/{n}/name"))
+        .collect();
+    let mut reqs: Vec<Req<'_>> = paths.iter().map(|p| Req::Read(p)).collect();
+    let keys = cands.first().map(member_keys);
+    if let Some(k) = &keys {
+        reqs.extend(watch_reqs(k));
+    }
+    let got = xs.batch(NO_TX, &reqs)?;
+    let name_of = |id: u32| {
+        ids.iter()
+            .position(|&n| n == id)
+            .and_then(|i| got[i].as_deref())
+    };
+    let in_use = ids
+        .iter()
+        .zip(&got)
+        .find(|(_, n)| n.as_deref() == Some(name))
+        .map(|(&id, _)| id);
+    let member = cands.first().filter(|m| {
+        name_of(m.domid) == Some(m.name.as_str()) && got[ids.len()].as_deref() == Some("waiting")
+    });
+    let member = member.cloned();
+    Ok(Looked {
+        ids,
+        in_use,
+        member,
+    })
+}
+
+/// A member's name, data/pool and data/ready keys, and its ready watch's
+/// token.
+fn member_keys(m: &pool::Member) -> [String; 4] {
+    let home = format!("/local/domain/{}", m.domid);
+    [
+        format!("{home}/name"),
+        format!("{home}/data/pool"),
+        format!("{home}/data/ready"),
+        ready_token(m.domid),
+    ]
+}
+
+/// Read a member's data/pool and watch its data/ready, in one round trip
+/// (the event of the guest's write then ends the wait without polling; a
+/// member not taken keeps a watch whose events nobody waits for, until
+/// this process ends).
+fn watch_reqs(k: &[String; 4]) -> [Req<'_>; 2] {
+    [Req::Read(&k[1]), Req::Watch(&k[2], &k[3])]
+}
+
+/// The first of `cands` that is still its domain's name and says
+/// `data/pool=waiting`, asked one member at a time, each with its ready
+/// watch. A xenstore failure: none (the spawn goes cold).
+fn first_waiting(env: &Env, xs: &mut Xs, cands: &[pool::Member]) -> Option<pool::Member> {
+    for m in cands {
+        let k = member_keys(m);
+        let [state, watch] = watch_reqs(&k);
+        let got = xs
+            .batch(NO_TX, &[Req::Read(&k[0]), state, watch])
+            .map_err(|e| env.trace(&format!("{e}: no warm spawn")))
+            .ok()?;
+        if got[0].as_deref() == Some(m.name.as_str()) && got[1].as_deref() == Some("waiting") {
+            return Some(m.clone());
+        }
+    }
+    None
+}
+
+/// In one transaction write member ID's configuration key (dom0's,
+/// read-only for the guest: "n0 rID") and rename it from MEMBER to the
+/// spawn's name as `xl rename` does. On the spawn's one xenstored
+/// connection: no process.
+fn hand_over(
+    env: &Env,
+    xs: &mut Xs,
+    s: &Spawn,
+    (id, member): (u32, &str),
+    known: &[u32],
+) -> Result<(), String> {
+    let key = format!("/local/domain/{id}/miniproxy/config");
     let reader = format!("r{id}");
+    let perms = ["n0", reader.as_str()];
     xs.transaction(5, |xs, tx| -> Result<(), String> {
-        xs.write(tx, &key, &s.cfgline)?;
-        xs.set_perms(tx, &key, &["n0", &reader])?;
-        xenstore::rename(xs, tx, id, member, &s.name)
+        let with = [Req::Write(&key, &s.cfgline), Req::SetPerms(&key, &perms)];
+        xenstore::rename(xs, tx, (id, member, &s.name), &with, known)
     })
     .map_err(|why| format!("handing over the configuration: {why}"))?;
     env.trace(&format!("configuration written, renamed to {}", s.name));
     Ok(())
 }
 
-/// Until data/ready is there (its value), the guest prints a fatal line on
-/// its console (`console`: the log's name and the size it had before), the
-/// domain goes or crashes, or the deadline. Besides each watch event,
-/// ready is read once a second should an event be lost.
+/// What a member says once it serves: its data/pool and data/ip.
+struct Ready {
+    pool: String,
+    ip: String,
+}
+
+/// Until data/ready is there (then with data/pool and data/ip, read in the
+/// same round trip), the guest prints a fatal line on its console
+/// (`console`: the log's name and the size it had before), the domain goes
+/// or crashes, or the deadline. Besides each watch event, ready is read
+/// once a second should an event be lost.
 fn await_ready(
     env: &Env,
     xs: &mut Xs,
@@ -166,22 +265,34 @@ fn await_ready(
     id: u32,
     (console, con0): (&str, u64),
     deadline_ms: u64,
-) -> Result<String, String> {
+) -> Result<Ready, String> {
     let home = format!("/local/domain/{id}");
-    let ready_key = format!("{home}/data/ready");
+    let keys = [
+        format!("{home}/data/ready"),
+        format!("{home}/data/pool"),
+        format!("{home}/data/ip"),
+    ];
+    let token = ready_token(id);
+    let look = |xs: &mut Xs| -> Result<Option<Ready>, String> {
+        let v = xs.read_many(NO_TX, &[&keys[0], &keys[1], &keys[2]])?;
+        Ok(v[0].is_some().then(|| Ready {
+            pool: v[1].clone().unwrap_or_default(),
+            ip: v[2].clone().unwrap_or_default(),
+        }))
+    };
     for tick in 1u64.. {
         let left = deadline_ms.saturating_sub(env.ms());
         let until = Instant::now() + Duration::from_millis(left.min(1000));
         // The event xenstored sends when the watch is set comes first: each
         // event is only a reason to look.
-        while let Some(_path) = xs.wait_watch(READY_TOKEN, until)? {
-            if let Some(v) = xs.read(NO_TX, &ready_key)? {
+        while let Some(_path) = xs.wait_watch(&token, until)? {
+            if let Some(r) = look(xs)? {
                 env.trace("the ready watch fired");
-                return Ok(v);
+                return Ok(r);
             }
         }
-        if let Some(v) = xs.read(NO_TX, &ready_key)? {
-            return Ok(v);
+        if let Some(r) = look(xs)? {
+            return Ok(r);
         }
         if console_since(env, console, con0, usize::MAX).contains("miniproxy: fatal:") {
             return Err("the guest stopped with a fatal error".into());

@@ -32,6 +32,70 @@ const DEVICE: &str = "/dev/xen/xenbus";
 /// How long one request may wait for its reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Requests sent at once on one connection at most ([`Xs::batch`]):
+/// xenstored bounds how many a connection may have outstanding.
+const MAX_PIPELINE: usize = 16;
+
+/// One request of a [`Xs::batch`].
+#[derive(Debug, Clone, Copy)]
+pub enum Req<'a> {
+    Read(&'a str),
+    Write(&'a str, &'a str),
+    /// PATH's permissions as xenstore-chmod spells them: the owner first
+    /// ("n0": dom0, nobody else by default), then grants ("r5").
+    SetPerms(&'a str, &'a [&'a str]),
+    /// PATH's children's names: in a batch's result, joined by NULs
+    /// ([`entries`] splits them).
+    Directory(&'a str),
+    /// Watch PATH (and below), its events carrying TOKEN
+    /// ([`Xs::wait_watch`]). xenstored also sends one event at once, so a
+    /// waiter looks at the node after each.
+    Watch(&'a str, &'a str),
+}
+
+impl Req<'_> {
+    /// (type, payload, what it is for errors); bad permissions never leave.
+    fn message(&self) -> Result<(u32, Vec<u8>, String), XsError> {
+        Ok(match *self {
+            Req::Read(p) => (wire::XS_READ, wire::strings(&[p]), format!("read {p}")),
+            Req::Directory(p) => (
+                wire::XS_DIRECTORY,
+                wire::strings(&[p]),
+                format!("directory {p}"),
+            ),
+            Req::Write(p, v) => (
+                wire::XS_WRITE,
+                wire::write_payload(p, v),
+                format!("write {p}"),
+            ),
+            Req::SetPerms(p, perms) => {
+                let ok = !perms.is_empty()
+                    && perms.iter().all(|q| {
+                        let (kind, id) = q.split_at(q.len().min(1));
+                        matches!(kind, "n" | "r" | "w" | "b")
+                            && !id.is_empty()
+                            && id.bytes().all(|b| b.is_ascii_digit())
+                    });
+                if !ok {
+                    return Err(XsError::Protocol(format!("bad permissions {perms:?}")));
+                }
+                let mut parts = vec![p];
+                parts.extend_from_slice(perms);
+                (
+                    wire::XS_SET_PERMS,
+                    wire::strings(&parts),
+                    format!("set permissions of {p}"),
+                )
+            }
+            Req::Watch(p, token) => (
+                wire::XS_WATCH,
+                wire::strings(&[p, token]),
+                format!("watch {p}"),
+            ),
+        })
+    }
+}
+
 /// A transaction's id (0 is "none").
 pub type Tx = u32;
 pub const NO_TX: Tx = 0;
@@ -68,6 +132,15 @@ impl From<wire::WireError> for XsError {
     }
 }
 
+/// The names a [`Req::Directory`] gave in a batch.
+pub fn entries(joined: &str) -> Vec<String> {
+    joined
+        .split('\0')
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// One connection to xenstored.
 pub struct Xs {
     link: Box<dyn Link>,
@@ -77,6 +150,8 @@ pub struct Xs {
     timeout: Duration,
     /// Why the connection can no longer be used.
     broken: Option<String>,
+    /// Requests a transaction's body left for its commit ([`Xs::at_commit`]).
+    at_commit: Vec<(u32, Vec<u8>, String)>,
 }
 
 impl Xs {
@@ -122,6 +197,7 @@ impl Xs {
             events: VecDeque::new(),
             timeout,
             broken: None,
+            at_commit: Vec::new(),
         }
     }
 
@@ -203,16 +279,55 @@ impl Xs {
     /// Send one request and wait for its reply's payload; watch events
     /// that arrive meanwhile are kept for [`Xs::wait_watch`].
     fn request(&mut self, ty: u32, tx: Tx, payload: &[u8], what: &str) -> Result<Vec<u8>, XsError> {
+        let mut replies = self.pipeline(tx, &[(ty, payload.to_vec(), what.to_string())])?;
+        replies
+            .pop()
+            .unwrap_or_else(|| Err(XsError::Protocol(format!("{what}: no reply"))))
+    }
+
+    /// Send every request at once, then take their replies in order
+    /// (xenstored answers a connection's requests in the order they came):
+    /// one round trip's wait for all of them. Each request's reply payload,
+    /// or its refusal; a broken stream or an unexpected reply fails the
+    /// whole (and the connection).
+    #[allow(clippy::type_complexity)]
+    fn pipeline(
+        &mut self,
+        tx: Tx,
+        reqs: &[(u32, Vec<u8>, String)],
+    ) -> Result<Vec<Result<Vec<u8>, XsError>>, XsError> {
         if let Some(why) = &self.broken {
             return Err(XsError::Io(format!("connection unusable: {why}")));
         }
-        let req_id = self.next_req;
-        self.next_req = self.next_req.wrapping_add(1).max(1);
-        let msg = wire::encode(ty, req_id, tx, payload)
-            .map_err(|e| XsError::Protocol(format!("{what}: {e}")))?;
+        let mut msg = Vec::new();
+        let mut ids = Vec::with_capacity(reqs.len());
+        for (ty, payload, what) in reqs {
+            let req_id = self.next_req;
+            self.next_req = self.next_req.wrapping_add(1).max(1);
+            let m = wire::encode(*ty, req_id, tx, payload)
+                .map_err(|e| XsError::Protocol(format!("{what}: {e}")))?;
+            msg.extend_from_slice(&m);
+            ids.push(req_id);
+        }
         if let Err(e) = self.link.send(&msg) {
+            let what = reqs.first().map_or("", |r| r.2.as_str());
             return self.fail(XsError::Io(format!("{what}: sending: {e}")));
         }
+        let mut out = Vec::with_capacity(reqs.len());
+        for ((ty, _, what), req_id) in reqs.iter().zip(ids) {
+            out.push(self.reply(*ty, req_id, what)?);
+        }
+        Ok(out)
+    }
+
+    /// The reply to request `req_id` (of type `ty`): its payload, or
+    /// xenstored's refusal (the inner error; the stream is still in step).
+    fn reply(
+        &mut self,
+        ty: u32,
+        req_id: u32,
+        what: &str,
+    ) -> Result<Result<Vec<u8>, XsError>, XsError> {
         let until = Instant::now() + self.timeout;
         loop {
             let Some((h, p)) = self.next_msg(until)? else {
@@ -238,10 +353,10 @@ impl Xs {
             }
             if h.ty == wire::XS_ERROR {
                 return match wire::error_name(&p) {
-                    Ok(err) => Err(XsError::Refused {
+                    Ok(err) => Ok(Err(XsError::Refused {
                         what: what.into(),
                         err,
-                    }),
+                    })),
                     Err(e) => self.fail(e.into()),
                 };
             }
@@ -252,8 +367,56 @@ impl Xs {
                 ));
                 return self.fail(e);
             }
-            return Ok(p);
+            return Ok(Ok(p));
         }
+    }
+
+    /// Several requests in one round trip ([`Req`]), in order: each read's
+    /// value (`None`: no such node), `None` for the others. The first
+    /// refusal other than a read's ENOENT is the error, once every reply
+    /// is in (the connection stays usable).
+    pub fn batch(&mut self, tx: Tx, reqs: &[Req<'_>]) -> Result<Vec<Option<String>>, XsError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(MAX_PIPELINE) {
+            let msgs = chunk
+                .iter()
+                .map(Req::message)
+                .collect::<Result<Vec<_>, _>>()?;
+            let replies = self.pipeline(tx, &msgs)?;
+            let mut refused = None;
+            for ((req, (_, _, what)), reply) in chunk.iter().zip(&msgs).zip(replies) {
+                match (req, reply) {
+                    (Req::Read(_), Ok(v)) => {
+                        out.push(Some(String::from_utf8_lossy(&v).into_owned()))
+                    }
+                    (Req::Read(_), Err(e)) if e.is("ENOENT") => out.push(None),
+                    (Req::Directory(_), Ok(v)) => match wire::split_strings(&v) {
+                        Ok(names) => out.push(Some(names.join("\0"))),
+                        Err(e) => return self.fail(XsError::Protocol(format!("{what}: {e}"))),
+                    },
+                    (_, Ok(p)) => {
+                        if let Err(e) = wire::expect_ok(&p) {
+                            return self.fail(XsError::Protocol(format!("{what}: {e}")));
+                        }
+                        out.push(None);
+                    }
+                    (_, Err(e)) => {
+                        refused.get_or_insert(e);
+                        out.push(None);
+                    }
+                }
+            }
+            if let Some(e) = refused {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every path's value (`None`: no such node), in one round trip.
+    pub fn read_many(&mut self, tx: Tx, paths: &[&str]) -> Result<Vec<Option<String>>, XsError> {
+        let reqs: Vec<Req<'_>> = paths.iter().map(|p| Req::Read(p)).collect();
+        self.batch(tx, &reqs)
     }
 
     fn acked(&mut self, ty: u32, tx: Tx, payload: &[u8], what: &str) -> Result<(), XsError> {
@@ -266,16 +429,7 @@ impl Xs {
 
     /// PATH's value; `None` if there is no such node.
     pub fn read(&mut self, tx: Tx, path: &str) -> Result<Option<String>, XsError> {
-        match self.request(
-            wire::XS_READ,
-            tx,
-            &wire::strings(&[path]),
-            &format!("read {path}"),
-        ) {
-            Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
-            Err(e) if e.is("ENOENT") => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.batch(tx, &[Req::Read(path)])?.pop().flatten())
     }
 
     /// PATH's children's names.
@@ -289,34 +443,7 @@ impl Xs {
     }
 
     pub fn write(&mut self, tx: Tx, path: &str, value: &str) -> Result<(), XsError> {
-        let what = format!("write {path}");
-        self.acked(wire::XS_WRITE, tx, &wire::write_payload(path, value), &what)
-    }
-
-    /// PATH's permissions as xenstore-chmod spells them: the owner first
-    /// ("n0": dom0, nobody else by default), then grants ("r5").
-    pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[&str]) -> Result<(), XsError> {
-        let ok = !perms.is_empty()
-            && perms.iter().all(|p| {
-                let (kind, id) = p.split_at(p.len().min(1));
-                matches!(kind, "n" | "r" | "w" | "b")
-                    && !id.is_empty()
-                    && id.bytes().all(|b| b.is_ascii_digit())
-            });
-        if !ok {
-            return Err(XsError::Protocol(format!("bad permissions {perms:?}")));
-        }
-        let mut parts = vec![path];
-        parts.extend_from_slice(perms);
-        let what = format!("set permissions of {path}");
-        self.acked(wire::XS_SET_PERMS, tx, &wire::strings(&parts), &what)
-    }
-
-    /// Watch PATH (and below): its events carry TOKEN. xenstored also
-    /// sends one event at once, so a waiter looks at the node after each.
-    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
-        let what = format!("watch {path}");
-        self.acked(wire::XS_WATCH, NO_TX, &wire::strings(&[path, token]), &what)
+        self.batch(tx, &[Req::Write(path, value)]).map(drop)
     }
 
     /// The path of the next event of TOKEN's watch; `None` if none came by
@@ -343,7 +470,22 @@ impl Xs {
         }
     }
 
-    /// Run `body` in a transaction and commit it; when the commit meets a
+    /// Within a transaction's body: send `reqs` (writes, permissions) with
+    /// the commit, in its round trip, instead of one round trip of their
+    /// own. A refusal of one of them is the transaction's error, but the
+    /// commit has then applied the others: a caller uses this only where
+    /// it undoes all on an error (the warm hand-over destroys the domain).
+    /// A bad request is refused here, before anything is sent.
+    pub fn at_commit(&mut self, reqs: &[Req<'_>]) -> Result<(), XsError> {
+        for r in reqs {
+            let m = r.message()?;
+            self.at_commit.push(m);
+        }
+        Ok(())
+    }
+
+    /// Run `body` in a transaction and commit it (with what the body left
+    /// for the commit, [`Xs::at_commit`]); when the commit meets a
     /// concurrent change (EAGAIN) run it again, `attempts` times at most.
     /// A failing `body` aborts the transaction and gives its error.
     pub fn transaction<T, E: From<XsError>>(
@@ -353,6 +495,7 @@ impl Xs {
     ) -> Result<T, E> {
         let mut left = attempts.max(1);
         loop {
+            self.at_commit.clear();
             let p = self.request(
                 wire::XS_TRANSACTION_START,
                 NO_TX,
@@ -366,16 +509,47 @@ impl Xs {
             let value = match body(self, tx) {
                 Ok(v) => v,
                 Err(e) => {
+                    self.at_commit.clear();
                     // Best effort: the error to report is the body's.
                     let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
                     return Err(e);
                 }
             };
-            match self.acked(wire::XS_TRANSACTION_END, tx, b"T\0", "commit a transaction") {
-                Ok(()) => return Ok(value),
-                Err(e) if e.is("EAGAIN") && left > 1 => left -= 1,
+            let mut msgs = std::mem::take(&mut self.at_commit);
+            msgs.push((
+                wire::XS_TRANSACTION_END,
+                b"T\0".to_vec(),
+                "commit a transaction".into(),
+            ));
+            let mut replies = self.pipeline(tx, &msgs)?;
+            let commit = replies
+                .pop()
+                .unwrap_or_else(|| Err(XsError::Protocol("commit a transaction: no reply".into())));
+            match commit {
+                Ok(p) => {
+                    if let Err(e) = wire::expect_ok(&p) {
+                        let e = XsError::Protocol(format!("commit a transaction: {e}"));
+                        return Err(E::from(self.broke(e)));
+                    }
+                }
+                Err(e) if e.is("EAGAIN") && left > 1 => {
+                    left -= 1;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
+            for (reply, (_, _, what)) in replies.into_iter().zip(&msgs) {
+                match reply {
+                    Ok(p) => {
+                        if let Err(e) = wire::expect_ok(&p) {
+                            let e = XsError::Protocol(format!("{what}: {e}"));
+                            return Err(E::from(self.broke(e)));
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(value);
         }
     }
 }

@@ -101,6 +101,14 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         &["--memory", "4", "--mac", "00:16:3e:01:02:03"],
     );
     assert!(out(&o).trim_end().ends_with(" how=cold"), "{}", out(&o));
+    // A name in use too (the warm path's own check, with the member's).
+    let o = spawn(&r, "a", "10.0.0.9/24", &["--memory", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("name 'a' is in use: domain 1 exists"),
+        "{}",
+        err(&o)
+    );
     // An address in use is refused before a member is taken.
     let o = spawn(&r, "d", "10.0.0.5/24", &["--memory", "4"]);
     assert_eq!(o.status.code(), Some(1));

@@ -75,13 +75,19 @@ pool_full() {
     done
 }
 warm() {   # warm N
-    local n=$1 name="bench-warm-$1" t0 out ms t1 destroy_ms trace
+    local n=$1 name="bench-warm-$1" t0 td0 out ms t1 date_ms destroy_ms trace
     pool_full || { echo "BENCHERR warm $n: the pool did not refill: $("$MP" pool status 2>&1)"; return 1; }
     trace=$(mktemp)
-    t0=$(now_ms)
+    # Timed with bash's own clock: the wall time from invoking the spawn to
+    # its return. date_ms is the same span read with date, which adds the
+    # second date process's start (tens of ms under TCG) to it.
+    td0=$(now_ms)
+    t0=$EPOCHREALTIME
     out=$(MINIPROXY_TRACE=1 "$MP" spawn --name "$name" --mode reverse --listen 80 --upstream 10.0.0.1:7 \
           --ip 10.0.0.3/24 --memory 4 2> "$trace")
-    ms=$(( $(now_ms) - t0 ))
+    t1=$EPOCHREALTIME
+    date_ms=$(( $(now_ms) - td0 ))
+    ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
     case $out in
         *how=warm*) ;;
         *) echo "BENCHERR warm $n: not a warm spawn: $out $(tail -n 3 "$trace" | tr '\n' ' ')"; rm -f "$trace"; return 1 ;;
@@ -92,9 +98,17 @@ warm() {   # warm N
     field() { echo "$out" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
     # The operator's own steps (MINIPROXY_TRACE): ms from its start.
     echo "BENCHWARM run=$n $(grep -o 'trace +[0-9]* ms .*' "$trace" | sed 's/^trace +\([0-9]*\) ms \(.*\)$/\1ms:\2/; s/ /_/g' | tr '\n' ' ')"
-    echo "BENCH kind=warm run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms)"
+    echo "BENCH kind=warm run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms) date_ms=$date_ms"
     rm -f "$trace"
 }
+# What any command of the tool costs before it does anything (exec,
+# loading): `miniproxy --help`, bash's clock.
+noop=''
+for i in 1 2 3 4 5; do
+    t0=$EPOCHREALTIME; "$MP" --help > /dev/null 2>&1; t1=$EPOCHREALTIME
+    noop="$noop $(( (${t1/./} - ${t0/./}) / 1000 ))"
+done
+echo "BENCHINFO tool_noop_ms=${noop# }"
 if out=$("$MP" pool fill "$RUNS" --memory 4 2>&1); then
     echo "BENCHINFO pool: $out"
     warm 0 >/dev/null

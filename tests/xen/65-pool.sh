@@ -76,8 +76,8 @@ cmp -s "$PL/xs0" "$PL/xs1" && pass "pool: its xenstore tree did not change in 5 
 grep -q "data/pool = \"waiting\"" "$PL/xs0" && pass "pool: data/pool=waiting" || fail "pool: data/pool" "$(grep pool "$PL/xs0")"
 
 # ---- warm spawns ---------------------------------------------------------------------
-# What any command of the tool costs here before it does anything (the
-# wrapper, exec, this harness's own date processes): `miniproxy --help`
+# What any command of the tool costs here before it does anything (exec,
+# loading, this harness's own date processes): `miniproxy --help`
 # timed as the spawns below are, for the warm spawn's breakdown.
 noop_ms=()
 for i in 1 2 3; do

@@ -7,6 +7,7 @@ use super::timers::{self, Idle, StatsPublisher, Timers};
 use super::{Clock, Exit, Nic, Proxy, Runtime, Sleeper, Toolstack, WakeOn};
 use crate::profile::Section;
 use alloc::format;
+use alloc::string::String;
 use netfront::Event;
 use proxy::config::{Config, IpSetting};
 use smoltcp::wire::EthernetAddress;
@@ -88,13 +89,15 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
     }
 
     /// The address: static (the engine applied it) or a DHCP lease within
-    /// `cfg.dhcp_timeout`; then `data/ip` and the rules in the log.
+    /// `cfg.dhcp_timeout`, and the rules, in the log; the address to publish
+    /// as `data/ip`, which the caller writes with the ready key (one round
+    /// trip for both).
     pub fn address<N: Nic, P: Proxy<N>>(
         &mut self,
         nic: &mut N,
         proxy: &mut P,
         cfg: &Config,
-    ) -> Result<(), Exit> {
+    ) -> Result<Option<String>, Exit> {
         match cfg.ip {
             IpSetting::Static { .. } => {
                 if let Some(a) = proxy.ipv4() {
@@ -108,13 +111,10 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
                 }
             }
         }
-        if let Some(a) = proxy.ipv4() {
-            let _ = self.toolstack.write("data/ip", &format!("{a}"));
-        }
         for r in &cfg.rules {
             log::info!("proxy: rule {r}");
         }
-        Ok(())
+        Ok(proxy.ipv4().map(|a| format!("{a}")))
     }
 
     fn dhcp<N: Nic, P: Proxy<N>>(

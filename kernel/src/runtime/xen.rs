@@ -392,17 +392,22 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         plan.total_max / 1024
     );
 
-    rt.address(&mut nf, &mut engine, &cfg)?;
+    let ip = rt.address(&mut nf, &mut engine, &cfg)?;
     TIMELINE.mark(Mark::Addr);
-    if let Some(t) = taken_ns {
-        // Before ready, so that whoever waits for ready finds it: the
-        // member's own time from its configuration to ready.
+    // data/ip and, for a pool member, its own time from its configuration
+    // to ready go in the ready key's round trip, ahead of it: whoever
+    // waits for ready finds them.
+    let taken = taken_ns.map(|t| {
         let us = time::now_ns().saturating_sub(t) / 1000;
-        rt.toolstack
-            .write(pool::POOL_STATE_PATH, &format!("taken us={us}"))
-            .map_err(fatal)?;
-    }
-    let us = Control::ready(k).map_err(fatal)?;
+        format!("taken us={us}")
+    });
+    let before: Vec<(&str, &str)> = ip
+        .as_deref()
+        .map(|a| ("data/ip", a))
+        .into_iter()
+        .chain(taken.as_deref().map(|t| (pool::POOL_STATE_PATH, t)))
+        .collect();
+    let us = Control::ready_with(k, &before).map_err(fatal)?;
     log::info!("ready after {us} us");
     // After ready, which they do not need: a watch fires once when set, so
     // a change before this is not missed, only seen a moment later.

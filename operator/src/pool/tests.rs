@@ -31,6 +31,13 @@ fn spawn_of(extra: &[&str]) -> Spawn {
     args::parse_spawn(&a).unwrap().unwrap()
 }
 
+/// The member a spawn takes among `members` (their states known).
+fn choose(members: &[Member], memory: u32, cfg: &Config) -> Option<usize> {
+    members
+        .iter()
+        .position(|m| m.waiting && fits(m, memory, cfg))
+}
+
 fn cfg(s: &Spawn) -> Config {
     Config::parse(&s.cfgline).unwrap()
 }
@@ -137,4 +144,52 @@ fn bad_pool_invocations_are_refused_before_anything_runs() {
         refused(&["empty"]),
         "unknown pool command 'empty' (fill, status, drain)"
     );
+}
+
+/// A spawn's candidates come from the records alone, in name order, only
+/// those that fit and have a domid (one being created has none yet).
+#[test]
+fn a_spawns_candidates_are_the_fitting_records_with_a_domid_in_name_order() {
+    let dir = std::env::temp_dir().join(format!("mp-candidates-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = Env::load().under(dir.clone());
+    let pool = pool_env(&env);
+    std::fs::create_dir_all(&pool.run_dir).unwrap();
+    for (name, memory, domid) in [
+        ("mp-pool-1", 6, Some(11)),
+        ("mp-pool-2", 4, None),
+        ("mp-pool-3", 4, Some(13)),
+        ("mp-pool-10", 4, Some(20)),
+    ] {
+        let cfg = format!(
+            "# Miniproxy instance (rendered)\n# miniproxy: name={name} memory={memory} mac=00:16:3e:00:00:{domid:02}\n",
+            domid = domid.unwrap_or(0)
+        );
+        std::fs::write(pool.path(&format!("{name}.cfg")), cfg).unwrap();
+        if let Some(id) = domid {
+            std::fs::write(pool.path(&format!("{name}.domid")), format!("{id}\n")).unwrap();
+        }
+    }
+    let s = spawn_of(&["--memory", "4"]);
+    let c = candidates(&env, 4, &cfg(&s));
+    let got: Vec<(&str, u32, &str)> = c
+        .iter()
+        .map(|m| (m.name.as_str(), m.domid, m.mac.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("mp-pool-10", 20, "00:16:3e:00:00:20"),
+            ("mp-pool-3", 13, "00:16:3e:00:00:13")
+        ]
+    );
+    assert!(c.iter().all(|m| m.memory == 4 && !m.waiting));
+    let s6 = spawn_of(&[]);
+    assert_eq!(candidates(&env, 6, &cfg(&s6)).len(), 1);
+    let other = spawn_of(&["--memory", "4", "--extra", "rx_bufs=16"]);
+    assert!(candidates(&env, 4, &cfg(&other)).is_empty());
+    take(&env, &c[0]);
+    assert!(!pool.path("mp-pool-10.cfg").exists() && !pool.path("mp-pool-10.domid").exists());
+    assert_eq!(candidates(&env, 4, &cfg(&s))[0].name, "mp-pool-3");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -108,12 +108,16 @@ fn read_write_and_directory() {
 #[test]
 fn permissions_are_sent_as_given_and_bad_ones_never_leave() {
     let (mut xs, h) = fake::serve(State::with(&[("/k", "v")]));
-    xs.set_perms(NO_TX, "/k", &["n0", "r5"]).unwrap();
+    xs.batch(NO_TX, &[Req::SetPerms("/k", &["n0", "r5"])])
+        .unwrap();
     for bad in [&[][..], &["x5"], &["n"], &["r5 "]] {
-        assert!(xs.set_perms(NO_TX, "/k", bad).is_err(), "{bad:?}");
+        assert!(
+            xs.batch(NO_TX, &[Req::SetPerms("/k", bad)]).is_err(),
+            "{bad:?}"
+        );
     }
     assert!(xs
-        .set_perms(NO_TX, "/missing", &["n0"])
+        .batch(NO_TX, &[Req::SetPerms("/missing", &["n0"])])
         .unwrap_err()
         .is("ENOENT"));
     drop(xs);
@@ -180,7 +184,8 @@ fn a_watch_sees_what_another_writer_does_after_a_commit() {
         vec![("/local/domain/5/data/ready".into(), "9427".into())],
     ));
     let (mut xs, h) = fake::serve(st);
-    xs.watch("/local/domain/5/data/ready", "r").unwrap();
+    xs.batch(NO_TX, &[Req::Watch("/local/domain/5/data/ready", "r")])
+        .unwrap();
     // The event xenstored sends when a watch is set.
     let until = Instant::now() + Duration::from_secs(2);
     assert_eq!(
@@ -227,8 +232,10 @@ fn domains() -> State {
 #[test]
 fn rename_writes_both_names_in_one_transaction() {
     let (mut xs, h) = fake::serve(domains());
-    xs.transaction(3, |xs, tx| rename(xs, tx, 3, "mp-pool-1", "pw1"))
-        .unwrap();
+    xs.transaction(3, |xs, tx| {
+        rename(xs, tx, (3, "mp-pool-1", "pw1"), &[], &[])
+    })
+    .unwrap();
     drop(xs);
     let st = h.join().unwrap();
     assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
@@ -248,7 +255,7 @@ fn rename_refuses_a_used_name_a_changed_old_name_and_a_missing_vm() {
         .insert("/local/domain/6/name".into(), ("novm".into(), vec![]));
     let (mut xs, h) = fake::serve(st);
     let mut try_rename = |id, old: &str, new: &str| {
-        xs.transaction(3, |xs, tx| rename(xs, tx, id, old, new))
+        xs.transaction(3, |xs, tx| rename(xs, tx, (id, old, new), &[], &[0, 3]))
             .unwrap_err()
     };
     assert_eq!(
@@ -466,4 +473,244 @@ fn events_that_arrive_before_a_reply_are_kept_for_the_wait() {
         Some("/other")
     );
     assert_eq!(xs.wait_watch("t", until).unwrap(), None);
+}
+
+// ---- pipelined requests -------------------------------------------------------
+
+/// A batch is one round trip: this xenstored answers only once it has
+/// every request, which a client waiting for each reply would never send.
+/// A refusal in the middle is the batch's error once all replies are in,
+/// and the connection stays in step.
+#[test]
+fn a_batch_sends_every_request_before_waiting_and_takes_the_replies_in_order() {
+    let (types_tx, types) = std::sync::mpsc::channel();
+    let (mut xs, _h) = fake::scripted(move |mut s| {
+        let reqs: Vec<_> = (0..4).map(|_| read_request(&mut s).unwrap()).collect();
+        let ty: Vec<u32> = reqs.iter().map(|(h, _)| h.ty).collect();
+        let ids: Vec<u32> = reqs.iter().map(|(h, _)| h.req_id).collect();
+        send(&mut s, wire::XS_READ, ids[0], 0, b"a");
+        send(&mut s, wire::XS_ERROR, ids[1], 0, b"ENOENT\0");
+        send(&mut s, wire::XS_WATCH_EVENT, 0, 0, b"/w\0tok\0");
+        send(&mut s, wire::XS_WRITE, ids[2], 0, b"OK\0");
+        send(&mut s, wire::XS_WATCH, ids[3], 0, b"OK\0");
+        // A second batch: its read is refused, its write is not.
+        let (r1, _) = read_request(&mut s).unwrap();
+        let (r2, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_ERROR, r1.req_id, 0, b"EACCES\0");
+        send(&mut s, wire::XS_WRITE, r2.req_id, 0, b"OK\0");
+        let (r3, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_READ, r3.req_id, 0, b"still");
+        types_tx.send(ty).unwrap();
+        while read_request(&mut s).is_some() {}
+    });
+    let got = xs
+        .batch(
+            NO_TX,
+            &[
+                Req::Read("/a"),
+                Req::Read("/missing"),
+                Req::Write("/b", "v"),
+                Req::Watch("/w", "tok"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(got, [Some("a".to_string()), None, None, None]);
+    let until = Instant::now() + Duration::from_millis(100);
+    assert_eq!(xs.wait_watch("tok", until).unwrap().as_deref(), Some("/w"));
+    let e = xs
+        .batch(NO_TX, &[Req::Read("/secret"), Req::Write("/c", "v")])
+        .unwrap_err();
+    assert!(e.is("EACCES"), "{e}");
+    assert_eq!(xs.read(NO_TX, "/x").unwrap().as_deref(), Some("still"));
+    assert_eq!(
+        types.recv().unwrap(),
+        [wire::XS_READ, wire::XS_READ, wire::XS_WRITE, wire::XS_WATCH]
+    );
+}
+
+#[test]
+fn a_batch_with_a_reply_out_of_order_or_missing_is_an_error() {
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        let (r2, _) = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_READ, r2.req_id, 0, b"b");
+        send(&mut s, wire::XS_READ, r1.req_id, 0, b"a");
+        while read_request(&mut s).is_some() {}
+    });
+    let e = xs.read_many(NO_TX, &["/a", "/b"]).unwrap_err();
+    assert!(
+        matches!(&e, XsError::Protocol(w) if w.contains("a reply to request")),
+        "{e}"
+    );
+    assert!(xs.read(NO_TX, "/a").is_err(), "the connection is unusable");
+
+    let (mut xs, _h) = fake::scripted(|mut s| {
+        let (r1, _) = read_request(&mut s).unwrap();
+        let _ = read_request(&mut s).unwrap();
+        send(&mut s, wire::XS_READ, r1.req_id, 0, b"a");
+        while read_request(&mut s).is_some() {}
+    });
+    let t0 = Instant::now();
+    let e = xs.read_many(NO_TX, &["/a", "/b"]).unwrap_err();
+    assert!(e.to_string().contains("read /b: no reply"), "{e}");
+    assert_bounded(t0.elapsed());
+}
+
+/// More requests than may be outstanding at once go in rounds of at most
+/// [`MAX_PIPELINE`]: this xenstored takes what arrives until nothing more
+/// comes for 100 ms, answers that round, and reports the rounds' sizes.
+#[test]
+fn a_long_batch_goes_in_rounds_of_at_most_the_pipeline_limit() {
+    let (rounds_tx, rounds) = std::sync::mpsc::channel();
+    let (mut xs, _h) = fake::scripted(move |mut s| {
+        let mut sizes = Vec::new();
+        let mut total = 0;
+        while total < 40 {
+            s.set_read_timeout(None).unwrap();
+            let mut round = vec![read_request(&mut s).unwrap()];
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while let Some(r) = read_request(&mut s) {
+                round.push(r);
+            }
+            for (h, p) in &round {
+                send(&mut s, wire::XS_READ, h.req_id, 0, &p[..p.len() - 1]);
+            }
+            total += round.len();
+            sizes.push(round.len());
+        }
+        rounds_tx.send(sizes).unwrap();
+        s.set_read_timeout(None).unwrap();
+        while read_request(&mut s).is_some() {}
+    });
+    let paths: Vec<String> = (0..40).map(|i| format!("/p{i}")).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let values = xs.read_many(NO_TX, &refs).unwrap();
+    // Each read's value is its own path: the replies were matched in order.
+    let want: Vec<Option<String>> = paths.iter().cloned().map(Some).collect();
+    assert_eq!(values, want);
+    let sizes = rounds.recv().unwrap();
+    assert_eq!(sizes, [16, 16, 8], "MAX_PIPELINE is {MAX_PIPELINE}");
+}
+
+#[test]
+fn rename_sends_the_requests_it_is_given_with_its_writes_in_the_transaction() {
+    let (mut xs, h) = fake::serve(domains());
+    let perms = ["n0", "r3"];
+    xs.transaction(3, |xs, tx| {
+        let with = [
+            Req::Write("/local/domain/3/miniproxy/config", "ip=10.0.0.2/24"),
+            Req::SetPerms("/local/domain/3/miniproxy/config", &perms),
+        ];
+        rename(xs, tx, (3, "mp-pool-1", "pw1"), &with, &[0, 3, 4])
+    })
+    .unwrap();
+    // Refused: nothing of `with` is written.
+    let e = xs
+        .transaction(3, |xs, tx| {
+            let with = [Req::Write("/local/domain/4/miniproxy/config", "x")];
+            rename(xs, tx, (4, "taken", "pw1"), &with, &[0, 3, 4, 9])
+        })
+        .unwrap_err();
+    assert_eq!(e, "domain 3 is already named 'pw1'");
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(
+        st.nodes["/local/domain/3/miniproxy/config"],
+        (
+            "ip=10.0.0.2/24".to_string(),
+            vec!["n0".to_string(), "r3".to_string()]
+        )
+    );
+    assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
+    assert_eq!(st.value("/local/domain/4/miniproxy/config"), None);
+    assert!(st
+        .log
+        .iter()
+        .filter(|l| l.0 == wire::XS_WRITE || l.0 == wire::XS_SET_PERMS)
+        .all(|l| l.2 != 0));
+}
+
+/// What a transaction's body leaves for the commit goes in the commit's
+/// round trip: this xenstored answers only once it has the writes and the
+/// commit. A refused one is the transaction's error; an EAGAIN commit runs
+/// the body (and queues its requests) again.
+#[test]
+fn requests_left_for_the_commit_go_with_it_in_one_round_trip() {
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let (mut xs, _h) = fake::scripted(move |mut s| {
+        for (tx, refuse, commit) in [
+            (7, None, "OK"),
+            (8, None, "EAGAIN"),
+            (9, Some("EACCES"), "OK"),
+        ] {
+            let (start, _) = read_request(&mut s).unwrap();
+            send(
+                &mut s,
+                wire::XS_TRANSACTION_START,
+                start.req_id,
+                0,
+                format!("{tx}\0").as_bytes(),
+            );
+            let reqs: Vec<_> = (0..3).map(|_| read_request(&mut s).unwrap()).collect();
+            let kinds: Vec<(u32, u32, Vec<u8>)> = reqs
+                .iter()
+                .map(|(h, p)| (h.ty, h.tx_id, p.clone()))
+                .collect();
+            seen_tx.send(kinds).unwrap();
+            for (i, (h, _)) in reqs.iter().enumerate() {
+                match (i, refuse, commit) {
+                    (0, Some(e), _) => send(
+                        &mut s,
+                        wire::XS_ERROR,
+                        h.req_id,
+                        tx,
+                        format!("{e}\0").as_bytes(),
+                    ),
+                    (2, _, "EAGAIN") => send(&mut s, wire::XS_ERROR, h.req_id, tx, b"EAGAIN\0"),
+                    _ => send(&mut s, h.ty, h.req_id, tx, b"OK\0"),
+                }
+            }
+        }
+        while read_request(&mut s).is_some() {}
+    });
+    let mut runs = 0;
+    xs.transaction(1, |xs, _tx| {
+        runs += 1;
+        xs.at_commit(&[Req::Write("/a", "1"), Req::SetPerms("/a", &["n0", "r5"])])
+    })
+    .unwrap();
+    assert_eq!(runs, 1);
+    let kinds = seen.recv().unwrap();
+    assert_eq!(
+        kinds,
+        [
+            (wire::XS_WRITE, 7, b"/a\x001".to_vec()),
+            (wire::XS_SET_PERMS, 7, b"/a\0n0\0r5\0".to_vec()),
+            (wire::XS_TRANSACTION_END, 7, b"T\0".to_vec()),
+        ]
+    );
+    // EAGAIN, then a refused write: its error, after the second body.
+    let e = xs
+        .transaction(2, |xs, _tx| {
+            runs += 1;
+            xs.at_commit(&[Req::Write("/b", "2"), Req::Write("/c", "3")])
+        })
+        .unwrap_err();
+    assert!(e.is("EACCES"), "{e}");
+    assert_eq!(runs, 3);
+    for tx in [8, 9] {
+        let kinds = seen.recv().unwrap();
+        let got: Vec<(u32, u32)> = kinds.iter().map(|k| (k.0, k.1)).collect();
+        assert_eq!(
+            got,
+            [
+                (wire::XS_WRITE, tx),
+                (wire::XS_WRITE, tx),
+                (wire::XS_TRANSACTION_END, tx)
+            ]
+        );
+    }
+    // A bad request is refused before anything is sent.
+    assert!(xs.at_commit(&[Req::SetPerms("/a", &["x1"])]).is_err());
 }
