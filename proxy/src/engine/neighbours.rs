@@ -7,11 +7,14 @@
 //! The rule: an upstream is *in use* while a connection to it is open and for
 //! [`KEEP`] after the last one. While it is in use and smoltcp holds an entry
 //! for it with less than [`REFRESH_BEFORE`] left, an ARP request is sent for
-//! it, at most one per [`RETRY`]; the answer extends the entry by smoltcp's
-//! 60 s. If no answer comes the entry expires and the refreshing stops: a
-//! vanished upstream is given up (the next connection resolves it as
-//! before), and an idle instance sends at most one request per upstream
-//! about every 55 s for [`KEEP`] after its last connection, then none.
+//! it, at most one per [`RETRY`], to the MAC the entry holds (a unicast poll,
+//! smoltcp patch 28: a broadcast would reach every instance on the bridge,
+//! and with N instances each would hear N of them a minute); the answer
+//! extends the entry by smoltcp's 60 s. If no answer comes the entry
+//! expires and the refreshing stops: a vanished upstream is given up (the
+//! next connection resolves it as before), and an idle instance sends at
+//! most one request per upstream about every 55 s for [`KEEP`] after its
+//! last connection, then none.
 //! Traffic from the upstream extends its entry by itself (smoltcp), so a busy
 //! upstream is never asked.
 

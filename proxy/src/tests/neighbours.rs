@@ -55,6 +55,27 @@ fn upstream_stays_resolved_across_an_idle_minute() {
     w.run_for(secs(65));
     let refreshes = arp_requests_for(&w, SERVER);
     assert_eq!(refreshes.len(), 1, "refreshes at {refreshes:?}");
+    // The refresh went to the server's address alone (a unicast poll, smoltcp
+    // patch 28): a broadcast would wake every instance on the bridge.
+    let refresh = w
+        .net
+        .captured
+        .iter()
+        .find(|(_, p, f)| {
+            *p == w.proxy_port
+                && f.len() >= 42
+                && f[12..14] == [8, 6]
+                && f[20..22] == [0, 1]
+                && f[38..42] == SERVER.octets()
+        })
+        .map(|(_, _, f)| f.clone())
+        .expect("the refresh frame");
+    assert_ne!(refresh[0..6], [0xff; 6], "the refresh was broadcast");
+    assert_eq!(
+        refresh[0..6],
+        refresh[32..38],
+        "sent to the MAC it asks about"
+    );
     w.net.captured.clear();
     let start = w.now();
     echo_roundtrip(&mut w, &pattern(2, 10_000), secs(5));

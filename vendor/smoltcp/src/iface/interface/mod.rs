@@ -692,6 +692,15 @@ impl Interface {
         let Some(tx_token) = device.transmit(timestamp) else {
             return false;
         };
+        // An entry still valid is revalidated by a request to the address it
+        // holds (RFC 1122, 2.3.2.1, "unicast poll"): only that neighbor sees it.
+        #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
+        if let (IpAddress::Ipv4(ip), NeighborAnswer::Found(HardwareAddress::Ethernet(mac))) = (
+            next_hop,
+            self.inner.neighbor_cache.lookup(&next_hop, timestamp),
+        ) {
+            return self.inner.poll_neighbor_unicast(tx_token, ip, mac).is_ok();
+        }
         self.inner
             .solicit_neighbor(tx_token, next_hop, &mut self.fragmenter)
             .is_ok()
@@ -1296,6 +1305,35 @@ impl InterfaceInner {
 
         // The request got dispatched, limit the rate on the cache.
         self.neighbor_cache.limit_rate(dst_addr, self.now);
+        Ok(())
+    }
+
+    /// An ARP request for `dst_addr` sent to `mac`, the address the cache
+    /// holds for it, rather than broadcast; rate-limited like any request.
+    #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
+    fn poll_neighbor_unicast<Tx: TxToken>(
+        &mut self,
+        tx_token: Tx,
+        dst_addr: Ipv4Address,
+        mac: EthernetAddress,
+    ) -> Result<(), DispatchError> {
+        let arp_repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: self.hardware_addr.ethernet_or_panic(),
+            source_protocol_addr: self
+                .get_source_address_ipv4(&dst_addr)
+                .ok_or(DispatchError::NoRoute)?,
+            target_hardware_addr: mac,
+            target_protocol_addr: dst_addr,
+        };
+        self.dispatch_ethernet(tx_token, arp_repr.buffer_len(), |mut frame| {
+            frame.set_dst_addr(mac);
+            frame.set_ethertype(EthernetProtocol::Arp);
+            arp_repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()))
+        })
+        .map_err(|_| DispatchError::NeighborPending)?;
+        self.neighbor_cache
+            .limit_rate(IpAddress::Ipv4(dst_addr), self.now);
         Ok(())
     }
 

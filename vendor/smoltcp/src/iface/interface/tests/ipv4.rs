@@ -1570,12 +1570,13 @@ fn test_request_neighbor_refreshes_an_entry(#[case] medium: Medium) {
         .fill(remote, remote_hw.into(), at(0));
     assert_eq!(iface.neighbor_expires_at(at(0), &remote), Some(at(60)));
 
-    // A request while the entry is still valid: one ARP request for it.
+    // A request while the entry is still valid: one ARP request for it, sent
+    // to the address the entry holds (a unicast poll), not broadcast.
     assert!(iface.request_neighbor(at(50), &mut device, &remote));
     let frame = device.tx_queue.pop_front().expect("an ARP request");
     assert!(device.tx_queue.is_empty());
     let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
-    assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+    assert_eq!(eth.dst_addr(), remote_hw);
     assert_eq!(eth.ethertype(), EthernetProtocol::Arp);
     let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
     assert_eq!(
@@ -1584,7 +1585,7 @@ fn test_request_neighbor_refreshes_an_entry(#[case] medium: Medium) {
             operation: ArpOperation::Request,
             source_hardware_addr: EthernetAddress([0x02, 0x02, 0x02, 0x02, 0x02, 0x02]),
             source_protocol_addr: Ipv4Address::new(192, 168, 1, 1),
-            target_hardware_addr: EthernetAddress::BROADCAST,
+            target_hardware_addr: remote_hw,
             target_protocol_addr: remote_ip,
         }
     );
@@ -1603,6 +1604,18 @@ fn test_request_neighbor_refreshes_an_entry(#[case] medium: Medium) {
         .fill(remote, remote_hw.into(), at(52));
     assert_eq!(iface.neighbor_expires_at(at(61), &remote), Some(at(112)));
     assert_eq!(iface.neighbor_expires_at(at(112), &remote), None);
+
+    // Once the entry has expired, a request is broadcast again.
+    assert!(iface.request_neighbor(at(112), &mut device, &remote));
+    let frame = device.tx_queue.pop_back().expect("an ARP request");
+    let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+    assert_eq!(eth.dst_addr(), EthernetAddress::BROADCAST);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+    assert!(matches!(
+        arp,
+        ArpRepr::EthernetIpv4 { operation: ArpOperation::Request, target_hardware_addr, target_protocol_addr, .. }
+            if target_hardware_addr == EthernetAddress::BROADCAST && target_protocol_addr == remote_ip
+    ));
 }
 
 #[rstest]
