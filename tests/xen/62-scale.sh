@@ -240,16 +240,26 @@ measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0)) dom0_cpu_
 # two stats periods), and nothing else. Broadcast refreshes made every
 # instance count every other one's: with 50, 710 data/stats writes in 30 s.
 sc_allowed=$(awk -v s="$secs" 'BEGIN { n = int(s / 55); if (n * 55 < s) n++; print 2 * n }')
+# Counted from xenstored's trace where there is one (per connection: a
+# guest writes relative paths); a dom0 watch sees only some of the writes
+# (with 100 instances it saw 2 of the trace's 461).
 sc_max=0 sc_other=0
-for id in "${IDS[@]}"; do
-    n=$(grep -c "^/local/domain/$id/data/stats\$" "$SC/watch.window")
-    [ "$n" -gt "$sc_max" ] && sc_max=$n
-done
-sc_other=$(grep '^/local/domain/' "$SC/watch.window" | grep -vc '/data/stats$')
-if [ "$ok" -gt 0 ] && [ "$sc_max" -le "$sc_allowed" ] && [ "$sc_other" = 0 ]; then
-    pass "scale: $ok idle instances wrote only data/stats, at most $sc_max times each in $secs s (allowed $sc_allowed; $guest_writes in all; xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
+if [ -n "$XS_TRACE" ]; then
+    sc_max=$(sed -nE 's/.*IN (0x[0-9a-f]+) [0-9]{8} [0-9:]{8} WRITE \(data\/stats[ )].*/\1/p' "$SC/xs.window" \
+        | sort | uniq -c | sort -rn | awk 'NR == 1 { print $1 } END { if (NR == 0) print 0 }')
+    sc_other=$(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} (WRITE|MKDIR|RM|SET_PERMS) \([^/]' "$SC/xs.window" | awk '{ print $1 }')
+    sc_other=$((sc_other - $(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} WRITE \(data/stats[ )]' "$SC/xs.window")))
 else
-    fail "scale: idle instances and xenstore" "$guest_writes writes by $ok idle guests in $secs s: up to $sc_max data/stats writes by one (allowed $sc_allowed), $sc_other writes elsewhere"
+    for id in "${IDS[@]}"; do
+        n=$(grep -c "^/local/domain/$id/data/stats\$" "$SC/watch.window")
+        [ "$n" -gt "$sc_max" ] && sc_max=$n
+    done
+    sc_other=$(grep '^/local/domain/' "$SC/watch.window" | grep -vc '/data/stats$')
+fi
+if [ "$ok" -gt 0 ] && [ "$sc_max" -le "$sc_allowed" ] && [ "$sc_other" = 0 ]; then
+    pass "scale: $ok idle instances wrote only data/stats, at most $sc_max times each in $secs s (allowed $sc_allowed; a dom0 watch saw $guest_writes; xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
+else
+    fail "scale: idle instances and xenstore" "$ok idle guests in $secs s: up to $sc_max data/stats writes by one (allowed $sc_allowed), $sc_other writes elsewhere"
 fi
 
 # ---- xl create -e: no monitor, and then no one reaps the domain -------------------------
