@@ -11,10 +11,10 @@
 # scripts/bench runs it with SCALE_N=100 (SCALE_BENCH=1: BENCH lines too).
 . /root/lib.sh
 . /root/payload/tests/xen/common.sh
-# Only when asked for by name (XEN_TESTS="62-scale") or by scripts/bench: in
-# this testbed under TCG xenstored has stalled after 10-13 instances
-# (soft lockups, then dom0's xenwatch blocked for minutes, every xl call
-# with it), and a stalled dom0 would take the rest of the suite down.
+# Only when asked for by name (XEN_TESTS="62-scale") or by scripts/bench.
+# Until the testbed booted Xen with eager FPU switching (scripts/testbed-run)
+# xenstored stalled after 10-13 instances here; since, 50 and 100 came up
+# and served. It takes about 10 minutes with 50.
 case " ${XEN_TESTS:-} " in
 *" 62-scale "*) ;;
 *) [ -n "${SCALE_BENCH:-}" ] || { echo "TEST SKIP scale: not named in XEN_TESTS (see the top of tests/xen/62-scale.sh)"; return 0 2>/dev/null || exit 0; } ;;
@@ -233,10 +233,33 @@ fi
 measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0)) dom0_cpu_ms=$((d1 - d0))" \
      "xenstored_requests=$reqs xenstored_req_per_s=$(awk -v r="$reqs" -v s="$secs" 'BEGIN { if (r == "?") print "?"; else printf "%.2f", r / s }')" \
      "guest_writes=$guest_writes all_writes=$all_writes"
-if [ "$ok" -gt 0 ] && [ "$guest_writes" = 0 ]; then
-    pass "scale: $ok idle instances made no xenstore writes in $secs s (xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
+# An idle instance's counters move only with its own upstream refresh (one
+# ARP request to the upstream's MAC and its reply about every 55 s while it
+# was used in the last 10 min: proxy/src/engine/neighbours.rs), so it
+# writes data/stats at most twice per 55 s (request and reply may fall in
+# two stats periods), and nothing else. Broadcast refreshes made every
+# instance count every other one's: with 50, 710 data/stats writes in 30 s.
+sc_allowed=$(awk -v s="$secs" 'BEGIN { n = int(s / 55); if (n * 55 < s) n++; print 2 * n }')
+# Counted from xenstored's trace where there is one (per connection: a
+# guest writes relative paths); a dom0 watch sees only some of the writes
+# (with 100 instances it saw 2 of the trace's 461).
+sc_max=0 sc_other=0
+if [ -n "$XS_TRACE" ]; then
+    sc_max=$(sed -nE 's/.*IN (0x[0-9a-f]+) [0-9]{8} [0-9:]{8} WRITE \(data\/stats[ )].*/\1/p' "$SC/xs.window" \
+        | sort | uniq -c | sort -rn | awk 'NR == 1 { print $1 } END { if (NR == 0) print 0 }')
+    sc_other=$(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} (WRITE|MKDIR|RM|SET_PERMS) \([^/]' "$SC/xs.window" | awk '{ print $1 }')
+    sc_other=$((sc_other - $(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} WRITE \(data/stats[ )]' "$SC/xs.window")))
 else
-    fail "scale: idle instances and xenstore" "$guest_writes writes by $ok idle guests in $secs s"
+    for id in "${IDS[@]}"; do
+        n=$(grep -c "^/local/domain/$id/data/stats\$" "$SC/watch.window")
+        [ "$n" -gt "$sc_max" ] && sc_max=$n
+    done
+    sc_other=$(grep '^/local/domain/' "$SC/watch.window" | grep -vc '/data/stats$')
+fi
+if [ "$ok" -gt 0 ] && [ "$sc_max" -le "$sc_allowed" ] && [ "$sc_other" = 0 ]; then
+    pass "scale: $ok idle instances wrote only data/stats, at most $sc_max times each in $secs s (allowed $sc_allowed; a dom0 watch saw $guest_writes; xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
+else
+    fail "scale: idle instances and xenstore" "$ok idle guests in $secs s: up to $sc_max data/stats writes by one (allowed $sc_allowed), $sc_other writes elsewhere"
 fi
 
 # ---- xl create -e: no monitor, and then no one reaps the domain -------------------------
