@@ -150,15 +150,7 @@ struct Looked {
 }
 
 fn look(xs: &mut Xs, name: &str, cands: &[pool::Member]) -> Result<Looked, String> {
-    let ids: Vec<u32> = xs
-        .directory(NO_TX, "/local/domain")?
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .collect();
-    let paths: Vec<String> = ids
-        .iter()
-        .map(|n| format!("/local/domain/{n}/name"))
-        .collect();
+    let (ids, paths) = xenstore::domains_and_name_paths(xs, NO_TX)?;
     let mut reqs: Vec<Req<'_>> = paths.iter().map(|p| Req::Read(p)).collect();
     let keys = cands.first().map(member_keys);
     if let Some(k) = &keys {

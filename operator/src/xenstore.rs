@@ -16,7 +16,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use domain::{domid_of, rename};
+pub use domain::{domains_and_name_paths, domid_of, rename};
 
 use link::Link;
 use std::collections::VecDeque;

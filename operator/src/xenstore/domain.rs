@@ -10,18 +10,25 @@ impl From<XsError> for String {
     }
 }
 
-/// The domain named NAME, if there is one (domains still without a name
-/// are skipped): the list, then every name in one round trip.
-pub fn domid_of(xs: &mut Xs, tx: Tx, name: &str) -> Result<Option<u32>, XsError> {
+/// The domains under /local/domain, and the path of each one's name node
+/// (in the same order), for reading every name in one round trip.
+pub fn domains_and_name_paths(xs: &mut Xs, tx: Tx) -> Result<(Vec<u32>, Vec<String>), XsError> {
     let ids: Vec<u32> = xs
         .directory(tx, "/local/domain")?
         .iter()
         .filter_map(|id| id.parse().ok())
         .collect();
-    let paths: Vec<String> = ids
+    let paths = ids
         .iter()
         .map(|n| format!("/local/domain/{n}/name"))
         .collect();
+    Ok((ids, paths))
+}
+
+/// The domain named NAME, if there is one (domains still without a name
+/// are skipped): the list, then every name in one round trip.
+pub fn domid_of(xs: &mut Xs, tx: Tx, name: &str) -> Result<Option<u32>, XsError> {
+    let (ids, paths) = domains_and_name_paths(xs, tx)?;
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let names = xs.read_many(tx, &refs)?;
     Ok(ids
