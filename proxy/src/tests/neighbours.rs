@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// ARP requests the proxy sent for `target` in the capture, with their times.
-fn arp_requests_for(w: &World, target: Ipv4Address) -> Vec<Instant> {
+/// ARP requests the proxy sent for `target` in the capture: time and frame.
+fn arp_request_frames_for(w: &World, target: Ipv4Address) -> Vec<(Instant, &[u8])> {
     w.net
         .captured
         .iter()
@@ -16,7 +16,15 @@ fn arp_requests_for(w: &World, target: Ipv4Address) -> Vec<Instant> {
                 && f[20..22] == [0, 1]
                 && f[38..42] == target.octets()
         })
-        .map(|(t, _, _)| *t)
+        .map(|(t, _, f)| (*t, &f[..]))
+        .collect()
+}
+
+/// The times of those requests.
+fn arp_requests_for(w: &World, target: Ipv4Address) -> Vec<Instant> {
+    arp_request_frames_for(w, target)
+        .into_iter()
+        .map(|(t, _)| t)
         .collect()
 }
 
@@ -57,19 +65,7 @@ fn upstream_stays_resolved_across_an_idle_minute() {
     assert_eq!(refreshes.len(), 1, "refreshes at {refreshes:?}");
     // The refresh went to the server's address alone (a unicast poll, smoltcp
     // patch 28): a broadcast would wake every instance on the bridge.
-    let refresh = w
-        .net
-        .captured
-        .iter()
-        .find(|(_, p, f)| {
-            *p == w.proxy_port
-                && f.len() >= 42
-                && f[12..14] == [8, 6]
-                && f[20..22] == [0, 1]
-                && f[38..42] == SERVER.octets()
-        })
-        .map(|(_, _, f)| f.clone())
-        .expect("the refresh frame");
+    let (_, refresh) = arp_request_frames_for(&w, SERVER)[0];
     assert_ne!(refresh[0..6], [0xff; 6], "the refresh was broadcast");
     assert_eq!(
         refresh[0..6],
