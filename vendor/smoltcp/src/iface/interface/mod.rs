@@ -694,15 +694,12 @@ impl Interface {
         };
         // An entry still valid is revalidated by a request to the address it
         // holds (RFC 1122, 2.3.2.1, "unicast poll"): only that neighbor sees it.
-        #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
-        if let (IpAddress::Ipv4(ip), NeighborAnswer::Found(HardwareAddress::Ethernet(mac))) = (
-            next_hop,
-            self.inner.neighbor_cache.lookup(&next_hop, timestamp),
-        ) {
-            return self.inner.poll_neighbor_unicast(tx_token, ip, mac).is_ok();
-        }
+        let known = match self.inner.neighbor_cache.lookup(&next_hop, timestamp) {
+            NeighborAnswer::Found(hardware_addr) => Some(hardware_addr),
+            _ => None,
+        };
         self.inner
-            .solicit_neighbor(tx_token, next_hop, &mut self.fragmenter)
+            .solicit_neighbor(tx_token, next_hop, known, &mut self.fragmenter)
             .is_ok()
     }
 
@@ -1219,18 +1216,21 @@ impl InterfaceInner {
             _ => (), // XXX
         }
 
-        self.solicit_neighbor(tx_token, dst_addr, fragmenter)?;
+        self.solicit_neighbor(tx_token, dst_addr, None, fragmenter)?;
         Err(DispatchError::NeighborPending)
     }
 
     /// Send a discovery request (ARP request or Neighbor Solicitation) for
     /// `dst_addr`, an on-link address, and rate-limit further requests for
-    /// it. `Err(NeighborPending)` if it could not be sent.
+    /// it. `Err(NeighborPending)` if it could not be sent. An ARP request
+    /// goes to `known`, the address a valid cache entry holds, if given
+    /// (RFC 1122, 2.3.2.1, "unicast poll"), else to the broadcast address.
     #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
     fn solicit_neighbor<Tx>(
         &mut self,
         tx_token: Tx,
         dst_addr: IpAddress,
+        #[allow(unused_variables)] known: Option<HardwareAddress>,
         fragmenter: &mut Fragmenter,
     ) -> Result<(), DispatchError>
     where
@@ -1244,6 +1244,10 @@ impl InterfaceInner {
                     dst_addr
                 );
                 let src_hardware_addr = self.hardware_addr.ethernet_or_panic();
+                let target_hardware_addr = match known {
+                    Some(HardwareAddress::Ethernet(mac)) => mac,
+                    _ => EthernetAddress::BROADCAST,
+                };
 
                 let arp_repr = ArpRepr::EthernetIpv4 {
                     operation: ArpOperation::Request,
@@ -1251,13 +1255,13 @@ impl InterfaceInner {
                     source_protocol_addr: self
                         .get_source_address_ipv4(&dst_addr)
                         .ok_or(DispatchError::NoRoute)?,
-                    target_hardware_addr: EthernetAddress::BROADCAST,
+                    target_hardware_addr,
                     target_protocol_addr: dst_addr,
                 };
 
                 if let Err(e) =
                     self.dispatch_ethernet(tx_token, arp_repr.buffer_len(), |mut frame| {
-                        frame.set_dst_addr(EthernetAddress::BROADCAST);
+                        frame.set_dst_addr(target_hardware_addr);
                         frame.set_ethertype(EthernetProtocol::Arp);
 
                         arp_repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()))
@@ -1305,35 +1309,6 @@ impl InterfaceInner {
 
         // The request got dispatched, limit the rate on the cache.
         self.neighbor_cache.limit_rate(dst_addr, self.now);
-        Ok(())
-    }
-
-    /// An ARP request for `dst_addr` sent to `mac`, the address the cache
-    /// holds for it, rather than broadcast; rate-limited like any request.
-    #[cfg(all(feature = "medium-ethernet", feature = "proto-ipv4"))]
-    fn poll_neighbor_unicast<Tx: TxToken>(
-        &mut self,
-        tx_token: Tx,
-        dst_addr: Ipv4Address,
-        mac: EthernetAddress,
-    ) -> Result<(), DispatchError> {
-        let arp_repr = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: self.hardware_addr.ethernet_or_panic(),
-            source_protocol_addr: self
-                .get_source_address_ipv4(&dst_addr)
-                .ok_or(DispatchError::NoRoute)?,
-            target_hardware_addr: mac,
-            target_protocol_addr: dst_addr,
-        };
-        self.dispatch_ethernet(tx_token, arp_repr.buffer_len(), |mut frame| {
-            frame.set_dst_addr(mac);
-            frame.set_ethertype(EthernetProtocol::Arp);
-            arp_repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()))
-        })
-        .map_err(|_| DispatchError::NeighborPending)?;
-        self.neighbor_cache
-            .limit_rate(IpAddress::Ipv4(dst_addr), self.now);
         Ok(())
     }
 
