@@ -2339,6 +2339,19 @@ impl<'a> Socket<'a> {
                 return None;
             }
 
+            // RFC 1337 (TIME-WAIT assassination, fix 1): an RST in TIME-WAIT is
+            // dropped. Both FINs have been exchanged and acknowledged, so it
+            // says nothing about this connection; a peer sends one when a
+            // segment of ours (a duplicate ACK, a window update) reaches it
+            // after its own socket closed. Taking it would end the socket in
+            // CLOSED, where an application that had not yet looked can no longer
+            // tell a finished connection from a reset one. The TIME-WAIT timer
+            // is left alone (not restarted), so the socket closes on time.
+            (State::TimeWait, TcpControl::Rst) => {
+                tcp_trace!("ignoring RST in TIME-WAIT (RFC 1337)");
+                return None;
+            }
+
             // RSTs in any other state close the socket.
             (_, TcpControl::Rst) => {
                 tcp_trace!("received RST");
@@ -6857,6 +6870,51 @@ mod test {
         assert_eq!(s.recv_slice(&mut buf), Ok(6));
         assert_eq!(&buf[..6], b"abcdef");
         assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
+    }
+
+    // RFC 1337: an RST in TIME-WAIT (here, answering our ACK of the peer's FIN,
+    // as a peer whose socket has closed does) is dropped: the socket stays in
+    // TIME-WAIT with its timer unchanged, the data before the FIN readable and
+    // then the end of the stream; the timer then closes it as usual.
+    #[test]
+    fn test_time_wait_rst_is_ignored() {
+        let mut s = socket_fin_wait_2();
+        send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + 1),
+                payload: &b"abcdef"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(s.state, State::TimeWait);
+        let timer = s.timer;
+        send!(s, time 10, TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: REMOTE_SEQ + 1 + 6 + 1,
+            ack_number: None,
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.state, State::TimeWait);
+        assert_eq!(s.timer, timer);
+        let mut buf = [0; 64];
+        assert_eq!(s.recv_slice(&mut buf), Ok(6));
+        assert_eq!(&buf[..6], b"abcdef");
+        assert_eq!(s.recv_slice(&mut buf), Err(RecvError::Finished));
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 6 + 1),
+                window_len: 64,
+                ..RECV_TEMPL
+            }]
+        );
+        recv_nothing!(s, time 60_000);
+        assert_eq!(s.state, State::Closed);
     }
 
     // A segment that carries a FIN and more data than the window holds is cut at
