@@ -208,3 +208,92 @@ fn fin_wait_2_with_a_zero_window_does_not_busy_loop() {
     assert!(frames < 1_000, "{frames} frames sent to silent peers");
     assert_eq!(w.proxy.stats().active, 0, "not ended");
 }
+
+/// A Linux peer answers a segment that reaches it after its socket closed
+/// with an RST: after a passive close (LAST-ACK, then CLOSED on the proxy's
+/// ACK of its FIN), a second ACK from the proxy (a duplicate, or a window
+/// update) is answered so. Seen under Xen (tests/xen/40-operator.sh, 1 of
+/// 20 echoes): the upstream sent its last data and FIN, the proxy
+/// acknowledged them twice, and the RST came back before the engine's next
+/// step. The upstream socket went TIME-WAIT and then CLOSED in one poll; the
+/// engine, never having seen the FIN, counted an upstream reset and reset
+/// the client, whose last 16 KB were lost, though the upstream had sent all
+/// of it and closed cleanly. Here the peer's data, FIN and RST arrive
+/// together.
+#[test]
+fn an_rst_after_the_peers_fin_loses_nothing() {
+    let mut w = reverse_world(Setup {
+        server_link: Link {
+            loss: 1.0,
+            ..Link::default()
+        },
+        serve: Serve::Silent,
+        ..Setup::default()
+    });
+    let peer = w.net.add_spoof_port();
+    w.net.inject(peer, peer_arp_reply());
+    w.net.capture = true;
+    let f = client_connect(&mut w, b"hello".to_vec(), Close::AfterSend);
+    assert!(w.run_until(secs(2), |w| to_peer(w)
+        .iter()
+        .any(|(t, _)| t.control == TcpControl::Syn)));
+    let syn = to_peer(&w)[0].0;
+    let isn = syn.seq_number;
+    let peer_seq = TcpSeqNumber(91_000);
+    let from_peer =
+        |control, seq: TcpSeqNumber, ack: TcpSeqNumber, payload: &'static [u8]| TcpRepr {
+            src_port: 8080,
+            dst_port: syn.src_port,
+            control,
+            seq_number: seq,
+            ack_number: Some(ack),
+            window_len: 8192,
+            window_scale: None,
+            max_seg_size: (control == TcpControl::Syn).then_some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+    w.net.inject(
+        peer,
+        peer_segment(&from_peer(TcpControl::Syn, peer_seq, isn + 1, b"")),
+    );
+    // "hello" and, the client having closed, the proxy's FIN.
+    assert!(
+        w.run_until(secs(2), |w| to_peer(w)
+            .iter()
+            .any(|(t, _)| t.control == TcpControl::Fin)),
+        "no FIN to the peer"
+    );
+    // All of it taken (FIN-WAIT-2), then the peer's answer with its FIN
+    // and, before the proxy polls again, the RST its socket sends once
+    // closed (its sequence number is the proxy's RCV.NXT after the FIN).
+    let reply: &'static [u8] = b"the whole answer";
+    w.net.inject(
+        peer,
+        peer_segment(&from_peer(TcpControl::None, peer_seq + 1, isn + 7, b"")),
+    );
+    w.run_for(Duration::from_millis(5));
+    w.net.inject(
+        peer,
+        peer_segment(&from_peer(TcpControl::Fin, peer_seq + 1, isn + 7, reply)),
+    );
+    let rst_seq = peer_seq + 1 + reply.len() + 1;
+    w.net.inject(
+        peer,
+        peer_segment(&TcpRepr {
+            ack_number: None,
+            window_len: 0,
+            ..from_peer(TcpControl::Rst, rst_seq, isn + 7, b"")
+        }),
+    );
+    assert!(w.run_until(secs(5), |w| w.hosts[0].flows[f].done
+        && w.proxy.stats().active == 0));
+    let c = &w.hosts[0].flows[f];
+    assert!(!c.reset, "the client was reset");
+    assert!(c.fin, "the client saw no FIN");
+    assert_bytes(&c.received, reply, "the client received");
+    let st = w.proxy.stats();
+    assert_eq!((st.upstream_resets, st.completed), (0, 1));
+}
