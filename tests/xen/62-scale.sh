@@ -11,14 +11,11 @@
 # scripts/bench runs it with SCALE_N=100 (SCALE_BENCH=1: BENCH lines too).
 . /root/lib.sh
 . /root/payload/tests/xen/common.sh
-# Only when asked for by name (XEN_TESTS="62-scale") or by scripts/bench.
-# Until the testbed booted Xen with eager FPU switching (scripts/testbed-run)
-# xenstored stalled after 10-13 instances here; since, 50 and 100 came up
-# and served. It takes about 10 minutes with 50.
-case " ${XEN_TESTS:-} " in
-*" 62-scale "*) ;;
-*) [ -n "${SCALE_BENCH:-}" ] || { echo "TEST SKIP scale: not named in XEN_TESTS (see the top of tests/xen/62-scale.sh)"; return 0 2>/dev/null || exit 0; } ;;
-esac
+# Part of every run (issue 12: the scale test passes in ./scripts/test; CI
+# runs 50, scripts/bench 100). Until the testbed booted Xen with eager FPU
+# switching (scripts/testbed-run) xenstored stalled after 10-13 instances
+# here; since, 50 and 100 came up and served. It takes about 10 minutes with
+# 50 under TCG.
 MP=$P/scripts/miniproxy
 SC=/tmp/scale
 rm -rf "$SC"; mkdir -p "$SC"
@@ -26,7 +23,7 @@ SC_N=${SCALE_N:-50}
 SC_PAR=${SCALE_PAR:-4}
 SC_IDLE_S=${SCALE_IDLE_S:-30}
 SC_LV_N=${SCALE_LIBVIRT_N:-3}
-SC_BUDGET_S=${SCALE_SPAWN_BUDGET_S:-180}   # no spawn is started after this
+SC_BUDGET_S=${SCALE_SPAWN_BUDGET_S:-480}   # no spawn is started after this (50 took 152 s)
 SC_PIDS=()
 export MINIPROXY_PARALLEL=$SC_PAR
 CLK_TCK=$(getconf CLK_TCK)
