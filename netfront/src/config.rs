@@ -26,8 +26,15 @@ pub struct Config {
     pub close_timeout_ms: u64,
     /// Interval between xenstore reads while waiting on the backend.
     pub retry_ms: u64,
-    /// Interval between backend-state checks while connected.
+    /// Interval between backend-state checks while connected, at first.
     pub state_check_ms: u64,
+    /// Each check that finds the backend still connected doubles the
+    /// interval, up to this; a watch event
+    /// ([`check_backend_soon`](crate::Netfront::check_backend_soon)) starts
+    /// it again at `state_check_ms`. With a watch on the backend's state the
+    /// checks are only a fallback, and an idle guest should cost xenstored
+    /// (nearly) nothing. At or below `state_check_ms`: no backoff.
+    pub state_check_max_ms: u64,
     /// Ask for offload: TCP segmentation offload on TX, scatter-gather and
     /// GSO on RX, TCP checksum offload both ways. Used when the backend
     /// offers `feature-sg` and `feature-gso-tcpv4` and `rx_buffers >= 18`;
@@ -52,6 +59,7 @@ impl Default for Config {
             close_timeout_ms: 5_000,
             retry_ms: 10,
             state_check_ms: 500,
+            state_check_max_ms: 500,
             offload: true,
             #[cfg(any(test, feature = "testing"))]
             ring_start: 0,

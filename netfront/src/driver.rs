@@ -53,6 +53,9 @@ pub struct Netfront<P: Platform> {
     /// (`publish` may run more than once: it retries an unreadable key).
     initwait_seen: bool,
     next_check: u64,
+    /// The interval to the next state check while connected (it grows from
+    /// `state_check_ms` to `state_check_max_ms`).
+    check_interval: u64,
     next_retry: u64,
     datapath: Option<Datapath<P>>,
     /// Pages (and the port) being given back after a disconnect.
@@ -82,6 +85,7 @@ impl<P: Platform> Netfront<P> {
             platform,
             front: format!("device/vif/{}", cfg.vif),
             rx_budget: cfg.rx_budget,
+            check_interval: cfg.state_check_ms,
             cfg,
             backend: String::new(),
             backend_id: 0,
@@ -230,6 +234,7 @@ impl<P: Platform> Netfront<P> {
     /// answer.
     pub fn check_backend_soon(&mut self) {
         self.next_check = 0;
+        self.check_interval = self.cfg.state_check_ms;
         self.next_retry = 0;
     }
 
@@ -301,11 +306,11 @@ impl<P: Platform> Netfront<P> {
         self.datapath.as_ref().map_or(0, |c| c.tx_in_flight())
     }
 
-    /// Connected: check the backend's state every `state_check_ms`, take
-    /// back answered TX buffers, post RX buffers again, reset the RX budget.
+    /// Connected: check the backend's state (every `state_check_ms`, backing
+    /// off to `state_check_max_ms` while it stays connected), take back
+    /// answered TX buffers, post RX buffers again, reset the RX budget.
     fn step_connected(&mut self) {
         if self.now >= self.next_check {
-            self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
             match self.backend_state() {
                 Ok(Some(XenbusState::Closing | XenbusState::Closed)) => {
                     return self.begin_closing(Reason::BackendClosing, true)
@@ -313,8 +318,15 @@ impl<P: Platform> Netfront<P> {
                 Ok(None | Some(XenbusState::Unknown)) => {
                     return self.begin_closing(Reason::BackendGone, true)
                 }
-                _ => {}
+                // Still there: the next fallback check can wait longer. (An
+                // unreadable state, a transient error, keeps the interval.)
+                Ok(Some(_)) => {
+                    let max = self.cfg.state_check_max_ms.max(self.cfg.state_check_ms);
+                    self.check_interval = self.check_interval.saturating_mul(2).min(max);
+                }
+                Err(_) => {}
             }
+            self.next_check = self.now.saturating_add(self.check_interval);
         }
         self.rx_budget = self.cfg.rx_budget;
         let Some(datapath) = self.datapath.as_mut() else {

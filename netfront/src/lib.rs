@@ -34,7 +34,8 @@
 //! Initialised), and waits for the backend's Connected (4). It logs
 //! `netfront: vif0 connected, offload: tso+sg+csum (tx frames up to N B)`
 //! or `..., offload: off (reason)`; [`Netfront::offload`] says the same.
-//! While connected it re-reads the backend state every `state_check_ms`;
+//! While connected it re-reads the backend state every `state_check_ms`
+//! (backing off to `state_check_max_ms` while nothing changes);
 //! backend Closing/Closed (e.g. `xl network-detach`) or a vanished backend
 //! directory makes it answer Closed, report [`Event::Disconnected`], wait for
 //! the backend to reach Closed, end every grant and free the pages (a page

@@ -414,7 +414,8 @@ impl<P: Platform> Netfront<P> {
                 self.platform
                     .handshake_step(HandshakeStep::BackendConnected);
                 self.phase = Phase::Connected;
-                self.next_check = self.now.saturating_add(self.cfg.state_check_ms);
+                self.check_interval = self.cfg.state_check_ms;
+                self.next_check = self.now.saturating_add(self.check_interval);
                 self.rx_budget = self.cfg.rx_budget;
                 log::info!(
                     "netfront: vif{} connected, offload: {}",

@@ -528,6 +528,48 @@ fn backend_state_is_checked_at_the_configured_interval() {
     assert!(h.nf.poll_delay(h.now).is_some_and(|d| d <= 500));
 }
 
+/// With `state_check_max_ms` the fallback check backs off while the backend
+/// stays connected (100, 200, 400, 800, 800... ms), a watch event (a check
+/// at once) starts it again, and a backend that goes away is still seen at
+/// the next check.
+#[test]
+fn backend_state_checks_back_off_while_connected() {
+    let cfg = Config {
+        state_check_ms: 100,
+        state_check_max_ms: 800,
+        ..legacy()
+    };
+    let mut h = H::connected(BackendSetup::default(), cfg);
+    let reads_in = |h: &mut H, ms: u64| {
+        let r0 = h.world.inner().xs_reads;
+        for _ in 0..ms {
+            h.step();
+        }
+        h.world.inner().xs_reads - r0
+    };
+    // Checks at +100, +300, +700, +1500, +2300, +3100 ms.
+    assert_eq!(reads_in(&mut h, 3150), 6);
+    let d = h.nf.poll_delay(h.now);
+    assert!(d.is_some_and(|d| d > 700 && d <= 800), "{d:?}");
+    // 8 s more at the ceiling: 10 reads.
+    assert_eq!(reads_in(&mut h, 8000), 10);
+    // A watch event: one read now, and the backoff starts again (the next
+    // at +200 ms, then +600 ms), not at 800 ms.
+    h.nf.check_backend_soon();
+    assert_eq!(reads_in(&mut h, 1), 1);
+    assert_eq!(reads_in(&mut h, 250), 1);
+    assert_eq!(reads_in(&mut h, 400), 1);
+    // Backed off again, a detach is seen at the next check (the watch
+    // event lost), not sooner than the interval allows.
+    for _ in 0..3000 {
+        h.step();
+    }
+    h.events.clear();
+    h.be.detach();
+    assert!(h.step_until(801, |h| h.nf.state() != State::Connected));
+    assert_eq!(h.events[0], Event::Disconnected(Reason::BackendClosing));
+}
+
 #[test]
 fn unreadable_feature_keys() {
     // The required one is retried...
