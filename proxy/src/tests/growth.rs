@@ -94,13 +94,15 @@ fn a_grown_connection_and_63_idle_ones_fit_memory_4() {
     let busy = open_echo(&mut w, 3 << 20, 1);
     let mut first = None;
     let mut grown = 0;
-    let mut peaks = (0, 0);
+    let mut peaks = ((0, 0), (0, 0));
     assert!(w.run_until(secs(60), |w| {
         check_memory(&w.proxy);
-        if let Some((a, b)) = w.proxy.connection_buffers().next() {
-            peaks = (peaks.0.max(a), peaks.1.max(b));
-            first.get_or_insert(a.max(b));
-            grown = grown.max(a.max(b));
+        if let Some((c, u)) = w.proxy.connection_buffers_by_dir().next() {
+            let max = |a: (usize, usize), b: (usize, usize)| (a.0.max(b.0), a.1.max(b.1));
+            peaks = (max(peaks.0, c), max(peaks.1, u));
+            let size = c.0.max(c.1).max(u.0).max(u.1);
+            first.get_or_insert(size);
+            grown = grown.max(size);
         }
         w.hosts[0].flows[busy].received_len == 3 << 20
     }));
@@ -118,12 +120,14 @@ fn a_grown_connection_and_63_idle_ones_fit_memory_4() {
     }));
     let st = w.proxy.stats();
     assert_eq!((st.accepted, st.active, st.refused), (64, 64, 0));
-    // Memory is short now, but the idle grown connection keeps its size: its
-    // receive buffers hold the window they advertised, which a receiver must
-    // not retract (vendored patch 16 refuses), and the ledger keeps one size
-    // per socket for both directions.
-    let sizes: Vec<(usize, usize)> = w.proxy.connection_buffers().collect();
-    assert_eq!(sizes[0], peaks, "first {first}");
+    // Memory is short now, but the idle grown connection keeps its receive
+    // buffers: they hold the window they advertised, which a receiver must
+    // not retract (vendored patch 16 refuses). Its transmit buffers, empty,
+    // shrink.
+    let ((c_rx, c_tx), (u_rx, u_tx)) = w.proxy.connection_buffers_by_dir().next().unwrap();
+    let ((c_rx_peak, c_tx_peak), (u_rx_peak, u_tx_peak)) = peaks;
+    assert_eq!((c_rx, u_rx), (c_rx_peak, u_rx_peak), "first {first}");
+    assert!(c_tx < c_tx_peak && u_tx < u_tx_peak, "{peaks:?}");
     let flows = &w.hosts[0].flows;
     assert_bytes(&flows[busy].received, &pattern(1, 3 << 20), "busy echo");
     for (i, &f) in idle.iter().enumerate() {
