@@ -10,16 +10,18 @@
 //! last round trip (its "dynamic right-sizing"), the engine counts, for each
 //! socket, the bytes it took out of the socket's receive buffer in each round
 //! trip of that socket's leg (smoltcp's smoothed round-trip time, vendored
-//! patch 21). A round trip that delivered more than half of the buffer means
-//! the sender is at or near the window (a sender in slow start sends twice as
-//! much in the next one): the socket asks for the buffer size on the ladder
-//! that holds twice what the round trip delivered, and, if that was more
-//! than the round trip before delivered, that much more again in proportion
-//! to the growth (Linux's `tcp_rcv_space_adjust` does the same): a sender
-//! in slow start doubles each round trip, and a window grown only to twice
-//! the last round trip is short again one round trip later, so on a long
-//! leg a 512k buffer took three round trips to reach 4m, each at the
-//! window. `growth` grants it, up to
+//! patch 21). The window a round trip needs is twice what it delivered (a
+//! sender in slow start sends twice as much in the next one), and, if that
+//! was more than the round trip before delivered, that much more again in
+//! proportion to the growth (Linux's `tcp_rcv_space_adjust` does the same):
+//! a window grows only in the ACKs of the round trip after the one that asked
+//! for it, so one sized for the next round trip alone is short in the one
+//! after. When that is more than the buffer, the socket asks for the size on
+//! the ladder that holds it. (Asking only for twice the last round trip, and
+//! only once it filled half the buffer, a 512k buffer on a 45 ms leg took
+//! three round trips to reach 4m, each at the window; with the growth but
+//! still from half full, a round trip of 934k in a 2m buffer asked nothing
+//! and the one after the next was held to 2m.) `growth` grants it, up to
 //! `buf`, if the ledger can pay for it without touching any other
 //! connection's guarantee, and never while memory is short.
 //!
@@ -67,14 +69,13 @@ impl RcvSpace {
         if let Some(start) = self.start {
             if now >= start + rtt.max(MIN_ROUND) {
                 // The round trip is over: bytes taken now belong to the next.
-                if 2 * self.taken > capacity {
-                    let mut want = 2 * self.taken;
-                    if self.last > 0 && self.taken > self.last {
-                        // The sender's window grows: as much more again.
-                        let growth =
-                            want as u64 * (self.taken - self.last) as u64 / self.last as u64;
-                        want = want.saturating_add(usize::try_from(growth).unwrap_or(usize::MAX));
-                    }
+                let mut want = self.taken.saturating_mul(2);
+                if self.last > 0 && self.taken > self.last {
+                    // The sender's window grows: as much more again.
+                    let growth = want as u64 * (self.taken - self.last) as u64 / self.last as u64;
+                    want = want.saturating_add(usize::try_from(growth).unwrap_or(usize::MAX));
+                }
+                if want > capacity {
                     self.want = self.want.max(want);
                 }
                 self.last = self.taken;
@@ -148,6 +149,22 @@ mod unit {
         r.account(ms(90), 0, rtt, 512 * K);
         assert_eq!(r.want, 1600 * K);
         assert_eq!(r.take_want(512 * K, 4 * K, 4096 * K), Some(2048 * K));
+        // Growing, a round trip asks before it fills half the buffer: 467k,
+        // then 934k of a 2m buffer (under half; the next round trip will
+        // send 1.87m, the one after 3.7m, and the window for that one is
+        // what the ACKs of the next carry): 3.7m, 4m on the ladder.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 467 * K, rtt, 2048 * K);
+        r.account(ms(45), 934 * K, rtt, 2048 * K);
+        r.account(ms(90), 0, rtt, 2048 * K);
+        assert_eq!(r.want, 3736 * K);
+        assert_eq!(r.take_want(2048 * K, 4 * K, 4096 * K), Some(4096 * K));
+        // Not growing, the same round trip asks for nothing.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 934 * K, rtt, 2048 * K);
+        r.account(ms(45), 934 * K, rtt, 2048 * K);
+        r.account(ms(90), 0, rtt, 2048 * K);
+        assert_eq!(r.take_want(2048 * K, 4 * K, 4096 * K), None);
         // A round trip delivering 1.5 times the last asks for 2 * 1.5.
         let mut r = RcvSpace::default();
         r.account(ms(0), 400 * K, rtt, 512 * K);
