@@ -43,7 +43,7 @@ pub const BOOT_TIME_KEYS: [&str; 3] = ["rx_bufs", "tx_bufs", "offload"];
 /// Most rules one instance accepts.
 pub const MAX_RULES: usize = 16;
 /// Default of `buf=`.
-pub const DEFAULT_BUF: usize = 1 << 20;
+pub const DEFAULT_BUF: usize = 4 << 20;
 /// Default of `buf_min=` (or `buf=` when that is smaller).
 pub const DEFAULT_BUF_MIN: usize = 4 * 1024;
 /// Smallest `buf=` and `buf_min=`.

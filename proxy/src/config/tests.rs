@@ -19,7 +19,7 @@ fn empty_line_is_defaults_without_rules() {
     let c = Config::default();
     assert_eq!(c.loglevel, LevelFilter::Info);
     assert_eq!(c.ip, IpSetting::Dhcp);
-    assert_eq!(c.buf, 1 << 20);
+    assert_eq!(c.buf, 4 << 20);
     assert_eq!(c.buf_min, 4096);
     assert!(c.offload);
     assert_eq!(c.max_conns, 64);
@@ -38,15 +38,15 @@ fn buf_min_and_buf() {
     let c = Config::parse("buf=16k").unwrap();
     assert_eq!((c.buf, c.buf_min), (16384, 4096));
     let c = Config::parse("buf_min=32k").unwrap();
-    assert_eq!((c.buf, c.buf_min), (1 << 20, 32768));
+    assert_eq!((c.buf, c.buf_min), (4 << 20, 32768));
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
     assert_eq!(
         err("buf=16k buf_min=32k"),
         "config: key 'buf_min' with value '32k': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
     );
     assert_eq!(
-        err("buf_min=2m"),
-        "config: key 'buf_min' with value '2m': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
+        err("buf_min=8m"),
+        "config: key 'buf_min' with value '8m': larger than buf= (buf is the largest socket buffer, buf_min the guaranteed one)"
     );
     assert_eq!(
         err("buf_min=512"),
@@ -147,7 +147,7 @@ fn default_summary_round_trips() {
     assert_eq!(
         c.summary(),
         "loglevel=info ip=dhcp dhcp_timeout=10s idle_exit=off drain_timeout=10s stats_period=1s rx_bufs=64 tx_bufs=64 offload=on \
-         max_conns=64 backlog=4 buf=1m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off pool=off"
+         max_conns=64 backlog=4 buf=4m buf_min=4k idle_timeout=5m connect_timeout=10s syn_timeout=3s keepalive=1m cc=cubic rto_min=200ms ack_delay=off pool=off"
     );
     assert_eq!(Config::parse(&c.summary()).unwrap(), c);
 }

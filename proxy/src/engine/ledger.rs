@@ -19,9 +19,13 @@
 //! `held + (max_sockets - sockets) * 2 * buf_min <= buffer budget`:
 //! [`Ledger::fits`] says whether a new socket of a given size keeps it, and
 //! the socket pool only asks [`Ledger::add`] for sizes that fit. A connected
-//! socket's buffers change size only through [`Ledger::resize`], which
-//! counts the difference and grows nothing beyond the reservation and the
-//! pledges ([`Ledger::fits_growth`]).
+//! socket's buffers change size only through [`Ledger::resize`], one
+//! direction at a time (a connection's receive and transmit buffers need not
+//! be equal: a download wants a large receive buffer on its upstream side and
+//! a large transmit buffer on its client side, and nothing on the other two),
+//! which counts the difference and grows nothing beyond the reservation and
+//! the pledges ([`Ledger::fits_growth`]). Listening sockets and spares have
+//! equal directions: their size is one figure.
 
 use alloc::vec::Vec;
 
@@ -29,6 +33,25 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
 use super::sizing::{BufferState, Role};
+
+/// One of a socket's two buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dir {
+    /// The receive buffer: its size is the window the socket advertises.
+    Rx,
+    /// The transmit buffer: its size bounds the data in flight.
+    Tx,
+}
+
+impl Dir {
+    /// The size of this buffer of `s`.
+    pub(super) fn capacity(self, s: &tcp::Socket<'_>) -> usize {
+        match self {
+            Dir::Rx => s.recv_capacity(),
+            Dir::Tx => s.send_capacity(),
+        }
+    }
+}
 
 /// Counts of the engine's socket buffers. See the module documentation.
 #[derive(Debug)]
@@ -45,7 +68,8 @@ pub(super) struct Ledger {
     /// Bytes held by our sockets' buffers now (RX + TX), and the most they held.
     held: usize,
     peak: usize,
-    /// Finished sockets ready for reuse, with their per-direction buffer size.
+    /// Finished sockets ready for reuse, with their per-direction buffer size
+    /// (both directions equal).
     spares: Vec<(SocketHandle, usize)>,
     /// Bytes held by the spares' buffers: the sum over `spares`.
     spare_bytes: usize,
@@ -82,9 +106,16 @@ impl Ledger {
         }
     }
 
-    /// Per-direction buffer size of one of our sockets.
+    /// Per-direction buffer size of one of our sockets whose directions are
+    /// equal (listening sockets, spares).
     fn size_of(set: &SocketSet<'static>, h: SocketHandle) -> usize {
         set.get::<tcp::Socket>(h).recv_capacity()
+    }
+
+    /// Bytes held by one of our sockets' buffers, both directions.
+    fn bytes_of(set: &SocketSet<'static>, h: SocketHandle) -> usize {
+        let s = set.get::<tcp::Socket>(h);
+        s.recv_capacity() + s.send_capacity()
     }
 
     /// Bytes a listening socket with `size`-byte buffers pledges to its partner.
@@ -111,23 +142,22 @@ impl Ledger {
             .saturating_sub(reserve)
     }
 
-    /// Whether a socket's buffers may grow from `from` to `to` bytes per
-    /// direction: the reservation and the listening sockets' pledges are kept
-    /// (a grown connection never takes what a new one is promised), and
-    /// memory is not short afterwards.
+    /// Whether one buffer of a socket may grow from `from` to `to` bytes:
+    /// the reservation and the listening sockets' pledges are kept (a grown
+    /// connection never takes what a new one is promised), and memory is not
+    /// short afterwards.
     pub(super) fn fits_growth(&self, from: usize, to: usize) -> bool {
         if to <= from {
             return true;
         }
-        if to > self.buf
-            || self.unpledged().saturating_add(2 * from) < (2 * to).saturating_add(self.pledged)
+        if to > self.buf || self.unpledged().saturating_add(from) < to.saturating_add(self.pledged)
         {
             return false;
         }
         // Growth never makes memory short (see `short`): what it would shrink
         // again at once is not taken.
         let mut after = self.state(true);
-        after.held += 2 * (to - from);
+        after.held += to - from;
         after.size_for(Role::Listen) > self.buf_min
     }
 
@@ -139,20 +169,22 @@ impl Ledger {
         self.buf > self.buf_min && self.state(true).size_for(Role::Listen) <= self.buf_min
     }
 
-    /// Give connected socket `h` the buffers `rx` and `tx` (of one size),
-    /// keeping its data, and free the old ones; growth only if
+    /// Give connected socket `h` the buffer `storage` for direction `dir`,
+    /// keeping its data, and free the old one; growth only if
     /// [`Ledger::fits_growth`]. Refused (false, nothing changed) for a
     /// listening socket or a spare (their sizes are on record), or if the
-    /// socket holds more than the new size takes.
+    /// buffer holds more than the new one takes (or, for a receive buffer,
+    /// the new one would retract the window advertised).
     pub(super) fn resize(
         &mut self,
         set: &mut SocketSet<'static>,
         h: SocketHandle,
-        rx: Vec<u8>,
-        tx: Vec<u8>,
+        dir: Dir,
+        storage: Vec<u8>,
     ) -> bool {
-        let (old, size) = (Self::size_of(set, h), rx.len());
-        if size != tx.len() || (size > old && !self.fits_growth(old, size)) {
+        let size = storage.len();
+        let old = dir.capacity(set.get::<tcp::Socket>(h));
+        if size > old && !self.fits_growth(old, size) {
             return false;
         }
         if self.spares.iter().any(|&(s, _)| s == h) {
@@ -162,16 +194,14 @@ impl Ledger {
         if s.state() == tcp::State::Listen {
             return false;
         }
-        let Ok(old_rx) = s.replace_recv_storage(rx) else {
-            return false;
+        let replaced = match dir {
+            Dir::Rx => s.replace_recv_storage(storage).is_ok(),
+            Dir::Tx => s.replace_send_storage(storage).is_ok(),
         };
-        if s.replace_send_storage(tx).is_err() {
-            // The old storage takes back what it held a moment ago.
-            let restored = s.replace_recv_storage(old_rx);
-            debug_assert!(restored.is_ok());
+        if !replaced {
             return false;
         }
-        self.held = self.held - 2 * old + 2 * size;
+        self.held = self.held - old + size;
         self.peak = self.peak.max(self.held);
         true
     }
@@ -196,15 +226,17 @@ impl Ledger {
     /// free its buffers.
     pub(super) fn remove(&mut self, set: &mut SocketSet<'static>, h: SocketHandle) {
         debug_assert!(self.spares.iter().all(|&(s, _)| s != h), "a spare removed");
-        let size = Self::size_of(set, h);
+        let bytes = Self::bytes_of(set, h);
         set.remove(h);
         self.sockets -= 1;
-        self.held -= 2 * size;
+        self.held -= bytes;
     }
 
-    /// Keep a finished socket as a spare.
+    /// Keep a finished socket as a spare; its directions are equal (the
+    /// socket pool frees one whose are not).
     pub(super) fn keep_spare(&mut self, set: &SocketSet<'static>, h: SocketHandle) {
         let size = Self::size_of(set, h);
+        debug_assert_eq!(2 * size, Self::bytes_of(set, h), "an unequal spare");
         self.spare_bytes += 2 * size;
         self.spares.push((h, size));
     }
@@ -417,19 +449,29 @@ mod unit {
         set.get_mut::<tcp::Socket>(listening).listen(80).unwrap();
         l.pledge(&set, listening);
         // 2 * 2k + 2 * 4k held, 2 * 2 * 1k reserved, 2 * 3k pledged: 10k of
-        // the 32k budget left, so 2k may grow to 4k (+4k), not to 8k (+12k).
-        assert!(l.fits_growth(2048, 4096) && !l.fits_growth(2048, 8192));
-        assert!(!l.resize(&mut set, a, vec![0; 8192], vec![0; 8192]));
-        assert!(l.resize(&mut set, a, vec![0; 4096], vec![0; 4096]));
-        assert_eq!(l.held(), 2 * (4096 + 4096));
+        // the 32k budget left, so one 2k buffer may grow to 8k (+6k).
+        assert!(l.fits_growth(2048, 8192));
+        assert!(l.resize(&mut set, a, Dir::Tx, vec![0; 8192]));
+        assert_eq!(l.held(), 2048 + 8192 + 2 * 4096);
+        // 4k left: the other direction may not grow to 8k (+6k), nor to 4k
+        // (+2k: a listening socket made then would get only buf_min).
+        assert!(!l.resize(&mut set, a, Dir::Rx, vec![0; 8192]));
+        assert!(!l.resize(&mut set, a, Dir::Rx, vec![0; 4096]));
         assert_eq!(l.recount(&set, [listening].into_iter()), l.held());
-        // Listening sockets (their pledges are on record) and unequal
-        // directions are refused; shrinking is always paid for.
-        assert!(!l.resize(&mut set, listening, vec![0; 1024], vec![0; 1024]));
-        assert!(!l.resize(&mut set, a, vec![0; 1024], vec![0; 2048]));
-        assert!(l.resize(&mut set, a, vec![0; 1024], vec![0; 1024]));
-        assert_eq!(l.held(), 2 * (1024 + 4096));
-        assert_eq!(l.peak(), 2 * (4096 + 4096));
+        // Listening sockets (their pledges are on record) are refused;
+        // shrinking is always paid for, and pays for the other direction.
+        assert!(!l.resize(&mut set, listening, Dir::Rx, vec![0; 1024]));
+        assert!(l.resize(&mut set, a, Dir::Tx, vec![0; 1024]));
+        assert_eq!(l.held(), 2048 + 1024 + 2 * 4096);
+        assert!(l.resize(&mut set, a, Dir::Rx, vec![0; 4096]));
+        let s = set.get::<tcp::Socket>(a);
+        assert_eq!((s.recv_capacity(), s.send_capacity()), (4096, 1024));
+        assert_eq!(l.held(), 4096 + 1024 + 2 * 4096);
+        assert_eq!(l.peak(), 2048 + 8192 + 2 * 4096);
+        assert_eq!(l.recount(&set, [listening].into_iter()), l.held());
+        // Removing a socket whose directions differ frees both.
+        l.remove(&mut set, a);
+        assert_eq!(l.held(), 2 * 4096);
         assert_eq!(l.recount(&set, [listening].into_iter()), l.held());
         // Beyond buf nothing grows, whatever the budget.
         assert!(!l.fits_growth(8192, 16384));

@@ -84,7 +84,7 @@ pub use stats::Stats;
 use crate::config::{Config, IpSetting, RuleKind};
 use address::{Address, ArpGuard, Lease};
 use halfopen::HalfOpen;
-use ledger::Ledger;
+use ledger::{Dir, Ledger};
 use listeners::Listeners;
 use neighbours::Neighbours;
 use plan::{buf_range, try_vec};
@@ -360,8 +360,9 @@ impl Engine {
             .map(|(i, h)| (i, self.sockets.size_of(h)))
     }
 
-    /// The buffer size (per direction) of both sockets of every connection
-    /// held, in no particular order: `(client side, upstream side)`.
+    /// The buffer size (per direction; the larger of a socket's two) of both
+    /// sockets of every connection held, in no particular order: `(client
+    /// side, upstream side)`.
     pub fn connection_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.conns.iter().map(|c| {
             (
@@ -369,6 +370,23 @@ impl Engine {
                 self.sockets.size_of(c.upstream),
             )
         })
+    }
+
+    /// The receive and transmit buffer sizes of both sockets of every
+    /// connection held, as [`Engine::connection_buffers`]: `((client rx,
+    /// client tx), (upstream rx, upstream tx))`.
+    pub fn connection_buffers_by_dir(
+        &self,
+    ) -> impl Iterator<Item = ((usize, usize), (usize, usize))> + '_ {
+        let dirs = |h| {
+            (
+                self.sockets.dir_size(h, Dir::Rx),
+                self.sockets.dir_size(h, Dir::Tx),
+            )
+        };
+        self.conns
+            .iter()
+            .map(move |c| (dirs(c.client), dirs(c.upstream)))
     }
 
     /// Recount the bytes held by our sockets' buffers from the sockets

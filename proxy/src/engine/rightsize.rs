@@ -10,10 +10,18 @@
 //! last round trip (its "dynamic right-sizing"), the engine counts, for each
 //! socket, the bytes it took out of the socket's receive buffer in each round
 //! trip of that socket's leg (smoltcp's smoothed round-trip time, vendored
-//! patch 21). A round trip that delivered more than half of the buffer means
-//! the sender is at or near the window (a sender in slow start sends twice as
-//! much in the next one): the socket asks for the buffer size on the ladder
-//! that holds twice what the round trip delivered. `growth` grants it, up to
+//! patch 21). The window a round trip needs is twice what it delivered (a
+//! sender in slow start sends twice as much in the next one), and, if that
+//! was more than the round trip before delivered, that much more again in
+//! proportion to the growth (Linux's `tcp_rcv_space_adjust` does the same):
+//! a window grows only in the ACKs of the round trip after the one that asked
+//! for it, so one sized for the next round trip alone is short in the one
+//! after. When that is more than the buffer, the socket asks for the size on
+//! the ladder that holds it. (Asking only for twice the last round trip, and
+//! only once it filled half the buffer, a 512k buffer on a 45 ms leg took
+//! three round trips to reach 4m, each at the window; with the growth but
+//! still from half full, a round trip of 934k in a 2m buffer asked nothing
+//! and the one after the next was held to 2m.) `growth` grants it, up to
 //! `buf`, if the ledger can pay for it without touching any other
 //! connection's guarantee, and never while memory is short.
 //!
@@ -37,6 +45,8 @@ pub(super) struct RcvSpace {
     start: Option<Instant>,
     /// Bytes taken out of the receive buffer since `start`.
     taken: usize,
+    /// Bytes the last round trip delivered (0 before the first).
+    last: usize,
     /// The buffer size (per direction) the last full round trip asked for,
     /// 0 for none; `growth` takes it.
     want: usize,
@@ -59,9 +69,16 @@ impl RcvSpace {
         if let Some(start) = self.start {
             if now >= start + rtt.max(MIN_ROUND) {
                 // The round trip is over: bytes taken now belong to the next.
-                if 2 * self.taken > capacity {
-                    self.want = self.want.max(2 * self.taken);
+                let mut want = self.taken.saturating_mul(2);
+                if self.last > 0 && self.taken > self.last {
+                    // The sender's window grows: as much more again.
+                    let growth = want as u64 * (self.taken - self.last) as u64 / self.last as u64;
+                    want = want.saturating_add(usize::try_from(growth).unwrap_or(usize::MAX));
                 }
+                if want > capacity {
+                    self.want = self.want.max(want);
+                }
+                self.last = self.taken;
                 self.start = None;
                 self.taken = 0;
             }
@@ -117,6 +134,49 @@ mod unit {
         r.account(ms(60), 150 * K, rtt, 512 * K);
         r.account(ms(90), 0, rtt, 512 * K);
         assert_eq!(r.want, 0);
+    }
+
+    #[test]
+    fn a_round_trip_that_delivers_more_than_the_last_asks_for_the_growth_too() {
+        let rtt = Some(Duration::from_millis(45));
+        let mut r = RcvSpace::default();
+        // 200k, then 400k (slow start doubled) of a 512k buffer: 2 * 400k,
+        // and as much again (the round trip delivered twice the last): 1600k,
+        // 2m on the ladder; 4m would take another round trip at the window.
+        r.account(ms(0), 200 * K, rtt, 512 * K);
+        r.account(ms(45), 400 * K, rtt, 512 * K);
+        assert_eq!(r.want, 0, "200k is under half");
+        r.account(ms(90), 0, rtt, 512 * K);
+        assert_eq!(r.want, 1600 * K);
+        assert_eq!(r.take_want(512 * K, 4 * K, 4096 * K), Some(2048 * K));
+        // Growing, a round trip asks before it fills half the buffer: 467k,
+        // then 934k of a 2m buffer (under half; the next round trip will
+        // send 1.87m, the one after 3.7m, and the window for that one is
+        // what the ACKs of the next carry): 3.7m, 4m on the ladder.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 467 * K, rtt, 2048 * K);
+        r.account(ms(45), 934 * K, rtt, 2048 * K);
+        r.account(ms(90), 0, rtt, 2048 * K);
+        assert_eq!(r.want, 3736 * K);
+        assert_eq!(r.take_want(2048 * K, 4 * K, 4096 * K), Some(4096 * K));
+        // Not growing, the same round trip asks for nothing.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 934 * K, rtt, 2048 * K);
+        r.account(ms(45), 934 * K, rtt, 2048 * K);
+        r.account(ms(90), 0, rtt, 2048 * K);
+        assert_eq!(r.take_want(2048 * K, 4 * K, 4096 * K), None);
+        // A round trip delivering 1.5 times the last asks for 2 * 1.5.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 400 * K, rtt, 512 * K);
+        r.account(ms(45), 600 * K, rtt, 1024 * K);
+        r.account(ms(90), 0, rtt, 1024 * K);
+        assert_eq!(r.want, 1800 * K);
+        // The same as the last: twice it, no more.
+        let mut r = RcvSpace::default();
+        r.account(ms(0), 400 * K, rtt, 512 * K);
+        r.account(ms(45), 400 * K, rtt, 512 * K);
+        r.account(ms(90), 0, rtt, 512 * K);
+        assert_eq!(r.want, 800 * K);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 
-use super::ledger::Ledger;
+use super::ledger::{Dir, Ledger};
 use super::sizing::{size_ladder, Role};
 
 /// How long an aborted socket may wait to send its RST before it is reclaimed anyway.
@@ -96,9 +96,23 @@ impl Sockets {
         self.set.get_mut::<tcp::Socket>(h)
     }
 
-    /// Per-direction buffer size of one of our sockets.
+    /// Per-direction buffer size of one of our sockets: the larger of its
+    /// two (a connection's may differ, module `growth`; a listening socket's
+    /// and a spare's are equal).
     pub(super) fn size_of(&self, h: SocketHandle) -> usize {
-        self.set.get::<tcp::Socket>(h).recv_capacity()
+        let s = self.set.get::<tcp::Socket>(h);
+        s.recv_capacity().max(s.send_capacity())
+    }
+
+    /// The size of buffer `dir` of one of our sockets.
+    pub(super) fn dir_size(&self, h: SocketHandle, dir: Dir) -> usize {
+        dir.capacity(self.set.get::<tcp::Socket>(h))
+    }
+
+    /// Whether a socket's two buffers are the same size.
+    fn equal_dirs(&self, h: SocketHandle) -> bool {
+        let s = self.set.get::<tcp::Socket>(h);
+        s.recv_capacity() == s.send_capacity()
     }
 
     /// A closed socket to (re)use for `role`: the smallest spare at least as
@@ -229,11 +243,12 @@ impl Sockets {
         None
     }
 
-    /// Give connected socket `h` buffers of `size` bytes each, keeping its
-    /// data (see [`Ledger::resize`]). False if refused or out of memory.
-    pub(super) fn resize(&mut self, h: SocketHandle, size: usize) -> bool {
+    /// Give connected socket `h` a buffer of `size` bytes for direction
+    /// `dir`, keeping its data (see [`Ledger::resize`]). False if refused or
+    /// out of memory.
+    pub(super) fn resize(&mut self, h: SocketHandle, dir: Dir, size: usize) -> bool {
         // Spares are a cache: they give way to a connection's growth.
-        let from = self.size_of(h);
+        let from = self.dir_size(h, dir);
         while size > from && !self.ledger.fits_growth(from, size) {
             let Some(last) = self.ledger.spares().len().checked_sub(1) else {
                 return false;
@@ -245,10 +260,10 @@ impl Sockets {
         if size > self.alloc_limit {
             return false;
         }
-        let (Some(rx), Some(tx)) = (try_buffer(size), try_buffer(size)) else {
+        let Some(storage) = try_buffer(size) else {
             return false;
         };
-        self.ledger.resize(&mut self.set, h, rx, tx)
+        self.ledger.resize(&mut self.set, h, dir, storage)
     }
 
     /// Remove one of our sockets from the set and free its buffers.
@@ -282,9 +297,15 @@ impl Sockets {
     }
 
     /// Keep a finished socket for reuse; beyond `spare_max` spares, free the
-    /// smallest (this one if no spare is smaller).
+    /// smallest (this one if no spare is smaller). A socket whose two buffers
+    /// differ (grown for one direction of its connection) is freed: a spare
+    /// is reused for either role, and its size must say what it holds.
     pub(super) fn make_spare(&mut self, h: SocketHandle) {
         self.stale = true;
+        if !self.equal_dirs(h) {
+            self.free(h);
+            return;
+        }
         if self.ledger.spares().len() < self.spare_max {
             self.ledger.keep_spare(&self.set, h);
             return;

@@ -58,11 +58,25 @@ pub(super) struct Conn {
     /// receive buffer had filled to half or more since the step before and
     /// the splice emptied it (a burst the engine took late; a receive buffer
     /// that stays full waits on the other socket, whose turn it is). The
-    /// `growth` module grows that socket's buffers then.
-    pub(super) pressed: [bool; 2],
+    /// `growth` module grows that buffer then.
+    pub(super) pressed: [Pressed; 2],
     /// What each socket's receive buffer delivered per round trip (client
     /// side, upstream side): module `rightsize`.
     pub(super) rcv: [RcvSpace; 2],
+}
+
+/// Which buffers of a socket limited its connection in the last step
+/// ([`Conn::pressed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Pressed {
+    pub(super) rx: bool,
+    pub(super) tx: bool,
+}
+
+impl Pressed {
+    pub(super) fn any(self) -> bool {
+        self.rx || self.tx
+    }
 }
 
 /// How a connection ended.
@@ -100,7 +114,7 @@ impl Conn {
             upstream_fin: false,
             fin_to_upstream: false,
             fin_to_client: false,
-            pressed: [false; 2],
+            pressed: [Pressed::default(); 2],
             rcv: [RcvSpace::default(); 2],
         }
     }
@@ -239,8 +253,14 @@ fn step_conn(
     // the other socket's data waiting (it is full: the window is short).
     let (c_left, u_left) = (cs.recv_queue() > 0, us.recv_queue() > 0);
     c.pressed = [
-        (rx_pressed[0] && !c_left) || u_left,
-        (rx_pressed[1] && !u_left) || c_left,
+        Pressed {
+            rx: rx_pressed[0] && !c_left,
+            tx: u_left,
+        },
+        Pressed {
+            rx: rx_pressed[1] && !u_left,
+            tx: c_left,
+        },
     ];
     c.rcv[0].account(now, up, cs.rtt(), cs.recv_capacity());
     c.rcv[1].account(now, down, us.rtt(), us.recv_capacity());

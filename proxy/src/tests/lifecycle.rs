@@ -68,12 +68,12 @@ fn stats_line() {
         w.proxy.stats().to_string(),
         "px_accepted=1 px_active=0 px_refused=0 px_upstream_fail=0 px_resets=0 \
          px_client_resets=0 px_upstream_resets=0 px_timeouts=0 px_completed=1 \
-         px_bytes_up=5 px_bytes_down=5 px_buf_bytes=12582912 px_buf_peak=12582912 px_garp=1 \
+         px_bytes_up=5 px_bytes_down=5 px_buf_bytes=50331648 px_buf_peak=50331648 px_garp=1 \
          px_drain_resets=0"
     );
     // Four listening sockets and the connection's two (now spares), each with
-    // two buffers of the default `buf`, 1m: the budget is ample.
-    assert_eq!(w.proxy.stats().buf_bytes, 6 * 2 * (1 << 20));
+    // two buffers of the default `buf`, 4m: the budget is ample.
+    assert_eq!(w.proxy.stats().buf_bytes, 6 * 2 * (4 << 20));
 }
 
 #[test]
