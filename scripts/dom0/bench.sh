@@ -67,6 +67,8 @@ LX_IP=10.0.0.3 LX_MAC=00:16:3e:00:00:03
 FL_MAC=00:16:3e:00:00:04
 MB_IP=10.0.0.5 MB_MAC=00:16:3e:00:00:05
 MA_IP=10.0.0.6 MA_MAC=00:16:3e:00:00:06
+MW_IP=10.0.0.7       # the warm spawn (a pool member: its MAC is the member's)
+MPTOOL=$P/scripts/miniproxy
 RULES="rule=reverse:80:$SRV_IP:80 rule=reverse:5201:$SRV_IP:5201 rule=reverse:84:$SRV_IP:84 rule=reverse:8000:$SRV_IP:8000"
 MP_EXTRA="ip=$MP_IP/24 $RULES $COMMON${MP_OPTS:+ $MP_OPTS}"
 # MPALT's keys replace COMMON's (a key may appear only once on the line).
@@ -83,7 +85,7 @@ SRV="ip netns exec srv"
 T_START=$(now_ms)
 
 err() { echo "BENCHERR $*"; }
-ip_of() { case $1 in mp) echo $MP_IP ;; lx) echo $LX_IP ;; mpbuf) echo $MB_IP ;; mpalt) echo $MA_IP ;; direct) echo $SRV_IP ;; esac; }
+ip_of() { case $1 in mp) echo $MP_IP ;; warm) echo $MW_IP ;; lx) echo $LX_IP ;; mpbuf) echo $MB_IP ;; mpalt) echo $MA_IP ;; direct) echo $SRV_IP ;; esac; }
 name_of() { echo "bench-$1"; }
 
 # ---- setup -------------------------------------------------------------------
@@ -224,8 +226,54 @@ console_tail() {   # this instance's console: the lines that say why, and the la
 }
 
 # ---- 1. instantiation ------------------------------------------------------------
+# warm_one REP: `miniproxy spawn` from a filled pool of one (prepared ahead:
+# booted, vif connected, waiting) -> ready and -> first proxied byte, the
+# client trying from the invocation on, as for the cold kinds. The client's
+# neighbour entry for the address is set to the member's MAC beforehand, as
+# the cold kinds' fixed MACs are. The pool is refilled (and waited for)
+# before the next measurement, so no xl create runs beside one.
+warm_one() {
+    local rep=$1 mem=$MP_MEM t0 fb=/tmp/bench-fb.out pid out d mac='' byte_ms=- rc=0
+    if ! out=$("$MPTOOL" pool fill 1 --memory "$mem" 2>&1); then
+        err "inst warm rep $rep: pool fill failed: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+        return 1
+    fi
+    for d in $(xenstore-list /local/domain 2>/dev/null); do
+        case $(xenstore-read "/local/domain/$d/name" 2>/dev/null) in
+        mp-pool-*) mac=$(xenstore-read "/local/domain/$d/device/vif/0/mac" 2>/dev/null) ;;
+        esac
+    done
+    [ -n "$mac" ] || { err "inst warm rep $rep: no waiting pool member"; return 1; }
+    $CLI ip neigh replace $MW_IP lladdr "$mac" dev eth0 nud permanent
+    t0=$(now_ms)
+    $CLI $TCP firstbyte $MW_IP 80 "$t0" 60 > $fb 2>&1 &
+    pid=$!
+    out=$("$MPTOOL" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
+        --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
+    READY_MS=$(( $(now_ms) - t0 ))
+    if [ $rc != 0 ] || ! [[ $out =~ ^spawned\ .*how=warm ]]; then
+        err "inst warm rep $rep: spawn rc $rc: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
+        kill "$pid" 2>/dev/null; "$MPTOOL" stop bench-warm >/dev/null 2>&1
+        return 1
+    fi
+    local i=0
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    byte_ms=$(sed -n 's/^firstbyte ms=\([0-9-]*\).*/\1/p' $fb)
+    [ -n "$byte_ms" ] && [ "$byte_ms" != -1 ] || { err "inst warm rep $rep: no proxied byte ($(head -c 200 $fb))"; byte_ms=-; }
+    GUEST_US=$(echo "$out" | sed -n 's/.* guest_us=\([0-9]*\).*/\1/p')
+    t0=$(now_ms)
+    "$MPTOOL" stop bench-warm >/dev/null 2>&1 || err "inst warm rep $rep: stop failed"
+    DESTROY_MS=$(( $(now_ms) - t0 ))
+    $CLI ip neigh del $MW_IP dev eth0 2>/dev/null
+    echo "BENCH test=inst target=warm rep=$rep mem=$mem create_ms=- ready_ms=$READY_MS byte_ms=$byte_ms guest_us=${GUEST_US:--} destroy_ms=$DESTROY_MS"
+    # The spawn started a refill in the background: let it finish now.
+    "$MPTOOL" pool fill 1 --memory "$mem" >/dev/null 2>&1 || err "inst warm rep $rep: refill failed"
+}
+
 inst_one() {   # inst_one KIND REP
     local kind=$1 rep=$2 mem t0 fb=/tmp/bench-fb.out pid='' byte_ms=-
+    [ "$kind" = warm ] && { warm_one "$rep"; return; }
     case $kind in mp) mem=$MP_MEM ;; lx) mem=$LX_MEM ;; floor) mem=4 ;; esac
     t0=$(now_ms)
     if [ "$kind" != floor ]; then
@@ -263,12 +311,14 @@ phase_inst() {
     # (No warm-up: the mem phase has already started each kernel several times.)
     for rep in $(seq 1 "$INST_REPS"); do
         # Rotate the order so neither always runs right after the other.
-        case $((rep % 3)) in
-        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
-        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one mp "$rep" ;;
-        0) inst_one floor "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
+        case $((rep % 4)) in
+        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep" ;;
+        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep" ;;
+        3) inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
+        0) inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
         esac
     done
+    "$MPTOOL" pool drain >/dev/null 2>&1 || err "inst: pool drain failed"
 }
 
 # ---- 2. smallest memory for 100 concurrent connections -----------------------------
