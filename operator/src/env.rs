@@ -181,6 +181,15 @@ pub fn queue_timeout() -> Result<(u64, String), Failure> {
     }
 }
 
+/// The first executable `name` on PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
@@ -231,11 +240,7 @@ pub fn need_root() -> Result<(), Failure> {
     if euid != "0" {
         return fail("must run as root (xl needs it)");
     }
-    let path = std::env::var("PATH").unwrap_or_default();
-    if !path
-        .split(':')
-        .any(|d| is_executable(&Path::new(d).join("xl")))
-    {
+    if find_in_path("xl").is_none() {
         return fail("xl not found (install the Xen tools)");
     }
     Ok(())

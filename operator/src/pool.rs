@@ -608,7 +608,19 @@ pub fn refill_in_background(env: &Env) {
         .create(true)
         .append(true)
         .open(pool.path("refill.log"));
-    let mut cmd = std::process::Command::new(exe);
+    // At the lowest CPU priority, with everything it runs (xl create, the
+    // hotplug scripts): the instance just handed out and its first clients
+    // come first. Under TCG an xl create keeps dom0's one vCPU busy for a
+    // second or more, and at equal priority the first proxied byte of a
+    // warm spawn waited for it. Without `nice` (coreutils) it runs as is.
+    let mut cmd = match env::find_in_path("nice") {
+        Some(nice) => {
+            let mut c = std::process::Command::new(nice);
+            c.args(["-n", "19"]).arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
     cmd.args(["pool", "fill", "--refill"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());

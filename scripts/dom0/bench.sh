@@ -67,6 +67,8 @@ LX_IP=10.0.0.3 LX_MAC=00:16:3e:00:00:03
 FL_MAC=00:16:3e:00:00:04
 MB_IP=10.0.0.5 MB_MAC=00:16:3e:00:00:05
 MA_IP=10.0.0.6 MA_MAC=00:16:3e:00:00:06
+MW_IP=10.0.0.7       # the warm spawn (a pool member: its MAC is the member's)
+MPTOOL=$P/scripts/miniproxy
 RULES="rule=reverse:80:$SRV_IP:80 rule=reverse:5201:$SRV_IP:5201 rule=reverse:84:$SRV_IP:84 rule=reverse:8000:$SRV_IP:8000"
 MP_EXTRA="ip=$MP_IP/24 $RULES $COMMON${MP_OPTS:+ $MP_OPTS}"
 # MPALT's keys replace COMMON's (a key may appear only once on the line).
@@ -83,7 +85,7 @@ SRV="ip netns exec srv"
 T_START=$(now_ms)
 
 err() { echo "BENCHERR $*"; }
-ip_of() { case $1 in mp) echo $MP_IP ;; lx) echo $LX_IP ;; mpbuf) echo $MB_IP ;; mpalt) echo $MA_IP ;; direct) echo $SRV_IP ;; esac; }
+ip_of() { case $1 in mp) echo $MP_IP ;; warm) echo $MW_IP ;; lx) echo $LX_IP ;; mpbuf) echo $MB_IP ;; mpalt) echo $MA_IP ;; direct) echo $SRV_IP ;; esac; }
 name_of() { echo "bench-$1"; }
 
 # ---- setup -------------------------------------------------------------------
@@ -224,37 +226,95 @@ console_tail() {   # this instance's console: the lines that say why, and the la
 }
 
 # ---- 1. instantiation ------------------------------------------------------------
-inst_one() {   # inst_one KIND REP
-    local kind=$1 rep=$2 mem t0 fb=/tmp/bench-fb.out pid='' byte_ms=-
-    case $kind in mp) mem=$MP_MEM ;; lx) mem=$LX_MEM ;; floor) mem=4 ;; esac
+# The first-byte client (perl) is started ahead: its own start takes up to ~2 s
+# in a busy dom0 under TCG, and a warm spawn is ready sooner than that. It
+# waits for T0, the invocation; FB_LEAD_MS is how far ahead it starts.
+FB_LEAD_MS=2500
+# fb_start KIND: T0 (now + FB_LEAD_MS) and the client, in FB_PID; then sleeps until T0.
+fb_start() {
+    T0=$(( $(now_ms) + FB_LEAD_MS ))
+    $CLI $TCP firstbyte "$(ip_of "$1")" 80 "$T0" $((LX_READY_S + 30)) > /tmp/bench-fb.out 2>&1 &
+    FB_PID=$!
+    sleep "$(awk -v ms=$(( T0 - $(now_ms) )) 'BEGIN { print (ms > 0) ? ms / 1000 : 0 }')"
+}
+# fb_result KIND REP: waits (up to 30 s) for the client; sets BYTE_MS and FB_LATE.
+fb_result() {
+    local i=0
+    while kill -0 "$FB_PID" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    kill "$FB_PID" 2>/dev/null; wait "$FB_PID" 2>/dev/null
+    BYTE_MS=$(sed -n 's/^firstbyte ms=\([0-9-]*\).*/\1/p' /tmp/bench-fb.out)
+    FB_LATE=$(sed -n 's/^firstbyte .* late_ms=\([0-9]*\).*/\1/p' /tmp/bench-fb.out)
+    [ -n "$BYTE_MS" ] && [ "$BYTE_MS" != -1 ] || { err "inst $1 rep $2: no proxied byte ($(head -c 200 /tmp/bench-fb.out))"; BYTE_MS=-; }
+    [ "${FB_LATE:-0}" = 0 ] || err "inst $1 rep $2: the first-byte client started ${FB_LATE} ms after the invocation"
+}
+# warm_one REP: `miniproxy spawn` from a filled pool of one (prepared ahead:
+# booted, vif connected, waiting) -> ready and -> first proxied byte, the
+# client trying from the invocation on, as for the cold kinds. The client's
+# neighbour entry for the address is set to the member's MAC beforehand, as
+# the cold kinds' fixed MACs are. The pool is refilled (and waited for)
+# before the next measurement, so no xl create runs beside one.
+warm_one() {
+    local rep=$1 mem=$MP_MEM t0 out d mac='' rc=0
+    if ! out=$("$MPTOOL" pool fill 1 --memory "$mem" 2>&1); then
+        err "inst warm rep $rep: pool fill failed: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+        return 1
+    fi
+    for d in $(xenstore-list /local/domain 2>/dev/null); do
+        case $(xenstore-read "/local/domain/$d/name" 2>/dev/null) in
+        mp-pool-*) mac=$(xenstore-read "/local/domain/$d/device/vif/0/mac" 2>/dev/null) ;;
+        esac
+    done
+    [ -n "$mac" ] || { err "inst warm rep $rep: no waiting pool member"; return 1; }
+    $CLI ip neigh replace $MW_IP lladdr "$mac" dev eth0 nud permanent
+    fb_start warm
+    t0=$T0
+    out=$("$MPTOOL" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
+        --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
+    READY_MS=$(( $(now_ms) - t0 ))
+    if [ $rc != 0 ] || ! [[ $out =~ ^spawned\ .*how=warm ]]; then
+        err "inst warm rep $rep: spawn rc $rc: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
+        kill "$FB_PID" 2>/dev/null; "$MPTOOL" stop bench-warm >/dev/null 2>&1
+        return 1
+    fi
+    fb_result warm "$rep"
+    GUEST_US=$(echo "$out" | sed -n 's/.* guest_us=\([0-9]*\).*/\1/p')
     t0=$(now_ms)
+    "$MPTOOL" stop bench-warm >/dev/null 2>&1 || err "inst warm rep $rep: stop failed"
+    DESTROY_MS=$(( $(now_ms) - t0 ))
+    $CLI ip neigh del $MW_IP dev eth0 2>/dev/null
+    echo "BENCH test=inst target=warm rep=$rep mem=$mem create_ms=- ready_ms=$READY_MS byte_ms=$BYTE_MS guest_us=${GUEST_US:--} destroy_ms=$DESTROY_MS"
+    # The spawn started a refill in the background: let it finish now.
+    "$MPTOOL" pool fill 1 --memory "$mem" >/dev/null 2>&1 || err "inst warm rep $rep: refill failed"
+}
+
+inst_one() {   # inst_one KIND REP
+    local kind=$1 rep=$2 mem t0
+    [ "$kind" = warm ] && { warm_one "$rep"; return; }
+    case $kind in mp) mem=$MP_MEM ;; lx) mem=$LX_MEM ;; floor) mem=4 ;; esac
+    FB_PID='' BYTE_MS=-
     if [ "$kind" != floor ]; then
         # Invocation -> first proxied byte: a client keeps trying through the proxy.
-        $CLI $TCP firstbyte "$(ip_of "$kind")" 80 "$t0" $((LX_READY_S + 30)) > $fb 2>&1 &
-        pid=$!
+        fb_start "$kind"
+        t0=$T0
+    else
+        t0=$(now_ms)
     fi
     if ! create "$kind" "$mem"; then
         err "inst $kind rep $rep: xl create failed"
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null
+        [ -n "$FB_PID" ] && kill "$FB_PID" 2>/dev/null
         return 1
     fi
     GUEST_STATE=''
     if ! wait_ready "$kind" "$t0" "$([ "$kind" = lx ] && echo "$LX_READY_S" || echo 30)"; then
         err "inst $kind rep $rep: no ready key ($GUEST_STATE)"
         console_tail "$kind"
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null
+        [ -n "$FB_PID" ] && kill "$FB_PID" 2>/dev/null
         destroy "$kind"
         return 1
     fi
-    if [ -n "$pid" ]; then
-        local i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
-        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-        byte_ms=$(sed -n 's/^firstbyte ms=\([0-9-]*\).*/\1/p' $fb)
-        [ -n "$byte_ms" ] && [ "$byte_ms" != -1 ] || { err "inst $kind rep $rep: no proxied byte ($(head -c 200 $fb))"; byte_ms=-; }
-    fi
+    [ -n "$FB_PID" ] && fb_result "$kind" "$rep"
     destroy "$kind"
-    echo "BENCH test=inst target=$kind rep=$rep mem=$mem create_ms=$CREATE_MS ready_ms=$READY_MS byte_ms=$byte_ms guest_us=$GUEST_US destroy_ms=$DESTROY_MS"
+    echo "BENCH test=inst target=$kind rep=$rep mem=$mem create_ms=$CREATE_MS ready_ms=$READY_MS byte_ms=$BYTE_MS guest_us=$GUEST_US destroy_ms=$DESTROY_MS"
 }
 
 phase_inst() {
@@ -263,12 +323,14 @@ phase_inst() {
     # (No warm-up: the mem phase has already started each kernel several times.)
     for rep in $(seq 1 "$INST_REPS"); do
         # Rotate the order so neither always runs right after the other.
-        case $((rep % 3)) in
-        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
-        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one mp "$rep" ;;
-        0) inst_one floor "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
+        case $((rep % 4)) in
+        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep" ;;
+        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep" ;;
+        3) inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
+        0) inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
         esac
     done
+    "$MPTOOL" pool drain >/dev/null 2>&1 || err "inst: pool drain failed"
 }
 
 # ---- 2. smallest memory for 100 concurrent connections -----------------------------
