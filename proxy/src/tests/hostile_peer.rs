@@ -106,22 +106,12 @@ fn to_peer(w: &World) -> Vec<(TcpRepr<'static>, TcpSeqNumber)> {
     out
 }
 
-/// Finding 3 of issue 13 at its cause. The upstream peer takes part of the
-/// data with a zero window (the proxy's upstream socket starts its
-/// zero-window probe timer), then acknowledges the rest and the FIN, its
-/// window still zero: FIN-WAIT-2, while the client side is in CLOSE-WAIT;
-/// then both peers fall silent. Before vendored smoltcp patch 18 the probe
-/// timer stayed armed in FIN-WAIT-2: every dispatch sent an empty ACK for it
-/// without rewinding it, so `Interface::poll_at` stayed at the expired
-/// deadline and every poll sent some 4 000 ACKs and asked to be polled again
-/// at once (the engine's backoff does not apply: each poll did send
-/// something), for as long as the peer's ARP entry lived (60 s); the finding
-/// saw `poll_at` 18.5 s in the past. Now the timer stops with nothing left
-/// to probe with, and the connection ends by keep-alive and user timeout.
-#[test]
-fn fin_wait_2_with_a_zero_window_does_not_busy_loop() {
+/// A reverse world whose upstream (SERVER:8080) is played by hand: the real
+/// server never hears or says anything, a port of its own answers for
+/// SERVER. A client connects, sends "hello" and closes. Returns the world,
+/// the peer's port, the client's flow and the proxy's SYN to the peer.
+fn hand_driven_upstream() -> (World, usize, usize, TcpRepr<'static>) {
     let mut w = reverse_world(Setup {
-        // The real server never hears or says anything: SERVER is played here.
         server_link: Link {
             loss: 1.0,
             ..Link::default()
@@ -137,6 +127,24 @@ fn fin_wait_2_with_a_zero_window_does_not_busy_loop() {
         .iter()
         .any(|(t, _)| t.control == TcpControl::Syn)));
     let syn = to_peer(&w)[0].0;
+    (w, peer, f, syn)
+}
+
+/// Finding 3 of issue 13 at its cause. The upstream peer takes part of the
+/// data with a zero window (the proxy's upstream socket starts its
+/// zero-window probe timer), then acknowledges the rest and the FIN, its
+/// window still zero: FIN-WAIT-2, while the client side is in CLOSE-WAIT;
+/// then both peers fall silent. Before vendored smoltcp patch 18 the probe
+/// timer stayed armed in FIN-WAIT-2: every dispatch sent an empty ACK for it
+/// without rewinding it, so `Interface::poll_at` stayed at the expired
+/// deadline and every poll sent some 4 000 ACKs and asked to be polled again
+/// at once (the engine's backoff does not apply: each poll did send
+/// something), for as long as the peer's ARP entry lived (60 s); the finding
+/// saw `poll_at` 18.5 s in the past. Now the timer stops with nothing left
+/// to probe with, and the connection ends by keep-alive and user timeout.
+#[test]
+fn fin_wait_2_with_a_zero_window_does_not_busy_loop() {
+    let (mut w, peer, f, syn) = hand_driven_upstream();
     let isn = syn.seq_number;
     let peer_seq = TcpSeqNumber(77_000);
     let from_peer = |control, seq: TcpSeqNumber, ack: TcpSeqNumber, window_len| TcpRepr {
@@ -222,22 +230,7 @@ fn fin_wait_2_with_a_zero_window_does_not_busy_loop() {
 /// together.
 #[test]
 fn an_rst_after_the_peers_fin_loses_nothing() {
-    let mut w = reverse_world(Setup {
-        server_link: Link {
-            loss: 1.0,
-            ..Link::default()
-        },
-        serve: Serve::Silent,
-        ..Setup::default()
-    });
-    let peer = w.net.add_spoof_port();
-    w.net.inject(peer, peer_arp_reply());
-    w.net.capture = true;
-    let f = client_connect(&mut w, b"hello".to_vec(), Close::AfterSend);
-    assert!(w.run_until(secs(2), |w| to_peer(w)
-        .iter()
-        .any(|(t, _)| t.control == TcpControl::Syn)));
-    let syn = to_peer(&w)[0].0;
+    let (mut w, peer, f, syn) = hand_driven_upstream();
     let isn = syn.seq_number;
     let peer_seq = TcpSeqNumber(91_000);
     let from_peer =
