@@ -364,12 +364,8 @@ impl Engine {
     /// sockets of every connection held, in no particular order: `(client
     /// side, upstream side)`.
     pub fn connection_buffers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.conns.iter().map(|c| {
-            (
-                self.sockets.size_of(c.client),
-                self.sockets.size_of(c.upstream),
-            )
-        })
+        self.connection_buffers_by_dir()
+            .map(|((c_rx, c_tx), (u_rx, u_tx))| (c_rx.max(c_tx), u_rx.max(u_tx)))
     }
 
     /// The receive and transmit buffer sizes of both sockets of every
