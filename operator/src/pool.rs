@@ -358,19 +358,12 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
     if let Some(n) = n {
         write_target(&pool, n, memory)?;
     }
-    // One fill at a time; a refill finds one running and leaves it the work
-    // (it reads the target before each member it creates).
-    let fill_lock = pool.path(".fill.lock");
-    let _one = if refill {
-        match lock::try_take(&fill_lock) {
-            Ok(Some(f)) => f,
-            _ => return Ok(()),
-        }
-    } else {
-        match lock::take_within(&fill_lock, Duration::from_secs(600)) {
-            Ok(Some(f)) => f,
-            _ => return fail("another pool fill held the pool for 600 s"),
-        }
+    // One fill at a time. A refill waits for a fill that runs, then counts
+    // the members itself: the running one may already have counted them
+    // before the spawn that started this refill took one.
+    let _one = match take_fill_lock(&pool.path(".fill.lock")) {
+        Ok(Some(f)) => f,
+        _ => return fail("another pool fill held the pool for 600 s"),
     };
     let _ = old_n;
     let template_path = env
@@ -452,6 +445,17 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
         Ok(())
     }
 }
+
+/// The pool's fill lock, for a fill or a refill alike: waited for, up to
+/// FILL_LOCK_WAIT. (A refill that gave up when it found a fill running lost
+/// members: that fill had counted them and was only waiting for its new
+/// ones to boot when a spawn took one and started the refill.)
+fn take_fill_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    lock::take_within(path, FILL_LOCK_WAIT)
+}
+
+/// How long a fill waits for another one to finish.
+const FILL_LOCK_WAIT: Duration = Duration::from_secs(600);
 
 /// The first free `mp-pool-K`, with a MAC no live instance or member has;
 /// its config in place and xl create run (not waited for).

@@ -193,3 +193,27 @@ fn a_spawns_candidates_are_the_fitting_records_with_a_domid_in_name_order() {
     assert_eq!(candidates(&env, 4, &cfg(&s))[0].name, "mp-pool-3");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_refill_waits_for_a_running_fill_instead_of_leaving() {
+    let dir = std::env::temp_dir().join(format!("mp-fill-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(".fill.lock");
+    let running = crate::lock::try_take(&path)
+        .unwrap()
+        .expect("the first fill");
+    let t0 = std::time::Instant::now();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(running);
+    });
+    let got = take_fill_lock(&path).unwrap();
+    assert!(
+        got.is_some(),
+        "the refill must get the lock once the fill ends"
+    );
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(250));
+    release.join().unwrap();
+    drop(got);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
