@@ -14,12 +14,16 @@
 # Only when asked for by name (XEN_TESTS="62-scale") or by scripts/bench. It
 # was part of every run for one stop: in the third whole-suite run with it, one
 # of 50 idle guests wrote data/stats 3 times in the 30 s idle window (allowed
-# 2: its own upstream refresh) and had received ~850 B more than its peers,
-# TCP rather than ARP, after its connection had ended; the cause is not found
-# (issue 12's note). Until the idle rule's model is right it is not in the
-# default run. Until the testbed booted Xen with eager FPU switching
+# 2 then) after TCP frames arrived past its connection's end. The idle rule
+# now counts each guest's frames (netback's vif counters): a guest may write
+# no more often than its frames moved its counters. With 29 guests on a slow
+# host three wrote once with no frame in the window or the second before it
+# (why is not known: each failing guest's line says which counters moved);
+# with 10 every write had its frames. 50 spawns took 152 s on one host and
+# did not all come up in the 480 s budget on a slower one (issue 12's note).
+# Until the test bed boots Xen with eager FPU switching
 # (scripts/testbed-run) xenstored stalled after 10-13 instances here; since,
-# 50 and 100 came up and served. It takes about 10 minutes with 50.
+# 50 and 100 came up and served.
 case " ${XEN_TESTS:-} " in
 *" 62-scale "*) ;;
 *) [ -n "${SCALE_BENCH:-}" ] || { echo "TEST SKIP scale: not named in XEN_TESTS (see the top of tests/xen/62-scale.sh)"; return 0 2>/dev/null || exit 0; } ;;
@@ -188,6 +192,15 @@ echo "instances still holding a connection: $(sc_active)"
 # the frame is taken at the guest's next pass), which is a change, not
 # idleness.
 sc_all_stats() { local id; for id in "${IDS[@]}"; do echo "$id $(mp_stats "$id")"; done; }
+# "ID IN OUT" per instance: the frames its vif carried so far to it and
+# from it (netback's counters in dom0: its tx is to the guest).
+sc_vif_frames() {
+    local id d
+    for id in "${IDS[@]}"; do
+        d=/sys/class/net/vif$id.0/statistics
+        echo "$id $(cat "$d/tx_packets" 2>/dev/null || echo 0) $(cat "$d/rx_packets" 2>/dev/null || echo 0)"
+    done
+}
 prev=$(sc_all_stats)
 for settle in $(seq 20); do
     sleep 3
@@ -206,16 +219,24 @@ if [ -n "$XS_TRACE" ]; then
         grep -qE 'IN 0x.* READ \(/local/domain/0/name' "$SC/xs.trace" || { XS_TRACE=""; head -n 3 "$SC/xs.trace" >> "$SC/xsctl"; }
     }
 fi
+# The frames a stats period (1 s) and more before the window opens: a
+# counter a frame moved just before it may be published in it.
+sc_vif_frames > "$SC/inout0"
 stdbuf -oL xenstore-watch /local/domain > "$SC/watch" 2>&1 & W=$!
 sleep 1
 w0=$(wc -l < "$SC/watch"); tr0=$(wc -l < "$SC/xs.trace" 2>/dev/null || echo 0)
 cpu0=$(sc_xs_cpu_ms); d0=$(sc_dom0_cpu_ms); sc_t0=$(now_ms)
 sleep "$SC_IDLE_S"
 cpu1=$(sc_xs_cpu_ms); d1=$(sc_dom0_cpu_ms); sc_t1=$(now_ms)
+sc_vif_frames > "$SC/inout1"
 tail -n +"$((tr0 + 1))" "$SC/xs.trace" 2>/dev/null > "$SC/xs.window"
 tail -n +"$((w0 + 1))" "$SC/watch" > "$SC/watch.window"
 kill "$W" 2>/dev/null; wait "$W" 2>/dev/null
+# Every instance's data/stats now (one xenstore-read), while the trace still
+# runs: each value read is one its instance wrote, in the trace (or before it).
+for id in "${IDS[@]}"; do echo "/local/domain/$id/data/stats"; done | xargs xenstore-read > "$SC/stats.values" 2>/dev/null
 [ -n "$XS_TRACE" ] && { xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1; }
+tail -n +"$((tr0 + 1))" "$SC/xs.trace" 2>/dev/null > "$SC/xs.after"
 secs=$(awk -v ms=$((sc_t1 - sc_t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
 guest_writes=0
 for id in "${IDS[@]}"; do
@@ -238,33 +259,65 @@ fi
 measure scale_idle "n=$ok secs=$secs xenstored_cpu_ms=$((cpu1 - cpu0)) dom0_cpu_ms=$((d1 - d0))" \
      "xenstored_requests=$reqs xenstored_req_per_s=$(awk -v r="$reqs" -v s="$secs" 'BEGIN { if (r == "?") print "?"; else printf "%.2f", r / s }')" \
      "guest_writes=$guest_writes all_writes=$all_writes"
-# An idle instance's counters move only with its own upstream refresh (one
-# ARP request to the upstream's MAC and its reply about every 55 s while it
-# was used in the last 10 min: proxy/src/engine/neighbours.rs), so it
-# writes data/stats at most twice per 55 s (request and reply may fall in
-# two stats periods), and nothing else. Broadcast refreshes made every
-# instance count every other one's: with 50, 710 data/stats writes in 30 s.
-sc_allowed=$(awk -v s="$secs" 'BEGIN { n = int(s / 55); if (n * 55 < s) n++; print 2 * n }')
+# An idle instance publishes data/stats only when a counter moved (looked
+# at every stats_period, 1 s), and its counters move only with frames: each
+# frame dom0 delivers to it (its upstream's ARP reply every ~55 s while it
+# was used in the last 10 min, proxy/src/engine/neighbours.rs; a peer's
+# late retransmission) moves them once, each frame it sends twice (queued,
+# then completed by netback, possibly in the next period). So an instance
+# may write data/stats at most IN + 2 * OUT times, IN and OUT its vif's
+# frames in the window (from a second before it), and nothing else: an
+# instance with no frames writes nothing. (Broadcast refreshes made every
+# instance count every other one's: with 50, 710 data/stats writes in 30 s.)
 # Counted from xenstored's trace where there is one (per connection: a
-# guest writes relative paths); a dom0 watch sees only some of the writes
-# (with 100 instances it saw 2 of the trace's 461).
-sc_max=0 sc_other=0
+# guest writes relative paths, so a connection's writes are matched to its
+# domain by the value of its last one, which is that domain's data/stats
+# now); a dom0 watch sees only some of the writes (with 100 instances it
+# saw 2 of the trace's 461).
+sc_bad="" sc_other=0 sc_writers=0 sc_max=0
+: > "$SC/writes.per_domain"
 if [ -n "$XS_TRACE" ]; then
-    sc_max=$(sed -nE 's/.*IN (0x[0-9a-f]+) [0-9]{8} [0-9:]{8} WRITE \(data\/stats[ )].*/\1/p' "$SC/xs.window" \
-        | sort | uniq -c | sort -rn | awk 'NR == 1 { print $1 } END { if (NR == 0) print 0 }')
+    # "CONN VALUE" for each data/stats write, value trimmed.
+    sc_stats_writes() {
+        sed -nE 's/.*IN (0x[0-9a-f]+) [0-9]{8} [0-9:]{8} WRITE \(data\/stats (.*)\)$/\1\t\2/p' "$1" \
+            | awk -F'\t' '{ v = $2; sub(/^ +/, "", v); sub(/ +$/, "", v); print $1 "\t" v }'
+    }
+    sc_stats_writes "$SC/xs.after" > "$SC/writes.after"
+    # A connection is the domain whose value now it wrote, in the window or after.
+    paste -d'\t' <(printf '%s\n' "${IDS[@]}") "$SC/stats.values" > "$SC/stats.now"
+    sc_stats_writes "$SC/xs.window" | awk -F'\t' -v now="$SC/stats.now" -v after="$SC/writes.after" '
+        BEGIN { while ((getline l < now) > 0) { split(l, f, "\t"); v = f[2]; sub(/^ +/, "", v); sub(/ +$/, "", v); id[v] = f[1] }
+                while ((getline l < after) > 0) { split(l, f, "\t"); if (f[2] in id) dom[f[1]] = id[f[2]] } }
+        { n[$1]++ }
+        END { for (c in n) print ((c in dom) ? dom[c] : "?"), n[c], c }' > "$SC/writes.per_domain"
+    sc_stats_writes "$SC/xs.window" > "$SC/writes.window"
     sc_other=$(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} (WRITE|MKDIR|RM|SET_PERMS) \([^/]' "$SC/xs.window" | awk '{ print $1 }')
     sc_other=$((sc_other - $(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} WRITE \(data/stats[ )]' "$SC/xs.window")))
 else
     for id in "${IDS[@]}"; do
         n=$(grep -c "^/local/domain/$id/data/stats\$" "$SC/watch.window")
-        [ "$n" -gt "$sc_max" ] && sc_max=$n
+        [ "$n" = 0 ] || echo "$id $n watch" >> "$SC/writes.per_domain"
     done
     sc_other=$(grep '^/local/domain/' "$SC/watch.window" | grep -vc '/data/stats$')
 fi
-if [ "$ok" -gt 0 ] && [ "$sc_max" -le "$sc_allowed" ] && [ "$sc_other" = 0 ]; then
-    pass "scale: $ok idle instances wrote only data/stats, at most $sc_max times each in $secs s (allowed $sc_allowed; a dom0 watch saw $guest_writes; xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
+while read -r id n conn; do
+    sc_writers=$((sc_writers + 1)); [ "$n" -gt "$sc_max" ] && sc_max=$n
+    # The frames of the window and its second before, per direction.
+    read -r _ in0 out0 < <(awk -v i="$id" '$1 == i' "$SC/inout0")
+    read -r _ in1 out1 < <(awk -v i="$id" '$1 == i' "$SC/inout1")
+    fin=$(( ${in1:-0} - ${in0:-0} )) fout=$(( ${out1:-0} - ${out0:-0} ))
+    echo "domain $id: $n data/stats writes, its vif carried $fin frames to it and $fout from it (allowed $((fin + 2 * fout)))"
+    if [ "$id" = "?" ] || [ "$n" -gt $((fin + 2 * fout)) ]; then
+        # What its first write in the window changed, against its stats before it.
+        first=$(awk -F'\t' -v c="$conn" '$1 == c { print $2; exit }' "$SC/writes.window")
+        moved=$(tr ' ' '\n' <<< "$first" | grep -vE '^(cpu|xen)_' | grep -vxF -f <(tr ' ' '\n' < "$SC/stats0.$id" 2>/dev/null) | tr '\n' ' ')
+        sc_bad+="domain $id: $n writes with $fin frames in, $fout out (its first: ${moved:-nothing moved}); "
+    fi
+done < "$SC/writes.per_domain"
+if [ "$ok" -gt 0 ] && [ -z "$sc_bad" ] && [ "$sc_other" = 0 ]; then
+    pass "scale: $ok idle instances wrote only data/stats, each no more than its frames moved its counters ($sc_writers wrote, at most $sc_max times, in $secs s; a dom0 watch saw $guest_writes; xenstored: $((cpu1 - cpu0)) ms CPU, $reqs requests)"
 else
-    fail "scale: idle instances and xenstore" "$ok idle guests in $secs s: up to $sc_max data/stats writes by one (allowed $sc_allowed), $sc_other writes elsewhere"
+    fail "scale: idle instances and xenstore" "$ok idle guests in $secs s: ${sc_bad:-}$sc_other writes elsewhere"
 fi
 
 # ---- xl create -e: no monitor, and then no one reaps the domain -------------------------
