@@ -95,6 +95,13 @@ pub fn warm(
     let h0 = env.ms();
     let handed = hand_over(env, xs, s, (id, member), &known);
     let handoff_ms = env.ms() - h0;
+    // The refill starts while the member configures itself: starting a
+    // process (fork, exec of nice) costs dom0 tens of ms under TCG, which
+    // would otherwise come after ready, before the spawn returns. It waits
+    // REFILL_DELAY before it works, so it does not compete with this
+    // member's first clients.
+    pool::refill_in_background(env);
+    env.trace("refill started");
     let ready = handed.and_then(|()| await_ready(env, xs, s, id, (member, con0), deadline_ms));
     let (pool_said, ip) = match ready {
         Ok(r) => (r.pool, r.ip),
@@ -108,7 +115,6 @@ pub fn warm(
             }
             destroy(env, name, &id.to_string());
             forget(env, name);
-            pool::refill_in_background(env);
             return Ok(Some(Err(Failure::Reported)));
         }
     };
@@ -128,8 +134,6 @@ pub fn warm(
         "warm",
     );
     env.trace("printed");
-    pool::refill_in_background(env);
-    env.trace("refill started");
     Ok(Some(Ok(())))
 }
 

@@ -67,16 +67,19 @@ done
 # background is waited for), so each spawn sees what an operator who keeps
 # a pool sees; each instance is stopped after.
 MP=/root/payload/scripts/miniproxy
+# Looked at once a second: the refill runs at nice 19, and a status command
+# every 0.1 s (each one an exec, ~100 ms of dom0's one vCPU under TCG) kept
+# it from running at all on a slow host ("the pool did not refill").
 pool_full() {
     local t0; t0=$(now_ms)
     until "$MP" pool status 2>/dev/null | grep -q " waiting=$RUNS starting=0 "; do
         [ $(( $(now_ms) - t0 )) -gt 90000 ] && return 1
-        sleep 0.1
+        sleep 1
     done
 }
 warm() {   # warm N
     local n=$1 name="bench-warm-$1" t0 td0 out ms t1 date_ms destroy_ms trace
-    pool_full || { echo "BENCHERR warm $n: the pool did not refill: $("$MP" pool status 2>&1)"; return 1; }
+    pool_full || { echo "BENCHERR warm $n: the pool did not refill: $("$MP" pool status 2>&1); refill.log: $(tail -n 5 /run/miniproxy/pool/refill.log 2>&1 | tr '\n' ' '); refills running: $(pgrep -fc 'pool fill --refill')"; return 1; }
     trace=$(mktemp)
     # Timed with bash's own clock: the wall time from invoking the spawn to
     # its return. date_ms is the same span read with date, which adds the
