@@ -13,6 +13,8 @@ A->B, ba is B->A. MS may be fractional (12.5); P is a probability (0.002 =
 0.2%); R in Mbit/s (0 = no limit, the default); --queue-ms bounds the wait for
 a rate-limited wire (default 100). Prints 'netdelay: ready on A B', waits for
 one line on stdin, forwards until stdin ends, then prints the final counts.
+While it runs, a line 'seed N' on stdin restarts both directions' loss
+decisions from N (as --seed N would), and it answers 'netdelay: seed N'.
 --stats FILE is rewritten with the counts while it runs (at most every 20 ms).";
 
 /// Parsed command line.
@@ -116,7 +118,7 @@ impl Args {
 
     /// The two directions' seeds: different, both derived from `--seed`.
     pub fn seeds(&self) -> (u64, u64) {
-        (self.seed, self.seed ^ 0x5EED_0000_BA5E_0000)
+        direction_seeds(self.seed)
     }
 
     /// One line describing the configuration.
@@ -139,6 +141,35 @@ impl Args {
             d(&self.ba),
             self.seed
         )
+    }
+}
+
+/// The seeds of directions ab and ba for one link seed (at start and on
+/// reseed alike, so 'seed N' on stdin and `--seed N` decide the same losses).
+pub fn direction_seeds(seed: u64) -> (u64, u64) {
+    (seed, seed ^ 0x5EED_0000_BA5E_0000)
+}
+
+/// A command read from stdin after the go line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Restart the loss decisions of both directions from this link seed.
+    Seed(u64),
+}
+
+/// Parse one stdin line: `seed N`; a blank line is no command.
+pub fn parse_command(line: &str) -> Result<Option<Command>, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Ok(None),
+        ["seed", n] => n
+            .parse()
+            .map(|n| Some(Command::Seed(n)))
+            .map_err(|_| format!("bad seed '{n}' (a whole number)")),
+        _ => Err(format!(
+            "unknown command '{}' (expected 'seed N')",
+            line.trim()
+        )),
     }
 }
 

@@ -10,9 +10,12 @@
 //!   `len * 8 / rate` after the previous one; a frame that would wait longer
 //!   than `queue_limit` for the wire is dropped (drop-tail queue).
 //! * **Loss**: each IPv4/IPv6 frame is lost with probability `loss`, drawn from
-//!   a PRNG seeded per direction. ARP and other non-IP frames are never lost:
-//!   a lost ARP request costs a 1 s retry timer, which is not what a TCP
-//!   benchmark sets out to measure.
+//!   a PRNG seeded per direction: one draw per IP frame, so after a (re)seed
+//!   with [`Link::reseed`] the k-th IP frame is lost or not whatever came
+//!   before (a benchmark pairs its targets' transfers on the same decisions).
+//!   ARP and other non-IP frames are never lost and draw nothing: a lost ARP
+//!   request costs a 1 s retry timer, which is not what a TCP benchmark sets
+//!   out to measure.
 //! * `max_frames` bounds the memory held (frames in flight); a frame past it is
 //!   dropped and counted as a queue drop.
 
@@ -94,6 +97,13 @@ impl Link {
             wire_free_at: Duration::ZERO,
             counters: Counters::default(),
         }
+    }
+
+    /// Restart the loss decisions from `seed`, as [`Link::new`] does: the IP
+    /// frames offered from now on meet the same losses as those offered to a
+    /// new link with this seed. Frames in flight and the counters are kept.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Rng::new(seed);
     }
 
     pub fn config(&self) -> &LinkConfig {

@@ -6,8 +6,13 @@
 //! one line on stdin, then forward until stdin reaches end of file, and print
 //! the final counts. The devices may be moved to other network namespaces
 //! between "ready" and the go line: an open TAP keeps working across the move.
+//! Meanwhile `seed N` lines on stdin reseed both directions' loss decisions
+//! (between two frames) and are answered `netdelay: seed N` once in force, so
+//! a benchmark can give every target's transfer the same losses without
+//! tearing the link down.
 //!
-//! Waiting: one `mio` poll on both devices and on a waker (stdin's end), with
+//! Waiting: one `mio` poll on both devices and on a waker (a stdin command or
+//! stdin's end), with
 //! a timeout up to the next frame's due time. epoll counts in whole
 //! milliseconds, so the last millisecond before a due time is slept in steps
 //! of at most 100 µs, checking the devices between steps: frames leave within
@@ -21,11 +26,12 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use netdelay::cli::{stats_line, Args};
+use netdelay::cli::{direction_seeds, parse_command, stats_line, Args, Command};
 use netdelay::link::Link;
 use smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
 
-const STOP: Token = Token(2);
+/// Woken by the stdin thread: a command waits in the channel, or stdin ended.
+const STDIN: Token = Token(2);
 const STATS_EVERY: Duration = Duration::from_millis(20);
 const FINE_STEP: Duration = Duration::from_micros(100);
 
@@ -69,15 +75,26 @@ fn run() -> Result<(), String> {
             .register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)
             .map_err(|e| format!("registering device {i}: {e}"))?;
     }
-    let waker = std::sync::Arc::new(Waker::new(poll.registry(), STOP).map_err(|e| e.to_string())?);
+    let waker = std::sync::Arc::new(Waker::new(poll.registry(), STDIN).map_err(|e| e.to_string())?);
+    // The channel's end (the thread drops its sender) is stdin's end.
+    let (commands, command_rx) = std::sync::mpsc::channel::<Command>();
     {
         let waker = waker.clone();
         std::thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
-                if line.is_err() {
-                    break;
+                let Ok(line) = line else { break };
+                match parse_command(&line) {
+                    Ok(Some(c)) => {
+                        if commands.send(c).is_err() {
+                            break;
+                        }
+                        let _ = waker.wake();
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("netdelay: {e}"),
                 }
             }
+            drop(commands);
             let _ = waker.wake();
         });
     }
@@ -133,7 +150,24 @@ fn run() -> Result<(), String> {
                 Err(e) => return Err(format!("poll: {e}")),
             }
         }
-        stopping = events.iter().any(|e| e.token() == STOP);
+        if events.iter().any(|e| e.token() == STDIN) {
+            loop {
+                match command_rx.try_recv() {
+                    Ok(Command::Seed(seed)) => {
+                        let (ab, ba) = direction_seeds(seed);
+                        links[0].reseed(ab);
+                        links[1].reseed(ba);
+                        println!("netdelay: seed {seed}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                }
+            }
+        }
     }
     let line = stats_line(&links[0].counters(), &links[1].counters());
     if let Some(path) = &args.stats {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use netdelay::cli::Args;
+use netdelay::cli::{direction_seeds, parse_command, Args, Command};
 use netdelay::link::{Link, LinkConfig, Rng, Verdict};
 
 const MS: Duration = Duration::from_millis(1);
@@ -167,6 +167,82 @@ fn loss_rate_matches_the_probability_and_is_seeded() {
     }
     assert!(drops(42, 0.0).iter().all(|x| !x), "no loss at p = 0");
     assert!(drops(42, 1.0).iter().all(|x| *x), "all lost at p = 1");
+}
+
+/// Which of `n` IP frames offered to `link` (interleaved with ARP frames when
+/// `with_arp`) it loses, in order.
+fn losses(link: &mut Link, n: u32, with_arp: bool) -> Vec<bool> {
+    (0..n)
+        .map(|i| {
+            if with_arp {
+                link.offer(Duration::ZERO, frame(60, 0x0806, i));
+            }
+            link.offer(Duration::ZERO, frame(60, 0x0800, i)) == Verdict::Lost
+        })
+        .collect()
+}
+
+#[test]
+fn reseed_gives_the_same_losses_as_a_new_link_with_that_seed() {
+    // What scripts/bench-accel relies on: before each transfer it reseeds
+    // the running link, so that every target's k-th IP frame meets the same
+    // decision whatever the link carried before.
+    let cfg = LinkConfig {
+        loss: 0.05,
+        ..LinkConfig::default()
+    };
+    let fresh = |seed| losses(&mut Link::new(cfg.clone(), seed), 5000, false);
+    let mut link = Link::new(cfg.clone(), 1);
+    let before = losses(&mut link, 777, false);
+    assert!(before.iter().any(|x| *x), "the link lost frames before");
+    link.reseed(42);
+    let after = losses(&mut link, 5000, false);
+    assert_eq!(after, fresh(42), "reseed 42 = a new link seeded 42");
+    assert!(
+        after.iter().filter(|x| **x).count() > 150,
+        "5 % of 5000 lost"
+    );
+    // Same seed again, after other traffic and with ARP frames in between
+    // (which draw nothing): the same sequence.
+    link.reseed(42);
+    assert_eq!(
+        losses(&mut link, 5000, true),
+        after,
+        "same seed, same losses"
+    );
+    link.reseed(43);
+    assert_ne!(
+        losses(&mut link, 5000, false),
+        after,
+        "another seed, other losses"
+    );
+    let c = link.counters();
+    assert_eq!(c.received, 777 + 5000 * 4, "counters kept across reseeds");
+    assert_eq!(
+        link.in_flight() as u64,
+        c.received - c.lost,
+        "frames in flight kept"
+    );
+}
+
+#[test]
+fn stdin_commands_and_direction_seeds() {
+    assert_eq!(parse_command("seed 12345"), Ok(Some(Command::Seed(12345))));
+    assert_eq!(parse_command("  seed   7 "), Ok(Some(Command::Seed(7))));
+    assert_eq!(parse_command(""), Ok(None));
+    assert_eq!(
+        parse_command("go"),
+        Err("unknown command 'go' (expected 'seed N')".into())
+    );
+    for bad in ["seed", "seed -1", "seed x", "seed 1 2"] {
+        assert!(parse_command(bad).is_err(), "'{bad}'");
+    }
+    // A reseed and --seed derive the directions alike, and the two differ.
+    let a = Args::parse(&argv("ta tb --seed 99")).unwrap();
+    assert_eq!(a.seeds(), direction_seeds(99));
+    let (ab, ba) = direction_seeds(99);
+    assert_ne!(ab, ba);
+    assert_ne!(direction_seeds(98), direction_seeds(99));
 }
 
 #[test]
