@@ -1,6 +1,6 @@
 use super::*;
 
-use crate::socket::tcp::Socket;
+use crate::socket::tcp::{Socket, State};
 
 impl InterfaceInner {
     pub(crate) fn process_tcp<'frame>(
@@ -29,14 +29,23 @@ impl InterfaceInner {
             &self.caps.checksum
         ));
 
-        for tcp_socket in sockets
-            .items_mut()
-            .filter_map(|i| Socket::downcast_mut(&mut i.socket))
-        {
-            if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
-                return tcp_socket
-                    .process(self, &ip_repr, &tcp_repr)
-                    .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+        // A segment goes to its connection's socket before any listener: a
+        // listening socket accepts every SYN to its port, so with several
+        // listening on one port (a backlog), a SYN the peer retransmits would
+        // otherwise open a second connection in a listener that comes first
+        // in the set, whose SYN-ACK the peer answers with a reset.
+        for listening in [false, true] {
+            for tcp_socket in sockets
+                .items_mut()
+                .filter_map(|i| Socket::downcast_mut(&mut i.socket))
+            {
+                if (tcp_socket.state() == State::Listen) == listening
+                    && tcp_socket.accepts(self, &ip_repr, &tcp_repr)
+                {
+                    return tcp_socket
+                        .process(self, &ip_repr, &tcp_repr)
+                        .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
+                }
             }
         }
 

@@ -299,3 +299,75 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// A SYN the peer retransmits goes to the socket it opened, even when a
+/// listening socket on the same port comes before that one in the set
+/// (a backlog of listeners): the listener stays listening. Before, the
+/// listener took it and answered with a SYN-ACK of its own, which the
+/// peer resets.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn tcp_retransmitted_syn_goes_to_its_connection_not_to_a_listener() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, _) = setup(Medium::Ip);
+    let new_socket = || {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        )
+    };
+    // `first` comes first in the set but listens only after the SYN came.
+    let first = sockets.add(new_socket());
+    let second = sockets.add(new_socket());
+    sockets.get_mut::<tcp::Socket>(second).listen(1234).unwrap();
+
+    let (peer, ours) = (
+        Ipv4Address::new(127, 0, 0, 2),
+        Ipv4Address::new(127, 0, 0, 1),
+    );
+    let syn = TcpRepr {
+        src_port: 65000,
+        dst_port: 1234,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut syn_bytes = vec![0u8; syn.buffer_len()];
+    syn.emit(
+        &mut TcpPacket::new_unchecked(&mut syn_bytes),
+        &peer.into(),
+        &ours.into(),
+        &ChecksumCapabilities::default(),
+    );
+    let ip = IpRepr::Ipv4(Ipv4Repr {
+        src_addr: peer,
+        dst_addr: ours,
+        next_header: IpProtocol::Tcp,
+        payload_len: syn.buffer_len(),
+        hop_limit: 64,
+    });
+    iface
+        .inner
+        .process_tcp(&mut sockets, false, ip.clone(), &syn_bytes);
+    assert_eq!(
+        sockets.get_mut::<tcp::Socket>(second).state(),
+        tcp::State::SynReceived
+    );
+
+    // The SYN-ACK is lost; another listener opens before the peer resends.
+    sockets.get_mut::<tcp::Socket>(first).listen(1234).unwrap();
+    iface.inner.process_tcp(&mut sockets, false, ip, &syn_bytes);
+    assert!(sockets.get_mut::<tcp::Socket>(first).is_listening());
+    assert_eq!(
+        sockets.get_mut::<tcp::Socket>(second).state(),
+        tcp::State::SynReceived
+    );
+}
