@@ -77,6 +77,7 @@ if mp_create rbdrain 6 "ip=10.0.0.51/24 drain_timeout=4s rule=reverse:81:10.0.0.
     sleep 0.5
     in_flight=yes
     [ -e "$RB/got.short.end" ] && in_flight=no
+    v=/sys/class/net/vif$(domid rbdrain).0/statistics   # its vif, while it exists
     t0=$(now_ms)
     xl shutdown rbdrain >/dev/null 2>&1
     sleep 0.3
@@ -87,7 +88,9 @@ if mp_create rbdrain 6 "ip=10.0.0.51/24 drain_timeout=4s rule=reverse:81:10.0.0.
     if [ $rc != 0 ] && [ $ms -lt 2000 ] && echo "$out" | grep -qi 'refused'; then
         pass "drain: a new connection is refused during the drain ($ms ms)"
     else
-        fail "drain: new connection during the drain" "rc $rc after $ms ms: $(echo "$out" | tail -n1)"
+        # What dom0 knew of the instance then (a "No route to host" is its
+        # neighbour entry failing) and what netback dropped on the way to it.
+        fail "drain: new connection during the drain" "rc $rc after $ms ms: $(echo "$out" | tail -n1); neighbour: $(ip neigh show 10.0.0.51 | tr '\n' ' '); vif to the guest: $(cat "$v/tx_packets" 2>/dev/null) frames, $(cat "$v/tx_dropped" 2>/dev/null) dropped"
     fi
     wait "$c1" "$c2"
     # The short transfer was in flight at the shutdown and completes.
