@@ -2,7 +2,7 @@
 //! close netfront.
 //!
 //! 1. The engine stops accepting (its listeners close: a new SYN gets an
-//!    RST) and the open connections go on being served for up to
+//!    RST), `data/draining` says so to dom0, and the open connections go on being served for up to
 //!    `drain_timeout=`; at that deadline the engine resets both sides of
 //!    whatever is left. The loop runs until the engine says it is drained
 //!    (no connection, every RST sent) and netback has taken every frame
@@ -53,6 +53,16 @@ impl<C: Clock, S: Sleeper, T: Toolstack> Runtime<C, S, T> {
             .saturating_add(RST_FLUSH_NS);
         let open = proxy.active();
         proxy.start_drain(self.now(), Duration::from_micros(timeout_ns / 1000));
+        // Tell dom0 that the listeners are closed and the drain runs (the
+        // value: drain_timeout in ms). `xl shutdown` returns before the
+        // guest has even seen the request, seconds before under load, so
+        // this is the only way dom0 knows: `miniproxy list` shows it, and a
+        // test can act while the drain lasts. Best effort: the drain goes
+        // on without it.
+        let key = alloc::format!("{}", timeout_ns / 1_000_000);
+        if let Err(e) = self.toolstack.write("data/draining", &key) {
+            log::warn!("xenstore: data/draining not written: {e}");
+        }
         if open > 0 {
             (self.console)(format_args!(
                 "miniproxy: draining {open} connections (drain_timeout {:?})",

@@ -568,6 +568,8 @@ fn shutdown_request_drains_netfront_and_is_acknowledged() {
         assert_eq!(exit, Some(Exit::Shutdown(reason)));
         // Acknowledged as Linux does: the key cleared.
         assert_eq!(r.tree("control/shutdown").as_deref(), Some(""));
+        // dom0 was told the drain had begun (drain_timeout in ms), once.
+        assert_eq!(r.writes("data/draining"), ["10000"]);
         assert!(nic.closed);
         assert_eq!(nic.polls_after_close, 5, "drained until Released");
         // Drain sleeps on the NIC alone, at most 10 ms at a time.
