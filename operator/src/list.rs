@@ -14,7 +14,8 @@ One line per instance started by 'miniproxy spawn' that still exists (all, or
 the NAMEs given), sorted by name:
   name=NAME domid=ID state=STATE ip=CIDR mode=MODE memory=MB stats: COUNTERS
 STATE: running (includes idle: blocked in Xen), starting (no ready key yet),
-paused, shutdown, crashed, dying. COUNTERS: the guest's data/stats (refreshed
+draining (stopping: new connections refused, open ones finishing), paused,
+shutdown, crashed, dying. COUNTERS: the guest's data/stats (refreshed
 at most once a second; format in README.md, \"The stats line\"), e.g.
 px_accepted=3 px_active=1 ... nf_rx_frames=.. cpu_busy_ms=..; `none` when
 there are none yet, `malformed` (and a warning) when they do not parse.
@@ -195,6 +196,9 @@ pub fn rows(env: &Env, mut names: Vec<String>, explicit: bool, cmd: &str) -> (Ve
         };
         if state == "running" && !ready {
             state = "starting".into();
+        } else if state == "running" && xen::read(&format!("{xs}/data/draining")).is_some() {
+            // Stopping: listeners closed, its connections finishing.
+            state = "draining".into();
         }
         let (stats, malformed) = match stats_line.as_deref().map(Counters::parse) {
             Some(Ok(c)) => (Some(c), None),

@@ -243,6 +243,15 @@ fn spawn_list_stop_flow() {
         "name=a domid=1 state=running ip=10.0.0.5/24 mode=reverse memory=4 stats: px_accepted=1 px_active=0 px_completed=1 nf_rx_frames=5 cpu_busy_ms=2 xen_notifies=3\n\
          name=b domid=2 state=running ip=10.0.0.6/24 mode=reverse memory=6 stats: px_accepted=1 px_active=0 px_completed=1 nf_rx_frames=5 cpu_busy_ms=2 xen_notifies=3\n"
     );
+    // A guest that began its drain (xl shutdown) says so: listed draining.
+    std::fs::write(r.dir.join("xs/local/domain/1/data/draining"), "10000").unwrap();
+    let o = r.run(&["list", "a"], &[]);
+    assert!(
+        out(&o).starts_with("name=a domid=1 state=draining ip=10.0.0.5/24"),
+        "{}",
+        out(&o)
+    );
+    std::fs::remove_file(r.dir.join("xs/local/domain/1/data/draining")).unwrap();
     // A guest writing something that is not the stats format: flagged.
     std::fs::write(
         r.dir.join("xs/local/domain/2/data/stats"),
