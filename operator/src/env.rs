@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The settings every command reads once.
+#[derive(Clone)]
 pub struct Env {
     /// Per-instance records: NAME.cfg, NAME.domid, NAME.xl.log, NAME.lock.
     pub run_dir: PathBuf,
@@ -66,6 +67,16 @@ impl Env {
             repo_dir: self.repo_dir.clone(),
             trace: self.trace,
             t0: self.t0,
+        }
+    }
+
+    /// The same settings with the clock started now: one request of the
+    /// daemon (crate::serve), which loaded them once (Env::load changes
+    /// PATH: not for a process with threads).
+    pub fn restarted(&self) -> Env {
+        Env {
+            t0: Instant::now(),
+            ..self.clone()
         }
     }
 

@@ -115,7 +115,9 @@ pub fn run(argv: &[String]) -> Outcome {
         println!("{}", if json { row.json() } else { row.text() });
     }
     if failed {
-        Err(Failure::Reported)
+        Err(Failure::Reported(
+            "some instances could not be listed".into(),
+        ))
     } else {
         Ok(())
     }

@@ -15,6 +15,7 @@ mod lock;
 mod metrics;
 mod pool;
 mod render;
+mod serve;
 mod spawn;
 mod stats;
 mod stop;
@@ -33,8 +34,10 @@ pub enum Failure {
     Bad(String),
     /// The operation failed (exit 1).
     Fail(String),
-    /// Failed, with the reason already printed (exit 1).
-    Reported,
+    /// Failed, with the reason already printed on stderr (exit 1); the
+    /// text is its headline for a caller that did not see stderr (the
+    /// daemon's client, crate::serve).
+    Reported(String),
 }
 
 pub type Outcome = Result<(), Failure>;
@@ -56,6 +59,8 @@ const USAGE: &str =
   metrics every instance's counters for Prometheus (text format 0.0.4)
   pool    the warm pool: fill N, status, drain (instances booted ahead
           that spawn hands a configuration: how=warm)
+  serve   a resident spawner: spawn and stop requests over a Unix socket,
+          answered without starting a process per request
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
 an operation failed, 2 for a bad invocation; errors go to stderr.
 Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
@@ -85,11 +90,12 @@ fn main() -> ExitCode {
         "stop" => ("stop", stop::run(rest)),
         "metrics" => ("metrics", metrics::run(rest)),
         "pool" => ("pool", pool::run(rest)),
+        "serve" => ("serve", serve::run(rest)),
         "-h" | "--help" | "help" => ("", help(rest)),
         other => (
             "",
             bad(format!(
-                "unknown command '{other}' (spawn, list, stop, metrics, pool)"
+                "unknown command '{other}' (spawn, list, stop, metrics, pool, serve)"
             )),
         ),
     };
@@ -114,7 +120,7 @@ fn main() -> ExitCode {
             eprintln!("{prefix}: {msg}");
             ExitCode::from(1)
         }
-        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Reported(_)) => ExitCode::from(1),
     }
 }
 
@@ -126,6 +132,7 @@ fn help(rest: &[String]) -> Outcome {
         Some("stop") => print!("{}", stop::USAGE),
         Some("metrics") => print!("{}", metrics::USAGE),
         Some("pool") => print!("{}", pool::USAGE),
+        Some("serve") => print!("{}", serve::usage()),
         Some(other) => return bad(format!("no command '{other}'")),
     }
     Ok(())

@@ -280,7 +280,7 @@ pub fn run(argv: &[String]) -> Outcome {
                 std::thread::sleep(REFILL_DELAY);
             }
             env::need_root()?;
-            fill(n, memory, refill, json)
+            fill(&Env::load(), n, memory, refill, json)
         }
         "status" => {
             env::need_root()?;
@@ -348,9 +348,8 @@ fn member_spawn(name: &str, memory: u32) -> Spawn {
 
 /// Bring the pool up to N (or the stored target with `--refill`), then wait
 /// until every member waits.
-fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outcome {
-    let env = Env::load();
-    let pool = pool_env(&env);
+fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outcome {
+    let pool = pool_env(env);
     std::fs::create_dir_all(&pool.run_dir)
         .or_else(|e| fail(format!("cannot create {}: {e}", pool.run_dir.display())))?;
     let (old_n, old_mem) = read_target(&pool);
@@ -396,7 +395,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
         if live.len() >= target || mem_now != memory {
             break;
         }
-        if let Err(e) = create_member(&env, &pool, &template, &template_path, &kernel, memory) {
+        if let Err(e) = create_member(env, &pool, &template, &template_path, &kernel, memory) {
             if let Failure::Fail(m) = &e {
                 eprintln!("miniproxy pool: {m}");
             }
@@ -440,7 +439,7 @@ fn fill(n: Option<usize>, memory: Option<u32>, refill: bool, json: bool) -> Outc
         );
     }
     if failed {
-        Err(Failure::Reported)
+        Err(Failure::Reported("the pool could not be filled".into()))
     } else {
         Ok(())
     }
@@ -560,7 +559,7 @@ fn drain(json: bool) -> Outcome {
         );
     }
     if failed || !left.is_empty() {
-        Err(Failure::Reported)
+        Err(Failure::Reported(format!("{} members left", left.len())))
     } else {
         Ok(())
     }
@@ -599,6 +598,29 @@ pub fn candidates(env: &Env, memory: u32, cfg: &Config) -> Vec<Member> {
 /// pool (its records go; the spawn writes its own under its name).
 pub fn take(env: &Env, member: &Member) {
     forget(&pool_env(env), &member.name);
+}
+
+/// The refill of a spawn the daemon (crate::serve) served: `pool fill
+/// --refill`'s work in a thread of the daemon, not a process (starting one
+/// costs dom0 tens of ms under TCG). Like the process it waits
+/// REFILL_DELAY, then for a fill that runs ([`take_fill_lock`]); what it
+/// has to say goes to the daemon's stderr.
+pub fn refill_in_thread(env: &Env) {
+    let env = env.clone();
+    let started = std::thread::Builder::new()
+        .name("refill".into())
+        .spawn(move || {
+            std::thread::sleep(REFILL_DELAY);
+            let done = env::need_root().and_then(|()| fill(&env, None, None, true, false));
+            match done {
+                Ok(()) => env.trace("refill done"),
+                Err(Failure::Fail(m) | Failure::Bad(m)) => eprintln!("miniproxy pool: {m}"),
+                Err(Failure::Reported(_)) => {}
+            }
+        });
+    if let Err(e) = started {
+        eprintln!("miniproxy serve: cannot start a refill thread: {e}");
+    }
 }
 
 /// Start a detached `pool fill --refill` (the spawn does not wait for it);

@@ -170,6 +170,23 @@ pub fn run(argv: &[String]) -> Outcome {
         print!("{}", usage());
         return Ok(());
     };
+    let line = spawn(&env, &s, &mut None, &pool::refill_in_background)?;
+    println!("{line}");
+    env.trace("printed");
+    Ok(())
+}
+
+/// Spawn `s`: its result line (or JSON object), not printed. `xs`: the
+/// connection to xenstored the warm path uses (opened into it when the
+/// spawn may take a pool member and it is `None`; the daemon passes its
+/// own, crate::serve). `refill`: starts the pool's refill once a member is
+/// taken (a detached process from the CLI, a thread in the daemon).
+pub fn spawn(
+    env: &Env,
+    s: &Spawn,
+    xs: &mut Option<Xs>,
+    refill: &dyn Fn(&Env),
+) -> Result<String, Failure> {
     let kernel = match &s.kernel {
         Some(k) => {
             let p = PathBuf::from(k);
@@ -200,7 +217,7 @@ pub fn run(argv: &[String]) -> Outcome {
         Via::Xl => env
             .default_template()
             .ok_or("no template found: set MINIPROXY_TEMPLATE (xl-configs/template.cfg)"),
-        Via::Libvirt => libvirt::default_template(&env)
+        Via::Libvirt => libvirt::default_template(env)
             .ok_or("no template found: set MINIPROXY_TEMPLATE_XML (xl-configs/template.xml)"),
     }
     .or_else(fail)?;
@@ -236,21 +253,21 @@ pub fn run(argv: &[String]) -> Outcome {
     // A spawn that may take a pool member talks to xenstored itself, on
     // one connection from here to ready (no xenstore-* or xl process: each
     // costs tens of ms in a dom0 under TCG); without one it goes cold.
-    let mut warm_xs = None;
-    if pool::cold_reason(&s, via).is_none() && pool::pool_env(&env).run_dir.is_dir() {
+    let may_warm = pool::cold_reason(s, via).is_none() && pool::pool_env(env).run_dir.is_dir();
+    if may_warm && xs.is_none() {
         match Xs::open() {
-            Ok(xs) => warm_xs = Some(xs),
+            Ok(x) => *xs = Some(x),
             Err(e) => env.trace(&format!("{e}: no warm spawn")),
         }
     }
-    match warm_xs.as_mut() {
+    match xs.as_mut().filter(|_| may_warm) {
         // A waiting pool member that fits: hand it the configuration. The
         // warm path checks the name itself (with the member, one round
         // trip), also when it then finds none and the spawn goes cold.
         Some(xs) => {
             let files = (kernel.as_str(), template.as_str(), template_path.as_path());
-            if let Some(done) = crate::warm::warm(&env, &s, files, xs)? {
-                return done;
+            if let Some(line) = crate::warm::warm(env, s, files, xs, refill)? {
+                return Ok(line);
             }
             env.trace("no pool member fits: cold");
         }
@@ -262,7 +279,7 @@ pub fn run(argv: &[String]) -> Outcome {
         }
     }
 
-    let (mac, ticket) = place_config(&env, &s, via, &kernel, &template, &template_path)?;
+    let (mac, ticket) = place_config(env, s, via, &kernel, &template, &template_path)?;
     env.trace(&format!(
         "config {}/{name}.{} in place",
         env.run_dir.display(),
@@ -275,8 +292,8 @@ pub fn run(argv: &[String]) -> Outcome {
     // counts from the slot on.
     let w0 = env.ms();
     let parallel = parallel.unwrap_or_else(env::default_parallel);
-    let Some(_slot) = take_slot(&env, ticket, parallel, Duration::from_millis(queue_ms)) else {
-        forget(&env, name);
+    let Some(_slot) = take_slot(env, ticket, parallel, Duration::from_millis(queue_ms)) else {
+        forget(env, name);
         return fail(format!(
             "no free create slot within {queue_text} s (MINIPROXY_QUEUE_TIMEOUT)"
         ));
@@ -285,41 +302,42 @@ pub fn run(argv: &[String]) -> Outcome {
     let deadline_ms = env.ms() + s.timeout_ms;
     env.trace(&format!("create slot taken after {wait_ms} ms"));
 
-    let con0 = console_size(&env, name);
+    let con0 = console_size(env, name);
     let c0 = env.ms();
-    let id = create(&env, name, via, deadline_ms)?;
+    let id = create(env, name, via, deadline_ms)?;
     let create_ms = env.ms() - c0;
     let _ = std::fs::write(env.path(&format!("{name}.domid")), format!("{id}\n"));
     env.trace(&format!("create done: domain {id}"));
 
-    let ready = match wait_ready(&env, &s, name, id, con0, deadline_ms) {
+    let ready = match wait_ready(env, s, name, id, con0, deadline_ms) {
         Ok(r) => r,
         Err(why) => {
             eprintln!("miniproxy spawn: {name} (domain {id}): {why}; destroying it. Its console:");
             std::thread::sleep(Duration::from_millis(200));
-            for l in console_since(&env, name, con0, 20).lines() {
+            for l in console_since(env, name, con0, 20).lines() {
                 eprintln!("  | {l}");
             }
-            destroy(&env, name, name);
-            forget(&env, name);
-            return Err(Failure::Reported);
+            destroy(env, name, name);
+            forget(env, name);
+            return Err(Failure::Reported(format!(
+                "{name} (domain {id}): {why}; destroyed it"
+            )));
         }
     };
     env.trace("ready");
-    print_spawned(
-        &env,
-        &s,
+    Ok(spawned_line(
+        env,
+        s,
         (id, None),
         &mac,
         [wait_ms, create_ms],
         ready.trim().parse().ok(),
         "cold",
-    );
-    Ok(())
+    ))
 }
 
 /// The result line (or object): `how` is warm (a pool member) or cold.
-pub(crate) fn print_spawned(
+pub(crate) fn spawned_line(
     env: &Env,
     s: &Spawn,
     (id, addr): (u32, Option<String>),
@@ -327,7 +345,7 @@ pub(crate) fn print_spawned(
     [wait_ms, create_ms]: [u64; 2],
     guest_us: Option<u64>,
     how: &str,
-) {
+) -> String {
     let ms = env.ms();
     let name = &s.name;
     let addr = addr
@@ -348,13 +366,13 @@ pub(crate) fn print_spawned(
             .num("create_ms", create_ms)
             .opt_num("guest_us", guest_us)
             .str("how", how);
-        println!("{}", o.finish());
+        o.finish()
     } else {
-        println!(
+        format!(
             "spawned name={name} domid={id} ready_ms={ms} ip={addr} mac={mac} memory={} mode={} wait_ms={wait_ms} create_ms={create_ms} guest_us={ready} how={how}",
             s.memory,
             s.mode.name()
-        );
+        )
     }
 }
 
@@ -586,7 +604,7 @@ pub fn create(env: &Env, name: &str, via: Via, deadline_ms: u64) -> Result<u32, 
         eprintln!("  | {l}");
     }
     forget(env, name);
-    Err(Failure::Reported)
+    Err(Failure::Reported(format!("{name}: {tool} create failed")))
 }
 
 fn append(path: &Path, text: &str) {

@@ -32,7 +32,8 @@ pub struct Stopped {
     how: &'static str,
 }
 
-fn print(s: &Stopped, json: bool) {
+/// The result line (or JSON object) of one instance.
+fn line(s: &Stopped, json: bool) -> String {
     if json {
         let o = Object::default()
             .str("result", "stopped")
@@ -40,13 +41,13 @@ fn print(s: &Stopped, json: bool) {
             .opt_num("domid", s.domid.map(u64::from))
             .num("ms", s.ms)
             .str("how", s.how);
-        println!("{}", o.finish());
+        o.finish()
     } else {
         let domid = s.domid.map_or("-".into(), |d| d.to_string());
-        println!(
+        format!(
             "stopped name={} domid={domid} ms={} how={}",
             s.name, s.ms, s.how
-        );
+        )
     }
 }
 
@@ -121,7 +122,15 @@ pub fn stop_one(env: &Env, name: &str, limit: Duration) -> Result<Stopped, Strin
     })
 }
 
-pub fn run(argv: &[String]) -> Outcome {
+/// A stop's arguments; `None` from [`parse`]: --help.
+struct Args {
+    all: bool,
+    json: bool,
+    limit_ms: u64,
+    names: Vec<String>,
+}
+
+fn parse(argv: &[String]) -> Result<Option<Args>, Failure> {
     let (mut all, mut json, mut timeout) = (false, false, "60".to_string());
     let mut names: Vec<String> = Vec::new();
     let mut i = 0;
@@ -129,10 +138,7 @@ pub fn run(argv: &[String]) -> Outcome {
         let a = argv[i].as_str();
         i += 1;
         match a {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
+            "-h" | "--help" => return Ok(None),
             "--all" => all = true,
             "--json" => json = true,
             "--timeout" => {
@@ -161,21 +167,63 @@ pub fn run(argv: &[String]) -> Outcome {
     if !all && names.is_empty() {
         return bad("which instance? give NAME... or --all");
     }
+    Ok(Some(Args {
+        all,
+        json,
+        limit_ms,
+        names,
+    }))
+}
+
+/// Each of `names` is an instance of ours.
+fn check_names(env: &Env, names: &[String]) -> Result<(), Failure> {
+    for n in names {
+        if via_of(env, n).is_some() {
+            continue;
+        }
+        if xen::domid_of(n).is_some() {
+            return fail(format!("'{n}' is a domain but not an instance started by 'miniproxy spawn' (no {}/{n}.cfg); use xl", env.run_dir.display()));
+        }
+        return fail(format!("no instance named '{n}'"));
+    }
+    Ok(())
+}
+
+/// The daemon's stop (crate::serve): one NAME per request (one reply
+/// line), checked and stopped as the CLI does; its result line.
+pub fn one(env: &Env, argv: &[String]) -> Result<String, Failure> {
+    let Some(a) = parse(argv)? else {
+        return bad("--help is not served: run 'miniproxy stop --help'");
+    };
+    let [name] = a.names.as_slice() else {
+        return bad("the daemon stops one NAME per request");
+    };
+    env::need_root()?;
+    check_names(env, &a.names)?;
+    match stop_one(env, name, Duration::from_millis(a.limit_ms)) {
+        Ok(s) => Ok(line(&s, a.json)),
+        Err(e) => fail(e),
+    }
+}
+
+pub fn run(argv: &[String]) -> Outcome {
+    let Some(Args {
+        all,
+        json,
+        limit_ms,
+        mut names,
+    }) = parse(argv)?
+    else {
+        print!("{USAGE}");
+        return Ok(());
+    };
     env::need_root()?;
     let env = Env::load();
     let parallel = env::parallel()?;
     if all {
         names = records(&env).into_iter().map(|(n, _)| n).collect();
     } else {
-        for n in &names {
-            if via_of(&env, n).is_some() {
-                continue;
-            }
-            if xen::domid_of(n).is_some() {
-                return fail(format!("'{n}' is a domain but not an instance started by 'miniproxy spawn' (no {}/{n}.cfg); use xl", env.run_dir.display()));
-            }
-            return fail(format!("no instance named '{n}'"));
-        }
+        check_names(&env, &names)?;
     }
     // At most MINIPROXY_PARALLEL stops at once; every one has ended when we return.
     let queue = Mutex::new(names.into_iter().collect::<VecDeque<String>>());
@@ -188,7 +236,7 @@ pub fn run(argv: &[String]) -> Outcome {
                     break;
                 };
                 match stop_one(&env, &n, limit) {
-                    Ok(s) => print(&s, json),
+                    Ok(s) => println!("{}", line(&s, json)),
                     Err(e) => {
                         eprintln!("miniproxy stop: {e}");
                         *failed.lock().unwrap() = true;
@@ -198,7 +246,7 @@ pub fn run(argv: &[String]) -> Outcome {
         }
     });
     if *failed.lock().unwrap() {
-        Err(Failure::Reported)
+        Err(Failure::Reported("some instances did not stop".into()))
     } else {
         Ok(())
     }

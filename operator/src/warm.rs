@@ -6,10 +6,10 @@ use crate::args::Spawn;
 use crate::env::Env;
 use crate::render::{self, Values};
 use crate::spawn::{
-    console_since, console_size, destroy, forget, ip_in_use, print_spawned, records, utc_now,
+    console_since, console_size, destroy, forget, ip_in_use, records, spawned_line, utc_now,
 };
 use crate::xenstore::{self, Req, Xs, NO_TX};
-use crate::{fail, lock, pool, xen, Failure, Outcome};
+use crate::{fail, lock, pool, xen, Failure};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 /// waiting pool member (under the global lock, with the same address check
 /// as a cold spawn), write its configuration key and rename it to NAME (one
 /// xenstore transaction), wait for ready. `None`: no member fits (the
-/// caller goes cold). The pool refills in the background.
+/// caller goes cold). The pool refills in the background (`refill`).
+/// Returns the result line.
 pub fn warm(
     env: &Env,
     s: &Spawn,
     (kernel, template, template_path): (&str, &str, &Path),
     xs: &mut Xs,
-) -> Result<Option<Outcome>, Failure> {
+    refill: &dyn Fn(&Env),
+) -> Result<Option<String>, Failure> {
     let name = &s.name;
     // parse_spawn checked the line with this parser; its boot-time keys
     // choose the member.
@@ -100,7 +102,7 @@ pub fn warm(
     // would otherwise come after ready, before the spawn returns. It waits
     // REFILL_DELAY before it works, so it does not compete with this
     // member's first clients.
-    pool::refill_in_background(env);
+    refill(env);
     env.trace("refill started");
     let ready = handed.and_then(|()| await_ready(env, xs, s, id, (member, con0), deadline_ms));
     let (pool_said, ip) = match ready {
@@ -115,7 +117,9 @@ pub fn warm(
             }
             destroy(env, name, &id.to_string());
             forget(env, name);
-            return Ok(Some(Err(Failure::Reported)));
+            return Err(Failure::Reported(format!(
+                "{name} (pool member {member}, domain {id}): {why}; destroyed it"
+            )));
         }
     };
     env.trace("ready");
@@ -124,7 +128,7 @@ pub fn warm(
         .strip_prefix("taken us=")
         .and_then(|v| v.trim().parse().ok());
     let addr = Some(ip).filter(|a| !a.is_empty());
-    print_spawned(
+    Ok(Some(spawned_line(
         env,
         s,
         (id, addr),
@@ -132,9 +136,7 @@ pub fn warm(
         [wait_ms, handoff_ms],
         guest_us,
         "warm",
-    );
-    env.trace("printed");
-    Ok(Some(Ok(())))
+    )))
 }
 
 /// The token of member ID's data/ready watch.

@@ -152,6 +152,8 @@ pub struct Xs {
     broken: Option<String>,
     /// Requests a transaction's body left for its commit ([`Xs::at_commit`]).
     at_commit: Vec<(u32, Vec<u8>, String)>,
+    /// The watches set on this connection: (path, token).
+    watches: Vec<(String, String)>,
 }
 
 impl Xs {
@@ -198,7 +200,41 @@ impl Xs {
             timeout,
             broken: None,
             at_commit: Vec::new(),
+            watches: Vec::new(),
         }
+    }
+
+    /// Whether requests may still be sent (no broken stream).
+    pub fn usable(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    /// Remove every watch set on this connection and drop their pending
+    /// events: a connection kept for the next request (the daemon's,
+    /// crate::serve) starts clean, with no watches growing in xenstored
+    /// and no events piling up here (and xenstored refuses a watch it
+    /// already has). A refusal (no such watch) is not an error.
+    pub fn unwatch_all(&mut self) -> Result<(), XsError> {
+        let watches = std::mem::take(&mut self.watches);
+        let msgs: Vec<(u32, Vec<u8>, String)> = watches
+            .iter()
+            .map(|(p, t)| {
+                let what = format!("unwatch {p}");
+                (wire::XS_UNWATCH, wire::strings(&[p, t]), what)
+            })
+            .collect();
+        for chunk in msgs.chunks(MAX_PIPELINE) {
+            for (reply, (_, _, what)) in self.pipeline(NO_TX, chunk)?.into_iter().zip(chunk) {
+                if let Ok(p) = reply {
+                    if let Err(e) = wire::expect_ok(&p) {
+                        return self.fail(XsError::Protocol(format!("{what}: {e}")));
+                    }
+                }
+            }
+        }
+        // Events that came before the replies are all here now.
+        self.events.clear();
+        Ok(())
     }
 
     /// `e`, after marking the connection unusable unless xenstored merely
@@ -397,6 +433,9 @@ impl Xs {
                     (_, Ok(p)) => {
                         if let Err(e) = wire::expect_ok(&p) {
                             return self.fail(XsError::Protocol(format!("{what}: {e}")));
+                        }
+                        if let Req::Watch(path, token) = req {
+                            self.watches.push((path.to_string(), token.to_string()));
                         }
                         out.push(None);
                     }

@@ -18,6 +18,7 @@ pub const PAYLOAD_MAX: usize = 4096;
 pub const XS_DIRECTORY: u32 = 1;
 pub const XS_READ: u32 = 2;
 pub const XS_WATCH: u32 = 4;
+pub const XS_UNWATCH: u32 = 5;
 pub const XS_TRANSACTION_START: u32 = 6;
 pub const XS_TRANSACTION_END: u32 = 7;
 pub const XS_WRITE: u32 = 11;

@@ -1,0 +1,272 @@
+//! `miniproxy serve`: the resident spawner. Under TCG a PV dom0 needs
+//! 100-300 ms to start and end a process, most of a warm spawn's time; a
+//! long-lived process that already has its xenstored connection open takes
+//! requests over a Unix socket instead and answers each with the line the
+//! CLI would print. The work itself is the CLI's (crate::spawn,
+//! crate::stop): the same checks and the same file locks, so the CLI and
+//! the daemon can be used side by side.
+
+use crate::env::{self, Env};
+use crate::xenstore::Xs;
+use crate::{args, bad, fail, lock, pool, spawn, stop, Failure, Outcome};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The longest request line, its newline not counted. A spawn's whole line
+/// is far shorter (the guest takes 1022 bytes of configuration).
+pub const MAX_REQUEST: usize = 8192;
+
+pub fn usage() -> String {
+    let env = Env::load();
+    format!(
+        "Usage: miniproxy serve [--socket PATH]
+A resident spawner: one long-lived process that takes spawn and stop
+requests over a Unix stream socket and answers each with the line the
+command prints, without a process per request (under TCG dom0 needs
+100-300 ms to start and end one) and on a xenstored connection it keeps
+open. A warm spawn's refill runs in a thread of the daemon.
+  --socket PATH  where to listen (default {run}/serve.sock, mode 0600).
+                 A stale socket file (nobody listening) is replaced; one
+                 another daemon serves is an error (exit 1)
+It prints 'serving socket=PATH' once it listens, serves until SIGTERM or
+SIGINT, then removes the socket file.
+Protocol: one request per line, the words of a miniproxy command line
+separated by TAB characters (an --extra value with spaces needs no quotes):
+  spawn<TAB>--name<TAB>c1<TAB>--mode<TAB>reverse<TAB>...<LF>
+The reply is one line: on success what the command prints on stdout
+(spawn's 'spawned ... how=warm|cold', stop's 'stopped ...'; the JSON object
+with --json), else 'error rc=N MESSAGE' (N: the command's exit status, 2
+for a bad request, 1 for a failed operation; MESSAGE: what it prints on
+stderr after 'miniproxy COMMAND: ', its first line). Served: spawn (every
+option) and stop NAME (one per request); anything else is rc=2. A
+connection may carry many requests, one after another; each connection has
+its own thread, and spawns lock against each other and the CLI's as the
+CLI's do. An empty or non-UTF-8 line is rc=2; one over {max} bytes is rc=2
+and closes the connection.
+From bash, one connection for many requests:
+  coproc MP {{ socat - UNIX-CONNECT:{run}/serve.sock; }}
+  printf 'spawn\\t--name\\tc1\\t...\\n' >&\"${{MP[1]}}\"; read -r reply <&\"${{MP[0]}}\"
+Its stderr: errors, the refills' messages and, with MINIPROXY_TRACE=1,
+each spawn's phases as the CLI prints them.
+",
+        run = env.run_dir.display(),
+        max = MAX_REQUEST
+    )
+}
+
+/// What every connection's thread shares.
+struct Shared {
+    /// Loaded once, before any thread (Env::load changes PATH).
+    env: Env,
+    /// Open xenstored connections no request uses now: a spawn takes one
+    /// (or opens one) and puts it back clean ([`Xs::unwatch_all`]).
+    idle: Mutex<Vec<Xs>>,
+}
+
+pub fn run(argv: &[String]) -> Outcome {
+    let mut socket: Option<PathBuf> = None;
+    let mut i = 0;
+    while i < argv.len() {
+        let a = argv[i].as_str();
+        i += 1;
+        match a {
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return Ok(());
+            }
+            "--socket" => {
+                let Some(v) = argv.get(i).filter(|v| !v.is_empty()) else {
+                    return bad("--socket needs a value");
+                };
+                socket = Some(v.into());
+                i += 1;
+            }
+            o if o.starts_with("--socket=") && o.len() > "--socket=".len() => {
+                socket = Some(o["--socket=".len()..].into());
+            }
+            o => return bad(format!("unknown argument '{o}'")),
+        }
+    }
+    let env = Env::load();
+    env::need_root()?;
+    let path = socket.unwrap_or_else(|| env.path("serve.sock"));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .or_else(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    // Held for the daemon's life: two daemons never share a socket.
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let _one = match lock::try_take(&lock_path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return fail(format!("another daemon serves {}", path.display())),
+        Err(e) => return fail(format!("cannot lock {}: {e}", lock_path.display())),
+    };
+    let listener = bind(&path)?;
+    let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .or_else(|e| fail(format!("cannot catch SIGTERM: {e}")))?;
+    let sock = path.clone();
+    let mut signals = signals;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                // Only our own file: not one a later daemon put there.
+                let now = std::fs::metadata(&sock).map(|m| (m.dev(), m.ino())).ok();
+                if now.is_some() && now == ino {
+                    let _ = std::fs::remove_file(&sock);
+                }
+                std::process::exit(0);
+            }
+        })
+        .or_else(|e| fail(format!("cannot start a thread: {e}")))?;
+    let shared = Arc::new(Shared {
+        env,
+        idle: Mutex::new(Vec::new()),
+    });
+    println!("serving socket={}", path.display());
+    let _ = std::io::stdout().flush();
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: the clients already served go on.
+                eprintln!("miniproxy serve: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let sh = Arc::clone(&shared);
+        let started = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || serve_conn(&sh, conn));
+        if let Err(e) = started {
+            eprintln!("miniproxy serve: cannot start a thread for a client: {e}");
+        }
+    }
+    fail("the socket stopped accepting")
+}
+
+/// Listen on `path` (mode 0600): a file there that nobody listens on is
+/// replaced. Bound under a temporary name, given its mode, then renamed:
+/// nobody can connect before the mode is set.
+fn bind(path: &Path) -> Result<UnixListener, Failure> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return fail(format!("{} exists and is not a socket", path.display()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return fail(format!("{} is served by another process", path.display()));
+        }
+    }
+    let file = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{file}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .or_else(|e| fail(format!("cannot bind {}: {e}", tmp.display())))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return fail(format!("cannot put the socket at {}: {e}", path.display()));
+    }
+    Ok(listener)
+}
+
+/// One client: requests and replies until it closes, sends a line that is
+/// too long, or cannot be written to.
+fn serve_conn(shared: &Shared, conn: UnixStream) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut out = conn;
+    loop {
+        let mut line = Vec::new();
+        // One byte more than a request may have, newline included.
+        let limit = MAX_REQUEST as u64 + 1;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            match String::from_utf8(line) {
+                Ok(text) => request(shared, &text),
+                Err(_) => "error rc=2 the request is not UTF-8".to_string(),
+            }
+        } else if line.len() as u64 >= limit {
+            let r = format!("error rc=2 a request is at most {MAX_REQUEST} bytes\n");
+            let _ = out.write_all(r.as_bytes());
+            return;
+        } else {
+            // The client went mid-line: nobody to answer.
+            return;
+        };
+        // One line whatever a message holds.
+        let reply = reply.replace(['\n', '\r'], " ");
+        if out.write_all(format!("{reply}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One request line: its reply line.
+fn request(shared: &Shared, text: &str) -> String {
+    let words: Vec<String> = text.split('\t').map(String::from).collect();
+    let env = shared.env.restarted();
+    let (cmd, rest) = match words.split_first() {
+        Some((c, r)) if !c.is_empty() => (c.as_str(), r),
+        _ => return "error rc=2 an empty request (spawn or stop, TAB-separated)".into(),
+    };
+    let result = match cmd {
+        "spawn" => serve_spawn(shared, &env, rest),
+        "stop" => stop::one(&env, rest),
+        other => bad(format!("'{other}' is not served (spawn, stop)")),
+    };
+    let reply = match result {
+        Ok(line) => line,
+        Err(Failure::Bad(m)) => {
+            eprintln!("{} {cmd}: {m}", crate::PROG);
+            format!("error rc=2 {m}")
+        }
+        Err(Failure::Fail(m)) => {
+            eprintln!("{} {cmd}: {m}", crate::PROG);
+            format!("error rc=1 {m}")
+        }
+        // Already on stderr.
+        Err(Failure::Reported(m)) => format!("error rc=1 {m}"),
+    };
+    env.trace("replied");
+    reply
+}
+
+/// A spawn on one of the daemon's xenstored connections, its refill in a
+/// thread.
+fn serve_spawn(shared: &Shared, env: &Env, argv: &[String]) -> Result<String, Failure> {
+    env.trace("request read");
+    let Some(s) = args::parse_spawn(argv)? else {
+        return bad("--help is not served: run 'miniproxy spawn --help'");
+    };
+    let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let mut xs = idle().pop();
+    let result = spawn::spawn(env, &s, &mut xs, &pool::refill_in_thread);
+    // A connection that broke, or cannot drop its watches, is closed.
+    if let Some(mut x) = xs {
+        if x.usable() && x.unwatch_all().is_ok() {
+            idle().push(x);
+        }
+    }
+    result
+}
