@@ -170,6 +170,15 @@ impl Conn<'_> {
             }
             XS_WATCH => {
                 let token = parts.get(1).cloned().unwrap_or_default();
+                // As xenstored: a connection's watch is set once.
+                if self
+                    .watches
+                    .iter()
+                    .any(|(p, t, _)| p == &path && t == &token)
+                {
+                    send(&mut self.s, XS_ERROR, req, tx, &nul_joined(&["EEXIST"]));
+                    return;
+                }
                 self.watches
                     .push((path.clone(), token.clone(), snapshot(self.root, &path)));
                 send(&mut self.s, ty, req, tx, ok);

@@ -1,0 +1,346 @@
+//! `miniproxy serve` on the host, in the fake dom0 of tests/rig: requests
+//! over its socket are served as the CLI serves them (warm from the pool,
+//! cold when it is empty, stop), bad and broken requests end in an error
+//! reply or a closed connection without hurting the daemon or its other
+//! clients, and SIGTERM removes the socket.
+
+#[allow(dead_code)] // the rig's other helpers serve the other files
+mod rig;
+
+use rig::{err, out, spawn_args, Rig};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `miniproxy serve`.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Start it in the rig and wait for its `serving socket=...` line.
+    fn start(r: &Rig) -> Daemon {
+        let stderr = r.dir.join("serve.err");
+        let mut child = r
+            .cmd(env!("CARGO_BIN_EXE_miniproxy-operator"))
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let socket = r.dir.join("run/serve.sock");
+        assert_eq!(
+            first,
+            format!("serving socket={}\n", socket.display()),
+            "{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        Daemon {
+            child,
+            socket,
+            stderr,
+        }
+    }
+
+    fn connect(&self) -> Client {
+        let s = UnixStream::connect(&self.socket).unwrap();
+        // A test that would hang fails instead.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            stream: s,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// One request of TAB-separated `words`: its reply line.
+    fn ask(&mut self, words: &[&str]) -> String {
+        self.send(format!("{}\n", words.join("\t")).as_bytes());
+        self.reply()
+    }
+}
+
+/// `pool status` until it prints `want`, within 20 s.
+fn status_becomes(r: &Rig, want: &str) {
+    let t0 = Instant::now();
+    loop {
+        let line = out(&r.run(&["pool", "status"]));
+        if line.trim_end() == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "status: {line} (want {want}); calls:\n{}",
+            r.xl_calls()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn warm_spawn<'a>(name: &'a str, ip: &'a str) -> Vec<&'a str> {
+    spawn_args(name, ip, &["--memory", "4"])
+}
+
+#[test]
+fn warm_and_cold_spawns_stop_bad_requests_and_sigterm() {
+    let r = Rig::new("serve");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let mut d = Daemon::start(&r);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut c = d.connect();
+
+    // Warm: an --extra value with a space needs no quoting.
+    let mut words = warm_spawn("a", "10.0.0.5/24");
+    words.extend(["--extra", "idle_exit=10m max_conns=32"]);
+    let line = c.ask(&words);
+    assert!(
+        line.starts_with("spawned name=a domid=1 ready_ms=")
+            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:")
+            && line.ends_with(" guest_us=555 how=warm\n"),
+        "{line}{}",
+        d.stderr()
+    );
+    let xs = |p: &str| std::fs::read_to_string(r.dir.join("xs").join(p)).unwrap();
+    assert_eq!(xs("local/domain/1/name"), "a");
+    let key = xs("local/domain/1/miniproxy/config");
+    assert!(
+        key.starts_with("ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 ")
+            && key.contains(" idle_exit=10m")
+            && key.contains(" max_conns=32"),
+        "{key}"
+    );
+    assert!(r.dir.join("run/a.cfg").is_file());
+    // Refilled by a thread of the daemon: no `pool fill --refill` process
+    // (which would have opened refill.log).
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    assert_eq!(r.xl_calls().matches("xl create").count(), 2);
+    assert!(!r.dir.join("run/pool/refill.log").exists());
+
+    // Bad requests on the same connection: rc=2, and it still serves.
+    assert_eq!(
+        c.ask(&["frobnicate", "x"]),
+        "error rc=2 'frobnicate' is not served (spawn, stop)\n"
+    );
+    assert_eq!(
+        c.ask(&["spawn", "--name"]),
+        "error rc=2 --name needs a value\n"
+    );
+    assert_eq!(
+        c.ask(&[""]),
+        "error rc=2 an empty request (spawn or stop, TAB-separated)\n"
+    );
+    assert_eq!(
+        c.ask(&["spawn", "--help"]),
+        "error rc=2 --help is not served: run 'miniproxy spawn --help'\n"
+    );
+    c.send(b"spawn\t--name\t\xff\xfe\n");
+    assert_eq!(c.reply(), "error rc=2 the request is not UTF-8\n");
+    // A failed operation: rc=1 with the CLI's message.
+    assert_eq!(
+        c.ask(&warm_spawn("a", "10.0.0.9/24")),
+        "error rc=1 name 'a' is in use: domain 1 exists\n"
+    );
+    assert_eq!(
+        c.ask(&warm_spawn("b", "10.0.0.5/24")),
+        "error rc=1 address 10.0.0.5 is in use by instance 'a'\n"
+    );
+    // That spawn watched the member it looked at; the connection it used
+    // serves the next spawn with no watch left over (xenstored refuses one
+    // it already has, and the spawn would go cold).
+    let line = c.ask(&warm_spawn("w", "10.0.0.4/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+    assert_eq!(
+        c.ask(&["stop", "a", "b"]),
+        "error rc=2 the daemon stops one NAME per request\n"
+    );
+
+    // The pool emptied: cold, through xl create.
+    let o = r.run(&["pool", "drain"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let line = c.ask(&warm_spawn("b", "10.0.0.6/24"));
+    assert!(
+        line.starts_with("spawned name=b domid=") && line.ends_with(" how=cold\n"),
+        "{line}{}",
+        d.stderr()
+    );
+    assert!(r.xl_calls().contains(&format!(
+        "xl create {}\n",
+        r.dir.join("run/b.cfg").display()
+    )));
+    // --json: the CLI's object.
+    let mut words = warm_spawn("j", "10.0.0.7/24");
+    words.push("--json");
+    let line = c.ask(&words);
+    assert!(
+        line.starts_with(r#"{"result":"spawned","name":"j","domid":"#)
+            && line.ends_with(",\"how\":\"cold\"}\n"),
+        "{line}"
+    );
+    // The CLI alongside: it sees the daemon's instances.
+    let o = r.run(&spawn_args("b", "10.0.0.8/24", &[]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("name 'b' is in use: domain"),
+        "{}",
+        err(&o)
+    );
+
+    // stop NAME.
+    let line = c.ask(&["stop", "a"]);
+    assert!(
+        line.starts_with("stopped name=a domid=1 ms=") && line.ends_with(" how=shutdown\n"),
+        "{line}"
+    );
+    assert!(!r.dir.join("run/a.cfg").exists());
+    assert_eq!(c.ask(&["stop", "a"]), "error rc=1 no instance named 'a'\n");
+    let names: Vec<String> = out(&r.run(&["list"]))
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["name=b", "name=j", "name=w"]);
+
+    // SIGTERM: exit 0, the socket file gone.
+    d.signal("-TERM");
+    let status = d.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!d.socket.exists());
+}
+
+#[test]
+fn parallel_clients_slow_and_broken_ones() {
+    let r = Rig::new("serve-par");
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+
+    // One that leaves mid-line, one that sends half a line and waits.
+    let mut gone = d.connect();
+    gone.send(b"spawn\t--name\tgone\t--mode");
+    drop(gone);
+    let mut slow = d.connect();
+    slow.send(b"stop\tno");
+
+    // Two spawns at once, each on its own connection: both warm, each
+    // its own member.
+    let lines: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| d.connect().ask(&warm_spawn("x", "10.0.0.11/24")));
+        let b = s.spawn(|| d.connect().ask(&warm_spawn("y", "10.0.0.12/24")));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut ids = Vec::new();
+    for (line, name) in lines.iter().zip(["x", "y"]) {
+        assert!(
+            line.starts_with(&format!("spawned name={name} domid="))
+                && line.ends_with(" how=warm\n"),
+            "{line}{}",
+            d.stderr()
+        );
+        ids.push(line.split(' ').nth(2).unwrap().to_string());
+    }
+    ids.sort();
+    assert_eq!(ids, ["domid=1", "domid=2"]);
+    assert!(!r.dir.join("run/gone.cfg").exists());
+
+    // The slow client's request, finished now, is answered.
+    slow.send(b"body\n");
+    assert_eq!(slow.reply(), "error rc=1 no instance named 'nobody'\n");
+
+    // A line over 8 KiB: rc=2 and the connection closes.
+    let mut big = d.connect();
+    big.send(&vec![b'a'; 9000]);
+    assert_eq!(big.reply(), "error rc=2 a request is at most 8192 bytes\n");
+    let mut rest = Vec::new();
+    big.reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    // The daemon still serves: the refill brought the pool back to 2.
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+    let line = d.connect().ask(&warm_spawn("z", "10.0.0.13/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}");
+}
+
+#[test]
+fn a_live_socket_is_refused_a_stale_one_replaced() {
+    let r = Rig::new("serve-sock");
+    let d = Daemon::start(&r);
+    let o = r.run(&["serve"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        err(&o),
+        format!(
+            "miniproxy serve: another daemon serves {}\n",
+            d.socket.display()
+        )
+    );
+    // Killed without a chance to clean up: its socket file stays.
+    let socket = d.socket.clone();
+    drop(d);
+    assert!(socket.exists());
+    let d = Daemon::start(&r);
+    assert_eq!(
+        d.connect().ask(&["stop", "nobody"]),
+        "error rc=1 no instance named 'nobody'\n"
+    );
+    // A file that is not a socket is left alone.
+    let other = r.dir.join("run/not-a-socket");
+    std::fs::write(&other, "x").unwrap();
+    let o = r.run(&["serve", "--socket", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("exists and is not a socket"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "x");
+    let o = r.run(&["serve", "--bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        out(&r.run(&["serve", "--help"])).starts_with("Usage: miniproxy serve [--socket PATH]\n")
+    );
+}
