@@ -34,7 +34,8 @@ no CPU and no xenstore traffic.
              the template (extra=\"pool=on\" and the boot-time keys of the
              memory's profile) and wait until each says data/pool=waiting.
              N is stored as the pool's target; after a spawn takes a member
-             a detached 'pool fill --refill' brings the pool back to it.
+             a detached 'pool fill --refill' (a thread of 'miniproxy
+             serve' for its spawns) brings the pool back to it.
   --memory MB  the members' memory (default 6; spawn takes a member only
              with the same --memory)
   status     one line: target=N memory=MB waiting=W starting=S crashed=C

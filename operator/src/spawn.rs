@@ -66,10 +66,13 @@ waits with this --memory and the line's boot-time keys (rx_bufs, tx_bufs,
 offload), and there is no --mac, --kernel or --via libvirt, spawn takes it
 instead of creating a domain: it writes the line to the member's
 /local/domain/ID/miniproxy/config, renames it to NAME, waits for ready and
-starts a background 'pool fill --refill' (how=warm; wait_ms is then the wait
+starts the refill in the background ('pool fill --refill'; a thread of
+'miniproxy serve' for its spawns) (how=warm; wait_ms is then the wait
 for the global lock, create_ms the hand-over, guest_us the member's own time
 from its configuration to ready). Otherwise, or with an empty pool, how=cold.
 --via libvirt is always cold.
+'miniproxy serve' takes spawn requests over a Unix socket: no process per
+spawn, the same result line.
 Safe to run many at once: at most MINIPROXY_PARALLEL (default: dom0's CPUs,
 at least 2) create and boot at the same time, the others queue.
 ",
