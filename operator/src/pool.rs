@@ -605,12 +605,13 @@ pub fn take(env: &Env, member: &Member) {
 /// --refill`'s work in a thread of the daemon, not a process (starting one
 /// costs dom0 tens of ms under TCG). Like the process it waits
 /// REFILL_DELAY, then for a fill that runs ([`take_fill_lock`]); what it
-/// has to say goes to the daemon's stderr.
-pub fn refill_in_thread(env: &Env) {
+/// has to say goes to the daemon's stderr. `busy` is dropped when it ends.
+pub fn refill_in_thread(env: &Env, busy: impl Send + 'static) {
     let env = env.clone();
     let started = std::thread::Builder::new()
         .name("refill".into())
         .spawn(move || {
+            let _busy = busy;
             std::thread::sleep(REFILL_DELAY);
             let done = env::need_root().and_then(|()| fill(&env, None, None, true, false));
             match done {

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +34,9 @@ open. A warm spawn's refill runs in a thread of the daemon.
                  A stale socket file (nobody listening) is replaced; one
                  another daemon serves is an error (exit 1)
 It prints 'serving socket=PATH' once it listens, serves until SIGTERM or
-SIGINT, then removes the socket file.
+SIGINT, then removes the socket file, answers further requests with rc=1,
+and exits (0) once the requests and refills at work are done (120 s at
+most).
 Protocol: one request per line, the words of a miniproxy command line
 separated by TAB characters (an --extra value with spaces needs no quotes):
   spawn<TAB>--name<TAB>c1<TAB>--mode<TAB>reverse<TAB>...<LF>
@@ -65,7 +68,32 @@ struct Shared {
     /// Open xenstored connections no request uses now: a spawn takes one
     /// (or opens one) and puts it back clean ([`Xs::unwatch_all`]).
     idle: Mutex<Vec<Xs>>,
+    /// Requests and refills at work: SIGTERM waits for them.
+    busy: Arc<AtomicUsize>,
+    /// SIGTERM came: new requests are refused.
+    stopping: AtomicBool,
 }
+
+/// One request or refill at work, while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::SeqCst);
+        Busy(Arc::clone(count))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long SIGTERM waits for the requests and refills at work: a spawn
+/// cut short leaves a domain without its reply, a refill one without its
+/// record.
+const STOP_WAIT: Duration = Duration::from_secs(120);
 
 pub fn run(argv: &[String]) -> Outcome {
     let mut socket: Option<PathBuf> = None;
@@ -112,25 +140,32 @@ pub fn run(argv: &[String]) -> Outcome {
         signal_hook::consts::SIGINT,
     ])
     .or_else(|e| fail(format!("cannot catch SIGTERM: {e}")))?;
-    let sock = path.clone();
+    let shared = Arc::new(Shared {
+        env,
+        idle: Mutex::new(Vec::new()),
+        busy: Arc::new(AtomicUsize::new(0)),
+        stopping: AtomicBool::new(false),
+    });
+    let (sock, sh) = (path.clone(), Arc::clone(&shared));
     let mut signals = signals;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
+                sh.stopping.store(true, Ordering::SeqCst);
                 // Only our own file: not one a later daemon put there.
                 let now = std::fs::metadata(&sock).map(|m| (m.dev(), m.ino())).ok();
                 if now.is_some() && now == ino {
                     let _ = std::fs::remove_file(&sock);
                 }
+                let t0 = std::time::Instant::now();
+                while sh.busy.load(Ordering::SeqCst) > 0 && t0.elapsed() < STOP_WAIT {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 std::process::exit(0);
             }
         })
         .or_else(|e| fail(format!("cannot start a thread: {e}")))?;
-    let shared = Arc::new(Shared {
-        env,
-        idle: Mutex::new(Vec::new()),
-    });
     println!("serving socket={}", path.display());
     let _ = std::io::stdout().flush();
     for conn in listener.incoming() {
@@ -197,6 +232,8 @@ fn serve_conn(shared: &Shared, conn: UnixStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        // Until the reply is written: SIGTERM waits for it.
+        let _busy = Busy::new(&shared.busy);
         let reply = if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
@@ -224,6 +261,9 @@ fn serve_conn(shared: &Shared, conn: UnixStream) {
 
 /// One request line: its reply line.
 fn request(shared: &Shared, text: &str) -> String {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return "error rc=1 the daemon is stopping (SIGTERM)".into();
+    }
     let words: Vec<String> = text.split('\t').map(String::from).collect();
     let env = shared.env.restarted();
     let (cmd, rest) = match words.split_first() {
@@ -261,7 +301,8 @@ fn serve_spawn(shared: &Shared, env: &Env, argv: &[String]) -> Result<String, Fa
     };
     let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
     let mut xs = idle().pop();
-    let result = spawn::spawn(env, &s, &mut xs, &pool::refill_in_thread);
+    let refill = |env: &Env| pool::refill_in_thread(env, Busy::new(&shared.busy));
+    let result = spawn::spawn(env, &s, &mut xs, &refill);
     // A connection that broke, or cannot drop its watches, is closed.
     if let Some(mut x) = xs {
         if x.usable() && x.unwatch_all().is_ok() {

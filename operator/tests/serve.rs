@@ -344,3 +344,34 @@ fn a_live_socket_is_refused_a_stale_one_replaced() {
         out(&r.run(&["serve", "--help"])).starts_with("Usage: miniproxy serve [--socket PATH]\n")
     );
 }
+
+#[test]
+fn sigterm_waits_for_the_spawn_at_work_and_refuses_new_requests() {
+    let r = Rig::new("serve-term");
+    let mut d = Daemon::start(&r);
+    let mut other = d.connect();
+    let mut c = d.connect();
+    c.send(format!("{}\n", spawn_args("c", "10.0.0.5/24", &[]).join("\t")).as_bytes());
+    // Its config in place: the spawn is at work (cold: no pool).
+    let t0 = Instant::now();
+    while !r.dir.join("run/c.cfg").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.signal("-TERM");
+    while d.socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        other.ask(&["stop", "c"]),
+        "error rc=1 the daemon is stopping (SIGTERM)\n"
+    );
+    let line = c.reply();
+    assert!(
+        line.starts_with("spawned name=c domid=1 ") && line.ends_with(" how=cold\n"),
+        "{line}{}",
+        d.stderr()
+    );
+    assert_eq!(d.child.wait().unwrap().code(), Some(0));
+}
