@@ -135,7 +135,7 @@ pub fn run(argv: &[String]) -> Outcome {
     };
     let listener = bind(&path)?;
     let ino = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).ok();
-    let signals = signal_hook::iterator::Signals::new([
+    let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
@@ -147,7 +147,6 @@ pub fn run(argv: &[String]) -> Outcome {
         stopping: AtomicBool::new(false),
     });
     let (sock, sh) = (path.clone(), Arc::clone(&shared));
-    let mut signals = signals;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

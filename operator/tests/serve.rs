@@ -375,3 +375,34 @@ fn sigterm_waits_for_the_spawn_at_work_and_refuses_new_requests() {
     );
     assert_eq!(d.child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_member_that_refuses_its_configuration_is_an_rc1_reply() {
+    let r = Rig::new("serve-fatal");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+    // The fake guest prints a fatal line instead of getting ready.
+    std::fs::write(r.dir.join("xs/.pool-fatal"), "").unwrap();
+    let mut c = d.connect();
+    let mut words = warm_spawn("a", "10.0.0.5/24");
+    words.extend(["--timeout", "30"]);
+    assert_eq!(
+        c.ask(&words),
+        "error rc=1 a (pool member mp-pool-1, domain 1): the guest stopped with a fatal error; destroyed it\n"
+    );
+    // Its console went to the daemon's stderr, as the CLI prints it.
+    let e = d.stderr();
+    assert!(
+        e.contains("miniproxy spawn: a (pool member mp-pool-1, domain 1): the guest stopped with a fatal error; destroying it. Its console:")
+            && e.contains("  | miniproxy: fatal: pool: miniproxy/config: refused"),
+        "{e}"
+    );
+    assert!(r.xl_calls().contains("xl destroy 1\n"), "{}", r.xl_calls());
+    assert!(!r.dir.join("run/a.cfg").exists());
+    // The connection still serves.
+    std::fs::remove_file(r.dir.join("xs/.pool-fatal")).unwrap();
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    let line = c.ask(&warm_spawn("a", "10.0.0.5/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+}
