@@ -69,7 +69,8 @@ repository/payload, or /etc/miniproxy/template.cfg), the kernel
 per instance in MINIPROXY_RUN_DIR (default /run/miniproxy): NAME.cfg (the
 rendered xl config) or NAME.xml (the domain XML, spawned --via libvirt:
 its template MINIPROXY_TEMPLATE_XML or xl-configs/template.xml), NAME.domid,
-NAME.xl.log or NAME.virsh.log, NAME.lock; and .lock, .slot.N, .ticket. Env:
+NAME.xl.log or NAME.virsh.log, NAME.lock; and .lock, .slot.N, .ticket,
+serve.sock (miniproxy serve). Env:
 MINIPROXY_VIA (spawn's default --via: xl), MINIPROXY_LIBVIRT_URI (default
 xen:///system), MINIPROXY_BRIDGE (default xenbr0), MINIPROXY_VIF_SCRIPT (default
 vif-fast if /etc/xen/scripts/vif-fast exists, else vif-bridge),
