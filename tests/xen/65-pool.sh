@@ -5,7 +5,8 @@
 # dom0-owned, guest-read-only key miniproxy/config, serves byte-exact, and
 # the pool refills in the background; a bad configuration in the key crashes
 # the member with a clear console line; xl shutdown of a waiting member is
-# prompt; `pool drain` empties it; with an empty pool spawn is cold.
+# prompt; `pool drain` empties it; with an empty pool spawn is cold. The
+# resident spawner (`miniproxy serve`) takes a warm spawn over its socket.
 . /root/lib.sh
 . /root/payload/tests/xen/common.sh
 MP=$P/scripts/miniproxy
@@ -123,6 +124,46 @@ out=$("$MP" stop --all 2>&1)
     && pass "pool: stop --all stopped the 3 instances and left the pool alone" \
     || fail "pool: stop --all" "$out / $("$MP" pool status 2>&1)"
 
+# ---- the resident spawner: miniproxy serve -------------------------------------------------
+# The same warm spawn asked over its Unix socket (one connection, held by a
+# coprocess): no process starts for it. A bad request is an error line and
+# the connection goes on serving; stop over the socket; SIGTERM removes the
+# socket and the daemon exits 0 once its refill is done.
+"$MP" serve > "$PL/serve.out" 2> "$PL/serve.err" & serve_pid=$!
+for _ in $(seq 1 300); do grep -q '^serving socket=' "$PL/serve.out" && break; sleep 0.1; done
+sock=$(sed -n 's/^serving socket=//p' "$PL/serve.out")
+PLS_PID=''
+[ -n "$sock" ] && [ -S "$sock" ] && coproc PLS { socat - "UNIX-CONNECT:$sock"; }
+if [ -n "$PLS_PID" ]; then
+    pass "serve: listening on $sock"
+    t0=$EPOCHREALTIME
+    printf 'spawn\t--name\tps1\t--mode\treverse\t--listen\t80\t--upstream\t10.0.0.1:7050\t--ip\t10.0.0.74/24\t--memory\t4\n' >&"${PLS[1]}"
+    out=''; IFS= read -r -t 120 out <&"${PLS[0]}"
+    t1=$EPOCHREALTIME
+    ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
+    if [[ $out =~ ^spawned\ name=ps1\ domid=[0-9]+\ ready_ms=[0-9]+\ ip=10.0.0.74/24\ .*\ how=warm$ ]]; then
+        pass "serve: a warm spawn over the socket, $ms ms from the request to the reply ($out)"
+    else
+        fail "serve: warm spawn" "'$out' after $ms ms: $(tail -n 3 "$PL/serve.err" | tr '\n' ' ')"
+    fi
+    echo "MEASURE serve_warm_spawn_ms=$ms"
+    check "serve: ps1 serves byte-exact" pl_echo 10.0.0.74 100000
+    printf 'spawn\t--name\tps2\t--mode\tsideways\n' >&"${PLS[1]}"
+    out=''; IFS= read -r -t 60 out <&"${PLS[0]}"
+    [[ $out =~ ^error\ rc=2\ .*sideways ]] && pass "serve: a bad request: '$out'" || fail "serve: bad request" "'$out'"
+    printf 'stop\tps1\n' >&"${PLS[1]}"
+    out=''; IFS= read -r -t 120 out <&"${PLS[0]}"
+    [[ $out =~ ^stopped\ name=ps1\  ]] && ! domid ps1 >/dev/null 2>&1 && pass "serve: stop over the same connection: $out" \
+        || fail "serve: stop" "'$out'"
+    kill "$PLS_PID" 2>/dev/null
+else
+    fail "serve: did not start or took no connection" "$(cat "$PL/serve.out" "$PL/serve.err" | tail -n 3 | tr '\n' ' ')"
+fi
+kill -TERM "$serve_pid" 2>/dev/null; wait "$serve_pid"; rc=$?
+[ $rc = 0 ] && [ -n "$sock" ] && [ ! -e "$sock" ] && pass "serve: SIGTERM: exit 0, socket removed" \
+    || fail "serve: SIGTERM" "rc $rc, socket '$sock' $([ -e "$sock" ] && echo still there)"
+pl_waiting 3 90 || fail "serve: the pool did not refill to 3" "$("$MP" pool status 2>&1); $(tail -n 5 "$PL/serve.err" | tr '\n' ' ')"
+
 # ---- bad configurations ------------------------------------------------------------------
 out=$(pl_spawn pbad 10.0.0.69 --extra buf=16q 2>&1); rc=$?
 [ $rc = 2 ] && echo "$out" | grep -q "bad value for key 'buf': '16q'" && "$MP" pool status | grep -q ' waiting=3 ' \
@@ -188,7 +229,7 @@ check "pool: the cold instance serves byte-exact" pl_echo 10.0.0.70 100000
 
 # ---- clean up ----------------------------------------------------------------------------
 "$MP" pool drain >/dev/null 2>&1
-for d in $(pool_members) pw1 pw2 pw3 pcold; do domid "$d" >/dev/null 2>&1 && xl_destroy "$d" >/dev/null; done
+for d in $(pool_members) pw1 pw2 pw3 ps1 pcold; do domid "$d" >/dev/null 2>&1 && xl_destroy "$d" >/dev/null; done
 kill "${PL_PIDS[@]}" 2>/dev/null; wait "${PL_PIDS[@]}" 2>/dev/null
 rm -rf "$PL"
 summary
