@@ -195,6 +195,19 @@ if out=$("$MP" spawn --name op-busy --mode reverse --listen 80 --upstream 10.0.0
     if [ "$(stat_of px_active "$stats")" = 1 ] && [ "${down:-0}" -gt 0 ]; then
         op_t0=$(now_ms)
         xl shutdown op-busy >/dev/null 2>&1
+        # Once the guest says it drains (data/draining), list says so too.
+        if wait_xs "/local/domain/$busy_id/data/draining" 20 >/dev/null; then
+            st=$("$MP" list op-busy 2>&1)
+            if [[ $st =~ ^name=op-busy\ domid=$busy_id\ state=draining\  ]]; then
+                pass "operator: list shows the busy instance draining"
+            elif [[ $st =~ no\ instance\ named|state=(shutdown|dying)\  ]]; then
+                log "operator: list ran after the drain had ended (not checked): $st"
+            else
+                fail "operator: list while draining" "$st"
+            fi
+        else
+            fail "operator: data/draining" "not written within 20 s of xl shutdown"
+        fi
         # The endless transfer is drained for drain_timeout (default 10 s),
         # then reset: gone within about 10 s plus the RSTs and netback.
         if wait_gone op-busy 25 >/dev/null; then

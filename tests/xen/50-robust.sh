@@ -76,7 +76,8 @@ rb_guest_s() {
 # checks follow the guest: the new connection is made once the guest says
 # (data/draining) that it drains, and the drain's own durations are read
 # from the guest's console, on its clock. drain_timeout=8s leaves room for
-# dom0 to act within the drain.
+# dom0 to act within the drain. (40-operator checks that `miniproxy list`
+# shows a draining instance as such.)
 if mp_create rbdrain 6 "ip=10.0.0.51/24 drain_timeout=8s rule=reverse:81:10.0.0.1:7101 rule=reverse:82:10.0.0.1:7102" 00:16:3e:00:50:01; then
     xs=/local/domain/$MP_ID
     # socat exits 0 on a reset as on an end (1.7.4: ECONNRESET ends its
@@ -103,15 +104,6 @@ if mp_create rbdrain 6 "ip=10.0.0.51/24 drain_timeout=8s rule=reverse:81:10.0.0.
             pass "drain: a new connection is refused during the drain ($ms ms after dom0 saw data/draining, $(( td - t0 )) ms after xl shutdown)"
         else
             fail "drain: new connection during the drain" "rc $rc, $ms ms after dom0 saw data/draining: $(echo "$out" | tail -n1); neighbour: $(ip neigh show 10.0.0.51 | tr '\n' ' ')"
-        fi
-        # The operator tool shows it.
-        st=$("$MP" list rbdrain 2>&1)
-        if echo "$st" | grep -q '^name=rbdrain .* state=draining '; then
-            pass "drain: miniproxy list shows state=draining"
-        elif [ -e "$RB/got.long.end" ]; then
-            log "drain: miniproxy list ran after the drain ended, not checked: $st"
-        else
-            fail "drain: miniproxy list" "$st"
         fi
     else
         fail "drain: data/draining" "not written within 30 s of xl shutdown"
