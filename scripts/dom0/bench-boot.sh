@@ -2,9 +2,10 @@
 # Runs inside the testbed's dom0 (scripts/bench-boot puts it there): start
 # the Miniproxy kernel and the floor kernel RUNS times each, interleaved,
 # with the same xl config, and print one BENCH line per run (ending with the
-# guest's data/boot timeline); then RUNS warm spawns (kind=warm): `miniproxy
-# spawn` from a filled pool (`pool fill RUNS`) to ready, the pool refilled
-# before each. A benchmark: it
+# guest's data/boot timeline); then RUNS warm spawns of each kind from a
+# filled pool (`pool fill RUNS`) to ready, the pool refilled before each:
+# kind=warm asks the resident spawner (`miniproxy serve`) over one open
+# connection, kind=warm_cli runs `miniproxy spawn`. A benchmark: it
 # measures and prints, it does not pass or fail on time.
 . /root/lib.sh
 cd /root/payload
@@ -62,7 +63,8 @@ for n in $(seq 1 "$RUNS"); do
     one floor floor "$n"
 done
 
-# Warm spawns: `miniproxy spawn` -> ready from a filled pool (issue 12). Each
+# Warm spawns: spawn -> ready from a filled pool (issue 12), asked of the
+# resident spawner (warm) and run as a command (warm_cli). Each
 # run starts with the pool full again (the refill a spawn starts in the
 # background is waited for), so each spawn sees what an operator who keeps
 # a pool sees; each instance is stopped after.
@@ -77,13 +79,14 @@ pool_full() {
         sleep 1
     done
 }
-warm() {   # warm N
-    local n=$1 name="bench-warm-$1" t0 td0 out ms t1 date_ms destroy_ms trace
-    pool_full || { echo "BENCHERR warm $n: the pool did not refill: $("$MP" pool status 2>&1); refill.log: $(tail -n 5 /run/miniproxy/pool/refill.log 2>&1 | tr '\n' ' '); refills running: $(pgrep -fc 'pool fill --refill')"; return 1; }
+# warm_cli N: `miniproxy spawn` (a process: exec, work, exit) from a full
+# pool, timed with bash's own clock from invoking it to its return.
+warm_cli() {
+    local n=$1 name="bench-warmcli-$1" t0 td0 out ms t1 date_ms destroy_ms trace
+    pool_full || { echo "BENCHERR warm_cli $n: the pool did not refill: $(pool_why)"; return 1; }
     trace=$(mktemp)
-    # Timed with bash's own clock: the wall time from invoking the spawn to
-    # its return. date_ms is the same span read with date, which adds the
-    # second date process's start (tens of ms under TCG) to it.
+    # date_ms is the same span read with date, which adds the second date
+    # process's start (tens of ms under TCG) to it.
     td0=$(now_ms)
     t0=$EPOCHREALTIME
     out=$(MINIPROXY_TRACE=1 "$MP" spawn --name "$name" --mode reverse --listen 80 --upstream 10.0.0.1:7 \
@@ -93,17 +96,46 @@ warm() {   # warm N
     ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
     case $out in
         *how=warm*) ;;
-        *) echo "BENCHERR warm $n: not a warm spawn: $out $(tail -n 3 "$trace" | tr '\n' ' ')"; rm -f "$trace"; return 1 ;;
+        *) echo "BENCHERR warm_cli $n: not a warm spawn: $out $(tail -n 3 "$trace" | tr '\n' ' ')"; rm -f "$trace"; return 1 ;;
     esac
     t1=$(now_ms)
-    "$MP" stop "$name" >/dev/null 2>&1 || echo "BENCHERR warm $n: stop failed"
+    "$MP" stop "$name" >/dev/null 2>&1 || echo "BENCHERR warm_cli $n: stop failed"
     destroy_ms=$(( $(now_ms) - t1 ))
-    field() { echo "$out" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
     # The operator's own steps (MINIPROXY_TRACE): ms from its start.
-    echo "BENCHWARM run=$n $(grep -o 'trace +[0-9]* ms .*' "$trace" | sed 's/^trace +\([0-9]*\) ms \(.*\)$/\1ms:\2/; s/ /_/g' | tr '\n' ' ')"
-    echo "BENCH kind=warm run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms) date_ms=$date_ms"
+    echo "BENCHWARM kind=warm_cli run=$n $(trace_steps < "$trace")"
+    echo "BENCH kind=warm_cli run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms) date_ms=$date_ms"
     rm -f "$trace"
 }
+# warm N: the same spawn asked of the resident spawner (`miniproxy serve`)
+# over the connection the coprocess SV holds open: the request line
+# written, the reply line read, both bash builtins, so no process starts
+# in the span timed (a caller that keeps a connection, as an edge
+# controller would).
+warm() {
+    local n=$1 name="bench-warm-$1" t0 t1 out ms destroy_ms mark
+    pool_full || { echo "BENCHERR warm $n: the pool did not refill: $(pool_why)"; return 1; }
+    mark=$(wc -l < "$SERVE_ERR")
+    t0=$EPOCHREALTIME
+    printf 'spawn\t--name\t%s\t--mode\treverse\t--listen\t80\t--upstream\t10.0.0.1:7\t--ip\t10.0.0.3/24\t--memory\t4\n' "$name" >&"${SV[1]}"
+    IFS= read -r -t 120 out <&"${SV[0]}"
+    t1=$EPOCHREALTIME
+    ms=$(( (${t1/./} - ${t0/./}) / 1000 ))
+    case $out in
+        *how=warm*) ;;
+        *) echo "BENCHERR warm $n: not a warm spawn: $out $(tail -n 3 "$SERVE_ERR" | tr '\n' ' ')"; return 1 ;;
+    esac
+    t1=$(now_ms)
+    printf 'stop\t%s\n' "$name" >&"${SV[1]}"
+    IFS= read -r -t 120 stopped <&"${SV[0]}"
+    case $stopped in stopped*) ;; *) echo "BENCHERR warm $n: stop: $stopped" ;; esac
+    destroy_ms=$(( $(now_ms) - t1 ))
+    echo "BENCHWARM kind=warm run=$n $(tail -n +"$((mark + 1))" "$SERVE_ERR" | trace_steps)"
+    echo "BENCH kind=warm run=$n create_ms=$(field create_ms) ready_ms=$ms guest_us=$(field guest_us) destroy_ms=$destroy_ms spawn_ready_ms=$(field ready_ms) wait_ms=$(field wait_ms)"
+}
+field() { echo "$out" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+pool_why() { echo "$("$MP" pool status 2>&1); refill.log: $(tail -n 5 /run/miniproxy/pool/refill.log 2>&1 | tr '\n' ' '); refills running: $(pgrep -fc 'pool fill --refill')"; }
+# MINIPROXY_TRACE lines on stdin -> "12ms:step_name ..." (ms from the start).
+trace_steps() { grep -o 'trace +[0-9]* ms .*' | sed 's/^trace +\([0-9]*\) ms \(.*\)$/\1ms:\2/; s/ /_/g' | tr '\n' ' '; }
 # What any command of the tool costs before it does anything (exec,
 # loading): `miniproxy --help`, bash's clock.
 noop=''
@@ -112,11 +144,23 @@ for i in 1 2 3 4 5; do
     noop="$noop $(( (${t1/./} - ${t0/./}) / 1000 ))"
 done
 echo "BENCHINFO tool_noop_ms=${noop# }"
-if out=$("$MP" pool fill "$RUNS" --memory 4 2>&1); then
+SERVE_ERR=/tmp/bench-serve.err
+MINIPROXY_TRACE=1 "$MP" serve > /tmp/bench-serve.out 2> "$SERVE_ERR" & SERVE=$!
+for _ in $(seq 1 300); do grep -q '^serving socket=' /tmp/bench-serve.out && break; sleep 0.1; done
+sock=$(sed -n 's/^serving socket=//p' /tmp/bench-serve.out)
+[ -n "$sock" ] && coproc SV { socat - "UNIX-CONNECT:$sock"; }
+if [ -z "$sock" ] || [ -z "${SV_PID:-}" ]; then
+    echo "BENCHERR miniproxy serve did not start or took no connection: $(tail -n 3 "$SERVE_ERR" | tr '\n' ' ')"
+elif out=$("$MP" pool fill "$RUNS" --memory 4 2>&1); then
     echo "BENCHINFO pool: $out"
-    warm 0 >/dev/null
-    for n in $(seq 1 "$RUNS"); do warm "$n"; done
+    warm 0 >/dev/null; warm_cli 0 >/dev/null
+    # Interleaved, the order alternating, each from a full pool.
+    for n in $(seq 1 "$RUNS"); do
+        if [ $((n % 2)) = 1 ]; then warm "$n"; warm_cli "$n"; else warm_cli "$n"; warm "$n"; fi
+    done
 else
     echo "BENCHERR pool fill $RUNS failed: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
 fi
 "$MP" pool drain >/dev/null 2>&1 || echo "BENCHERR pool drain failed"
+[ -n "${SV_PID:-}" ] && kill "$SV_PID" 2>/dev/null
+kill "$SERVE" 2>/dev/null; wait "$SERVE" 2>/dev/null
