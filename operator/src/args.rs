@@ -6,6 +6,8 @@ use crate::libvirt::Via;
 use crate::{bad, Failure};
 use std::net::Ipv4Addr;
 
+pub mod flags;
+
 /// Xen hands the guest at most 1023 bytes of command line (1024 with the NUL),
 /// so the guest refuses a line of 1023 bytes or more (it may have been cut,
 /// `kernel/src/start_info.rs`): the longest line an instance takes is 1022.

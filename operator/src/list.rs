@@ -90,6 +90,51 @@ fn state_name(letters: &str) -> &'static str {
     }
 }
 
+/// The keys of a guest's that `list` reads, in this order ([`Guest`]).
+const GUEST_KEYS: [&str; 4] = ["data/ready", "data/ip", "data/stats", "data/draining"];
+
+/// What a live instance's guest says in xenstore.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Guest {
+    /// It serves (data/ready).
+    ready: bool,
+    ip: Option<String>,
+    /// Its stats line, unparsed.
+    stats: Option<String>,
+    /// It is stopping (data/draining): listeners closed, its connections
+    /// finishing.
+    draining: bool,
+}
+
+impl Guest {
+    /// Domain `id`'s keys, all asked in one call of `read_each`
+    /// ([`xen::read_each`]: one round trip to xenstored, whichever keys
+    /// are missing), so a draining instance costs no more than another.
+    fn read(id: u32, read_each: impl FnOnce(&[&str]) -> Vec<Option<String>>) -> Guest {
+        let paths = GUEST_KEYS.map(|k| format!("/local/domain/{id}/{k}"));
+        let mut values = read_each(&paths.each_ref().map(String::as_str)).into_iter();
+        let mut next = || values.next().flatten();
+        Guest {
+            ready: next().is_some(),
+            ip: next(),
+            stats: next(),
+            draining: next().is_some(),
+        }
+    }
+}
+
+/// A live instance's state: its domain's (`xl list` letters), where a
+/// running guest that is not ready yet is starting and one that drains is
+/// draining.
+fn live_state(letters: &str, guest: &Guest) -> String {
+    match state_name(letters) {
+        "running" if !guest.ready => "starting",
+        "running" if guest.draining => "draining",
+        other => other,
+    }
+    .to_string()
+}
+
 pub fn run(argv: &[String]) -> Outcome {
     let mut names: Vec<String> = Vec::new();
     let mut json = false;
@@ -182,27 +227,10 @@ pub fn rows(env: &Env, mut names: Vec<String>, explicit: bool, cmd: &str) -> (Ve
             }
             continue;
         };
-        let mut state = state_name(letters).to_string();
-        let xs = format!("/local/domain/{id}");
-        let (ready, ip, stats_line) = match xen::read_all(&[
-            &format!("{xs}/data/ready"),
-            &format!("{xs}/data/ip"),
-            &format!("{xs}/data/stats"),
-        ]) {
-            Some(v) => (true, v[1].clone(), Some(v[2].clone())),
-            None => (
-                xen::read(&format!("{xs}/data/ready")).is_some(),
-                xen::read(&format!("{xs}/data/ip")).unwrap_or_else(|| field("ip")),
-                xen::read(&format!("{xs}/data/stats")),
-            ),
-        };
-        if state == "running" && !ready {
-            state = "starting".into();
-        } else if state == "running" && xen::read(&format!("{xs}/data/draining")).is_some() {
-            // Stopping: listeners closed, its connections finishing.
-            state = "draining".into();
-        }
-        let (stats, malformed) = match stats_line.as_deref().map(Counters::parse) {
+        let guest = Guest::read(*id, xen::read_each);
+        let state = live_state(letters, &guest);
+        let ip = guest.ip.unwrap_or_else(|| field("ip"));
+        let (stats, malformed) = match guest.stats.as_deref().map(Counters::parse) {
             Some(Ok(c)) => (Some(c), None),
             Some(Err(why)) => {
                 eprintln!("miniproxy {cmd}: {n}: data/stats does not parse: {why}");
@@ -227,7 +255,103 @@ pub fn rows(env: &Env, mut names: Vec<String>, explicit: bool, cmd: &str) -> (Ve
 
 #[cfg(test)]
 mod tests {
-    use super::state_name;
+    use super::{live_state, state_name, Guest};
+    use crate::xenstore::{fake, NO_TX};
+
+    fn guest(ip: &str, stats: Option<&str>, draining: bool) -> Guest {
+        Guest {
+            ready: true,
+            ip: Some(ip.into()),
+            stats: stats.map(String::from),
+            draining,
+        }
+    }
+
+    /// Domains 1..=3 as a fake xenstored serves them, ready (1 without
+    /// stats), those in `draining` draining: what `list` reads of each, the
+    /// requests and the round trips it took.
+    fn listed(draining: &[u32]) -> (Vec<Guest>, usize, u32) {
+        let mut nodes = vec![
+            ("/local/domain/1/data/ready", "1"),
+            ("/local/domain/1/data/ip", "10.0.0.1/24"),
+            ("/local/domain/2/data/ready", "1"),
+            ("/local/domain/2/data/ip", "10.0.0.2/24"),
+            ("/local/domain/2/data/stats", "px_accepted=2"),
+            ("/local/domain/3/data/ready", "1"),
+            ("/local/domain/3/data/ip", "10.0.0.3/24"),
+            ("/local/domain/3/data/stats", "px_accepted=3"),
+        ];
+        let keys: Vec<String> = draining
+            .iter()
+            .map(|id| format!("/local/domain/{id}/data/draining"))
+            .collect();
+        nodes.extend(keys.iter().map(|k| (k.as_str(), "10000")));
+        let (mut xs, h) = fake::serve(fake::State::with(&nodes));
+        let guests = (1..=3)
+            .map(|id| Guest::read(id, |p| xs.read_many(NO_TX, p).unwrap()))
+            .collect();
+        drop(xs);
+        let st = h.join().unwrap();
+        (guests, st.log.len(), st.rounds)
+    }
+
+    #[test]
+    fn each_guest_costs_one_round_trip_however_many_drain() {
+        for draining in [&[][..], &[2], &[1, 2, 3]] {
+            let (guests, requests, round_trips) = listed(draining);
+            let want: Vec<Guest> = [
+                guest("10.0.0.1/24", None, false),
+                guest("10.0.0.2/24", Some("px_accepted=2"), false),
+                guest("10.0.0.3/24", Some("px_accepted=3"), false),
+            ]
+            .into_iter()
+            .zip(1..)
+            .map(|(g, id)| Guest {
+                draining: draining.contains(&id),
+                ..g
+            })
+            .collect();
+            assert_eq!(guests, want, "draining {draining:?}");
+            assert_eq!((requests, round_trips), (12, 3), "draining {draining:?}");
+        }
+    }
+
+    /// The fake's count is of round trips, not requests: the same keys
+    /// read one by one take one each.
+    #[test]
+    fn reading_the_keys_one_by_one_counts_a_round_trip_each() {
+        let (mut xs, h) = fake::serve(fake::State::with(&[("/local/domain/1/data/ready", "1")]));
+        let g = Guest::read(1, |p| {
+            p.iter().map(|p| xs.read(NO_TX, p).unwrap()).collect()
+        });
+        drop(xs);
+        assert_eq!(
+            g,
+            Guest {
+                ready: true,
+                ..Guest::default()
+            }
+        );
+        assert_eq!(h.join().unwrap().rounds, 4);
+    }
+
+    #[test]
+    fn a_running_guest_is_starting_until_ready_and_draining_once_it_says_so() {
+        let ready = guest("10.0.0.1/24", None, false);
+        let draining = guest("10.0.0.1/24", None, true);
+        assert_eq!(live_state("-b----", &ready), "running");
+        assert_eq!(live_state("-b----", &draining), "draining");
+        // Not ready yet: starting, whatever else it says.
+        assert_eq!(live_state("r-----", &Guest::default()), "starting");
+        let early = Guest {
+            draining: true,
+            ..Guest::default()
+        };
+        assert_eq!(live_state("r-----", &early), "starting");
+        // A domain that is not running keeps its own state.
+        assert_eq!(live_state("--p---", &draining), "paused");
+        assert_eq!(live_state("---sc-", &Guest::default()), "crashed");
+    }
 
     #[test]
     fn state_letters_name_the_state_and_a_runnable_domain_is_running() {

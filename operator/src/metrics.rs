@@ -10,10 +10,11 @@
 //! netfront writes a key the table does not map, so a guest built from this
 //! tree never has unmapped keys.
 
+use crate::args::flags::{self, Arg, Flag};
 use crate::env::{self, Env};
 use crate::list::{rows, Row};
 use crate::stats::Counters;
-use crate::{bad, fail, Outcome};
+use crate::{fail, Outcome};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -352,26 +353,16 @@ pub fn write_textfile(dir: &Path, text: &str) -> Result<(), String> {
     })
 }
 
+/// `--textfile DIR` or `--textfile=DIR`.
+const FLAGS: &[Flag] = &[Flag::value("--textfile", "a directory")];
+
 pub fn run(argv: &[String]) -> Outcome {
     let mut textfile: Option<String> = None;
-    let mut i = 0;
-    while i < argv.len() {
-        let a = argv[i].as_str();
-        i += 1;
-        match a {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
-            "--textfile" => {
-                let Some(v) = argv.get(i) else {
-                    return bad("--textfile needs a directory");
-                };
-                textfile = Some(v.clone());
-                i += 1;
-            }
-            o if o.starts_with("--textfile=") => textfile = Some(o["--textfile=".len()..].into()),
-            o => return bad(format!("unknown argument '{o}'")),
+    for arg in flags::parse(argv, FLAGS, false) {
+        match arg? {
+            Arg::Help => return flags::help(USAGE),
+            Arg::Value(_, dir) => textfile = Some(dir.into()),
+            a => unreachable!("not a flag of metrics: {a:?}"),
         }
     }
     if let Some(dir) = &textfile {

@@ -12,6 +12,7 @@
 //! never take the same one, and starts a detached `pool fill --refill`.
 //! `RUN_DIR/pool/.fill.lock`: one fill at a time.
 
+use crate::args::flags::{self, Arg, Flag};
 use crate::args::{self, Mode, Spawn};
 use crate::env::{self, Env};
 use crate::json::Object;
@@ -229,6 +230,15 @@ pub fn members(pool: &Env, with_states: bool) -> Vec<Member> {
     out
 }
 
+/// Every subcommand's flags: `--json`.
+const FLAGS: &[Flag] = &[Flag::switch("--json")];
+/// fill's: also `--refill` and `--memory MB` (no `--memory=MB`).
+const FILL_FLAGS: &[Flag] = &[
+    Flag::switch("--json"),
+    Flag::switch("--refill"),
+    Flag::value("--memory", "a value").separate(),
+];
+
 pub fn run(argv: &[String]) -> Outcome {
     let (sub, rest) = match argv.split_first() {
         None => return bad("which? fill N, status or drain"),
@@ -238,37 +248,22 @@ pub fn run(argv: &[String]) -> Outcome {
     let mut refill = false;
     let mut memory: Option<u32> = None;
     let mut n: Option<usize> = None;
-    let mut i = 0;
-    while i < rest.len() {
-        let a = rest[i].as_str();
-        i += 1;
-        match a {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
-            "--json" => json = true,
-            "--refill" if sub == "fill" => refill = true,
-            "--memory" if sub == "fill" => {
-                let Some(v) = rest.get(i) else {
-                    return bad("--memory needs a value");
-                };
-                i += 1;
-                memory = Some(args::parse_memory(v)?);
-            }
-            o if o.starts_with('-') => return bad(format!("unknown option '{o}'")),
-            v if sub == "fill" && n.is_none() => match v.parse::<usize>() {
+    let filling = sub == "fill";
+    for arg in flags::parse(rest, if filling { FILL_FLAGS } else { FLAGS }, true) {
+        match arg? {
+            Arg::Help => return flags::help(USAGE),
+            Arg::Switch("--json") => json = true,
+            Arg::Switch(_) => refill = true, // fill's other one
+            Arg::Value(_, mb) => memory = Some(args::parse_memory(mb)?),
+            Arg::Word(v) if filling && n.is_none() => match v.parse::<usize>() {
                 Ok(k) if k <= 1000 && !v.starts_with('+') => n = Some(k),
                 _ => return bad(format!("bad pool size '{v}': expected 0..1000")),
             },
-            v => return bad(format!("unexpected argument '{v}'")),
+            Arg::Word(v) => return bad(format!("unexpected argument '{v}'")),
         }
     }
     match sub {
-        "-h" | "--help" => {
-            print!("{USAGE}");
-            Ok(())
-        }
+        "-h" | "--help" => flags::help(USAGE),
         "fill" => {
             if n.is_none() && !refill {
                 return bad("fill needs the pool's size N");

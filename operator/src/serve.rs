@@ -96,27 +96,15 @@ impl Drop for Busy {
 const STOP_WAIT: Duration = Duration::from_secs(120);
 
 pub fn run(argv: &[String]) -> Outcome {
+    use args::flags;
+    /// `--socket PATH` or `--socket=PATH`, the path not empty.
+    const FLAGS: &[flags::Flag] = &[flags::Flag::value("--socket", "a value").nonempty()];
     let mut socket: Option<PathBuf> = None;
-    let mut i = 0;
-    while i < argv.len() {
-        let a = argv[i].as_str();
-        i += 1;
-        match a {
-            "-h" | "--help" => {
-                print!("{}", usage());
-                return Ok(());
-            }
-            "--socket" => {
-                let Some(v) = argv.get(i).filter(|v| !v.is_empty()) else {
-                    return bad("--socket needs a value");
-                };
-                socket = Some(v.into());
-                i += 1;
-            }
-            o if o.starts_with("--socket=") && o.len() > "--socket=".len() => {
-                socket = Some(o["--socket=".len()..].into());
-            }
-            o => return bad(format!("unknown argument '{o}'")),
+    for arg in flags::parse(argv, FLAGS, false) {
+        match arg? {
+            flags::Arg::Help => return flags::help(&usage()),
+            flags::Arg::Value(_, path) => socket = Some(path.into()),
+            a => unreachable!("not a flag of serve: {a:?}"),
         }
     }
     let env = Env::load();

@@ -153,6 +153,11 @@ pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
     if let Some(values) = direct {
         return values;
     }
+    xenstore_read(paths)
+}
+
+/// `xenstore-read PATHS`: every value, or None if one is missing.
+fn xenstore_read(paths: &[&str]) -> Option<Vec<String>> {
     match run("xenstore-read", paths) {
         (Some(0), out) => {
             let mut v: Vec<String> = out.lines().map(String::from).collect();
@@ -162,6 +167,20 @@ pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
         }
         _ => None,
     }
+}
+
+/// Every path's value (`None`: no such node), missing ones included:
+/// asked of xenstored in one round trip (its requests pipelined,
+/// [`Xs::read_many`]), else one xenstore-read per path (the command
+/// fails the lot when one path is missing).
+pub fn read_each(paths: &[&str]) -> Vec<Option<String>> {
+    if let Some(values) = with_xenstored(|xs| xs.read_many(NO_TX, paths)) {
+        return values;
+    }
+    paths
+        .iter()
+        .map(|p| xenstore_read(&[p]).and_then(|mut v| v.pop()))
+        .collect()
 }
 
 pub fn read(path: &str) -> Option<String> {

@@ -12,7 +12,7 @@ mod link;
 pub mod wire;
 
 #[cfg(test)]
-mod fake;
+pub mod fake;
 #[cfg(test)]
 mod tests;
 

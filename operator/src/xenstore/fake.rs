@@ -6,7 +6,7 @@
 use super::wire::{self, Header, HEADER_LEN};
 use super::Xs;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,6 +24,10 @@ pub struct State {
     pub guest: Option<(String, Vec<(String, String)>)>,
     /// Every request: (type, first string of its payload, tx id).
     pub log: Vec<(u32, String, u32)>,
+    /// Round trips: requests that found nothing of the client's left to
+    /// read, so it had waited for every reply before sending (a pipelined
+    /// batch, one send of a few KiB, arrives whole and counts once).
+    pub rounds: u32,
     watches: Vec<(String, String)>,
     txs: BTreeMap<u32, Vec<Change>>,
     next_tx: u32,
@@ -60,7 +64,7 @@ pub fn scripted(script: impl FnOnce(UnixStream) + Send + 'static) -> (Xs, JoinHa
 }
 
 /// Read one request from the client end (None: it closed).
-pub fn read_request(s: &mut UnixStream) -> Option<(Header, Vec<u8>)> {
+pub fn read_request(s: &mut impl Read) -> Option<(Header, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
     s.read_exact(&mut h).ok()?;
     let h = Header::decode(&h).ok()?;
@@ -121,7 +125,13 @@ fn commit(s: &mut UnixStream, st: &mut State, changes: Vec<Change>) {
 }
 
 fn run(mut s: UnixStream, mut st: State) -> State {
-    while let Some((h, p)) = read_request(&mut s) {
+    let mut input = BufReader::new(s.try_clone().unwrap());
+    loop {
+        let waited = input.buffer().is_empty();
+        let Some((h, p)) = read_request(&mut input) else {
+            break;
+        };
+        st.rounds += u32::from(waited);
         let parts: Vec<String> = p
             .split(|b| *b == 0)
             .map(|x| String::from_utf8_lossy(x).into_owned())
