@@ -66,7 +66,8 @@ struct Shared {
     /// Loaded once, before any thread (Env::load changes PATH).
     env: Env,
     /// Open xenstored connections no request uses now: a spawn takes one
-    /// (or opens one) and puts it back clean ([`Xs::unwatch_all`]).
+    /// (or opens one) and puts it back, its watches released
+    /// ([`Xs::release_watches`]).
     idle: Mutex<Vec<Xs>>,
     /// Requests and refills at work: SIGTERM waits for them.
     busy: Arc<AtomicUsize>,
@@ -302,11 +303,11 @@ fn serve_spawn(shared: &Shared, env: &Env, argv: &[String]) -> Result<String, Fa
     let mut xs = idle().pop();
     let refill = |env: &Env| pool::refill_in_thread(env, Busy::new(&shared.busy));
     let result = spawn::spawn(env, &s, &mut xs, &refill);
-    // A connection that broke, or cannot drop its watches, is closed.
-    if let Some(mut x) = xs {
-        if x.usable() && x.unwatch_all().is_ok() {
-            idle().push(x);
-        }
+    // A connection that broke is closed. Its watches go with its next
+    // request (no round trip here, before the reply).
+    if let Some(mut x) = xs.filter(Xs::usable) {
+        x.release_watches();
+        idle().push(x);
     }
     result
 }
