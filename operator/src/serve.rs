@@ -50,7 +50,8 @@ connection may carry many requests, one after another; each connection has
 its own thread, and spawns lock against each other and the CLI's as the
 CLI's do. An empty or non-UTF-8 line is rc=2; one over {max} bytes is rc=2
 and closes the connection.
-From bash, one connection for many requests:
+One request from a shell: 'miniproxy ask WORD...' (no relay process; see
+'miniproxy ask --help'). From bash, one connection for many requests:
   coproc MP {{ socat - UNIX-CONNECT:{run}/serve.sock; }}
   printf 'spawn\\t--name\\tc1\\t...\\n' >&\"${{MP[1]}}\"; read -r reply <&\"${{MP[0]}}\"
 Its stderr: errors, the refills' messages and, with MINIPROXY_TRACE=1,

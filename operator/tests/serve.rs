@@ -406,3 +406,93 @@ fn a_member_that_refuses_its_configuration_is_an_rc1_reply() {
     let line = c.ask(&warm_spawn("a", "10.0.0.5/24"));
     assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
 }
+
+#[test]
+fn ask_sends_one_request_and_exits_with_the_replys_status() {
+    let r = Rig::new("serve-ask");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+    let ask = |words: &[&str]| {
+        let mut a = vec!["ask"];
+        a.extend_from_slice(words);
+        r.run(&a)
+    };
+
+    // A warm spawn, its --extra value's space kept within one word.
+    let mut words = vec!["--timing"];
+    words.extend(warm_spawn("a", "10.0.0.5/24"));
+    words.extend(["--extra", "idle_exit=10m max_conns=32"]);
+    let o = ask(&words);
+    assert_eq!(o.status.code(), Some(0), "{}{}", err(&o), d.stderr());
+    let line = out(&o);
+    assert!(
+        line.starts_with("spawned name=a domid=1 ") && line.contains(" how=warm ask_us="),
+        "{line}"
+    );
+    let us: u64 = line
+        .trim_end()
+        .rsplit("ask_us=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(us > 0, "{line}");
+    let key = std::fs::read_to_string(r.dir.join("xs/local/domain/1/miniproxy/config")).unwrap();
+    assert!(
+        key.contains(" idle_exit=10m") && key.contains(" max_conns=32"),
+        "{key}"
+    );
+
+    // The reply's status is the exit status; the line is printed as is.
+    let o = ask(&["spawn", "--name", "b", "--mode", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        out(&o).starts_with("error rc=2 bad mode 'sideways'"),
+        "{}",
+        out(&o)
+    );
+    let o = ask(&["stop", "nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out(&o), "error rc=1 no instance named 'nobody'\n");
+    let o = ask(&["stop", "a"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        out(&o).starts_with("stopped name=a domid=1 "),
+        "{}",
+        out(&o)
+    );
+
+    // Bad invocations: 2, nothing sent.
+    for bad in [
+        &[][..],
+        &["--timing"][..],
+        &["--bogus", "stop"][..],
+        &["stop", "a\tb"][..],
+    ] {
+        let o = ask(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", err(&o));
+        assert!(out(&o).is_empty());
+    }
+    assert!(out(&ask(&["--help"]))
+        .starts_with("Usage: miniproxy ask [--socket PATH] [--timing] WORD...\n"));
+    // "--" ends the options: a request word may start with a dash.
+    let o = ask(&["--", "--timing"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        out(&o).starts_with("error rc=2 '--timing' is not served"),
+        "{}",
+        out(&o)
+    );
+
+    // No daemon there: 1, with a message.
+    let gone = r.dir.join("run/nobody.sock");
+    let o = ask(&["--socket", gone.to_str().unwrap(), "stop", "a"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("cannot reach the resident spawner at"),
+        "{}",
+        err(&o)
+    );
+    drop(d);
+}
