@@ -9,6 +9,7 @@
 mod args;
 mod ask;
 mod env;
+mod filecache;
 mod json;
 mod libvirt;
 mod list;

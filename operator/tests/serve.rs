@@ -25,9 +25,15 @@ struct Daemon {
 impl Daemon {
     /// Start it in the rig and wait for its `serving socket=...` line.
     fn start(r: &Rig) -> Daemon {
+        Daemon::start_with(r, &[])
+    }
+
+    /// The same with more environment variables.
+    fn start_with(r: &Rig, vars: &[(&str, &std::path::Path)]) -> Daemon {
         let stderr = r.dir.join("serve.err");
         let mut child = r
             .cmd(env!("CARGO_BIN_EXE_miniproxy-operator"))
+            .envs(vars.iter().copied())
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -495,4 +501,31 @@ fn ask_sends_one_request_and_exits_with_the_replys_status() {
         err(&o)
     );
     drop(d);
+}
+
+/// The daemon keeps the template it read while the file is unchanged
+/// (crate::filecache): an edit between two spawns shows in the second's
+/// config.
+#[test]
+fn a_template_changed_while_the_daemon_runs_is_used() {
+    let r = Rig::new("serve-tpl");
+    let tpl = r.dir.join("template.cfg");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
+    let text = std::fs::read_to_string(repo).unwrap();
+    std::fs::write(&tpl, format!("{text}# edition one\n")).unwrap();
+    let d = Daemon::start_with(&r, &[("MINIPROXY_TEMPLATE", &tpl)]);
+    let mut c = d.connect();
+    let line = c.ask(&spawn_args("a", "10.0.0.5/24", &[]));
+    assert!(line.starts_with("spawned name=a "), "{line}{}", d.stderr());
+    let cfg = |n: &str| std::fs::read_to_string(r.dir.join(format!("run/{n}.cfg"))).unwrap();
+    assert!(cfg("a").contains("# edition one\n"));
+    // The same length, rewritten in place.
+    std::fs::write(&tpl, format!("{text}# edition two\n")).unwrap();
+    let line = c.ask(&spawn_args("b", "10.0.0.6/24", &[]));
+    assert!(line.starts_with("spawned name=b "), "{line}{}", d.stderr());
+    assert!(cfg("b").contains("# edition two\n"), "{}", cfg("b"));
+    // Gone: the spawn fails, as the CLI's would.
+    std::fs::remove_file(&tpl).unwrap();
+    let line = c.ask(&spawn_args("c", "10.0.0.7/24", &[]));
+    assert!(line.starts_with("error rc=1 "), "{line}");
 }
