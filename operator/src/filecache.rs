@@ -7,7 +7,10 @@
 //! in place changes ctime even when it keeps the length and resets the
 //! mtime, a replacement by rename changes the inode); otherwise it is read
 //! and checked again. The CLI, one spawn per process, gains nothing and
-//! loses one stat.
+//! loses one stat. File times tick with the kernel's coarse clock (a few
+//! ms): a rewrite in place that keeps the length within that tick of the
+//! read that filled the entry would go unseen, which is why this is for
+//! files an operator edits by hand, not for the records spawns write.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -35,6 +38,10 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     })
 }
 
+/// Entries a cache holds at most: --kernel may name a new file each
+/// request; past this the cache starts again, empty.
+const MAX_ENTRIES: usize = 64;
+
 static TEXTS: Mutex<Option<HashMap<PathBuf, (Stamp, String)>>> = Mutex::new(None);
 static READABLE: Mutex<Option<HashMap<PathBuf, Stamp>>> = Mutex::new(None);
 
@@ -52,6 +59,9 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;
     // Kept only if nothing changed while it was read.
     if stamp(path).ok() == Some(before) {
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
         map.insert(path.to_path_buf(), (before, text.clone()));
     } else {
         map.remove(path);
@@ -72,6 +82,9 @@ pub fn readable_file(path: &Path) -> bool {
     }
     let ok = path.is_file() && std::fs::File::open(path).is_ok();
     if ok {
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
         map.insert(path.to_path_buf(), now);
     } else {
         map.remove(path);
