@@ -529,3 +529,53 @@ fn a_template_changed_while_the_daemon_runs_is_used() {
     let line = c.ask(&spawn_args("c", "10.0.0.7/24", &[]));
     assert!(line.starts_with("error rc=1 "), "{line}");
 }
+
+/// The daemon's warm spawn, counted by the rig's xenstored: four round
+/// trips on its connection, the previous spawn's watch removed in the
+/// first of them (not before the previous reply), no look at data/ready
+/// before the guest can have written it.
+#[test]
+fn a_warm_spawn_of_the_daemon_costs_four_round_trips() {
+    const WATCH: &str = "4";
+    const UNWATCH: &str = "5";
+    const START: &str = "6";
+    let r = Rig::new("serve-rounds");
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+    let mut c = d.connect();
+    let rounds = || std::fs::read_to_string(r.dir.join("xenstored.rounds")).unwrap_or_default();
+    let line = c.ask(&warm_spawn("a", "10.0.0.5/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+    // The daemon's connection: the one that started a transaction.
+    let log = rounds();
+    let conn = log
+        .lines()
+        .find(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|t| t.split(',').any(|t| t == START))
+        })
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+    let on_conn = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.split(' ').next() == Some(conn.as_str()))
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let first = on_conn(&log);
+    assert_eq!(first.len(), 4, "{first:?}");
+    assert_eq!(first[0], format!("{WATCH},{START}"));
+    let before = first.len();
+    let line = c.ask(&warm_spawn("b", "10.0.0.6/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+    let all = on_conn(&rounds());
+    let second = &all[before..];
+    assert_eq!(second.len(), 4, "{second:?}");
+    assert_eq!(second[0], format!("{UNWATCH},{WATCH},{START}"));
+    assert!(second[1].starts_with("1,"), "the checks: {second:?}");
+    assert_eq!(second[2], "11,14,11,11,7", "the writes and the commit");
+    assert_eq!(second[3], "2,2,2", "ready, data/pool, data/ip");
+}
