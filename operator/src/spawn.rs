@@ -68,7 +68,8 @@ instead of creating a domain: it writes the line to the member's
 /local/domain/ID/miniproxy/config, renames it to NAME, waits for ready and
 starts the refill in the background ('pool fill --refill'; a thread of
 'miniproxy serve' for its spawns) (how=warm; wait_ms is then the wait
-for the global lock, create_ms the hand-over, guest_us the member's own time
+for the global lock, create_ms the hand-over (its checks, the key and the
+rename: one xenstore transaction), guest_us the member's own time
 from its configuration to ready). Otherwise, or with an empty pool, how=cold.
 --via libvirt is always cold.
 'miniproxy serve' takes spawn requests over a Unix socket: no process per
