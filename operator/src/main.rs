@@ -7,7 +7,9 @@
 //! line on stdout (`--json`: one JSON object per line).
 
 mod args;
+mod ask;
 mod env;
+mod filecache;
 mod json;
 mod libvirt;
 mod list;
@@ -61,6 +63,8 @@ const USAGE: &str =
           that spawn hands a configuration: how=warm)
   serve   a resident spawner: spawn and stop requests over a Unix socket,
           answered without starting a process per request
+  ask     send one request to the resident spawner, print its reply, exit
+          with its status
 `miniproxy COMMAND --help` describes each. Exit status 0 on success, 1 when
 an operation failed, 2 for a bad invocation; errors go to stderr.
 Files: the template (MINIPROXY_TEMPLATE, or xl-configs/template.cfg of the
@@ -85,7 +89,14 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // ask's success carries the reply's own status (0, 1 or 2).
+    let mut status = 0;
     let (name, result) = match cmd.as_str() {
+        "ask" => {
+            let (r, n) = ask::main(rest);
+            status = n;
+            ("ask", r)
+        }
         "spawn" => ("spawn", spawn::run(rest)),
         "list" => ("list", list::run(rest)),
         "stop" => ("stop", stop::run(rest)),
@@ -96,7 +107,7 @@ fn main() -> ExitCode {
         other => (
             "",
             bad(format!(
-                "unknown command '{other}' (spawn, list, stop, metrics, pool, serve)"
+                "unknown command '{other}' (spawn, list, stop, metrics, pool, serve, ask)"
             )),
         ),
     };
@@ -106,7 +117,7 @@ fn main() -> ExitCode {
         format!("{PROG} {name}")
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(status),
         Err(Failure::Bad(msg)) => {
             eprintln!("{prefix}: {msg}");
             let see = if name.is_empty() {
@@ -134,6 +145,7 @@ fn help(rest: &[String]) -> Outcome {
         Some("metrics") => print!("{}", metrics::USAGE),
         Some("pool") => print!("{}", pool::USAGE),
         Some("serve") => print!("{}", serve::usage()),
+        Some("ask") => print!("{}", ask::usage()),
         Some(other) => return bad(format!("no command '{other}'")),
     }
     Ok(())

@@ -50,7 +50,8 @@ connection may carry many requests, one after another; each connection has
 its own thread, and spawns lock against each other and the CLI's as the
 CLI's do. An empty or non-UTF-8 line is rc=2; one over {max} bytes is rc=2
 and closes the connection.
-From bash, one connection for many requests:
+One request from a shell: 'miniproxy ask WORD...' (no relay process; see
+'miniproxy ask --help'). From bash, one connection for many requests:
   coproc MP {{ socat - UNIX-CONNECT:{run}/serve.sock; }}
   printf 'spawn\\t--name\\tc1\\t...\\n' >&\"${{MP[1]}}\"; read -r reply <&\"${{MP[0]}}\"
 Its stderr: errors, the refills' messages and, with MINIPROXY_TRACE=1,
@@ -66,7 +67,8 @@ struct Shared {
     /// Loaded once, before any thread (Env::load changes PATH).
     env: Env,
     /// Open xenstored connections no request uses now: a spawn takes one
-    /// (or opens one) and puts it back clean ([`Xs::unwatch_all`]).
+    /// (or opens one) and puts it back, its watches released
+    /// ([`Xs::release_watches`]).
     idle: Mutex<Vec<Xs>>,
     /// Requests and refills at work: SIGTERM waits for them.
     busy: Arc<AtomicUsize>,
@@ -290,11 +292,11 @@ fn serve_spawn(shared: &Shared, env: &Env, argv: &[String]) -> Result<String, Fa
     let mut xs = idle().pop();
     let refill = |env: &Env| pool::refill_in_thread(env, Busy::new(&shared.busy));
     let result = spawn::spawn(env, &s, &mut xs, &refill);
-    // A connection that broke, or cannot drop its watches, is closed.
-    if let Some(mut x) = xs {
-        if x.usable() && x.unwatch_all().is_ok() {
-            idle().push(x);
-        }
+    // A connection that broke is closed. Its watches go with its next
+    // request (no round trip here, before the reply).
+    if let Some(mut x) = xs.filter(Xs::usable) {
+        x.release_watches();
+        idle().push(x);
     }
     result
 }

@@ -68,7 +68,8 @@ instead of creating a domain: it writes the line to the member's
 /local/domain/ID/miniproxy/config, renames it to NAME, waits for ready and
 starts the refill in the background ('pool fill --refill'; a thread of
 'miniproxy serve' for its spawns) (how=warm; wait_ms is then the wait
-for the global lock, create_ms the hand-over, guest_us the member's own time
+for the global lock, create_ms the hand-over (its checks, the key and the
+rename: one xenstore transaction), guest_us the member's own time
 from its configuration to ready). Otherwise, or with an empty pool, how=cold.
 --via libvirt is always cold.
 'miniproxy serve' takes spawn requests over a Unix socket: no process per
@@ -179,6 +180,20 @@ pub fn run(argv: &[String]) -> Outcome {
     Ok(())
 }
 
+/// env::need_root, its success kept by the process while the xl it found
+/// is still there (one stat): the effective user does not change, and
+/// reading /proc and searching PATH again costs the daemon each request.
+fn need_root_once() -> Result<(), Failure> {
+    static XL: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut xl = XL.lock().unwrap_or_else(|p| p.into_inner());
+    if xl.as_deref().is_some_and(Path::is_file) {
+        return Ok(());
+    }
+    env::need_root()?;
+    *xl = env::find_in_path("xl");
+    Ok(())
+}
+
 /// Spawn `s`: its result line (or JSON object), not printed. `xs`: the
 /// connection to xenstored the warm path uses (opened into it when the
 /// spawn may take a pool member and it is `None`; the daemon passes its
@@ -193,7 +208,7 @@ pub fn spawn(
     let kernel = match &s.kernel {
         Some(k) => {
             let p = PathBuf::from(k);
-            if !p.is_file() || std::fs::File::open(&p).is_err() {
+            if !crate::filecache::readable_file(&p) {
                 return fail(format!("kernel '{k}' not found (or not readable)"));
             }
             p
@@ -224,12 +239,14 @@ pub fn spawn(
             .ok_or("no template found: set MINIPROXY_TEMPLATE_XML (xl-configs/template.xml)"),
     }
     .or_else(fail)?;
-    let template = std::fs::read_to_string(&template_path)
+    // Kept by the process while unchanged (crate::filecache): the daemon's
+    // spawns do not read it again.
+    let template = crate::filecache::read_text(&template_path)
         .or_else(|e| fail(format!("cannot read {}: {e}", template_path.display())))?;
     let (queue_ms, queue_text) = env::queue_timeout()?;
     let parallel = env::parallel_set()?;
 
-    env::need_root()?;
+    need_root_once()?;
     if via == Via::Libvirt {
         libvirt::need_virsh()?;
     }

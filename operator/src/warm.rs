@@ -8,17 +8,23 @@ use crate::render::{self, Values};
 use crate::spawn::{
     console_since, console_size, destroy, forget, ip_in_use, records, spawned_line, utc_now,
 };
-use crate::xenstore::{self, Req, Xs, NO_TX};
+use crate::xenstore::{self, Req, Xs, XsError, NO_TX};
 use crate::{fail, lock, pool, xen, Failure};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The warm path, on `xs` (the spawn's connection to xenstored): take a
-/// waiting pool member (under the global lock, with the same address check
-/// as a cold spawn), write its configuration key and rename it to NAME (one
-/// xenstore transaction), wait for ready. `None`: no member fits (the
-/// caller goes cold). The pool refills in the background (`refill`).
-/// Returns the result line.
+/// The warm path, on `xs` (the spawn's connection to xenstored): under the
+/// global lock, in one xenstore transaction, check that NAME is free, the
+/// address too (as a cold spawn does) and a pool member still waits, then
+/// write its configuration key and rename it to NAME; wait for ready.
+/// `None`: no member fits (the caller goes cold). The pool refills in the
+/// background (`refill`). Returns the result line.
+///
+/// Round trips to xenstored (each 10-35 ms in a dom0 under TCG): the ready
+/// watch with the transaction's start, every check in one batch within
+/// it, the writes with the commit, then the look after the watch fires
+/// (warm/tests.rs counts them).
 pub fn warm(
     env: &Env,
     s: &Spawn,
@@ -33,16 +39,36 @@ pub fn warm(
         .or_else(|e| fail(format!("the configuration does not parse: {e}")))?;
     let w0 = env.ms();
     let global = env.path(".lock");
-    let known: Vec<u32>;
-    let taken = {
+    let (taken, con0, wait_ms, handoff_ms) = {
         let _global = match lock::take_within(&global, Duration::from_millis(s.timeout_ms)) {
             Ok(Some(f)) => f,
             _ => return fail(format!("could not take {} (--timeout)", global.display())),
         };
+        let wait_ms = env.ms() - w0;
         let cands = pool::candidates(env, s.memory, &cfg);
-        let looked = match look(xs, name, &cands) {
-            Ok(l) => l,
-            Err(e) => {
+        let h0 = env.ms();
+        let (member, con0) = match hand_over(env, xs, s, &cands) {
+            Ok(m) => m,
+            Err(Stop::InUse(id)) => {
+                return fail(format!("name '{name}' is in use: domain {id} exists"))
+            }
+            Err(Stop::Address(other)) => {
+                let addr = s.ip.split('/').next().unwrap_or("");
+                return fail(format!("address {addr} is in use by instance '{other}'"));
+            }
+            Err(Stop::NoMember) => return Ok(None),
+            Err(Stop::HandOver(m, e)) => {
+                // As a member that fails after it was taken: out of the
+                // pool, destroyed.
+                pool::take(env, &m);
+                destroy(env, name, &m.domid.to_string());
+                forget(env, name);
+                return fail(format!(
+                    "{name} (pool member {}, domain {}): handing over the configuration: {e}; destroyed it",
+                    m.name, m.domid
+                ));
+            }
+            Err(Stop::Xs(e)) => {
                 // Go cold, with the name checked the way a cold spawn does.
                 env.trace(&format!("{e}: no warm spawn"));
                 if let Some(id) = xen::domid_of(name) {
@@ -51,52 +77,22 @@ pub fn warm(
                 return Ok(None);
             }
         };
-        if let Some(id) = looked.in_use {
-            return fail(format!("name '{name}' is in use: domain {id} exists"));
+        let handoff_ms = env.ms() - h0;
+        env.trace(&format!(
+            "configuration written, pool member {} (domain {}) renamed to {name}",
+            member.name, member.domid
+        ));
+        // The domain is NAME's now: its records follow, still under the
+        // lock (no other spawn looks at the member meanwhile).
+        if let Err(e) = records_of(env, s, kernel, (template, template_path), &member) {
+            destroy(env, name, &member.domid.to_string());
+            forget(env, name);
+            return Err(e);
         }
-        env.trace("name is free");
-        let records = records(env);
-        if let Some(other) = ip_in_use(env, s, &records) {
-            let addr = s.ip.split('/').next().unwrap_or("");
-            return fail(format!("address {addr} is in use by instance '{other}'"));
-        }
-        known = looked.ids;
-        let member = match looked.member {
-            Some(m) => Some(m),
-            None => first_waiting(env, xs, cands.get(1..).unwrap_or_default()),
-        };
-        let Some(member) = member else {
-            return Ok(None);
-        };
-        pool::take(env, &member);
-        // NAME's record, as a cold spawn writes it (the member's MAC).
-        let v = Values {
-            spawn: s,
-            kernel,
-            bridge: &env.bridge,
-            mac: &member.mac,
-            vif_script: &env.vif_script,
-        };
-        let when = format!("{} (warm: pool member {})", utc_now(), member.name);
-        let text = render::render(template, &template_path.display().to_string(), &when, &v)
-            .or_else(fail)?;
-        forget(env, name);
-        std::fs::write(env.path(&format!("{name}.cfg")), text)
-            .or_else(|e| fail(format!("cannot write {name}.cfg: {e}")))?;
-        let _ = std::fs::write(
-            env.path(&format!("{name}.domid")),
-            format!("{}\n", member.domid),
-        );
-        member
+        (member, con0, wait_ms, handoff_ms)
     };
-    let wait_ms = env.ms() - w0;
     let (id, member) = (taken.domid, &taken.name);
-    env.trace(&format!("took pool member {member} (domain {id})"));
     let deadline_ms = env.ms() + s.timeout_ms;
-    let con0 = console_size(env, member);
-    let h0 = env.ms();
-    let handed = hand_over(env, xs, s, (id, member), &known);
-    let handoff_ms = env.ms() - h0;
     // The refill starts while the member configures itself: starting a
     // process (fork, exec of nice) costs dom0 tens of ms under TCG, which
     // would otherwise come after ready, before the spawn returns. It waits
@@ -104,7 +100,7 @@ pub fn warm(
     // member's first clients.
     refill(env);
     env.trace("refill started");
-    let ready = handed.and_then(|()| await_ready(env, xs, s, id, (member, con0), deadline_ms));
+    let ready = await_ready(env, xs, s, id, (member, con0), deadline_ms);
     let (pool_said, ip) = match ready {
         Ok(r) => (r.pool, r.ip),
         Err(why) => {
@@ -139,110 +135,227 @@ pub fn warm(
     )))
 }
 
+/// Take `member` out of the pool and write NAME's records as a cold spawn
+/// does (its config with the member's MAC, its domid).
+fn records_of(
+    env: &Env,
+    s: &Spawn,
+    kernel: &str,
+    (template, template_path): (&str, &Path),
+    member: &pool::Member,
+) -> Result<(), Failure> {
+    let name = &s.name;
+    pool::take(env, member);
+    let v = Values {
+        spawn: s,
+        kernel,
+        bridge: &env.bridge,
+        mac: &member.mac,
+        vif_script: &env.vif_script,
+    };
+    let when = format!("{} (warm: pool member {})", utc_now(), member.name);
+    let text =
+        render::render(template, &template_path.display().to_string(), &when, &v).or_else(fail)?;
+    forget(env, name);
+    std::fs::write(env.path(&format!("{name}.cfg")), text)
+        .or_else(|e| fail(format!("cannot write {name}.cfg: {e}")))?;
+    std::fs::write(
+        env.path(&format!("{name}.domid")),
+        format!("{}\n", member.domid),
+    )
+    .or_else(|e| fail(format!("cannot write {name}.domid: {e}")))
+}
+
 /// The token of member ID's data/ready watch.
 fn ready_token(id: u32) -> String {
     format!("miniproxy-ready-{id}")
 }
 
-/// What the spawn finds under the global lock, in one round trip after
-/// the domain list: the domain already named NAME, if any, and whether the
-/// first candidate still is its domain and waits (its data/ready watched
-/// in the same round trip, see [`watch_reqs`]).
-struct Looked {
-    /// The domains listed (the rename's transaction reads their names again).
-    ids: Vec<u32>,
-    in_use: Option<u32>,
-    member: Option<pool::Member>,
+/// Why [`hand_over`] took no member.
+enum Stop {
+    /// A domain is named NAME.
+    InUse(u32),
+    /// A live instance has the spawn's address.
+    Address(String),
+    /// No candidate is still its domain's name and waiting.
+    NoMember,
+    /// xenstore failed before the commit: the spawn goes cold.
+    Xs(XsError),
+    /// The commit (or a write sent with it) failed: the member may have
+    /// its configuration and NAME, or not.
+    HandOver(pool::Member, XsError),
 }
 
-fn look(xs: &mut Xs, name: &str, cands: &[pool::Member]) -> Result<Looked, String> {
-    let (ids, paths) = xenstore::domains_and_name_paths(xs, NO_TX)?;
-    let mut reqs: Vec<Req<'_>> = paths.iter().map(|p| Req::Read(p)).collect();
-    let keys = cands.first().map(member_keys);
-    if let Some(k) = &keys {
-        reqs.extend(watch_reqs(k));
+impl From<XsError> for Stop {
+    fn from(e: XsError) -> Stop {
+        Stop::Xs(e)
     }
-    let got = xs.batch(NO_TX, &reqs)?;
-    let name_of = |id: u32| {
-        ids.iter()
-            .position(|&n| n == id)
-            .and_then(|i| got[i].as_deref())
-    };
-    let in_use = ids
-        .iter()
-        .zip(&got)
-        .find(|(_, n)| n.as_deref() == Some(name))
-        .map(|(&id, _)| id);
-    let member = cands.first().filter(|m| {
-        name_of(m.domid) == Some(m.name.as_str()) && got[ids.len()].as_deref() == Some("waiting")
-    });
-    let member = member.cloned();
-    Ok(Looked {
-        ids,
-        in_use,
-        member,
-    })
 }
 
-/// A member's name, data/pool and data/ready keys, and its ready watch's
-/// token.
-fn member_keys(m: &pool::Member) -> [String; 4] {
+/// The domains the last spawn of this process listed: their names are
+/// read in the round trip that lists them again (a domain not among them
+/// costs one more). The daemon (crate::serve) keeps them between spawns.
+static KNOWN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A member's name, data/pool and vm keys (what the checks read), its
+/// data/ready key and its ready watch's token.
+fn member_keys(m: &pool::Member) -> [String; 5] {
     let home = format!("/local/domain/{}", m.domid);
     [
         format!("{home}/name"),
         format!("{home}/data/pool"),
+        format!("{home}/vm"),
         format!("{home}/data/ready"),
         ready_token(m.domid),
     ]
 }
 
-/// Read a member's data/pool and watch its data/ready, in one round trip
-/// (the event of the guest's write then ends the wait without polling; a
-/// member not taken keeps a watch whose events nobody waits for, until
-/// this process ends).
-fn watch_reqs(k: &[String; 4]) -> [Req<'_>; 2] {
-    [Req::Read(&k[1]), Req::Watch(&k[2], &k[3])]
-}
-
-/// The first of `cands` that is still its domain's name and says
-/// `data/pool=waiting`, asked one member at a time, each with its ready
-/// watch. A xenstore failure: none (the spawn goes cold).
-fn first_waiting(env: &Env, xs: &mut Xs, cands: &[pool::Member]) -> Option<pool::Member> {
-    for m in cands {
-        let k = member_keys(m);
-        let [state, watch] = watch_reqs(&k);
-        let got = xs
-            .batch(NO_TX, &[Req::Read(&k[0]), state, watch])
-            .map_err(|e| env.trace(&format!("{e}: no warm spawn")))
-            .ok()?;
-        if got[0].as_deref() == Some(m.name.as_str()) && got[1].as_deref() == Some("waiting") {
-            return Some(m.clone());
+/// Whether member `m` (its name, data/pool and vm as read) is still its
+/// domain's name and waits: then the /vm/UUID path its rename writes.
+fn still_waiting(env: &Env, m: &pool::Member, got: &[Option<String>]) -> Option<String> {
+    if got[0].as_deref() != Some(m.name.as_str()) || got[1].as_deref() != Some("waiting") {
+        return None;
+    }
+    match xenstore::vm_path(m.domid, got[2].clone()) {
+        Ok(vm) => Some(vm),
+        Err(e) => {
+            env.trace(&format!("pool member {}: {e}", m.name));
+            None
         }
     }
-    None
 }
 
-/// In one transaction write member ID's configuration key (dom0's,
-/// read-only for the guest: "n0 rID") and rename it from MEMBER to the
-/// spawn's name as `xl rename` does. On the spawn's one xenstored
-/// connection: no process.
+/// In one transaction (xenstore's: a concurrent change makes the commit
+/// fail and the whole run again), check that no domain is named NAME, no
+/// live instance has the spawn's address, and the first of `cands` that
+/// still has its name and says `data/pool=waiting`; write its
+/// configuration key (dom0's, read-only for the guest: "n0 rID") and
+/// rename it to NAME as `xl rename` does. Its data/ready is watched from
+/// the first round trip on (the event of the guest's write then ends the
+/// wait without polling), events before the commit dropped: the guest
+/// cannot be ready before it has its configuration. A candidate that does
+/// not wait costs one round trip (its watch and keys); one that does is
+/// the spawn's, and its watch stays until the connection's next request.
+/// The rename is libxl__domain_rename's (tools/libs/light/libxl_domain.c):
+/// NAME unused by any domain, the member still named as it was, then both
+/// /local/domain/ID/name and /vm/UUID/name (UUID from /local/domain/ID/vm,
+/// which libxl writes at create); stub device-model domains, which libxl
+/// renames along, are HVM-only. Also returns the member's console size
+/// from before the commit.
 fn hand_over(
     env: &Env,
     xs: &mut Xs,
     s: &Spawn,
-    (id, member): (u32, &str),
-    known: &[u32],
-) -> Result<(), String> {
-    let key = format!("/local/domain/{id}/miniproxy/config");
-    let reader = format!("r{id}");
-    let perms = ["n0", reader.as_str()];
-    xs.transaction(5, |xs, tx| -> Result<(), String> {
-        let with = [Req::Write(&key, &s.cfgline), Req::SetPerms(&key, &perms)];
-        xenstore::rename(xs, tx, (id, member, &s.name), &with, known)
-    })
-    .map_err(|why| format!("handing over the configuration: {why}"))?;
-    env.trace(&format!("configuration written, renamed to {}", s.name));
-    Ok(())
+    cands: &[pool::Member],
+) -> Result<(pool::Member, u64), Stop> {
+    let Some(first) = cands.first() else {
+        // Cold, with the name checked here as a cold spawn's caller expects.
+        return match xenstore::domid_of(xs, NO_TX, &s.name)? {
+            Some(id) => Err(Stop::InUse(id)),
+            None => Err(Stop::NoMember),
+        };
+    };
+    let keys = member_keys(first);
+    let watch = [Req::Watch(&keys[3], &keys[4])];
+    let mut known: Vec<u32> = KNOWN.lock().map(|k| k.clone()).unwrap_or_default();
+    for id in std::iter::once(0).chain(cands.iter().map(|m| m.domid)) {
+        if !known.contains(&id) {
+            known.push(id);
+        }
+    }
+    let name = s.name.as_str();
+    // Watches set in an attempt that met a concurrent change stay set: the
+    // next attempt does not ask again (xenstored would refuse it).
+    let mut watched = vec![first.domid];
+    let mut con0 = 0;
+    // The member whose writes went with the commit that was sent last.
+    let mut committing: Option<pool::Member> = None;
+    let taken = xs.transaction_after(&watch, 5, |xs, tx| -> Result<_, Stop> {
+        committing = None;
+        // The domain list, every known domain's name, the first
+        // candidate's keys: one round trip.
+        let name_keys: Vec<String> = known
+            .iter()
+            .map(|n| format!("/local/domain/{n}/name"))
+            .collect();
+        let mut reqs: Vec<Req<'_>> = vec![Req::Directory("/local/domain")];
+        reqs.extend(name_keys.iter().map(|p| Req::Read(p)));
+        reqs.extend(keys[..3].iter().map(|p| Req::Read(p)));
+        let mut got = xs.batch(tx, &reqs)?;
+        let first_got = got.split_off(got.len() - 3);
+        let ids: Vec<u32> = xenstore::entries(got[0].as_deref().unwrap_or(""))
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        let mut names: Vec<(u32, Option<String>)> =
+            known.iter().copied().zip(got.drain(1..)).collect();
+        let unknown: Vec<u32> = ids.iter().copied().filter(|n| !known.contains(n)).collect();
+        if !unknown.is_empty() {
+            let more: Vec<String> = unknown
+                .iter()
+                .map(|n| format!("/local/domain/{n}/name"))
+                .collect();
+            let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+            names.extend(unknown.iter().copied().zip(xs.read_many(tx, &refs)?));
+        }
+        if let Ok(mut k) = KNOWN.lock() {
+            k.clone_from(&ids);
+        }
+        if let Some((id, _)) = names
+            .iter()
+            .find(|(n, v)| ids.contains(n) && v.as_deref() == Some(name))
+        {
+            return Err(Stop::InUse(*id));
+        }
+        env.trace("name is free");
+        if let Some(other) = ip_in_use(env, s, &records(env)) {
+            return Err(Stop::Address(other));
+        }
+        let mut found = still_waiting(env, first, &first_got).map(|vm| (first, vm));
+        for m in cands.iter().skip(1) {
+            if found.is_some() {
+                break;
+            }
+            // Its watch (outside the transaction) and its keys (within it).
+            let k = member_keys(m);
+            let mut at: Vec<(u32, Req<'_>)> = k[..3].iter().map(|p| (tx, Req::Read(p))).collect();
+            if !watched.contains(&m.domid) {
+                at.push((NO_TX, Req::Watch(&k[3], &k[4])));
+                watched.push(m.domid);
+            }
+            let got = xs.batch_at(&at)?;
+            found = still_waiting(env, m, &got[..3]).map(|vm| (m, vm));
+        }
+        let Some((m, vm)) = found else {
+            return Err(Stop::NoMember);
+        };
+        let id = m.domid;
+        let home = format!("/local/domain/{id}");
+        let (config_key, name_key, vm_key) = (
+            format!("{home}/miniproxy/config"),
+            format!("{home}/name"),
+            format!("{vm}/name"),
+        );
+        let reader = format!("r{id}");
+        // Its console's size before it has its configuration: what it
+        // prints from then on is shown if it fails.
+        con0 = console_size(env, &m.name);
+        xs.at_commit(&[
+            Req::Write(&config_key, &s.cfgline),
+            Req::SetPerms(&config_key, &["n0", reader.as_str()]),
+            Req::Write(&name_key, name),
+            Req::Write(&vm_key, name),
+        ])?;
+        committing = Some(m.clone());
+        Ok(m.clone())
+    });
+    let taken = match (taken, committing) {
+        (Ok(m), _) => m,
+        (Err(Stop::Xs(e)), Some(m)) => return Err(Stop::HandOver(m, e)),
+        (Err(e), _) => return Err(e),
+    };
+    xs.drop_events(&ready_token(taken.domid));
+    Ok((taken, con0))
 }
 
 /// What a member says once it serves: its data/pool and data/ip.
@@ -281,8 +394,8 @@ fn await_ready(
     for tick in 1u64.. {
         let left = deadline_ms.saturating_sub(env.ms());
         let until = Instant::now() + Duration::from_millis(left.min(1000));
-        // The event xenstored sends when the watch is set comes first: each
-        // event is only a reason to look.
+        // Each event is only a reason to look (those from before the
+        // commit, the first of them sent when the watch was set, are gone).
         while let Some(_path) = xs.wait_watch(&token, until)? {
             if let Some(r) = look(xs)? {
                 env.trace("the ready watch fired");
@@ -311,3 +424,6 @@ fn await_ready(
     }
     unreachable!("the loop returns")
 }
+
+#[cfg(test)]
+mod tests;

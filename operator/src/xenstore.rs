@@ -16,7 +16,7 @@ pub mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use domain::{domains_and_name_paths, domid_of, rename};
+pub use domain::{domid_of, vm_path};
 
 use link::Link;
 use std::collections::VecDeque;
@@ -51,6 +51,9 @@ pub enum Req<'a> {
     /// ([`Xs::wait_watch`]). xenstored also sends one event at once, so a
     /// waiter looks at the node after each.
     Watch(&'a str, &'a str),
+    /// Start a transaction: its id is the result ([`Xs::transaction_after`]
+    /// sends it with other requests).
+    TransactionStart,
 }
 
 impl Req<'_> {
@@ -91,6 +94,11 @@ impl Req<'_> {
                 wire::XS_WATCH,
                 wire::strings(&[p, token]),
                 format!("watch {p}"),
+            ),
+            Req::TransactionStart => (
+                wire::XS_TRANSACTION_START,
+                b"\0".to_vec(),
+                "start a transaction".into(),
             ),
         })
     }
@@ -154,6 +162,8 @@ pub struct Xs {
     at_commit: Vec<(u32, Vec<u8>, String)>,
     /// The watches set on this connection: (path, token).
     watches: Vec<(String, String)>,
+    /// Watches to remove with the next request ([`Xs::release_watches`]).
+    released: Vec<(String, String)>,
 }
 
 impl Xs {
@@ -201,6 +211,7 @@ impl Xs {
             broken: None,
             at_commit: Vec::new(),
             watches: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -209,32 +220,20 @@ impl Xs {
         self.broken.is_none()
     }
 
-    /// Remove every watch set on this connection and drop their pending
-    /// events: a connection kept for the next request (the daemon's,
-    /// crate::serve) starts clean, with no watches growing in xenstored
-    /// and no events piling up here (and xenstored refuses a watch it
-    /// already has). A refusal (no such watch) is not an error.
-    pub fn unwatch_all(&mut self) -> Result<(), XsError> {
-        let watches = std::mem::take(&mut self.watches);
-        let msgs: Vec<(u32, Vec<u8>, String)> = watches
-            .iter()
-            .map(|(p, t)| {
-                let what = format!("unwatch {p}");
-                (wire::XS_UNWATCH, wire::strings(&[p, t]), what)
-            })
-            .collect();
-        for chunk in msgs.chunks(MAX_PIPELINE) {
-            for (reply, (_, _, what)) in self.pipeline(NO_TX, chunk)?.into_iter().zip(chunk) {
-                if let Ok(p) = reply {
-                    if let Err(e) = wire::expect_ok(&p) {
-                        return self.fail(XsError::Protocol(format!("{what}: {e}")));
-                    }
-                }
-            }
-        }
-        // Events that came before the replies are all here now.
-        self.events.clear();
-        Ok(())
+    /// Give up every watch set on this connection: they are removed, and
+    /// their pending events dropped, in the round trip of the next request
+    /// (no round trip of their own), so a connection kept for the next
+    /// request (the daemon's, crate::serve) starts clean, with no watches
+    /// growing in xenstored (which refuses a watch it already has).
+    pub fn release_watches(&mut self) {
+        let w = std::mem::take(&mut self.watches);
+        self.released.extend(w);
+    }
+
+    /// Drop the events of TOKEN's watch received so far (the caller knows
+    /// they are stale: its node cannot have changed before now).
+    pub fn drop_events(&mut self, token: &str) {
+        self.events.retain(|(_, t)| t != token);
     }
 
     /// `e`, after marking the connection unusable unless xenstored merely
@@ -332,26 +331,77 @@ impl Xs {
         tx: Tx,
         reqs: &[(u32, Vec<u8>, String)],
     ) -> Result<Vec<Result<Vec<u8>, XsError>>, XsError> {
+        let at: Vec<(Tx, &(u32, Vec<u8>, String))> = reqs.iter().map(|r| (tx, r)).collect();
+        self.pipeline_at(&at)
+    }
+
+    /// [`Xs::pipeline`] with each request's own transaction id (a watch
+    /// set, or a transaction started, with requests within another). Watches
+    /// released by [`Xs::release_watches`] are removed first, in the same
+    /// round trip.
+    #[allow(clippy::type_complexity)]
+    fn pipeline_at(
+        &mut self,
+        reqs: &[(Tx, &(u32, Vec<u8>, String))],
+    ) -> Result<Vec<Result<Vec<u8>, XsError>>, XsError> {
         if let Some(why) = &self.broken {
             return Err(XsError::Io(format!("connection unusable: {why}")));
         }
+        let released = std::mem::take(&mut self.released);
+        let unwatch: Vec<(u32, Vec<u8>, String)> = released
+            .iter()
+            .map(|(p, t)| {
+                (
+                    wire::XS_UNWATCH,
+                    wire::strings(&[p, t]),
+                    format!("unwatch {p}"),
+                )
+            })
+            .collect();
+        let all: Vec<(Tx, &(u32, Vec<u8>, String))> = unwatch
+            .iter()
+            .map(|m| (NO_TX, m))
+            .chain(reqs.iter().copied())
+            .collect();
         let mut msg = Vec::new();
-        let mut ids = Vec::with_capacity(reqs.len());
-        for (ty, payload, what) in reqs {
+        let mut ids = Vec::with_capacity(all.len());
+        for (tx, (ty, payload, what)) in &all {
             let req_id = self.next_req;
             self.next_req = self.next_req.wrapping_add(1).max(1);
-            let m = wire::encode(*ty, req_id, tx, payload)
-                .map_err(|e| XsError::Protocol(format!("{what}: {e}")))?;
+            let m = match wire::encode(*ty, req_id, *tx, payload) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Nothing sent: the watches go with the next request.
+                    self.released = released;
+                    return Err(XsError::Protocol(format!("{what}: {e}")));
+                }
+            };
             msg.extend_from_slice(&m);
             ids.push(req_id);
         }
         if let Err(e) = self.link.send(&msg) {
-            let what = reqs.first().map_or("", |r| r.2.as_str());
+            let what = all.first().map_or("", |r| r.1 .2.as_str());
             return self.fail(XsError::Io(format!("{what}: sending: {e}")));
         }
         let mut out = Vec::with_capacity(reqs.len());
-        for ((ty, _, what), req_id) in reqs.iter().zip(ids) {
-            out.push(self.reply(*ty, req_id, what)?);
+        for (k, ((_, (ty, _, what)), req_id)) in all.iter().zip(ids).enumerate() {
+            let reply = self.reply(*ty, req_id, what)?;
+            if k < unwatch.len() {
+                // Refused (no such watch): nothing to remove.
+                if let Ok(p) = reply {
+                    if let Err(e) = wire::expect_ok(&p) {
+                        return self.fail(XsError::Protocol(format!("{what}: {e}")));
+                    }
+                }
+                if k + 1 == unwatch.len() {
+                    // Every event of those watches came before this reply:
+                    // drop them, not the events of a watch set again below.
+                    self.events
+                        .retain(|(_, t)| !released.iter().any(|(_, r)| r == t));
+                }
+                continue;
+            }
+            out.push(reply);
         }
         Ok(out)
     }
@@ -412,41 +462,81 @@ impl Xs {
     /// refusal other than a read's ENOENT is the error, once every reply
     /// is in (the connection stays usable).
     pub fn batch(&mut self, tx: Tx, reqs: &[Req<'_>]) -> Result<Vec<Option<String>>, XsError> {
+        let at: Vec<(Tx, Req<'_>)> = reqs.iter().map(|r| (tx, *r)).collect();
+        self.batch_at(&at)
+    }
+
+    /// [`Xs::batch`] with each request's own transaction id: e.g. a watch
+    /// (outside any transaction) set in the round trip of reads within one.
+    pub fn batch_at(&mut self, reqs: &[(Tx, Req<'_>)]) -> Result<Vec<Option<String>>, XsError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut refused = None;
+        for r in self.batch_each(reqs)? {
+            match r {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                    out.push(None);
+                }
+            }
+        }
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Each request's result: a read's value (`None`: ENOENT), a transaction
+    /// id for [`Req::TransactionStart`], `None` for the others; or its
+    /// refusal. In rounds of at most MAX_PIPELINE requests; an error of the
+    /// stream fails the whole.
+    #[allow(clippy::type_complexity)]
+    fn batch_each(
+        &mut self,
+        reqs: &[(Tx, Req<'_>)],
+    ) -> Result<Vec<Result<Option<String>, XsError>>, XsError> {
         let mut out = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(MAX_PIPELINE) {
             let msgs = chunk
                 .iter()
-                .map(Req::message)
+                .map(|(_, r)| r.message())
                 .collect::<Result<Vec<_>, _>>()?;
-            let replies = self.pipeline(tx, &msgs)?;
-            let mut refused = None;
-            for ((req, (_, _, what)), reply) in chunk.iter().zip(&msgs).zip(replies) {
-                match (req, reply) {
-                    (Req::Read(_), Ok(v)) => {
-                        out.push(Some(String::from_utf8_lossy(&v).into_owned()))
+            let at: Vec<(Tx, &(u32, Vec<u8>, String))> =
+                chunk.iter().map(|(tx, _)| *tx).zip(&msgs).collect();
+            let replies = self.pipeline_at(&at)?;
+            for (((_, req), (_, _, what)), reply) in chunk.iter().zip(&msgs).zip(replies) {
+                let p = match (req, reply) {
+                    (Req::Read(_), Err(e)) if e.is("ENOENT") => {
+                        out.push(Ok(None));
+                        continue;
                     }
-                    (Req::Read(_), Err(e)) if e.is("ENOENT") => out.push(None),
-                    (Req::Directory(_), Ok(v)) => match wire::split_strings(&v) {
-                        Ok(names) => out.push(Some(names.join("\0"))),
+                    (_, Err(e)) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                    (_, Ok(p)) => p,
+                };
+                let v = match req {
+                    Req::Read(_) => Some(String::from_utf8_lossy(&p).into_owned()),
+                    Req::Directory(_) => match wire::split_strings(&p) {
+                        Ok(names) => Some(names.join("\0")),
                         Err(e) => return self.fail(XsError::Protocol(format!("{what}: {e}"))),
                     },
-                    (_, Ok(p)) => {
+                    Req::TransactionStart => match wire::transaction_id(&p) {
+                        Ok(tx) => Some(tx.to_string()),
+                        Err(e) => return self.fail(e.into()),
+                    },
+                    _ => {
                         if let Err(e) = wire::expect_ok(&p) {
                             return self.fail(XsError::Protocol(format!("{what}: {e}")));
                         }
                         if let Req::Watch(path, token) = req {
                             self.watches.push((path.to_string(), token.to_string()));
                         }
-                        out.push(None);
+                        None
                     }
-                    (_, Err(e)) => {
-                        refused.get_or_insert(e);
-                        out.push(None);
-                    }
-                }
-            }
-            if let Some(e) = refused {
-                return Err(e);
+                };
+                out.push(Ok(v));
             }
         }
         Ok(out)
@@ -527,24 +617,45 @@ impl Xs {
     /// for the commit, [`Xs::at_commit`]); when the commit meets a
     /// concurrent change (EAGAIN) run it again, `attempts` times at most.
     /// A failing `body` aborts the transaction and gives its error.
+    #[cfg(test)] // the warm path starts its own with a watch
     pub fn transaction<T, E: From<XsError>>(
         &mut self,
+        attempts: u32,
+        body: impl FnMut(&mut Xs, Tx) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.transaction_after(&[], attempts, body)
+    }
+
+    /// [`Xs::transaction`], its first start sent in one round trip after
+    /// `first` (requests outside it: a watch, say). A refusal of one of
+    /// them is the error (the transaction is then aborted).
+    pub fn transaction_after<T, E: From<XsError>>(
+        &mut self,
+        first: &[Req<'_>],
         attempts: u32,
         mut body: impl FnMut(&mut Xs, Tx) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut left = attempts.max(1);
+        let mut first: Vec<(Tx, Req<'_>)> = first.iter().map(|r| (NO_TX, *r)).collect();
         loop {
             self.at_commit.clear();
-            let p = self.request(
-                wire::XS_TRANSACTION_START,
-                NO_TX,
-                b"\0",
-                "start a transaction",
-            )?;
-            let tx = match wire::transaction_id(&p) {
-                Ok(tx) => tx,
-                Err(e) => return Err(E::from(self.broke(e.into()))),
+            first.push((NO_TX, Req::TransactionStart));
+            let mut got = self.batch_each(&std::mem::take(&mut first))?;
+            let tx = match got.pop() {
+                Some(Ok(Some(id))) => id
+                    .parse::<Tx>()
+                    .map_err(|_| self.broke(XsError::Protocol(format!("transaction id {id:?}"))))?,
+                Some(Err(e)) => return Err(e.into()),
+                _ => {
+                    return Err(E::from(
+                        self.broke(XsError::Protocol("no transaction id".into())),
+                    ))
+                }
             };
+            if let Some(Err(e)) = got.into_iter().find(Result::is_err) {
+                let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
+                return Err(e.into());
+            }
             let value = match body(self, tx) {
                 Ok(v) => v,
                 Err(e) => {

@@ -25,9 +25,15 @@ struct Daemon {
 impl Daemon {
     /// Start it in the rig and wait for its `serving socket=...` line.
     fn start(r: &Rig) -> Daemon {
+        Daemon::start_with(r, &[])
+    }
+
+    /// The same with more environment variables.
+    fn start_with(r: &Rig, vars: &[(&str, &std::path::Path)]) -> Daemon {
         let stderr = r.dir.join("serve.err");
         let mut child = r
             .cmd(env!("CARGO_BIN_EXE_miniproxy-operator"))
+            .envs(vars.iter().copied())
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -405,4 +411,171 @@ fn a_member_that_refuses_its_configuration_is_an_rc1_reply() {
     status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
     let line = c.ask(&warm_spawn("a", "10.0.0.5/24"));
     assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+}
+
+#[test]
+fn ask_sends_one_request_and_exits_with_the_replys_status() {
+    let r = Rig::new("serve-ask");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+    let ask = |words: &[&str]| {
+        let mut a = vec!["ask"];
+        a.extend_from_slice(words);
+        r.run(&a)
+    };
+
+    // A warm spawn, its --extra value's space kept within one word.
+    let mut words = vec!["--timing"];
+    words.extend(warm_spawn("a", "10.0.0.5/24"));
+    words.extend(["--extra", "idle_exit=10m max_conns=32"]);
+    let o = ask(&words);
+    assert_eq!(o.status.code(), Some(0), "{}{}", err(&o), d.stderr());
+    let line = out(&o);
+    assert!(
+        line.starts_with("spawned name=a domid=1 ") && line.contains(" how=warm ask_us="),
+        "{line}"
+    );
+    let us: u64 = line
+        .trim_end()
+        .rsplit("ask_us=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(us > 0, "{line}");
+    let key = std::fs::read_to_string(r.dir.join("xs/local/domain/1/miniproxy/config")).unwrap();
+    assert!(
+        key.contains(" idle_exit=10m") && key.contains(" max_conns=32"),
+        "{key}"
+    );
+
+    // The reply's status is the exit status; the line is printed as is.
+    let o = ask(&["spawn", "--name", "b", "--mode", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        out(&o).starts_with("error rc=2 bad mode 'sideways'"),
+        "{}",
+        out(&o)
+    );
+    let o = ask(&["stop", "nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out(&o), "error rc=1 no instance named 'nobody'\n");
+    let o = ask(&["stop", "a"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        out(&o).starts_with("stopped name=a domid=1 "),
+        "{}",
+        out(&o)
+    );
+
+    // Bad invocations: 2, nothing sent.
+    for bad in [
+        &[][..],
+        &["--timing"][..],
+        &["--bogus", "stop"][..],
+        &["stop", "a\tb"][..],
+    ] {
+        let o = ask(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", err(&o));
+        assert!(out(&o).is_empty());
+    }
+    assert!(out(&ask(&["--help"]))
+        .starts_with("Usage: miniproxy ask [--socket PATH] [--timing] WORD...\n"));
+    // "--" ends the options: a request word may start with a dash.
+    let o = ask(&["--", "--timing"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        out(&o).starts_with("error rc=2 '--timing' is not served"),
+        "{}",
+        out(&o)
+    );
+
+    // No daemon there: 1, with a message.
+    let gone = r.dir.join("run/nobody.sock");
+    let o = ask(&["--socket", gone.to_str().unwrap(), "stop", "a"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("cannot reach the resident spawner at"),
+        "{}",
+        err(&o)
+    );
+    drop(d);
+}
+
+/// The daemon keeps the template it read while the file is unchanged
+/// (crate::filecache): an edit between two spawns shows in the second's
+/// config.
+#[test]
+fn a_template_changed_while_the_daemon_runs_is_used() {
+    let r = Rig::new("serve-tpl");
+    let tpl = r.dir.join("template.cfg");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
+    let text = std::fs::read_to_string(repo).unwrap();
+    std::fs::write(&tpl, format!("{text}# edition one\n")).unwrap();
+    let d = Daemon::start_with(&r, &[("MINIPROXY_TEMPLATE", &tpl)]);
+    let mut c = d.connect();
+    let line = c.ask(&spawn_args("a", "10.0.0.5/24", &[]));
+    assert!(line.starts_with("spawned name=a "), "{line}{}", d.stderr());
+    let cfg = |n: &str| std::fs::read_to_string(r.dir.join(format!("run/{n}.cfg"))).unwrap();
+    assert!(cfg("a").contains("# edition one\n"));
+    // The same length, rewritten in place.
+    std::fs::write(&tpl, format!("{text}# edition two\n")).unwrap();
+    let line = c.ask(&spawn_args("b", "10.0.0.6/24", &[]));
+    assert!(line.starts_with("spawned name=b "), "{line}{}", d.stderr());
+    assert!(cfg("b").contains("# edition two\n"), "{}", cfg("b"));
+    // Gone: the spawn fails, as the CLI's would.
+    std::fs::remove_file(&tpl).unwrap();
+    let line = c.ask(&spawn_args("c", "10.0.0.7/24", &[]));
+    assert!(line.starts_with("error rc=1 "), "{line}");
+}
+
+/// The daemon's warm spawn, counted by the rig's xenstored: four round
+/// trips on its connection, the previous spawn's watch removed in the
+/// first of them (not before the previous reply), no look at data/ready
+/// before the guest can have written it.
+#[test]
+fn a_warm_spawn_of_the_daemon_costs_four_round_trips() {
+    const WATCH: &str = "4";
+    const UNWATCH: &str = "5";
+    const START: &str = "6";
+    let r = Rig::new("serve-rounds");
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let d = Daemon::start(&r);
+    let mut c = d.connect();
+    let rounds = || std::fs::read_to_string(r.dir.join("xenstored.rounds")).unwrap_or_default();
+    let line = c.ask(&warm_spawn("a", "10.0.0.5/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+    // The daemon's connection: the one that started a transaction.
+    let log = rounds();
+    let conn = log
+        .lines()
+        .find(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|t| t.split(',').any(|t| t == START))
+        })
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+    let on_conn = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.split(' ').next() == Some(conn.as_str()))
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let first = on_conn(&log);
+    assert_eq!(first.len(), 4, "{first:?}");
+    assert_eq!(first[0], format!("{WATCH},{START}"));
+    let before = first.len();
+    let line = c.ask(&warm_spawn("b", "10.0.0.6/24"));
+    assert!(line.ends_with(" how=warm\n"), "{line}{}", d.stderr());
+    let all = on_conn(&rounds());
+    let second = &all[before..];
+    assert_eq!(second.len(), 4, "{second:?}");
+    assert_eq!(second[0], format!("{UNWATCH},{WATCH},{START}"));
+    assert!(second[1].starts_with("1,"), "the checks: {second:?}");
+    assert_eq!(second[2], "11,14,11,11,7", "the writes and the commit");
+    assert_eq!(second[3], "2,2,2", "ready, data/pool, data/ip");
 }

@@ -26,6 +26,10 @@
 #   summary                      print "N passed, M failed"; non-zero if any failed or
 #                                if nothing was checked at all
 #   diag                         print xl list, the tails of xl dmesg and dmesg
+#   start_serve MP OUT ERR       start the resident spawner `MP serve` in the background
+#                                (stdout to OUT, stderr to ERR) and wait up to 30 s for its
+#                                `serving socket=PATH` line; sets SERVE_PID and SERVE_SOCK
+#                                (empty if it did not start: then it fails)
 # TIMEOUT_S may have decimals (0.5).
 
 # Sourcing it again (a batch script that sources several tests, each of which sources
@@ -164,4 +168,17 @@ diag() {
     echo "--- xl list"; xl list 2>&1
     echo "--- xl dmesg (tail)"; xl dmesg 2>&1 | tail -n 30
     echo "--- dmesg (tail)"; dmesg 2>&1 | tail -n 30
+}
+
+start_serve() {
+    local mp=$1 out=$2 err=$3
+    SERVE_SOCK=''
+    "$mp" serve > "$out" 2> "$err" & SERVE_PID=$!
+    for _ in $(seq 1 300); do
+        grep -q '^serving socket=' "$out" 2>/dev/null && break
+        kill -0 "$SERVE_PID" 2>/dev/null || break   # it exited: no need to wait
+        sleep 0.1
+    done
+    SERVE_SOCK=$(sed -n 's/^serving socket=//p' "$out")
+    [ -n "$SERVE_SOCK" ] && [ -S "$SERVE_SOCK" ]
 }

@@ -129,9 +129,8 @@ out=$("$MP" stop --all 2>&1)
 # coprocess): no process starts for it. A bad request is an error line and
 # the connection goes on serving; stop over the socket; SIGTERM removes the
 # socket and the daemon exits 0 once its refill is done.
-"$MP" serve > "$PL/serve.out" 2> "$PL/serve.err" & serve_pid=$!
-for _ in $(seq 1 300); do grep -q '^serving socket=' "$PL/serve.out" && break; sleep 0.1; done
-sock=$(sed -n 's/^serving socket=//p' "$PL/serve.out")
+start_serve "$MP" "$PL/serve.out" "$PL/serve.err"
+serve_pid=${SERVE_PID:-} sock=${SERVE_SOCK:-}
 PLS_PID=''
 [ -n "$sock" ] && [ -S "$sock" ] && coproc PLS { socat - "UNIX-CONNECT:$sock"; }
 if [ -n "$PLS_PID" ]; then
@@ -156,6 +155,27 @@ if [ -n "$PLS_PID" ]; then
     [[ $out =~ ^stopped\ name=ps1\  ]] && ! domid ps1 >/dev/null 2>&1 && pass "serve: stop over the same connection: $out" \
         || fail "serve: stop" "'$out'"
     kill "$PLS_PID" 2>/dev/null
+    # `miniproxy ask`: one request, no relay; the reply's status is its exit status.
+    out=$("$MP" ask --timing --socket "$sock" spawn --name pa1 --mode reverse --listen 80 \
+          --upstream 10.0.0.1:7050 --ip 10.0.0.75/24 --memory 4 2>&1); rc=$?
+    if [ $rc = 0 ] && [[ $out =~ ^spawned\ name=pa1\ domid=[0-9]+\ .*\ how=warm\ ask_us=[0-9]+$ ]]; then
+        pass "serve: ask: a warm spawn ($out)"
+        echo "MEASURE serve_ask_warm_us=$(echo "$out" | pl_field ask_us)"
+    else
+        fail "serve: ask warm spawn" "rc $rc: '$out': $(tail -n 3 "$PL/serve.err" | tr '\n' ' ')"
+    fi
+    out=$("$MP" ask --socket "$sock" spawn --name pa2 --mode sideways 2>&1); rc=$?
+    if [ $rc = 2 ] && [[ $out =~ ^error\ rc=2\ .*sideways ]]; then
+        pass "serve: ask: a bad request exits 2: '$out'"
+    else
+        fail "serve: ask bad request" "rc $rc: '$out'"
+    fi
+    out=$("$MP" ask --socket "$sock" stop pa1 2>&1); rc=$?
+    if [ $rc = 0 ] && [[ $out =~ ^stopped\ name=pa1\  ]]; then
+        pass "serve: ask: stop: $out"
+    else
+        fail "serve: ask stop" "rc $rc: '$out'"
+    fi
 else
     fail "serve: did not start or took no connection" "$(cat "$PL/serve.out" "$PL/serve.err" | tail -n 3 | tr '\n' ' ')"
 fi
@@ -229,7 +249,7 @@ check "pool: the cold instance serves byte-exact" pl_echo 10.0.0.70 100000
 
 # ---- clean up ----------------------------------------------------------------------------
 "$MP" pool drain >/dev/null 2>&1
-for d in $(pool_members) pw1 pw2 pw3 ps1 pcold; do domid "$d" >/dev/null 2>&1 && xl_destroy "$d" >/dev/null; done
+for d in $(pool_members) pw1 pw2 pw3 ps1 pa1 pcold; do domid "$d" >/dev/null 2>&1 && xl_destroy "$d" >/dev/null; done
 kill "${PL_PIDS[@]}" 2>/dev/null; wait "${PL_PIDS[@]}" 2>/dev/null
 rm -rf "$PL"
 summary

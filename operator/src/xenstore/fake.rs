@@ -6,7 +6,7 @@
 use super::wire::{self, Header, HEADER_LEN};
 use super::Xs;
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,12 +22,19 @@ pub struct State {
     pub eagain_commits: u32,
     /// When the key is written (committed), these nodes are written too.
     pub guest: Option<(String, Vec<(String, String)>)>,
+    /// The guest's writes wait until the client has sent nothing for this
+    /// long (as a real guest, which needs time to act on the key: a client
+    /// that looks at once finds nothing yet).
+    pub guest_after: Option<Duration>,
+    pending_guest: Vec<(String, String)>,
     /// Every request: (type, first string of its payload, tx id).
     pub log: Vec<(u32, String, u32)>,
-    /// Round trips: requests that found nothing of the client's left to
-    /// read, so it had waited for every reply before sending (a pipelined
-    /// batch, one send of a few KiB, arrives whole and counts once).
+    /// Round trips: requests that came when none was waiting to be read
+    /// behind the one before, i.e. after the client had waited for replies
+    /// (a client sends each round's requests in one write).
     pub rounds: u32,
+    /// The index in `log` of each round's first request.
+    pub round_starts: Vec<usize>,
     watches: Vec<(String, String)>,
     txs: BTreeMap<u32, Vec<Change>>,
     next_tx: u32,
@@ -64,7 +71,7 @@ pub fn scripted(script: impl FnOnce(UnixStream) + Send + 'static) -> (Xs, JoinHa
 }
 
 /// Read one request from the client end (None: it closed).
-pub fn read_request(s: &mut impl Read) -> Option<(Header, Vec<u8>)> {
+pub fn read_request(s: &mut UnixStream) -> Option<(Header, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
     s.read_exact(&mut h).ok()?;
     let h = Header::decode(&h).ok()?;
@@ -109,7 +116,10 @@ fn commit(s: &mut UnixStream, st: &mut State, changes: Vec<Change>) {
         }
         fire(s, st, &path);
         if let Some((key, writes)) = st.guest.clone() {
-            if key == path {
+            if key == path && st.guest_after.is_some() {
+                st.guest = None;
+                st.pending_guest = writes;
+            } else if key == path {
                 st.guest = None;
                 commit(
                     s,
@@ -124,14 +134,66 @@ fn commit(s: &mut UnixStream, st: &mut State, changes: Vec<Change>) {
     }
 }
 
-fn run(mut s: UnixStream, mut st: State) -> State {
-    let mut input = BufReader::new(s.try_clone().unwrap());
+/// The next request, from `buf` (bytes read before) and then `s`; a
+/// delayed guest acts when the client is quiet.
+fn next_request(
+    s: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    st: &mut State,
+) -> Option<(Header, Vec<u8>)> {
     loop {
-        let waited = input.buffer().is_empty();
-        let Some((h, p)) = read_request(&mut input) else {
-            break;
-        };
-        st.rounds += u32::from(waited);
+        let quiet = (!st.pending_guest.is_empty())
+            .then_some(st.guest_after)
+            .flatten();
+        let _ = s.set_read_timeout(quiet);
+        if buf.len() >= HEADER_LEN {
+            let h = Header::decode(buf[..HEADER_LEN].try_into().ok()?).ok()?;
+            let end = HEADER_LEN + h.len as usize;
+            if buf.len() >= end {
+                let p = buf[HEADER_LEN..end].to_vec();
+                buf.drain(..end);
+                return Some((h, p));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                let writes = std::mem::take(&mut st.pending_guest);
+                let changes = writes.into_iter().map(|(p, v)| (p, Some(v), None));
+                commit(s, st, changes.collect());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether bytes are waiting to be read (in `buf` or on `s`), without
+/// waiting for any.
+fn more_waiting(s: &mut UnixStream, buf: &mut Vec<u8>) -> bool {
+    if !buf.is_empty() {
+        return true;
+    }
+    let mut chunk = [0u8; 4096];
+    let _ = s.set_nonblocking(true);
+    let n = s.read(&mut chunk).unwrap_or(0);
+    let _ = s.set_nonblocking(false);
+    buf.extend_from_slice(&chunk[..n]);
+    n > 0
+}
+
+fn run(mut s: UnixStream, mut st: State) -> State {
+    let mut in_round = false;
+    let mut buf = Vec::new();
+    while let Some((h, p)) = next_request(&mut s, &mut buf, &mut st) {
+        // Asked before anything is answered: a client that waits for its
+        // replies cannot have sent the next round yet.
+        if !in_round {
+            st.rounds += 1;
+            st.round_starts.push(st.log.len());
+        }
+        in_round = more_waiting(&mut s, &mut buf);
         let parts: Vec<String> = p
             .split(|b| *b == 0)
             .map(|x| String::from_utf8_lossy(x).into_owned())
@@ -195,7 +257,13 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                 ok(&mut s);
             }
             wire::XS_WATCH => {
-                st.watches.push((path.clone(), parts[1].clone()));
+                // As xenstored: a connection's watch is set once.
+                let w = (path.clone(), parts[1].clone());
+                if st.watches.contains(&w) {
+                    err(&mut s, "EEXIST");
+                    continue;
+                }
+                st.watches.push(w);
                 ok(&mut s);
                 send(
                     &mut s,
@@ -224,6 +292,16 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                 ok(&mut s);
                 if path == "T" {
                     commit(&mut s, &mut st, changes);
+                }
+            }
+            wire::XS_UNWATCH => {
+                let w = (path.clone(), parts[1].clone());
+                match st.watches.iter().position(|x| *x == w) {
+                    Some(i) => {
+                        st.watches.remove(i);
+                        ok(&mut s);
+                    }
+                    None => err(&mut s, "ENOENT"),
                 }
             }
             _ => err(&mut s, "ENOSYS"),

@@ -176,109 +176,6 @@ fn a_transaction_gives_up_after_its_attempts_and_a_failing_body_aborts() {
     assert_eq!(ends[2].1, "F");
 }
 
-#[test]
-fn a_watch_sees_what_another_writer_does_after_a_commit() {
-    let mut st = State::with(&[("/local/domain/5/name", "p")]);
-    st.guest = Some((
-        "/local/domain/5/miniproxy/config".into(),
-        vec![("/local/domain/5/data/ready".into(), "9427".into())],
-    ));
-    let (mut xs, h) = fake::serve(st);
-    xs.batch(NO_TX, &[Req::Watch("/local/domain/5/data/ready", "r")])
-        .unwrap();
-    // The event xenstored sends when a watch is set.
-    let until = Instant::now() + Duration::from_secs(2);
-    assert_eq!(
-        xs.wait_watch("r", until).unwrap().as_deref(),
-        Some("/local/domain/5/data/ready")
-    );
-    assert_eq!(xs.read(NO_TX, "/local/domain/5/data/ready").unwrap(), None);
-    xs.transaction(3, |xs, tx| {
-        xs.write(tx, "/local/domain/5/miniproxy/config", "ip=10.0.0.2/24")
-    })
-    .unwrap();
-    assert_eq!(
-        xs.wait_watch("r", until).unwrap().as_deref(),
-        Some("/local/domain/5/data/ready")
-    );
-    assert_eq!(
-        xs.read(NO_TX, "/local/domain/5/data/ready")
-            .unwrap()
-            .as_deref(),
-        Some("9427")
-    );
-    // Nothing more: the wait ends at its deadline.
-    let t0 = Instant::now();
-    assert_eq!(
-        xs.wait_watch("r", t0 + Duration::from_millis(200)).unwrap(),
-        None
-    );
-    assert!(t0.elapsed() < Duration::from_secs(2));
-    drop(xs);
-    h.join().unwrap();
-}
-
-fn domains() -> State {
-    State::with(&[
-        ("/local/domain/0/name", "Domain-0"),
-        ("/local/domain/3/name", "mp-pool-1"),
-        ("/local/domain/3/vm", "/vm/0b1c-3"),
-        ("/vm/0b1c-3/name", "mp-pool-1"),
-        ("/local/domain/4/name", "taken"),
-        ("/local/domain/4/vm", "/vm/0b1c-4"),
-    ])
-}
-
-#[test]
-fn rename_writes_both_names_in_one_transaction() {
-    let (mut xs, h) = fake::serve(domains());
-    xs.transaction(3, |xs, tx| {
-        rename(xs, tx, (3, "mp-pool-1", "pw1"), &[], &[])
-    })
-    .unwrap();
-    drop(xs);
-    let st = h.join().unwrap();
-    assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
-    assert_eq!(st.value("/vm/0b1c-3/name"), Some("pw1"));
-    let writes: Vec<_> = st.log.iter().filter(|l| l.0 == wire::XS_WRITE).collect();
-    assert!(
-        writes.iter().all(|w| w.2 != 0),
-        "all within the transaction: {writes:?}"
-    );
-}
-
-#[test]
-fn rename_refuses_a_used_name_a_changed_old_name_and_a_missing_vm() {
-    let mut st = domains();
-    st.nodes.remove("/local/domain/4/vm");
-    st.nodes
-        .insert("/local/domain/6/name".into(), ("novm".into(), vec![]));
-    let (mut xs, h) = fake::serve(st);
-    let mut try_rename = |id, old: &str, new: &str| {
-        xs.transaction(3, |xs, tx| rename(xs, tx, (id, old, new), &[], &[0, 3]))
-            .unwrap_err()
-    };
-    assert_eq!(
-        try_rename(3, "mp-pool-1", "taken"),
-        "domain 4 is already named 'taken'"
-    );
-    assert_eq!(
-        try_rename(3, "mp-pool-2", "pw1"),
-        "domain 3 is named 'mp-pool-1', not 'mp-pool-2'"
-    );
-    assert_eq!(
-        try_rename(9, "x", "pw1"),
-        "domain 9 has no name (is it gone?)"
-    );
-    assert!(try_rename(6, "novm", "pw1").contains("/local/domain/6/vm is None"));
-    assert_eq!(try_rename(3, "mp-pool-1", ""), "the new name is empty");
-    drop(xs);
-    let st = h.join().unwrap();
-    assert_eq!(st.value("/local/domain/3/name"), Some("mp-pool-1"));
-    assert_eq!(st.value("/vm/0b1c-3/name"), Some("mp-pool-1"));
-    assert_eq!(st.value("/local/domain/6/name"), Some("novm"));
-}
-
 // ---- hostile or broken xenstoreds -------------------------------------------
 
 /// The error a read gets from a xenstored that answers with `reply`
@@ -593,44 +490,6 @@ fn a_long_batch_goes_in_rounds_of_at_most_the_pipeline_limit() {
     assert_eq!(sizes, [16, 16, 8], "MAX_PIPELINE is {MAX_PIPELINE}");
 }
 
-#[test]
-fn rename_sends_the_requests_it_is_given_with_its_writes_in_the_transaction() {
-    let (mut xs, h) = fake::serve(domains());
-    let perms = ["n0", "r3"];
-    xs.transaction(3, |xs, tx| {
-        let with = [
-            Req::Write("/local/domain/3/miniproxy/config", "ip=10.0.0.2/24"),
-            Req::SetPerms("/local/domain/3/miniproxy/config", &perms),
-        ];
-        rename(xs, tx, (3, "mp-pool-1", "pw1"), &with, &[0, 3, 4])
-    })
-    .unwrap();
-    // Refused: nothing of `with` is written.
-    let e = xs
-        .transaction(3, |xs, tx| {
-            let with = [Req::Write("/local/domain/4/miniproxy/config", "x")];
-            rename(xs, tx, (4, "taken", "pw1"), &with, &[0, 3, 4, 9])
-        })
-        .unwrap_err();
-    assert_eq!(e, "domain 3 is already named 'pw1'");
-    drop(xs);
-    let st = h.join().unwrap();
-    assert_eq!(
-        st.nodes["/local/domain/3/miniproxy/config"],
-        (
-            "ip=10.0.0.2/24".to_string(),
-            vec!["n0".to_string(), "r3".to_string()]
-        )
-    );
-    assert_eq!(st.value("/local/domain/3/name"), Some("pw1"));
-    assert_eq!(st.value("/local/domain/4/miniproxy/config"), None);
-    assert!(st
-        .log
-        .iter()
-        .filter(|l| l.0 == wire::XS_WRITE || l.0 == wire::XS_SET_PERMS)
-        .all(|l| l.2 != 0));
-}
-
 /// What a transaction's body leaves for the commit goes in the commit's
 /// round trip: this xenstored answers only once it has the writes and the
 /// commit. A refused one is the transaction's error; an EAGAIN commit runs
@@ -713,4 +572,103 @@ fn requests_left_for_the_commit_go_with_it_in_one_round_trip() {
     }
     // A bad request is refused before anything is sent.
     assert!(xs.at_commit(&[Req::SetPerms("/a", &["x1"])]).is_err());
+}
+
+// ---- round trips: the fake's count ----------------------------------------
+
+/// The fake counts round trips: a batch is one, a long batch one per
+/// MAX_PIPELINE requests, a transaction (start, body, commit with what the
+/// body left for it) three.
+#[test]
+fn the_fake_counts_one_round_trip_per_batch_and_three_per_transaction() {
+    let (mut xs, h) = fake::serve(State::with(&[("/a", "1")]));
+    xs.read_many(NO_TX, &["/a", "/b", "/c"]).unwrap();
+    let paths: Vec<String> = (0..20).map(|i| format!("/p{i}")).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    xs.read_many(NO_TX, &refs).unwrap();
+    xs.transaction(3, |xs, tx| {
+        xs.read(tx, "/a")?;
+        xs.at_commit(&[Req::Write("/a", "2")])
+    })
+    .unwrap();
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.rounds, 1 + 2 + 3, "{:?}", st.log);
+    assert_eq!(st.round_starts[..3], [0, 3, 19]);
+}
+
+/// transaction_after: the watch and the start in one round trip, the
+/// start's id used by the body; a refused first request aborts it.
+#[test]
+fn a_transaction_can_start_in_the_round_trip_of_a_watch() {
+    let (mut xs, h) = fake::serve(State::with(&[("/a", "1")]));
+    let got = xs
+        .transaction_after(&[Req::Watch("/w", "t")], 3, |xs, tx| {
+            let v = xs.read(tx, "/a")?;
+            xs.at_commit(&[Req::Write("/a", "2")])?;
+            Ok::<_, XsError>(v)
+        })
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("1"));
+    // The same watch again is refused (EEXIST): no transaction is left open.
+    let e = xs
+        .transaction_after(&[Req::Watch("/w", "t")], 3, |_, _| Ok::<_, XsError>(()))
+        .unwrap_err();
+    assert!(e.is("EEXIST"), "{e}");
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.value("/a"), Some("2"));
+    assert_eq!(st.rounds, 2 + 1 + 2, "{:?}", st.log);
+    let starts = st.round_starts.clone();
+    let types = |i: usize| st.log[starts[i]..].first().map(|l| l.0);
+    assert_eq!(types(0), Some(wire::XS_WATCH));
+    assert_eq!(st.log[1].0, wire::XS_TRANSACTION_START);
+    // The refused round ends with the abort of the transaction it started.
+    let last = st.log.last().unwrap();
+    assert_eq!((last.0, last.1.as_str()), (wire::XS_TRANSACTION_END, "F"));
+}
+
+/// Released watches go with the next request, in its round trip: the same
+/// watch can be set again there, and the old one's events are dropped.
+#[test]
+fn released_watches_are_removed_in_the_next_round_trip() {
+    let (mut xs, h) = fake::serve(State::with(&[("/w", "1")]));
+    xs.batch(NO_TX, &[Req::Watch("/w", "t"), Req::Watch("/v", "u")])
+        .unwrap();
+    xs.write(NO_TX, "/w", "2").unwrap();
+    xs.release_watches();
+    xs.batch(NO_TX, &[Req::Watch("/w", "t"), Req::Read("/w")])
+        .unwrap();
+    // Only the new watch's first event is left.
+    let until = Instant::now() + Duration::from_millis(200);
+    assert_eq!(xs.wait_watch("t", until).unwrap().as_deref(), Some("/w"));
+    assert_eq!(xs.wait_watch("t", until).unwrap(), None);
+    assert_eq!(xs.wait_watch("u", until).unwrap(), None);
+    drop(xs);
+    let st = h.join().unwrap();
+    assert_eq!(st.rounds, 3, "{:?}", st.log);
+    let third: Vec<u32> = st.log[st.round_starts[2]..].iter().map(|l| l.0).collect();
+    assert_eq!(
+        third,
+        [
+            wire::XS_UNWATCH,
+            wire::XS_UNWATCH,
+            wire::XS_WATCH,
+            wire::XS_READ
+        ]
+    );
+}
+
+/// drop_events: the events of one token so far, not another's.
+#[test]
+fn drop_events_drops_one_tokens_events() {
+    let (mut xs, h) = fake::serve(State::default());
+    xs.batch(NO_TX, &[Req::Watch("/w", "t"), Req::Watch("/v", "u")])
+        .unwrap();
+    xs.drop_events("t");
+    let until = Instant::now() + Duration::from_millis(100);
+    assert_eq!(xs.wait_watch("t", until).unwrap(), None);
+    assert_eq!(xs.wait_watch("u", until).unwrap().as_deref(), Some("/v"));
+    drop(xs);
+    h.join().unwrap();
 }

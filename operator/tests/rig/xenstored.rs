@@ -225,7 +225,30 @@ impl Conn<'_> {
     }
 }
 
+/// Connections served so far: each one's number in `xenstored.rounds`.
+static CONNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One line per round trip in ROOT/../xenstored.rounds: the connection's
+/// number, then the types of the requests that came in one read while
+/// nothing was left unanswered (a client sends a round's requests in one
+/// write and waits for their replies before the next).
+fn log_round(root: &Path, conn: usize, types: &[u32]) {
+    use std::io::Write as _;
+    if types.is_empty() {
+        return;
+    }
+    let line: Vec<String> = types.iter().map(u32::to_string).collect();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.with_file_name("xenstored.rounds"))
+    {
+        let _ = writeln!(f, "{conn} {}", line.join(","));
+    }
+}
+
 fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
+    let conn = CONNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
     let mut c = Conn {
         s,
@@ -244,6 +267,7 @@ fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
+        let mut round = Vec::new();
         while buf.len() >= 16 {
             let w = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().unwrap());
             let (ty, req, tx, len) = (w(0), w(4), w(8), w(12) as usize);
@@ -252,6 +276,12 @@ fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
             }
             let payload: Vec<u8> = buf[16..16 + len].to_vec();
             buf.drain(..16 + len);
+            round.push((ty, req, tx, payload));
+        }
+        // Logged before any reply: a client that has its replies sees it.
+        let types: Vec<u32> = round.iter().map(|r| r.0).collect();
+        log_round(root, conn, &types);
+        for (ty, req, tx, payload) in round {
             c.handle(ty, req, tx, &payload);
         }
         c.fire_changed();
