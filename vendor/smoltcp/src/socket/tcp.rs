@@ -3206,6 +3206,9 @@ impl<'a> Socket<'a> {
                     None
                 };
 
+                // Whether this segment uses up what the windows allow for now (set below).
+                let mut window_exhausted = false;
+
                 let offset = if let Some((seq, size)) = hole {
                     // Resend one hole (fast retransmit, or fast recovery).
                     let offset = seq - self.local_seq_no;
@@ -3283,6 +3286,17 @@ impl<'a> Socket<'a> {
                     let offset = self.flight_size();
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
 
+                    // The last segment before the peer's or the congestion window stops
+                    // the sender: less than a full segment may follow it until an ACK
+                    // comes. It carries PSH (below) so that a receiver that acknowledges
+                    // every second full segment does not hold the ACK of an odd last one
+                    // for its delayed-ACK timer while we wait for it.
+                    if !is_zero_window_probe {
+                        let allowance = win_limit.min(self.cwnd_remaining());
+                        window_exhausted =
+                            allowance.saturating_sub(repr.payload.len()) < effective_mss;
+                    }
+
                     #[cfg(feature = "segmentation-offload")]
                     if repr.payload.len() > effective_mss {
                         packet_meta.segmentation_offload_size =
@@ -3306,6 +3320,11 @@ impl<'a> Socket<'a> {
                         }
                         _ => (),
                     }
+                } else if window_exhausted && !repr.payload.is_empty() {
+                    // More data waits behind a window: push what the flight ends with
+                    // (Linux acknowledges an MSS-sized pushed segment as soon as its
+                    // application has read it, rather than after up to 40 ms).
+                    repr.control = TcpControl::Psh
                 }
             }
 
@@ -9649,6 +9668,77 @@ mod test {
             payload:    &b"123456"[..],
             ..RECV_TEMPL
         }), exact);
+    }
+
+    /// Controls of everything the socket sends at `now` until it stops.
+    fn dispatch_controls(s: &mut TestSocket, now: Instant) -> Vec<TcpControl> {
+        s.cx.set_now(now);
+        let mut controls = Vec::new();
+        for _ in 0..100 {
+            let mut sent = None;
+            s.socket
+                .dispatch(&mut s.cx, |_, _, (_, repr)| {
+                    sent = Some(repr.control);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            match sent {
+                Some(control) => controls.push(control),
+                None => return controls,
+            }
+        }
+        panic!("the socket kept sending: {controls:?}");
+    }
+
+    #[test]
+    fn test_psh_on_last_segment_the_peer_window_allows() {
+        // 10 segments queued, the peer's window takes 3: the third ends the flight
+        // and is pushed although more data waits; the ones before it are not.
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 6;
+        s.remote_win_len = 18;
+        s.send_slice(&[b'x'; 60][..]).unwrap();
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(0)),
+            [TcpControl::None, TcpControl::None, TcpControl::Psh]
+        );
+        // The ACK of all three opens the window by three more: the same again.
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 18),
+            window_len: 18,
+            ..SEND_TEMPL
+        });
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(10)),
+            [TcpControl::None, TcpControl::None, TcpControl::Psh]
+        );
+    }
+
+    #[test]
+    fn test_psh_when_less_than_a_segment_of_window_is_left() {
+        // With Nagle on, 2 bytes of window after the second segment are not sent
+        // while data is in flight: the second segment ends the flight.
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 6;
+        s.remote_win_len = 14;
+        s.send_slice(&[b'x'; 60][..]).unwrap();
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(0)),
+            [TcpControl::None, TcpControl::Psh]
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_psh_on_last_segment_the_congestion_window_allows() {
+        // Initial window of 10 segments (RFC 6928), 64 KiB queued: the tenth
+        // segment is pushed, the nine before it are not.
+        let mut s = socket_after_handshake(CongestionControl::Cubic, Some(1460));
+        let controls = dispatch_controls(&mut s, Instant::from_millis(0));
+        assert_eq!(controls.len(), 10);
+        assert!(controls[..9].iter().all(|c| *c == TcpControl::None));
+        assert_eq!(controls[9], TcpControl::Psh);
     }
 
     #[test]
