@@ -621,6 +621,11 @@ pub struct Socket<'a> {
     remote_last_ack: Option<TcpSeqNumber>,
     /// The last window length sent.
     remote_last_win: u16,
+    /// The farthest right edge of the receive window advertised so far. A scaled
+    /// window is rounded down to its unit, so an ACK that advances by less than a
+    /// unit may advertise an edge left of an earlier one, and the peer may have
+    /// sent up to the earlier edge already.
+    rx_right_edge: Option<TcpSeqNumber>,
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
@@ -746,6 +751,7 @@ impl<'a> Socket<'a> {
             remote_max_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
+            rx_right_edge: None,
             remote_win_len: 0,
             remote_win_shift: win_shift_for(rx_capacity),
             rx_capacity_hint: 0,
@@ -1159,6 +1165,7 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_max_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
+        self.rx_right_edge = None;
         self.remote_last_win = 0;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
@@ -1474,6 +1481,16 @@ impl<'a> Socket<'a> {
     #[inline]
     pub fn send_capacity(&self) -> usize {
         self.tx_buffer.capacity()
+    }
+
+    /// Remember the right edge of the window just advertised if it is the farthest.
+    fn note_right_edge(&mut self) {
+        if let Some(last_ack) = self.remote_last_ack {
+            let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            if self.rx_right_edge.is_none_or(|e| edge > e) {
+                self.rx_right_edge = Some(edge);
+            }
+        }
     }
 
     /// The receive buffer's extent the peer may already fill: the data held and
@@ -1897,6 +1914,7 @@ impl<'a> Socket<'a> {
         // segments, is right-shifted by [advertised scale value] bits[...]
         reply_repr.window_len = self.scaled_window();
         self.remote_last_win = reply_repr.window_len;
+        self.note_right_edge();
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -2140,7 +2158,18 @@ impl<'a> Socket<'a> {
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
         let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+            let advertised = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            // Data up to a farther edge advertised before was sent in the window
+            // (RFC 7323 2.4: rounding a scaled window down retracts its edge by up to
+            // a unit); take it while the buffer has room for it, rather than drop
+            // it and have the peer resend it after a fast retransmit.
+            match self.rx_right_edge {
+                Some(edge) if edge > advertised => {
+                    let room_end = window_start + self.rx_buffer.window();
+                    advertised.max(edge.min(room_end))
+                }
+                _ => advertised,
+            }
         } else {
             window_start
         };
@@ -3206,6 +3235,9 @@ impl<'a> Socket<'a> {
                     None
                 };
 
+                // Whether this segment uses up what the windows allow for now (set below).
+                let mut window_exhausted = false;
+
                 let offset = if let Some((seq, size)) = hole {
                     // Resend one hole (fast retransmit, or fast recovery).
                     let offset = seq - self.local_seq_no;
@@ -3283,6 +3315,17 @@ impl<'a> Socket<'a> {
                     let offset = self.flight_size();
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
 
+                    // The last segment before the peer's or the congestion window stops
+                    // the sender: less than a full segment may follow it until an ACK
+                    // comes. It carries PSH (below) so that a receiver that acknowledges
+                    // every second full segment does not hold the ACK of an odd last one
+                    // for its delayed-ACK timer while we wait for it.
+                    if !is_zero_window_probe {
+                        let allowance = win_limit.min(self.cwnd_remaining());
+                        window_exhausted =
+                            allowance.saturating_sub(repr.payload.len()) < effective_mss;
+                    }
+
                     #[cfg(feature = "segmentation-offload")]
                     if repr.payload.len() > effective_mss {
                         packet_meta.segmentation_offload_size =
@@ -3306,6 +3349,11 @@ impl<'a> Socket<'a> {
                         }
                         _ => (),
                     }
+                } else if window_exhausted && !repr.payload.is_empty() {
+                    // More data waits behind a window: push what the flight ends with
+                    // (Linux acknowledges an MSS-sized pushed segment as soon as its
+                    // application has read it, rather than after up to 40 ms).
+                    repr.control = TcpControl::Psh
                 }
             }
 
@@ -3414,6 +3462,14 @@ impl<'a> Socket<'a> {
         }
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
+        // As `note_right_edge`, with `repr` borrowing the transmit buffer. A SYN's
+        // window is not scaled.
+        if let (Some(last_ack), false) = (self.remote_last_ack, repr.control == TcpControl::Syn) {
+            let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            if self.rx_right_edge.is_none_or(|e| edge > e) {
+                self.rx_right_edge = Some(edge);
+            }
+        }
 
         if repr.segment_len() > 0 {
             self.rtte
@@ -9649,6 +9705,152 @@ mod test {
             payload:    &b"123456"[..],
             ..RECV_TEMPL
         }), exact);
+    }
+
+    /// The window field of the ACK the socket sends now.
+    fn ack_window(s: &mut TestSocket) -> u16 {
+        let mut win = None;
+        s.socket
+            .dispatch(&mut s.cx, |_, _, (_, repr)| {
+                win = Some(repr.window_len);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        win.expect("an ACK")
+    }
+
+    #[test]
+    fn test_data_up_to_a_retracted_scaled_window_edge_is_taken() {
+        // A window scaled by 128: 100 octets leave 3996 free, advertised as 31
+        // units (3968), right edge 4069 (relative). 100 more leave 3896, 30 units
+        // (3840): the edge retracts to 4041. The peer, which has not seen that
+        // yet, fills the window up to 4069; the buffer has room for all of it.
+        let mut s = socket_established_with_buffer_sizes(64, 4096);
+        s.remote_win_shift = 7;
+        s.remote_last_win = s.scaled_window();
+        for (i, win) in [(0, 31), (1, 30)] {
+            send!(
+                s,
+                TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + i * 100,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &[b'x'; 100][..],
+                    ..SEND_TEMPL
+                }
+            );
+            assert_eq!(ack_window(&mut s), win);
+        }
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 200,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'y'; 3868][..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(
+            s.rx_buffer.len(),
+            4068,
+            "data up to the earlier edge dropped"
+        );
+        assert_eq!(s.remote_seq_no + s.rx_buffer.len(), REMOTE_SEQ + 1 + 4068);
+
+        // Past the farthest edge advertised, data is still trimmed.
+        let mut s = socket_established_with_buffer_sizes(64, 4096);
+        s.remote_win_shift = 7;
+        s.remote_last_win = s.scaled_window();
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'x'; 100][..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(ack_window(&mut s), 31);
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 100,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[b'y'; 3990][..],
+                ..SEND_TEMPL
+            }
+        );
+        assert_eq!(s.rx_buffer.len(), 100 + 3968);
+    }
+
+    /// Controls of everything the socket sends at `now` until it stops.
+    fn dispatch_controls(s: &mut TestSocket, now: Instant) -> Vec<TcpControl> {
+        s.cx.set_now(now);
+        let mut controls = Vec::new();
+        for _ in 0..100 {
+            let mut sent = None;
+            s.socket
+                .dispatch(&mut s.cx, |_, _, (_, repr)| {
+                    sent = Some(repr.control);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            match sent {
+                Some(control) => controls.push(control),
+                None => return controls,
+            }
+        }
+        panic!("the socket kept sending: {controls:?}");
+    }
+
+    #[test]
+    fn test_psh_on_last_segment_the_peer_window_allows() {
+        // 10 segments queued, the peer's window takes 3: the third ends the flight
+        // and is pushed although more data waits; the ones before it are not.
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 6;
+        s.remote_win_len = 18;
+        s.send_slice(&[b'x'; 60][..]).unwrap();
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(0)),
+            [TcpControl::None, TcpControl::None, TcpControl::Psh]
+        );
+        // The ACK of all three opens the window by three more: the same again.
+        send!(s, time 10, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 18),
+            window_len: 18,
+            ..SEND_TEMPL
+        });
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(10)),
+            [TcpControl::None, TcpControl::None, TcpControl::Psh]
+        );
+    }
+
+    #[test]
+    fn test_psh_when_less_than_a_segment_of_window_is_left() {
+        // With Nagle on, 2 bytes of window after the second segment are not sent
+        // while data is in flight: the second segment ends the flight.
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        s.remote_mss = 6;
+        s.remote_win_len = 14;
+        s.send_slice(&[b'x'; 60][..]).unwrap();
+        assert_eq!(
+            dispatch_controls(&mut s, Instant::from_millis(0)),
+            [TcpControl::None, TcpControl::Psh]
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn test_psh_on_last_segment_the_congestion_window_allows() {
+        // Initial window of 10 segments (RFC 6928), 64 KiB queued: the tenth
+        // segment is pushed, the nine before it are not.
+        let mut s = socket_after_handshake(CongestionControl::Cubic, Some(1460));
+        let controls = dispatch_controls(&mut s, Instant::from_millis(0));
+        assert_eq!(controls.len(), 10);
+        assert!(controls[..9].iter().all(|c| *c == TcpControl::None));
+        assert_eq!(controls[9], TcpControl::Psh);
     }
 
     #[test]

@@ -57,6 +57,11 @@ pub struct Cubic {
     // Slow start counts every byte of a stretch ACK (Socket::set_slow_start_counts_stretch_acks).
     stretch_acks: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
+    // The largest flight an ACK found in the last few round trips, and when
+    // (RFC 7661 pipeACK): what a loss reduces when the flight at the loss is
+    // smaller because the sender had less to send.
+    flight_used: usize,
+    flight_used_at: Option<Instant>,
 }
 
 impl Cubic {
@@ -79,6 +84,8 @@ impl Cubic {
             slow_start_after_rto: false,
             stretch_acks: false,
             idle_start: None,
+            flight_used: 0,
+            flight_used_at: None,
         }
     }
 
@@ -165,6 +172,18 @@ impl Controller for Cubic {
 
         // New data was ACKed: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
+
+        // RFC 7661 §4.1 pipeACK: the largest flight an ACK found (`in_flight
+        // + len`) in a sampling period of three smoothed round trips.
+        let flight = in_flight.saturating_add(len);
+        let period_us = u64::from(rtt.smoothed_rtt()).saturating_mul(3000);
+        let stale = self
+            .flight_used_at
+            .is_none_or(|at| (now - at).total_micros() > period_us);
+        if stale || flight >= self.flight_used {
+            self.flight_used = flight;
+            self.flight_used_at = Some(now);
+        }
 
         // First new-data-ack exits fast recovery and deflates `cwnd`
         if self.in_fast_recovery {
@@ -253,8 +272,17 @@ impl Controller for Cubic {
                 self.cwnd
             };
 
-            self.ssthresh = reduce(in_flight).max(2 * self.mss);
+            // RFC 9438 §4.6 reduces the flight size at the loss. When the sender
+            // had less to send than its window just then (a proxy whose other
+            // side stalled), that flight understates what the path carried a
+            // moment before; as RFC 7661 §4.4.1 does for an application-limited
+            // sender, reduce the larger of it and the recent flights
+            // (pipeACK), never more than cwnd.
+            let used = self.flight_used.min(self.cwnd);
+            self.ssthresh = reduce(in_flight.max(used)).max(2 * self.mss);
             self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
+            self.flight_used = 0;
+            self.flight_used_at = None;
 
             self.in_fast_recovery = true;
             self.slow_start_after_rto = false;
@@ -438,6 +466,75 @@ mod test {
         ack(&mut cubic, MSS, Instant::from_millis(10));
         assert_eq!(cubic.window(), cubic.ssthresh);
         assert!(!cubic.in_fast_recovery);
+    }
+
+    fn rtte_of(ms: u32) -> RttEstimator {
+        let mut rtt = RttEstimator::default();
+        rtt.sample(ms);
+        rtt
+    }
+
+    #[test]
+    fn loss_after_the_flight_shrank_reduces_the_recent_flight() {
+        // A sender filled a 100-segment window, then had only 20 segments to
+        // send (its application stalled) when a loss was detected one round
+        // trip later: β_cubic of the 100 segments it had in flight, not of 20.
+        let rtt = rtte_of(25);
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(1 << 20);
+        cubic.cwnd = 100 * MSS;
+        cubic.ssthresh = 100 * MSS; // congestion avoidance
+        cubic.on_ack(Instant::from_millis(0), MSS, 99 * MSS, &rtt);
+        cubic.on_ack(Instant::from_millis(25), MSS, 19 * MSS, &rtt);
+        let cwnd = cubic.window();
+        assert!(cwnd >= 100 * MSS);
+        cubic.on_loss(Instant::from_millis(30), 20 * MSS);
+        assert_eq!(cubic.ssthresh, 70 * MSS);
+        assert_eq!(cubic.window(), 73 * MSS);
+        assert_eq!(cubic.w_max, cwnd);
+
+        // Never more than cwnd: a flight above it (cwnd just reduced) counts
+        // only up to cwnd, and the flight at the loss as before.
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.ssthresh = 10 * MSS;
+        cubic.on_ack(Instant::from_millis(0), MSS, 30 * MSS, &rtt);
+        cubic.cwnd = 10 * MSS;
+        cubic.on_loss(Instant::from_millis(1), 5 * MSS);
+        assert_eq!(cubic.ssthresh, 7 * MSS);
+    }
+
+    #[test]
+    fn loss_reduces_the_flight_at_the_loss_once_older_flights_are_stale() {
+        // The 100-segment flight was more than three round trips before the
+        // loss; since then every ACK found 20 segments in flight: those are
+        // what the path carries now (RFC 9438 §4.6 flight_size).
+        let rtt = rtte_of(25);
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(1 << 20);
+        cubic.cwnd = 100 * MSS;
+        cubic.ssthresh = 100 * MSS;
+        cubic.on_ack(Instant::from_millis(0), MSS, 99 * MSS, &rtt);
+        for t in [80, 90, 100] {
+            cubic.on_ack(Instant::from_millis(t), MSS, 19 * MSS, &rtt);
+        }
+        cubic.on_loss(Instant::from_millis(101), 20 * MSS);
+        assert_eq!(cubic.ssthresh, 14 * MSS);
+
+        // A loss starts a new sample: the next loss does not see flights
+        // from before the first.
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(1 << 20);
+        cubic.cwnd = 100 * MSS;
+        cubic.ssthresh = 100 * MSS;
+        cubic.on_ack(Instant::from_millis(0), MSS, 99 * MSS, &rtt);
+        cubic.on_loss(Instant::from_millis(1), 100 * MSS);
+        cubic.on_ack(Instant::from_millis(2), MSS, 19 * MSS, &rtt); // ends recovery
+        cubic.on_loss(Instant::from_millis(3), 20 * MSS);
+        assert_eq!(cubic.ssthresh, 14 * MSS);
     }
 
     #[test]
