@@ -2,7 +2,7 @@
 # Proxy modes under Xen (issue 5): transparent mode (a client routed through
 # the instance reaches servers at two addresses, byte-exact, without knowing
 # the proxy exists; the servers see the instance's address), a chain of two
-# instances, the small profile in memory=4 with 50 concurrent connections, and
+# instances, the small profile in memory=4 with 64 concurrent connections, and
 # the shipped xl-configs (transparent.cfg, reverse.cfg, small.cfg) as written.
 . /root/lib.sh
 . /root/payload/tests/xen/common.sh
@@ -260,7 +260,7 @@ else
 fi
 "$MP" stop md-a md-b
 
-# ---- the shipped configs: small.cfg in memory=4 with 50 concurrent connections, reverse.cfg
+# ---- the shipped configs: small.cfg in memory=4 with 64 concurrent connections (its max_conns), reverse.cfg
 # Both: 10.0.0.2:80 -> 10.0.0.1:8080.
 socat -t 60 TCP-LISTEN:8080,bind=10.0.0.1,reuseaddr,fork,backlog=128 EXEC:cat & MD_PIDS+=($!)
 sleep 0.3
@@ -268,23 +268,23 @@ if md_cfg mp-small small.cfg 13; then
     pass "small.cfg (memory=4) boots as shipped"
     grep -E 'miniproxy: memory|engine: worst case' "$(console_log mp-small)"
     mkdir -p "$MD/cc"
-    for i in $(seq 1 50); do head -c $((20000 + i * 97)) /dev/urandom > "$MD/cc/in.$i"; done
+    for i in $(seq 1 64); do head -c $((20000 + i * 97)) /dev/urandom > "$MD/cc/in.$i"; done
     md_t0=$(now_ms)
     pids=()
-    for i in $(seq 1 50); do
+    for i in $(seq 1 64); do
         timeout 120 socat -t 60 - TCP:10.0.0.2:80,connect-timeout=20 < "$MD/cc/in.$i" > "$MD/cc/out.$i" 2>"$MD/cc/err.$i" & pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
     ms=$(( $(now_ms) - md_t0 ))
     ok=0
-    for i in $(seq 1 50); do
+    for i in $(seq 1 64); do
         if cmp -s "$MD/cc/in.$i" "$MD/cc/out.$i"; then ok=$((ok + 1))
         else echo "conn $i: sent $(stat -c %s "$MD/cc/in.$i") B, got $(stat -c %s "$MD/cc/out.$i") B: $(tail -n1 "$MD/cc/err.$i")"; fi
     done
     sleep 1.2
     stats=$(md_stats mp-small); echo "mp-small: $stats"
-    [ $ok = 50 ] && pass "small.cfg, memory=4: 50 concurrent connections byte-exact ($ms ms)" \
-                 || fail "small.cfg: 50 concurrent" "$ok of 50 byte-exact; $stats"
+    [ $ok = 64 ] && pass "small.cfg, memory=4: 64 concurrent connections byte-exact ($ms ms)" \
+                 || fail "small.cfg: 64 concurrent" "$ok of 64 byte-exact; $stats"
     [ "$(stat_of px_refused "$stats")" = 0 ] || fail "small.cfg: refused connections" "$stats"
     mp_stop mp-small
     tail -n 4 "$(console_log mp-small)"
