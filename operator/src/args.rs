@@ -410,3 +410,30 @@ pub fn config_line(
 
 #[cfg(test)]
 mod tests;
+
+/// Tests' `spawn` command line: a reverse instance NAME at IP (to
+/// 10.0.0.1:8080), with `extra` arguments after.
+#[cfg(test)]
+pub(crate) fn reverse_spawn_argv(name: &str, ip: &str, extra: &[&str]) -> Vec<String> {
+    let head = [
+        "--name",
+        name,
+        "--mode",
+        "reverse",
+        "--listen",
+        "80",
+        "--upstream",
+        "10.0.0.1:8080",
+        "--ip",
+        ip,
+    ];
+    head.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// [`reverse_spawn_argv`], parsed: tests' valid spawn.
+#[cfg(test)]
+pub(crate) fn reverse_spawn(name: &str, ip: &str, extra: &[&str]) -> Spawn {
+    parse_spawn(&reverse_spawn_argv(name, ip, extra))
+        .unwrap()
+        .unwrap()
+}

@@ -195,29 +195,10 @@ pub fn need_virsh() -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::parse_spawn;
 
     fn spawn(extra: &str) -> crate::args::Spawn {
-        let a: Vec<String> = [
-            "--name",
-            "c1--x",
-            "--mode",
-            "reverse",
-            "--listen",
-            "80",
-            "--upstream",
-            "10.0.0.1:8080",
-            "--ip",
-            "10.0.0.2/24",
-            "--extra",
-            extra,
-            "--via",
-            "libvirt",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        parse_spawn(&a).unwrap().unwrap()
+        let more = ["--extra", extra, "--via", "libvirt"];
+        crate::args::reverse_spawn("c1--x", "10.0.0.2/24", &more)
     }
 
     fn values<'a>(s: &'a crate::args::Spawn, kernel: &'a str) -> Values<'a> {

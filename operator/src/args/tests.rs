@@ -5,20 +5,7 @@ fn argv(s: &[&str]) -> Vec<String> {
 }
 
 fn spawn(extra: &[&str]) -> Result<Option<Spawn>, Failure> {
-    let mut a = vec![
-        "--name",
-        "c42",
-        "--mode",
-        "reverse",
-        "--listen",
-        "80",
-        "--upstream",
-        "10.0.0.1:8080",
-        "--ip",
-        "10.0.0.42/24",
-    ];
-    a.extend_from_slice(extra);
-    parse_spawn(&argv(&a))
+    parse_spawn(&reverse_spawn_argv("c42", "10.0.0.42/24", extra))
 }
 
 fn refusal(r: Result<Option<Spawn>, Failure>) -> String {

@@ -12,23 +12,7 @@ fn member(name: &str, memory: u32, waiting: bool) -> Member {
 }
 
 fn spawn_of(extra: &[&str]) -> Spawn {
-    let mut a: Vec<String> = [
-        "--name",
-        "w1",
-        "--mode",
-        "reverse",
-        "--listen",
-        "80",
-        "--upstream",
-        "10.0.0.1:8080",
-        "--ip",
-        "10.0.0.9/24",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.extend(extra.iter().map(|s| s.to_string()));
-    args::parse_spawn(&a).unwrap().unwrap()
+    args::reverse_spawn("w1", "10.0.0.9/24", extra)
 }
 
 /// The member a spawn takes among `members` (their states known).

@@ -4,7 +4,6 @@
 //! the fake, not assumed).
 
 use super::*;
-use crate::args::parse_spawn;
 use crate::xenstore::fake::{self, State};
 use crate::xenstore::wire;
 use std::cell::Cell;
@@ -65,24 +64,7 @@ fn xenstore(members: &[(&str, u32)]) -> State {
 }
 
 fn spawn_of(name: &str, ip: &str) -> Spawn {
-    let a: Vec<String> = [
-        "--name",
-        name,
-        "--mode",
-        "reverse",
-        "--listen",
-        "80",
-        "--upstream",
-        "10.0.0.1:8080",
-        "--ip",
-        ip,
-        "--memory",
-        "4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    parse_spawn(&a).unwrap().unwrap()
+    crate::args::reverse_spawn(name, ip, &["--memory", "4"])
 }
 
 fn template() -> (String, PathBuf) {
