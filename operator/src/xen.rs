@@ -145,10 +145,10 @@ fn with_xenstored<T>(f: impl FnOnce(&mut Xs) -> Result<T, XsError>) -> Option<T>
 /// xenstored itself (crate::xenstore), or with xenstore-read if that
 /// cannot be reached or fails.
 pub fn read_all(paths: &[&str]) -> Option<Vec<String>> {
+    // One pipelined round trip (Xs::read_many), as read_each.
     let direct = with_xenstored(|xs| {
-        let values: Result<Vec<Option<String>>, _> =
-            paths.iter().map(|p| xs.read(NO_TX, p)).collect();
-        values.map(|v| v.into_iter().collect::<Option<Vec<String>>>())
+        xs.read_many(NO_TX, paths)
+            .map(|v| v.into_iter().collect::<Option<Vec<String>>>())
     });
     if let Some(values) = direct {
         return values;
