@@ -247,16 +247,22 @@ fb_result() {
     [ -n "$BYTE_MS" ] && [ "$BYTE_MS" != -1 ] || { err "inst $1 rep $2: no proxied byte ($(head -c 200 /tmp/bench-fb.out))"; BYTE_MS=-; }
     [ "${FB_LATE:-0}" = 0 ] || err "inst $1 rep $2: the first-byte client started ${FB_LATE} ms after the invocation"
 }
-# warm_one REP: `miniproxy spawn` from a filled pool of one (prepared ahead:
+# warm_one REP [serve]: a spawn from a filled pool of one (prepared ahead:
 # booted, vif connected, waiting) -> ready and -> first proxied byte, the
-# client trying from the invocation on, as for the cold kinds. The client's
-# neighbour entry for the address is set to the member's MAC beforehand, as
-# the cold kinds' fixed MACs are. The pool is refilled (and waited for)
-# before the next measurement, so no xl create runs beside one.
+# client trying from the invocation on, as for the cold kinds. Target `warm`
+# runs the command (`miniproxy spawn`: a process started and ended under
+# TCG); target `warmd` (with "serve") asks the resident spawner (`miniproxy
+# serve`, started once, SERVE_SOCK) with `miniproxy ask`, as an operator who
+# wants the fastest spawn runs it. READY_MS is bash's clock from the
+# invocation to the reply either way (`ask` adds its own process). The
+# client's neighbour entry for the address is set to the member's MAC
+# beforehand, as the cold kinds' fixed MACs are. The pool is refilled (and
+# waited for) before the next measurement, so no xl create runs beside one.
 warm_one() {
-    local rep=$1 mem=$MP_MEM t0 out d mac='' rc=0
+    local rep=$1 via=${2:-cli} mem=$MP_MEM t0 out d mac='' rc=0 target=warm
+    [ "$via" = serve ] && target=warmd
     if ! out=$("$MPTOOL" pool fill 1 --memory "$mem" 2>&1); then
-        err "inst warm rep $rep: pool fill failed: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+        err "inst $target rep $rep: pool fill failed: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
         return 1
     fi
     for d in $(xenstore-list /local/domain 2>/dev/null); do
@@ -264,32 +270,44 @@ warm_one() {
         mp-pool-*) mac=$(xenstore-read "/local/domain/$d/device/vif/0/mac" 2>/dev/null) ;;
         esac
     done
-    [ -n "$mac" ] || { err "inst warm rep $rep: no waiting pool member"; return 1; }
+    [ -n "$mac" ] || { err "inst $target rep $rep: no waiting pool member"; return 1; }
     $CLI ip neigh replace $MW_IP lladdr "$mac" dev eth0 nud permanent
     fb_start warm
     t0=$T0
-    out=$("$MPTOOL" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
-        --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
+    if [ "$via" = serve ]; then
+        out=$("$MPTOOL" ask --timing --socket "$SERVE_SOCK" spawn --name bench-warm --mode reverse --listen 80 \
+            --upstream $SRV_IP:80 --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
+    else
+        out=$("$MPTOOL" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
+            --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
+    fi
     READY_MS=$(( $(now_ms) - t0 ))
     if [ $rc != 0 ] || ! [[ $out =~ ^spawned\ .*how=warm ]]; then
-        err "inst warm rep $rep: spawn rc $rc: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
+        err "inst $target rep $rep: spawn rc $rc: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
         kill "$FB_PID" 2>/dev/null; "$MPTOOL" stop bench-warm >/dev/null 2>&1
         return 1
     fi
-    fb_result warm "$rep"
+    fb_result "$target" "$rep"
     GUEST_US=$(echo "$out" | sed -n 's/.* guest_us=\([0-9]*\).*/\1/p')
     t0=$(now_ms)
-    "$MPTOOL" stop bench-warm >/dev/null 2>&1 || err "inst warm rep $rep: stop failed"
+    if [ "$via" = serve ]; then
+        case $("$MPTOOL" ask --socket "$SERVE_SOCK" stop bench-warm 2>&1) in
+        stopped*) ;; *) err "inst $target rep $rep: stop failed" ;; esac
+    else
+        "$MPTOOL" stop bench-warm >/dev/null 2>&1 || err "inst $target rep $rep: stop failed"
+    fi
     DESTROY_MS=$(( $(now_ms) - t0 ))
     $CLI ip neigh del $MW_IP dev eth0 2>/dev/null
-    echo "BENCH test=inst target=warm rep=$rep mem=$mem create_ms=- ready_ms=$READY_MS byte_ms=$BYTE_MS guest_us=${GUEST_US:--} destroy_ms=$DESTROY_MS"
-    # The spawn started a refill in the background: let it finish now.
-    "$MPTOOL" pool fill 1 --memory "$mem" >/dev/null 2>&1 || err "inst warm rep $rep: refill failed"
+    echo "BENCH test=inst target=$target rep=$rep mem=$mem create_ms=- ready_ms=$READY_MS byte_ms=$BYTE_MS guest_us=${GUEST_US:--} destroy_ms=$DESTROY_MS ask_us=$(echo "$out" | sed -n 's/.* ask_us=\([0-9]*\).*/\1/p' | grep . || echo -)"
+    # The spawn started a refill in the background: let it finish now (the
+    # daemon's refill and this fill lock against each other).
+    "$MPTOOL" pool fill 1 --memory "$mem" >/dev/null 2>&1 || err "inst $target rep $rep: refill failed"
 }
 
 inst_one() {   # inst_one KIND REP
     local kind=$1 rep=$2 mem t0
     [ "$kind" = warm ] && { warm_one "$rep"; return; }
+    [ "$kind" = warmd ] && { if [ -n "${SERVE_SOCK:-}" ]; then warm_one "$rep" serve; fi; return; }
     case $kind in mp) mem=$MP_MEM ;; lx) mem=$LX_MEM ;; floor) mem=4 ;; esac
     FB_PID='' BYTE_MS=-
     if [ "$kind" != floor ]; then
@@ -320,16 +338,22 @@ inst_one() {   # inst_one KIND REP
 phase_inst() {
     local rep
     echo "BENCHINFO inst_mem mp_mem=$MP_MEM lx_mem=$LX_MEM floor_mem=4"
+    # The resident spawner for target warmd (its stderr: the refills' messages).
+    SERVE_SOCK=''
+    start_serve "$MPTOOL" /tmp/bench-serve.out /tmp/bench-serve.err \
+        || err "inst: miniproxy serve did not start: $(tail -n 3 /tmp/bench-serve.err | tr '\n' ' ')"
     # (No warm-up: the mem phase has already started each kernel several times.)
     for rep in $(seq 1 "$INST_REPS"); do
         # Rotate the order so neither always runs right after the other.
-        case $((rep % 4)) in
-        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep" ;;
-        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep" ;;
-        3) inst_one floor "$rep"; inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
-        0) inst_one warm "$rep"; inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
+        case $((rep % 5)) in
+        1) inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep"; inst_one warmd "$rep" ;;
+        2) inst_one lx "$rep"; inst_one floor "$rep"; inst_one warmd "$rep"; inst_one warm "$rep"; inst_one mp "$rep" ;;
+        3) inst_one floor "$rep"; inst_one warm "$rep"; inst_one warmd "$rep"; inst_one mp "$rep"; inst_one lx "$rep" ;;
+        4) inst_one warmd "$rep"; inst_one mp "$rep"; inst_one lx "$rep"; inst_one floor "$rep"; inst_one warm "$rep" ;;
+        0) inst_one warm "$rep"; inst_one mp "$rep"; inst_one warmd "$rep"; inst_one lx "$rep"; inst_one floor "$rep" ;;
         esac
     done
+    [ -n "${SERVE_PID:-}" ] && { kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null; }
     "$MPTOOL" pool drain >/dev/null 2>&1 || err "inst: pool drain failed"
 }
 

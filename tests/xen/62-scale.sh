@@ -131,9 +131,11 @@ measure scale_baseline "secs=$(awk -v ms=$b_ms 'BEGIN { printf "%.1f", ms / 1000
 # ---- N spawns, SC_PAR at a time ----------------------------------------------------
 log "spawning sc0..sc$((SC_N - 1)) (memory=4), $SC_PAR at a time, none started after $SC_BUDGET_S s"
 lockups0=$(dmesg | grep -c 'soft lockup')
+s_xs0=$(sc_xs_cpu_ms); s_d0=$(sc_dom0_cpu_ms)
 sc_t0=$(now_ms); SC_T0=$sc_t0
 SC_RUN_N=$SC_N SC_RUN_UNTIL=$((sc_t0 + SC_BUDGET_S * 1000)) sc_run_bounded "$SC_PAR" sc_spawn
 wall=$(( $(now_ms) - sc_t0 ))
+s_xs=$(( $(sc_xs_cpu_ms) - s_xs0 )); s_d=$(( $(sc_dom0_cpu_ms) - s_d0 ))
 ok=0; IDS=()
 for i in $(seq 0 $((SC_N - 1))); do
     if grep -q "^spawned name=sc$i " "$SC/spawn.$i" 2>/dev/null; then
@@ -145,6 +147,10 @@ done
 rate=$(awk -v n="$ok" -v ms="$wall" 'BEGIN { printf "%.2f", ms ? n * 1000 / ms : 0 }')
 med=$(cat "$SC"/spawn.* | sc_field ready_ms | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }')
 measure scale_spawn "spawns_per_s=$rate n=$ok wall_ms=$wall parallel=$SC_PAR ready_ms_median=${med:-?}"
+# What dom0 spent on the spawns (all of its CPU, and xenstored's share),
+# per spawn that came up: where a cold spawn's time goes as domains grow.
+measure scale_spawn_cpu "n=$ok dom0_cpu_ms=$s_d xenstored_cpu_ms=$s_xs" \
+    "dom0_cpu_ms_per_spawn=$(( ok ? s_d / ok : 0 )) xenstored_cpu_ms_per_spawn=$(( ok ? s_xs / ok : 0 ))"
 [ "$ok" = "$SC_N" ] && pass "scale: $SC_N spawns at memory=4 all ready in $wall ms ($rate spawns/s, $SC_PAR at a time)" \
                    || fail "scale: $SC_N spawns" "$ok of $SC_N ready in $wall ms"
 
