@@ -48,7 +48,8 @@ sleep 0.5
 # Instance i is 10.0.0.(SCALE_IP_BASE + i) on dom0's /24 (.229 is the
 # `xl create -e` one, the libvirt ones .230 up; scripts/bench has its own guests and namespaces below .120).
 SC_BASE=${SCALE_IP_BASE:-20}
-[ $((SC_BASE + SC_N)) -le 229 ] || { fail "scale: SCALE_N=$SC_N" "addresses from .$SC_BASE past .228"; SC_N=$((229 - SC_BASE)); }
+[ $((SC_BASE + SC_N)) -le 227 ] || { fail "scale: SCALE_N=$SC_N" "addresses from .$SC_BASE past .226"; SC_N=$((227 - SC_BASE)); }
+# .227 and .228: the two traced probe spawns (sc_probe).
 sc_ip() { echo "10.0.0.$((SC_BASE + $1))"; }
 sc_field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 # What dom0 holds now, one line of key=value: xl processes and their RSS and
@@ -107,6 +108,36 @@ sc_spawn() {
         --ip "$(sc_ip "$1")/24" --memory 4 --timeout 120 > "$SC/spawn.$1" 2>&1 || rc=$?
     echo "sc$1: rc $rc at +$(( $(now_ms) - SC_T0 )) ms: $(tail -n 1 "$SC/spawn.$1" | cut -c1-300)"
 }
+# sc_probe LABEL IP: one more spawn, alone, with xenstored's request trace on
+# (xenstore-control logfile): what xenstored does for one cold spawn, and
+# its CPU, when LABEL's number of domains are up. Run before the N spawns
+# and after, it shows what grows with the domains: the requests (by type),
+# the watch events xenstored sends (each write fires every matching watch
+# of every connection), its CPU per spawn. The trace costs xenstored some
+# CPU of its own, the same in both. The instance is stopped at once.
+sc_probe() {
+    local label=$1 ip=$2 tr="$SC/probe.$1.trace" c0 c1 t0 rc=0 out doms reqs evs
+    doms=$(xenstore-list /local/domain 2>/dev/null | wc -l)
+    xenstore-control logfile "$tr" >/dev/null 2>&1 && xenstore-control log +io >/dev/null 2>&1
+    c0=$(sc_xs_cpu_ms); t0=$(now_ms)
+    out=$("$MP" spawn --name "sc-probe-$label" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
+        --ip "$ip/24" --memory 4 --timeout 180 2>&1) || rc=$?
+    c1=$(sc_xs_cpu_ms); t1=$(now_ms)
+    xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1
+    "$MP" stop "sc-probe-$label" >/dev/null 2>&1
+    if [ $rc != 0 ] || ! [ -s "$tr" ]; then
+        fail "scale: probe spawn at $label" "rc $rc, trace $(wc -l < "$tr" 2>/dev/null) lines: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+        return
+    fi
+    reqs=$(grep -cE '(^|[ :])IN 0x' "$tr"); evs=$(grep -cE 'OUT 0x.* WATCH_EVENT' "$tr")
+    echo "probe $label ($doms domains before it): requests by type: $(grep -E '(^|[ :])IN 0x' "$tr" \
+        | sed -nE 's/.*IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} ([A-Z_]+) .*/\1/p' | sort | uniq -c | sort -rn | head -n 8 | awk '{ printf "%s=%s ", $2, $1 }')"
+    echo "probe $label: watch events by path (top 5): $(grep -E 'OUT 0x.* WATCH_EVENT' "$tr" \
+        | sed -nE 's/.*WATCH_EVENT \(([^ )]*).*/\1/p' | sed 's|/[0-9][0-9]*/|/ID/|g; s|/[0-9][0-9]*$|/ID|' | sort | uniq -c | sort -rn | head -n 5 | awk '{ printf "%s=%s ", $2, $1 }')"
+    measure scale_probe "label=$label domains=$doms wall_ms=$((t1 - t0)) xenstored_cpu_ms=$((c1 - c0))" \
+        "requests=$reqs watch_events=$evs $(echo "$out" | grep -o 'create_ms=[0-9]*') $(echo "$out" | grep -o 'guest_us=[0-9]*')"
+    pass "scale: probe spawn with $doms domains up: ready, traced ($reqs requests, $evs watch events)"
+}
 # sc_echo i: i's instance sends 2000 + 7 i random bytes back byte-exact?
 sc_echo() {
     local ip; ip=$(sc_ip "$1")
@@ -127,6 +158,8 @@ sleep 10
 b_ms=$(( $(now_ms) - b_t0 ))
 measure scale_baseline "secs=$(awk -v ms=$b_ms 'BEGIN { printf "%.1f", ms / 1000 }')" \
     "xenstored_cpu_ms=$(( $(sc_xs_cpu_ms) - b_cpu0 )) dom0_cpu_ms=$(( $(sc_dom0_cpu_ms) - b_dom0 ))"
+
+sc_probe first 10.0.0.227
 
 # ---- N spawns, SC_PAR at a time ----------------------------------------------------
 log "spawning sc0..sc$((SC_N - 1)) (memory=4), $SC_PAR at a time, none started after $SC_BUDGET_S s"
@@ -167,6 +200,8 @@ if [ "$ok" -gt 0 ]; then
     # witnessed, not wanted; the libvirt way below has none.
     echo "per-domain xl processes: $(pgrep -x xl | head -n 3 | while read -r p; do tr '\0' ' ' < "/proc/$p/cmdline"; echo -n '; '; done)"
 fi
+
+sc_probe last 10.0.0.228
 
 # ---- each serves one request byte-exact, SC_PAR at a time ----------------------------
 sc_t0=$(now_ms)
