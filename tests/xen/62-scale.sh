@@ -116,13 +116,13 @@ sc_spawn() {
 # of every connection), its CPU per spawn. The trace costs xenstored some
 # CPU of its own, the same in both. The instance is stopped at once.
 sc_probe() {
-    local label=$1 ip=$2 tr="$SC/probe.$1.trace" c0 c1 t0 rc=0 out doms reqs evs
+    local label=$1 ip=$2 tr="$SC/probe.$1.trace" c0 c1 d0 d1 f0 f1 t0 t1 rc=0 out doms reqs evs
     doms=$(xenstore-list /local/domain 2>/dev/null | wc -l)
     xenstore-control logfile "$tr" >/dev/null 2>&1 && xenstore-control log +io >/dev/null 2>&1
-    c0=$(sc_xs_cpu_ms); t0=$(now_ms)
+    c0=$(sc_xs_cpu_ms); d0=$(sc_dom0_cpu_ms); f0=$(awk '$1 == "processes" { print $2 }' /proc/stat); t0=$(now_ms)
     out=$("$MP" spawn --name "sc-probe-$label" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
         --ip "$ip/24" --memory 4 --timeout 180 2>&1) || rc=$?
-    c1=$(sc_xs_cpu_ms); t1=$(now_ms)
+    c1=$(sc_xs_cpu_ms); d1=$(sc_dom0_cpu_ms); f1=$(awk '$1 == "processes" { print $2 }' /proc/stat); t1=$(now_ms)
     xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1
     "$MP" stop "sc-probe-$label" >/dev/null 2>&1
     if [ $rc != 0 ] || ! [ -s "$tr" ]; then
@@ -134,7 +134,10 @@ sc_probe() {
         | sed -nE 's/.*IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} ([A-Z_]+) .*/\1/p' | sort | uniq -c | sort -rn | head -n 8 | awk '{ printf "%s=%s ", $2, $1 }')"
     echo "probe $label: watch events by path (top 5): $(grep -E 'OUT 0x.* WATCH_EVENT' "$tr" \
         | sed -nE 's/.*WATCH_EVENT \(([^ )]*).*/\1/p' | sed 's|/[0-9][0-9]*/|/ID/|g; s|/[0-9][0-9]*$|/ID|' | sort | uniq -c | sort -rn | head -n 5 | awk '{ printf "%s=%s ", $2, $1 }')"
+    # dom0's CPU and the processes dom0 started (forks: the tool, xl, the
+    # hotplug script and what it runs) for this one spawn.
     measure scale_probe "label=$label domains=$doms wall_ms=$((t1 - t0)) xenstored_cpu_ms=$((c1 - c0))" \
+        "dom0_cpu_ms=$((d1 - d0)) forks=$((f1 - f0))" \
         "requests=$reqs watch_events=$evs $(echo "$out" | grep -o 'create_ms=[0-9]*') $(echo "$out" | grep -o 'guest_us=[0-9]*')"
     pass "scale: probe spawn with $doms domains up: ready, traced ($reqs requests, $evs watch events)"
 }
