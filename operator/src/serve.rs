@@ -30,7 +30,11 @@ A resident spawner: one long-lived process that takes spawn and stop
 requests over a Unix stream socket and answers each with the line the
 command prints, without a process per request (under TCG dom0 needs
 100-300 ms to start and end one) and on a xenstored connection it keeps
-open. A warm spawn's refill runs in a thread of the daemon.
+open. A warm spawn's refill runs in a thread of the daemon, started after
+the reply. While idle the daemon prepares the next warm hand-over (a
+xenstore transaction holding what the checks read), which cuts a warm
+spawn to two xenstored round trips; a stale one falls back to the full
+path.
   --socket PATH  where to listen (default {run}/serve.sock, mode 0600).
                  A stale socket file (nobody listening) is replaced; one
                  another daemon serves is an error (exit 1)
@@ -261,6 +265,8 @@ fn watch_domains(shared: &Arc<Shared>) {
             }
             prepare_soon(shared);
         }
+        // The connection broke: a new one, not at once.
+        std::thread::sleep(SETTLE);
     }
 }
 
@@ -293,13 +299,7 @@ fn prepare_now(shared: &Shared) {
     }
     let env = shared.env.restarted();
     let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-    let taken = {
-        let mut list = idle();
-        match list.iter().position(|x| x.held().is_some()) {
-            Some(i) => Some(list.remove(i)),
-            None => list.pop(),
-        }
-    };
+    let taken = take_idle(&mut idle());
     let mut xs = match taken.map_or_else(Xs::open, Ok) {
         Ok(x) => x,
         Err(e) => {
@@ -313,6 +313,22 @@ fn prepare_now(shared: &Shared) {
     if xs.usable() {
         idle().push(xs);
     }
+}
+
+/// An idle connection: the one holding the newest prepared hand-over, else
+/// the last one put back. Older prepared ones are abandoned: one open at a
+/// time (their aborts go with their connections' next requests).
+fn take_idle(list: &mut Vec<Xs>) -> Option<Xs> {
+    let newest = (0..list.len())
+        .filter_map(|i| Some((list[i].held()?.since, i)))
+        .max()
+        .map(|(_, i)| i);
+    let taken = match newest {
+        Some(i) => Some(list.remove(i)),
+        None => list.pop(),
+    };
+    list.iter_mut().for_each(Xs::drop_held);
+    taken
 }
 
 /// One client: requests and replies until it closes, sends a line that is
@@ -436,13 +452,7 @@ fn serve_spawn(
         return bad("--help is not served: run 'miniproxy spawn --help'");
     };
     let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-    let mut xs = {
-        let mut list = idle();
-        match list.iter().position(|x| x.held().is_some()) {
-            Some(i) => Some(list.remove(i)),
-            None => list.pop(),
-        }
-    };
+    let mut xs = take_idle(&mut idle());
     if shared.filling.load(Ordering::SeqCst) > 0 {
         if let Some(x) = xs.as_mut().filter(|x| x.held().is_some()) {
             // Its commit would fail: no round trip for it (the abort goes

@@ -105,7 +105,8 @@ pub fn warm(
     // REFILL_DELAY before it works, so it does not compete with this
     // member's first clients.
     refill(env);
-    env.trace("refill started");
+    // The daemon's starts after its reply (crate::serve).
+    env.trace("refill asked for");
     let ready = await_ready(env, xs, s, id, (member, con0), deadline_ms);
     let (pool_said, ip) = match ready {
         Ok(r) => (r.pool, r.ip),

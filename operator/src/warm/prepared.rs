@@ -230,6 +230,12 @@ pub(super) fn hand_over(
     let con0 = console_size(env, &m.name);
     let mut replies = match xs.batch_each(&reqs) {
         Ok(r) => r,
+        // Refused before anything was sent (a request too long for the
+        // wire): the full path meets it where today's does.
+        Err(e) if xs.usable() => {
+            xs.abandon(tx);
+            return Prep::Full(e.to_string());
+        }
         // The commit may or may not have been applied.
         Err(e) => return Prep::Stop(Stop::HandOver(m.clone(), e)),
     };
