@@ -29,7 +29,11 @@ use std::time::{Duration, Instant};
 /// (it holds memory there) and how stale a snapshot an error reply ("name
 /// in use", which is confirmed by a commit) may start from. 30 s is far
 /// longer than the gaps between a benchmark's spawns and far shorter than
-/// the daemon's life.
+/// the daemon's life; while idle the daemon replaces its transaction every
+/// 20 s (crate::serve). A limit: C xenstored's live update waits for a
+/// moment without open transactions (or, forced, for all of them to be
+/// old), which a daemon that nearly always holds a fresh one rarely gives;
+/// stop the daemon before updating xenstored.
 pub const PREPARED_MAX_AGE: Duration = Duration::from_secs(30);
 
 const DOMAINS: &str = "/local/domain";
