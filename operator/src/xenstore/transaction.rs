@@ -166,3 +166,6 @@ impl Xs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
