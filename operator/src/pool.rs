@@ -567,6 +567,16 @@ fn drain(json: bool) -> Outcome {
 /// at a time, so that a spawn looks at the member it takes, not at all of
 /// them. Records without a domid (a member being created) are left out.
 pub fn candidates(env: &Env, memory: u32, cfg: &Config) -> Vec<Member> {
+    recorded(env)
+        .into_iter()
+        .filter(|m| fits(m, memory, cfg))
+        .collect()
+}
+
+/// Every member of the pool's records that has a domid, in name order,
+/// whatever it fits: what the daemon's prepared hand-over reads ahead
+/// (crate::warm::prepared), before it knows the spawn.
+pub fn recorded(env: &Env) -> Vec<Member> {
     let pool = pool_env(env);
     records(&pool)
         .into_iter()
@@ -586,7 +596,6 @@ pub fn candidates(env: &Env, memory: u32, cfg: &Config) -> Vec<Member> {
                 crashed: false,
             })
         })
-        .filter(|m| fits(m, memory, cfg))
         .collect()
 }
 
@@ -601,14 +610,25 @@ pub fn take(env: &Env, member: &Member) {
 /// costs dom0 tens of ms under TCG). Like the process it waits
 /// REFILL_DELAY, then for a fill that runs ([`take_fill_lock`]); what it
 /// has to say goes to the daemon's stderr. `busy` is dropped when it ends.
-pub fn refill_in_thread(env: &Env, busy: impl Send + 'static) {
+/// `filling` runs just before the fill's work, `filled` after it (the
+/// daemon's prepared hand-over is stale while a fill creates domains).
+pub fn refill_in_thread(
+    env: &Env,
+    busy: impl Send + 'static,
+    (filling, filled): (
+        impl FnOnce() + Send + 'static,
+        impl FnOnce() + Send + 'static,
+    ),
+) {
     let env = env.clone();
     let started = std::thread::Builder::new()
         .name("refill".into())
         .spawn(move || {
             let _busy = busy;
             std::thread::sleep(REFILL_DELAY);
+            filling();
             let done = env::need_root().and_then(|()| fill(&env, None, None, true, false));
+            filled();
             match done {
                 Ok(()) => env.trace("refill done"),
                 Err(Failure::Fail(m) | Failure::Bad(m)) => eprintln!("miniproxy pool: {m}"),

@@ -7,7 +7,8 @@
 //! the daemon can be used side by side.
 
 use crate::env::{self, Env};
-use crate::xenstore::Xs;
+use crate::warm::prepared;
+use crate::xenstore::{Req, Xs, NO_TX};
 use crate::{args, bad, fail, lock, pool, spawn, stop, Failure, Outcome};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest request line, its newline not counted. A spawn's whole line
 /// is far shorter (the guest takes 1022 bytes of configuration).
@@ -29,7 +30,11 @@ A resident spawner: one long-lived process that takes spawn and stop
 requests over a Unix stream socket and answers each with the line the
 command prints, without a process per request (under TCG dom0 needs
 100-300 ms to start and end one) and on a xenstored connection it keeps
-open. A warm spawn's refill runs in a thread of the daemon.
+open. A warm spawn's refill runs in a thread of the daemon, started after
+the reply. While idle the daemon prepares the next warm hand-over (a
+xenstore transaction holding what the checks read), which cuts a warm
+spawn to two xenstored round trips; a stale one falls back to the full
+path.
   --socket PATH  where to listen (default {run}/serve.sock, mode 0600).
                  A stale socket file (nobody listening) is replaced; one
                  another daemon serves is an error (exit 1)
@@ -74,6 +79,13 @@ struct Shared {
     busy: Arc<AtomicUsize>,
     /// SIGTERM came: new requests are refused.
     stopping: AtomicBool,
+    /// One preparation (crate::warm::prepared) at a time.
+    preparing: Mutex<()>,
+    /// A preparation is asked for and has not started yet.
+    prepare_wanted: AtomicBool,
+    /// Refills whose fill is at work: the domains they create fail a
+    /// prepared hand-over's commit, so none is prepared or used meanwhile.
+    filling: AtomicUsize,
 }
 
 /// One request or refill at work, while it lives.
@@ -135,6 +147,9 @@ pub fn run(argv: &[String]) -> Outcome {
         idle: Mutex::new(Vec::new()),
         busy: Arc::new(AtomicUsize::new(0)),
         stopping: AtomicBool::new(false),
+        preparing: Mutex::new(()),
+        prepare_wanted: AtomicBool::new(false),
+        filling: AtomicUsize::new(0),
     });
     let (sock, sh) = (path.clone(), Arc::clone(&shared));
     std::thread::Builder::new()
@@ -157,6 +172,15 @@ pub fn run(argv: &[String]) -> Outcome {
         .or_else(|e| fail(format!("cannot start a thread: {e}")))?;
     println!("serving socket={}", path.display());
     let _ = std::io::stdout().flush();
+    // The first spawn already finds a prepared hand-over.
+    prepare_soon(&shared);
+    let sh = Arc::clone(&shared);
+    let watcher = std::thread::Builder::new()
+        .name("domains".into())
+        .spawn(move || watch_domains(&sh));
+    if let Err(e) = watcher {
+        eprintln!("miniproxy serve: cannot start a thread: {e}");
+    }
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
@@ -205,9 +229,111 @@ fn bind(path: &Path) -> Result<UnixListener, Failure> {
     Ok(listener)
 }
 
+/// The token of the daemon's watches of domains created and gone.
+const DOMAINS_TOKEN: &str = "miniproxy-serve-domains";
+
+/// How long the domains watched stay quiet before a new preparation: a
+/// create or destroy comes with more xenstore changes right after it.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// A prepared hand-over is made again after this long without a reason
+/// (before it is too old to be used, prepared::PREPARED_MAX_AGE).
+const REFRESH: Duration = Duration::from_secs(20);
+
+/// Prepare a hand-over again whenever a domain is created or goes away
+/// (xenstored's @introduceDomain and @releaseDomain): the CLI, xl or a
+/// refill process did it, not this daemon, and the prepared one would
+/// fail its commit (a wasted round trip). And every REFRESH. On its own
+/// connection, for the daemon's life.
+fn watch_domains(shared: &Arc<Shared>) {
+    let watches = [
+        Req::Watch("@introduceDomain", DOMAINS_TOKEN),
+        Req::Watch("@releaseDomain", DOMAINS_TOKEN),
+    ];
+    loop {
+        let mut xs = match Xs::open().and_then(|mut x| x.batch(NO_TX, &watches).map(|_| x)) {
+            Ok(x) => x,
+            Err(e) => {
+                shared.env.trace(&format!("{e}: no watch of domains"));
+                std::thread::sleep(REFRESH);
+                continue;
+            }
+        };
+        while let Ok(event) = xs.wait_watch(DOMAINS_TOKEN, Instant::now() + REFRESH) {
+            if event.is_some() {
+                while let Ok(Some(_)) = xs.wait_watch(DOMAINS_TOKEN, Instant::now() + SETTLE) {}
+            }
+            prepare_soon(shared);
+        }
+        // The connection broke: a new one, not at once.
+        std::thread::sleep(SETTLE);
+    }
+}
+
+/// Prepare a hand-over (crate::warm::prepared) in a thread of its own,
+/// unless one is already asked for and not started: never before a reply,
+/// on a connection no request holds.
+fn prepare_soon(shared: &Arc<Shared>) {
+    if shared.prepare_wanted.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let sh = Arc::clone(shared);
+    let started = std::thread::Builder::new()
+        .name("prepare".into())
+        .spawn(move || {
+            let _one = sh.preparing.lock().unwrap_or_else(|p| p.into_inner());
+            sh.prepare_wanted.store(false, Ordering::SeqCst);
+            prepare_now(&sh);
+        });
+    if started.is_err() {
+        shared.prepare_wanted.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The preparation itself, on the idle connection that holds one (its new
+/// transaction replaces the old), else the last one put back, else a new
+/// one. A request that comes meanwhile takes another connection.
+fn prepare_now(shared: &Shared) {
+    if shared.stopping.load(Ordering::SeqCst) || shared.filling.load(Ordering::SeqCst) > 0 {
+        return;
+    }
+    let env = shared.env.restarted();
+    let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let taken = take_idle(&mut idle());
+    let mut xs = match taken.map_or_else(Xs::open, Ok) {
+        Ok(x) => x,
+        Err(e) => {
+            env.trace(&format!("{e}: no prepared hand-over"));
+            return;
+        }
+    };
+    if let Err(e) = prepared::prepare(&env, &mut xs) {
+        env.trace(&format!("preparing a hand-over: {e}"));
+    }
+    if xs.usable() {
+        idle().push(xs);
+    }
+}
+
+/// An idle connection: the one holding the newest prepared hand-over, else
+/// the last one put back. Older prepared ones are abandoned: one open at a
+/// time (their aborts go with their connections' next requests).
+fn take_idle(list: &mut Vec<Xs>) -> Option<Xs> {
+    let newest = (0..list.len())
+        .filter_map(|i| Some((list[i].held()?.since, i)))
+        .max()
+        .map(|(_, i)| i);
+    let taken = match newest {
+        Some(i) => Some(list.remove(i)),
+        None => list.pop(),
+    };
+    list.iter_mut().for_each(Xs::drop_held);
+    taken
+}
+
 /// One client: requests and replies until it closes, sends a line that is
 /// too long, or cannot be written to.
-fn serve_conn(shared: &Shared, conn: UnixStream) {
+fn serve_conn(shared: &Arc<Shared>, conn: UnixStream) {
     let Ok(read_half) = conn.try_clone() else {
         return;
     };
@@ -223,13 +349,14 @@ fn serve_conn(shared: &Shared, conn: UnixStream) {
         }
         // Until the reply is written: SIGTERM waits for it.
         let _busy = Busy::new(&shared.busy);
+        let mut after = After::default();
         let reply = if line.last() == Some(&b'\n') {
             line.pop();
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             match String::from_utf8(line) {
-                Ok(text) => request(shared, &text),
+                Ok(text) => request(shared, &text, &mut after),
                 Err(_) => "error rc=2 the request is not UTF-8".to_string(),
             }
         } else if line.len() as u64 >= limit {
@@ -242,14 +369,44 @@ fn serve_conn(shared: &Shared, conn: UnixStream) {
         };
         // One line whatever a message holds.
         let reply = reply.replace(['\n', '\r'], " ");
-        if out.write_all(format!("{reply}\n").as_bytes()).is_err() {
+        let written = out.write_all(format!("{reply}\n").as_bytes());
+        after.run(shared);
+        if written.is_err() {
             return;
         }
     }
 }
 
+/// What a request leaves for after its reply.
+#[derive(Default)]
+struct After {
+    /// A warm spawn took a member: its refill (with the spawn's Env).
+    refill: Option<Env>,
+}
+
+impl After {
+    /// Start the refill (a thread: unlike the CLI's process it costs the
+    /// reply nothing worth starting early), then prepare the next
+    /// hand-over: a spawn or stop may have changed what it reads.
+    fn run(self, shared: &Arc<Shared>) {
+        if let Some(env) = self.refill {
+            let (a, b) = (Arc::clone(shared), Arc::clone(shared));
+            let filling = move || {
+                a.filling.fetch_add(1, Ordering::SeqCst);
+            };
+            let filled = move || {
+                b.filling.fetch_sub(1, Ordering::SeqCst);
+                prepare_soon(&b);
+            };
+            pool::refill_in_thread(&env, Busy::new(&shared.busy), (filling, filled));
+            env.trace("refill started");
+        }
+        prepare_soon(shared);
+    }
+}
+
 /// One request line: its reply line.
-fn request(shared: &Shared, text: &str) -> String {
+fn request(shared: &Shared, text: &str, after: &mut After) -> String {
     if shared.stopping.load(Ordering::SeqCst) {
         return "error rc=1 the daemon is stopping (SIGTERM)".into();
     }
@@ -260,7 +417,7 @@ fn request(shared: &Shared, text: &str) -> String {
         _ => return "error rc=2 an empty request (spawn or stop, TAB-separated)".into(),
     };
     let result = match cmd {
-        "spawn" => serve_spawn(shared, &env, rest),
+        "spawn" => serve_spawn(shared, &env, rest, after),
         "stop" => stop::one(&env, rest),
         other => bad(format!("'{other}' is not served (spawn, stop)")),
     };
@@ -281,17 +438,33 @@ fn request(shared: &Shared, text: &str) -> String {
     reply
 }
 
-/// A spawn on one of the daemon's xenstored connections, its refill in a
-/// thread.
-fn serve_spawn(shared: &Shared, env: &Env, argv: &[String]) -> Result<String, Failure> {
+/// A spawn on one of the daemon's xenstored connections (the one holding
+/// a prepared hand-over if one is idle), its refill in a thread after the
+/// reply.
+fn serve_spawn(
+    shared: &Shared,
+    env: &Env,
+    argv: &[String],
+    after: &mut After,
+) -> Result<String, Failure> {
     env.trace("request read");
     let Some(s) = args::parse_spawn(argv)? else {
         return bad("--help is not served: run 'miniproxy spawn --help'");
     };
     let idle = || shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-    let mut xs = idle().pop();
-    let refill = |env: &Env| pool::refill_in_thread(env, Busy::new(&shared.busy));
+    let mut xs = take_idle(&mut idle());
+    if shared.filling.load(Ordering::SeqCst) > 0 {
+        if let Some(x) = xs.as_mut().filter(|x| x.held().is_some()) {
+            // Its commit would fail: no round trip for it (the abort goes
+            // with the full path's first).
+            env.trace("a refill creates domains: prepared hand-over dropped");
+            x.drop_held();
+        }
+    }
+    let wanted = std::cell::RefCell::new(None);
+    let refill = |env: &Env| *wanted.borrow_mut() = Some(env.clone());
     let result = spawn::spawn(env, &s, &mut xs, &refill);
+    after.refill = wanted.into_inner();
     // A connection that broke is closed. Its watches go with its next
     // request (no round trip here, before the reply).
     if let Some(mut x) = xs.filter(Xs::usable) {

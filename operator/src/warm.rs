@@ -14,6 +14,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod prepared;
+
+use prepared::Prep;
+
 /// The warm path, on `xs` (the spawn's connection to xenstored): under the
 /// global lock, in one xenstore transaction, check that NAME is free, the
 /// address too (as a cold spawn does) and a pool member still waits, then
@@ -24,7 +28,9 @@ use std::time::{Duration, Instant};
 /// Round trips to xenstored (each 10-35 ms in a dom0 under TCG): the ready
 /// watch with the transaction's start, every check in one batch within
 /// it, the writes with the commit, then the look after the watch fires
-/// (warm/tests.rs counts them).
+/// (warm/tests.rs counts them). With a hand-over the daemon prepared on
+/// `xs` (crate::warm::prepared) the first two are done before the
+/// request: the watch, the writes and the commit go in one round trip.
 pub fn warm(
     env: &Env,
     s: &Spawn,
@@ -47,7 +53,7 @@ pub fn warm(
         let wait_ms = env.ms() - w0;
         let cands = pool::candidates(env, s.memory, &cfg);
         let h0 = env.ms();
-        let (member, con0) = match hand_over(env, xs, s, &cands) {
+        let (member, con0) = match hand_over_any(env, xs, s, &cands) {
             Ok(m) => m,
             Err(Stop::InUse(id)) => {
                 return fail(format!("name '{name}' is in use: domain {id} exists"))
@@ -99,7 +105,8 @@ pub fn warm(
     // REFILL_DELAY before it works, so it does not compete with this
     // member's first clients.
     refill(env);
-    env.trace("refill started");
+    // The daemon's starts after its reply (crate::serve).
+    env.trace("refill asked for");
     let ready = await_ready(env, xs, s, id, (member, con0), deadline_ms);
     let (pool_said, ip) = match ready {
         Ok(r) => (r.pool, r.ip),
@@ -133,6 +140,30 @@ pub fn warm(
         guest_us,
         "warm",
     )))
+}
+
+/// The prepared hand-over if `xs` holds a fresh one and it commits, else
+/// (nothing applied) the full one.
+fn hand_over_any(
+    env: &Env,
+    xs: &mut Xs,
+    s: &Spawn,
+    cands: &[pool::Member],
+) -> Result<(pool::Member, u64), Stop> {
+    match prepared::hand_over(env, xs, s, cands, prepared::PREPARED_MAX_AGE) {
+        Prep::Done(m, con0) => {
+            env.trace("prepared hand-over committed");
+            Ok((m, con0))
+        }
+        Prep::Stop(stop) => {
+            env.trace("prepared hand-over: decided");
+            Err(stop)
+        }
+        Prep::Full(why) => {
+            env.trace(&format!("prepared hand-over: {why}, full path"));
+            hand_over(env, xs, s, cands)
+        }
+    }
 }
 
 /// Take `member` out of the pool and write NAME's records as a cold spawn

@@ -9,6 +9,7 @@
 
 mod domain;
 mod link;
+mod transaction;
 pub mod wire;
 
 #[cfg(test)]
@@ -17,6 +18,7 @@ pub mod fake;
 mod tests;
 
 pub use domain::{domid_of, vm_path};
+pub use transaction::Held;
 
 use link::Link;
 use std::collections::VecDeque;
@@ -54,6 +56,8 @@ pub enum Req<'a> {
     /// Start a transaction: its id is the result ([`Xs::transaction_after`]
     /// sends it with other requests).
     TransactionStart,
+    /// End the request's transaction: commit it (`true`) or abort it.
+    TransactionEnd(bool),
 }
 
 impl Req<'_> {
@@ -99,6 +103,16 @@ impl Req<'_> {
                 wire::XS_TRANSACTION_START,
                 b"\0".to_vec(),
                 "start a transaction".into(),
+            ),
+            Req::TransactionEnd(true) => (
+                wire::XS_TRANSACTION_END,
+                b"T\0".to_vec(),
+                "commit a transaction".into(),
+            ),
+            Req::TransactionEnd(false) => (
+                wire::XS_TRANSACTION_END,
+                b"F\0".to_vec(),
+                "abort a transaction".into(),
             ),
         })
     }
@@ -164,6 +178,10 @@ pub struct Xs {
     watches: Vec<(String, String)>,
     /// Watches to remove with the next request ([`Xs::release_watches`]).
     released: Vec<(String, String)>,
+    /// The transaction held open on this connection ([`Xs::hold`]).
+    held: Option<Held>,
+    /// Transactions to abort with the next request ([`Xs::abandon`]).
+    abandoned: Vec<Tx>,
 }
 
 impl Xs {
@@ -212,6 +230,8 @@ impl Xs {
             at_commit: Vec::new(),
             watches: Vec::new(),
             released: Vec::new(),
+            held: None,
+            abandoned: Vec::new(),
         }
     }
 
@@ -337,8 +357,9 @@ impl Xs {
 
     /// [`Xs::pipeline`] with each request's own transaction id (a watch
     /// set, or a transaction started, with requests within another). Watches
-    /// released by [`Xs::release_watches`] are removed first, in the same
-    /// round trip.
+    /// released by [`Xs::release_watches`] are removed first, and
+    /// transactions abandoned ([`Xs::abandon`]) aborted, in the same round
+    /// trip; their refusals (no such watch or transaction) are ignored.
     #[allow(clippy::type_complexity)]
     fn pipeline_at(
         &mut self,
@@ -348,19 +369,29 @@ impl Xs {
             return Err(XsError::Io(format!("connection unusable: {why}")));
         }
         let released = std::mem::take(&mut self.released);
-        let unwatch: Vec<(u32, Vec<u8>, String)> = released
+        let abandoned = std::mem::take(&mut self.abandoned);
+        let unwatch: Vec<(Tx, (u32, Vec<u8>, String))> = abandoned
             .iter()
-            .map(|(p, t)| {
-                (
+            .map(|tx| {
+                let end = (
+                    wire::XS_TRANSACTION_END,
+                    b"F\0".to_vec(),
+                    "abort a transaction".to_string(),
+                );
+                (*tx, end)
+            })
+            .chain(released.iter().map(|(p, t)| {
+                let m = (
                     wire::XS_UNWATCH,
                     wire::strings(&[p, t]),
                     format!("unwatch {p}"),
-                )
-            })
+                );
+                (NO_TX, m)
+            }))
             .collect();
         let all: Vec<(Tx, &(u32, Vec<u8>, String))> = unwatch
             .iter()
-            .map(|m| (NO_TX, m))
+            .map(|(tx, m)| (*tx, m))
             .chain(reqs.iter().copied())
             .collect();
         let mut msg = Vec::new();
@@ -373,6 +404,7 @@ impl Xs {
                 Err(e) => {
                     // Nothing sent: the watches go with the next request.
                     self.released = released;
+                    self.abandoned = abandoned;
                     return Err(XsError::Protocol(format!("{what}: {e}")));
                 }
             };
@@ -387,7 +419,7 @@ impl Xs {
         for (k, ((_, (ty, _, what)), req_id)) in all.iter().zip(ids).enumerate() {
             let reply = self.reply(*ty, req_id, what)?;
             if k < unwatch.len() {
-                // Refused (no such watch): nothing to remove.
+                // Refused (no such watch or transaction): nothing to end.
                 if let Ok(p) = reply {
                     if let Err(e) = wire::expect_ok(&p) {
                         return self.fail(XsError::Protocol(format!("{what}: {e}")));
@@ -491,7 +523,7 @@ impl Xs {
     /// refusal. In rounds of at most MAX_PIPELINE requests; an error of the
     /// stream fails the whole.
     #[allow(clippy::type_complexity)]
-    fn batch_each(
+    pub fn batch_each(
         &mut self,
         reqs: &[(Tx, Req<'_>)],
     ) -> Result<Vec<Result<Option<String>, XsError>>, XsError> {
@@ -575,6 +607,13 @@ impl Xs {
         self.batch(tx, &[Req::Write(path, value)]).map(drop)
     }
 
+    /// Remove PATH and everything below (the tests' domains go away).
+    #[cfg(test)]
+    pub fn rm(&mut self, path: &str) -> Result<(), XsError> {
+        let what = format!("rm {path}");
+        self.acked(fake::XS_RM, NO_TX, &wire::strings(&[path]), &what)
+    }
+
     /// The path of the next event of TOKEN's watch; `None` if none came by
     /// `until`.
     pub fn wait_watch(&mut self, token: &str, until: Instant) -> Result<Option<String>, XsError> {
@@ -596,110 +635,6 @@ impl Xs {
                 Ok(ev) => self.events.push_back(ev),
                 Err(e) => return self.fail(e.into()),
             }
-        }
-    }
-
-    /// Within a transaction's body: send `reqs` (writes, permissions) with
-    /// the commit, in its round trip, instead of one round trip of their
-    /// own. A refusal of one of them is the transaction's error, but the
-    /// commit has then applied the others: a caller uses this only where
-    /// it undoes all on an error (the warm hand-over destroys the domain).
-    /// A bad request is refused here, before anything is sent.
-    pub fn at_commit(&mut self, reqs: &[Req<'_>]) -> Result<(), XsError> {
-        for r in reqs {
-            let m = r.message()?;
-            self.at_commit.push(m);
-        }
-        Ok(())
-    }
-
-    /// Run `body` in a transaction and commit it (with what the body left
-    /// for the commit, [`Xs::at_commit`]); when the commit meets a
-    /// concurrent change (EAGAIN) run it again, `attempts` times at most.
-    /// A failing `body` aborts the transaction and gives its error.
-    #[cfg(test)] // the warm path starts its own with a watch
-    pub fn transaction<T, E: From<XsError>>(
-        &mut self,
-        attempts: u32,
-        body: impl FnMut(&mut Xs, Tx) -> Result<T, E>,
-    ) -> Result<T, E> {
-        self.transaction_after(&[], attempts, body)
-    }
-
-    /// [`Xs::transaction`], its first start sent in one round trip after
-    /// `first` (requests outside it: a watch, say). A refusal of one of
-    /// them is the error (the transaction is then aborted).
-    pub fn transaction_after<T, E: From<XsError>>(
-        &mut self,
-        first: &[Req<'_>],
-        attempts: u32,
-        mut body: impl FnMut(&mut Xs, Tx) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let mut left = attempts.max(1);
-        let mut first: Vec<(Tx, Req<'_>)> = first.iter().map(|r| (NO_TX, *r)).collect();
-        loop {
-            self.at_commit.clear();
-            first.push((NO_TX, Req::TransactionStart));
-            let mut got = self.batch_each(&std::mem::take(&mut first))?;
-            let tx = match got.pop() {
-                Some(Ok(Some(id))) => id
-                    .parse::<Tx>()
-                    .map_err(|_| self.broke(XsError::Protocol(format!("transaction id {id:?}"))))?,
-                Some(Err(e)) => return Err(e.into()),
-                _ => {
-                    return Err(E::from(
-                        self.broke(XsError::Protocol("no transaction id".into())),
-                    ))
-                }
-            };
-            if let Some(Err(e)) = got.into_iter().find(Result::is_err) {
-                let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
-                return Err(e.into());
-            }
-            let value = match body(self, tx) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.at_commit.clear();
-                    // Best effort: the error to report is the body's.
-                    let _ = self.acked(wire::XS_TRANSACTION_END, tx, b"F\0", "abort a transaction");
-                    return Err(e);
-                }
-            };
-            let mut msgs = std::mem::take(&mut self.at_commit);
-            msgs.push((
-                wire::XS_TRANSACTION_END,
-                b"T\0".to_vec(),
-                "commit a transaction".into(),
-            ));
-            let mut replies = self.pipeline(tx, &msgs)?;
-            let commit = replies
-                .pop()
-                .unwrap_or_else(|| Err(XsError::Protocol("commit a transaction: no reply".into())));
-            match commit {
-                Ok(p) => {
-                    if let Err(e) = wire::expect_ok(&p) {
-                        let e = XsError::Protocol(format!("commit a transaction: {e}"));
-                        return Err(E::from(self.broke(e)));
-                    }
-                }
-                Err(e) if e.is("EAGAIN") && left > 1 => {
-                    left -= 1;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            for (reply, (_, _, what)) in replies.into_iter().zip(&msgs) {
-                match reply {
-                    Ok(p) => {
-                        if let Err(e) = wire::expect_ok(&p) {
-                            let e = XsError::Protocol(format!("{what}: {e}"));
-                            return Err(E::from(self.broke(e)));
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            return Ok(value);
         }
     }
 }

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::path::PathBuf;
 use std::time::Duration;
 
-struct Dir(PathBuf);
+pub(super) struct Dir(PathBuf);
 
 impl Drop for Dir {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Dir {
 }
 
 /// A run directory with pool members `(name, domid)` recorded (memory 4).
-fn run_dir(tag: &str, members: &[(&str, u32)]) -> (Dir, Env) {
+pub(super) fn run_dir(tag: &str, members: &[(&str, u32)]) -> (Dir, Env) {
     let dir = std::env::temp_dir().join(format!("mp-warm-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pool = dir.join("pool");
@@ -35,7 +35,7 @@ fn run_dir(tag: &str, members: &[(&str, u32)]) -> (Dir, Env) {
 
 /// dom0, and each member `(name, domid)` booted and waiting, its guest
 /// ready (the first's) once its configuration key is written.
-fn xenstore(members: &[(&str, u32)]) -> State {
+pub(super) fn xenstore(members: &[(&str, u32)]) -> State {
     let mut st = State::with(&[("/local/domain/0/name", "Domain-0")]);
     for (name, id) in members {
         let home = format!("/local/domain/{id}");
@@ -63,11 +63,11 @@ fn xenstore(members: &[(&str, u32)]) -> State {
     st
 }
 
-fn spawn_of(name: &str, ip: &str) -> Spawn {
+pub(super) fn spawn_of(name: &str, ip: &str) -> Spawn {
     crate::args::reverse_spawn(name, ip, &["--memory", "4"])
 }
 
-fn template() -> (String, PathBuf) {
+pub(super) fn template() -> (String, PathBuf) {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../xl-configs/template.cfg");
     (std::fs::read_to_string(&p).unwrap(), p)
 }

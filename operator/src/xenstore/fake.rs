@@ -1,7 +1,9 @@
 //! A small xenstored for the tests: an in-memory tree served over one end
 //! of a socket pair, with transactions (applied at commit, or refused with
-//! EAGAIN a set number of times), watches (and their first event at once)
-//! and a "guest" that writes nodes when a node it waits for is written.
+//! EAGAIN: a set number of times, and as C xenstored does when a node read
+//! in the transaction changed outside it before its commit), watches (and
+//! their first event at once) and a "guest" that writes nodes when a node
+//! it waits for is written.
 
 use super::wire::{self, Header, HEADER_LEN};
 use super::Xs;
@@ -13,6 +15,13 @@ use std::time::Duration;
 
 /// A change a transaction holds until its commit: (path, value, permissions).
 type Change = (String, Option<String>, Option<Vec<String>>);
+
+/// What a transaction read, as it was outside it then: (path, whether as
+/// a directory, the value or the children's names).
+type Seen = (String, bool, Option<String>);
+
+/// XS_RM (xs_wire.h), which only the tests send.
+pub const XS_RM: u32 = 13;
 
 #[derive(Default, Debug, Clone)]
 pub struct State {
@@ -37,6 +46,8 @@ pub struct State {
     pub round_starts: Vec<usize>,
     watches: Vec<(String, String)>,
     txs: BTreeMap<u32, Vec<Change>>,
+    /// Each open transaction's reads.
+    seen: BTreeMap<u32, Vec<Seen>>,
     next_tx: u32,
 }
 
@@ -52,6 +63,46 @@ impl State {
 
     pub fn value(&self, path: &str) -> Option<&str> {
         self.nodes.get(path).map(|(v, _)| v.as_str())
+    }
+
+    /// PATH's children's names, outside any transaction.
+    fn children(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{path}/");
+        let mut names: Vec<String> = self
+            .nodes
+            .keys()
+            .filter_map(|k| Some(k.strip_prefix(&prefix)?.split('/').next()?.to_string()))
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// PATH as a transaction that reads it now sees it from outside: its
+    /// value, or (`dir`) its children (None: no such node).
+    fn outside(&self, path: &str, dir: bool) -> Option<String> {
+        if dir {
+            let c = self.children(path);
+            (!c.is_empty() || self.nodes.contains_key(path)).then(|| c.join("\0"))
+        } else {
+            self.value(path).map(String::from)
+        }
+    }
+
+    /// Whether a node transaction `tx` read changed outside it since:
+    /// C xenstored then fails the commit (EAGAIN), applying nothing.
+    fn conflicts(&self, tx: u32) -> bool {
+        self.seen
+            .get(&tx)
+            .is_some_and(|seen| seen.iter().any(|(p, dir, v)| self.outside(p, *dir) != *v))
+    }
+
+    fn note_read(&mut self, tx: u32, path: &str, dir: bool) {
+        let now = self.outside(path, dir);
+        if let Some(seen) = self.seen.get_mut(&tx) {
+            if !seen.iter().any(|(p, d, _)| p == path && *d == dir) {
+                seen.push((path.to_string(), dir, now));
+            }
+        }
     }
 }
 
@@ -213,6 +264,9 @@ fn run(mut s: UnixStream, mut st: State) -> State {
             send(s, wire::XS_ERROR, h.req_id, h.tx_id, &wire::strings(&[e]))
         };
         let ok = |s: &mut UnixStream| send(s, h.ty, h.req_id, h.tx_id, b"OK\0");
+        if matches!(h.ty, wire::XS_READ | wire::XS_DIRECTORY) {
+            st.note_read(h.tx_id, &path, h.ty == wire::XS_DIRECTORY);
+        }
         match h.ty {
             wire::XS_READ => match lookup(&st, &path) {
                 Some(v) => send(&mut s, h.ty, h.req_id, h.tx_id, v.as_bytes()),
@@ -277,6 +331,7 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                 st.next_tx += 1;
                 let id = st.next_tx;
                 st.txs.insert(id, Vec::new());
+                st.seen.insert(id, Vec::new());
                 send(&mut s, h.ty, h.req_id, 0, format!("{id}\0").as_bytes());
             }
             wire::XS_TRANSACTION_END => {
@@ -284,6 +339,12 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                     err(&mut s, "ENOENT");
                     continue;
                 };
+                let conflict = st.conflicts(h.tx_id);
+                st.seen.remove(&h.tx_id);
+                if path == "T" && conflict {
+                    err(&mut s, "EAGAIN");
+                    continue;
+                }
                 if path == "T" && st.eagain_commits > 0 {
                     st.eagain_commits -= 1;
                     err(&mut s, "EAGAIN");
@@ -303,6 +364,17 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                     }
                     None => err(&mut s, "ENOENT"),
                 }
+            }
+            XS_RM if h.tx_id == 0 => {
+                let below = format!("{path}/");
+                let before = st.nodes.len();
+                st.nodes.retain(|k, _| *k != path && !k.starts_with(&below));
+                if st.nodes.len() == before {
+                    err(&mut s, "ENOENT");
+                    continue;
+                }
+                ok(&mut s);
+                fire(&mut s, &st, &path);
             }
             _ => err(&mut s, "ENOSYS"),
         }

@@ -278,8 +278,18 @@ fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
             buf.drain(..16 + len);
             round.push((ty, req, tx, payload));
         }
-        // Logged before any reply: a client that has its replies sees it.
         let types: Vec<u32> = round.iter().map(|r| r.0).collect();
+        // While ROOT/../xenstored.hold exists (10 s at most), a round that
+        // starts a transaction waits, unlogged and unanswered: a test sees
+        // what a client does before it has that reply.
+        if types.contains(&XS_TRANSACTION_START) {
+            let hold = root.with_file_name("xenstored.hold");
+            let t0 = std::time::Instant::now();
+            while hold.exists() && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Logged before any reply: a client that has its replies sees it.
         log_round(root, conn, &types);
         for (ty, req, tx, payload) in round {
             c.handle(ty, req, tx, &payload);

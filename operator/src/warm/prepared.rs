@@ -1,0 +1,275 @@
+//! The daemon's prepared hand-over (crate::serve): while it is idle, the
+//! daemon starts a xenstore transaction on one of its connections and reads
+//! in it what a warm spawn's checks need (the domain list, every domain's
+//! name, each pool member's name, data/pool and vm), and leaves it open
+//! ([`Xs::hold`]). A spawn on that connection then decides the checks from
+//! those values and sends the ready watch, the writes and the commit in one
+//! round trip: two round trips from request to reply instead of four.
+//!
+//! It is safe because C xenstored (xenstored_transaction.c) fails a commit
+//! with EAGAIN, applying nothing, when any node the transaction read has
+//! changed since (a domain created or gone changes /local/domain, a rename
+//! a name, a member taken its data/pool). Then, and on any other failure
+//! before the commit is acknowledged, the spawn takes the full path
+//! (crate::warm::hand_over), which reads everything again.
+
+use super::{member_keys, still_waiting, Stop, KNOWN};
+use crate::args::Spawn;
+use crate::env::Env;
+use crate::pool;
+use crate::spawn::{console_size, ip_in_use, records};
+use crate::xenstore::{self, Held, Req, Tx, Xs, XsError, NO_TX};
+use std::time::{Duration, Instant};
+
+/// A preparation older than this is abandoned, not used. Under TCG the
+/// pool's domains change every few seconds at most while spawns come (a
+/// refill's create, a stop), and each such change already fails the
+/// commit, so the age bound is not what keeps it correct; it bounds how
+/// long a transaction the daemon no longer needs stays open in xenstored
+/// (it holds memory there) and how stale a snapshot an error reply ("name
+/// in use", which is confirmed by a commit) may start from. 30 s is far
+/// longer than the gaps between a benchmark's spawns and far shorter than
+/// the daemon's life; while idle the daemon replaces its transaction every
+/// 20 s (crate::serve). A limit: C xenstored's live update waits for a
+/// moment without open transactions (or, forced, for all of them to be
+/// old), which a daemon that nearly always holds a fresh one rarely gives;
+/// stop the daemon before updating xenstored.
+pub const PREPARED_MAX_AGE: Duration = Duration::from_secs(30);
+
+const DOMAINS: &str = "/local/domain";
+
+fn name_key(id: u32) -> String {
+    format!("{DOMAINS}/{id}/name")
+}
+
+/// Prepare a hand-over on `xs` (abandoning one it held): start a
+/// transaction and read in it the domain list, every domain's name and
+/// the keys of each pool member that waits, then hold it. Nothing is
+/// held when no member waits. Three round trips (the start; the domain
+/// list and the members' keys; the names of domains it did not know and
+/// the waiting members' keys within it), on a connection no request
+/// holds.
+pub fn prepare(env: &Env, xs: &mut Xs) -> Result<(), XsError> {
+    // Its abort goes with the next request (the start below).
+    xs.drop_held();
+    let members = pool::recorded(env);
+    if members.is_empty() {
+        return Ok(());
+    }
+    let got = xs.batch(NO_TX, &[Req::TransactionStart])?;
+    let since = Instant::now();
+    let id = got.into_iter().next().flatten().unwrap_or_default();
+    let Ok(tx) = id.parse::<Tx>() else {
+        return Err(XsError::Protocol(format!("transaction id {id:?}")));
+    };
+    match read_all(xs, tx, &members) {
+        Ok(reads) if reads.is_empty() => {
+            xs.abandon(tx);
+            env.trace("no pool member waits: no hand-over prepared");
+            Ok(())
+        }
+        Ok(reads) => {
+            xs.hold(Held { tx, since, reads });
+            env.trace(&format!(
+                "hand-over prepared ({} pool members)",
+                members.len()
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            xs.abandon(tx);
+            Err(e)
+        }
+    }
+}
+
+/// Within `tx`: the domain list and the names of the domains known from
+/// the last listing (and dom0's, and the members'), with every member's
+/// keys read outside it; then within it the names of listed domains not
+/// among them and the keys of the members that wait. A member that does
+/// not wait yet (one a refill boots) is not read within it: its data/pool
+/// changes when it is ready and would fail the commit for nothing. Empty
+/// if no member waits.
+fn read_all(
+    xs: &mut Xs,
+    tx: Tx,
+    members: &[pool::Member],
+) -> Result<Vec<(String, Option<String>)>, XsError> {
+    let mut known: Vec<u32> = KNOWN.lock().map(|k| k.clone()).unwrap_or_default();
+    for id in std::iter::once(0).chain(members.iter().map(|m| m.domid)) {
+        if !known.contains(&id) {
+            known.push(id);
+        }
+    }
+    let mut paths: Vec<String> = vec![DOMAINS.into()];
+    paths.extend(known.iter().map(|&id| name_key(id)));
+    let keys: Vec<[String; 5]> = members.iter().map(member_keys).collect();
+    let mut reqs: Vec<(Tx, Req<'_>)> = vec![(tx, Req::Directory(DOMAINS))];
+    reqs.extend(paths[1..].iter().map(|p| (tx, Req::Read(p))));
+    reqs.extend(
+        keys.iter()
+            .flat_map(|k| k[..3].iter().map(|p| (NO_TX, Req::Read(p)))),
+    );
+    let mut got = xs.batch_at(&reqs)?;
+    let outside = got.split_off(paths.len());
+    let ids = listed(got[0].as_deref());
+    let mut reads: Vec<(String, Option<String>)> = paths.into_iter().zip(got).collect();
+    let mut more: Vec<String> = ids
+        .iter()
+        .filter(|id| !known.contains(id))
+        .map(|&id| name_key(id))
+        .collect();
+    for (m, (k, v)) in members.iter().zip(keys.iter().zip(outside.chunks(3))) {
+        if v[0].as_deref() == Some(m.name.as_str()) && v[1].as_deref() == Some("waiting") {
+            more.extend(k[..3].iter().cloned());
+        }
+    }
+    if let Ok(mut k) = KNOWN.lock() {
+        k.clone_from(&ids);
+    }
+    if !more.iter().any(|p| p.ends_with("/data/pool")) {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<&str> = more.iter().map(String::as_str).collect();
+    let again = xs.read_many(tx, &refs)?;
+    reads.extend(more.into_iter().zip(again));
+    Ok(reads)
+}
+
+/// The domain ids of a /local/domain listing.
+fn listed(joined: Option<&str>) -> Vec<u32> {
+    xenstore::entries(joined.unwrap_or(""))
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect()
+}
+
+/// How a prepared hand-over ended.
+pub(super) enum Prep {
+    /// The member is NAME's, with its console's size before the commit.
+    Done(pool::Member, u64),
+    /// Decided, as the full path would have: no fallback.
+    Stop(Stop),
+    /// Not used, or its commit failed and nothing was applied: why; the
+    /// full path follows.
+    Full(String),
+}
+
+/// The hand-over from the transaction `xs` holds, if it holds one not
+/// older than `max_age`: the checks from its reads, then the member's
+/// ready watch (outside it), its configuration key, that key's
+/// permissions, the two name keys and the commit in one round trip.
+pub(super) fn hand_over(
+    env: &Env,
+    xs: &mut Xs,
+    s: &Spawn,
+    cands: &[pool::Member],
+    max_age: Duration,
+) -> Prep {
+    let Some(h) = xs.take_held() else {
+        return Prep::Full("none held".into());
+    };
+    let age = h.since.elapsed();
+    if age > max_age {
+        xs.abandon(h.tx);
+        return Prep::Full(format!("{} ms old", age.as_millis()));
+    }
+    let Some(Some(listing)) = h.get(DOMAINS) else {
+        xs.abandon(h.tx);
+        return Prep::Full("no domain list".into());
+    };
+    let mut in_use = None;
+    for id in listed(Some(listing)) {
+        match h.get(&name_key(id)) {
+            Some(v) if v.as_deref() == Some(s.name.as_str()) => in_use = Some(id),
+            Some(_) => {}
+            None => {
+                xs.abandon(h.tx);
+                return Prep::Full(format!("domain {id}'s name not read"));
+            }
+        }
+    }
+    if let Some(id) = in_use {
+        // Only if the reads are still current: a read-only commit says so
+        // (a domain of that name destroyed since fails it).
+        return match xs.batch(h.tx, &[Req::TransactionEnd(true)]) {
+            Ok(_) => Prep::Stop(Stop::InUse(id)),
+            Err(e) => Prep::Full(e.to_string()),
+        };
+    }
+    env.trace("name is free (prepared)");
+    if let Some(other) = ip_in_use(env, s, &records(env)) {
+        xs.abandon(h.tx);
+        return Prep::Stop(Stop::Address(other));
+    }
+    let found = cands.iter().find_map(|m| {
+        let keys = member_keys(m);
+        let got: Option<Vec<Option<String>>> =
+            keys[..3].iter().map(|k| h.get(k).cloned()).collect();
+        still_waiting(env, m, &got?).map(|vm| (m, vm))
+    });
+    let Some((m, vm)) = found else {
+        xs.abandon(h.tx);
+        return Prep::Full("no prepared member waits".into());
+    };
+    let keys = member_keys(m);
+    let home = format!("{DOMAINS}/{}", m.domid);
+    let (config_key, name_key, vm_key) = (
+        format!("{home}/miniproxy/config"),
+        format!("{home}/name"),
+        format!("{vm}/name"),
+    );
+    let reader = format!("r{}", m.domid);
+    let perms = ["n0", reader.as_str()];
+    let tx = h.tx;
+    let reqs = [
+        (NO_TX, Req::Watch(&keys[3], &keys[4])),
+        (tx, Req::Write(&config_key, &s.cfgline)),
+        (tx, Req::SetPerms(&config_key, &perms)),
+        (tx, Req::Write(&name_key, &s.name)),
+        (tx, Req::Write(&vm_key, &s.name)),
+        (tx, Req::TransactionEnd(true)),
+    ];
+    // What it prints from its configuration on is shown if it fails.
+    let con0 = console_size(env, &m.name);
+    let mut replies = match xs.batch_each(&reqs) {
+        Ok(r) => r,
+        // Refused before anything was sent (a request too long for the
+        // wire): the full path meets it where today's does.
+        Err(e) if xs.usable() => {
+            xs.abandon(tx);
+            return Prep::Full(e.to_string());
+        }
+        // The commit may or may not have been applied.
+        Err(e) => return Prep::Stop(Stop::HandOver(m.clone(), e)),
+    };
+    match replies.pop() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            // Nothing applied (EAGAIN: a read changed; ENOENT: xenstored
+            // no longer knows the transaction). The full path sets the
+            // watch again, after this one is removed.
+            xs.release_watches();
+            return Prep::Full(e.to_string());
+        }
+        None => {
+            let e = XsError::Protocol("commit a transaction: no reply".into());
+            return Prep::Stop(Stop::HandOver(m.clone(), e));
+        }
+    }
+    // Committed: a write refused within it leaves the member half handed
+    // over, as the full path's (Xs::at_commit).
+    if let Some(Err(e)) = replies[1..].iter().find(|r| r.is_err()) {
+        return Prep::Stop(Stop::HandOver(m.clone(), e.clone()));
+    }
+    if let Some(Err(e)) = replies.first() {
+        // Ready is then read once a second (await_ready).
+        env.trace(&format!("{e}: no ready watch"));
+    }
+    // Its first event came at once, before the guest had its key.
+    xs.drop_events(&keys[4]);
+    Prep::Done(m.clone(), con0)
+}
+
+#[cfg(test)]
+mod tests;
