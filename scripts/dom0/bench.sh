@@ -259,8 +259,9 @@ fb_result() {
 # beforehand, as the cold kinds' fixed MACs are. The pool is refilled (and
 # waited for) before the next measurement, so no xl create runs beside one.
 warm_one() {
-    local rep=$1 via=${2:-cli} mem=$MP_MEM t0 out d mac='' rc=0 target=warm
-    [ "$via" = serve ] && target=warmd
+    local rep=$1 mem=$MP_MEM t0 out d mac='' rc=0 target=warm tool=("$MPTOOL")
+    # The daemon's requests are the command's words after `ask`.
+    [ "${2:-}" = serve ] && { target=warmd; tool=("$MPTOOL" ask --timing --socket "$SERVE_SOCK"); }
     if ! out=$("$MPTOOL" pool fill 1 --memory "$mem" 2>&1); then
         err "inst $target rep $rep: pool fill failed: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
         return 1
@@ -274,13 +275,8 @@ warm_one() {
     $CLI ip neigh replace $MW_IP lladdr "$mac" dev eth0 nud permanent
     fb_start warm
     t0=$T0
-    if [ "$via" = serve ]; then
-        out=$("$MPTOOL" ask --timing --socket "$SERVE_SOCK" spawn --name bench-warm --mode reverse --listen 80 \
-            --upstream $SRV_IP:80 --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
-    else
-        out=$("$MPTOOL" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
-            --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
-    fi
+    out=$("${tool[@]}" spawn --name bench-warm --mode reverse --listen 80 --upstream $SRV_IP:80 \
+        --ip $MW_IP/24 --memory "$mem" --extra "$COMMON" 2>&1) || rc=$?
     READY_MS=$(( $(now_ms) - t0 ))
     if [ $rc != 0 ] || ! [[ $out =~ ^spawned\ .*how=warm ]]; then
         err "inst $target rep $rep: spawn rc $rc: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
@@ -290,12 +286,8 @@ warm_one() {
     fb_result "$target" "$rep"
     GUEST_US=$(echo "$out" | sed -n 's/.* guest_us=\([0-9]*\).*/\1/p')
     t0=$(now_ms)
-    if [ "$via" = serve ]; then
-        case $("$MPTOOL" ask --socket "$SERVE_SOCK" stop bench-warm 2>&1) in
-        stopped*) ;; *) err "inst $target rep $rep: stop failed" ;; esac
-    else
-        "$MPTOOL" stop bench-warm >/dev/null 2>&1 || err "inst $target rep $rep: stop failed"
-    fi
+    # (`ask` exits with the reply's rc, as the command does.)
+    "${tool[@]}" stop bench-warm >/dev/null 2>&1 || err "inst $target rep $rep: stop failed"
     DESTROY_MS=$(( $(now_ms) - t0 ))
     $CLI ip neigh del $MW_IP dev eth0 2>/dev/null
     echo "BENCH test=inst target=$target rep=$rep mem=$mem create_ms=- ready_ms=$READY_MS byte_ms=$BYTE_MS guest_us=${GUEST_US:--} destroy_ms=$DESTROY_MS ask_us=$(echo "$out" | sed -n 's/.* ask_us=\([0-9]*\).*/\1/p' | grep . || echo -)"

@@ -74,6 +74,28 @@ pub(super) fn template() -> (String, PathBuf) {
 
 /// `warm` for `s` on a fresh connection to a fake over `st`: its result,
 /// the refills it started, the fake's final state.
+/// Spawn `s` ("a" at 10.0.0.5/24) took pool member mp-pool-1 (domain 3)
+/// warm: its result line, one refill, the configuration key (dom0's,
+/// readable by the guest), the rename, the member out of the pool and
+/// NAME's records in place.
+pub(super) fn assert_took_member_3(env: &Env, s: &Spawn, line: &str, refills: u32, st: &State) {
+    assert!(
+        line.starts_with("spawned name=a domid=3 ready_ms=")
+            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:00:00:00 ")
+            && line.ends_with(" guest_us=555 how=warm"),
+        "{line}"
+    );
+    assert_eq!(refills, 1);
+    assert_eq!(st.value("/local/domain/3/name"), Some("a"));
+    assert_eq!(st.value("/vm/u3/name"), Some("a"));
+    let (cfg, perms) = &st.nodes["/local/domain/3/miniproxy/config"];
+    assert_eq!(cfg, &s.cfgline);
+    assert_eq!(perms, &["n0", "r3"]);
+    assert!(!env.path("pool/mp-pool-1.cfg").exists());
+    assert!(env.path("a.cfg").is_file());
+    assert_eq!(std::fs::read_to_string(env.path("a.domid")).unwrap(), "3\n");
+}
+
 fn run_warm(env: &Env, s: &Spawn, st: State) -> (Result<Option<String>, Failure>, u32, State) {
     let (mut xs, h) = fake::serve(st);
     let (t, tp) = template();
@@ -91,23 +113,7 @@ fn a_warm_spawn_takes_the_member_in_four_round_trips() {
     let (_d, env) = run_dir("rt", &members);
     let s = spawn_of("a", "10.0.0.5/24");
     let (r, refills, st) = run_warm(&env, &s, xenstore(&members));
-    let line = r.unwrap().unwrap();
-    assert!(
-        line.starts_with("spawned name=a domid=3 ready_ms=")
-            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:00:00:00 ")
-            && line.ends_with(" guest_us=555 how=warm"),
-        "{line}"
-    );
-    assert_eq!(refills, 1);
-    assert_eq!(st.value("/local/domain/3/name"), Some("a"));
-    assert_eq!(st.value("/vm/u3/name"), Some("a"));
-    let (cfg, perms) = &st.nodes["/local/domain/3/miniproxy/config"];
-    assert_eq!(cfg, &s.cfgline);
-    assert_eq!(perms, &["n0", "r3"]);
-    // The member left the pool; NAME's records are in place.
-    assert!(!env.path("pool/mp-pool-1.cfg").exists());
-    assert!(env.path("a.cfg").is_file());
-    assert_eq!(std::fs::read_to_string(env.path("a.domid")).unwrap(), "3\n");
+    assert_took_member_3(&env, &s, &r.unwrap().unwrap(), refills, &st);
     let rounds: Vec<Vec<(u32, String)>> = st
         .round_starts
         .iter()

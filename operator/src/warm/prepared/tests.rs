@@ -5,7 +5,7 @@
 //! full path to the full path's result.
 
 use super::*;
-use crate::warm::tests::{run_dir, spawn_of, template, xenstore};
+use crate::warm::tests::{assert_took_member_3, run_dir, spawn_of, template, xenstore};
 use crate::warm::warm;
 use crate::xenstore::fake::{self, State};
 use crate::xenstore::wire;
@@ -72,21 +72,7 @@ fn a_prepared_warm_spawn_takes_the_member_in_two_round_trips() {
     let (_d, env) = run_dir("prep-rt", &members);
     let s = spawn_of("a", "10.0.0.5/24");
     let (r, refills, st, rounds) = run_prepared(&env, &s, xenstore(&members), |_| ());
-    let line = r.unwrap().unwrap();
-    assert!(
-        line.starts_with("spawned name=a domid=3 ready_ms=")
-            && line.contains(" ip=10.0.0.5/24 mac=00:16:3e:00:00:00 ")
-            && line.ends_with(" guest_us=555 how=warm"),
-        "{line}"
-    );
-    assert_eq!(refills, 1);
-    assert_eq!(st.value("/local/domain/3/name"), Some("a"));
-    assert_eq!(st.value("/vm/u3/name"), Some("a"));
-    let (cfg, perms) = &st.nodes["/local/domain/3/miniproxy/config"];
-    assert_eq!(cfg, &s.cfgline);
-    assert_eq!(perms, &["n0", "r3"]);
-    assert!(!env.path("pool/mp-pool-1.cfg").exists());
-    assert_eq!(std::fs::read_to_string(env.path("a.domid")).unwrap(), "3\n");
+    assert_took_member_3(&env, &s, &r.unwrap().unwrap(), refills, &st);
     eprintln!("round trips of a prepared warm spawn: {}", rounds.len());
     assert_eq!(rounds.len(), 2, "{rounds:#?}");
     // 1: the ready watch (outside the transaction), the writes and the
