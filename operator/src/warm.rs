@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod prepared;
 
-use prepared::Prep;
+use prepared::{NotRenamed, Prep};
 
 /// The warm path, on `xs` (the spawn's connection to xenstored): under the
 /// global lock, in one xenstore transaction, check that NAME is free, the
@@ -53,7 +53,20 @@ pub fn warm(
         let wait_ms = env.ms() - w0;
         let cands = pool::candidates(env, s.memory, &cfg);
         let h0 = env.ms();
-        let (member, con0) = match hand_over_any(env, xs, s, &cands) {
+        // NAME's records, written while the prepared hand-over's commit is
+        // in flight: for which member, and whether they were.
+        let mut early: Option<(u32, Result<(), Failure>)> = None;
+        let taken = hand_over_any(env, xs, s, &cands, &mut |m| {
+            let written = name_records(env, s, kernel, (template, template_path), m);
+            early = Some((m.domid, written));
+        });
+        let wrote = early.is_some();
+        let early = early.filter(|(id, _)| matches!(&taken, Ok((m, _)) if m.domid == *id));
+        if wrote && early.is_none() {
+            // Written for a member the spawn did not take.
+            forget(env, name);
+        }
+        let (member, con0) = match taken {
             Ok(m) => m,
             Err(Stop::InUse(id)) => {
                 return fail(format!("name '{name}' is in use: domain {id} exists"))
@@ -88,9 +101,15 @@ pub fn warm(
             "configuration written, pool member {} (domain {}) renamed to {name}",
             member.name, member.domid
         ));
-        // The domain is NAME's now: its records follow, still under the
-        // lock (no other spawn looks at the member meanwhile).
-        if let Err(e) = records_of(env, s, kernel, (template, template_path), &member) {
+        // The domain is NAME's now: its records follow (unless written
+        // during the commit's round trip), still under the lock (no other
+        // spawn looks at the member meanwhile).
+        pool::take(env, &member);
+        let written = match early {
+            Some((_, written)) => written,
+            None => name_records(env, s, kernel, (template, template_path), &member),
+        };
+        if let Err(e) = written {
             destroy(env, name, &member.domid.to_string());
             forget(env, name);
             return Err(e);
@@ -142,15 +161,19 @@ pub fn warm(
     )))
 }
 
-/// The prepared hand-over if `xs` holds a fresh one and it commits, else
-/// (nothing applied) the full one.
+/// The prepared hand-over if `xs` holds a fresh one and it commits (or,
+/// its commit failed once the member had its configuration, the member
+/// is renamed on its own), else (nothing applied) the full one.
+/// `meanwhile`: for the prepared one's member, during its round trip.
 fn hand_over_any(
     env: &Env,
     xs: &mut Xs,
     s: &Spawn,
     cands: &[pool::Member],
+    meanwhile: &mut dyn FnMut(&pool::Member),
 ) -> Result<(pool::Member, u64), Stop> {
-    match prepared::hand_over(env, xs, s, cands, prepared::PREPARED_MAX_AGE) {
+    let max_age = prepared::PREPARED_MAX_AGE;
+    match prepared::hand_over(env, xs, s, cands, max_age, meanwhile) {
         Prep::Done(m, con0) => {
             env.trace("prepared hand-over committed");
             Ok((m, con0))
@@ -163,12 +186,40 @@ fn hand_over_any(
             env.trace(&format!("prepared hand-over: {why}, full path"));
             hand_over(env, xs, s, cands)
         }
+        Prep::Configured(m, vm, con0, why) => {
+            env.trace(&format!(
+                "prepared hand-over: {why} after the configuration, renaming on its own"
+            ));
+            match prepared::rename_configured(xs, s, &m, &vm) {
+                Ok(()) => Ok((m, con0)),
+                Err(NotRenamed::Gone) => {
+                    env.trace("the member's domain is gone: full path");
+                    let rest: Vec<pool::Member> = cands
+                        .iter()
+                        .filter(|c| c.domid != m.domid)
+                        .cloned()
+                        .collect();
+                    hand_over(env, xs, s, &rest)
+                }
+                Err(NotRenamed::InUse(id)) => {
+                    // It has NAME's configuration (and address): it goes.
+                    pool::take(env, &m);
+                    destroy(env, &m.name, &m.domid.to_string());
+                    Err(Stop::InUse(id))
+                }
+                Err(NotRenamed::Renamed(n)) => Err(Stop::HandOver(
+                    m,
+                    format!("{why}, and it was renamed to {n:?} meanwhile"),
+                )),
+                Err(NotRenamed::Failed(e)) => Err(Stop::HandOver(m, e.to_string())),
+            }
+        }
     }
 }
 
-/// Take `member` out of the pool and write NAME's records as a cold spawn
-/// does (its config with the member's MAC, its domid).
-fn records_of(
+/// Write NAME's records as a cold spawn does (its config with the
+/// member's MAC, its domid) for `member`.
+fn name_records(
     env: &Env,
     s: &Spawn,
     kernel: &str,
@@ -176,7 +227,6 @@ fn records_of(
     member: &pool::Member,
 ) -> Result<(), Failure> {
     let name = &s.name;
-    pool::take(env, member);
     let v = Values {
         spawn: s,
         kernel,
@@ -214,7 +264,7 @@ enum Stop {
     Xs(XsError),
     /// The commit (or a write sent with it) failed: the member may have
     /// its configuration and NAME, or not.
-    HandOver(pool::Member, XsError),
+    HandOver(pool::Member, String),
 }
 
 impl From<XsError> for Stop {
@@ -382,7 +432,7 @@ fn hand_over(
     });
     let taken = match (taken, committing) {
         (Ok(m), _) => m,
-        (Err(Stop::Xs(e)), Some(m)) => return Err(Stop::HandOver(m, e)),
+        (Err(Stop::Xs(e)), Some(m)) => return Err(Stop::HandOver(m, e.to_string())),
         (Err(e), _) => return Err(e),
     };
     xs.drop_events(&ready_token(taken.domid));

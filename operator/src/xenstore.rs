@@ -17,7 +17,7 @@ pub mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use domain::{domid_of, vm_path};
+pub use domain::{domains_and_name_paths, domid_of, vm_path};
 pub use transaction::Held;
 
 use link::Link;
@@ -256,6 +256,14 @@ impl Xs {
         self.events.retain(|(_, t)| t != token);
     }
 
+    /// Forget the oldest queued event of `token` (a watch's first, sent
+    /// when it was set), keeping later ones.
+    pub fn drop_first_event(&mut self, token: &str) {
+        if let Some(k) = self.events.iter().position(|(_, t)| t == token) {
+            self.events.remove(k);
+        }
+    }
+
     /// `e`, after marking the connection unusable unless xenstored merely
     /// refused (then the stream is still in step).
     fn broke(&mut self, e: XsError) -> XsError {
@@ -352,7 +360,7 @@ impl Xs {
         reqs: &[(u32, Vec<u8>, String)],
     ) -> Result<Vec<Result<Vec<u8>, XsError>>, XsError> {
         let at: Vec<(Tx, &(u32, Vec<u8>, String))> = reqs.iter().map(|r| (tx, r)).collect();
-        self.pipeline_at(&at)
+        self.pipeline_at(&at, &mut || {})
     }
 
     /// [`Xs::pipeline`] with each request's own transaction id (a watch
@@ -360,10 +368,12 @@ impl Xs {
     /// released by [`Xs::release_watches`] are removed first, and
     /// transactions abandoned ([`Xs::abandon`]) aborted, in the same round
     /// trip; their refusals (no such watch or transaction) are ignored.
+    /// `meanwhile` runs once they are sent, before the first reply is read.
     #[allow(clippy::type_complexity)]
     fn pipeline_at(
         &mut self,
         reqs: &[(Tx, &(u32, Vec<u8>, String))],
+        meanwhile: &mut dyn FnMut(),
     ) -> Result<Vec<Result<Vec<u8>, XsError>>, XsError> {
         if let Some(why) = &self.broken {
             return Err(XsError::Io(format!("connection unusable: {why}")));
@@ -415,6 +425,7 @@ impl Xs {
             let what = all.first().map_or("", |r| r.1 .2.as_str());
             return self.fail(XsError::Io(format!("{what}: sending: {e}")));
         }
+        meanwhile();
         let mut out = Vec::with_capacity(reqs.len());
         for (k, ((_, (ty, _, what)), req_id)) in all.iter().zip(ids).enumerate() {
             let reply = self.reply(*ty, req_id, what)?;
@@ -527,7 +538,20 @@ impl Xs {
         &mut self,
         reqs: &[(Tx, Req<'_>)],
     ) -> Result<Vec<Result<Option<String>, XsError>>, XsError> {
+        self.batch_each_meanwhile(reqs, &mut || {})
+    }
+
+    /// [`Xs::batch_each`], running `meanwhile` once the first round's
+    /// requests are sent, before their replies are read: local work that
+    /// overlaps xenstored's (it does not run if nothing could be sent).
+    #[allow(clippy::type_complexity)]
+    pub fn batch_each_meanwhile(
+        &mut self,
+        reqs: &[(Tx, Req<'_>)],
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Vec<Result<Option<String>, XsError>>, XsError> {
         let mut out = Vec::with_capacity(reqs.len());
+        let mut first = Some(meanwhile);
         for chunk in reqs.chunks(MAX_PIPELINE) {
             let msgs = chunk
                 .iter()
@@ -535,7 +559,10 @@ impl Xs {
                 .collect::<Result<Vec<_>, _>>()?;
             let at: Vec<(Tx, &(u32, Vec<u8>, String))> =
                 chunk.iter().map(|(tx, _)| *tx).zip(&msgs).collect();
-            let replies = self.pipeline_at(&at)?;
+            let replies = match first.take() {
+                Some(m) => self.pipeline_at(&at, m)?,
+                None => self.pipeline_at(&at, &mut || {})?,
+            };
             for (((_, req), (_, _, what)), reply) in chunk.iter().zip(&msgs).zip(replies) {
                 let p = match (req, reply) {
                     (Req::Read(_), Err(e)) if e.is("ENOENT") => {
@@ -607,11 +634,10 @@ impl Xs {
         self.batch(tx, &[Req::Write(path, value)]).map(drop)
     }
 
-    /// Remove PATH and everything below (the tests' domains go away).
-    #[cfg(test)]
+    /// Remove PATH and everything below.
     pub fn rm(&mut self, path: &str) -> Result<(), XsError> {
         let what = format!("rm {path}");
-        self.acked(fake::XS_RM, NO_TX, &wire::strings(&[path]), &what)
+        self.acked(wire::XS_RM, NO_TX, &wire::strings(&[path]), &what)
     }
 
     /// The path of the next event of TOKEN's watch; `None` if none came by

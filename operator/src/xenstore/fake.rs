@@ -20,9 +20,6 @@ type Change = (String, Option<String>, Option<Vec<String>>);
 /// a directory, the value or the children's names).
 type Seen = (String, bool, Option<String>);
 
-/// XS_RM (xs_wire.h), which only the tests send.
-pub const XS_RM: u32 = 13;
-
 #[derive(Default, Debug, Clone)]
 pub struct State {
     /// path -> (value, permissions)
@@ -115,7 +112,9 @@ pub fn serve(state: State) -> (Xs, JoinHandle<State>) {
 }
 
 /// A client whose xenstored is `script` (raw bytes, for hostile replies).
-pub fn scripted(script: impl FnOnce(UnixStream) + Send + 'static) -> (Xs, JoinHandle<()>) {
+pub fn scripted<R: Send + 'static>(
+    script: impl FnOnce(UnixStream) -> R + Send + 'static,
+) -> (Xs, JoinHandle<R>) {
     let (client, server) = UnixStream::pair().unwrap();
     let h = std::thread::spawn(move || script(server));
     (Xs::over(Box::new(client), Duration::from_millis(300)), h)
@@ -365,7 +364,7 @@ fn run(mut s: UnixStream, mut st: State) -> State {
                     None => err(&mut s, "ENOENT"),
                 }
             }
-            XS_RM if h.tx_id == 0 => {
+            wire::XS_RM if h.tx_id == 0 => {
                 let below = format!("{path}/");
                 let before = st.nodes.len();
                 st.nodes.retain(|k, _| *k != path && !k.starts_with(&below));

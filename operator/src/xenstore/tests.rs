@@ -34,11 +34,12 @@ fn the_message_type_numbers_are_xs_wire_h_s() {
         wire::XS_TRANSACTION_START,
         wire::XS_TRANSACTION_END,
         wire::XS_WRITE,
+        wire::XS_RM,
         wire::XS_SET_PERMS,
         wire::XS_WATCH_EVENT,
         wire::XS_ERROR,
     ];
-    assert_eq!(got, [1, 2, 4, 6, 7, 11, 14, 15, 16]);
+    assert_eq!(got, [1, 2, 4, 6, 7, 11, 13, 14, 15, 16]);
 }
 
 #[test]
@@ -174,6 +175,48 @@ fn a_transaction_gives_up_after_its_attempts_and_a_failing_body_aborts() {
         .collect();
     assert_eq!(ends.len(), 3, "two commits and one abort: {ends:?}");
     assert_eq!(ends[2].1, "F");
+}
+
+/// `meanwhile` runs once the requests are sent and before their replies
+/// are read: this xenstored answers only after it ran (or after 200 ms
+/// without it, which the test then sees).
+#[test]
+fn a_batch_runs_its_meanwhile_between_sending_and_reading_the_replies() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let ran = Arc::new(AtomicBool::new(false));
+    let seen = ran.clone();
+    let (mut xs, h) = fake::scripted(move |mut s| {
+        let reqs: Vec<Header> = (0..2)
+            .filter_map(|_| read_request(&mut s))
+            .map(|r| r.0)
+            .collect();
+        let t0 = Instant::now();
+        while !seen.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let before_replies = seen.load(Ordering::SeqCst);
+        for r in &reqs {
+            send(&mut s, r.ty, r.req_id, r.tx_id, b"OK\0");
+        }
+        before_replies
+    });
+    let mut calls = 0;
+    let got = xs
+        .batch_each_meanwhile(
+            &[
+                (NO_TX, Req::Write("/a", "1")),
+                (NO_TX, Req::Write("/b", "2")),
+            ],
+            &mut || {
+                calls += 1;
+                ran.store(true, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+    assert!(got.iter().all(|r| matches!(r, Ok(None))), "{got:?}");
+    assert_eq!(calls, 1);
+    assert!(h.join().unwrap(), "it ran only after the replies were read");
 }
 
 // ---- hostile or broken xenstoreds -------------------------------------------

@@ -78,7 +78,6 @@ impl Xs {
     /// for the commit, [`Xs::at_commit`]); when the commit meets a
     /// concurrent change (EAGAIN) run it again, `attempts` times at most.
     /// A failing `body` aborts the transaction and gives its error.
-    #[cfg(test)] // the warm path starts its own with a watch
     pub fn transaction<T, E: From<XsError>>(
         &mut self,
         attempts: u32,

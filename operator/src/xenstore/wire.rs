@@ -22,6 +22,7 @@ pub const XS_UNWATCH: u32 = 5;
 pub const XS_TRANSACTION_START: u32 = 6;
 pub const XS_TRANSACTION_END: u32 = 7;
 pub const XS_WRITE: u32 = 11;
+pub const XS_RM: u32 = 13;
 pub const XS_SET_PERMS: u32 = 14;
 pub const XS_WATCH_EVENT: u32 = 15;
 pub const XS_ERROR: u32 = 16;

@@ -75,8 +75,9 @@ fn a_prepared_warm_spawn_takes_the_member_in_two_round_trips() {
     assert_took_member_3(&env, &s, &r.unwrap().unwrap(), refills, &st);
     eprintln!("round trips of a prepared warm spawn: {}", rounds.len());
     assert_eq!(rounds.len(), 2, "{rounds:#?}");
-    // 1: the ready watch (outside the transaction), the writes and the
-    // commit (within the one prepared).
+    // 1: the ready watch, the configuration key and its permissions
+    // (outside the transaction: the guest starts at once), the rename and
+    // the commit (within the one prepared).
     assert_eq!(
         types(&rounds[0]),
         [
@@ -88,18 +89,21 @@ fn a_prepared_warm_spawn_takes_the_member_in_two_round_trips() {
             wire::XS_TRANSACTION_END
         ]
     );
-    assert_eq!(rounds[0][0].2, NO_TX);
+    assert!(rounds[0][..3].iter().all(|l| l.2 == NO_TX));
+    assert_eq!(rounds[0][1].1, "/local/domain/3/miniproxy/config");
     let tx = rounds[0][5].2;
-    assert!(tx != NO_TX && rounds[0][1..].iter().all(|l| l.2 == tx));
+    assert!(tx != NO_TX && rounds[0][3..].iter().all(|l| l.2 == tx));
     // 2: the watch fired: ready, the member's data/pool and data/ip.
     assert_eq!(types(&rounds[1]), [wire::XS_READ; 3]);
 }
 
 /// A domain created after the preparation changes /local/domain: the
-/// prepared commit fails (nothing applied), the full path takes the
-/// member, or finds the new domain has NAME.
+/// prepared commit fails (nothing within it applied), but the member has
+/// its configuration: it is renamed in a transaction of its own; or, the
+/// new domain has NAME, refused as the full path would, and the member,
+/// which has NAME's configuration, destroyed.
 #[test]
-fn a_domain_created_after_the_preparation_sends_the_spawn_down_the_full_path() {
+fn a_domain_created_after_the_preparation_renames_the_configured_member_on_its_own() {
     let members = [("mp-pool-1", 3)];
     let (_d, env) = run_dir("prep-new", &members);
     let create = |name: &'static str| {
@@ -110,15 +114,23 @@ fn a_domain_created_after_the_preparation_sends_the_spawn_down_the_full_path() {
     let line = r.unwrap().unwrap();
     assert!(line.starts_with("spawned name=a domid=3 "), "{line}");
     assert_eq!(st.value("/local/domain/3/name"), Some("a"));
-    // The refused commit, then the full path's four round trips and one
-    // for the new domain's name.
+    assert_eq!(st.value("/vm/u3/name"), Some("a"));
+    assert!(env.path("a.cfg").exists() && !env.path("pool/mp-pool-1.cfg").exists());
+    // The refused commit, then the rename's: its start, the list, the
+    // names, the writes with the commit; then ready.
     assert_eq!(commits(&st), 2, "{:?}", st.log);
     assert_eq!(rounds.len(), 6, "{rounds:#?}");
-    // The prepared watch was removed before the full path set it again.
+    assert_eq!(types(&rounds[1]), [wire::XS_TRANSACTION_START]);
     assert_eq!(
-        types(&rounds[1]),
-        [wire::XS_UNWATCH, wire::XS_WATCH, wire::XS_TRANSACTION_START]
+        types(&rounds[4]),
+        [wire::XS_WRITE, wire::XS_WRITE, wire::XS_TRANSACTION_END]
     );
+    // The configuration was written once.
+    let configs = st
+        .log
+        .iter()
+        .filter(|l| l.0 == wire::XS_WRITE && l.1.ends_with("/config"));
+    assert_eq!(configs.count(), 1, "{:?}", st.log);
 
     let (_d, env) = run_dir("prep-new-name", &members);
     let (r, refills, st, _) = run_prepared(&env, &s, xenstore(&members), create("a"));
@@ -128,13 +140,19 @@ fn a_domain_created_after_the_preparation_sends_the_spawn_down_the_full_path() {
     }
     assert_eq!(refills, 0);
     assert_eq!(st.value("/local/domain/3/name"), Some("mp-pool-1"));
-    assert!(!st.nodes.contains_key("/local/domain/3/miniproxy/config"));
-    assert!(env.path("pool/mp-pool-1.cfg").exists(), "still the pool's");
+    assert!(st.nodes.contains_key("/local/domain/3/miniproxy/config"));
+    // Out of the pool (destroyed: its configuration is NAME's), and NAME's
+    // records, written during the commit's round trip, gone again.
+    assert!(!env.path("pool/mp-pool-1.cfg").exists());
+    assert!(!env.path("a.cfg").exists() && !env.path("a.domid").exists());
 }
 
-/// The prepared member renamed after the preparation: the commit fails,
-/// the full path passes it over and takes the next; destroyed, and none
-/// other waits: cold.
+/// The prepared member renamed after the preparation (by hand: a spawn
+/// that takes it takes it out of the pool's records first): the commit
+/// fails after the member had NAME's configuration, so it is given up
+/// (destroyed, the spawn fails, saying why). Destroyed, its configuration
+/// key went to a home no domain has: removed, and the full path finds no
+/// other member: cold.
 #[test]
 fn a_member_renamed_or_destroyed_after_the_preparation_is_not_taken() {
     let members = [("mp-pool-1", 3), ("mp-pool-2", 4)];
@@ -148,15 +166,24 @@ fn a_member_renamed_or_destroyed_after_the_preparation_is_not_taken() {
         ],
     ));
     let s = spawn_of("a", "10.0.0.5/24");
-    let (r, _, st, _) = run_prepared(&env, &s, st, |xs| {
+    let (r, refills, st, _) = run_prepared(&env, &s, st, |xs| {
         xs.write(NO_TX, "/local/domain/3/name", "renamed").unwrap()
     });
-    let line = r.unwrap().unwrap();
-    assert!(line.starts_with("spawned name=a domid=4 "), "{line}");
+    match r {
+        Err(Failure::Fail(m)) => assert_eq!(
+            m,
+            "a (pool member mp-pool-1, domain 3): handing over the configuration: \
+             xenstore commit a transaction: EAGAIN, and it was renamed to \"renamed\" \
+             meanwhile; destroyed it"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refills, 0);
     assert_eq!(st.value("/local/domain/3/name"), Some("renamed"));
-    assert!(!st.nodes.contains_key("/local/domain/3/miniproxy/config"));
-    assert_eq!(st.value("/local/domain/4/name"), Some("a"));
-    assert!(env.path("pool/mp-pool-1.cfg").exists());
+    assert_eq!(st.value("/local/domain/4/name"), Some("mp-pool-2"));
+    assert!(!env.path("pool/mp-pool-1.cfg").exists());
+    assert!(env.path("pool/mp-pool-2.cfg").exists());
+    assert!(!env.path("a.cfg").exists());
 
     let members = [("mp-pool-1", 3)];
     let (_d, env) = run_dir("prep-gone", &members);
@@ -164,13 +191,17 @@ fn a_member_renamed_or_destroyed_after_the_preparation_is_not_taken() {
         xs.rm("/local/domain/3").unwrap()
     });
     assert!(matches!(r, Ok(None)), "{r:?}");
-    // Found by the full path, which started its own transaction.
+    // Found by the rename's own transaction.
     let started = rounds.iter().flatten();
     assert!(started.clone().any(|l| l.0 == wire::XS_TRANSACTION_START));
     assert_eq!(commits(&st), 1, "only the prepared one: {:?}", st.log);
     assert_eq!(refills, 0);
-    assert!(!st.nodes.contains_key("/local/domain/3/miniproxy/config"));
-    assert!(!env.path("a.cfg").exists());
+    assert!(
+        !st.nodes.keys().any(|k| k.starts_with("/local/domain/3")),
+        "{:?}",
+        st.nodes.keys()
+    );
+    assert!(!env.path("a.cfg").exists() && !env.path("a.domid").exists());
 }
 
 /// NAME among the prepared names: the same error as the full path's, no
@@ -269,7 +300,8 @@ fn a_new_preparation_replaces_the_old_and_an_empty_pool_has_none() {
 }
 
 /// A member that a refill still boots is not read within the prepared
-/// transaction: its getting ready does not fail the commit.
+/// transaction: its getting ready does not fail the commit. No member's
+/// data/pool is (the one taken changes it before the commit).
 #[test]
 fn a_member_getting_ready_after_the_preparation_does_not_fail_it() {
     let members = [("mp-pool-1", 3), ("mp-pool-2", 4)];
@@ -294,6 +326,11 @@ fn a_member_getting_ready_after_the_preparation_does_not_fail_it() {
         .filter(|l| l.0 == wire::XS_READ && l.2 != NO_TX)
         .map(|l| l.1.as_str())
         .collect();
-    assert!(within.contains(&"/local/domain/3/data/pool"), "{within:?}");
-    assert!(!within.contains(&"/local/domain/4/data/pool"), "{within:?}");
+    assert!(within.contains(&"/local/domain/3/name"), "{within:?}");
+    assert!(within.contains(&"/local/domain/3/vm"), "{within:?}");
+    assert!(!within.contains(&"/local/domain/4/vm"), "{within:?}");
+    assert!(
+        !within.iter().any(|p| p.ends_with("/data/pool")),
+        "{within:?}"
+    );
 }
