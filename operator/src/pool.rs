@@ -52,8 +52,8 @@ configuration goes to /local/domain/ID/miniproxy/config (written by dom0,
 read-only for the guest: permissions n0 rID); it is the same line as
 extra= and checked by the same parser, but it does not pass through Xen's
 command line, so the 1022-byte limit does not apply (xenstore's 4 KiB does).
-In the same xenstore transaction the member is renamed to the spawn's
---name as xl rename does. 'stop --all' and
+The member is renamed to the spawn's --name as xl rename does, in a
+xenstore transaction with the checks. 'stop --all' and
 'list' leave the pool alone: 'pool drain' empties it.
 ";
 
