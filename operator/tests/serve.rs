@@ -7,108 +7,14 @@
 #[allow(dead_code)] // the rig's other helpers serve the other files
 mod rig;
 
+mod daemon;
+
+use daemon::{warm_spawn, Daemon};
 use rig::{err, out, spawn_args, Rig};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// A running `miniproxy serve`.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Daemon {
-    /// Start it in the rig and wait for its `serving socket=...` line.
-    fn start(r: &Rig) -> Daemon {
-        Daemon::start_with(r, &[])
-    }
-
-    /// The same with more environment variables.
-    fn start_with(r: &Rig, vars: &[(&str, &std::path::Path)]) -> Daemon {
-        let stderr = r.dir.join("serve.err");
-        let mut child = r
-            .cmd(env!("CARGO_BIN_EXE_miniproxy-operator"))
-            .envs(vars.iter().copied())
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let socket = r.dir.join("run/serve.sock");
-        assert_eq!(
-            first,
-            format!("serving socket={}\n", socket.display()),
-            "{}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        Daemon {
-            child,
-            socket,
-            stderr,
-        }
-    }
-
-    fn connect(&self) -> Client {
-        let s = UnixStream::connect(&self.socket).unwrap();
-        // A test that would hang fails instead.
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Client {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            stream: s,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Client {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Client {
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn reply(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line
-    }
-
-    /// One request of TAB-separated `words`: its reply line.
-    fn ask(&mut self, words: &[&str]) -> String {
-        self.send(format!("{}\n", words.join("\t")).as_bytes());
-        self.reply()
-    }
-}
 
 /// `pool status` until it prints `want`, within 20 s.
 fn status_becomes(r: &Rig, want: &str) {
@@ -125,10 +31,6 @@ fn status_becomes(r: &Rig, want: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn warm_spawn<'a>(name: &'a str, ip: &'a str) -> Vec<&'a str> {
-    spawn_args(name, ip, &["--memory", "4"])
 }
 
 #[test]
@@ -549,30 +451,12 @@ fn a_prepared_warm_spawn_of_the_daemon_costs_two_round_trips() {
             .nth(1)
             .is_some_and(|t| t.split(',').any(|t| t == START))
     };
-    // Settled: a hand-over prepared after the last refill's fill (whose
-    // new domain fails an older one's commit), none being prepared.
-    let settled = |refills: usize| {
-        let t0 = Instant::now();
-        loop {
-            let e = d.stderr();
-            let done = e.matches("refill done").count() >= refills;
-            let last = |w: &str| e.rfind(w).map_or(0, |i| i + 1);
-            if done && last("hand-over prepared") > last("refill done") {
-                std::thread::sleep(Duration::from_millis(100));
-                if d.stderr() == e {
-                    return;
-                }
-            }
-            assert!(t0.elapsed() < Duration::from_secs(30), "{e}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
     let mut c = d.connect();
     for (n, (name, ip)) in [("a", "10.0.0.5/24"), ("b", "10.0.0.6/24")]
         .into_iter()
         .enumerate()
     {
-        settled(n);
+        d.settled(n);
         let before = rounds().lines().count();
         let hold = r.dir.join("xenstored.hold");
         std::fs::write(&hold, "").unwrap();

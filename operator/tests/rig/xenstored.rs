@@ -3,7 +3,10 @@
 //! scripts, the file tree under `xs/`. Reads and directory listings read
 //! it; a write or a permission change runs the fake `xenstore-write` or
 //! `xenstore-chmod` (so the fake guests react alike, and the call log shows
-//! it); a transaction keeps them until its commit; watches are noticed by
+//! it); a transaction keeps them until its commit, which fails with EAGAIN
+//! (applying nothing) when a node it read changed since, as C xenstored's
+//! does (and src/xenstore/fake.rs, whose rule this mirrors); watches are
+//! noticed by
 //! looking at the watched subtree every 10 ms. The wire format is
 //! xs_wire.h's, written here again on purpose: the tests do not take the
 //! operator's word for it.
@@ -44,6 +47,7 @@ pub fn start(
 }
 
 type Op = (u32, Vec<String>);
+type Seen = (String, bool, Option<String>);
 
 struct Conn<'a> {
     s: UnixStream,
@@ -52,6 +56,9 @@ struct Conn<'a> {
     watches: Vec<(String, String, String)>,
     /// Transaction id -> its writes and permission changes.
     txs: std::collections::BTreeMap<u32, Vec<Op>>,
+    /// Transaction id -> the nodes it read (and whether as a directory),
+    /// each as it was outside the transaction when first read.
+    seen: std::collections::BTreeMap<u32, Vec<Seen>>,
     next_tx: u32,
 }
 
@@ -105,6 +112,38 @@ impl Conn<'_> {
         pending.or_else(|| std::fs::read_to_string(self.file(path)).ok())
     }
 
+    /// PATH as seen from outside any transaction: its value, or (`dir`)
+    /// its children's names (None: no such node).
+    fn outside(&self, path: &str, dir: bool) -> Option<String> {
+        if !dir {
+            return std::fs::read_to_string(self.file(path)).ok();
+        }
+        let rd = std::fs::read_dir(self.file(path)).ok()?;
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Some(names.join("\0"))
+    }
+
+    fn note_read(&mut self, tx: u32, path: &str, dir: bool) {
+        let now = self.outside(path, dir);
+        if let Some(seen) = self.seen.get_mut(&tx) {
+            if !seen.iter().any(|(p, d, _)| p == path && *d == dir) {
+                seen.push((path.to_string(), dir, now));
+            }
+        }
+    }
+
+    /// Whether a node transaction `tx` read changed outside it since.
+    fn conflicts(&self, tx: u32) -> bool {
+        self.seen
+            .get(&tx)
+            .is_some_and(|seen| seen.iter().any(|(p, dir, v)| self.outside(p, *dir) != *v))
+    }
+
     /// Run a write or a permission change with the fake scripts.
     fn apply(&self, (ty, args): &Op) -> bool {
         let prog = if *ty == XS_WRITE {
@@ -136,20 +175,15 @@ impl Conn<'_> {
             .collect();
         let path = parts[0].clone();
         let ok = b"OK\0";
+        if matches!(ty, XS_READ | XS_DIRECTORY) {
+            self.note_read(tx, &path, ty == XS_DIRECTORY);
+        }
         let reply: Result<Vec<u8>, &str> = match ty {
             XS_READ => self.read(tx, &path).map(String::into_bytes).ok_or("ENOENT"),
-            XS_DIRECTORY => match std::fs::read_dir(self.file(&path)) {
-                Ok(rd) => {
-                    let mut names: Vec<String> = rd
-                        .filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| !n.starts_with('.'))
-                        .collect();
-                    names.sort();
-                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                    Ok(nul_joined(&refs))
-                }
-                Err(_) => Err("ENOENT"),
+            XS_DIRECTORY => match self.outside(&path, true) {
+                Some(names) if names.is_empty() => Ok(Vec::new()),
+                Some(names) => Ok(format!("{names}\0").into_bytes()),
+                None => Err("ENOENT"),
             },
             XS_WRITE | XS_SET_PERMS => {
                 let args: Vec<String> = if ty == XS_WRITE {
@@ -201,21 +235,27 @@ impl Conn<'_> {
             XS_TRANSACTION_START => {
                 self.next_tx += 1;
                 self.txs.insert(self.next_tx, Vec::new());
+                self.seen.insert(self.next_tx, Vec::new());
                 Ok(format!("{}\0", self.next_tx).into_bytes())
             }
-            XS_TRANSACTION_END => match self.txs.remove(&tx) {
-                Some(ops) if path == "T" => {
-                    // All or nothing is not needed here: the fake scripts
-                    // do not fail on the nodes a spawn writes.
-                    if ops.iter().all(|op| self.apply(op)) {
-                        Ok(ok.to_vec())
-                    } else {
-                        Err("EINVAL")
+            XS_TRANSACTION_END => {
+                let conflict = self.conflicts(tx);
+                self.seen.remove(&tx);
+                match self.txs.remove(&tx) {
+                    Some(_) if path == "T" && conflict => Err("EAGAIN"),
+                    Some(ops) if path == "T" => {
+                        // All or nothing is not needed here: the fake
+                        // scripts do not fail on the nodes a spawn writes.
+                        if ops.iter().all(|op| self.apply(op)) {
+                            Ok(ok.to_vec())
+                        } else {
+                            Err("EINVAL")
+                        }
                     }
+                    Some(_) => Ok(ok.to_vec()),
+                    None => Err("ENOENT"),
                 }
-                Some(_) => Ok(ok.to_vec()),
-                None => Err("ENOENT"),
-            },
+            }
             _ => Err("ENOSYS"),
         };
         match reply {
@@ -256,6 +296,7 @@ fn serve(s: UnixStream, root: &Path, cmd: &dyn Fn(&str) -> Command) {
         cmd,
         watches: Vec::new(),
         txs: Default::default(),
+        seen: Default::default(),
         next_tx: 0,
     };
     let mut buf: Vec<u8> = Vec::new();
