@@ -71,6 +71,11 @@ pub fn warm(
             Err(Stop::InUse(id)) => {
                 return fail(format!("name '{name}' is in use: domain {id} exists"))
             }
+            Err(Stop::InUseMemberLost(id)) => {
+                // The pool lost the member: back to its target.
+                refill(env);
+                return fail(format!("name '{name}' is in use: domain {id} exists"));
+            }
             Err(Stop::Address(other)) => {
                 let addr = s.ip.split('/').next().unwrap_or("");
                 return fail(format!("address {addr} is in use by instance '{other}'"));
@@ -82,6 +87,7 @@ pub fn warm(
                 pool::take(env, &m);
                 destroy(env, name, &m.domid.to_string());
                 forget(env, name);
+                refill(env);
                 return fail(format!(
                     "{name} (pool member {}, domain {}): handing over the configuration: {e}; destroyed it",
                     m.name, m.domid
@@ -205,7 +211,7 @@ fn hand_over_any(
                     // It has NAME's configuration (and address): it goes.
                     pool::take(env, &m);
                     destroy(env, &m.name, &m.domid.to_string());
-                    Err(Stop::InUse(id))
+                    Err(Stop::InUseMemberLost(id))
                 }
                 Err(NotRenamed::Renamed(n)) => Err(Stop::HandOver(
                     m,
@@ -256,6 +262,9 @@ fn ready_token(id: u32) -> String {
 enum Stop {
     /// A domain is named NAME.
     InUse(u32),
+    /// A domain is named NAME, found once the member had NAME's
+    /// configuration: the member was destroyed (the pool refills).
+    InUseMemberLost(u32),
     /// A live instance has the spawn's address.
     Address(String),
     /// No candidate is still its domain's name and waiting.

@@ -16,6 +16,7 @@ mod daemon;
 use daemon::{warm_spawn, Daemon};
 use rig::{err, Rig};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The trace of a prepared commit that failed after the configuration.
 const ON_ITS_OWN: &str = "after the configuration, renaming on its own";
@@ -163,4 +164,10 @@ fn a_domain_named_like_the_spawn_after_the_preparation_is_an_in_use_reply() {
         .filter(|n| n.starts_with("a.") && n != "a.lock")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // The pool lost its member: the refill brings it back to its target.
+    let t0 = Instant::now();
+    while !d.stderr().contains("refill started") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
