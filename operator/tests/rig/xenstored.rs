@@ -6,8 +6,7 @@
 //! it); a transaction keeps them until its commit, which fails with EAGAIN
 //! (applying nothing) when a node it read changed since, as C xenstored's
 //! does (and src/xenstore/fake.rs, whose rule this mirrors); watches are
-//! noticed by
-//! looking at the watched subtree every 10 ms. The wire format is
+//! noticed by looking at the watched subtree every 10 ms. The wire format is
 //! xs_wire.h's, written here again on purpose: the tests do not take the
 //! operator's word for it.
 
