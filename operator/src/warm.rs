@@ -60,12 +60,15 @@ pub fn warm(
             let written = name_records(env, s, kernel, (template, template_path), m);
             early = Some((m.domid, written));
         });
-        let wrote = early.is_some();
-        let early = early.filter(|(id, _)| matches!(&taken, Ok((m, _)) if m.domid == *id));
-        if wrote && early.is_none() {
-            // Written for a member the spawn did not take.
-            forget(env, name);
-        }
+        let early = match (early, &taken) {
+            (Some((id, written)), Ok((m, _))) if m.domid == id => Some(written),
+            (Some(_), _) => {
+                // Written for a member the spawn did not take.
+                forget(env, name);
+                None
+            }
+            (None, _) => None,
+        };
         let (member, con0) = match taken {
             Ok(m) => m,
             Err(Stop::InUse(id)) => {
@@ -111,10 +114,8 @@ pub fn warm(
         // during the commit's round trip), still under the lock (no other
         // spawn looks at the member meanwhile).
         pool::take(env, &member);
-        let written = match early {
-            Some((_, written)) => written,
-            None => name_records(env, s, kernel, (template, template_path), &member),
-        };
+        let written = early
+            .unwrap_or_else(|| name_records(env, s, kernel, (template, template_path), &member));
         if let Err(e) = written {
             destroy(env, name, &member.domid.to_string());
             forget(env, name);
