@@ -73,7 +73,7 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
         ) && !calls.contains("xl rename"),
         "{calls}"
     );
-    let xs = |p: &str| std::fs::read_to_string(r.dir.join("xs").join(p)).unwrap();
+    let xs = |p: &str| r.xs(p).unwrap();
     assert_eq!(xs("local/domain/1/name"), "a");
     assert_eq!(xs("vm/00000000-0000-0000-0000-000000000001/name"), "a");
     assert!(

@@ -54,7 +54,7 @@ fn warm_and_cold_spawns_stop_bad_requests_and_sigterm() {
         "{line}{}",
         d.stderr()
     );
-    let xs = |p: &str| std::fs::read_to_string(r.dir.join("xs").join(p)).unwrap();
+    let xs = |p: &str| r.xs(p).unwrap();
     assert_eq!(xs("local/domain/1/name"), "a");
     let key = xs("local/domain/1/miniproxy/config");
     assert!(

@@ -32,11 +32,6 @@ fn prepared(tag: &str) -> (Rig, Daemon) {
     (r, d)
 }
 
-/// A node of the rig's xenstore (None: absent).
-fn xs(r: &Rig, path: &str) -> Option<String> {
-    std::fs::read_to_string(r.dir.join("xs").join(path.trim_start_matches('/'))).ok()
-}
-
 /// Domain ID named NAME, created by another client of xenstored (the
 /// daemon is not told: no @introduceDomain in the rig).
 fn another_domain(r: &Rig, id: u32, name: &str) {
@@ -93,8 +88,8 @@ fn assert_renamed_on_its_own(d: &Daemon) {
 #[test]
 fn a_domain_created_after_the_preparation_fails_the_commit_and_the_member_is_renamed_on_its_own() {
     let (r, d) = prepared("serve-eagain");
-    let vm = xs(&r, "local/domain/1/vm").unwrap();
-    assert_eq!(xs(&r, &format!("{vm}/name")).as_deref(), Some("mp-pool-1"));
+    let vm = r.xs("local/domain/1/vm").unwrap();
+    assert_eq!(r.xs(&format!("{vm}/name")).as_deref(), Some("mp-pool-1"));
     another_domain(&r, 77, "other");
     let before = rounds(&r).len();
     let mut c = d.connect();
@@ -117,11 +112,11 @@ fn a_domain_created_after_the_preparation_fails_the_commit_and_the_member_is_ren
         Some(&["4,11,14,11,11,7", "6", "1", "2,2,2", "11,11,7"][..]),
         "{spawn:?}"
     );
-    let key = xs(&r, "local/domain/1/miniproxy/config").unwrap();
+    let key = r.xs("local/domain/1/miniproxy/config").unwrap();
     assert!(key.starts_with("ip=10.0.0.5/24 "), "{key}");
-    assert_eq!(xs(&r, "local/domain/1/name").as_deref(), Some("a"));
-    assert_eq!(xs(&r, &format!("{vm}/name")).as_deref(), Some("a"));
-    assert_eq!(xs(&r, "local/domain/77/name").as_deref(), Some("other"));
+    assert_eq!(r.xs("local/domain/1/name").as_deref(), Some("a"));
+    assert_eq!(r.xs(&format!("{vm}/name")).as_deref(), Some("a"));
+    assert_eq!(r.xs("local/domain/77/name").as_deref(), Some("other"));
     assert_eq!(
         std::fs::read_to_string(r.dir.join("run/a.domid")).unwrap(),
         "1\n"
@@ -133,7 +128,7 @@ fn a_domain_created_after_the_preparation_fails_the_commit_and_the_member_is_ren
         "{line}{}",
         d.stderr()
     );
-    assert!(xs(&r, "local/domain/1/name").is_none());
+    assert!(r.xs("local/domain/1/name").is_none());
     assert!(!r.dir.join("run/a.cfg").exists());
 }
 
@@ -153,8 +148,8 @@ fn a_domain_named_like_the_spawn_after_the_preparation_is_an_in_use_reply() {
     // renamed; the other domain untouched.
     assert_eq!(config_writes(&r), 1, "{}", r.xl_calls());
     assert!(r.xl_calls().contains("xl destroy 1\n"), "{}", r.xl_calls());
-    assert!(xs(&r, "local/domain/1/name").is_none());
-    assert_eq!(xs(&r, "local/domain/77/name").as_deref(), Some("a"));
+    assert!(r.xs("local/domain/1/name").is_none());
+    assert_eq!(r.xs("local/domain/77/name").as_deref(), Some("a"));
     // a's records (a.cfg, a.domid), written while the commit was in
     // flight, are gone; a.lock, the name's flock file, stays by design
     // (removing a lock file races with its next taker).

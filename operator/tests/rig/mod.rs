@@ -50,6 +50,12 @@ impl Rig {
         assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     }
 
+    /// A node of the rig's xenstore (None: absent).
+    #[allow(dead_code)] // not every test file reads it
+    pub fn xs(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("xs").join(path.trim_start_matches('/'))).ok()
+    }
+
     /// Every fake xl and xenstore call so far, one per line.
     #[allow(dead_code)] // not every test file reads it
     pub fn xl_calls(&self) -> String {
