@@ -229,8 +229,26 @@ fn an_orphan_of_an_interrupted_hand_over_is_destroyed_and_replaced_by_fill() {
     assert_eq!(r.xs("local/domain/3/name").as_deref(), Some("mp-pool-1"));
     status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
 
-    // drain removes an orphan as any member.
+    // The refill a spawn starts runs the same fill.
     orphan(&r, 3);
+    let o = r.run(&["pool", "fill", "--refill"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!(
+            "miniproxy pool: mp-pool-1 (domain 3) {DESTROYING}\n"
+        )),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        r.xs("local/domain/3/name").is_none(),
+        "domain 3 still there"
+    );
+    assert_eq!(r.xs("local/domain/4/name").as_deref(), Some("mp-pool-1"));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+
+    // drain removes an orphan as any member.
+    orphan(&r, 4);
     status_becomes(&r, "pool target=2 memory=4 waiting=1 starting=0 crashed=1");
     let o = r.run(&["pool", "drain"]);
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
@@ -240,8 +258,8 @@ fn an_orphan_of_an_interrupted_hand_over_is_destroyed_and_replaced_by_fill() {
         out(&o)
     );
     assert!(
-        r.xs("local/domain/3/name").is_none(),
-        "domain 3 still there"
+        r.xs("local/domain/4/name").is_none(),
+        "domain 4 still there"
     );
     assert!(!r.dir.join("run/pool/mp-pool-1.cfg").exists());
     status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0 crashed=0");

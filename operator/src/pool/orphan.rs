@@ -4,9 +4,10 @@
 //! transaction, in the round trip of the commit; a daemon killed between
 //! the two leaves a member that configured itself (its address is the
 //! spawn's), became ready and says `data/pool=taken us=N`, under its pool
-//! name and with its pool records, and with no NAME record: no spawn will
-//! take it (they take only members that say `waiting`), and no later spawn
-//! sees its address in use. Fill destroys it.
+//! name and with its pool records: no spawn will take it (they take only
+//! members that say `waiting`), and no later spawn sees its address in use
+//! (that check looks at instances named as their records; NAME's, if the
+//! daemon wrote them, are stale, and `list` drops them). Fill destroys it.
 //!
 //! An in-flight warm spawn has such a member too, for a few ms: between its
 //! configuration write and its commit, and in the prepared hand-over's
