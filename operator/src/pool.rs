@@ -109,7 +109,7 @@ pub struct Member {
 /// What a member is, from its `xl list` state letters (empty when they
 /// were not asked for) and its data/pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
+enum Condition {
     Waiting,
     /// Booting: no data/pool yet (or one this tool does not know).
     Starting,
@@ -117,7 +117,9 @@ pub enum Condition {
     Orphan,
 }
 
-pub fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
+/// Crashed or stopped comes first, whatever data/pool says: such a domain
+/// serves no one, and fill destroys it as it always did.
+fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
     if letters.contains(['c', 's', 'd']) {
         Condition::Crashed
     } else if data_pool == Some("waiting") {
@@ -132,7 +134,7 @@ pub fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
 /// `pool status`'s counts: (waiting, starting, crashed), where crashed
 /// are the members of no use (crashed, stopped or orphans), which the next
 /// fill destroys.
-pub fn counts(m: &[Member]) -> (usize, usize, usize) {
+fn counts(m: &[Member]) -> (usize, usize, usize) {
     let waiting = m.iter().filter(|m| m.waiting).count();
     let no_use = m.iter().filter(|m| m.crashed || m.orphan).count();
     (waiting, m.len() - waiting - no_use, no_use)
