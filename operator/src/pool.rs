@@ -40,8 +40,10 @@ no CPU and no xenstore traffic.
   --memory MB  the members' memory (default 6; spawn takes a member only
              with the same --memory)
   status     one line: target=N memory=MB waiting=W starting=S crashed=C
-             (crashed: members that crashed or stopped, e.g. handed a bad
-             configuration by hand; the next fill destroys them)
+             (crashed: members of no use, which the next fill destroys:
+             crashed or stopped, e.g. handed a bad configuration by hand,
+             or configured by a spawn that did not finish, its pool name
+             kept: data/pool=taken, e.g. a killed 'miniproxy serve')
   drain      set the target to 0 and shut every member down
 A spawn takes a waiting member when it is spawned --via xl without --mac and
 --kernel, with the member's --memory, and its line has the member's
@@ -98,6 +100,44 @@ pub struct Member {
     /// Crashed (a member that failed at boot, or was handed a bad
     /// configuration by hand): kept for a post-mortem until a fill or drain.
     pub crashed: bool,
+    /// Configured by a spawn that did not finish: its data/pool says
+    /// `taken` under its pool name (pool/orphan.rs). Of no use, as a crashed
+    /// one; fill destroys it under the global lock.
+    pub orphan: bool,
+}
+
+/// What a member is, from its `xl list` state letters (empty when they
+/// were not asked for) and its data/pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Waiting,
+    /// Booting: no data/pool yet (or one this tool does not know).
+    Starting,
+    Crashed,
+    Orphan,
+}
+
+/// Crashed or stopped comes first, whatever data/pool says: such a domain
+/// serves no one, and fill destroys it as it always did.
+fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
+    if letters.contains(['c', 's', 'd']) {
+        Condition::Crashed
+    } else if data_pool == Some("waiting") {
+        Condition::Waiting
+    } else if orphan::says_taken(data_pool) {
+        Condition::Orphan
+    } else {
+        Condition::Starting
+    }
+}
+
+/// `pool status`'s counts: (waiting, starting, crashed), where crashed
+/// are the members of no use (crashed, stopped or orphans), which the next
+/// fill destroys.
+fn counts(m: &[Member]) -> (usize, usize, usize) {
+    let waiting = m.iter().filter(|m| m.waiting).count();
+    let no_use = m.iter().filter(|m| m.crashed || m.orphan).count();
+    (waiting, m.len() - waiting - no_use, no_use)
 }
 
 /// Why a spawn cannot take a pool member at all (it goes cold); `None`:
@@ -217,14 +257,15 @@ pub fn members(pool: &Env, with_states: bool) -> Vec<Member> {
             .iter()
             .find(|(_, id, _)| *id == domid)
             .map_or("", |(_, _, l)| l.as_str());
-        let crashed = letters.contains(['c', 's', 'd']);
+        let c = condition(letters, state.as_deref());
         out.push(Member {
             name,
             domid,
             memory: field("memory").parse().unwrap_or(0),
             mac: field("mac"),
-            waiting: state.as_deref() == Some("waiting") && !crashed,
-            crashed,
+            waiting: c == Condition::Waiting,
+            crashed: c == Condition::Crashed,
+            orphan: c == Condition::Orphan,
         });
     }
     out
@@ -297,9 +338,7 @@ pub fn run(argv: &[String]) -> Outcome {
 }
 
 fn print_status(what: &str, m: &[Member], target: usize, memory: u32, ms: Option<u64>, json: bool) {
-    let waiting = m.iter().filter(|m| m.waiting).count();
-    let crashed = m.iter().filter(|m| m.crashed).count();
-    let starting = m.len() - waiting - crashed;
+    let (waiting, starting, crashed) = counts(m);
     if json {
         let o = Object::default()
             .str("result", what)
@@ -376,7 +415,8 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
         .to_string();
     let mut failed = false;
     // Members that crashed or stopped are of no use: make room for new ones.
-    for m in members(&pool, true).iter().filter(|m| m.crashed) {
+    let found = members(&pool, true);
+    for m in found.iter().filter(|m| m.crashed) {
         eprintln!(
             "miniproxy pool: {} (domain {}) has crashed or stopped; destroying it",
             m.name, m.domid
@@ -384,11 +424,16 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
         spawn::destroy(&pool, &m.name, &m.domid.to_string());
         forget(&pool, &m.name);
     }
+    // So are orphans of an interrupted hand-over, but only under the
+    // global lock: an in-flight spawn's member looks the same for a moment.
+    orphan::clear(env, &pool, &found);
     loop {
         // The target as it is now: a drain or a new fill may have changed it.
         let (target, mem_now) = read_target(&pool);
-        let live = members(&pool, false);
-        if live.len() >= target || mem_now != memory {
+        // An orphan left (the global lock was busy) is replaced all the
+        // same: no spawn will take it.
+        let live = members(&pool, false).iter().filter(|m| !m.orphan).count();
+        if live >= target || mem_now != memory {
             break;
         }
         if let Err(e) = create_member(env, &pool, &template, &template_path, &kernel, memory) {
@@ -399,10 +444,14 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
             break;
         }
     }
-    // Every member waiting, or 60 s.
+    // Every member waiting, or 60 s. Orphans never will: one left above,
+    // or a spawn's member in its hand-over, is not waited for.
     let t0 = env.ms();
     loop {
-        let m = members(&pool, true);
+        let m: Vec<Member> = members(&pool, true)
+            .into_iter()
+            .filter(|m| !m.orphan)
+            .collect();
         if m.iter().all(|m| m.waiting) || env.ms() - t0 > 60_000 {
             break;
         }
@@ -594,6 +643,7 @@ pub fn recorded(env: &Env) -> Vec<Member> {
                 mac: field("mac"),
                 waiting: false,
                 crashed: false,
+                orphan: false,
             })
         })
         .collect()
@@ -676,6 +726,8 @@ pub fn refill_in_background(env: &Env) {
     cmd.process_group(0);
     let _ = cmd.spawn();
 }
+
+mod orphan;
 
 #[cfg(test)]
 mod tests;

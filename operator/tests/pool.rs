@@ -169,3 +169,248 @@ fn a_member_that_refuses_its_configuration_is_destroyed_and_replaced() {
     status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
     assert_eq!(r.xl_calls().matches("xl create").count(), 2);
 }
+
+/// What a daemon killed between its configuration write and its commit
+/// leaves (crate::warm::prepared): domain ID still named as its pool
+/// member, configured, ready, `data/pool=taken us=5`.
+fn orphan(r: &Rig, id: u32) {
+    let home = r.dir.join(format!("xs/local/domain/{id}"));
+    std::fs::create_dir_all(home.join("miniproxy")).unwrap();
+    std::fs::write(
+        home.join("miniproxy/config"),
+        "ip=10.0.0.5/24 rule=reverse:80:10.0.0.1:8080 rx_bufs=32",
+    )
+    .unwrap();
+    std::fs::write(home.join("data/ip"), "10.0.0.5/24").unwrap();
+    std::fs::write(home.join("data/pool"), "taken us=5").unwrap();
+    std::fs::write(home.join("data/ready"), "99999999").unwrap();
+}
+
+const DESTROYING: &str =
+    "was configured by a spawn that did not finish (its pool name kept); destroying it";
+
+#[test]
+fn an_orphan_of_an_interrupted_hand_over_is_destroyed_and_replaced_by_fill() {
+    let r = Rig::new("pool-orphan");
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+    orphan(&r, 1);
+    // Of no use: counted with the crashed, not as starting.
+    status_becomes(&r, "pool target=2 memory=4 waiting=1 starting=0 crashed=1");
+
+    let t0 = Instant::now();
+    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    // Not the 60 s a fill waits for members that do not wait.
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(
+        err(&o).contains(&format!(
+            "miniproxy pool: mp-pool-1 (domain 1) {DESTROYING}\n"
+        )),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        out(&o).starts_with("pool target=2 memory=4 waiting=2 starting=0 crashed=0 ms="),
+        "{}",
+        out(&o)
+    );
+    let calls = r.xl_calls();
+    assert!(calls.contains("xl destroy 1\n"), "{calls}");
+    assert!(
+        r.xs("local/domain/1/name").is_none(),
+        "domain 1 still there"
+    );
+    // Its records went; mp-pool-1 is the replacement, domain 3.
+    assert_eq!(calls.matches("xl create").count(), 3, "{calls}");
+    let domid = std::fs::read_to_string(r.dir.join("run/pool/mp-pool-1.domid")).unwrap();
+    assert_eq!(domid.trim(), "3");
+    assert_eq!(r.xs("local/domain/3/name").as_deref(), Some("mp-pool-1"));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+
+    // The refill a spawn starts runs the same fill.
+    orphan(&r, 3);
+    let o = r.run(&["pool", "fill", "--refill"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!(
+            "miniproxy pool: mp-pool-1 (domain 3) {DESTROYING}\n"
+        )),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        r.xs("local/domain/3/name").is_none(),
+        "domain 3 still there"
+    );
+    assert_eq!(r.xs("local/domain/4/name").as_deref(), Some("mp-pool-1"));
+    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
+
+    // drain removes an orphan as any member.
+    orphan(&r, 4);
+    status_becomes(&r, "pool target=2 memory=4 waiting=1 starting=0 crashed=1");
+    let o = r.run(&["pool", "drain"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        out(&o).starts_with("drained stopped=2 left=0 ms="),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        r.xs("local/domain/4/name").is_none(),
+        "domain 4 still there"
+    );
+    assert!(!r.dir.join("run/pool/mp-pool-1.cfg").exists());
+    status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0 crashed=0");
+}
+
+/// `pool fill` started in the background; its stderr lines as they come.
+fn fill_in_background(
+    r: &Rig,
+    n: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let mut child = r
+        .cmd(env!("CARGO_BIN_EXE_miniproxy-operator"))
+        .args(["pool", "fill", n, "--memory", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    (child, rx, reader)
+}
+
+/// The global lock, as a spawn holds it.
+fn hold_global_lock(r: &Rig) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(r.dir.join("run/.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+#[test]
+fn an_orphan_is_left_for_the_next_fill_while_the_global_lock_is_busy() {
+    let r = Rig::new("pool-orphan-locked");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    orphan(&r, 1);
+    status_becomes(&r, "pool target=1 memory=4 waiting=0 starting=0 crashed=1");
+
+    let lock = hold_global_lock(&r);
+    let t0 = Instant::now();
+    let (child, lines, reader) = fill_in_background(&r, "1");
+    let mut seen = Vec::new();
+    let left = "miniproxy pool: mp-pool-1 (domain 1) was configured by a spawn that did not finish (its pool name kept), but ";
+    while !seen.iter().any(|l: &String| l.starts_with(left)) {
+        match lines.recv_timeout(Duration::from_secs(40)) {
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("{e}: {seen:?}"),
+        }
+    }
+    let line = seen.last().unwrap();
+    assert!(
+        line.ends_with(" was held for 10 s; leaving it for the next fill"),
+        "{line}"
+    );
+    // A bounded wait for the lock, then the orphan is still there.
+    assert!(t0.elapsed() >= Duration::from_secs(9), "{:?}", t0.elapsed());
+    assert_eq!(r.xs("local/domain/1/name").as_deref(), Some("mp-pool-1"));
+    assert!(!r.xl_calls().contains("xl destroy"), "{}", r.xl_calls());
+    // The fill goes on: its replacement member takes the lock once free.
+    drop(lock);
+    let t1 = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert_eq!(o.status.code(), Some(0), "{seen:?} {rest:?}");
+    // It does not wait the 60 s for the orphan to say waiting.
+    assert!(t1.elapsed() < Duration::from_secs(30), "{:?}", t1.elapsed());
+    assert!(
+        out(&o).starts_with("pool target=1 memory=4 waiting=1 starting=0 crashed=1 ms="),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        !seen.iter().chain(&rest).any(|l| l.contains(DESTROYING)),
+        "{seen:?} {rest:?}"
+    );
+    assert_eq!(r.xs("local/domain/1/name").as_deref(), Some("mp-pool-1"));
+    assert!(!r.xl_calls().contains("xl destroy"), "{}", r.xl_calls());
+
+    // The next fill, with the lock free, destroys it.
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains(&format!(
+            "miniproxy pool: mp-pool-1 (domain 1) {DESTROYING}\n"
+        )),
+        "{}",
+        err(&o)
+    );
+    assert!(
+        r.xs("local/domain/1/name").is_none(),
+        "domain 1 still there"
+    );
+    assert!(!r.dir.join("run/pool/mp-pool-1.cfg").exists());
+    assert!(
+        out(&o).starts_with("pool target=1 memory=4 waiting=1 starting=0 crashed=0 ms="),
+        "{}",
+        out(&o)
+    );
+}
+
+/// A spawn that held the global lock renamed the member meanwhile (as an
+/// in-flight hand-over does between its configuration write and its
+/// commit): read again under the lock, it is no orphan and stays.
+#[test]
+fn a_member_renamed_while_fill_waits_for_the_global_lock_is_not_destroyed() {
+    let r = Rig::new("pool-orphan-renamed");
+    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
+    orphan(&r, 1);
+
+    let lock = hold_global_lock(&r);
+    let lists = r.xl_calls().matches("xl list").count();
+    let (child, lines, reader) = fill_in_background(&r, "1");
+    // The fill has looked at its members (xl list) and found the orphan:
+    // it waits for the lock now.
+    let t0 = Instant::now();
+    while r.xl_calls().matches("xl list").count() == lists {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", r.xl_calls());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(r.dir.join("xs/local/domain/1/name"), "a").unwrap();
+    drop(lock);
+    let o = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    let said: Vec<String> = lines.try_iter().collect();
+    assert_eq!(o.status.code(), Some(0), "{said:?}");
+    assert!(said.is_empty(), "{said:?}");
+    assert!(!r.xl_calls().contains("xl destroy"), "{}", r.xl_calls());
+    assert_eq!(r.xs("local/domain/1/name").as_deref(), Some("a"));
+    // Out of the pool by its new name; the pool has a new member.
+    assert!(
+        out(&o).starts_with("pool target=1 memory=4 waiting=1 starting=0 crashed=0 ms="),
+        "{}",
+        out(&o)
+    );
+}

@@ -8,6 +8,7 @@ fn member(name: &str, memory: u32, waiting: bool) -> Member {
         mac: "00:16:3e:00:00:01".into(),
         waiting,
         crashed: false,
+        orphan: false,
     }
 }
 
@@ -200,4 +201,39 @@ fn a_refill_waits_for_a_running_fill_instead_of_leaving() {
     release.join().unwrap();
     drop(got);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A member whose data/pool says `taken` under its pool name was
+/// configured by a spawn that did not finish: of no use, not starting.
+#[test]
+fn a_member_that_says_taken_under_its_pool_name_is_an_orphan() {
+    use Condition::*;
+    assert_eq!(condition("-b----", Some("taken us=5")), Orphan);
+    assert_eq!(condition("", Some("taken us=5")), Orphan, "without xl list");
+    assert_eq!(condition("r-----", Some("taken")), Orphan);
+    assert_eq!(condition("-b----", Some("waiting")), Waiting);
+    assert_eq!(condition("-b----", None), Starting);
+    assert_eq!(condition("", Some("")), Starting);
+    assert_eq!(condition("-b----", Some("takenover")), Starting);
+    // Crashed or stopped wins: the crashed path destroys it.
+    assert_eq!(condition("---sc-", Some("taken us=5")), Crashed);
+    assert_eq!(condition("----c-", Some("waiting")), Crashed);
+    assert_eq!(condition("-b---d", None), Crashed);
+}
+
+#[test]
+fn status_counts_orphans_with_the_crashed_not_as_starting() {
+    let mut orphan = member("mp-pool-2", 4, false);
+    orphan.orphan = true;
+    let mut crashed = member("mp-pool-3", 4, false);
+    crashed.crashed = true;
+    let m = [
+        member("mp-pool-1", 4, true),
+        orphan.clone(),
+        crashed,
+        member("mp-pool-4", 4, false),
+    ];
+    assert_eq!(counts(&m), (1, 1, 2));
+    assert_eq!(counts(&[orphan]), (0, 0, 1));
+    assert_eq!(counts(&[]), (0, 0, 0));
 }
