@@ -15,43 +15,6 @@ const OUT_PROD: usize = 3084;
 /// How long to wait for xenconsoled to make room before dropping output.
 const FULL_WAIT_NS: u64 = 2_000_000_000;
 
-/// When to tell xenconsoled that there is output: once per print, not once
-/// per fragment (a formatted line is written in tens of pieces, and each
-/// notification is a hypercall and may wake xenconsoled in dom0), and not
-/// while held. Pure logic, host-tested.
-#[derive(Default)]
-struct Kick {
-    /// Output in the ring that xenconsoled has not been told about.
-    unsent: bool,
-    held: bool,
-}
-
-impl Kick {
-    fn wrote(&mut self) {
-        self.unsent = true;
-    }
-
-    /// A print is done: whether to notify now.
-    fn print_done(&mut self) -> bool {
-        let now = self.unsent && !self.held;
-        if now {
-            self.unsent = false;
-        }
-        now
-    }
-
-    fn hold(&mut self, on: bool) -> bool {
-        self.held = on;
-        self.print_done()
-    }
-
-    /// The ring is full or must drain: notify whatever the hold (it ends).
-    fn must_drain(&mut self) {
-        self.held = false;
-        self.unsent = false;
-    }
-}
-
 pub struct Console {
     page: SharedPage,
     port: Port,
@@ -60,7 +23,6 @@ pub struct Console {
     /// output is dropped rather than waited for, so a stuck console never
     /// hangs the proxy.
     stuck: bool,
-    kick: Kick,
 }
 
 impl Console {
@@ -70,28 +32,6 @@ impl Console {
             port,
             dropped: 0,
             stuck: false,
-            kick: Kick::default(),
-        }
-    }
-
-    fn notify(&mut self) {
-        let _ = events::send(self.port);
-    }
-
-    /// After a print (the `println!` macro, a log line).
-    fn print_done(&mut self) {
-        if self.kick.print_done() {
-            self.notify();
-        }
-    }
-
-    /// Hold xenconsoled's notification (the output still goes into the
-    /// ring at once): for a span that must not share dom0's CPU with
-    /// xenconsoled, a pool member's takeover. Released by `hold(false)`, a
-    /// full ring, or [`flush`] (every exit path flushes).
-    pub fn hold(&mut self, on: bool) {
-        if self.kick.hold(on) {
-            self.notify();
         }
     }
 
@@ -123,14 +63,13 @@ impl Console {
             // The bytes must be visible before the producer index moves.
             core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
             self.page.write_u32(OUT_PROD, prod.wrapping_add(n as u32));
-            self.kick.wrote();
             data = &data[n..];
         }
+        let _ = events::send(self.port);
     }
 
     fn wait_for_room(&mut self) -> bool {
-        self.kick.must_drain();
-        self.notify();
+        let _ = events::send(self.port);
         let deadline = crate::time::now_ns() + FULL_WAIT_NS;
         while crate::time::now_ns() < deadline {
             events::take_pending(self.port);
@@ -149,8 +88,7 @@ impl Console {
     /// Wait (bounded) until xenconsoled has read everything: used before the
     /// domain stops, so the last lines reach the log.
     pub fn flush(&mut self, timeout_ns: u64) {
-        self.kick.must_drain();
-        self.notify();
+        let _ = events::send(self.port);
         let deadline = crate::time::now_ns() + timeout_ns;
         while self.page.read_u32(OUT_PROD) != self.page.read_u32(OUT_CONS)
             && crate::time::now_ns() < deadline
@@ -198,18 +136,12 @@ pub fn with<F: FnOnce(&mut Console)>(f: F) {
         }
     };
     if let Some(c) = guard.as_mut() {
-        f(c);
-        c.print_done();
+        f(c)
     }
 }
 
 pub fn flush(timeout_ns: u64) {
     with(|c| c.flush(timeout_ns));
-}
-
-/// See [`Console::hold`].
-pub fn hold(on: bool) {
-    with(|c| c.hold(on));
 }
 
 #[macro_export]
@@ -247,42 +179,3 @@ impl log::Log for Logger {
 }
 
 pub static LOGGER: Logger = Logger;
-
-#[cfg(test)]
-mod tests {
-    use super::Kick;
-
-    #[test]
-    fn one_notification_per_print_however_many_pieces() {
-        let mut k = Kick::default();
-        assert!(!k.print_done(), "nothing written, nothing to say");
-        for _ in 0..40 {
-            k.wrote();
-        }
-        assert!(k.print_done());
-        assert!(!k.print_done(), "told once");
-    }
-
-    #[test]
-    fn held_output_is_told_on_release() {
-        let mut k = Kick::default();
-        assert!(!k.hold(true));
-        k.wrote();
-        assert!(!k.print_done(), "held");
-        k.wrote();
-        assert!(!k.print_done(), "still held");
-        assert!(k.hold(false), "released: told now");
-        assert!(!k.print_done());
-        assert!(!k.hold(false), "nothing unsent");
-    }
-
-    #[test]
-    fn draining_ends_the_hold() {
-        let mut k = Kick::default();
-        k.hold(true);
-        k.wrote();
-        k.must_drain();
-        k.wrote();
-        assert!(k.print_done(), "a flush or a full ring ends the hold");
-    }
-}

@@ -17,7 +17,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use netfront::{Event, Netfront, SharedPage};
-use proxy::config::{Config, IpSetting};
+use proxy::config::Config;
 use proxy::engine::Engine;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
@@ -250,12 +250,6 @@ fn take_over(
 ) -> Result<Config, Exit> {
     let t0 = time::now_ns();
     let line = rt.wait_for_config(nf)?;
-    // From here to ready dom0 is busy handing us over (its xenstored, the
-    // spawner): this span's console lines go into the ring at once, but
-    // xenconsoled is told of them after ready, not in the middle of it (one
-    // notification then instead of one per line). A DHCP wait releases the
-    // hold first; every exit path flushes.
-    crate::console::hold(true);
     let cfg = pool::take_config(&line, boot)?;
     log::set_max_level(cfg.loglevel);
     crate::println!(
@@ -402,10 +396,6 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         plan.total_max / 1024
     );
 
-    if cfg.ip == IpSetting::Dhcp {
-        // Seconds, maybe: its lines go out as they come.
-        crate::console::hold(false);
-    }
     let ip = rt.address(&mut nf, &mut engine, &cfg)?;
     TIMELINE.mark(Mark::Addr);
     // data/ip and, for a pool member, its own time from its configuration
@@ -422,7 +412,6 @@ fn boot(k: &mut Kernel) -> Result<Exit, Exit> {
         .chain(taken.as_deref().map(|t| (pool::POOL_STATE_PATH, t)))
         .collect();
     let us = Control::ready_with(k, &before).map_err(fatal)?;
-    crate::console::hold(false);
     log::info!("ready after {us} us");
     // After ready, which they do not need: a watch fires once when set, so
     // a change before this is not missed, only seen a moment later.
