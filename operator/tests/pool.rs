@@ -198,15 +198,28 @@ fn orphan_destroyed(r: &Rig, o: &std::process::Output, id: u32) {
     assert!(name.is_none(), "domain {id} still there: {name:?}");
 }
 
+/// A rig whose pool of `n` filled, then member 1 (domain 1) made an orphan:
+/// counted with the crashed, not as starting.
+fn pool_with_an_orphan(rig: &str, n: usize) -> Rig {
+    let r = Rig::new(rig);
+    let o = r.run(&["pool", "fill", &n.to_string(), "--memory", "4"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    status_becomes(
+        &r,
+        &format!("pool target={n} memory=4 waiting={n} starting=0 crashed=0"),
+    );
+    orphan(&r, 1);
+    let waiting = n - 1;
+    status_becomes(
+        &r,
+        &format!("pool target={n} memory=4 waiting={waiting} starting=0 crashed=1"),
+    );
+    r
+}
+
 #[test]
 fn an_orphan_of_an_interrupted_hand_over_is_destroyed_and_replaced_by_fill() {
-    let r = Rig::new("pool-orphan");
-    let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
-    orphan(&r, 1);
-    // Of no use: counted with the crashed, not as starting.
-    status_becomes(&r, "pool target=2 memory=4 waiting=1 starting=0 crashed=1");
+    let r = pool_with_an_orphan("pool-orphan", 2);
 
     let t0 = Instant::now();
     let o = r.run(&["pool", "fill", "2", "--memory", "4"]);
@@ -295,12 +308,7 @@ fn hold_global_lock(r: &Rig) -> std::fs::File {
 
 #[test]
 fn an_orphan_is_left_for_the_next_fill_while_the_global_lock_is_busy() {
-    let r = Rig::new("pool-orphan-locked");
-    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
-    orphan(&r, 1);
-    status_becomes(&r, "pool target=1 memory=4 waiting=0 starting=0 crashed=1");
+    let r = pool_with_an_orphan("pool-orphan-locked", 1);
 
     let lock = hold_global_lock(&r);
     let t0 = Instant::now();
@@ -360,11 +368,7 @@ fn an_orphan_is_left_for_the_next_fill_while_the_global_lock_is_busy() {
 /// commit): read again under the lock, it is no orphan and stays.
 #[test]
 fn a_member_renamed_while_fill_waits_for_the_global_lock_is_not_destroyed() {
-    let r = Rig::new("pool-orphan-renamed");
-    let o = r.run(&["pool", "fill", "1", "--memory", "4"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    status_becomes(&r, "pool target=1 memory=4 waiting=1 starting=0 crashed=0");
-    orphan(&r, 1);
+    let r = pool_with_an_orphan("pool-orphan-renamed", 1);
 
     let lock = hold_global_lock(&r);
     let lists = r.xl_calls().matches("xl list").count();
