@@ -22,6 +22,7 @@ use crate::spawn::{self, forget, records};
 use crate::{bad, fail, lock, xen, Failure, Outcome};
 use proxy::config::Config;
 use std::time::Duration;
+use Condition::{Crashed, Orphan, Starting, Waiting};
 
 pub const USAGE: &str = "Usage: miniproxy pool fill N [--memory MB] [--json]
        miniproxy pool status [--json]
@@ -95,39 +96,46 @@ pub struct Member {
     pub domid: u32,
     pub memory: u32,
     pub mac: String,
-    /// Its data/pool is `waiting` and it is neither crashed nor shut down.
-    pub waiting: bool,
-    /// Crashed (a member that failed at boot, or was handed a bad
-    /// configuration by hand): kept for a post-mortem until a fill or drain.
-    pub crashed: bool,
-    /// Configured by a spawn that did not finish: its data/pool says
-    /// `taken` under its pool name (pool/orphan.rs). Of no use, as a crashed
-    /// one; fill destroys it under the global lock.
-    pub orphan: bool,
+    /// Waiting, starting, crashed or an orphan (`recorded` does not look:
+    /// starting there).
+    pub condition: Condition,
 }
 
 /// What a member is, from its `xl list` state letters (empty when they
 /// were not asked for) and its data/pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Condition {
+pub enum Condition {
+    /// Its data/pool is `waiting` and it is neither crashed nor shut down.
     Waiting,
     /// Booting: no data/pool yet (or one this tool does not know).
     Starting,
+    /// Crashed or stopped (a member that failed at boot, or was handed a
+    /// bad configuration by hand): kept for a post-mortem until a fill or
+    /// drain.
     Crashed,
+    /// Configured by a spawn that did not finish: its data/pool says
+    /// `taken` under its pool name (pool/orphan.rs). Of no use, as a
+    /// crashed one; fill destroys it under the global lock.
     Orphan,
+}
+
+impl Member {
+    pub fn is(&self, c: Condition) -> bool {
+        self.condition == c
+    }
 }
 
 /// Crashed or stopped comes first, whatever data/pool says: such a domain
 /// serves no one, and fill destroys it as it always did.
 fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
     if letters.contains(['c', 's', 'd']) {
-        Condition::Crashed
+        Crashed
     } else if data_pool == Some("waiting") {
-        Condition::Waiting
+        Waiting
     } else if orphan::says_taken(data_pool) {
-        Condition::Orphan
+        Orphan
     } else {
-        Condition::Starting
+        Starting
     }
 }
 
@@ -135,8 +143,8 @@ fn condition(letters: &str, data_pool: Option<&str>) -> Condition {
 /// are the members of no use (crashed, stopped or orphans), which the next
 /// fill destroys.
 fn counts(m: &[Member]) -> (usize, usize, usize) {
-    let waiting = m.iter().filter(|m| m.waiting).count();
-    let no_use = m.iter().filter(|m| m.crashed || m.orphan).count();
+    let waiting = m.iter().filter(|m| m.is(Waiting)).count();
+    let no_use = m.iter().filter(|m| m.is(Crashed) || m.is(Orphan)).count();
     (waiting, m.len() - waiting - no_use, no_use)
 }
 
@@ -257,15 +265,12 @@ pub fn members(pool: &Env, with_states: bool) -> Vec<Member> {
             .iter()
             .find(|(_, id, _)| *id == domid)
             .map_or("", |(_, _, l)| l.as_str());
-        let c = condition(letters, state.as_deref());
         out.push(Member {
             name,
             domid,
             memory: field("memory").parse().unwrap_or(0),
             mac: field("mac"),
-            waiting: c == Condition::Waiting,
-            crashed: c == Condition::Crashed,
-            orphan: c == Condition::Orphan,
+            condition: condition(letters, state.as_deref()),
         });
     }
     out
@@ -416,7 +421,7 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
     let mut failed = false;
     // Members that crashed or stopped are of no use: make room for new ones.
     let found = members(&pool, true);
-    for m in found.iter().filter(|m| m.crashed) {
+    for m in found.iter().filter(|m| m.is(Crashed)) {
         eprintln!(
             "miniproxy pool: {} (domain {}) has crashed or stopped; destroying it",
             m.name, m.domid
@@ -432,7 +437,10 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
         let (target, mem_now) = read_target(&pool);
         // An orphan left (the global lock was busy) is replaced all the
         // same: no spawn will take it.
-        let live = members(&pool, false).iter().filter(|m| !m.orphan).count();
+        let live = members(&pool, false)
+            .iter()
+            .filter(|m| !m.is(Orphan))
+            .count();
         if live >= target || mem_now != memory {
             break;
         }
@@ -450,13 +458,13 @@ fn fill(env: &Env, n: Option<usize>, memory: Option<u32>, refill: bool, json: bo
     loop {
         let m: Vec<Member> = members(&pool, true)
             .into_iter()
-            .filter(|m| !m.orphan)
+            .filter(|m| !m.is(Orphan))
             .collect();
-        if m.iter().all(|m| m.waiting) || env.ms() - t0 > 60_000 {
+        if m.iter().all(|m| m.is(Waiting)) || env.ms() - t0 > 60_000 {
             break;
         }
-        if let Some(s) = m.iter().find(|m| !m.waiting) {
-            if s.crashed {
+        if let Some(s) = m.iter().find(|m| !m.is(Waiting)) {
+            if s.is(Crashed) {
                 eprintln!(
                     "miniproxy pool: {} (domain {}) crashed while booting; destroying it",
                     s.name, s.domid
@@ -641,9 +649,7 @@ pub fn recorded(env: &Env) -> Vec<Member> {
                 domid,
                 memory: field("memory").parse().unwrap_or(0),
                 mac: field("mac"),
-                waiting: false,
-                crashed: false,
-                orphan: false,
+                condition: Starting,
             })
         })
         .collect()

@@ -34,14 +34,14 @@ pub fn says_taken(data_pool: Option<&str>) -> bool {
     data_pool.is_some_and(|s| s.split_whitespace().next() == Some("taken"))
 }
 
-/// Destroy the orphans among `members` (those [`Member::orphan`] says are
-/// ones), each only if, read again under the global lock, it still has
-/// its pool name, its pool records and `data/pool=taken`: a spawn that
-/// held the lock meanwhile has renamed its member, or given it up.
+/// Destroy the orphans among `members` ([`super::Condition::Orphan`]), each
+/// only if, read again under the global lock, it still has its pool name,
+/// its pool records and `data/pool=taken`: a spawn that held the lock
+/// meanwhile has renamed its member, or given it up.
 /// If the lock cannot be taken within [`LOCK_WAIT`] they are left, and
 /// said so. Returns how many were left that way.
 pub fn clear(env: &Env, pool: &Env, members: &[Member]) -> usize {
-    let orphans: Vec<&Member> = members.iter().filter(|m| m.orphan).collect();
+    let orphans: Vec<&Member> = members.iter().filter(|m| m.is(super::Orphan)).collect();
     if orphans.is_empty() {
         return 0;
     }

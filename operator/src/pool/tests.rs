@@ -6,9 +6,7 @@ fn member(name: &str, memory: u32, waiting: bool) -> Member {
         domid: 7,
         memory,
         mac: "00:16:3e:00:00:01".into(),
-        waiting,
-        crashed: false,
-        orphan: false,
+        condition: if waiting { Waiting } else { Starting },
     }
 }
 
@@ -20,7 +18,7 @@ fn spawn_of(extra: &[&str]) -> Spawn {
 fn choose(members: &[Member], memory: u32, cfg: &Config) -> Option<usize> {
     members
         .iter()
-        .position(|m| m.waiting && fits(m, memory, cfg))
+        .position(|m| m.is(Waiting) && fits(m, memory, cfg))
 }
 
 fn cfg(s: &Spawn) -> Config {
@@ -168,7 +166,7 @@ fn a_spawns_candidates_are_the_fitting_records_with_a_domid_in_name_order() {
             ("mp-pool-3", 13, "00:16:3e:00:00:13")
         ]
     );
-    assert!(c.iter().all(|m| m.memory == 4 && !m.waiting));
+    assert!(c.iter().all(|m| m.memory == 4 && !m.is(Waiting)));
     let s6 = spawn_of(&[]);
     assert_eq!(candidates(&env, 6, &cfg(&s6)).len(), 1);
     let other = spawn_of(&["--memory", "4", "--extra", "rx_bufs=16"]);
@@ -224,9 +222,9 @@ fn a_member_that_says_taken_under_its_pool_name_is_an_orphan() {
 #[test]
 fn status_counts_orphans_with_the_crashed_not_as_starting() {
     let mut orphan = member("mp-pool-2", 4, false);
-    orphan.orphan = true;
+    orphan.condition = Orphan;
     let mut crashed = member("mp-pool-3", 4, false);
-    crashed.crashed = true;
+    crashed.condition = Crashed;
     let m = [
         member("mp-pool-1", 4, true),
         orphan.clone(),
