@@ -125,13 +125,7 @@ fn fill_take_refill_cold_fallbacks_and_drain() {
     assert_eq!(out(&o).lines().count(), 3, "{}", out(&o));
     status_becomes(&r, "pool target=2 memory=4 waiting=2 starting=0 crashed=0");
 
-    let o = r.run(&["pool", "drain"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(
-        out(&o).starts_with("drained stopped=2 left=0 ms="),
-        "{}",
-        out(&o)
-    );
+    drain_stops(&r, 2);
     status_becomes(&r, "pool target=0 memory=4 waiting=0 starting=0 crashed=0");
     // An empty pool: cold.
     let o = spawn(&r, "e", "10.0.0.8/24", &["--memory", "4"]);
@@ -184,6 +178,14 @@ fn orphan(r: &Rig, id: u32) {
     std::fs::write(home.join("data/ip"), "10.0.0.5/24").unwrap();
     std::fs::write(home.join("data/pool"), "taken us=5").unwrap();
     std::fs::write(home.join("data/ready"), "99999999").unwrap();
+}
+
+/// `pool drain` succeeds and says it stopped `n` members, none left.
+fn drain_stops(r: &Rig, n: usize) {
+    let o = r.run(&["pool", "drain"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let want = format!("drained stopped={n} left=0 ms=");
+    assert!(out(&o).starts_with(&want), "{}", out(&o));
 }
 
 const DESTROYING: &str =
@@ -252,13 +254,7 @@ fn an_orphan_of_an_interrupted_hand_over_is_destroyed_and_replaced_by_fill() {
     // drain removes an orphan as any member.
     orphan(&r, 4);
     status_becomes(&r, "pool target=2 memory=4 waiting=1 starting=0 crashed=1");
-    let o = r.run(&["pool", "drain"]);
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
-    assert!(
-        out(&o).starts_with("drained stopped=2 left=0 ms="),
-        "{}",
-        out(&o)
-    );
+    drain_stops(&r, 2);
     assert!(
         r.xs("local/domain/4/name").is_none(),
         "domain 4 still there"
