@@ -303,7 +303,7 @@ tail -n +"$((w0 + 1))" "$SC/watch" > "$SC/watch.window"
 kill "$W" 2>/dev/null; wait "$W" 2>/dev/null
 # Every instance's data/stats now (one xenstore-read), while the trace still
 # runs: each value read is one its instance wrote, in the trace (or before it).
-for id in "${IDS[@]}"; do echo "/local/domain/$id/data/stats"; done | xargs xenstore-read > "$SC/stats.values" 2>/dev/null
+sc_all_stats | cut -d' ' -f2- > "$SC/stats.values"
 [ -n "$XS_TRACE" ] && { xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1; }
 tail -n +"$((tr0 + 1))" "$SC/xs.trace" 2>/dev/null > "$SC/xs.after"
 secs=$(awk -v ms=$((sc_t1 - sc_t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
