@@ -39,11 +39,11 @@ pub fn says_taken(data_pool: Option<&str>) -> bool {
 /// its pool records and `data/pool=taken`: a spawn that held the lock
 /// meanwhile has renamed its member, or given it up.
 /// If the lock cannot be taken within [`LOCK_WAIT`] they are left, and
-/// said so. Returns how many were left that way.
-pub fn clear(env: &Env, pool: &Env, members: &[Member]) -> usize {
+/// said so.
+pub fn clear(env: &Env, pool: &Env, members: &[Member]) {
     let orphans: Vec<&Member> = members.iter().filter(|m| m.is(super::Orphan)).collect();
     if orphans.is_empty() {
-        return 0;
+        return;
     }
     let global = env.path(".lock");
     let _global = match lock::take_within(&global, LOCK_WAIT) {
@@ -63,7 +63,7 @@ pub fn clear(env: &Env, pool: &Env, members: &[Member]) -> usize {
                     m.name, m.domid
                 );
             }
-            return orphans.len();
+            return;
         }
     };
     for m in orphans {
@@ -77,7 +77,6 @@ pub fn clear(env: &Env, pool: &Env, members: &[Member]) -> usize {
         spawn::destroy(pool, &m.name, &m.domid.to_string());
         forget(pool, &m.name);
     }
-    0
 }
 
 /// Under the global lock: `m`'s records still give its domid, its domain
