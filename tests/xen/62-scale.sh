@@ -287,6 +287,17 @@ for settle in $(seq 20); do
     prev=$cur
 done
 log "idle: stats unchanged for 3 s after $((settle * 3)) s (xenstored: $(sc_xs_cpu_ms) ms of CPU so far)"
+# First SC_IDLE_S seconds with no trace: what xenstored itself costs with N
+# idle instances (its CPU, and its wakeups: the times it blocked in poll).
+# Its trace costs it CPU of its own (10 idle instances, one testbed boot:
+# 10 and 90 ms of CPU in 30 s untraced, 740 ms traced), so the window after
+# this one counts requests and writes, not CPU.
+sc_xs_wakeups() { awk '/^voluntary_ctxt_switches/ { print $2 }' "/proc/$(cat /run/xenstore.pid)/status"; }
+u_c0=$(sc_xs_cpu_ms); u_d0=$(sc_dom0_cpu_ms); u_w0=$(sc_xs_wakeups); u_t0=$(now_ms)
+sleep "$SC_IDLE_S"
+u_c1=$(sc_xs_cpu_ms); u_d1=$(sc_dom0_cpu_ms); u_w1=$(sc_xs_wakeups); u_t1=$(now_ms)
+measure scale_idle_untraced "n=$ok secs=$(awk -v ms=$((u_t1 - u_t0)) 'BEGIN { printf "%.1f", ms / 1000 }')" \
+    "xenstored_cpu_ms=$((u_c1 - u_c0)) xenstored_wakeups=$((u_w1 - u_w0)) dom0_cpu_ms=$((u_d1 - u_d0))"
 while read -r id st; do echo "$st" > "$SC/stats0.$id"; done < <(sc_all_stats)
 xenstore-control logfile "$SC/xs.trace" > "$SC/xsctl" 2>&1 && XS_TRACE=1 || XS_TRACE=""
 [ -z "$XS_TRACE" ] || sc_trace_no_wrl
