@@ -111,22 +111,14 @@ sc_spawn() {
 # its CPU, when LABEL's number of domains are up. Run before the N spawns
 # and after, it shows what grows with the domains: the requests (by type),
 # the watch events xenstored sends (each write fires every matching watch
-# of every connection), its CPU per spawn. The trace (without its
-# write-rate-limit lines, which grow with the domains) costs xenstored some
-# CPU of its own. The instance is stopped at once.
-# sc_trace_no_wrl: the trace without its write-rate-limit lines. C
-# xenstored traces them by default: one line per domain at every pass of
-# its main loop, whatever woke it. With 50 domains that was 73,180 lines in
-# ~90 s of an idle window and the reads after it, and 52 s of xenstored's
-# CPU in the 56 s after the window: the trace's own cost, which an
-# untraced xenstored does not pay, counted as what idle instances cost.
-sc_trace_no_wrl() {
-    xenstore-control log -wrl >> "$SC/xsctl" 2>&1 || echo "xenstore-control log -wrl failed: $(tail -n 1 "$SC/xsctl")"
-}
+# of every connection), its CPU per spawn. The trace costs xenstored CPU
+# of its own, more with more domains: it holds a write-rate-limit line per
+# domain at every pass of xenstored's main loop (the xenstored here refuses
+# `xenstore-control log -wrl`). The instance is stopped at once.
 sc_probe() {
     local label=$1 ip=$2 tr="$SC/probe.$1.trace" c0 c1 d0 d1 f0 f1 t0 t1 rc=0 out doms reqs evs
     doms=$(xenstore-list /local/domain 2>/dev/null | wc -l)
-    xenstore-control logfile "$tr" >/dev/null 2>&1 && xenstore-control log +io >/dev/null 2>&1 && sc_trace_no_wrl
+    xenstore-control logfile "$tr" >/dev/null 2>&1 && xenstore-control log +io >/dev/null 2>&1
     c0=$(sc_xs_cpu_ms); d0=$(sc_dom0_cpu_ms); f0=$(awk '$1 == "processes" { print $2 }' /proc/stat); t0=$(now_ms)
     out=$("$MP" spawn --name "sc-probe-$label" --mode reverse --listen 80 --upstream 10.0.0.1:7010 \
         --ip "$ip/24" --memory 4 --timeout 180 2>&1) || rc=$?
@@ -290,8 +282,9 @@ log "idle: stats unchanged for 3 s after $((settle * 3)) s (xenstored: $(sc_xs_c
 # First SC_IDLE_S seconds with no trace: what xenstored itself costs with N
 # idle instances (its CPU, and its wakeups: the times it blocked in poll).
 # Its trace costs it CPU of its own (10 idle instances, one testbed boot:
-# 10 and 90 ms of CPU in 30 s untraced, 740 ms traced), so the window after
-# this one counts requests and writes, not CPU.
+# 10 and 90 ms of CPU in 30 s untraced, 740 ms traced; 50 in a CI
+# rehearsal: 280 ms untraced, 3700 traced), so the window after this one
+# counts requests and writes, not CPU.
 sc_xs_wakeups() { awk '/^voluntary_ctxt_switches/ { print $2 }' "/proc/$(cat /run/xenstore.pid)/status"; }
 u_c0=$(sc_xs_cpu_ms); u_d0=$(sc_dom0_cpu_ms); u_w0=$(sc_xs_wakeups); u_t0=$(now_ms)
 sleep "$SC_IDLE_S"
@@ -300,7 +293,6 @@ measure scale_idle_untraced "n=$ok secs=$(awk -v ms=$((u_t1 - u_t0)) 'BEGIN { pr
     "xenstored_cpu_ms=$((u_c1 - u_c0)) xenstored_wakeups=$((u_w1 - u_w0)) dom0_cpu_ms=$((u_d1 - u_d0))"
 while read -r id st; do echo "$st" > "$SC/stats0.$id"; done < <(sc_all_stats)
 xenstore-control logfile "$SC/xs.trace" > "$SC/xsctl" 2>&1 && XS_TRACE=1 || XS_TRACE=""
-[ -z "$XS_TRACE" ] || sc_trace_no_wrl
 # The trace must show requests (io tracing on): a read by dom0 shows up.
 if [ -n "$XS_TRACE" ]; then
     xenstore-read /local/domain/0/name >/dev/null; sleep 0.2
