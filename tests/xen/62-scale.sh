@@ -318,7 +318,7 @@ tail -n +"$((w0 + 1))" "$SC/watch" > "$SC/watch.window"
 kill "$W" 2>/dev/null; wait "$W" 2>/dev/null
 # Every instance's data/stats now (one xenstore-read), while the trace still
 # runs: each value read is one its instance wrote, in the trace (or before it).
-sc_all_stats | cut -d' ' -f2- > "$SC/stats.values"
+sc_all_stats > "$SC/stats.after"
 [ -n "$XS_TRACE" ] && { xenstore-control log off >/dev/null 2>&1 || xenstore-control logfile /dev/null >/dev/null 2>&1; }
 tail -n +"$((tr0 + 1))" "$SC/xs.trace" 2>/dev/null > "$SC/xs.after"
 log "idle: trace off, $(wc -l < "$SC/xs.trace" 2>/dev/null) lines (xenstored: $(sc_xs_cpu_ms) ms of CPU so far)"
@@ -334,16 +334,16 @@ declare -A sc_watched=() sc_paths=() sc_now=()
 while read -r id n paths; do sc_watched[$id]=$n; sc_paths[$id]=$paths; done < <(awk -F/ '
     /^\/local\/domain\/[0-9]+\// { c[$4]++; if (!((($4) SUBSEP $0) in seen)) { seen[$4, $0] = 1; p[$4] = p[$4] " " $0 } }
     END { for (i in c) print i, c[i], p[i] }' "$SC/watch.window")
-while read -r id st; do sc_now[$id]=$st; done < <(paste -d' ' <(printf '%s\n' "${IDS[@]}") "$SC/stats.values")
-# sc_changed ID: sets sc_moved to ID's stats fields now (read after the
-# window) that differ from before it, the cpu_ and xen_ keys (which ride
-# along) aside. Bash only: no process per instance.
+while read -r id st; do sc_now[$id]=$st; done < "$SC/stats.after"
+# sc_changed ID LINE: sets sc_moved to the fields of stats LINE that differ
+# from ID's stats before the window (none known for ID: all of them), the
+# cpu_ and xen_ keys (which ride along) aside. Bash only: no process.
 sc_changed() {
     local f before=() now=()
     local -A was=()
-    read -r -a before < "$SC/stats0.$1"
+    [ -f "$SC/stats0.$1" ] && read -r -a before < "$SC/stats0.$1"
     for f in "${before[@]}"; do was[$f]=1; done
-    read -r -a now <<< "${sc_now[$1]:-}"
+    read -r -a now <<< "$2"
     sc_moved=""
     for f in "${now[@]}"; do
         case $f in cpu_* | xen_*) continue ;; esac
@@ -354,7 +354,7 @@ for id in "${IDS[@]}"; do
     n=${sc_watched[$id]:-0}
     [ "$n" = 0 ] && continue
     guest_writes=$((guest_writes + n))
-    sc_changed "$id"
+    sc_changed "$id" "${sc_now[$id]:-}"
     echo "domain $id: $n writes (${sc_paths[$id]}); changed: ${sc_moved:-nothing}"
 done
 all_writes=$(grep -c '^/local/domain/' "$SC/watch.window")
@@ -394,7 +394,7 @@ if [ -n "$XS_TRACE" ]; then
     }
     sc_stats_writes "$SC/xs.after" > "$SC/writes.after"
     # A connection is the domain whose value now it wrote, in the window or after.
-    paste -d'\t' <(printf '%s\n' "${IDS[@]}") "$SC/stats.values" > "$SC/stats.now"
+    sed 's/ /\t/' "$SC/stats.after" > "$SC/stats.now"
     sc_stats_writes "$SC/xs.window" | awk -F'\t' -v now="$SC/stats.now" -v after="$SC/writes.after" '
         BEGIN { while ((getline l < now) > 0) { split(l, f, "\t"); v = f[2]; sub(/^ +/, "", v); sub(/ +$/, "", v); id[v] = f[1] }
                 while ((getline l < after) > 0) { split(l, f, "\t"); if (f[2] in id) dom[f[1]] = id[f[2]] } }
@@ -424,8 +424,8 @@ while read -r id n conn; do
     if [ "$id" = "?" ] || [ "$n" -gt $((fin + 2 * fout)) ]; then
         # What its first write in the window changed, against its stats before it.
         first=$(awk -F'\t' -v c="$conn" '$1 == c { print $2; exit }' "$SC/writes.window")
-        moved=$(tr ' ' '\n' <<< "$first" | grep -vE '^(cpu|xen)_' | grep -vxF -f <(tr ' ' '\n' < "$SC/stats0.$id" 2>/dev/null) | tr '\n' ' ')
-        sc_bad+="domain $id: $n writes with $fin frames in, $fout out (its first: ${moved:-nothing moved}); "
+        sc_changed "$id" "$first"
+        sc_bad+="domain $id: $n writes with $fin frames in, $fout out (its first: ${sc_moved:-nothing moved}); "
     fi
 done < "$SC/writes.per_domain"
 if [ "$ok" -gt 0 ] && [ -z "$sc_bad" ] && [ "$sc_other" = 0 ]; then
