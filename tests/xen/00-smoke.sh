@@ -54,5 +54,6 @@ if check "xl_create pvhello" xl_create /tmp/pvhello.cfg; then
     check "wait_gone pvhello" wait_gone pvhello 10
     check "vif$d.0 removed" test ! -e "/sys/class/net/vif$d.0"
 fi
+rm -f /tmp/xl-info /tmp/pvhello.cfg
 
 summary || { diag; false; }

@@ -74,6 +74,7 @@ else
 fi
 mp_stop dh
 kill $UDHCPD 2>/dev/null; wait $UDHCPD 2>/dev/null
+rm -f /tmp/udhcpd.conf /tmp/udhcpd.leases /tmp/udhcpd.log
 VIFD="vif=['bridge=xenbr0,mac=00:16:3e:00:00:26,script=/etc/xen/scripts/vif-fast']"
 xl_create "$MP_CFG" "kernel=\"$P/miniproxy\"" 'name="nodhcp"' 'memory=6' "$VIFD" 'extra="ip=dhcp dhcp_timeout=3s"' >/dev/null || fail "nodhcp: xl create"
 wait_console nodhcp 'fatal: net: no DHCP lease within 3s' 30 && pass "no DHCP server: clear error after the timeout" || fail "no DHCP server: no error line"

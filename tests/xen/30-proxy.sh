@@ -156,4 +156,4 @@ else
     fail "revoff: not ready"
 fi
 kill "${SRV[@]}" 2>/dev/null; wait 2>/dev/null
-rm -f /tmp/f1m /tmp/f50m; rm -rf /tmp/cc
+rm -f /tmp/f1m /tmp/f50m /tmp/got.n /tmp/down.err; rm -rf /tmp/cc

@@ -62,4 +62,5 @@ else
     fi
 fi
 "$MP" stop fpu-a fpu-b > /dev/null 2>&1
-kill $fpu_srv 2>/dev/null
+kill $fpu_srv 2>/dev/null; wait $fpu_srv 2>/dev/null
+rm -rf "$FD"

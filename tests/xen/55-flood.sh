@@ -113,4 +113,5 @@ else
     fail "flood: not ready"
 fi
 kill "${FL_PIDS[@]}" 2>/dev/null; wait "${FL_PIDS[@]}" 2>/dev/null
+rm -rf "$FL"
 summary

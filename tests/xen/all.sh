@@ -55,13 +55,35 @@ if [ -z "${XEN_ALL_INNER:-}" ]; then
     kill "$watcher" 2>/dev/null
     exit "$rc"
 fi
+# all_tmp_left FILE BEFORE: what FILE left in /tmp (entries not in BEFORE,
+# a listing). dom0's root, its /tmp with it, is a tmpfs in dom0's RAM, a
+# few hundred MB for every file's data. A CI run found it full in
+# 62-scale (files it wrote came out empty: an `xl create` with no output,
+# a trace with no writes) after earlier files had left ~170 MB there. Each
+# file removes what it wrote; one that did not fails here, and what it left
+# is removed so the next file has its room.
+all_tmp_left() {
+    local new kb
+    new=$(comm -13 <(printf '%s\n' "$2" | sort) <(ls -A /tmp | sort) | tr '\n' ' ')
+    if [ -z "${new// /}" ]; then
+        pass "$1 left nothing in /tmp ($(df -k /tmp | awk 'NR == 2 { print $4 }') KiB free)"
+        return
+    fi
+    # shellcheck disable=SC2086 # a list of names
+    kb=$(cd /tmp && du -sck $new 2>/dev/null | tail -n 1 | cut -f1)
+    fail "$1 cleans up /tmp" "left $kb KiB: $(cd /tmp && du -sk $new 2>/dev/null | sort -rn | head -n 5 | tr '\t\n' ': ')"
+    # shellcheck disable=SC2086
+    (cd /tmp && rm -rf $new)
+}
 for t in tests/xen/[0-9][0-9]-*.sh; do
     case " ${XEN_TESTS:-} " in "  ") ;; *" $(basename "$t" .sh) "*) ;; *) continue ;; esac
     log "running $t"
+    all_tmp0=$(ls -A /tmp)
     all_file_t0=$(now_ms)   # not t0: the sourced files set their own
     . "$t"
     log "$t took $(( $(now_ms) - all_file_t0 )) ms"
     # Leave nothing behind for the next file.
     for d in $(xl list 2>/dev/null | awk 'NR>2 {print $1}'); do xl_destroy "$d" >/dev/null; done
+    all_tmp_left "$(basename "$t" .sh)" "$all_tmp0"
 done
 batch_summary
