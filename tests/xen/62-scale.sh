@@ -412,12 +412,12 @@ if [ -n "$XS_TRACE" ]; then
     sc_stats_writes "$SC/xs.after" > "$SC/writes.after"
     # A connection is the domain whose value now it wrote, in the window or after.
     sed 's/ /\t/' "$SC/stats.after" > "$SC/stats.now"
-    sc_stats_writes "$SC/xs.window" | awk -F'\t' -v now="$SC/stats.now" -v after="$SC/writes.after" '
+    sc_stats_writes "$SC/xs.window" > "$SC/writes.window"
+    awk -F'\t' -v now="$SC/stats.now" -v after="$SC/writes.after" '
         BEGIN { while ((getline l < now) > 0) { split(l, f, "\t"); v = f[2]; sub(/^ +/, "", v); sub(/ +$/, "", v); id[v] = f[1] }
                 while ((getline l < after) > 0) { split(l, f, "\t"); if (f[2] in id) dom[f[1]] = id[f[2]] } }
         { n[$1]++ }
-        END { for (c in n) print ((c in dom) ? dom[c] : "?"), n[c], c }' > "$SC/writes.per_domain"
-    sc_stats_writes "$SC/xs.window" > "$SC/writes.window"
+        END { for (c in n) print ((c in dom) ? dom[c] : "?"), n[c], c }' "$SC/writes.window" > "$SC/writes.per_domain"
     sc_other=$(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} (WRITE|MKDIR|RM|SET_PERMS) \([^/]' "$SC/xs.window" | awk '{ print $1 }')
     sc_other=$((sc_other - $(grep -cE 'IN 0x[0-9a-f]+ [0-9]{8} [0-9:]{8} WRITE \(data/stats[ )]' "$SC/xs.window")))
 else
